@@ -1,0 +1,402 @@
+"""The cache a caller uses: reads from local memory, writes stamped and handed on.
+
+A ``Cache`` works alone (local only) or hosted by a ``Node``, which sets
+``replicate`` so every local write is also queued for the other members. Reads
+take no lock: the GIL makes a dict lookup atomic, and entries are only changed
+under the write lock. Everything that must happen at most once per key per
+process (the loader in ``fetch``) goes through ``singleflight``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import os
+import threading
+import time
+from collections.abc import Callable, Hashable, Iterable, Mapping
+from datetime import timedelta
+from typing import Any, TypeVar, cast
+
+from . import sweeper
+from .clock import HybridClock
+from .serializer import MsgpackSerializer, Serializer
+from .singleflight import Flights
+from .store import CLEAR, DELETE, NEVER, WRITE, Key, Store
+
+__all__ = ["Cache", "DEFAULT", "Op"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# (kind, key, packed value, absolute expiry, version): one mutation to replicate.
+Op = tuple[int, Key, bytes | None, float, int]
+
+
+class _Default:
+    def __repr__(self) -> str:
+        return "DEFAULT"
+
+
+DEFAULT: Any = _Default()
+"""Use the cache's own ttl."""
+
+_MISSING: Any = object()
+_KEY_TYPES = (str, bytes, int)
+TTL = float | int | timedelta | None
+
+
+def _check_key(key: object) -> None:
+    if type(key) not in _KEY_TYPES:
+        raise TypeError(f"cache keys are str, bytes or int, not {type(key).__name__}")
+
+
+def _seconds(ttl: TTL) -> float | None:
+    if ttl is None:
+        return None
+    seconds = ttl.total_seconds() if isinstance(ttl, timedelta) else float(ttl)
+    if seconds < 0 or seconds != seconds:
+        raise ValueError(f"ttl must be >= 0 seconds or None, not {ttl!r}")
+    return seconds
+
+
+class Cache:
+    """A TTL cache with bounded size, single-flight loads and (in a Node) replication.
+
+    Values returned by ``get`` are the stored objects themselves, shared by every
+    caller: treat them as immutable. On other members they arrive through the
+    serializer (msgpack turns tuples into lists).
+    """
+
+    def __init__(
+        self,
+        ttl: TTL = None,
+        max_entries: int | None = None,
+        *,
+        serializer: Serializer | None = None,
+        name: str = "default",
+        clock: HybridClock | None = None,
+        wall: Callable[[], float] = time.time,
+        tombstone_ttl: float = 0.0,
+    ) -> None:
+        self.name = name
+        self._ttl = _seconds(ttl)
+        self._serializer: Serializer = serializer or MsgpackSerializer()
+        self._wall = wall
+        self._clock = clock or HybridClock(int.from_bytes(os.urandom(8), "big"), wall)
+        self._store = Store(max_entries, tombstone_ttl=tombstone_ttl)
+        self._data = self._store.data
+        self._lock = threading.Lock()
+        self._flights = Flights()
+        self.replicate: Callable[[Op], None] | None = None
+        self._hits = self._misses = self._sets = self._deletes = 0
+        self._loads = self._load_errors = 0
+        sweeper.register(self)
+
+    # -- reads -----------------------------------------------------------------
+
+    def get(self, key: Key, default: Any = None) -> Any:
+        entry = self._data.get(key)
+        if entry is not None and entry > self._wall():  # an entry is its own expiry
+            if entry.freq < 3:
+                entry.freq += 1
+            self._hits += 1
+            return entry.value
+        return self._miss(key, default)
+
+    def _miss(self, key: Key, default: Any) -> Any:
+        with self._lock:
+            entry = self._store.live(key, self._wall())
+            if entry is not None:  # written between our lookup and the lock
+                self._hits += 1
+                return entry.value
+            self._misses += 1
+        return default
+
+    def get_many(self, keys: Iterable[Key]) -> dict[Key, Any]:
+        found = {}
+        for key in keys:
+            value = self.get(key, _MISSING)
+            if value is not _MISSING:
+                found[key] = value
+        return found
+
+    def __contains__(self, key: object) -> bool:
+        entry = self._data.get(key)  # type: ignore[call-overload]
+        return entry is not None and entry > self._wall()
+
+    def ttl(self, key: Key) -> float | None:
+        """Seconds left before key expires; None if it never does."""
+        now = self._wall()
+        entry = self._data.get(key)
+        if entry is None or entry <= now:
+            raise KeyError(key)
+        return None if entry == NEVER else entry - now
+
+    def __len__(self) -> int:
+        with self._lock:
+            return self._store.count_live(self._wall())
+
+    def keys(self) -> list[Key]:
+        now = self._wall()
+        return [e.key for e in self._store.entries() if e > now]
+
+    def items(self) -> list[tuple[Key, Any]]:
+        now = self._wall()
+        return [(e.key, e.value) for e in self._store.entries() if e > now]
+
+    # -- writes ----------------------------------------------------------------
+
+    def _expires(self, ttl: TTL, now: float) -> float:
+        seconds = self._ttl if ttl is DEFAULT else _seconds(ttl)
+        return NEVER if seconds is None else now + seconds
+
+    def set(self, key: Key, value: Any, ttl: TTL = DEFAULT) -> None:
+        _check_key(key)
+        packed = self._serializer.dumps(value)
+        with self._lock:
+            now = self._wall()
+            expires = self._expires(ttl, now)
+            version = self._clock.stamp()
+            self._store.write(key, value, expires, version, now)
+            self._sets += 1
+        if self.replicate is not None:
+            self.replicate((WRITE, key, packed, expires, version))
+
+    def add(self, key: Key, value: Any, ttl: TTL = DEFAULT) -> bool:
+        """Set key only if this member holds no live value for it."""
+        _check_key(key)
+        packed = self._serializer.dumps(value)
+        with self._lock:
+            now = self._wall()
+            if self._store.live(key, now) is not None:
+                return False
+            expires = self._expires(ttl, now)
+            version = self._clock.stamp()
+            self._store.write(key, value, expires, version, now)
+            self._sets += 1
+        if self.replicate is not None:
+            self.replicate((WRITE, key, packed, expires, version))
+        return True
+
+    def set_many(self, mapping: Mapping[Key, Any], ttl: TTL = DEFAULT) -> None:
+        for key, value in mapping.items():
+            self.set(key, value, ttl)
+
+    def delete(self, key: Key) -> bool:
+        """Delete everywhere; True if this member held a live value."""
+        with self._lock:
+            now = self._wall()
+            removed = self._store.live(key, now) is not None
+            version = self._clock.stamp()
+            self._store.delete(key, version, now)
+            if removed:
+                self._deletes += 1
+        if self.replicate is not None:
+            self.replicate((DELETE, key, None, NEVER, version))
+        return removed
+
+    def delete_many(self, keys: Iterable[Key]) -> int:
+        return sum(self.delete(key) for key in keys)
+
+    def touch(self, key: Key, ttl: TTL = DEFAULT) -> bool:
+        """Give a live entry a new expiry, everywhere; False if there is none."""
+        with self._lock:
+            now = self._wall()
+            entry = self._store.live(key, now)
+            if entry is None:
+                return False
+            value = entry.value
+            expires = self._expires(ttl, now)
+            version = self._clock.stamp()
+            self._store.write(key, value, expires, version, now)
+        if self.replicate is not None:
+            self.replicate((WRITE, key, self._serializer.dumps(value), expires, version))
+        return True
+
+    def clear(self) -> None:
+        """Remove every entry older than now, on every member."""
+        with self._lock:
+            version = self._clock.stamp()
+            self._store.clear(version)
+        if self.replicate is not None:
+            self.replicate((CLEAR, b"", None, NEVER, version))
+
+    # -- loads -----------------------------------------------------------------
+
+    def fetch(self, key: Key, loader: Callable[[Key], Any], ttl: TTL = DEFAULT) -> Any:
+        """The cached value, or ``loader(key)``'s, called once per key however many wait."""
+        value = self.get(key, _MISSING)
+        if value is not _MISSING:
+            return value
+        flight, leader = self._flights.join(key)
+        if not leader:
+            return flight.result()
+        try:
+            value = self._peek(key)
+            if value is _MISSING:
+                value = self._load(key, loader(key), ttl)
+        except BaseException as exc:
+            self._load_errors += 1
+            self._flights.land(key, flight, error=exc)
+            raise
+        self._flights.land(key, flight, value)
+        return value
+
+    async def afetch(self, key: Key, loader: Callable[[Key], Any], ttl: TTL = DEFAULT) -> Any:
+        """``fetch`` for asyncio: an async loader is awaited, a sync one runs off the loop."""
+        value = self.get(key, _MISSING)
+        if value is not _MISSING:
+            return value
+        flight, leader = self._flights.join(key)
+        if not leader:
+            # shield: one waiter's cancellation must not cancel the flight for all.
+            return await asyncio.shield(asyncio.wrap_future(flight))
+        try:
+            value = self._peek(key)
+            if value is _MISSING:
+                if _is_async(loader):
+                    loaded = await loader(key)
+                else:
+                    loaded = await asyncio.get_running_loop().run_in_executor(None, loader, key)
+                    if inspect.isawaitable(loaded):
+                        loaded = await loaded
+                value = self._load(key, loaded, ttl)
+        except BaseException as exc:
+            self._load_errors += 1
+            self._flights.land(key, flight, error=exc)
+            raise
+        self._flights.land(key, flight, value)
+        return value
+
+    def _peek(self, key: Key) -> Any:
+        """A hit that does not count as a read (a leader re-checking before it loads)."""
+        entry = self._data.get(key)
+        if entry is not None and entry > self._wall():
+            return entry.value
+        return _MISSING
+
+    def _load(self, key: Key, value: Any, ttl: TTL) -> Any:
+        self.set(key, value, ttl)  # an unserializable result fails the load for all
+        self._loads += 1
+        return value
+
+    def memoize(self, ttl: TTL = DEFAULT, key: Callable[..., Key] | None = None) -> Callable[[F], F]:
+        """Cache a function's results through ``fetch`` (``afetch`` for async functions).
+
+        ``key(*args, **kwargs)`` builds the cache key; by default the function's
+        qualified name and the repr of its arguments.
+        """
+
+        def decorate(fn: F) -> F:
+            make_key = key or functools.partial(_call_key, f"{fn.__module__}.{fn.__qualname__}")
+            if inspect.iscoroutinefunction(fn):
+
+                @functools.wraps(fn)
+                async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                    async def load(_: Key) -> Any:
+                        return await fn(*args, **kwargs)
+
+                    return await self.afetch(make_key(*args, **kwargs), load, ttl)
+
+                return cast(F, async_wrapper)
+
+            @functools.wraps(fn)
+            def wrapper(*args: Any, **kwargs: Any) -> Any:
+                return self.fetch(make_key(*args, **kwargs), lambda _: fn(*args, **kwargs), ttl)
+
+            return cast(F, wrapper)
+
+        return decorate
+
+    # -- replication and housekeeping -------------------------------------------
+
+    def apply(self, ops: Iterable[Op]) -> tuple[int, int]:
+        """Apply mutations from another member; returns (applied, ignored as older)."""
+        applied = ignored = 0
+        loads = self._serializer.loads
+        observe = self._clock.observe
+        with self._lock:
+            store = self._store
+            now = self._wall()
+            for kind, key, packed, expires, version in ops:
+                observe(version)
+                if kind == WRITE:
+                    ok = store.write(key, loads(packed), expires, version, now)  # type: ignore[arg-type]
+                elif kind == DELETE:
+                    ok = store.delete(key, version, now)
+                else:
+                    ok = store.clear(version)
+                if ok:
+                    applied += 1
+                else:
+                    ignored += 1
+        return applied, ignored
+
+    def sweep(self) -> int:
+        """Remove expired entries in bounded rounds; the lock is released between rounds."""
+        total = 0
+        while True:
+            with self._lock:
+                removed = self._store.sweep(self._wall())
+            total += removed
+            if removed < 2000:
+                return total
+
+    def stats(self) -> dict[str, Any]:
+        store = self._store
+        return {
+            "hits": self._hits,
+            "misses": self._misses,
+            "sets": self._sets,
+            "deletes": self._deletes,
+            "evictions": store.evictions,
+            "expirations": store.expirations,
+            "entries": len(store.data),
+            "tombstones": len(store.tombstones),
+            "loads": self._loads,
+            "load_errors": self._load_errors,
+            "loading": len(self._flights),
+        }
+
+    # -- async twins -------------------------------------------------------------
+    # Local operations never wait on the network, so the twins run inline.
+
+    async def aget(self, key: Key, default: Any = None) -> Any:
+        return self.get(key, default)
+
+    async def aset(self, key: Key, value: Any, ttl: TTL = DEFAULT) -> None:
+        self.set(key, value, ttl)
+
+    async def aadd(self, key: Key, value: Any, ttl: TTL = DEFAULT) -> bool:
+        return self.add(key, value, ttl)
+
+    async def adelete(self, key: Key) -> bool:
+        return self.delete(key)
+
+    async def aget_many(self, keys: Iterable[Key]) -> dict[Key, Any]:
+        return self.get_many(keys)
+
+    async def aset_many(self, mapping: Mapping[Key, Any], ttl: TTL = DEFAULT) -> None:
+        self.set_many(mapping, ttl)
+
+    async def adelete_many(self, keys: Iterable[Key]) -> int:
+        return self.delete_many(keys)
+
+    async def atouch(self, key: Key, ttl: TTL = DEFAULT) -> bool:
+        return self.touch(key, ttl)
+
+    async def attl(self, key: Key) -> float | None:
+        return self.ttl(key)
+
+    async def aclear(self) -> None:
+        self.clear()
+
+
+def _is_async(fn: Callable[..., Any]) -> bool:
+    call = type(fn).__call__ if not inspect.isfunction(fn) and not inspect.ismethod(fn) else None
+    return inspect.iscoroutinefunction(fn) or (call is not None and inspect.iscoroutinefunction(call))
+
+
+def _call_key(prefix: str, *args: Hashable, **kwargs: Hashable) -> str:
+    return f"{prefix}:{args!r}:{sorted(kwargs.items())!r}"
