@@ -1,0 +1,203 @@
+"""Every message members exchange: small frozen dataclasses, each with a wire code.
+
+A message travels as the msgpack array ``[code, field1, field2, ...]`` in field
+order (framing is wire.py's job). Adding a message takes three lines::
+
+    @message(11)
+    class Heartbeat(Message):
+        sent_ms: int
+
+Codes are part of the wire format, so a code is never reused or renumbered, and
+a new field goes at the end of a new message rather than into an old one.
+Ranges keep each module's messages together:
+
+    1-9    handshake        20-39  replication
+    10-19  membership       40-59  warm boot        60+  free
+
+Field annotations are limited to msgpack's plain types (int, float, str, bytes,
+bool, ``list[Any]``, ``dict[Any, Any]`` and ``X | None`` of those). That keeps
+checking a decoded message down to one ``type(value) is`` per field, and means a
+peer can only ever hand us plain data. The shape inside a list or dict (say the
+members of a Gossip) is checked by the module that owns it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, TypeVar
+
+from .errors import ProtocolError
+
+if TYPE_CHECKING:
+    from typing_extensions import dataclass_transform
+else:  # typing has it only from 3.11; at runtime it is a mere marker for type checkers
+
+    def dataclass_transform(**_: Any) -> Callable[[Any], Any]:
+        return lambda decorated: decorated
+
+
+class Message:
+    """Base of every message; ``code`` names the type on the wire."""
+
+    __slots__ = ()
+    code: ClassVar[int]
+    # Tells mypy every message is a dataclass, so dataclasses.fields/replace accept one.
+    __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
+
+
+class _Field(NamedTuple):
+    name: str
+    type: type
+    nullable: bool
+
+
+M = TypeVar("M", bound=Message)
+
+_PLAIN: dict[Any, type] = {
+    int: int,
+    float: float,
+    str: str,
+    bytes: bytes,
+    bool: bool,
+    list[Any]: list,
+    dict[Any, Any]: dict,
+}
+_BY_CODE: dict[int, type[Message]] = {}
+_FIELDS: dict[type[Message], tuple[_Field, ...]] = {}
+
+MESSAGE_TYPES: Mapping[int, type[Message]] = types.MappingProxyType(_BY_CODE)
+"""Every registered message type by code (a live, read-only view)."""
+
+
+@dataclass_transform(frozen_default=True)
+def message(code: int) -> Callable[[type[M]], type[M]]:
+    """Make the decorated class a frozen, slotted message with wire code ``code``.
+
+    Field types are checked here, at import time, so a message that could not be
+    validated on arrival never reaches the wire.
+    """
+
+    def register(cls: type[M]) -> type[M]:
+        if code in _BY_CODE:
+            raise ValueError(f"message code {code} is taken by {_BY_CODE[code].__name__}")
+        cls = dataclasses.dataclass(frozen=True, slots=True)(cls)
+        cls.code = code
+        hints = typing.get_type_hints(cls)
+        _FIELDS[cls] = tuple(_field(cls, f.name, hints[f.name]) for f in dataclasses.fields(cls))
+        _BY_CODE[code] = cls
+        return cls
+
+    return register
+
+
+def _field(cls: type, name: str, hint: Any) -> _Field:
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    plain = [_PLAIN.get(option) for option in options if option is not type(None)]
+    if len(plain) != 1 or plain[0] is None:
+        raise TypeError(f"{cls.__name__}.{name}: {hint} is not a plain msgpack type")
+    return _Field(name, plain[0], nullable=type(None) in options)
+
+
+def to_array(msg: Message) -> list[Any]:
+    """The msgpack array for ``msg``; the sender's types are trusted (mypy checks them)."""
+    return [msg.code, *(getattr(msg, f.name) for f in _FIELDS[type(msg)])]
+
+
+def from_array(obj: Any) -> Message:
+    """Rebuild a message from a decoded array, refusing anything it is not.
+
+    Error texts name types, never values: a value may be megabytes of a peer's choosing.
+    """
+    if type(obj) is not list or not obj:
+        raise ProtocolError(f"a message is a non-empty array, got {type(obj).__name__}")
+    code, *values = obj
+    if type(code) is not int:
+        raise ProtocolError(f"a message code is an int, got {type(code).__name__}")
+    cls = _BY_CODE.get(code)
+    if cls is None:
+        raise ProtocolError(f"unknown message code {code}")
+    fields = _FIELDS[cls]
+    if len(values) != len(fields):
+        raise ProtocolError(f"{cls.__name__} has {len(fields)} fields, got {len(values)}")
+    for i, (f, value) in enumerate(zip(fields, values, strict=True)):
+        kind = type(value)
+        if kind is f.type or (value is None and f.nullable):
+            continue
+        if kind is int and f.type is float:
+            values[i] = float(value)
+            continue
+        raise ProtocolError(f"{cls.__name__}.{f.name} must be {f.type.__name__}, got {kind.__name__}")
+    return cls(*values)
+
+
+# --- handshake (handshake.py) -------------------------------------------------
+
+
+@message(1)
+class Hello(Message):
+    """Initiator's opening: the versions it speaks, who it is, and its challenge."""
+
+    protocol_min: int
+    protocol_max: int
+    node_id: int
+    nonce: bytes
+    listen: str
+
+
+@message(2)
+class Challenge(Message):
+    """Acceptor's answer: the chosen version, who it is, its challenge, and its proof."""
+
+    protocol: int
+    node_id: int
+    nonce: bytes
+    listen: str
+    mac: bytes
+
+
+@message(3)
+class Proof(Message):
+    """Initiator's proof that it knows the cluster secret."""
+
+    mac: bytes
+
+
+@message(4)
+class Welcome(Message):
+    """Acceptor's word that the initiator is admitted; cache traffic may follow."""
+
+
+@message(5)
+class Refused(Message):
+    """Sent just before closing a connection whose handshake failed, for the peer's log."""
+
+    reason: str
+
+
+# --- membership (membership.py) -----------------------------------------------
+
+
+@message(10)
+class Gossip(Message):
+    """A member's view of the cluster.
+
+    Each entry is ``[node_id, listen, state, caches, heartbeat]``; membership
+    validates that shape, since only it knows what a valid view is.
+    """
+
+    members: list[Any]
+
+
+@message(11)
+class Heartbeat(Message):
+    """Proof of life for the failure detector; ``sent_ms`` is the sender's clock at sending."""
+
+    sent_ms: int
+
+
+@message(12)
+class Leave(Message):
+    """A graceful goodbye, so peers mark the member gone without waiting for timeouts."""

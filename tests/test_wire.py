@@ -1,0 +1,254 @@
+"""Framing and message decoding: what arrives either becomes a message or a ProtocolError."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import struct
+import types
+import typing
+from typing import Any
+
+import msgpack
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from shoal.errors import FrameTooLarge, ProtocolError
+from shoal.messages import (
+    MESSAGE_TYPES,
+    Challenge,
+    Gossip,
+    Heartbeat,
+    Hello,
+    Leave,
+    Message,
+    Proof,
+    Refused,
+    Welcome,
+    message,
+)
+from shoal.wire import DEFAULT_MAX_FRAME, FrameDecoder, encode
+
+
+@message(60_001)  # far from every real range; exists to exercise float and optional fields
+class _Probe(Message):
+    ratio: float
+    note: str | None
+    tags: dict[Any, Any]
+
+
+EXAMPLES: list[Message] = [
+    Hello(1, 1, 2**64 - 1, b"n" * 32, "10.0.0.1:7600"),
+    Challenge(1, 0, b"s" * 32, "[::1]:7600", b"m" * 32),
+    Proof(b"m" * 32),
+    Welcome(),
+    Refused("peer failed to prove the cluster secret"),
+    Gossip([[7, "127.0.0.1:7601", "up", ["accounts", "sessions"], 42]]),
+    Heartbeat(1_700_000_000_000),
+    Leave(),
+    _Probe(0.5, None, {"a": 1, b"a": 2, 3: [None, True]}),
+]
+
+
+def frame(body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + body
+
+
+def framed(obj: Any) -> bytes:
+    return frame(msgpack.packb(obj, use_bin_type=True))
+
+
+def decode_one(data: bytes) -> Message:
+    [msg] = FrameDecoder().feed(data)
+    return msg
+
+
+@pytest.mark.parametrize("msg", EXAMPLES, ids=lambda m: type(m).__name__)
+def test_every_message_survives_a_round_trip(msg: Message) -> None:
+    assert decode_one(encode(msg)) == msg
+
+
+def test_str_bytes_and_int_stay_distinct_on_the_wire() -> None:
+    decoded = decode_one(encode(Gossip(["1", b"1", 1, True, 1.0])))
+    assert isinstance(decoded, Gossip)
+    assert [type(v) for v in decoded.members] == [str, bytes, int, bool, float]
+
+
+def test_a_message_is_an_array_of_its_code_and_fields_in_order() -> None:
+    assert msgpack.unpackb(encode(Heartbeat(5))[4:]) == [Heartbeat.code, 5]
+    assert msgpack.unpackb(encode(Welcome())[4:]) == [Welcome.code]
+
+
+def test_a_frame_fed_one_byte_at_a_time_decodes_exactly_when_complete() -> None:
+    data = encode(Refused("bye"))
+    decoder = FrameDecoder()
+    for byte in data[:-1]:
+        assert decoder.feed(bytes([byte])) == []
+    assert decoder.feed(data[-1:]) == [Refused("bye")]
+    assert decoder.feed(b"") == []
+
+
+def test_many_frames_in_one_feed_decode_in_order() -> None:
+    assert FrameDecoder().feed(b"".join(encode(m) for m in EXAMPLES * 50)) == EXAMPLES * 50
+
+
+@given(st.lists(st.integers(0, 400), max_size=20))
+def test_frames_decode_the_same_however_the_stream_is_chopped(cuts: list[int]) -> None:
+    data = b"".join(encode(m) for m in EXAMPLES)
+    bounds = [0, *sorted(cut % (len(data) + 1) for cut in cuts), len(data)]
+    decoder = FrameDecoder()
+    received = [m for a, b in itertools.pairwise(bounds) for m in decoder.feed(data[a:b])]
+    assert received == EXAMPLES
+
+
+def test_an_oversized_length_prefix_is_refused_before_the_body_arrives() -> None:
+    decoder = FrameDecoder(max_frame_size=1024)
+    with pytest.raises(FrameTooLarge, match="1025-byte frame"):
+        decoder.feed(struct.pack(">I", 1025))
+
+
+def test_a_frame_exactly_at_the_limit_is_accepted() -> None:
+    data = encode(Refused("x" * 100))
+    assert FrameDecoder(max_frame_size=len(data) - 4).feed(data) == [Refused("x" * 100)]
+
+
+def test_the_limit_can_be_raised_once_the_peer_is_admitted() -> None:
+    data = encode(Refused("x" * 100))
+    decoder = FrameDecoder(max_frame_size=16)
+    decoder.max_frame_size = DEFAULT_MAX_FRAME
+    assert decoder.feed(data) == [Refused("x" * 100)]
+
+
+def test_encode_refuses_a_message_the_receiver_would_refuse() -> None:
+    with pytest.raises(FrameTooLarge, match="Gossip"):
+        encode(Gossip([b"x" * 2000]), max_frame_size=1024)
+
+
+def test_an_int_is_accepted_for_a_float_field_and_becomes_a_float() -> None:
+    decoded = decode_one(framed([_Probe.code, 2, "n", {}]))
+    assert decoded == _Probe(2.0, "n", {})
+    assert isinstance(decoded, _Probe) and type(decoded.ratio) is float
+
+
+BAD_INPUT = {
+    "http request line": b"GET / HTTP/1.1\r\n\r\n",
+    "tls client hello": b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 40,
+    "garbage body": frame(b"\xc1\xc1\xc1"),
+    "empty body": frame(b""),
+    "truncated msgpack": frame(msgpack.packb([Heartbeat.code, 5])[:-1]),
+    "trailing bytes after the message": frame(msgpack.packb([Heartbeat.code, 5]) + b"\x00"),
+    "payload is a map": framed({"code": Heartbeat.code}),
+    "payload is an int": framed(Heartbeat.code),
+    "empty array": framed([]),
+    "unknown code": framed([59_999]),
+    "code is a string": framed(["11", 5]),
+    "code is a bool": framed([True]),
+    "code is an unhashable list": framed([[11], 5]),
+    "too few fields": framed([Hello.code, 1, 1, 5, b"n" * 32]),
+    "too many fields": framed([Heartbeat.code, 5, 6]),
+    "str for an int": framed([Heartbeat.code, "5"]),
+    "bool for an int": framed([Heartbeat.code, True]),
+    "float for an int": framed([Heartbeat.code, 5.0]),
+    "str for bytes": framed([Proof.code, "mac"]),
+    "None for a required field": framed([Proof.code, None]),
+    "bool for a float": framed([_Probe.code, True, None, {}]),
+    "list for a dict": framed([_Probe.code, 1.0, None, []]),
+    "ext type": framed([Gossip.code, [msgpack.ExtType(42, b"x")]]),
+    "empty ext type": frame(b"\x92\x0a\x91\xc7\x00\x05"),
+    "timestamp ext": framed([Gossip.code, [msgpack.Timestamp(1, 0)]]),
+    "invalid utf-8 in a str": frame(b"\x92\x05\xa2\xff\xfe"),
+    "unhashable map key": frame(b"\x92\x0a\x91\x81\x90\x01"),
+    "nesting too deep": frame(b"\x92\x0a" + b"\x91" * 5000 + b"\xc0"),
+    "array claiming more items than the frame has bytes": frame(b"\x92\x0a\xdd\xff\xff\xff\xff"),
+}
+
+
+@pytest.mark.parametrize("data", BAD_INPUT.values(), ids=BAD_INPUT.keys())
+def test_malformed_input_is_a_protocol_error(data: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        FrameDecoder().feed(data)
+
+
+def test_a_protocol_error_names_the_field_but_never_echoes_the_peers_data() -> None:
+    with pytest.raises(ProtocolError) as caught:
+        FrameDecoder().feed(framed([Proof.code, "A" * 10_000]))
+    assert "Proof.mac must be bytes, got str" in str(caught.value)
+    assert "AAAA" not in str(caught.value)
+
+
+# --- properties ---------------------------------------------------------------
+
+_leaves = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=20)
+    | st.binary(max_size=20)
+)
+_keys = st.integers(-(2**63), 2**64 - 1) | st.text(max_size=20) | st.binary(max_size=20)
+plain = st.recursive(
+    _leaves,
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(_keys, inner, max_size=5),
+    max_leaves=20,
+)
+_FIELD_VALUES: dict[Any, st.SearchStrategy[Any]] = {
+    int: st.integers(-(2**63), 2**64 - 1),
+    float: st.floats(allow_nan=False),
+    str: st.text(),
+    bytes: st.binary(),
+    bool: st.booleans(),
+    list[Any]: st.lists(plain, max_size=5),
+    dict[Any, Any]: st.dictionaries(_keys, plain, max_size=5),
+}
+
+
+def _values_for(hint: Any) -> st.SearchStrategy[Any]:
+    if isinstance(hint, types.UnionType):  # X | None
+        return st.one_of([st.none() if o is type(None) else _FIELD_VALUES[o] for o in typing.get_args(hint)])
+    return _FIELD_VALUES[hint]
+
+
+def _messages_of(cls: type[Message]) -> st.SearchStrategy[Message]:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: _values_for(hints[f.name]) for f in dataclasses.fields(cls)}
+    return st.builds(cls, **fields)
+
+
+any_message = st.one_of([_messages_of(cls) for _, cls in sorted(MESSAGE_TYPES.items())])
+
+
+@given(any_message)
+def test_any_registered_message_with_any_field_values_survives_a_round_trip(msg: Message) -> None:
+    assert decode_one(encode(msg)) == msg
+
+
+def _feed_expecting_only_protocol_errors(chunks: list[bytes]) -> None:
+    decoder = FrameDecoder(max_frame_size=4096)
+    try:
+        for chunk in chunks:
+            for msg in decoder.feed(chunk):
+                assert isinstance(msg, Message)
+    except ProtocolError:
+        pass
+
+
+@given(st.lists(st.binary(max_size=64), max_size=10))
+def test_random_bytes_only_ever_raise_protocol_errors(chunks: list[bytes]) -> None:
+    _feed_expecting_only_protocol_errors(chunks)
+
+
+@given(st.binary(max_size=256))
+def test_random_frame_bodies_only_ever_raise_protocol_errors(body: bytes) -> None:
+    _feed_expecting_only_protocol_errors([frame(body)])
+
+
+@given(
+    plain
+    | st.tuples(st.sampled_from(sorted(MESSAGE_TYPES)), st.lists(plain, max_size=6)).map(
+        lambda t: [t[0], *t[1]]
+    )
+)
+def test_random_msgpack_objects_only_ever_raise_protocol_errors(obj: Any) -> None:
+    _feed_expecting_only_protocol_errors([framed(obj)])
