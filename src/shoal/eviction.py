@@ -169,6 +169,7 @@ class LRU:
         old.queue = GONE
         new.queue = MAIN
         self._order[new.key] = new
+        self._order.move_to_end(new.key)  # a write is a use
 
     def hit(self, entry: Any) -> None:
         self._order.move_to_end(entry.key)

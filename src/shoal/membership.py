@@ -102,12 +102,17 @@ class Membership:
         delay = min(self.backoff_cap, self.backoff_base * 2 ** min(target.failures, 16))
         target.next_dial = now + delay * self.rng.uniform(0.5, 1.5)
 
-    def connected(self, peer: int, listen: str, now: float) -> list[Action]:
-        """A handshake with ``peer`` finished; it is up."""
-        target = self._want(listen, permanent=False)
-        target.dialing = False
-        target.failures = 0
-        target.peer = peer
+    def connected(self, peer: int, listen: str, now: float, dialed: str | None = None) -> list[Action]:
+        """A handshake with ``peer`` finished; it is up.
+
+        ``dialed`` is the address we dialed to reach it, when that differs from
+        the address it advertises (a seed named ``localhost:7600``, say).
+        """
+        for address in {listen, dialed or listen}:
+            target = self._want(address, permanent=False)
+            target.dialing = False
+            target.failures = 0
+            target.peer = peer
         member = self.members.get(peer)
         if member is None:
             member = self.members[peer] = Member(peer, listen, since=now)
@@ -121,13 +126,13 @@ class Membership:
         return actions
 
     def disconnected(self, peer: int, now: float, reason: str = "connection closed") -> list[Action]:
+        for target in self._targets.values():
+            if target.peer == peer:
+                target.peer = None
+                target.next_dial = now + self.backoff_base * self.rng.uniform(0.5, 1.5)
         member = self.members.get(peer)
         if member is None or member.state != UP:
             return []
-        target = self._targets.get(member.listen)
-        if target is not None and target.peer == peer:
-            target.peer = None
-            target.next_dial = now + self.backoff_base * self.rng.uniform(0.5, 1.5)
         return self._down(member, reason, now, close=False)
 
     def received(self, peer: int, msg: Message, now: float) -> list[Action]:

@@ -201,3 +201,87 @@ class Heartbeat(Message):
 @message(12)
 class Leave(Message):
     """A graceful goodbye, so peers mark the member gone without waiting for timeouts."""
+
+
+# --- replication (replication.py) ---------------------------------------------
+
+
+@message(20)
+class Ops(Message):
+    """A batch of writes to one cache, each ``[kind, key, value, expires, hlc, node]``."""
+
+    cache: str
+    ops: list[Any]
+
+
+@message(21)
+class Digest(Message):
+    """Anti-entropy opening: the sender's per-bucket digests of one cache."""
+
+    cache: str
+    round: int
+    digests: list[Any]
+
+
+@message(22)
+class Listing(Message):
+    """Keys and versions the sender holds in buckets whose digests differ.
+
+    ``entries`` is ``[key, hlc, node, ...]`` flattened; ``reply`` asks the receiver
+    to answer with its own listing of the same buckets.
+    """
+
+    cache: str
+    round: int
+    buckets: list[Any]
+    entries: list[Any]
+    reply: bool
+
+
+@message(23)
+class Pull(Message):
+    """Send me these keys (as an Ops batch): you hold a newer version."""
+
+    cache: str
+    keys: list[Any]
+
+
+# --- warm boot (warmboot.py) ----------------------------------------------------
+
+
+@message(40)
+class SizeRequest(Message):
+    """How many entries do you hold of this cache? (a booting member choosing a donor)"""
+
+    cache: str
+
+
+@message(41)
+class SizeReply(Message):
+    cache: str
+    entries: int
+    ready: bool
+
+
+@message(42)
+class DumpRequest(Message):
+    """Stream me your entries of this cache; ``stream`` names the stream in replies."""
+
+    cache: str
+    stream: int
+
+
+@message(43)
+class DumpChunk(Message):
+    """One bounded chunk of a dump, in the Ops entry format."""
+
+    cache: str
+    stream: int
+    ops: list[Any]
+
+
+@message(44)
+class DumpEnd(Message):
+    cache: str
+    stream: int
+    entries: int

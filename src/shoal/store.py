@@ -134,6 +134,10 @@ class Store:
         if old is not None:
             if version <= old.version:
                 return False
+            if expires <= now:  # newest, but already expired: the old entry goes, nothing stays
+                self._unlink(old)
+                self._bury(key, version, now)
+                return True
             entry = Entry(key, value, expires, version)
             self.data[key] = entry
             if self.policy is not None:
@@ -141,6 +145,10 @@ class Store:
             entry.bucket = old.bucket
             self._file(entry)
             return True
+        if self.evicted:
+            gone = self.evicted.get(key)
+            if gone is not None and version <= gone:
+                return False  # an older write arriving late must not bring back a stale value
         if self.tombstones:
             dead = self.tombstones.get(key)
             if dead is not None:

@@ -1,0 +1,775 @@
+"""The asyncio driver: sockets, timers and the background thread around the sans-IO core.
+
+Only this module does I/O. A connection feeds bytes to ``wire.FrameDecoder``;
+until the HMAC handshake is done the frames go to ``handshake.Handshake`` (with a
+small frame limit), afterwards to membership, replication and warm boot, whose
+actions this module carries out. One connection per peer carries every cache.
+
+Threads: application threads call ``Cache`` methods; a write queues its op on a
+thread-safe deque and wakes the loop at most once per flush, so ``set`` never
+waits for the network. Everything else runs on the node's loop: its own thread
+after ``start()``, or the caller's loop under ``async with``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import os
+import random
+import ssl as _ssl
+import threading
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from types import TracebackType
+from typing import Any
+
+from . import replication as rep
+from . import warmboot
+from .actions import Action, Close, Dial, MemberDown, MemberUp, Send
+from .cache import Cache, Op
+from .clock import HybridClock, version_ms
+from .errors import ProtocolError, ShoalError
+from .handshake import Handshake
+from .membership import Membership
+from .messages import (
+    Digest,
+    DumpChunk,
+    DumpEnd,
+    DumpRequest,
+    Gossip,
+    Heartbeat,
+    Leave,
+    Listing,
+    Message,
+    Ops,
+    Pull,
+    Refused,
+    SizeReply,
+    SizeRequest,
+)
+from .serializer import Serializer
+from .wire import DEFAULT_MAX_FRAME, HANDSHAKE_MAX_FRAME, FrameDecoder, encode
+
+log = logging.getLogger("shoal")
+
+Resolver = Callable[[str, int], Awaitable[list[str]]]
+
+TICK = 0.1
+FLUSH_MAX_OPS = 1000
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"address must be host:port, not {address!r}")
+    return host.strip("[]"), int(port)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+async def _dns_resolver(name: str, port: int) -> list[str]:
+    infos = await asyncio.get_running_loop().getaddrinfo(name, port, type=1)
+    return sorted({f"{info[4][0]}:{port}" for info in infos})
+
+
+class _Conn(asyncio.Protocol):
+    """One TCP connection: framing, handshake, then hands messages to the node."""
+
+    def __init__(self, node: Node, initiator: bool, dialed: str | None = None) -> None:
+        self.node = node
+        self.initiator = initiator
+        self.dialed = dialed
+        self.transport: asyncio.Transport | None = None
+        self.decoder = FrameDecoder(HANDSHAKE_MAX_FRAME)
+        factory = Handshake.initiator if initiator else Handshake.acceptor
+        self.handshake = factory(node._secret, node.node_id, node.address)
+        self.peer: int | None = None
+        self.closed = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._writable = asyncio.Event()
+        self._writable.set()
+
+    # asyncio callbacks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.node._pending.add(self)
+        self._timer = self.node._loop.call_later(self.node.handshake_timeout, self._handshake_timeout)
+        for msg in self.handshake.start():
+            self.send(msg)
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        try:
+            for msg in self.decoder.feed(data):
+                if self.closed:
+                    return
+                if self.peer is None:
+                    self._handshake(msg)
+                else:
+                    self.node._on_message(self, msg)
+        except ProtocolError as exc:
+            self.refuse(str(exc))
+        except Exception as exc:  # nothing a peer sends may take the node down
+            log.exception("error handling a frame from %s", self.describe())
+            self.close(f"internal error: {exc!r}")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._writable.set()
+        if self._timer is not None:
+            self._timer.cancel()
+        self.node._lost(self)
+
+    def pause_writing(self) -> None:
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
+
+    # handshake
+
+    def _handshake(self, msg: Message) -> None:
+        for reply in self.handshake.receive(msg):
+            self.send(reply)
+        if self.handshake.done:
+            if self._timer is not None:
+                self._timer.cancel()
+            self.decoder.max_frame_size = self.node.max_frame_size
+            self.peer = self.handshake.peer_id
+            self.node._admitted(self)
+
+    def _handshake_timeout(self) -> None:
+        if self.peer is None and not self.closed:
+            self.refuse("handshake did not finish in time")
+
+    # sending
+
+    def send(self, msg: Message) -> None:
+        self.write(encode(msg, self.node.max_frame_size))
+
+    def write(self, frame: bytes) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(frame)
+
+    def backlog(self) -> int:
+        return self.transport.get_write_buffer_size() if self.transport is not None else 0
+
+    async def drained(self) -> None:
+        await self._writable.wait()
+
+    def refuse(self, reason: str) -> None:
+        log.warning("closing connection %s: %s", self.describe(), reason)
+        if self.peer is None:
+            with contextlib.suppress(Exception):
+                self.send(Refused(reason[:200]))
+        self.close(reason)
+
+    def close(self, reason: str) -> None:
+        if not self.closed and self.transport is not None:
+            self.closed = True
+            self.transport.close()
+            self.node._lost(self)
+
+    def describe(self) -> str:
+        addr = self.transport.get_extra_info("peername") if self.transport else None
+        who = f"{self.peer:016x}" if self.peer is not None else "unauthenticated"
+        return f"{who} at {addr}"
+
+    def initiator_id(self) -> int:
+        assert self.peer is not None
+        return self.node.node_id if self.initiator else self.peer
+
+
+class _CacheState:
+    """A hosted cache plus its replication and warm-boot figures."""
+
+    def __init__(self, cache: Cache) -> None:
+        self.cache = cache
+        self.booted = False
+        self.stats: dict[str, Any] = {
+            "ops_sent": 0,
+            "ops_received": 0,
+            "ops_applied": 0,
+            "ops_ignored": 0,
+            "ops_dropped": 0,
+            "repair_rounds": 0,
+            "keys_repaired": 0,
+            "last_lag_ms": None,
+        }
+        self.boot = warmboot.BootStats()
+
+
+class Node:
+    """One member of a shoal cluster: hosts named caches and keeps them replicated."""
+
+    def __init__(
+        self,
+        listen: str = "127.0.0.1:0",
+        seeds: list[str] | tuple[str, ...] = (),
+        secret: str | bytes | None = None,
+        *,
+        discovery: str | None = None,
+        ssl: _ssl.SSLContext | None = None,
+        client_ssl: _ssl.SSLContext | None = None,
+        failure_timeout: float = 5.0,
+        heartbeat_interval: float = 0.5,
+        handshake_timeout: float = 5.0,
+        max_frame_size: int = DEFAULT_MAX_FRAME,
+        max_peer_backlog: int = 64 * 1024 * 1024,
+        anti_entropy_interval: float = 5.0,
+        warm_donors: int = 1,
+        warm_timeout: float = 30.0,
+        boot_wait: float = 2.0,
+        resolver: Resolver | None = None,
+        dns_interval: float = 10.0,
+    ) -> None:
+        host, port = parse_address(listen)
+        if secret is None and not _is_loopback(host):
+            raise ShoalError(f"refusing to listen on non-loopback {host!r} without a cluster secret")
+        if warm_donors not in (1, 2):
+            raise ValueError("warm_donors is 1 or 2")
+        self._host, self._port = host, port
+        self._secret = secret.encode() if isinstance(secret, str) else (secret or b"")
+        self.node_id = int.from_bytes(os.urandom(8), "big")
+        self.clock = HybridClock(self.node_id)
+        self.seeds = list(seeds)
+        self.discovery = discovery
+        self._ssl = ssl
+        self._client_ssl = client_ssl or ssl
+        self.failure_timeout = failure_timeout
+        self.heartbeat_interval = heartbeat_interval
+        self.handshake_timeout = handshake_timeout
+        self.max_frame_size = max_frame_size
+        self.max_peer_backlog = max_peer_backlog
+        self.anti_entropy_interval = anti_entropy_interval
+        self.warm_donors = warm_donors
+        self.warm_timeout = warm_timeout
+        self.boot_wait = boot_wait
+        self._resolver = resolver or _dns_resolver
+        self.dns_interval = dns_interval
+        self.on_member_up: list[Callable[[int, str], None]] = []
+        self.on_member_down: list[Callable[[int, str, str], None]] = []
+
+        self._caches: dict[str, _CacheState] = {}
+        self._outbox: deque[tuple[str, Op]] = deque()
+        self._flush_pending = False
+        self._peers: dict[int, _Conn] = {}
+        self._pending: set[_Conn] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._server: asyncio.Server | None = None
+        self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
+        self._thread: threading.Thread | None = None
+        self._ready_flag = threading.Event()
+        self._ready_event: asyncio.Event | None = None
+        self._stopping = False
+        self._started_at = 0.0
+        self._needs_repair: set[int] = set()
+        self._round = 0
+        self.membership: Membership = None  # type: ignore[assignment]
+        self._boot = warmboot.Booter(self)
+
+    # -- public API ------------------------------------------------------------------
+
+    @property
+    def address(self) -> str:
+        return f"{self._host}:{self._port}"
+
+    def cache(
+        self,
+        name: str,
+        ttl: float | timedelta | None = None,
+        max_entries: int | None = None,
+        *,
+        serializer: Serializer | None = None,
+        tombstone_ttl: float = 600.0,
+    ) -> Cache:
+        """The named cache on this node, created on first use; every member hosting it shares it."""
+        state = self._caches.get(name)
+        if state is not None:
+            return state.cache
+        cache = Cache(ttl, max_entries, serializer=serializer, name=name, clock=self.clock, tombstone_ttl=tombstone_ttl)
+        cache.replicate = lambda op, _name=name: self._enqueue(_name, op)
+        self._caches[name] = _CacheState(cache)
+        if self._loop is not None and self.membership is not None:
+            self._loop.call_soon_threadsafe(self._host_cache, name)
+        return cache
+
+    def start(self, timeout: float = 30.0) -> Node:
+        """Run the node on a background thread; returns once it listens."""
+        if self._thread is not None:
+            raise ShoalError("node already started")
+        started = threading.Event()
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(loop)
+            try:
+                loop.run_until_complete(self._open())
+            except BaseException as exc:
+                failure.append(exc)
+                started.set()
+                loop.close()
+                return
+            started.set()
+            try:
+                loop.run_forever()
+            finally:
+                loop.close()
+
+        self._thread = threading.Thread(target=run, name=f"shoal-node-{self.node_id:016x}", daemon=True)
+        self._thread.start()
+        if not started.wait(timeout):
+            raise ShoalError("node did not start in time")
+        if failure:
+            self._thread = None
+            raise failure[0]
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Graceful stop: flush queued writes, say goodbye, close."""
+        if self._thread is None:
+            return
+        future = asyncio.run_coroutine_threadsafe(self._close(), self._loop)
+        try:
+            future.result(timeout)
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout)
+            self._thread = None
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """True once every cache finished its warm boot (a readiness probe)."""
+        return self._ready_flag.wait(timeout)
+
+    async def ready(self, timeout: float | None = None) -> bool:
+        if self._ready_event is None:
+            raise ShoalError("node not running")
+        try:
+            await asyncio.wait_for(self._ready_event.wait(), timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    async def __aenter__(self) -> Node:
+        await self._open()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self._close()
+
+    def members(self) -> list[dict[str, Any]]:
+        """Every member this node knows, itself included."""
+        now = time.monotonic()
+        rows = [
+            {
+                "id": f"{self.node_id:016x}",
+                "address": self.address,
+                "state": "self",
+                "last_heard": 0.0,
+                "caches": sorted(self._caches),
+            }
+        ]
+        if self.membership is not None:
+            for m in list(self.membership.members.values()):
+                rows.append(
+                    {
+                        "id": f"{m.node_id:016x}",
+                        "address": m.listen,
+                        "state": m.state,
+                        "last_heard": round(now - m.last_heard, 3),
+                        "caches": sorted(m.caches),
+                    }
+                )
+        return rows
+
+    def stats(self) -> dict[str, Any]:
+        caches = {}
+        for name, state in list(self._caches.items()):
+            figures = state.cache.stats()
+            figures.update(state.stats)
+            figures["queue_depth"] = sum(1 for n, _ in list(self._outbox) if n == name)
+            figures["warm_boot"] = state.boot.as_dict()
+            caches[name] = figures
+        return {
+            "id": f"{self.node_id:016x}",
+            "address": self.address,
+            "ready": self._ready_flag.is_set(),
+            "members_up": len(self.membership.up_peers()) if self.membership else 0,
+            "peer_backlog_bytes": {f"{p:016x}": c.backlog() for p, c in list(self._peers.items())},
+            "caches": caches,
+        }
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def _open(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._ready_event = asyncio.Event()
+        self._server = await self._loop.create_server(
+            lambda: _Conn(self, initiator=False), self._host, self._port, ssl=self._ssl, reuse_address=True
+        )
+        sock = self._server.sockets[0]
+        self._port = sock.getsockname()[1]
+        self._started_at = time.monotonic()
+        self.membership = Membership(
+            self.node_id,
+            self.address,
+            seeds=[s for s in self.seeds if s != self.address],
+            failure_timeout=self.failure_timeout,
+            heartbeat_interval=self.heartbeat_interval,
+        )
+        for name in self._caches:
+            self.membership.caches.add(name)
+        log.info("node %016x listening on %s", self.node_id, self.address)
+        self._spawn(self._ticker())
+        if self.discovery:
+            self._spawn(self._discover())
+        for name in list(self._caches):
+            self._spawn(self._boot.boot(name))
+        self._spawn(self._watch_ready())
+        if self._outbox:
+            self._schedule_flush()
+
+    async def _close(self) -> None:
+        if self._stopping:
+            return
+        self._stopping = True
+        self._flush(everything=True)
+        for action in self.membership.leave():
+            self._do(action)
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline and any(c.backlog() for c in self._peers.values()):
+            await asyncio.sleep(0.01)
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self._peers.values()) + list(self._pending):
+            conn.close("node stopping")
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+        log.info("node %016x stopped", self.node_id)
+
+    def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("node task failed", exc_info=task.exception())
+
+    async def _ticker(self) -> None:
+        next_repair = time.monotonic() + self.anti_entropy_interval * random.uniform(0.5, 1.0)
+        while True:
+            now = time.monotonic()
+            for action in self.membership.tick(now):
+                self._do(action)
+            if now >= next_repair:
+                next_repair = now + self.anti_entropy_interval * random.uniform(0.75, 1.25)
+                self._start_repair()
+            await asyncio.sleep(TICK)
+
+    async def _discover(self) -> None:
+        kind, _, rest = (self.discovery or "").partition(":")
+        if kind != "dns":
+            raise ShoalError(f"unknown discovery {self.discovery!r}; expected dns:NAME:PORT")
+        name, port = parse_address(rest)
+        while True:
+            try:
+                addresses = await self._resolver(name, port)
+                self.membership.discovered([a for a in addresses if a != self.address])
+            except OSError as exc:
+                log.warning("DNS discovery of %s failed: %s", name, exc)
+            await asyncio.sleep(self.dns_interval)
+
+    async def _watch_ready(self) -> None:
+        while not all(s.booted for s in self._caches.values()):
+            await asyncio.sleep(0.02)
+        self._ready_flag.set()
+        assert self._ready_event is not None
+        self._ready_event.set()
+
+    def _host_cache(self, name: str) -> None:
+        self._ready_flag.clear()
+        if self._ready_event is not None:
+            self._ready_event.clear()
+        for action in self.membership.host(name):
+            self._do(action)
+        self._spawn(self._boot.boot(name))
+        self._spawn(self._watch_ready())
+
+    # -- connections ---------------------------------------------------------------------
+
+    async def _dial(self, address: str) -> None:
+        try:
+            host, port = parse_address(address)
+            await asyncio.wait_for(
+                self._loop.create_connection(
+                    lambda: _Conn(self, initiator=True, dialed=address),
+                    host,
+                    port,
+                    ssl=self._client_ssl,
+                    server_hostname=host if self._client_ssl else None,
+                ),
+                self.handshake_timeout,
+            )
+        except (OSError, asyncio.TimeoutError, ValueError) as exc:
+            log.debug("dial %s failed: %s", address, exc)
+            if not self._stopping:
+                self.membership.dial_failed(address, time.monotonic())
+
+    def _admitted(self, conn: _Conn) -> None:
+        self._pending.discard(conn)
+        peer = conn.peer
+        assert peer is not None
+        existing = self._peers.get(peer)
+        if existing is not None and not existing.closed:
+            # Both sides dialed: keep the connection the smaller id initiated, on both ends.
+            keep = existing if existing.initiator_id() <= conn.initiator_id() else conn
+            drop = conn if keep is existing else existing
+            self._peers[peer] = keep
+            drop.close("duplicate connection")
+            if keep is existing:
+                if conn.dialed:
+                    self.membership.dial_failed(conn.dialed, time.monotonic())
+                return
+        self._peers[peer] = conn
+        log.info("connected to %016x at %s", peer, conn.handshake.peer_listen)
+        now = time.monotonic()
+        for action in self.membership.connected(peer, conn.handshake.peer_listen, now, dialed=conn.dialed):
+            self._do(action)
+
+    def _lost(self, conn: _Conn) -> None:
+        self._pending.discard(conn)
+        if conn.peer is not None and self._peers.get(conn.peer) is conn:
+            del self._peers[conn.peer]
+            if self.membership is not None:
+                for action in self.membership.disconnected(conn.peer, time.monotonic()):
+                    self._do(action)
+        elif conn.peer is None and conn.dialed and self.membership is not None and not self._stopping:
+            self.membership.dial_failed(conn.dialed, time.monotonic())
+
+    def _do(self, action: Action) -> None:
+        if isinstance(action, Send):
+            conn = self._peers.get(action.peer)
+            if conn is not None:
+                conn.send(action.msg)
+        elif isinstance(action, Dial):
+            if not self._stopping:
+                self._spawn(self._dial(action.address))
+        elif isinstance(action, Close):
+            conn = self._peers.get(action.peer)
+            if conn is not None:
+                conn.close(action.reason)
+        elif isinstance(action, MemberUp):
+            log.info("member %016x up at %s", action.peer, action.listen)
+            for up_callback in self.on_member_up:
+                up_callback(action.peer, action.listen)
+            self._boot.member_up(action.peer)
+        elif isinstance(action, MemberDown):
+            log.info("member %016x down (%s)", action.peer, action.reason)
+            for down_callback in self.on_member_down:
+                down_callback(action.peer, action.listen, action.reason)
+            self._boot.member_down(action.peer)
+
+    def send(self, peer: int, msg: Message) -> bool:
+        conn = self._peers.get(peer)
+        if conn is None or conn.closed:
+            return False
+        conn.send(msg)
+        return True
+
+    def peer_conn(self, peer: int) -> _Conn | None:
+        return self._peers.get(peer)
+
+    # -- messages ----------------------------------------------------------------------
+
+    def _on_message(self, conn: _Conn, msg: Message) -> None:
+        peer = conn.peer
+        assert peer is not None
+        now = time.monotonic()
+        if isinstance(msg, (Gossip, Heartbeat, Leave)):
+            for action in self.membership.received(peer, msg, now):
+                self._do(action)
+            return
+        self.membership.heard(peer, now)
+        if isinstance(msg, Ops):
+            self._apply(msg.cache, rep.ops_from_wire(msg.ops))
+        elif isinstance(msg, Digest):
+            self._on_digest(peer, msg)
+        elif isinstance(msg, Listing):
+            self._on_listing(peer, msg)
+        elif isinstance(msg, Pull):
+            self._on_pull(peer, msg)
+        elif isinstance(msg, SizeRequest):
+            self._boot.on_size_request(peer, msg)
+        elif isinstance(msg, SizeReply):
+            self._boot.on_size_reply(peer, msg)
+        elif isinstance(msg, DumpRequest):
+            self._spawn(self._boot.serve_dump(peer, msg))
+        elif isinstance(msg, DumpChunk):
+            self._boot.on_chunk(peer, msg)
+        elif isinstance(msg, DumpEnd):
+            self._boot.on_end(peer, msg)
+        else:
+            raise ProtocolError(f"unexpected {type(msg).__name__} after the handshake")
+
+    def _apply(self, name: str, ops: list[Op]) -> tuple[int, int]:
+        state = self._caches.get(name)
+        if state is None:
+            return 0, 0  # a cache we do not host (yet): nothing to keep
+        applied, ignored = state.cache.apply(ops)
+        s = state.stats
+        s["ops_received"] += len(ops)
+        s["ops_applied"] += applied
+        s["ops_ignored"] += ignored
+        if ops:
+            s["last_lag_ms"] = max(0, int(time.time() * 1000) - version_ms(ops[-1][4]))
+        return applied, ignored
+
+    # -- replication ---------------------------------------------------------------------
+
+    def _enqueue(self, name: str, op: Op) -> None:
+        """Called on application threads: queue the op, wake the loop once per flush."""
+        self._outbox.append((name, op))
+        if not self._flush_pending and self._loop is not None and not self._stopping:
+            self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        self._flush_pending = True
+        try:
+            self._loop.call_soon_threadsafe(self._flush)
+        except RuntimeError:  # loop closed: the node is gone, ops stay local
+            self._flush_pending = False
+
+    def _flush(self, everything: bool = False) -> None:
+        # Clear the flag before draining: an op queued after this point schedules
+        # another flush instead of being stranded.
+        self._flush_pending = False
+        outbox = self._outbox
+        batches: dict[str, list[Any]] = {}
+        budget = len(outbox) if everything else max(FLUSH_MAX_OPS * 20, 1)
+        while outbox and budget > 0:
+            name, op = outbox.popleft()
+            batches.setdefault(name, []).append(rep.op_to_wire(op))
+            budget -= 1
+        if outbox and not self._flush_pending:
+            self._schedule_flush()
+        for name, wire_ops in batches.items():
+            peers = self.membership.group(name) if self.membership else []
+            if not peers:
+                continue
+            state = self._caches[name]
+            for i in range(0, len(wire_ops), FLUSH_MAX_OPS):
+                chunk = wire_ops[i : i + FLUSH_MAX_OPS]
+                frame = encode(Ops(name, chunk), self.max_frame_size)
+                for peer in peers:
+                    conn = self._peers.get(peer)
+                    if conn is None or conn.closed:
+                        continue
+                    if conn.backlog() > self.max_peer_backlog:
+                        # The peer is not reading: drop, and let anti-entropy repair it.
+                        state.stats["ops_dropped"] += len(chunk)
+                        self._needs_repair.add(peer)
+                        continue
+                    conn.write(frame)
+                    state.stats["ops_sent"] += len(chunk)
+
+    # -- anti-entropy --------------------------------------------------------------------
+
+    def _start_repair(self) -> None:
+        """One anti-entropy round per hosted cache, with a random peer of its group."""
+        for name in list(self._caches):
+            group = self.membership.group(name)
+            if not group:
+                continue
+            urgent = [p for p in group if p in self._needs_repair]
+            peer = urgent[0] if urgent else random.choice(group)
+            self._needs_repair.discard(peer)
+            self._spawn(self._send_digest(name, peer))
+
+    async def _send_digest(self, name: str, peer: int) -> None:
+        state = self._caches[name]
+        digests = await self._digests(state.cache)
+        self._round += 1
+        state.stats["repair_rounds"] += 1
+        self.send(peer, Digest(name, self._round, digests))
+
+    async def _digests(self, cache: Cache) -> list[int]:
+        """Digests computed in slices, yielding to the loop between them."""
+        entries = cache._store.entries()
+        sums = [0] * rep.BUCKETS
+        now = time.time()
+        for i in range(0, len(entries), 5000):
+            part = rep.digests(entries[i : i + 5000], now)
+            sums = [(a + b) & 0xFFFFFFFFFFFFFFFF for a, b in zip(sums, part, strict=True)]
+            await asyncio.sleep(0)
+        return sums
+
+    def _on_digest(self, peer: int, msg: Digest) -> None:
+        state = self._caches.get(msg.cache)
+        if state is None:
+            return
+        self._spawn(self._answer_digest(peer, state, msg))
+
+    async def _answer_digest(self, peer: int, state: _CacheState, msg: Digest) -> None:
+        mine = await self._digests(state.cache)
+        buckets = rep.differing(mine, msg.digests)
+        if not buckets:
+            return
+        flat = rep.listing(state.cache._store.entries(), buckets, time.time())
+        self.send(peer, Listing(msg.cache, msg.round, buckets, flat, True))
+
+    def _on_listing(self, peer: int, msg: Listing) -> None:
+        state = self._caches.get(msg.cache)
+        if state is None:
+            return
+        if any(type(b) is not int or not 0 <= b < rep.BUCKETS for b in msg.buckets):
+            raise ProtocolError("listing names buckets that do not exist")
+        wanted = rep.to_pull(state.cache._store, msg.entries)
+        if wanted:
+            state.stats["keys_repaired"] += len(wanted)
+            self.send(peer, Pull(msg.cache, wanted))
+        if msg.reply:
+            flat = rep.listing(state.cache._store.entries(), msg.buckets, time.time())
+            self.send(peer, Listing(msg.cache, msg.round, msg.buckets, flat, False))
+
+    def _on_pull(self, peer: int, msg: Pull) -> None:
+        state = self._caches.get(msg.cache)
+        if state is None:
+            return
+        cache = state.cache
+        now = time.time()
+        ops = []
+        for key in msg.keys:
+            if type(key) not in (str, bytes, int):
+                raise ProtocolError("pull of a key that is not str, bytes or int")
+            entry = cache._store.data.get(key)
+            if entry is not None and entry > now:
+                ops.append(rep.op_to_wire(rep.entry_op(entry, cache._serializer.dumps(entry.value))))
+        for i in range(0, len(ops), FLUSH_MAX_OPS):
+            self.send(peer, Ops(msg.cache, ops[i : i + FLUSH_MAX_OPS]))
+
+    def __repr__(self) -> str:
+        return f"<shoal.Node {self.node_id:016x} {self.address}>"

@@ -1,0 +1,215 @@
+"""Warm boot: a joining member fills a cache from its largest live peer.
+
+Theory of operation. A member that starts hosting a cache waits briefly for its
+first peers (``boot_wait``), asks every member of the cache's group for its size,
+and streams a dump from the largest one that is itself warm (``warm_donors`` of
+them, 1 by default). So N members booting together cause N dumps in total, one
+each, never N dumps each. The donor streams from a snapshot of references (no
+copy of the values, no serialisation up front) in chunks of ``CHUNK`` entries,
+yielding to its loop and to TCP back-pressure between chunks; the receiver
+applies each chunk as it arrives, merging by version, so a live write that
+arrived during the boot is never overwritten by older dump data. If the donor
+goes down mid-stream, the next largest takes over: entries already applied stay,
+and the merge makes the overlap harmless.
+
+``choose_donors`` and ``dump_ops`` are pure; ``Booter`` is the node-side
+coordinator that runs them on the node's loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+from .clock import NODE_BITS, NODE_MASK
+from .messages import DumpChunk, DumpEnd, DumpRequest, SizeReply, SizeRequest
+from .replication import ops_from_wire
+from .store import NEVER, WRITE, Entry, Store
+from .wire import encode
+
+if TYPE_CHECKING:
+    from .node import Node
+    from .serializer import Serializer
+
+log = logging.getLogger("shoal")
+
+CHUNK = 2000
+SIZE_WAIT = 1.0
+
+
+@dataclass
+class BootStats:
+    state: str = "pending"
+    donor: str | None = None
+    entries: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+    donors_tried: int = 0
+    dumps_served: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def choose_donors(sizes: dict[int, tuple[int, bool]]) -> list[int]:
+    """Peers in the order to ask for a dump: warm ones first, then the largest."""
+    return sorted(sizes, key=lambda peer: (not sizes[peer][1], -sizes[peer][0], peer))
+
+
+def dump_ops(store: Store, entries: list[Entry], dumps: Any, now: float) -> list[list[Any]]:
+    """Wire ops for the still-current, unexpired entries of one snapshot slice."""
+    data = store.data
+    return [
+        [WRITE, e.key, dumps(e.value), None if e == NEVER else float(e), e.version >> NODE_BITS, e.version & NODE_MASK]
+        for e in entries
+        if e > now and data.get(e.key) is e
+    ]
+
+
+@dataclass
+class _Stream:
+    cache: str
+    donor: int
+    done: asyncio.Future[bool]
+    entries: int = 0
+    bytes: int = 0
+
+
+class Booter:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self._sizes: dict[str, dict[int, tuple[int, bool]]] = {}
+        self._streams: dict[int, _Stream] = {}
+
+    async def boot(self, name: str) -> None:
+        node = self.node
+        state = node._caches[name]
+        stats = state.boot
+        stats.state = "booting"
+        started = time.monotonic()
+        try:
+            if node.seeds or node.discovery:
+                deadline = started + node.boot_wait
+                while time.monotonic() < deadline and not node.membership.group(name):
+                    await asyncio.sleep(0.02)
+            group = node.membership.group(name)
+            if not group:
+                stats.state = "no peers"
+                return
+            sizes = self._sizes[name] = {}
+            for peer in group:
+                node.send(peer, SizeRequest(name))
+            deadline = time.monotonic() + SIZE_WAIT
+            while time.monotonic() < deadline and len(sizes) < len(group):
+                await asyncio.sleep(0.01)
+            donors = [p for p in choose_donors(sizes) if sizes[p][0] > 0]
+            if not donors:
+                stats.state = "peers empty"
+                return
+            finished = 0
+            for donor in donors:
+                stats.donors_tried += 1
+                if await self._stream_from(name, donor, stats):
+                    finished += 1
+                    if finished >= node.warm_donors:
+                        break
+            stats.state = "warm" if finished else "not warmed"
+        except asyncio.TimeoutError:
+            stats.state = "not warmed (timeout)"
+        finally:
+            self._sizes.pop(name, None)
+            stats.seconds = round(time.monotonic() - started, 3)
+            state.booted = True
+            log.info(
+                "warm boot of %s: %s, %d entries (%d bytes) from %s in %.2fs",
+                name,
+                stats.state,
+                stats.entries,
+                stats.bytes,
+                stats.donor,
+                stats.seconds,
+            )
+
+    async def _stream_from(self, name: str, donor: int, stats: BootStats) -> bool:
+        node = self.node
+        stream_id = random.getrandbits(62)
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        stream = self._streams[stream_id] = _Stream(name, donor, done)
+        stats.donor = f"{donor:016x}"
+        if not node.send(donor, DumpRequest(name, stream_id)):
+            del self._streams[stream_id]
+            return False
+        try:
+            return await asyncio.wait_for(done, node.warm_timeout)
+        finally:
+            self._streams.pop(stream_id, None)
+            stats.entries += stream.entries
+            stats.bytes += stream.bytes
+
+    # -- receiving side ---------------------------------------------------------------
+
+    def on_size_reply(self, peer: int, msg: SizeReply) -> None:
+        sizes = self._sizes.get(msg.cache)
+        if sizes is not None:
+            sizes[peer] = (max(0, msg.entries), msg.ready)
+
+    def on_chunk(self, peer: int, msg: DumpChunk) -> None:
+        stream = self._streams.get(msg.stream)
+        if stream is None or stream.donor != peer:
+            return  # a stream we gave up on
+        ops = ops_from_wire(msg.ops)
+        self.node._apply(stream.cache, ops)
+        stream.entries += len(ops)
+        stream.bytes += sum(len(op[2] or b"") for op in ops)
+        if stream.entries // 100_000 != (stream.entries - len(ops)) // 100_000:
+            log.info("warm boot of %s: %d entries so far", stream.cache, stream.entries)
+
+    def on_end(self, peer: int, msg: DumpEnd) -> None:
+        stream = self._streams.get(msg.stream)
+        if stream is not None and stream.donor == peer and not stream.done.done():
+            stream.done.set_result(True)
+
+    def member_up(self, peer: int) -> None:
+        pass
+
+    def member_down(self, peer: int) -> None:
+        for stream in self._streams.values():
+            if stream.donor == peer and not stream.done.done():
+                log.warning("warm boot donor %016x went down mid-stream; trying the next", peer)
+                stream.done.set_result(False)
+
+    # -- donor side ---------------------------------------------------------------------
+
+    def on_size_request(self, peer: int, msg: SizeRequest) -> None:
+        state = self.node._caches.get(msg.cache)
+        if state is None:
+            self.node.send(peer, SizeReply(msg.cache, 0, False))
+        else:
+            self.node.send(peer, SizeReply(msg.cache, len(state.cache._store.data), state.booted))
+
+    async def serve_dump(self, peer: int, msg: DumpRequest) -> None:
+        node = self.node
+        state = node._caches.get(msg.cache)
+        conn = node.peer_conn(peer)
+        if conn is None:
+            return
+        sent = 0
+        if state is not None:
+            state.boot.dumps_served += 1
+            store = state.cache._store
+            serializer: Serializer = state.cache._serializer
+            entries = store.entries()  # references only: cheap, and entries never change
+            for i in range(0, len(entries), CHUNK):
+                ops = dump_ops(store, entries[i : i + CHUNK], serializer.dumps, time.time())
+                if conn.closed:
+                    return
+                conn.write(encode(DumpChunk(msg.cache, msg.stream, ops), node.max_frame_size))
+                sent += len(ops)
+                await conn.drained()
+                await asyncio.sleep(0)
+        if not conn.closed:
+            conn.send(DumpEnd(msg.cache, msg.stream, sent))
