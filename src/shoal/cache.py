@@ -93,6 +93,19 @@ class Cache:
         self._loads = self._load_errors = 0
         sweeper.register(self)
 
+    @property
+    def store(self) -> Store:
+        """The entries themselves, for replication and warm boot (not for applications)."""
+        return self._store
+
+    @property
+    def serializer(self) -> Serializer:
+        return self._serializer
+
+    def now(self) -> float:
+        """Wall-clock seconds as this cache sees them (expiry is measured on it)."""
+        return self._wall()
+
     # -- reads -----------------------------------------------------------------
 
     def get(self, key: Key, default: Any = None) -> Any:

@@ -18,11 +18,9 @@ import contextlib
 import ipaddress
 import logging
 import os
-import random
 import ssl as _ssl
 import threading
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from types import TracebackType
@@ -32,7 +30,7 @@ from . import replication as rep
 from . import warmboot
 from .actions import Action, Close, Dial, MemberDown, MemberUp, Send
 from .cache import Cache, Op
-from .clock import HybridClock, version_ms
+from .clock import HybridClock
 from .errors import ProtocolError, ShoalError
 from .handshake import Handshake
 from .membership import Membership
@@ -201,16 +199,6 @@ class _CacheState:
     def __init__(self, cache: Cache) -> None:
         self.cache = cache
         self.booted = False
-        self.stats: dict[str, Any] = {
-            "ops_sent": 0,
-            "ops_received": 0,
-            "ops_applied": 0,
-            "ops_ignored": 0,
-            "ops_dropped": 0,
-            "repair_rounds": 0,
-            "keys_repaired": 0,
-            "last_lag_ms": None,
-        }
         self.boot = warmboot.BootStats()
 
 
@@ -266,8 +254,8 @@ class Node:
         self.on_member_down: list[Callable[[int, str, str], None]] = []
 
         self._caches: dict[str, _CacheState] = {}
-        self._outbox: deque[tuple[str, Op]] = deque()
         self._flush_pending = False
+        self._early_ops: list[tuple[str, Op]] = []
         self._peers: dict[int, _Conn] = {}
         self._pending: set[_Conn] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -278,8 +266,7 @@ class Node:
         self._ready_event: asyncio.Event | None = None
         self._stopping = False
         self._started_at = 0.0
-        self._needs_repair: set[int] = set()
-        self._round = 0
+        self.replicator: rep.Replicator = None  # type: ignore[assignment]
         self.membership: Membership = None  # type: ignore[assignment]
         self._boot = warmboot.Booter(self)
 
@@ -404,8 +391,9 @@ class Node:
         caches = {}
         for name, state in list(self._caches.items()):
             figures = state.cache.stats()
-            figures.update(state.stats)
-            figures["queue_depth"] = sum(1 for n, _ in list(self._outbox) if n == name)
+            if self.replicator is not None:
+                figures.update(self.replicator.figures_of(name))
+                figures["queue_depth"] = sum(1 for n, _ in list(self.replicator.outbox) if n == name)
             figures["warm_boot"] = state.boot.as_dict()
             caches[name] = figures
         return {
@@ -437,6 +425,11 @@ class Node:
         )
         for name in self._caches:
             self.membership.caches.add(name)
+        self.replicator = rep.Replicator(
+            self.membership,
+            {name: state.cache for name, state in self._caches.items()},
+            interval=self.anti_entropy_interval,
+        )
         log.info("node %016x listening on %s", self.node_id, self.address)
         self._spawn(self._ticker())
         if self.discovery:
@@ -444,7 +437,9 @@ class Node:
         for name in list(self._caches):
             self._spawn(self._boot.boot(name))
         self._spawn(self._watch_ready())
-        if self._outbox:
+        if self._early_ops:
+            self.replicator.outbox.extend(self._early_ops)
+            self._early_ops.clear()
             self._schedule_flush()
 
     async def _close(self) -> None:
@@ -480,15 +475,12 @@ class Node:
             log.error("node task failed", exc_info=task.exception())
 
     async def _ticker(self) -> None:
-        next_repair = time.monotonic() + self.anti_entropy_interval * random.uniform(0.5, 1.0)
         while True:
             now = time.monotonic()
-            for action in self.membership.tick(now):
-                self._do(action)
-            if now >= next_repair:
-                next_repair = now + self.anti_entropy_interval * random.uniform(0.75, 1.25)
-                self._start_repair()
-            await asyncio.sleep(TICK)
+            self._run(self.membership.tick(now))
+            self._run(self.replicator.tick(now))
+            # A scan in progress (anti-entropy) goes on a slice per loop turn.
+            await asyncio.sleep(0 if self.replicator.busy else TICK)
 
     async def _discover(self) -> None:
         kind, _, rest = (self.discovery or "").partition(":")
@@ -511,6 +503,7 @@ class Node:
         self._ready_event.set()
 
     def _host_cache(self, name: str) -> None:
+        self.replicator.caches[name] = self._caches[name].cache  # type: ignore[index]
         self._ready_flag.clear()
         if self._ready_event is not None:
             self._ready_event.clear()
@@ -614,14 +607,8 @@ class Node:
                 self._do(action)
             return
         self.membership.heard(peer, now)
-        if isinstance(msg, Ops):
-            self._apply(msg.cache, rep.ops_from_wire(msg.ops))
-        elif isinstance(msg, Digest):
-            self._on_digest(peer, msg)
-        elif isinstance(msg, Listing):
-            self._on_listing(peer, msg)
-        elif isinstance(msg, Pull):
-            self._on_pull(peer, msg)
+        if isinstance(msg, (Ops, Digest, Listing, Pull)):
+            self._run(self.replicator.received(peer, msg))
         elif isinstance(msg, SizeRequest):
             self._boot.on_size_request(peer, msg)
         elif isinstance(msg, SizeReply):
@@ -635,24 +622,15 @@ class Node:
         else:
             raise ProtocolError(f"unexpected {type(msg).__name__} after the handshake")
 
-    def _apply(self, name: str, ops: list[Op]) -> tuple[int, int]:
-        state = self._caches.get(name)
-        if state is None:
-            return 0, 0  # a cache we do not host (yet): nothing to keep
-        applied, ignored = state.cache.apply(ops)
-        s = state.stats
-        s["ops_received"] += len(ops)
-        s["ops_applied"] += applied
-        s["ops_ignored"] += ignored
-        if ops:
-            s["last_lag_ms"] = max(0, int(time.time() * 1000) - version_ms(ops[-1][4]))
-        return applied, ignored
 
     # -- replication ---------------------------------------------------------------------
 
     def _enqueue(self, name: str, op: Op) -> None:
         """Called on application threads: queue the op, wake the loop once per flush."""
-        self._outbox.append((name, op))
+        if self.replicator is None:  # not started: nobody to send to yet
+            self._early_ops.append((name, op))
+            return
+        self.replicator.outbox.append((name, op))
         if not self._flush_pending and self._loop is not None and not self._stopping:
             self._schedule_flush()
 
@@ -667,109 +645,27 @@ class Node:
         # Clear the flag before draining: an op queued after this point schedules
         # another flush instead of being stranded.
         self._flush_pending = False
-        outbox = self._outbox
-        batches: dict[str, list[Any]] = {}
-        budget = len(outbox) if everything else max(FLUSH_MAX_OPS * 20, 1)
-        while outbox and budget > 0:
-            name, op = outbox.popleft()
-            batches.setdefault(name, []).append(rep.op_to_wire(op))
-            budget -= 1
-        if outbox and not self._flush_pending:
+        self._run(self.replicator.flush(None if everything else FLUSH_MAX_OPS * 20))
+        if self.replicator.outbox and not self._flush_pending:
             self._schedule_flush()
-        for name, wire_ops in batches.items():
-            peers = self.membership.group(name) if self.membership else []
-            if not peers:
+
+    def _run(self, actions: list[Action]) -> None:
+        """Carry out actions; an Ops message sent to many peers is encoded once."""
+        last: Message | None = None
+        frame = b""
+        for action in actions:
+            if not isinstance(action, Send) or not isinstance(action.msg, Ops):
+                self._do(action)
                 continue
-            state = self._caches[name]
-            for i in range(0, len(wire_ops), FLUSH_MAX_OPS):
-                chunk = wire_ops[i : i + FLUSH_MAX_OPS]
-                frame = encode(Ops(name, chunk), self.max_frame_size)
-                for peer in peers:
-                    conn = self._peers.get(peer)
-                    if conn is None or conn.closed:
-                        continue
-                    if conn.backlog() > self.max_peer_backlog:
-                        # The peer is not reading: drop, and let anti-entropy repair it.
-                        state.stats["ops_dropped"] += len(chunk)
-                        self._needs_repair.add(peer)
-                        continue
-                    conn.write(frame)
-                    state.stats["ops_sent"] += len(chunk)
-
-    # -- anti-entropy --------------------------------------------------------------------
-
-    def _start_repair(self) -> None:
-        """One anti-entropy round per hosted cache, with a random peer of its group."""
-        for name in list(self._caches):
-            group = self.membership.group(name)
-            if not group:
+            conn = self._peers.get(action.peer)
+            if conn is None or conn.closed:
                 continue
-            urgent = [p for p in group if p in self._needs_repair]
-            peer = urgent[0] if urgent else random.choice(group)
-            self._needs_repair.discard(peer)
-            self._spawn(self._send_digest(name, peer))
-
-    async def _send_digest(self, name: str, peer: int) -> None:
-        state = self._caches[name]
-        digests = await self._digests(state.cache)
-        self._round += 1
-        state.stats["repair_rounds"] += 1
-        self.send(peer, Digest(name, self._round, digests))
-
-    async def _digests(self, cache: Cache) -> list[int]:
-        """Digests computed in slices, yielding to the loop between them."""
-        entries = cache._store.entries()
-        sums = [0] * rep.BUCKETS
-        now = time.time()
-        for i in range(0, len(entries), 5000):
-            part = rep.digests(entries[i : i + 5000], now)
-            sums = [(a + b) & 0xFFFFFFFFFFFFFFFF for a, b in zip(sums, part, strict=True)]
-            await asyncio.sleep(0)
-        return sums
-
-    def _on_digest(self, peer: int, msg: Digest) -> None:
-        state = self._caches.get(msg.cache)
-        if state is None:
-            return
-        self._spawn(self._answer_digest(peer, state, msg))
-
-    async def _answer_digest(self, peer: int, state: _CacheState, msg: Digest) -> None:
-        mine = await self._digests(state.cache)
-        buckets = rep.differing(mine, msg.digests)
-        if not buckets:
-            return
-        flat = rep.listing(state.cache._store.entries(), buckets, time.time())
-        self.send(peer, Listing(msg.cache, msg.round, buckets, flat, True))
-
-    def _on_listing(self, peer: int, msg: Listing) -> None:
-        state = self._caches.get(msg.cache)
-        if state is None:
-            return
-        if any(type(b) is not int or not 0 <= b < rep.BUCKETS for b in msg.buckets):
-            raise ProtocolError("listing names buckets that do not exist")
-        wanted = rep.to_pull(state.cache._store, msg.entries)
-        if wanted:
-            state.stats["keys_repaired"] += len(wanted)
-            self.send(peer, Pull(msg.cache, wanted))
-        if msg.reply:
-            flat = rep.listing(state.cache._store.entries(), msg.buckets, time.time())
-            self.send(peer, Listing(msg.cache, msg.round, msg.buckets, flat, False))
-
-    def _on_pull(self, peer: int, msg: Pull) -> None:
-        state = self._caches.get(msg.cache)
-        if state is None:
-            return
-        cache = state.cache
-        now = time.time()
-        ops = []
-        for key in msg.keys:
-            if type(key) not in (str, bytes, int):
-                raise ProtocolError("pull of a key that is not str, bytes or int")
-            entry = cache._store.data.get(key)
-            if entry is not None and entry > now:
-                ops.append(rep.op_to_wire(rep.entry_op(entry, cache._serializer.dumps(entry.value))))
-        for i in range(0, len(ops), FLUSH_MAX_OPS):
-            self.send(peer, Ops(msg.cache, ops[i : i + FLUSH_MAX_OPS]))
+            if conn.backlog() > self.max_peer_backlog:
+                self.replicator.dropped(action.peer, action.msg)  # not reading: repair later
+                continue
+            if action.msg is not last:
+                last, frame = action.msg, encode(action.msg, self.max_frame_size)
+            conn.write(frame)
 
     def __repr__(self) -> str:
         return f"<shoal.Node {self.node_id:016x} {self.address}>"

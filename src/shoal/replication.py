@@ -24,12 +24,18 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterable
+import random
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
-from .cache import Op
-from .clock import NODE_BITS, NODE_MASK
+from .actions import Action, Send
+from .cache import Cache, Op
+from .clock import NODE_BITS, NODE_MASK, version_ms
 from .errors import ProtocolError
+from .membership import Membership
+from .messages import Digest, Listing, Message, Ops, Pull
 from .store import CLEAR, DELETE, NEVER, WRITE, Entry, Key, Store
 
 BUCKETS = 1024
@@ -142,3 +148,228 @@ def to_pull(store: Store, flat: list[Any]) -> list[Key]:
         if version > store.version_of(key) and version > store.evicted.get(key, 0):
             keys.append(key)
     return keys
+
+
+# -- the state machine ---------------------------------------------------------
+
+
+def new_figures() -> dict[str, Any]:
+    return {
+        "ops_sent": 0,
+        "ops_received": 0,
+        "ops_applied": 0,
+        "ops_ignored": 0,
+        "ops_dropped": 0,
+        "repair_rounds": 0,
+        "keys_repaired": 0,
+        "last_lag_ms": None,
+    }
+
+
+@dataclass
+class _Scan:
+    """A pass over one cache's entries, done a slice per tick so no tick runs long."""
+
+    cache: str
+    peer: int
+    round: int
+    then: str  # what to send when the pass is done: "digest", "listing" or "answer"
+    entries: list[Entry]
+    buckets: list[int] = field(default_factory=list)
+    theirs: list[Any] = field(default_factory=list)
+    reply: bool = False
+    pos: int = 0
+    sums: list[int] = field(default_factory=lambda: [0] * BUCKETS)
+    flat: list[Any] = field(default_factory=list)
+
+
+class Replicator:
+    """Outgoing batches, incoming ops and anti-entropy rounds for every hosted cache.
+
+    Feed it messages (``received``) and time (``tick``); it returns actions.
+    ``outbox`` is the one thing other threads touch: ``Cache.replicate`` appends to
+    it (a deque append is atomic), and ``flush`` drains it on the driver's thread.
+    """
+
+    def __init__(
+        self,
+        membership: Membership,
+        caches: Mapping[str, Cache],
+        *,
+        interval: float = 5.0,
+        rng: random.Random | None = None,
+        slice_size: int = 5000,
+        batch: int = 1000,
+    ) -> None:
+        self.membership = membership
+        self.caches = caches
+        self.interval = interval
+        self.rng = rng or random.Random()
+        self.slice_size = slice_size
+        self.batch = batch
+        self.outbox: deque[tuple[str, Op]] = deque()
+        self.figures: dict[str, dict[str, Any]] = {}
+        self.needs_repair: set[int] = set()
+        self._scans: deque[_Scan] = deque()
+        self._next_round: float | None = None
+        self._round = 0
+
+    def figures_of(self, cache: str) -> dict[str, Any]:
+        figures = self.figures.get(cache)
+        if figures is None:
+            figures = self.figures[cache] = new_figures()
+        return figures
+
+    @property
+    def busy(self) -> bool:
+        """True while a scan is in progress: tick again soon."""
+        return bool(self._scans)
+
+    # -- outgoing --------------------------------------------------------------
+
+    def flush(self, limit: int | None = None) -> list[Action]:
+        """Drain queued local writes into one Ops message per cache and batch.
+
+        The same message object goes to every peer of the group, so a driver can
+        encode it once.
+        """
+        outbox = self.outbox
+        batches: dict[str, list[Any]] = {}
+        budget = len(outbox) if limit is None else limit
+        while outbox and budget > 0:
+            name, op = outbox.popleft()
+            batches.setdefault(name, []).append(op_to_wire(op))
+            budget -= 1
+        actions: list[Action] = []
+        for name, wire_ops in batches.items():
+            peers = self.membership.group(name)
+            if not peers:
+                continue
+            figures = self.figures_of(name)
+            for i in range(0, len(wire_ops), self.batch):
+                msg = Ops(name, wire_ops[i : i + self.batch])
+                actions += [Send(peer, msg) for peer in peers]
+                figures["ops_sent"] += len(msg.ops) * len(peers)
+        return actions
+
+    def dropped(self, peer: int, msg: Ops) -> None:
+        """The driver could not queue ``msg`` for ``peer`` (it is not reading): repair it later."""
+        figures = self.figures_of(msg.cache)
+        figures["ops_sent"] -= len(msg.ops)
+        figures["ops_dropped"] += len(msg.ops)
+        self.needs_repair.add(peer)
+
+    # -- incoming --------------------------------------------------------------
+
+    def received(self, peer: int, msg: Message) -> list[Action]:
+        if isinstance(msg, Ops):
+            self.apply(msg.cache, ops_from_wire(msg.ops))
+            return []
+        cache = self.caches.get(getattr(msg, "cache", ""))
+        if cache is None:
+            return []  # a cache we do not host
+        if isinstance(msg, Digest):
+            if len(msg.digests) != BUCKETS:
+                raise ProtocolError(f"a digest has {BUCKETS} buckets")
+            self._scans.append(_Scan(msg.cache, peer, msg.round, "answer", cache.store.entries(), theirs=msg.digests))
+            return self._advance()
+        if isinstance(msg, Listing):
+            if any(type(b) is not int or not 0 <= b < BUCKETS for b in msg.buckets):
+                raise ProtocolError("a listing names buckets that do not exist")
+            actions: list[Action] = []
+            wanted = to_pull(cache.store, msg.entries)
+            if wanted:
+                self.figures_of(msg.cache)["keys_repaired"] += len(wanted)
+                actions.append(Send(peer, Pull(msg.cache, wanted)))
+            if msg.reply:
+                scan = _Scan(msg.cache, peer, msg.round, "listing", cache.store.entries(), buckets=msg.buckets)
+                self._scans.append(scan)
+                actions += self._advance()
+            return actions
+        if isinstance(msg, Pull):
+            return self._answer_pull(peer, msg, cache)
+        raise ProtocolError(f"unexpected {type(msg).__name__}")
+
+    def apply(self, name: str, ops: list[Op]) -> tuple[int, int]:
+        cache = self.caches.get(name)
+        if cache is None:
+            return 0, 0
+        applied, ignored = cache.apply(ops)
+        figures = self.figures_of(name)
+        figures["ops_received"] += len(ops)
+        figures["ops_applied"] += applied
+        figures["ops_ignored"] += ignored
+        if ops:
+            figures["last_lag_ms"] = max(0, int(cache.now() * 1000) - version_ms(ops[-1][4]))
+        return applied, ignored
+
+    def _answer_pull(self, peer: int, msg: Pull, cache: Cache) -> list[Action]:
+        now = cache.now()
+        data = cache.store.data
+        dumps = cache.serializer.dumps
+        ops: list[Any] = []
+        for key in msg.keys:
+            if type(key) not in (str, bytes, int):
+                raise ProtocolError("a pull names a key that is not str, bytes or int")
+            entry = data.get(key)
+            if entry is not None and entry > now:
+                ops.append(op_to_wire(entry_op(entry, dumps(entry.value))))
+        return [Send(peer, Ops(msg.cache, ops[i : i + self.batch])) for i in range(0, len(ops), self.batch)]
+
+    # -- time ------------------------------------------------------------------
+
+    def tick(self, now: float) -> list[Action]:
+        """Start a repair round when one is due; advance scans in progress."""
+        if self._next_round is None:
+            self._next_round = now + self.interval * self.rng.uniform(0.5, 1.0)
+        if now >= self._next_round:
+            self._next_round = now + self.interval * self.rng.uniform(0.75, 1.25)
+            self._open_rounds()
+        return self._advance()
+
+    def repair_now(self) -> None:
+        """Open a round with every hosted cache at once (a member came back, say)."""
+        self._open_rounds()
+
+    def _open_rounds(self) -> None:
+        for name, cache in self.caches.items():
+            group = self.membership.group(name)
+            if not group:
+                continue
+            urgent = [p for p in group if p in self.needs_repair]
+            peer = urgent[0] if urgent else self.rng.choice(group)
+            self.needs_repair.discard(peer)
+            self._round += 1
+            self.figures_of(name)["repair_rounds"] += 1
+            self._scans.append(_Scan(name, peer, self._round, "digest", cache.store.entries()))
+
+    def _advance(self) -> list[Action]:
+        """One slice of the oldest scan; its message once it is complete."""
+        if not self._scans:
+            return []
+        scan = self._scans[0]
+        cache = self.caches.get(scan.cache)
+        if cache is None:
+            self._scans.popleft()
+            return []
+        part = scan.entries[scan.pos : scan.pos + self.slice_size]
+        scan.pos += len(part)
+        now = cache.now()
+        if scan.then == "listing":
+            scan.flat += listing(part, scan.buckets, now)
+        else:
+            sums = digests(part, now)
+            scan.sums = [(a + b) & _MASK64 for a, b in zip(scan.sums, sums, strict=True)]
+        if scan.pos < len(scan.entries):
+            return []
+        self._scans.popleft()
+        if scan.then == "digest":
+            return [Send(scan.peer, Digest(scan.cache, scan.round, scan.sums))]
+        if scan.then == "answer":
+            buckets = differing(scan.sums, scan.theirs)
+            if not buckets:
+                return []
+            follow = _Scan(scan.cache, scan.peer, scan.round, "listing", scan.entries, buckets=buckets, reply=True)
+            self._scans.appendleft(follow)
+            return []
+        return [Send(scan.peer, Listing(scan.cache, scan.round, scan.buckets, scan.flat, scan.reply))]

@@ -268,7 +268,6 @@ class Store:
             if bucket is not None:
                 bucket.pop(entry.key, None)
             entry.bucket = -1
-        entry.value = None  # free the value now; queues may hold the shell a while
 
     def _bury(self, key: Key, version: int, now: float) -> None:
         if self.tombstone_ttl <= 0:

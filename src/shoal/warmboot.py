@@ -162,7 +162,7 @@ class Booter:
         if stream is None or stream.donor != peer:
             return  # a stream we gave up on
         ops = ops_from_wire(msg.ops)
-        self.node._apply(stream.cache, ops)
+        self.node.replicator.apply(stream.cache, ops)
         stream.entries += len(ops)
         stream.bytes += sum(len(op[2] or b"") for op in ops)
         if stream.entries // 100_000 != (stream.entries - len(ops)) // 100_000:
@@ -189,7 +189,7 @@ class Booter:
         if state is None:
             self.node.send(peer, SizeReply(msg.cache, 0, False))
         else:
-            self.node.send(peer, SizeReply(msg.cache, len(state.cache._store.data), state.booted))
+            self.node.send(peer, SizeReply(msg.cache, len(state.cache.store.data), state.booted))
 
     async def serve_dump(self, peer: int, msg: DumpRequest) -> None:
         node = self.node
@@ -200,8 +200,8 @@ class Booter:
         sent = 0
         if state is not None:
             state.boot.dumps_served += 1
-            store = state.cache._store
-            serializer: Serializer = state.cache._serializer
+            store = state.cache.store
+            serializer: Serializer = state.cache.serializer
             entries = store.entries()  # references only: cheap, and entries never change
             for i in range(0, len(entries), CHUNK):
                 ops = dump_ops(store, entries[i : i + CHUNK], serializer.dumps, time.time())
