@@ -1,22 +1,206 @@
-"""The ``shoal`` command: ``demo`` (the main job), ``serve``, ``members``, ``stats``."""
+"""The ``shoal`` command: ``demo`` (the main job), ``serve``, ``members``, ``stats``.
+
+Every flag of ``serve`` also reads an environment variable (``SHOAL_LISTEN``,
+``SHOAL_SEEDS``, ``SHOAL_DISCOVERY``, ``SHOAL_SECRET`` or ``SHOAL_SECRET_FILE``,
+``SHOAL_CACHES``), the way a Kubernetes pod spec sets them.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
 import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import ShoalError
+
+log = logging.getLogger("shoal")
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    value = os.environ.get(name)
+    return value if value else default
+
+
+def read_secret(secret: str | None, secret_file: str | None) -> str | None:
+    """The cluster secret from a flag, a file (a mounted Kubernetes Secret) or neither."""
+    if secret_file:
+        return Path(secret_file).read_text().strip()
+    return secret
+
+
+def parse_cache_spec(spec: str) -> tuple[str, float | None, int | None]:
+    """``NAME[:TTL[:MAX_ENTRIES]]``; an empty or ``none`` TTL means no expiry."""
+    name, _, rest = spec.partition(":")
+    ttl_text, _, max_text = rest.partition(":")
+    if not name:
+        raise ValueError(f"cache spec {spec!r} has no name")
+    ttl = None if ttl_text.lower() in ("", "none") else float(ttl_text)
+    max_entries = int(max_text) if max_text else None
+    return name, ttl, max_entries
+
+
+def _table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
+    cells = [list(map(str, header))] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+# -- serve --------------------------------------------------------------------------
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    from .node import Node
+
+    seeds = [s for s in (args.seeds or "").split(",") if s]
+    node = Node(
+        listen=args.listen,
+        seeds=seeds,
+        secret=read_secret(args.secret, args.secret_file),
+        discovery=args.discovery,
+        failure_timeout=args.failure_timeout,
+        snapshot_path=args.snapshot_path,
+    )
+    for spec in [s for s in (args.caches or "").split(",") if s]:
+        name, ttl, max_entries = parse_cache_spec(spec)
+        node.cache(name, ttl=ttl, max_entries=max_entries)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with node:
+        print(f"listening on {node.address} id={node.node_id:016x}", flush=True)
+        ready = await node.ready(timeout=args.ready_timeout)
+        print(f"ready={ready}", flush=True)
+        await stop.wait()
+        log.info("stopping on signal")
+    return 0
+
+
+# -- members / stats ------------------------------------------------------------------
+
+
+def _members(args: argparse.Namespace) -> int:
+    from .client import query
+
+    data = query(args.address, read_secret(args.secret, args.secret_file), "members")
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    rows = [(m["id"], m["address"], m["state"], m["last_heard"], ",".join(m["caches"])) for m in data["members"]]
+    print(_table(rows, ("id", "address", "state", "last heard (s)", "caches")))
+    return 0
+
+
+def _stats(args: argparse.Namespace) -> int:
+    from .client import query
+
+    data = query(args.address, read_secret(args.secret, args.secret_file), "stats")
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    print(f"member {data['id']} at {data['address']}  ready={data['ready']}  peers up={data['members_up']}")
+    fields = (
+        "entries",
+        "hits",
+        "misses",
+        "sets",
+        "ops_sent",
+        "ops_applied",
+        "ops_dropped",
+        "repair_rounds",
+        "keys_repaired",
+        "last_lag_ms",
+    )
+    rows = [(name, *(c.get(f) for f in fields)) for name, c in data["caches"].items()]
+    print(_table(rows, ("cache", *fields)))
+    for name, c in data["caches"].items():
+        boot = c["warm_boot"]
+        print(
+            f"warm boot {name}: {boot['state']}, {boot['entries']} entries from {boot['donor']} in {boot['seconds']}s"
+        )
+    return 0
+
+
+# -- argument parsing -------------------------------------------------------------------
+
+
+def _add_secret(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--secret", default=_env("SHOAL_SECRET"), help="cluster secret [SHOAL_SECRET]")
+    p.add_argument(
+        "--secret-file", default=_env("SHOAL_SECRET_FILE"), help="file holding the cluster secret [SHOAL_SECRET_FILE]"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="shoal", description="A replicated in-memory cache for Python services.")
+    parser.add_argument("--log-level", default=_env("SHOAL_LOG_LEVEL", "WARNING"))
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="run a local cluster through a rolling deploy under read load")
+    from .demo import add_arguments
+
+    add_arguments(demo)
+
+    serve = sub.add_parser("serve", help="run one member until SIGTERM")
+    serve.add_argument(
+        "--listen",
+        default=_env("SHOAL_LISTEN", "127.0.0.1:7600"),
+        help="host:port to listen on; port 0 picks one [SHOAL_LISTEN]",
+    )
+    serve.add_argument("--seeds", default=_env("SHOAL_SEEDS"), help="comma-separated host:port [SHOAL_SEEDS]")
+    serve.add_argument("--discovery", default=_env("SHOAL_DISCOVERY"), help="dns:NAME:PORT [SHOAL_DISCOVERY]")
+    serve.add_argument(
+        "--caches",
+        default=_env("SHOAL_CACHES", "default"),
+        help="comma-separated NAME[:TTL[:MAX_ENTRIES]] [SHOAL_CACHES]",
+    )
+    serve.add_argument(
+        "--snapshot-path",
+        default=_env("SHOAL_SNAPSHOT_PATH"),
+        help="file to keep a snapshot in, for a full-cluster restart [SHOAL_SNAPSHOT_PATH]",
+    )
+    serve.add_argument("--failure-timeout", type=float, default=float(_env("SHOAL_FAILURE_TIMEOUT", "5") or 5))
+    serve.add_argument("--ready-timeout", type=float, default=60.0)
+    _add_secret(serve)
+
+    for name, help_text in (
+        ("members", "list the members a running node knows"),
+        ("stats", "show a running node's cache and replication figures"),
+    ):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("address", nargs="?", default=_env("SHOAL_ADDRESS", "127.0.0.1:7600"))
+        p.add_argument("--json", action="store_true")
+        _add_secret(p)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="shoal", description="A replicated in-memory cache for Python services."
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("demo", help="run a local cluster through a rolling deploy under read load")
-    args = parser.parse_args(argv)
-    if args.command == "demo":
-        print("shoal demo: the clustered demo is not built yet; shoal.Cache (local) is.")
-        return 0
-    return 2
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "serve":
+            return asyncio.run(_serve(args))
+        if args.command == "members":
+            return _members(args)
+        if args.command == "stats":
+            return _stats(args)
+        from .demo import run
+
+        return run(args)
+    except (ShoalError, OSError, ValueError) as exc:
+        print(f"shoal {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

@@ -285,3 +285,24 @@ class DumpEnd(Message):
     cache: str
     stream: int
     entries: int
+
+
+# --- operator queries (client.py) -------------------------------------------------
+
+
+@message(60)
+class Query(Message):
+    """An operator's question (``shoal members``, ``shoal stats``, ``shoal demo``'s probes).
+
+    Sent by an authenticated client that is not a member (it advertises no listen
+    address), so it never joins membership or receives cache traffic.
+    """
+
+    what: str
+    args: list[Any]
+
+
+@message(61)
+class Answer(Message):
+    ok: bool
+    data: dict[Any, Any]

@@ -27,7 +27,7 @@ from types import TracebackType
 from typing import Any
 
 from . import replication as rep
-from . import warmboot
+from . import snapshot, warmboot
 from .actions import Action, Close, Dial, MemberDown, MemberUp, Send
 from .cache import Cache, Op
 from .clock import HybridClock
@@ -35,6 +35,7 @@ from .errors import ProtocolError, ShoalError
 from .handshake import Handshake
 from .membership import Membership
 from .messages import (
+    Answer,
     Digest,
     DumpChunk,
     DumpEnd,
@@ -46,6 +47,7 @@ from .messages import (
     Message,
     Ops,
     Pull,
+    Query,
     Refused,
     SizeReply,
     SizeRequest,
@@ -94,6 +96,7 @@ class _Conn(asyncio.Protocol):
         factory = Handshake.initiator if initiator else Handshake.acceptor
         self.handshake = factory(node._secret, node.node_id, node.address)
         self.peer: int | None = None
+        self.observer = False
         self.closed = False
         self._timer: asyncio.TimerHandle | None = None
         self._writable = asyncio.Event()
@@ -225,6 +228,8 @@ class Node:
         boot_wait: float = 2.0,
         resolver: Resolver | None = None,
         dns_interval: float = 10.0,
+        snapshot_path: str | os.PathLike[str] | None = None,
+        snapshot_interval: float = 60.0,
     ) -> None:
         host, port = parse_address(listen)
         if secret is None and not _is_loopback(host):
@@ -250,6 +255,9 @@ class Node:
         self.boot_wait = boot_wait
         self._resolver = resolver or _dns_resolver
         self.dns_interval = dns_interval
+        self.snapshot_path = snapshot_path
+        self.snapshot_interval = snapshot_interval
+        self._snapshot: dict[str, list[Op]] | None = None
         self.on_member_up: list[Callable[[int, str], None]] = []
         self.on_member_down: list[Callable[[int, str, str], None]] = []
 
@@ -437,6 +445,8 @@ class Node:
         for name in list(self._caches):
             self._spawn(self._boot.boot(name))
         self._spawn(self._watch_ready())
+        if self.snapshot_path is not None:
+            self._spawn(self._snapshots())
         if self._early_ops:
             self.replicator.outbox.extend(self._early_ops)
             self._early_ops.clear()
@@ -447,6 +457,8 @@ class Node:
             return
         self._stopping = True
         self._flush(everything=True)
+        if self.snapshot_path is not None:
+            await self.write_snapshot()
         for action in self.membership.leave():
             self._do(action)
         deadline = time.monotonic() + 2.0
@@ -494,6 +506,39 @@ class Node:
             except OSError as exc:
                 log.warning("DNS discovery of %s failed: %s", name, exc)
             await asyncio.sleep(self.dns_interval)
+
+    # -- snapshots ------------------------------------------------------------------------
+
+    async def write_snapshot(self) -> int:
+        """Write every cache to ``snapshot_path`` (on a worker thread: the loop keeps serving)."""
+        assert self.snapshot_path is not None
+        caches = [(n, s.cache.store.entries(), s.cache.serializer.dumps) for n, s in self._caches.items()]
+        try:
+            count = await asyncio.to_thread(snapshot.write, self.snapshot_path, caches, time.time())
+        except OSError as exc:
+            log.error("writing snapshot %s failed: %s", self.snapshot_path, exc)
+            return 0
+        log.info("snapshot of %d entries written to %s", count, self.snapshot_path)
+        return count
+
+    async def load_snapshot(self, name: str) -> list[Op]:
+        """Entries of ``name`` from the snapshot file, read once; [] if none or corrupt."""
+        if self.snapshot_path is None:
+            return []
+        if self._snapshot is None:
+            try:
+                self._snapshot = await asyncio.to_thread(snapshot.read, self.snapshot_path, time.time())
+            except FileNotFoundError:
+                self._snapshot = {}
+            except (snapshot.CorruptSnapshot, OSError) as exc:
+                log.error("ignoring snapshot: %s", exc)
+                self._snapshot = {}
+        return self._snapshot.pop(name, [])
+
+    async def _snapshots(self) -> None:
+        while True:
+            await asyncio.sleep(self.snapshot_interval)
+            await self.write_snapshot()
 
     async def _watch_ready(self) -> None:
         while not all(s.booted for s in self._caches.values()):
@@ -547,6 +592,9 @@ class Node:
                 if conn.dialed:
                     self.membership.dial_failed(conn.dialed, time.monotonic())
                 return
+        if not conn.handshake.peer_listen:
+            conn.observer = True  # an operator's client: answers only, no membership
+            return
         self._peers[peer] = conn
         log.info("connected to %016x at %s", peer, conn.handshake.peer_listen)
         now = time.monotonic()
@@ -601,6 +649,11 @@ class Node:
     def _on_message(self, conn: _Conn, msg: Message) -> None:
         peer = conn.peer
         assert peer is not None
+        if conn.observer:
+            if not isinstance(msg, Query):
+                raise ProtocolError(f"a client may only send queries, not {type(msg).__name__}")
+            conn.send(self._answer(msg))
+            return
         now = time.monotonic()
         if isinstance(msg, (Gossip, Heartbeat, Leave)):
             for action in self.membership.received(peer, msg, now):
@@ -666,6 +719,20 @@ class Node:
             if action.msg is not last:
                 last, frame = action.msg, encode(action.msg, self.max_frame_size)
             conn.write(frame)
+
+    def _answer(self, msg: Query) -> Answer:
+        """Operator queries: members, stats, and probe (hit count of keys, for shoal demo)."""
+        if msg.what == "members":
+            return Answer(True, {"members": self.members()})
+        if msg.what == "stats":
+            return Answer(True, self.stats())
+        if msg.what == "probe" and len(msg.args) == 2 and type(msg.args[1]) is list:
+            state = self._caches.get(msg.args[0]) if type(msg.args[0]) is str else None
+            if state is None:
+                return Answer(False, {"error": f"no cache {msg.args[0]!r} here"})
+            hits = sum(1 for key in msg.args[1] if type(key) in (str, bytes, int) and key in state.cache)
+            return Answer(True, {"hits": hits, "entries": len(state.cache.store.data), "ready": state.booted})
+        return Answer(False, {"error": f"unknown query {msg.what!r}"})
 
     def __repr__(self) -> str:
         return f"<shoal.Node {self.node_id:016x} {self.address}>"

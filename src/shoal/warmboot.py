@@ -121,6 +121,8 @@ class Booter:
         except asyncio.TimeoutError:
             stats.state = "not warmed (timeout)"
         finally:
+            if stats.state != "warm":
+                await self._from_snapshot(name, stats)
             self._sizes.pop(name, None)
             stats.seconds = round(time.monotonic() - started, 3)
             state.booted = True
@@ -133,6 +135,15 @@ class Booter:
                 stats.donor,
                 stats.seconds,
             )
+
+    async def _from_snapshot(self, name: str, stats: BootStats) -> None:
+        """No peer could donate: the whole cluster was down. Load the snapshot file, if any."""
+        ops = await self.node.load_snapshot(name)
+        if ops:
+            self.node.replicator.apply(name, ops)
+            stats.state, stats.donor = "snapshot", "snapshot file"
+            stats.entries = len(ops)
+            stats.bytes = sum(len(op[2] or b"") for op in ops)
 
     async def _stream_from(self, name: str, donor: int, stats: BootStats) -> bool:
         node = self.node
