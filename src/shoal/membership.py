@@ -100,7 +100,8 @@ class Membership:
             del self._targets[address]
             return
         delay = min(self.backoff_cap, self.backoff_base * 2 ** min(target.failures, 16))
-        target.next_dial = now + delay * self.rng.uniform(0.5, 1.5)
+        # Jitter only shortens the delay, so backoff_cap is a true bound.
+        target.next_dial = now + delay * self.rng.uniform(0.5, 1.0)
 
     def connected(self, peer: int, listen: str, now: float, dialed: str | None = None) -> list[Action]:
         """A handshake with ``peer`` finished; it is up.

@@ -301,6 +301,11 @@ class Node:
         cache.replicate = lambda op, _name=name: self._enqueue(_name, op)
         self._caches[name] = _CacheState(cache)
         if self._loop is not None and self.membership is not None:
+            # Not ready from this moment, not from when the loop gets to _host_cache:
+            # a caller that asks right away must wait for this cache's warm boot.
+            self._ready_flag.clear()
+            if self._ready_event is not None:
+                self._ready_event.clear()
             self._loop.call_soon_threadsafe(self._host_cache, name)
         return cache
 
@@ -721,7 +726,7 @@ class Node:
             conn.write(frame)
 
     def _answer(self, msg: Query) -> Answer:
-        """Operator queries: members, stats, and probe (hit count of keys, for shoal demo)."""
+        """Operator queries: members, stats; probe and set_many (read and write keys, for shoal demo)."""
         if msg.what == "members":
             return Answer(True, {"members": self.members()})
         if msg.what == "stats":
@@ -732,6 +737,15 @@ class Node:
                 return Answer(False, {"error": f"no cache {msg.args[0]!r} here"})
             hits = sum(1 for key in msg.args[1] if type(key) in (str, bytes, int) and key in state.cache)
             return Answer(True, {"hits": hits, "entries": len(state.cache.store.data), "ready": state.booted})
+        if msg.what == "set_many" and len(msg.args) == 2 and type(msg.args[1]) is dict:
+            state = self._caches.get(msg.args[0]) if type(msg.args[0]) is str else None
+            if state is None:
+                return Answer(False, {"error": f"no cache {msg.args[0]!r} here"})
+            try:
+                state.cache.set_many(msg.args[1])
+            except (TypeError, ValueError) as exc:
+                return Answer(False, {"error": str(exc)})
+            return Answer(True, {"set": len(msg.args[1])})
         return Answer(False, {"error": f"unknown query {msg.what!r}"})
 
     def __repr__(self) -> str:

@@ -17,6 +17,13 @@ keys for which the other holds a newer version. Each side only pulls, never
 pushes: a member that evicted a key on purpose does not pull it back, and an
 expired entry is in no digest or listing.
 
+Tombstones are in no digest, but they are listed: a key deleted on one side and
+live on the other makes its bucket differ, the deleting side lists the key with
+the delete's version, and the other pulls it like a write; the answer to a pull
+of a deleted key is a delete op. Without that, a delete lost to a partition would
+never reach the other side, and once the tombstone was purged the old value would
+even be pulled back.
+
 Everything here is pure: the node supplies entries and time.
 """
 
@@ -131,6 +138,16 @@ def listing(entries: Iterable[Entry], buckets: Iterable[int], now: float) -> lis
     return flat
 
 
+def tombstone_listing(tombstones: Iterable[tuple[Key, int]], buckets: Iterable[int]) -> list[Any]:
+    """Flattened [key, hlc, node, ...] of the tombstones in the given buckets (see the module docstring)."""
+    wanted = set(buckets)
+    flat: list[Any] = []
+    for key, version in tombstones:
+        if bucket_of(key) in wanted:
+            flat += (key, version >> NODE_BITS, version & NODE_MASK)
+    return flat
+
+
 def to_pull(store: Store, flat: list[Any]) -> list[Key]:
     """Keys of a peer's listing for which the peer holds something newer than we know of.
 
@@ -181,6 +198,7 @@ class _Scan:
     pos: int = 0
     sums: list[int] = field(default_factory=lambda: [0] * BUCKETS)
     flat: list[Any] = field(default_factory=list)
+    tombs: list[tuple[Key, int]] = field(default_factory=list)  # a listing walks these after the entries
 
 
 class Replicator:
@@ -283,6 +301,7 @@ class Replicator:
                 actions.append(Send(peer, Pull(msg.cache, wanted)))
             if msg.reply:
                 scan = _Scan(msg.cache, peer, msg.round, "listing", cache.store.entries(), buckets=msg.buckets)
+                scan.tombs = list(cache.store.tombstones.items())
                 self._scans.append(scan)
                 actions += self._advance()
             return actions
@@ -314,6 +333,8 @@ class Replicator:
             entry = data.get(key)
             if entry is not None and entry > now:
                 ops.append(op_to_wire(entry_op(entry, dumps(entry.value))))
+            elif entry is None and key in cache.store.tombstones:  # a delete the peer missed
+                ops.append(op_to_wire((DELETE, key, None, NEVER, cache.store.tombstones[key])))
         return [Send(peer, Ops(msg.cache, ops[i : i + self.batch])) for i in range(0, len(ops), self.batch)]
 
     # -- time ------------------------------------------------------------------
@@ -353,14 +374,19 @@ class Replicator:
             self._scans.popleft()
             return []
         part = scan.entries[scan.pos : scan.pos + self.slice_size]
-        scan.pos += len(part)
         now = cache.now()
         if scan.then == "listing":
             scan.flat += listing(part, scan.buckets, now)
+            if not part:  # the entries are done: then the tombstones, a slice at a time too
+                tomb_pos = scan.pos - len(scan.entries)
+                tombs = scan.tombs[tomb_pos : tomb_pos + self.slice_size]
+                scan.flat += tombstone_listing(tombs, scan.buckets)
+                scan.pos += len(tombs)
         else:
             sums = digests(part, now)
             scan.sums = [(a + b) & _MASK64 for a, b in zip(scan.sums, sums, strict=True)]
-        if scan.pos < len(scan.entries):
+        scan.pos += len(part)
+        if scan.pos < len(scan.entries) + len(scan.tombs):
             return []
         self._scans.popleft()
         if scan.then == "digest":
@@ -370,6 +396,7 @@ class Replicator:
             if not buckets:
                 return []
             follow = _Scan(scan.cache, scan.peer, scan.round, "listing", scan.entries, buckets=buckets, reply=True)
+            follow.tombs = list(cache.store.tombstones.items())
             self._scans.appendleft(follow)
             return []
         return [Send(scan.peer, Listing(scan.cache, scan.round, scan.buckets, scan.flat, scan.reply))]
