@@ -1,0 +1,393 @@
+"""The store: last writer wins by version, tombstones, the clear watermark, expiry, eviction."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from shoal.store import CLEAR, DELETE, NEVER, WRITE, Store
+
+NOW = 1_700_000_000.0
+
+
+def state(store: Store) -> tuple[dict[Any, tuple[Any, float, int]], dict[Any, int], int]:
+    """Everything a replica holds: entries, tombstones, watermark."""
+    entries = {k: (e.value, e.expires, e.version) for k, e in store.data.items()}
+    return entries, dict(store.tombstones), store.watermark
+
+
+def apply(store: Store, op: tuple[int, Any, Any, float, int], now: float = NOW) -> bool:
+    kind, key, value, expires, version = op
+    if kind == WRITE:
+        return store.write(key, value, expires, version, now)
+    if kind == DELETE:
+        return store.delete(key, version, now)
+    return store.clear(version)
+
+
+# -- last writer wins --------------------------------------------------------------
+
+KEYS = st.sampled_from(["a", b"a", 1])
+EXPIRIES = st.sampled_from([NEVER, NOW + 30, NOW - 1, NOW])  # the last two are expired on arrival
+OP = st.one_of(
+    st.tuples(st.just(WRITE), KEYS, st.integers(0, 9), EXPIRIES),
+    st.tuples(st.just(DELETE), KEYS, st.none(), st.just(NEVER)),
+    st.tuples(st.just(CLEAR), st.just(b""), st.none(), st.just(NEVER)),
+)
+
+
+@st.composite
+def histories(draw: st.DrawFn) -> tuple[list[Any], list[Any]]:
+    """Ops with distinct versions, in version order and in one delivery order."""
+    ops = draw(st.lists(OP, min_size=1, max_size=12))
+    versions = sorted(draw(st.lists(st.integers(1, 10**6), min_size=len(ops), max_size=len(ops), unique=True)))
+    in_order = [(*op, version) for op, version in zip(ops, versions, strict=True)]
+    return in_order, draw(st.permutations(in_order))
+
+
+@given(histories())
+def test_any_delivery_order_reaches_the_state_of_version_order(history: tuple[list[Any], list[Any]]) -> None:
+    in_order, delivered = history
+    expected, actual = Store(tombstone_ttl=60), Store(tombstone_ttl=60)
+    for op in in_order:
+        apply(expected, op)
+    for op in delivered:
+        apply(actual, op)
+    assert state(actual) == state(expected)
+
+
+@given(histories())
+def test_delivering_every_op_twice_changes_nothing(history: tuple[list[Any], list[Any]]) -> None:
+    in_order, delivered = history
+    once, twice = Store(tombstone_ttl=60), Store(tombstone_ttl=60)
+    for op in in_order:
+        apply(once, op)
+    for op in delivered + in_order:
+        apply(twice, op)
+    assert state(twice) == state(once)
+
+
+def test_older_write_never_overwrites_newer_one() -> None:
+    store = Store()
+    assert store.write("k", "new", NEVER, 20, NOW)
+    assert not store.write("k", "old", NEVER, 10, NOW)
+    assert not store.write("k", "same", NEVER, 20, NOW)
+    assert store.live("k", NOW).value == "new"  # type: ignore[union-attr]
+
+
+def test_newer_write_replaces_value_expiry_and_version() -> None:
+    store = Store()
+    store.write("k", "old", NOW + 5, 10, NOW)
+    assert store.write("k", "new", NOW + 50, 20, NOW)
+    entry = store.live("k", NOW + 10)
+    assert entry is not None
+    assert (entry.value, entry.expires, entry.version) == ("new", NOW + 50, 20)
+    assert store.count_live(NOW + 10) == 1
+
+
+# -- tombstones ----------------------------------------------------------------------
+
+
+def test_tombstone_blocks_an_older_write_that_arrives_late() -> None:
+    store = Store(tombstone_ttl=60)
+    store.write("k", "v1", NEVER, 10, NOW)
+    assert store.delete("k", 20, NOW)
+    assert not store.write("k", "v1-late", NEVER, 15, NOW + 1)
+    assert store.live("k", NOW + 1) is None
+    assert store.write("k", "v3", NEVER, 30, NOW + 1)  # a newer write does come back
+
+
+def test_delete_of_an_absent_key_still_blocks_older_writes() -> None:
+    store = Store(tombstone_ttl=60)
+    assert store.delete("k", 20, NOW)
+    assert not store.write("k", "older", NEVER, 10, NOW)
+    assert store.version_of("k") == 20
+
+
+def test_older_delete_never_removes_newer_write() -> None:
+    store = Store(tombstone_ttl=60)
+    store.write("k", "v", NEVER, 20, NOW)
+    assert not store.delete("k", 10, NOW)
+    assert store.live("k", NOW).value == "v"  # type: ignore[union-attr]
+
+
+def test_tombstones_are_purged_after_tombstone_ttl() -> None:
+    store = Store(tombstone_ttl=10)
+    store.delete("a", 20, NOW)
+    store.delete("b", 21, NOW + 5)
+    store.sweep(NOW + 9.5)
+    assert set(store.tombstones) == {"a", "b"}
+    store.sweep(NOW + 10)
+    assert set(store.tombstones) == {"b"}
+    store.sweep(NOW + 15)
+    assert store.tombstones == {}
+    assert store.version_of("a") == 0
+
+
+def test_an_expired_entry_leaves_a_tombstone_that_blocks_older_writes() -> None:
+    store = Store(tombstone_ttl=60)
+    store.write("k", "v", NOW + 1, 20, NOW)
+    assert store.live("k", NOW + 2) is None
+    assert store.tombstones == {"k": 20}
+    assert not store.write("k", "older", NEVER, 10, NOW + 2)
+
+
+def test_a_local_only_store_keeps_no_tombstones() -> None:
+    store = Store(tombstone_ttl=0)
+    store.write("k", "v", NOW + 1, 20, NOW)
+    store.delete("k", 30, NOW)
+    assert store.tombstones == {}
+
+
+def test_a_rewrite_of_a_deleted_key_ends_its_tombstone() -> None:
+    store = Store(tombstone_ttl=10)
+    store.delete("k", 20, NOW)
+    store.write("k", "again", NEVER, 30, NOW + 1)
+    assert store.tombstones == {}
+    store.sweep(NOW + 20)  # the stale purge record must not touch the live entry
+    assert store.live("k", NOW + 20).value == "again"  # type: ignore[union-attr]
+
+
+def test_purging_an_old_tombstone_keeps_a_newer_tombstone_for_the_same_key() -> None:
+    store = Store(tombstone_ttl=10)
+    store.delete("k", 20, NOW)
+    store.write("k", "again", NEVER, 30, NOW + 5)
+    store.delete("k", 40, NOW + 5)
+    store.sweep(NOW + 10)  # the first tombstone's time is up, not the second's
+    assert store.tombstones == {"k": 40}
+
+
+# -- clear watermark -------------------------------------------------------------------
+
+
+def test_clear_removes_every_entry_and_tombstone_older_than_its_version() -> None:
+    store = Store(tombstone_ttl=60)
+    store.write("a", 1, NEVER, 10, NOW)
+    store.write("b", 2, NOW + 5, 11, NOW)
+    store.delete("c", 12, NOW)
+    assert store.clear(50)
+    assert store.data == {}
+    assert store.tombstones == {}
+    assert store.count_live(NOW) == 0
+
+
+def test_clear_keeps_entries_and_tombstones_newer_than_its_version() -> None:
+    store = Store(tombstone_ttl=60)
+    store.write("old", 1, NEVER, 10, NOW)
+    store.write("new", 2, NOW + 5, 60, NOW)
+    store.delete("dead", 70, NOW)
+    store.clear(50)
+    assert set(store.data) == {"new"}
+    assert store.tombstones == {"dead": 70}
+    # the survivor is still filed for expiry
+    assert store.live("new", NOW + 6) is None
+    assert store.count_live(NOW + 6) == 0
+
+
+def test_writes_and_deletes_older_than_the_watermark_are_refused() -> None:
+    store = Store(tombstone_ttl=60)
+    store.clear(50)
+    assert not store.write("k", "late", NEVER, 40, NOW)
+    assert not store.delete("k", 45, NOW)
+    assert store.version_of("k") == 50
+    assert store.write("k", "fresh", NEVER, 51, NOW)
+
+
+def test_an_older_clear_is_ignored() -> None:
+    store = Store()
+    store.clear(50)
+    store.write("k", "v", NEVER, 60, NOW)
+    assert not store.clear(40)
+    assert store.watermark == 50
+    assert "k" in store.data
+
+
+# -- expiry ---------------------------------------------------------------------------
+
+
+def test_live_treats_an_entry_as_expired_from_its_expiry_time_on() -> None:
+    store = Store()
+    store.write("k", "v", NOW + 10, 1, NOW)
+    assert store.live("k", NOW + 9.75) is not None
+    assert store.live("k", NOW + 10) is None
+    assert "k" not in store.data
+    assert store.expirations == 1
+
+
+def test_sweep_removes_only_entries_that_are_due() -> None:
+    store = Store()
+    for i in range(1, 11):
+        store.write(i, i, NOW + i, i, NOW)
+    store.write("forever", 0, NEVER, 100, NOW)
+    now = NOW + 5.5
+    while store.sweep(now):
+        pass
+    assert set(range(6, 11)) <= set(store.data)  # nothing undue went
+    assert set(range(1, 5)).isdisjoint(store.data)  # a second past due: swept
+    assert "forever" in store.data
+    store.sweep(NOW + 11)
+    assert set(store.data) == {"forever"}
+    assert store.expirations == 10
+
+
+def test_sweep_never_removes_an_entry_before_its_expiry() -> None:
+    store = Store()
+    expiries = [NOW + i * 0.25 for i in range(1, 41)]
+    for i, expires in enumerate(expiries):
+        store.write(i, i, expires, i + 1, NOW)
+    for step in range(1, 45):
+        now = NOW + step * 0.25
+        store.sweep(now)
+        for i, expires in enumerate(expiries):
+            if expires > now:
+                assert i in store.data
+
+
+def test_sweep_does_at_most_limit_removals_per_call() -> None:
+    store = Store()
+    for i in range(100):
+        store.write(i, i, NOW + 1, i + 1, NOW)
+    assert store.sweep(NOW + 5, limit=10) == 10
+    assert len(store) == 90
+    removed = [store.sweep(NOW + 5, limit=30) for _ in range(4)]
+    assert removed == [30, 30, 30, 0]
+    assert len(store) == 0
+
+
+def test_sweep_limit_also_bounds_tombstone_purging() -> None:
+    store = Store(tombstone_ttl=1)
+    for i in range(50):
+        store.delete(i, i + 1, NOW)
+    assert store.sweep(NOW + 2, limit=20) == 20
+    assert len(store.tombstones) == 30
+
+
+def test_count_live_is_exact_within_the_current_second() -> None:
+    store = Store()
+    for i in range(8):
+        store.write(i, i, NOW + 1 + i * 0.125, i + 1, NOW)  # all expire within one second
+    store.write("forever", 0, NEVER, 100, NOW)
+    for i in range(9):
+        now = NOW + 1 + i * 0.125
+        assert store.count_live(now) == sum(1 for j in range(8) if NOW + 1 + j * 0.125 > now) + 1
+
+
+def test_an_expired_at_arrival_write_stores_nothing() -> None:
+    store = Store(tombstone_ttl=60)
+    assert store.write("k", "v", NOW - 1, 10, NOW)  # newest, so "applied"
+    assert store.write("j", "v", NOW, 11, NOW)
+    assert store.data == {}
+    assert store.count_live(NOW) == 0
+    assert not store.write("k", "older", NEVER, 5, NOW)  # but it still orders writes
+
+
+def test_an_expired_at_arrival_write_removes_the_older_live_entry() -> None:
+    store = Store(tombstone_ttl=60)
+    store.write("k", "v1", NEVER, 10, NOW)
+    assert store.write("k", "v2", NOW - 1, 20, NOW)
+    assert store.data == {}
+    assert store.version_of("k") == 20
+    assert not store.write("k", "v1-late", NEVER, 15, NOW)
+
+
+def test_an_expired_at_arrival_write_does_not_take_an_eviction_slot() -> None:
+    store = Store(max_entries=2)
+    store.write("a", 1, NEVER, 1, NOW)
+    store.write("b", 2, NEVER, 2, NOW)
+    store.write("a", 3, NOW - 1, 3, NOW)  # "a" is now gone
+    store.write("c", 4, NEVER, 4, NOW)
+    assert set(store.data) == {"b", "c"}
+    assert store.evictions == 0
+
+
+# -- eviction -------------------------------------------------------------------------
+
+
+def test_eviction_keeps_len_within_max_entries_and_records_what_it_evicted() -> None:
+    store = Store(max_entries=10)
+    for i in range(100):
+        store.write(i, i, NEVER, i + 1, NOW)
+        assert len(store) <= 10
+    assert len(store) == 10
+    assert store.evictions == 90
+    assert len(store.evicted) <= 10
+    for key, version in store.evicted.items():
+        assert key not in store.data
+        assert version == key + 1
+
+
+def test_an_overwrite_does_not_evict() -> None:
+    store = Store(max_entries=3)
+    for i in range(3):
+        store.write(i, i, NEVER, i + 1, NOW)
+    for version in range(10, 20):
+        store.write(1, version, NEVER, version, NOW)
+    assert set(store.data) == {0, 1, 2}
+    assert store.evictions == 0
+
+
+def test_a_rewritten_key_is_no_longer_recorded_as_evicted() -> None:
+    store = Store(max_entries=1)
+    store.write("a", 1, NEVER, 1, NOW)
+    store.write("b", 2, NEVER, 2, NOW)
+    assert "a" in store.evicted
+    store.write("a", 3, NEVER, 3, NOW)
+    assert "a" in store.data
+    assert "a" not in store.evicted
+
+
+def test_an_older_write_arriving_after_an_eviction_does_not_bring_back_a_stale_value() -> None:
+    store = Store(max_entries=1)
+    store.write("a", "new", NEVER, 20, NOW)
+    store.write("b", "b", NEVER, 21, NOW)  # evicts "a" at version 20
+    assert store.evicted.get("a") == 20
+    assert not store.write("a", "stale", NEVER, 10, NOW)
+    assert "a" not in store.data or store.data["a"].value != "stale"
+
+
+def test_deletes_and_expiry_free_room_without_counting_as_evictions() -> None:
+    store = Store(max_entries=4)
+    for i in range(4):
+        store.write(i, i, NOW + 1 if i < 2 else NEVER, i + 1, NOW)
+    store.delete(2, 10, NOW)
+    store.sweep(NOW + 3)
+    assert len(store) == 1
+    for i in range(10, 13):
+        store.write(i, i, NEVER, i + 10, NOW + 3)
+    assert len(store) == 4
+    assert store.evictions == 0
+
+
+def test_clear_resets_eviction_bookkeeping() -> None:
+    store = Store(max_entries=3)
+    for i in range(6):
+        store.write(i, i, NEVER, i + 1, NOW)
+    store.clear(100)
+    assert store.evicted == {}
+    for i in range(3):
+        store.write(i, i, NEVER, 200 + i, NOW)
+    assert len(store) == 3
+    store.write(99, 99, NEVER, 300, NOW)
+    assert len(store) == 3
+
+
+def test_max_entries_must_be_positive() -> None:
+    for bad in (0, -1):
+        try:
+            Store(max_entries=bad)
+        except ValueError:
+            continue
+        raise AssertionError(f"max_entries={bad} was accepted")
+
+
+def test_entry_is_its_own_expiry() -> None:
+    store = Store()
+    store.write("k", "v", NOW + 3, 1, NOW)
+    entry = store.data["k"]
+    assert entry.expires == NOW + 3
+    assert entry > NOW and entry <= NOW + 3
+    store.write("n", "v", NEVER, 2, NOW)
+    assert math.isinf(store.data["n"].expires)
