@@ -130,6 +130,15 @@ def _stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ready(args: argparse.Namespace) -> int:
+    """Exit 0 if the member finished its warm boot: a Kubernetes exec readiness probe."""
+    from .client import query
+
+    data = query(args.address, read_secret(args.secret, args.secret_file), "stats")
+    print("ready" if data["ready"] else "warming")
+    return 0 if data["ready"] else 1
+
+
 # -- argument parsing -------------------------------------------------------------------
 
 
@@ -175,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, help_text in (
         ("members", "list the members a running node knows"),
         ("stats", "show a running node's cache and replication figures"),
+        ("ready", "exit 0 once a running node finished its warm boot (a readiness probe)"),
     ):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("address", nargs="?", default=_env("SHOAL_ADDRESS", "127.0.0.1:7600"))
@@ -193,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
             return _members(args)
         if args.command == "stats":
             return _stats(args)
+        if args.command == "ready":
+            return _ready(args)
         from .demo import run
 
         return run(args)
