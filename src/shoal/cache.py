@@ -346,6 +346,19 @@ class Cache:
                     ignored += 1
         return applied, ignored
 
+    def load(
+        self, keys: list[Key], values: list[Any], expires: list[float], versions: list[int], packed: bool
+    ) -> tuple[int, int]:
+        """Apply a chunk of a warm-boot dump, merging by version; returns (applied, ignored)."""
+        if packed:
+            loads = self._serializer.loads
+            values = [loads(v) for v in values]
+        if versions:
+            self._clock.observe(max(versions))
+        with self._lock:
+            applied = self._store.load(keys, values, expires, versions, self._wall())
+        return applied, len(keys) - applied
+
     def sweep(self) -> int:
         """Remove expired entries in bounded rounds; the lock is released between rounds."""
         total = 0

@@ -13,7 +13,7 @@ import os
 import ssl as _ssl
 from typing import Any
 
-from .errors import ProtocolError, ShoalError
+from .errors import HandshakeError, ProtocolError, ShoalError
 from .handshake import Handshake
 from .messages import Answer, Query
 from .node import parse_address
@@ -48,11 +48,18 @@ class Client:
         )
         self._writer = writer
         hs = Handshake.initiator(self._secret, int.from_bytes(os.urandom(8), "big"), "")
-        for msg in hs.start():
-            writer.write(encode(msg))
-        while not hs.done:
-            for reply in hs.receive(await self._next()):
-                writer.write(encode(reply))
+        try:
+            for msg in hs.start():
+                writer.write(encode(msg))
+            while not hs.done:
+                for reply in hs.receive(await self._next()):
+                    writer.write(encode(reply))
+        except BaseException as exc:
+            writer.close()  # __aexit__ does not run when __aenter__ fails
+            if isinstance(exc, HandshakeError):
+                hint = f"cannot authenticate with {self.address}: {exc}; is the secret the cluster's?"
+                raise HandshakeError(hint) from exc
+            raise
         self._decoder.max_frame_size = 64 * 1024 * 1024
         return self
 

@@ -28,6 +28,15 @@ from .client import Client
 CACHE = "demo"
 
 
+def _die_with_parent() -> None:
+    """In the child: ask Linux to SIGTERM it if the demo dies, so no member outlives it."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--members", type=int, default=3, help="members in the cluster (default 3)")
     parser.add_argument("--entries", type=int, default=100_000, help="entries to fill (default 100000)")
@@ -108,7 +117,7 @@ class Deploy:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.DEVNULL,
             env=env,
-            start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
         assert proc.stdout is not None
         line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()

@@ -273,11 +273,20 @@ class DumpRequest(Message):
 
 @message(43)
 class DumpChunk(Message):
-    """One bounded chunk of a dump, in the Ops entry format."""
+    """One bounded chunk of a dump, as columns (checked a column at a time, not an entry at a time).
+
+    ``values`` are the values themselves when ``inline`` (the cache uses the default
+    msgpack serializer, so the frame's own decoding is the value's), else serialized bytes.
+    """
 
     cache: str
     stream: int
-    ops: list[Any]
+    keys: list[Any]
+    values: list[Any]
+    expires: list[Any]
+    hlcs: list[Any]
+    nodes: list[Any]
+    inline: bool
 
 
 @message(44)

@@ -222,7 +222,7 @@ class Node:
         handshake_timeout: float = 5.0,
         max_frame_size: int = DEFAULT_MAX_FRAME,
         max_peer_backlog: int = 64 * 1024 * 1024,
-        anti_entropy_interval: float = 5.0,
+        anti_entropy_interval: float = 10.0,
         warm_donors: int = 1,
         warm_timeout: float = 30.0,
         boot_wait: float = 2.0,

@@ -29,9 +29,9 @@ Everything here is pure: the node supplies entries and time.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import random
+import zlib
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -85,17 +85,17 @@ def entry_op(entry: Entry, packed: bytes) -> Op:
 # -- digests -------------------------------------------------------------------
 
 
-def _key_bytes(key: Key) -> bytes:
-    if type(key) is str:
-        return b"s" + key.encode("utf-8", "surrogatepass")
-    if type(key) is bytes:
-        return b"b" + key
-    return b"i" + str(key).encode()
-
-
 def key_hash(key: Key) -> int:
-    """A stable 64-bit hash of a key (Python's hash() differs between processes)."""
-    return int.from_bytes(hashlib.blake2b(_key_bytes(key), digest_size=8).digest(), "big")
+    """A stable 32-bit hash of a key (Python's hash() differs between processes).
+
+    CRC-32 runs in C and is ample for spreading keys over buckets; the digest mixes
+    it with the version and expiry into 64 bits.
+    """
+    if type(key) is str:
+        return zlib.crc32(key.encode("utf-8", "surrogatepass"))
+    if type(key) is bytes:
+        return zlib.crc32(key, 0x62)  # a different seed keeps "a" and b"a" apart
+    return zlib.crc32(str(key).encode(), 0x69)
 
 
 def bucket_of(key: Key) -> int:
@@ -104,21 +104,26 @@ def bucket_of(key: Key) -> int:
 
 def _entry_hash(khash: int, version: int, expires: float) -> int:
     exp = 0 if expires == NEVER else int(expires * 1000)
-    h = (khash ^ (version * 0x9E3779B97F4A7C15) ^ (exp * 0xC2B2AE3D27D4EB4F)) & _MASK64
-    # splitmix64 finaliser: spreads every input bit over the whole word
-    h = ((h ^ (h >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    h = ((h ^ (h >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return h ^ (h >> 31)
+    h = (khash * 0x9E3779B97F4A7C15 + version + exp * 0xC2B2AE3D27D4EB4F) & _MASK64
+    # a splitmix64-style finaliser spreads every input bit over the whole word
+    h = ((h ^ (h >> 31)) * 0xBF58476D1CE4E5B9) & _MASK64
+    return h ^ (h >> 29)
 
 
 def digests(entries: Iterable[Entry], now: float) -> list[int]:
+    """Per-bucket digests of the live entries (``_entry_hash`` inlined: this loop is hot)."""
     sums = [0] * BUCKETS
+    crc = zlib.crc32
+    mask = _MASK64
     for entry in entries:
         if entry > now:
-            khash = key_hash(entry.key)
-            b = khash % BUCKETS
-            sums[b] = (sums[b] + _entry_hash(khash, entry.version, float(entry))) & _MASK64
-    return sums
+            key = entry.key
+            khash = crc(key.encode("utf-8", "surrogatepass")) if type(key) is str else key_hash(key)
+            exp = 0 if entry == NEVER else int(entry * 1000)
+            h = (khash * 0x9E3779B97F4A7C15 + entry.version + exp * 0xC2B2AE3D27D4EB4F) & mask
+            h = ((h ^ (h >> 31)) * 0xBF58476D1CE4E5B9) & mask
+            sums[khash % BUCKETS] += h ^ (h >> 29)
+    return [d & mask for d in sums]
 
 
 def differing(mine: list[int], theirs: list[Any]) -> list[int]:
@@ -228,6 +233,9 @@ class Replicator:
         self.outbox: deque[tuple[str, Op]] = deque()
         self.figures: dict[str, dict[str, Any]] = {}
         self.needs_repair: set[int] = set()
+        # Caches whose warm boot is over: only they take part in repair rounds
+        # (a booting cache is incomplete by design, and its scan would slow the boot).
+        self.settled: set[str] = set()
         self._scans: deque[_Scan] = deque()
         self._next_round: float | None = None
         self._round = 0
@@ -286,6 +294,8 @@ class Replicator:
         cache = self.caches.get(getattr(msg, "cache", ""))
         if cache is None:
             return []  # a cache we do not host
+        if msg.cache not in self.settled:  # type: ignore[attr-defined]
+            return []
         if isinstance(msg, Digest):
             if len(msg.digests) != BUCKETS:
                 raise ProtocolError(f"a digest has {BUCKETS} buckets")
@@ -322,6 +332,16 @@ class Replicator:
             figures["last_lag_ms"] = max(0, int(cache.now() * 1000) - version_ms(ops[-1][4]))
         return applied, ignored
 
+    def load(
+        self, name: str, keys: list[Key], values: list[Any], expires: list[float], versions: list[int], packed: bool
+    ) -> int:
+        """Merge a warm-boot dump chunk into a hosted cache; returns how many entries were applied."""
+        cache = self.caches.get(name)
+        if cache is None:
+            return 0
+        applied, _ = cache.load(keys, values, expires, versions, packed)
+        return applied
+
     def _answer_pull(self, peer: int, msg: Pull, cache: Cache) -> list[Action]:
         now = cache.now()
         data = cache.store.data
@@ -355,7 +375,7 @@ class Replicator:
     def _open_rounds(self) -> None:
         for name, cache in self.caches.items():
             group = self.membership.group(name)
-            if not group:
+            if not group or name not in self.settled:
                 continue
             urgent = [p for p in group if p in self.needs_repair]
             peer = urgent[0] if urgent else self.rng.choice(group)

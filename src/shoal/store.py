@@ -55,7 +55,7 @@ class Entry(float):
     bucket: int
 
     def __new__(cls, key: Key, value: Any, expires: float, version: int) -> Entry:
-        entry = super().__new__(cls, expires)
+        entry = float.__new__(cls, expires)
         entry.key = key
         entry.value = value
         entry.version = version
@@ -169,6 +169,38 @@ class Store:
             if len(self.data) > self.max_entries:  # type: ignore[operator]
                 self._evict()
         return True
+
+    def load(self, keys: list[Key], values: list[Any], expires: list[float], versions: list[int], now: float) -> int:
+        """Apply a chunk of a warm-boot dump; the same rule as ``write``, fewer steps per entry.
+
+        Most dump entries are keys the store has never seen, so that case is inlined;
+        anything else goes through ``write``. Returns how many were applied.
+        """
+        data, tombstones, evicted, watermark = self.data, self.tombstones, self.evicted, self.watermark
+        policy, wheel = self.policy, self._wheel
+        applied = 0
+        for key, value, exp, version in zip(keys, values, expires, versions, strict=True):
+            if exp <= now or version <= watermark:
+                continue
+            if key in data or (tombstones and key in tombstones) or (evicted and key in evicted):
+                applied += self.write(key, value, exp, version, now)
+                continue
+            entry = Entry(key, value, exp, version)
+            data[key] = entry
+            if exp != NEVER:
+                second = int(exp)
+                bucket = wheel.get(second)
+                if bucket is None:
+                    bucket = wheel[second] = {}
+                    heapq.heappush(self._wheel_due, second)
+                bucket[key] = entry
+                entry.bucket = second
+            if policy is not None:
+                policy.insert(entry)
+                if len(data) > self.max_entries:  # type: ignore[operator]
+                    self._evict()
+            applied += 1
+        return applied
 
     def delete(self, key: Key, version: int, now: float) -> bool:
         """Apply a delete if it is the newest the store has seen for key."""

@@ -12,7 +12,7 @@ arrived during the boot is never overwritten by older dump data. If the donor
 goes down mid-stream, the next largest takes over: entries already applied stay,
 and the merge makes the overlap harmless.
 
-``choose_donors`` and ``dump_ops`` are pure; ``Booter`` is the node-side
+``choose_donors``, ``dump_columns`` and ``columns_from_wire`` are pure; ``Booter`` is the node-side
 coordinator that runs them on the node's loop.
 """
 
@@ -20,24 +20,27 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from .clock import NODE_BITS, NODE_MASK
+from .errors import ProtocolError
 from .messages import DumpChunk, DumpEnd, DumpRequest, SizeReply, SizeRequest
-from .replication import ops_from_wire
-from .store import NEVER, WRITE, Entry, Store
+from .serializer import MsgpackSerializer
+from .store import Entry, Key, Store
 from .wire import encode
 
 if TYPE_CHECKING:
     from .node import Node
-    from .serializer import Serializer
 
 log = logging.getLogger("shoal")
 
 CHUNK = 2000
+_KEY_TYPES = {str, bytes, int}
 SIZE_WAIT = 1.0
 
 
@@ -50,6 +53,7 @@ class BootStats:
     seconds: float = 0.0
     donors_tried: int = 0
     dumps_served: int = 0
+    bytes_served: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -60,14 +64,40 @@ def choose_donors(sizes: dict[int, tuple[int, bool]]) -> list[int]:
     return sorted(sizes, key=lambda peer: (not sizes[peer][1], -sizes[peer][0], peer))
 
 
-def dump_ops(store: Store, entries: list[Entry], dumps: Any, now: float) -> list[list[Any]]:
-    """Wire ops for the still-current, unexpired entries of one snapshot slice."""
+def dump_columns(
+    store: Store, entries: list[Entry], dumps: Callable[[Any], bytes] | None, now: float
+) -> tuple[list[Any], list[Any], list[float], list[int], list[int]]:
+    """Columns (keys, values, expires, hlcs, nodes) of the current, unexpired entries of a slice.
+
+    ``dumps`` None sends values as they are (the default msgpack serializer: the
+    frame's encoding is the value's encoding, so nothing is encoded twice).
+    """
     data = store.data
-    return [
-        [WRITE, e.key, dumps(e.value), None if e == NEVER else float(e), e.version >> NODE_BITS, e.version & NODE_MASK]
-        for e in entries
-        if e > now and data.get(e.key) is e
-    ]
+    live = [e for e in entries if e > now and data.get(e.key) is e]
+    keys = [e.key for e in live]
+    values = [e.value for e in live] if dumps is None else [dumps(e.value) for e in live]
+    expires = [float(e) for e in live]
+    hlcs = [e.version >> NODE_BITS for e in live]
+    nodes = [e.version & NODE_MASK for e in live]
+    return keys, values, expires, hlcs, nodes
+
+
+def columns_from_wire(msg: DumpChunk) -> tuple[list[Key], list[Any], list[float], list[int]]:
+    """Check a chunk a column at a time (C-speed passes), then build versions."""
+    n = len(msg.keys)
+    if not len(msg.values) == len(msg.expires) == len(msg.hlcs) == len(msg.nodes) == n:
+        raise ProtocolError("dump chunk columns differ in length")
+    if not set(map(type, msg.keys)) <= _KEY_TYPES:
+        raise ProtocolError("dump chunk keys must be str, bytes or int")
+    if not msg.inline and not set(map(type, msg.values)) <= {bytes}:
+        raise ProtocolError("serialized dump values must be bytes")
+    if not set(map(type, msg.expires)) <= {float, int} or any(map(math.isnan, msg.expires)):
+        raise ProtocolError("dump chunk expiries must be numbers")
+    for column in (msg.hlcs, msg.nodes):
+        if n and (not set(map(type, column)) <= {int} or min(column) < 0 or max(column) > NODE_MASK):
+            raise ProtocolError("dump chunk versions must be unsigned 64-bit ints")
+    versions = [(h << NODE_BITS) | node for h, node in zip(msg.hlcs, msg.nodes, strict=True)]
+    return msg.keys, msg.values, msg.expires, versions
 
 
 @dataclass
@@ -126,6 +156,7 @@ class Booter:
             self._sizes.pop(name, None)
             stats.seconds = round(time.monotonic() - started, 3)
             state.booted = True
+            node.replicator.settled.add(name)
             log.info(
                 "warm boot of %s: %s, %d entries (%d bytes) from %s in %.2fs",
                 name,
@@ -172,11 +203,12 @@ class Booter:
         stream = self._streams.get(msg.stream)
         if stream is None or stream.donor != peer:
             return  # a stream we gave up on
-        ops = ops_from_wire(msg.ops)
-        self.node.replicator.apply(stream.cache, ops)
-        stream.entries += len(ops)
-        stream.bytes += sum(len(op[2] or b"") for op in ops)
-        if stream.entries // 100_000 != (stream.entries - len(ops)) // 100_000:
+        keys, values, expires, versions = columns_from_wire(msg)
+        self.node.replicator.load(stream.cache, keys, values, expires, versions, packed=not msg.inline)
+        before = stream.entries
+        stream.entries += len(keys)
+        stream.bytes += sum(map(len, values)) if not msg.inline else 0
+        if stream.entries // 100_000 != before // 100_000:
             log.info("warm boot of %s: %d entries so far", stream.cache, stream.entries)
 
     def on_end(self, peer: int, msg: DumpEnd) -> None:
@@ -212,14 +244,19 @@ class Booter:
         if state is not None:
             state.boot.dumps_served += 1
             store = state.cache.store
-            serializer: Serializer = state.cache.serializer
+            serializer = state.cache.serializer
+            inline = type(serializer) is MsgpackSerializer
+            dumps = None if inline else serializer.dumps
             entries = store.entries()  # references only: cheap, and entries never change
             for i in range(0, len(entries), CHUNK):
-                ops = dump_ops(store, entries[i : i + CHUNK], serializer.dumps, time.time())
+                keys, values, expires, hlcs, nodes = dump_columns(store, entries[i : i + CHUNK], dumps, time.time())
                 if conn.closed:
                     return
-                conn.write(encode(DumpChunk(msg.cache, msg.stream, ops), node.max_frame_size))
-                sent += len(ops)
+                chunk = DumpChunk(msg.cache, msg.stream, keys, values, expires, hlcs, nodes, inline)
+                frame = encode(chunk, node.max_frame_size)
+                conn.write(frame)
+                sent += len(keys)
+                state.boot.bytes_served += len(frame)
                 await conn.drained()
                 await asyncio.sleep(0)
         if not conn.closed:
