@@ -126,6 +126,13 @@ class Membership:
         actions += self._gossip_to([peer])
         return actions
 
+    def alias(self, address: str, peer: int) -> None:
+        """``address`` also leads to ``peer`` (a seed by another name): stop dialing it."""
+        target = self._want(address, permanent=False)
+        target.dialing = False
+        target.failures = 0
+        target.peer = peer
+
     def disconnected(self, peer: int, now: float, reason: str = "connection closed") -> list[Action]:
         for target in self._targets.values():
             if target.peer == peer:

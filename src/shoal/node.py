@@ -98,6 +98,7 @@ class _Conn(asyncio.Protocol):
         self.peer: int | None = None
         self.observer = False
         self.closed = False
+        self.lost = False  # the node has been told (close() and connection_lost both report)
         self._timer: asyncio.TimerHandle | None = None
         self._writable = asyncio.Event()
         self._writable.set()
@@ -595,7 +596,7 @@ class Node:
             drop.close("duplicate connection")
             if keep is existing:
                 if conn.dialed:
-                    self.membership.dial_failed(conn.dialed, time.monotonic())
+                    self.membership.alias(conn.dialed, peer)
                 return
         if not conn.handshake.peer_listen:
             conn.observer = True  # an operator's client: answers only, no membership
@@ -607,6 +608,9 @@ class Node:
             self._do(action)
 
     def _lost(self, conn: _Conn) -> None:
+        if conn.lost:
+            return
+        conn.lost = True
         self._pending.discard(conn)
         if conn.peer is not None and self._peers.get(conn.peer) is conn:
             del self._peers[conn.peer]
