@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .cache import DEFAULT, Cache
 from .errors import HandshakeError, ProtocolError, ShoalError
+from .node import Node
 from .serializer import MsgpackSerializer, Serializer
 
 __all__ = [
@@ -11,6 +12,7 @@ __all__ = [
     "Cache",
     "HandshakeError",
     "MsgpackSerializer",
+    "Node",
     "ProtocolError",
     "Serializer",
     "ShoalError",

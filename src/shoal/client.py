@@ -15,7 +15,7 @@ from typing import Any
 
 from .errors import HandshakeError, ProtocolError, ShoalError
 from .handshake import Handshake
-from .messages import Answer, Query
+from .messages import Answer, Query, Refused
 from .node import parse_address
 from .wire import HANDSHAKE_MAX_FRAME, FrameDecoder, encode
 
@@ -55,6 +55,8 @@ class Client:
                 for reply in hs.receive(await self._next()):
                     writer.write(encode(reply))
         except BaseException as exc:
+            if isinstance(exc, HandshakeError):  # tell the member why, for its log
+                writer.write(encode(Refused(str(exc)[:200])))
             writer.close()  # __aexit__ does not run when __aenter__ fails
             if isinstance(exc, HandshakeError):
                 hint = f"cannot authenticate with {self.address}: {exc}; is the secret the cluster's?"

@@ -99,6 +99,7 @@ class _Conn(asyncio.Protocol):
         self.observer = False
         self.closed = False
         self.lost = False  # the node has been told (close() and connection_lost both report)
+        self.bytes_in = 0
         self._timer: asyncio.TimerHandle | None = None
         self._writable = asyncio.Event()
         self._writable.set()
@@ -116,6 +117,7 @@ class _Conn(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closed:
             return
+        self.bytes_in += len(data)
         try:
             for msg in self.decoder.feed(data):
                 if self.closed:

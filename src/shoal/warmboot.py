@@ -106,7 +106,6 @@ class _Stream:
     donor: int
     done: asyncio.Future[bool]
     entries: int = 0
-    bytes: int = 0
 
 
 class Booter:
@@ -182,15 +181,17 @@ class Booter:
         done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         stream = self._streams[stream_id] = _Stream(name, donor, done)
         stats.donor = f"{donor:016x}"
-        if not node.send(donor, DumpRequest(name, stream_id)):
+        conn = node.peer_conn(donor)
+        if conn is None or not node.send(donor, DumpRequest(name, stream_id)):
             del self._streams[stream_id]
             return False
+        received_before = conn.bytes_in
         try:
             return await asyncio.wait_for(done, node.warm_timeout)
         finally:
             self._streams.pop(stream_id, None)
             stats.entries += stream.entries
-            stats.bytes += stream.bytes
+            stats.bytes += conn.bytes_in - received_before  # what the donor sent us meanwhile
 
     # -- receiving side ---------------------------------------------------------------
 
@@ -207,7 +208,6 @@ class Booter:
         self.node.replicator.load(stream.cache, keys, values, expires, versions, packed=not msg.inline)
         before = stream.entries
         stream.entries += len(keys)
-        stream.bytes += sum(map(len, values)) if not msg.inline else 0
         if stream.entries // 100_000 != before // 100_000:
             log.info("warm boot of %s: %d entries so far", stream.cache, stream.entries)
 
