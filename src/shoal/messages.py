@@ -216,19 +216,25 @@ class Ops(Message):
 
 @message(21)
 class Digest(Message):
-    """Anti-entropy opening: the sender's per-bucket digests of one cache."""
+    """Anti-entropy opening: the sender's per-bucket digests of one cache.
+
+    ``watermark`` is the sender's clear watermark as ``[hlc, node]``: a ``clear()``
+    lost on the way is repaired by it, since a cleared key is in no digest.
+    """
 
     cache: str
     round: int
     digests: list[Any]
+    watermark: list[Any]
 
 
 @message(22)
 class Listing(Message):
     """Keys and versions the sender holds in buckets whose digests differ.
 
-    ``entries`` is ``[key, hlc, node, ...]`` flattened; ``reply`` asks the receiver
-    to answer with its own listing of the same buckets.
+    ``entries`` is ``[key, hlc, node, ...]`` flattened, tombstones included (so a
+    delete lost on the way is pulled like a write); ``reply`` asks the receiver to
+    answer with its own listing of the same buckets.
     """
 
     cache: str
@@ -236,6 +242,7 @@ class Listing(Message):
     buckets: list[Any]
     entries: list[Any]
     reply: bool
+    watermark: list[Any]
 
 
 @message(23)

@@ -78,6 +78,10 @@ def ops_from_wire(raw: list[Any]) -> list[Op]:
     return ops
 
 
+def _split(version: int) -> list[int]:
+    return [version >> NODE_BITS, version & NODE_MASK]
+
+
 def entry_op(entry: Entry, packed: bytes) -> Op:
     return (WRITE, entry.key, packed, float(entry), entry.version)
 
@@ -104,7 +108,10 @@ def bucket_of(key: Key) -> int:
 
 def _entry_hash(khash: int, version: int, expires: float) -> int:
     exp = 0 if expires == NEVER else int(expires * 1000)
-    h = (khash * 0x9E3779B97F4A7C15 + version + exp * 0xC2B2AE3D27D4EB4F) & _MASK64
+    # A version is 128 bits (hlc << 64 | node): both halves must reach the digest.
+    h = (
+        khash * 0x9E3779B97F4A7C15 + (version >> 64) * 0xD6E8FEB86659FD93 + version + exp * 0xC2B2AE3D27D4EB4F
+    ) & _MASK64
     # a splitmix64-style finaliser spreads every input bit over the whole word
     h = ((h ^ (h >> 31)) * 0xBF58476D1CE4E5B9) & _MASK64
     return h ^ (h >> 29)
@@ -120,7 +127,10 @@ def digests(entries: Iterable[Entry], now: float) -> list[int]:
             key = entry.key
             khash = crc(key.encode("utf-8", "surrogatepass")) if type(key) is str else key_hash(key)
             exp = 0 if entry == NEVER else int(entry * 1000)
-            h = (khash * 0x9E3779B97F4A7C15 + entry.version + exp * 0xC2B2AE3D27D4EB4F) & mask
+            version = entry.version
+            h = (
+                khash * 0x9E3779B97F4A7C15 + (version >> 64) * 0xD6E8FEB86659FD93 + version + exp * 0xC2B2AE3D27D4EB4F
+            ) & mask
             h = ((h ^ (h >> 31)) * 0xBF58476D1CE4E5B9) & mask
             sums[khash % BUCKETS] += h ^ (h >> 29)
     return [d & mask for d in sums]
@@ -296,6 +306,8 @@ class Replicator:
             return []  # a cache we do not host
         if msg.cache not in self.settled:  # type: ignore[attr-defined]
             return []
+        if isinstance(msg, (Digest, Listing)):
+            self._catch_up_clear(msg.cache, cache, msg.watermark)
         if isinstance(msg, Digest):
             if len(msg.digests) != BUCKETS:
                 raise ProtocolError(f"a digest has {BUCKETS} buckets")
@@ -318,6 +330,14 @@ class Replicator:
         if isinstance(msg, Pull):
             return self._answer_pull(peer, msg, cache)
         raise ProtocolError(f"unexpected {type(msg).__name__}")
+
+    def _catch_up_clear(self, name: str, cache: Cache, mark: list[Any]) -> None:
+        """A peer cleared the cache after we last did: apply its clear (lost on the way)."""
+        if len(mark) != 2 or any(type(x) is not int or not 0 <= x <= _MASK64 for x in mark):
+            raise ProtocolError("a watermark is [hlc, node]")
+        version = (mark[0] << NODE_BITS) | mark[1]
+        if version > cache.store.watermark:
+            self.apply(name, [(CLEAR, b"", None, NEVER, version)])
 
     def apply(self, name: str, ops: list[Op]) -> tuple[int, int]:
         cache = self.caches.get(name)
@@ -409,8 +429,9 @@ class Replicator:
         if scan.pos < len(scan.entries) + len(scan.tombs):
             return []
         self._scans.popleft()
+        mark = _split(cache.store.watermark)
         if scan.then == "digest":
-            return [Send(scan.peer, Digest(scan.cache, scan.round, scan.sums))]
+            return [Send(scan.peer, Digest(scan.cache, scan.round, scan.sums, mark))]
         if scan.then == "answer":
             buckets = differing(scan.sums, scan.theirs)
             if not buckets:
@@ -419,4 +440,4 @@ class Replicator:
             follow.tombs = list(cache.store.tombstones.items())
             self._scans.appendleft(follow)
             return []
-        return [Send(scan.peer, Listing(scan.cache, scan.round, scan.buckets, scan.flat, scan.reply))]
+        return [Send(scan.peer, Listing(scan.cache, scan.round, scan.buckets, scan.flat, scan.reply, mark))]

@@ -96,7 +96,7 @@ def read(path: str | os.PathLike[str], now: float) -> dict[str, list[Op]]:
         offset = unpacker.tell()
         for record in unpacker:
             end = unpacker.tell()
-            if isinstance(record, list) and record and record[0] == "end":
+            if isinstance(record, list) and len(record) == 3 and record[0] == "end":  # entries have 6 fields
                 if record != ["end", count, crc] or end != len(data):
                     raise CorruptSnapshot(f"{path}: count or checksum does not match")
                 return by_cache

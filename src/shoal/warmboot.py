@@ -179,7 +179,7 @@ class Booter:
         node = self.node
         stream_id = random.getrandbits(62)
         done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        stream = self._streams[stream_id] = _Stream(name, donor, done)
+        self._streams[stream_id] = _Stream(name, donor, done)
         stats.donor = f"{donor:016x}"
         conn = node.peer_conn(donor)
         if conn is None or not node.send(donor, DumpRequest(name, stream_id)):
@@ -190,7 +190,6 @@ class Booter:
             return await asyncio.wait_for(done, node.warm_timeout)
         finally:
             self._streams.pop(stream_id, None)
-            stats.entries += stream.entries
             stats.bytes += conn.bytes_in - received_before  # what the donor sent us meanwhile
 
     # -- receiving side ---------------------------------------------------------------
@@ -208,6 +207,7 @@ class Booter:
         self.node.replicator.load(stream.cache, keys, values, expires, versions, packed=not msg.inline)
         before = stream.entries
         stream.entries += len(keys)
+        self.node._caches[stream.cache].boot.entries += len(keys)  # live: stats() shows a boot's progress
         if stream.entries // 100_000 != before // 100_000:
             log.info("warm boot of %s: %d entries so far", stream.cache, stream.entries)
 

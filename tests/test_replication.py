@@ -1,0 +1,278 @@
+"""Replication: the op format, digests, the Replicator, and convergence in a simulated network."""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sim.network import Sim
+from sim.nodes import ReplicaNode
+
+from shoal.actions import Send
+from shoal.cache import Cache, Op
+from shoal.errors import ProtocolError
+from shoal.membership import Membership
+from shoal.messages import Ops
+from shoal.replication import (
+    BUCKETS,
+    Replicator,
+    bucket_of,
+    differing,
+    digests,
+    op_to_wire,
+    ops_from_wire,
+    to_pull,
+)
+from shoal.store import CLEAR, DELETE, NEVER, WRITE
+
+# -- the op format -----------------------------------------------------------------
+
+
+def test_an_op_survives_the_wire_unchanged() -> None:
+    version = (123 << 64) | 456
+    for op in [(WRITE, "k", b"\x01", 1e9, version), (DELETE, b"k", None, NEVER, version), (CLEAR, 7, None, NEVER, 9)]:
+        wire = msgpack.unpackb(msgpack.packb([op_to_wire(op)], use_bin_type=True), raw=False)
+        assert ops_from_wire(wire) == [op]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        [[WRITE, "k", b"v", None, 1]],  # five items
+        [[9, "k", b"v", None, 1, 2]],  # unknown kind
+        [[WRITE, 1.5, b"v", None, 1, 2]],  # float key
+        [[WRITE, "k", "not bytes", None, 1, 2]],  # a write's value must be bytes
+        [[WRITE, "k", b"v", "soon", 1, 2]],  # expiry not a number
+        [[WRITE, "k", b"v", float("nan"), 1, 2]],
+        [[WRITE, "k", b"v", None, -1, 2]],  # negative version
+        [[WRITE, "k", b"v", None, 1 << 64, 2]],  # version too large
+        ["not an op"],
+    ],
+)
+def test_a_malformed_op_fails_the_whole_frame_with_a_protocol_error(bad: list[object]) -> None:
+    with pytest.raises(ProtocolError):
+        ops_from_wire(bad)
+
+
+# -- digests -------------------------------------------------------------------------
+
+
+def _cache_with(items: dict[str, str]) -> Cache:
+    cache = Cache(tombstone_ttl=60)
+    for key, value in items.items():
+        cache.set(key, value)
+    return cache
+
+
+def test_equal_contents_give_equal_digests_and_a_newer_version_differs_in_one_bucket() -> None:
+    a = _cache_with({f"k{i}": "v" for i in range(100)})
+    b = Cache(tombstone_ttl=60)
+    b.apply([(WRITE, e.key, b"\xa1v", float(e), e.version) for e in a.store.entries()])
+    now = a.now()
+    assert digests(a.store.entries(), now) == digests(b.store.entries(), now)
+    a.set("k7", "changed")
+    diff = differing(digests(a.store.entries(), now), digests(b.store.entries(), now))
+    assert diff == [bucket_of("k7")]
+
+
+def test_digests_do_not_cancel_out_pairs_of_entries() -> None:
+    # Two entries in one bucket with the same hash would vanish from an XOR digest.
+    cache = Cache()
+    empty = digests([], 0.0)
+    cache.store.write("a", 1, NEVER, 5, 0.0)
+    cache.store.write("a2", 1, NEVER, 5, 0.0)
+    assert digests(cache.store.entries(), 0.0) != empty
+
+
+def test_a_digest_of_the_wrong_size_is_a_protocol_error() -> None:
+    with pytest.raises(ProtocolError):
+        differing([0] * BUCKETS, [0] * 3)
+
+
+def test_a_key_evicted_on_purpose_is_not_pulled_back_but_a_newer_write_is() -> None:
+    cache = Cache(max_entries=1)
+    cache.set("old", "x")
+    version = cache.store.data["old"].version
+    cache.set("new", "y")  # evicts "old"
+    assert "old" in cache.store.evicted
+    assert to_pull(cache.store, ["old", version >> 64, version & (2**64 - 1)]) == []
+    newer = version + (1 << 64)
+    assert to_pull(cache.store, ["old", newer >> 64, newer & (2**64 - 1)]) == ["old"]
+
+
+def test_an_expired_entry_is_in_no_digest() -> None:
+    cache = Cache()
+    cache.store.write("gone", 1, 10.0, 5, 0.0)
+    assert digests(cache.store.entries(), 11.0) == digests([], 11.0)
+
+
+# -- the Replicator --------------------------------------------------------------------
+
+
+def _replicator(peers: list[int]) -> tuple[Replicator, Cache]:
+    membership = Membership(1, "sim:1")
+    for i, peer in enumerate(peers):
+        membership.connected(peer, f"sim:{i + 2}", 0.0)
+        membership.members[peer].caches = frozenset({"c"})
+    cache = Cache()
+    replicator = Replicator(membership, {"c": cache})
+    cache.replicate = lambda op: replicator.outbox.append(("c", op))
+    return replicator, cache
+
+
+def test_a_flush_sends_one_batch_per_cache_the_same_message_to_every_peer() -> None:
+    replicator, cache = _replicator([2, 3])
+    for i in range(5):
+        cache.set(f"k{i}", i)
+    actions = replicator.flush()
+    assert [a.peer for a in actions] == [2, 3]
+    assert all(isinstance(a, Send) and isinstance(a.msg, Ops) for a in actions)
+    assert actions[0].msg is actions[1].msg and len(actions[0].msg.ops) == 5
+    assert replicator.flush() == []
+
+
+def test_a_batch_is_split_at_the_batch_size() -> None:
+    replicator, cache = _replicator([2])
+    replicator.batch = 2
+    for i in range(5):
+        cache.set(f"k{i}", i)
+    assert [len(a.msg.ops) for a in replicator.flush()] == [2, 2, 1]
+
+
+def test_ops_dropped_for_a_slow_peer_mark_it_for_the_next_repair_round() -> None:
+    replicator, cache = _replicator([2, 3])
+    cache.set("k", 1)
+    send = replicator.flush()[0]
+    replicator.dropped(send.peer, send.msg)
+    assert replicator.needs_repair == {send.peer}
+    assert replicator.figures_of("c")["ops_dropped"] == 1
+    replicator.settled.add("c")
+    replicator.repair_now()
+    assert replicator.needs_repair == set()
+
+
+# -- convergence in the simulated network --------------------------------------------------
+
+
+def _model(ops: list[Op]) -> dict[object, object]:
+    """What last-writer-wins says the contents must be, given every op that survived."""
+    latest: dict[object, Op] = {}
+    watermark = 0
+    for op in ops:
+        kind, key, _, _, version = op
+        if kind == CLEAR:
+            watermark = max(watermark, version)
+        elif key not in latest or version > latest[key][4]:
+            latest[key] = op
+    return {
+        key: msgpack.unpackb(op[2], raw=False)
+        for key, op in latest.items()
+        if op[0] == WRITE and op[4] > watermark
+    }
+
+
+def _contents(node: ReplicaNode) -> dict[object, object]:
+    return dict(node.cache.items())
+
+
+def _converged(sim: Sim) -> bool:
+    nodes = [sim.nodes[i] for i in sim.running()]
+    first = _contents(nodes[0])  # type: ignore[arg-type]
+    return all(_contents(n) == first for n in nodes[1:])  # type: ignore[arg-type]
+
+
+def _cluster(sim: Sim, size: int) -> list[int]:
+    factory = ReplicaNode.factory(lambda: sim.now, seeds=["sim:1"], interval=1.0, failure_timeout=2.0)
+    ids = [sim.add(factory) for _ in range(size)]
+    sim.run_until(lambda: all(len(sim.nodes[i].membership.group("c")) == size - 1 for i in ids), 30)  # type: ignore[attr-defined]
+    return ids
+
+
+def test_concurrent_writers_on_three_members_converge_to_last_writer_wins() -> None:
+    sim = Sim(seed=1)
+    ids = _cluster(sim, 3)
+    for round_ in range(20):
+        for n, node_id in enumerate(ids):
+            sim.act(node_id, lambda node, now, r=round_, n=n: node.write(lambda c: c.set(f"k{r % 5}", f"{n}-{r}")))
+        sim.run_for(0.003)
+    sim.act(ids[0], lambda node, now: node.write(lambda c: c.delete("k1")))
+    assert sim.run_until(lambda: _converged(sim), 30)
+    survivors = [op for i in sim.running() for op in sim.nodes[i].log]  # type: ignore[attr-defined]
+    assert _contents(sim.nodes[ids[0]]) == _model(survivors)  # type: ignore[arg-type]
+    assert "k1" not in _contents(sim.nodes[ids[0]])  # type: ignore[arg-type]
+
+
+def test_writes_lost_to_a_partition_are_repaired_after_it_heals() -> None:
+    sim = Sim(seed=2)
+    a, b, c = _cluster(sim, 3)
+    sim.partition([a], [b, c])
+    sim.act(a, lambda node, now: node.write(lambda cache: cache.set("left", 1)))
+    sim.act(b, lambda node, now: node.write(lambda cache: cache.set("right", 2)))
+    sim.run_for(5)
+    assert "right" not in _contents(sim.nodes[a])  # type: ignore[arg-type]
+    sim.heal()
+    assert sim.run_until(lambda: _converged(sim) and len(_contents(sim.nodes[a])) == 2, 60)  # type: ignore[arg-type]
+
+
+operation = st.tuples(
+    st.sampled_from(["set", "set", "set", "delete", "clear"]),
+    st.integers(0, 4),  # member (modulo the cluster size)
+    st.sampled_from([f"k{i}" for i in range(6)]),
+    st.integers(0, 99),  # value
+    st.floats(0.0, 0.2),  # pause after it
+)
+fault = st.one_of(
+    st.tuples(st.just("partition"), st.integers(0, 4), st.floats(0.5, 6.0)),
+    st.tuples(st.just("restart"), st.integers(0, 4), st.floats(0.0, 0.5)),
+    st.tuples(st.just("none"), st.integers(0, 4), st.floats(0.0, 1.0)),
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 2**32),
+    size=st.integers(3, 5),
+    drop=st.floats(0.0, 0.3),
+    duplicate=st.floats(0.0, 0.1),
+    ops=st.lists(operation, min_size=1, max_size=30),
+    faults=st.lists(fault, max_size=3),
+)
+def test_any_faults_leave_every_live_member_with_the_last_writer_wins_contents(
+    seed: int, size: int, drop: float, duplicate: float, ops: list[tuple], faults: list[tuple]
+) -> None:
+    sim = Sim(seed=seed, drop=0.0, duplicate=0.0)
+    ids = _cluster(sim, size)
+    sim.drop, sim.duplicate = drop, duplicate  # faults start once the cluster has formed
+    addresses = [sim.address_of[i] for i in ids]
+    for n, (kind, member, key, value, pause) in enumerate(ops):
+        if n < len(faults) * 3 and n % 3 == 0:
+            what, target, length = faults[n // 3]
+            address = addresses[target % size]
+            if what == "partition":
+                sim.partition([address])
+                sim.call_later(length, sim.heal)
+            elif what == "restart":
+                victim = sim.node_at(address)
+                if victim is not None:
+                    sim.restart(victim)
+        node_id = sim.node_at(addresses[member % size])
+        if node_id is not None and node_id in sim.nodes:
+            if kind == "set":
+                call = lambda c, k=key, v=value: c.set(k, v)  # noqa: E731
+            elif kind == "delete":
+                call = lambda c, k=key: c.delete(k)  # noqa: E731
+            else:
+                call = lambda c: c.clear()  # noqa: E731
+            sim.act(node_id, lambda node, now, call=call: node.write(call))
+        sim.run_for(pause)
+    sim.run_for(7.0)  # every partition has healed by now
+    sim.heal()
+    sim.drop = sim.duplicate = 0.0  # quiescence: the network behaves from here on
+    assert sim.run_until(lambda: _converged(sim), 120), "members did not converge"
+    sim.run_for(3.0)
+    assert _converged(sim)
+    survivors = [op for i in sim.running() for op in sim.nodes[i].log]  # type: ignore[attr-defined]
+    expected = _model(survivors)
+    for node_id in sim.running():
+        assert _contents(sim.nodes[node_id]) == expected  # type: ignore[arg-type]
