@@ -520,6 +520,10 @@ class Node:
     async def write_snapshot(self) -> int:
         """Write every cache to ``snapshot_path`` (on a worker thread: the loop keeps serving)."""
         assert self.snapshot_path is not None
+        if not all(state.booted for state in self._caches.values()):
+            # A cache still booting holds part of the data at most: keep the last good file.
+            log.warning("not writing snapshot %s: a cache has not finished its warm boot", self.snapshot_path)
+            return 0
         caches = [(n, s.cache.store.entries(), s.cache.serializer.dumps) for n, s in self._caches.items()]
         try:
             count = await asyncio.to_thread(snapshot.write, self.snapshot_path, caches, time.time())

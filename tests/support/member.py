@@ -5,18 +5,102 @@ It prints one JSON line ``{"address": ..., "id": ...}`` once it listens, then
 answers one JSON command per line with one JSON line, until ``stop`` or EOF.
 Commands: set, set_range, delete, get, get_range, len, items, keys_digest,
 stats, members, ready, stop. Keys and values are strings (JSON).
+Test hooks for warm boot: hold_dumps (the dumps this member serves stop after
+``after`` chunks in all, until release_dumps), dumps_held (streams waiting now);
+hold_chunks (dump chunks and ends this member receives are kept, as if still in
+flight, until release_chunks), chunks_held (how many are kept).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import hashlib
 import json
 import logging
 import sys
 from typing import Any
 
-from shoal.node import Node
+from shoal.node import Node, _Conn
+
+
+class DumpGate:
+    """Holds the dump streams a donor serves after ``after`` chunks, so a test can act mid-stream.
+
+    It wraps ``_Conn.drained``, which the donor awaits after writing each chunk; a
+    held stream waits on the loop (heartbeats go on), it does not block it.
+    """
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.after: int | None = None
+        self.chunks = 0
+        self.held = 0
+        self._released: asyncio.Event | None = None
+        original = _Conn.drained
+        gate = self
+
+        async def drained(conn: _Conn) -> None:
+            await original(conn)
+            gate.chunks += 1
+            if gate.after is not None and gate.chunks >= gate.after:
+                if gate._released is None:
+                    gate._released = asyncio.Event()
+                released = gate._released
+                gate.held += 1
+                try:
+                    await released.wait()
+                finally:
+                    gate.held -= 1
+
+        _Conn.drained = drained  # type: ignore[method-assign]
+
+    def hold(self, after: int) -> None:
+        self.after, self.chunks = after, 0
+
+    def release(self) -> None:
+        def wake() -> None:
+            self.after = None
+            if self._released is not None:
+                self._released.set()
+                self._released = None
+
+        self.node._loop.call_soon_threadsafe(wake)
+
+
+class ChunkGate:
+    """Keeps the dump chunks (and stream ends) a booting member receives, then delivers them late.
+
+    As if they were still in the network: a test can make live writes arrive
+    before older dump data that was already sent.
+    """
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.holding = False
+        self.kept: list[tuple[Any, int, Any]] = []
+        boot = node._boot
+        for name in ("on_chunk", "on_end"):
+            handler = getattr(boot, name)
+            setattr(boot, name, self._wrap(handler))
+
+    def _wrap(self, handler: Any) -> Any:
+        def receive(peer: int, msg: Any) -> None:
+            if self.holding:
+                self.kept.append((handler, peer, msg))
+            else:
+                handler(peer, msg)
+
+        return receive
+
+    def release(self) -> None:
+        def deliver() -> None:
+            self.holding = False
+            kept, self.kept = self.kept, []
+            for handler, peer, msg in kept:
+                handler(peer, msg)
+
+        self.node._loop.call_soon_threadsafe(deliver)
 
 
 def main() -> int:
@@ -34,6 +118,8 @@ def main() -> int:
     node = Node(listen=args.listen, seeds=[s for s in args.seeds.split(",") if s], secret=args.secret, **options)
     cache = node.cache(args.cache, ttl=args.ttl, max_entries=args.max_entries)
     node.start()
+    gate = DumpGate(node)
+    chunks = ChunkGate(node)
     print(json.dumps({"address": node.address, "id": f"{node.node_id:016x}"}), flush=True)
     for line in sys.stdin:
         cmd = json.loads(line)
@@ -64,6 +150,18 @@ def main() -> int:
             result = [m for m in node.members() if m["state"] in ("self", "up")]
         elif op == "ready":
             result = node.wait_ready(cmd.get("timeout", 30))
+        elif op == "hold_dumps":
+            gate.hold(cmd["after"])
+        elif op == "release_dumps":
+            gate.release()
+        elif op == "dumps_held":
+            result = gate.held
+        elif op == "hold_chunks":
+            chunks.holding = True
+        elif op == "release_chunks":
+            chunks.release()
+        elif op == "chunks_held":
+            result = len(chunks.kept)
         elif op == "stop":
             node.stop()
             print(json.dumps({"ok": True}), flush=True)

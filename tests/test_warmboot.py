@@ -1,0 +1,326 @@
+"""Warm boot: donor choice, the dump's contents, the merge by version, and real members booting from peers."""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+
+from shoal.cache import Cache
+from shoal.clock import NODE_BITS
+from shoal.errors import ProtocolError
+from shoal.messages import DumpChunk
+from shoal.serializer import MsgpackSerializer
+from shoal.store import DELETE, NEVER, WRITE, Store
+from shoal.warmboot import CHUNK, choose_donors, columns_from_wire, dump_columns
+from tests.support.cluster import Cluster, Member, cluster, wait_until
+
+__all__ = ["cluster"]  # the fixture, imported for the tests below
+
+NOW = 1_700_000_000.0
+DETECTORS = {"failure_timeout": 1.0, "heartbeat_interval": 0.2, "boot_wait": 1.0}
+
+
+def version(hlc: int, node: int = 7) -> int:
+    return (hlc << NODE_BITS) | node
+
+
+# -- choosing donors ----------------------------------------------------------------------
+
+
+def test_warm_donors_come_before_larger_ones_that_are_still_booting() -> None:
+    sizes = {1: (10, True), 2: (5000, False), 3: (20, True)}
+    assert choose_donors(sizes) == [3, 1, 2]
+
+
+def test_among_warm_donors_the_largest_comes_first() -> None:
+    sizes = {5: (100, True), 6: (300, True), 7: (200, True)}
+    assert choose_donors(sizes) == [6, 7, 5]
+
+
+def test_donors_of_equal_size_and_warmth_are_ordered_by_id_so_the_choice_is_stable() -> None:
+    sizes = {9: (100, True), 4: (100, True), 8: (100, False), 2: (100, False)}
+    assert choose_donors(sizes) == [4, 9, 2, 8]
+
+
+def test_no_sizes_means_no_donors() -> None:
+    assert choose_donors({}) == []
+
+
+# -- what a donor sends ---------------------------------------------------------------------
+
+
+def store_with(n: int) -> Store:
+    store = Store()
+    for i in range(n):
+        assert store.write(f"k{i}", f"v{i}", NEVER, version(i + 1), NOW)
+    return store
+
+
+def test_a_dump_holds_every_current_entry_with_its_expiry_and_version() -> None:
+    store = store_with(3)
+    store.write("short", "s", NOW + 5.0, version(100, 9), NOW)
+
+    keys, values, expires, hlcs, nodes = dump_columns(store, store.entries(), None, NOW)
+
+    assert keys == ["k0", "k1", "k2", "short"]
+    assert values == ["v0", "v1", "v2", "s"]
+    assert expires == [NEVER, NEVER, NEVER, NOW + 5.0]
+    assert [(h << NODE_BITS) | n for h, n in zip(hlcs, nodes, strict=True)] == [
+        version(1),
+        version(2),
+        version(3),
+        version(100, 9),
+    ]
+
+
+def test_a_dump_skips_entries_that_expired_since_the_slice_was_taken() -> None:
+    store = store_with(2)
+    store.write("soon", "x", NOW + 1.0, version(50), NOW)
+    taken = store.entries()
+
+    keys, *_ = dump_columns(store, taken, None, NOW + 1.0)
+
+    assert keys == ["k0", "k1"]
+
+
+def test_a_dump_skips_entries_replaced_or_deleted_since_the_slice_was_taken() -> None:
+    store = store_with(4)
+    taken = store.entries()  # the donor's cheap snapshot: references to the entries of that moment
+    store.write("k1", "newer", NEVER, version(90), NOW)
+    store.delete("k2", version(91), NOW)
+
+    keys, values, *_ = dump_columns(store, taken, None, NOW)
+
+    assert (keys, values) == (["k0", "k3"], ["v0", "v3"])  # the newer k1 goes by replication, not in old data
+
+
+def test_a_dump_sends_serialized_values_when_the_cache_has_its_own_serializer() -> None:
+    store = store_with(2)
+    _, values, *_ = dump_columns(store, store.entries(), MsgpackSerializer().dumps, NOW)
+    assert values == [MsgpackSerializer().dumps("v0"), MsgpackSerializer().dumps("v1")]
+
+
+def chunk_of(store: Store, inline: bool = True) -> DumpChunk:
+    keys, values, expires, hlcs, nodes = dump_columns(store, store.entries(), None, NOW)
+    return DumpChunk("c", 1, keys, values, expires, hlcs, nodes, inline)
+
+
+def test_a_chunk_read_from_the_wire_gives_back_the_donors_versions() -> None:
+    store = store_with(3)
+    keys, values, expires, versions = columns_from_wire(chunk_of(store))
+    assert versions == [store.data[k].version for k in keys]
+    assert values == ["v0", "v1", "v2"] and expires == [NEVER] * 3
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"values": ["only one"]},
+        {"keys": [("a", "tuple"), "k1", "k2"]},
+        {"expires": [float("nan"), NEVER, NEVER]},
+        {"hlcs": [-1, 1, 2]},
+        {"nodes": [1 << 64, 1, 2]},
+        {"inline": False},  # then values must be serialized bytes
+    ],
+)
+def test_a_malformed_chunk_is_a_protocol_error(change: dict[str, Any]) -> None:
+    chunk = dataclasses.replace(chunk_of(store_with(3)), **change)
+    with pytest.raises(ProtocolError):
+        columns_from_wire(chunk)
+
+
+def test_an_older_dump_entry_never_overwrites_a_live_write_that_arrived_first() -> None:
+    """The race the merge exists for: old data already on the wire, a live write overtaking it."""
+    donor = Cache(name="c", tombstone_ttl=600.0)
+    donor.set_many({f"k{i}": f"old{i}" for i in range(10)})
+    chunk = chunk_of(donor.store)  # encoded by the donor before the writes below
+    writer = Cache(name="c", tombstone_ttl=600.0)  # a third member, which has the donor's data
+    writer.apply(ops_of(donor))
+    writer.set("k3", "live")
+    writer.delete("k5")
+    booter = Cache(name="c", tombstone_ttl=600.0)
+    booter.apply([op for op in ops_of(writer) if op[1] in ("k3", "k5")])  # the live writes arrive first
+
+    keys, values, expires, versions = columns_from_wire(chunk)
+    applied, ignored = booter.load(keys, values, expires, versions, packed=False)
+
+    assert (applied, ignored) == (8, 2)
+    assert booter.get("k3") == "live"
+    assert "k5" not in booter
+    assert all(booter.get(f"k{i}") == f"old{i}" for i in range(10) if i not in (3, 5))
+
+
+def ops_of(cache: Cache) -> list[Any]:
+    """What a cache's writes replicate as: a write per entry, a delete per tombstone."""
+    store, dumps = cache.store, MsgpackSerializer().dumps
+    ops: list[Any] = [(WRITE, e.key, dumps(e.value), float(e), e.version) for e in store.entries()]
+    ops += [(DELETE, key, None, NEVER, v) for key, v in store.tombstones.items()]
+    return ops
+
+
+# -- real members booting (processes on loopback) ----------------------------------------------
+
+
+def boot_of(member: Member) -> dict[str, Any]:
+    return member.cmd("stats")["caches"]["c"]["warm_boot"]  # type: ignore[no-any-return]
+
+
+def ready_pair(cluster: Cluster, count: int, **options: Any) -> tuple[Member, Member]:
+    """Two warm members holding ``count`` entries each, written on the first."""
+    a = cluster.start(**DETECTORS, **options)
+    b = cluster.start(seeds=[a.address], **DETECTORS, **options)
+    assert a.cmd("ready", timeout=10) is True and b.cmd("ready", timeout=10) is True
+    wait_until(lambda: b.address in a.peers_up() and a.address in b.peers_up(), 10, what="the pair to form")
+    a.cmd("set_range", prefix="k", start=0, count=count)
+    wait_until(lambda: b.cmd("len") == count, 15, what="a's writes to reach b")
+    return a, b
+
+
+@pytest.mark.slow
+def test_a_member_boots_from_a_donor_holding_100k_entries_with_identical_contents(cluster: Cluster) -> None:
+    donor = cluster.start(**DETECTORS)
+    donor.cmd("set_range", prefix="key", start=0, count=100_000, value="value-")
+    assert donor.cmd("len") == 100_000
+
+    booter = cluster.start(seeds=[donor.address], **DETECTORS)
+
+    assert booter.cmd("ready", timeout=30) is True
+    assert booter.cmd("len") == 100_000
+    assert booter.cmd("keys_digest") == donor.cmd("keys_digest")
+    boot = boot_of(booter)
+    assert boot["state"] == "warm" and boot["donor"] == donor.id
+    assert boot["entries"] == 100_000 and boot["donors_tried"] == 1
+    assert boot["bytes"] > 100_000 * len("key99999value-99999")
+    assert 0 < boot["seconds"] < 30
+    assert boot_of(donor)["dumps_served"] == 1
+
+
+@pytest.mark.slow
+def test_when_the_donor_is_killed_mid_stream_the_boot_continues_from_the_next_largest(cluster: Cluster) -> None:
+    """Both donors hold their dump after two chunks; the one streaming is killed, the other is let go."""
+    count = 10 * CHUNK
+    a, b = ready_pair(cluster, count)
+    for donor in (a, b):
+        donor.cmd("hold_dumps", after=2)
+
+    booter = cluster.start(seeds=[a.address, b.address], **DETECTORS)
+
+    first = wait_until(lambda: next((d for d in (a, b) if d.cmd("dumps_held")), None), 15, what="a dump to be held")
+    other = b if first is a else a
+    progress = wait_until(lambda: (boot := boot_of(booter))["entries"] > 0 and boot, 10, what="entries to arrive")
+    assert progress["state"] == "booting" and progress["donor"] == first.id
+    assert 0 < progress["entries"] < count and booter.cmd("len") < count
+    first.kill(signal.SIGKILL)
+    other.cmd("release_dumps")
+
+    assert booter.cmd("ready", timeout=20) is True
+    assert booter.cmd("len") == count
+    assert booter.cmd("keys_digest") == other.cmd("keys_digest")
+    boot = boot_of(booter)
+    assert boot["state"] == "warm" and boot["donor"] == other.id and boot["donors_tried"] == 2
+    assert boot["entries"] >= count  # what the dead donor sent plus the whole second dump
+    assert boot_of(other)["dumps_served"] == 1
+
+
+@pytest.mark.slow
+def test_four_members_booting_at_once_cause_one_dump_each_not_one_per_peer(cluster: Cluster) -> None:
+    a, b = ready_pair(cluster, 3 * CHUNK)
+
+    with ThreadPoolExecutor(4) as pool:
+        booters = list(pool.map(lambda _: cluster.start(seeds=[a.address, b.address], **DETECTORS), range(4)))
+
+    for booter in booters:
+        assert booter.cmd("ready", timeout=20) is True
+    digest = a.cmd("keys_digest")
+    assert all(booter.cmd("keys_digest") == digest for booter in booters)
+    boots = [boot_of(m) for m in (a, b, *booters)]
+    assert all(boot["state"] == "warm" and boot["donors_tried"] == 1 for boot in boots[2:])  # warm_donors=1
+    served = sum(boot["dumps_served"] for boot in boots)
+    assert served == sum(boot["donors_tried"] for boot in boots[2:]) == 4
+
+
+@pytest.mark.slow
+def test_live_writes_made_during_a_boot_survive_the_older_dump_data(cluster: Cluster) -> None:
+    """The dump's last chunks and its end are kept back at the booter (as if still on the wire)
+    while the donor, another member and the booter itself overwrite and delete keys they hold."""
+    count = 3 * CHUNK
+    a, c = ready_pair(cluster, count)
+    for donor in (a, c):
+        donor.cmd("hold_dumps", after=1)
+    booter = cluster.start(seeds=[a.address, c.address], **DETECTORS)
+    donor = wait_until(lambda: next((d for d in (a, c) if d.cmd("dumps_held")), None), 15, what="a dump to be held")
+    other = c if donor is a else a
+    wait_until(lambda: booter.cmd("len") == CHUNK, 10, what="the first chunk to be applied")
+    booter.cmd("hold_chunks")
+    donor.cmd("release_dumps")
+    wait_until(lambda: booter.cmd("chunks_held") == 3, 10, what="the rest of the dump to be sent with old values")
+
+    # Keys from the first chunk (applied), and from the two still in flight.
+    donor.cmd("set", key="k5", value="new on the donor")
+    donor.cmd("set", key="k4500", value="new on the donor")
+    other.cmd("set", key="k2500", value="new on another member")
+    other.cmd("delete", key="k5500")
+    booter.cmd("set", key="k3000", value="new on the booter")
+    booter.cmd("set", key="fresh", value="only live")
+    expected = {
+        "k5": "new on the donor",
+        "k4500": "new on the donor",
+        "k2500": "new on another member",
+        "k3000": "new on the booter",
+        "fresh": "only live",
+        "k5500": None,
+    }
+    for m in (donor, other, booter):
+        wait_until(lambda m=m: all(m.cmd("get", key=k) == v for k, v in expected.items()), 10, what="live writes")
+    assert boot_of(booter)["state"] == "booting"
+
+    booter.cmd("release_chunks")
+
+    assert booter.cmd("ready", timeout=10) is True
+    assert all(booter.cmd("get", key=k) == v for k, v in expected.items())
+    assert booter.cmd("len") == count  # one key more (fresh), one fewer (deleted)
+    assert boot_of(booter)["state"] == "warm"
+    digest = donor.cmd("keys_digest")
+    assert booter.cmd("keys_digest") == digest == other.cmd("keys_digest")
+
+
+@pytest.mark.slow
+def test_a_member_with_no_peers_is_ready_at_once(cluster: Cluster) -> None:
+    member = cluster.start()
+    started = time.monotonic()
+    assert member.cmd("ready", timeout=5) is True
+    assert time.monotonic() - started < 1.0
+    boot = boot_of(member)
+    assert boot["state"] == "no peers" and boot["donor"] is None and boot["donors_tried"] == 0
+
+
+@pytest.mark.slow
+def test_a_boot_that_outlasts_warm_timeout_ends_ready_but_not_warmed_and_reads_are_served_throughout(
+    cluster: Cluster,
+) -> None:
+    donor = cluster.start(**DETECTORS)
+    donor.cmd("set_range", prefix="k", start=0, count=4 * CHUNK)
+    donor.cmd("hold_dumps", after=1)  # never released: the dump stalls after its first chunk
+
+    booter = cluster.start(seeds=[donor.address], warm_timeout=3.0, **DETECTORS)
+
+    wait_until(lambda: donor.cmd("dumps_held"), 10, what="the dump to stall")
+    wait_until(lambda: booter.cmd("len") == CHUNK, 10, what="the first chunk to arrive")
+    assert booter.cmd("ready", timeout=0.1) is False
+    assert boot_of(booter)["state"] == "booting"
+    assert booter.cmd("get", key="k0") == "v0"  # a hit from the part already streamed
+    assert booter.cmd("get", key=f"k{4 * CHUNK - 1}") is None  # a miss, not an error or a wait
+    booter.cmd("set", key="live", value="written while warming")
+    assert booter.cmd("get", key="live") == "written while warming"
+
+    assert booter.cmd("ready", timeout=10) is True
+    boot = boot_of(booter)
+    assert boot["state"].startswith("not warmed") and boot["donor"] == donor.id
+    assert boot["seconds"] >= 3.0
+    assert booter.cmd("len") == CHUNK + 1
+    assert booter.cmd("get", key="k0") == "v0"
