@@ -65,7 +65,7 @@ def test_a_dump_holds_every_current_entry_with_its_expiry_and_version() -> None:
     store = store_with(3)
     store.write("short", "s", NOW + 5.0, version(100, 9), NOW)
 
-    keys, values, expires, hlcs, nodes = dump_columns(store, store.entries(), None, NOW)
+    keys, values, expires, hlcs, nodes = dump_columns(store.entries(), None, NOW)
 
     assert keys == ["k0", "k1", "k2", "short"]
     assert values == ["v0", "v1", "v2", "s"]
@@ -83,30 +83,37 @@ def test_a_dump_skips_entries_that_expired_since_the_slice_was_taken() -> None:
     store.write("soon", "x", NOW + 1.0, version(50), NOW)
     taken = store.entries()
 
-    keys, *_ = dump_columns(store, taken, None, NOW + 1.0)
+    keys, *_ = dump_columns(taken, None, NOW + 1.0)
 
     assert keys == ["k0", "k1"]
 
 
-def test_a_dump_skips_entries_replaced_or_deleted_since_the_slice_was_taken() -> None:
-    store = store_with(4)
-    taken = store.entries()  # the donor's cheap snapshot: references to the entries of that moment
-    store.write("k1", "newer", NEVER, version(90), NOW)
-    store.delete("k2", version(91), NOW)
+def test_a_dump_sends_its_snapshot_as_taken_and_the_receiver_keeps_what_is_newer() -> None:
+    donor = store_with(4)
+    taken = donor.entries()  # the donor's cheap snapshot: references to the entries of that moment
+    # Replaced and deleted after the snapshot; the receiver already got both by replication.
+    donor.write("k1", "newer", NEVER, version(90), NOW)
+    donor.delete("k2", version(91), NOW)
+    receiver = Store(tombstone_ttl=60.0)
+    receiver.write("k1", "newer", NEVER, version(90), NOW)
+    receiver.delete("k2", version(91), NOW)
 
-    keys, values, *_ = dump_columns(store, taken, None, NOW)
+    keys, values, expires, hlcs, nodes = dump_columns(taken, None, NOW)
+    assert keys == ["k0", "k1", "k2", "k3"]  # the old data goes as it was; checking each entry costs more
+    versions = [(h << NODE_BITS) | n for h, n in zip(hlcs, nodes, strict=True)]
+    receiver.load(keys, values, expires, versions, NOW)
 
-    assert (keys, values) == (["k0", "k3"], ["v0", "v3"])  # the newer k1 goes by replication, not in old data
+    assert {k: e.value for k, e in receiver.data.items()} == {"k0": "v0", "k1": "newer", "k3": "v3"}
 
 
 def test_a_dump_sends_serialized_values_when_the_cache_has_its_own_serializer() -> None:
     store = store_with(2)
-    _, values, *_ = dump_columns(store, store.entries(), MsgpackSerializer().dumps, NOW)
+    _, values, *_ = dump_columns(store.entries(), MsgpackSerializer().dumps, NOW)
     assert values == [MsgpackSerializer().dumps("v0"), MsgpackSerializer().dumps("v1")]
 
 
 def chunk_of(store: Store, inline: bool = True) -> DumpChunk:
-    keys, values, expires, hlcs, nodes = dump_columns(store, store.entries(), None, NOW)
+    keys, values, expires, hlcs, nodes = dump_columns(store.entries(), None, NOW)
     return DumpChunk("c", 1, keys, values, expires, hlcs, nodes, inline)
 
 

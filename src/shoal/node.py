@@ -452,7 +452,7 @@ class Node:
             self._spawn(self._discover())
         for name in list(self._caches):
             self._spawn(self._boot.boot(name))
-        self._spawn(self._watch_ready())
+        self._check_ready()
         if self.snapshot_path is not None:
             self._spawn(self._snapshots())
         if self._early_ops:
@@ -552,12 +552,12 @@ class Node:
             await asyncio.sleep(self.snapshot_interval)
             await self.write_snapshot()
 
-    async def _watch_ready(self) -> None:
-        while not all(s.booted for s in self._caches.values()):
-            await asyncio.sleep(0.02)
-        self._ready_flag.set()
-        assert self._ready_event is not None
-        self._ready_event.set()
+    def _check_ready(self) -> None:
+        """Ready once every hosted cache has booted (called as each boot ends)."""
+        if all(s.booted for s in self._caches.values()):
+            self._ready_flag.set()
+            if self._ready_event is not None:
+                self._ready_event.set()
 
     def _host_cache(self, name: str) -> None:
         self.replicator.caches[name] = self._caches[name].cache  # type: ignore[index]
@@ -567,7 +567,6 @@ class Node:
         for action in self.membership.host(name):
             self._do(action)
         self._spawn(self._boot.boot(name))
-        self._spawn(self._watch_ready())
 
     # -- connections ---------------------------------------------------------------------
 

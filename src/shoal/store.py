@@ -25,7 +25,7 @@ import math
 from collections import OrderedDict, deque
 from typing import Any
 
-from .eviction import GONE, S3FIFO, Policy
+from .eviction import S3FIFO, Policy
 
 Key = str | bytes | int
 NEVER = math.inf
@@ -42,17 +42,17 @@ class Entry(float):
     that is one cache miss less per ``get``. Key, value, version and expiry never
     change after creation (a newer write makes a new entry), so a reader on
     another thread never sees half a write; only the eviction bookkeeping
-    (``freq``, ``queue``, ``bucket``) is mutable.
+    (``freq``, ``queue``) is mutable. ``queue`` is set by the eviction policy when
+    the store has one; its expiry-wheel bucket is ``int(entry)``, derived, not kept.
     """
 
-    __slots__ = ("key", "value", "version", "freq", "queue", "bucket")
+    __slots__ = ("key", "value", "version", "freq", "queue")
 
     key: Key
     value: Any
     version: int
     freq: int
     queue: int
-    bucket: int
 
     def __new__(cls, key: Key, value: Any, expires: float, version: int) -> Entry:
         entry = float.__new__(cls, expires)
@@ -60,8 +60,6 @@ class Entry(float):
         entry.value = value
         entry.version = version
         entry.freq = 0
-        entry.queue = GONE
-        entry.bucket = -1
         return entry
 
     @property
@@ -142,8 +140,7 @@ class Store:
             self.data[key] = entry
             if self.policy is not None:
                 self.policy.replace(old, entry)
-            entry.bucket = old.bucket
-            self._file(entry)
+            self._file(entry, old)
             return True
         if self.evicted:
             gone = self.evicted.get(key)
@@ -194,7 +191,6 @@ class Store:
                     bucket = wheel[second] = {}
                     heapq.heappush(self._wheel_due, second)
                 bucket[key] = entry
-                entry.bucket = second
             if policy is not None:
                 policy.insert(entry)
                 if len(data) > self.max_entries:  # type: ignore[operator]
@@ -226,7 +222,6 @@ class Store:
         self.evicted.clear()
         for entry in survivors:
             self.data[entry.key] = entry
-            entry.bucket = -1
             self._file(entry)
             if self.policy is not None:
                 self.policy.insert(entry)
@@ -250,7 +245,6 @@ class Store:
                 continue
             while bucket and removed < limit:
                 _, entry = bucket.popitem()
-                entry.bucket = -1
                 self._expire(entry, now)
                 removed += 1
         tombs = self._tomb_queue
@@ -271,21 +265,23 @@ class Store:
 
     # -- internals -------------------------------------------------------------
 
-    def _file(self, entry: Entry) -> None:
-        """Put the entry in the wheel bucket of its expiry second, in place of its key's old entry."""
-        old = entry.bucket
-        new = -1 if entry == NEVER else int(entry)
-        if old != -1 and old != new:
-            bucket = self._wheel.get(old)
-            if bucket is not None:
-                bucket.pop(entry.key, None)
-        entry.bucket = new
-        if new != -1:
-            bucket = self._wheel.get(new)
+    def _file(self, entry: Entry, old: Entry | None = None) -> None:
+        """Put the entry in the wheel bucket of its expiry second, in place of ``old`` (same key)."""
+        if old is not None and old != NEVER and (entry == NEVER or int(entry) != int(old)):
+            self._unfile(old)
+        if entry != NEVER:
+            second = int(entry)
+            bucket = self._wheel.get(second)
             if bucket is None:
-                bucket = self._wheel[new] = {}
-                heapq.heappush(self._wheel_due, new)
+                bucket = self._wheel[second] = {}
+                heapq.heappush(self._wheel_due, second)
             bucket[entry.key] = entry
+
+    def _unfile(self, entry: Entry) -> None:
+        if entry != NEVER:
+            bucket = self._wheel.get(int(entry))
+            if bucket is not None and bucket.get(entry.key) is entry:
+                del bucket[entry.key]
 
     def _unlink(self, entry: Entry) -> None:
         if self.policy is not None:
@@ -295,11 +291,7 @@ class Store:
     def _forget(self, entry: Entry) -> None:
         """Take an entry out of the table and the wheel (not the policy's queues)."""
         del self.data[entry.key]
-        if entry.bucket != -1:
-            bucket = self._wheel.get(entry.bucket)
-            if bucket is not None:
-                bucket.pop(entry.key, None)
-            entry.bucket = -1
+        self._unfile(entry)
 
     def _bury(self, key: Key, version: int, now: float) -> None:
         if self.tombstone_ttl <= 0:
