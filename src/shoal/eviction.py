@@ -78,6 +78,7 @@ class S3FIFO:
         new.queue = old.queue
         old.queue = GONE
         (self._small if new.queue == SMALL else self._main).append(new)
+        self._maybe_compact()  # overwrites leave dead references just as removals do
 
     def hit(self, entry: Any) -> None:
         if entry.freq < MAX_FREQ:
@@ -89,6 +90,9 @@ class S3FIFO:
         elif entry.queue == MAIN:
             self._main_live -= 1
         entry.queue = GONE
+        self._maybe_compact()
+
+    def _maybe_compact(self) -> None:
         dead = len(self._small) + len(self._main) - self._small_live - self._main_live
         if dead > 1024 and dead > self._small_live + self._main_live:
             self._compact()
