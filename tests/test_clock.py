@@ -8,6 +8,7 @@ import threading
 import pytest
 from conftest import FakeClock
 
+from shoal.cache import Cache
 from shoal.clock import (
     COUNTER_BITS,
     NODE_MASK,
@@ -89,14 +90,19 @@ def test_node_id_must_fit_in_64_unsigned_bits(node_id: int) -> None:
         HybridClock(node_id)
 
 
-def test_concurrent_stamps_are_all_distinct(fake_clock: FakeClock) -> None:
-    clock = HybridClock(5, wall=fake_clock)
+def test_concurrent_writers_to_one_cache_get_distinct_increasing_versions(fake_clock: FakeClock) -> None:
+    # The clock itself is not locked: the cache calls it under its write lock.
+    cache = Cache(wall=fake_clock, clock=HybridClock(5, wall=fake_clock))
     results: list[list[int]] = [[] for _ in range(8)]
     start = threading.Barrier(8)
+    local = threading.local()
+    cache.replicate = lambda op: local.out.append(op[4])
 
     def work(out: list[int]) -> None:
+        local.out = out
         start.wait()
-        out.extend(clock.stamp() for _ in range(2000))
+        for i in range(2000):
+            cache.set(f"k{i}", i)
 
     threads = [threading.Thread(target=work, args=(out,)) for out in results]
     for t in threads:

@@ -372,9 +372,9 @@ class Cache:
         if packed:
             loads = self._serializer.loads
             values = [loads(v) for v in values]
-        if versions:
-            self._clock.observe(max(versions))
         with self._lock:
+            if versions:
+                self._clock.observe(max(versions))
             applied = self._store.load(keys, values, expires, versions, self._wall())
         return applied, len(keys) - applied
 

@@ -242,7 +242,6 @@ class Node:
         self._host, self._port = host, port
         self._secret = secret.encode() if isinstance(secret, str) else (secret or b"")
         self.node_id = int.from_bytes(os.urandom(8), "big")
-        self.clock = HybridClock(self.node_id)
         self.seeds = list(seeds)
         self.discovery = discovery
         self._ssl = ssl
@@ -300,7 +299,8 @@ class Node:
         state = self._caches.get(name)
         if state is not None:
             return state.cache
-        cache = Cache(ttl, max_entries, serializer=serializer, name=name, clock=self.clock, tombstone_ttl=tombstone_ttl)
+        clock = HybridClock(self.node_id)  # one per cache: it is only called under that cache's lock
+        cache = Cache(ttl, max_entries, serializer=serializer, name=name, clock=clock, tombstone_ttl=tombstone_ttl)
         cache.replicate = lambda op, _name=name: self._enqueue(_name, op)
         self._caches[name] = _CacheState(cache)
         if self._loop is not None and self.membership is not None:
