@@ -184,11 +184,15 @@ class Cache:
         return NEVER if seconds is None else now + seconds
 
     def set(self, key: Key, value: Any, ttl: TTL = DEFAULT) -> None:
-        _check_key(key)
+        if type(key) not in _KEY_TYPES:  # _check_key, inlined: set is a hot path
+            _check_key(key)
         packed = self._serializer.dumps(value)
         with self._lock:
             now = self._wall()
-            expires = self._expires(ttl, now)
+            if ttl is DEFAULT:
+                expires = NEVER if self._ttl is None else now + self._ttl
+            else:
+                expires = self._expires(ttl, now)
             version = self._clock.stamp()
             self._store.write(key, value, expires, version, now)
             self._sets += 1

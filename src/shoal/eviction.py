@@ -93,8 +93,9 @@ class S3FIFO:
         self._maybe_compact()
 
     def _maybe_compact(self) -> None:
-        dead = len(self._small) + len(self._main) - self._small_live - self._main_live
-        if dead > 1024 and dead > self._small_live + self._main_live:
+        live = self._small_live + self._main_live
+        dead = len(self._small) + len(self._main) - live
+        if dead > 1024 and dead > live:
             self._compact()
 
     def victim(self) -> Any:
