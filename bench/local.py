@@ -34,7 +34,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import version as pkg_version
@@ -46,7 +45,6 @@ import cachetools
 from report import format_table, ns, pct, ratio
 
 import shoal
-from shoal.cache import Op
 from shoal.eviction import LRU, S3FIFO, Policy
 
 perf_counter_ns = time.perf_counter_ns
@@ -263,7 +261,7 @@ COLUMNS = ["get-hit random", "get-hit hot", "set", "fetch-hit"]
 
 ROW_EMPTY = "empty loop (included in all rows)"
 ROW_SHOAL = "shoal.Cache"
-ROW_SHOAL_REPL = "shoal.Cache + replicate stand-in"
+ROW_SHOAL_REPL = "shoal.Cache in a Node (+1 peer)"
 ROW_DICT = "dict"
 ROW_CACHETOOLS = "cachetools.TTLCache"
 ROW_CACHEBOX = "cachebox.VTTLCache"
@@ -304,11 +302,22 @@ def micro(sizes: Sizes, redis_binary: str | None, info: dict[str, Any]) -> dict[
     r_ops = sizes.redis_ops
 
     sc = shoal.Cache(ttl=TTL, max_entries=MAX_ENTRIES)
-    # SPEC's set bar is for a clustered cache, whose set also enqueues the op for
-    # the replication loop; a bounded deque's append stands in for that queue here.
-    sc_repl = shoal.Cache(ttl=TTL, max_entries=MAX_ENTRIES)
-    repl_queue: deque[Op] = deque(maxlen=100_000)
-    sc_repl.replicate = repl_queue.append
+    # SPEC's set bar is for a clustered cache: a real Node with one peer (both in this
+    # process, on loopback), so set includes enqueueing the op and the node's loop
+    # thread flushing it to the peer meanwhile.
+    peer = subprocess.Popen(
+        [sys.executable, "-m", "shoal", "serve", "--listen", "127.0.0.1:0", "--caches", f"bench:{TTL}"],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    assert peer.stdout is not None
+    peer_address = peer.stdout.readline().split()[2]
+    node_a = shoal.Node(seeds=[peer_address])
+    sc_repl = node_a.cache("bench", ttl=TTL, max_entries=MAX_ENTRIES)
+    node_a.start()
+    node_a.wait_ready(10)
+    info["clustered_cache"] = "Node with 1 peer (a shoal serve process) on loopback"
     d: dict[str, str] = {}
     tc: cachetools.TTLCache[str, str] = cachetools.TTLCache(maxsize=MAX_ENTRIES, ttl=TTL)
     vc: cachebox.VTTLCache[str, str] = cachebox.VTTLCache(MAX_ENTRIES)
@@ -390,6 +399,9 @@ def micro(sizes: Sizes, redis_binary: str | None, info: dict[str, Any]) -> dict[
     finally:
         if server is not None:
             server.stop()
+        node_a.stop()
+        peer.terminate()
+        peer.wait(10)
 
     stats = sc.stats()
     if stats["misses"] or stats["loads"]:
@@ -441,8 +453,8 @@ def print_micro(results: dict[str, dict[str, float]], sizes: Sizes, redis_note: 
         f"ttl={TTL}); cachebox.VTTLCache({MAX_ENTRIES:_}) with insert(k, v, {TTL}).",
         "Keys 'user:1234', values 'acct-00001234'; lookup keys are equal but distinct str objects.",
         "get: c.get(k) for all.  set: shoal c.set(k, v); dict/cachetools c[k] = v; cachebox c.insert(k, v, ttl);",
-        f"  redis r.set(k, v, ex={TTL}).  'replicate stand-in': set with Cache.replicate = deque(maxlen=100k).append,",
-        "  standing in for a Node's replication queue.",
+        f"  redis r.set(k, v, ex={TTL}).  'in a Node': node.cache(...).set on a started Node whose one peer",
+        "  is a shoal serve process (the replication queue and this node's loop thread are included).",
         "fetch-hit: shoal c.fetch(k, loader); others inline 'v = c.get(k); if v is None: v = loader(k); store'.",
         redis_note,
         "gc disabled while timing (as timeit does); rounds run round-robin across implementations.",
@@ -471,10 +483,10 @@ def check_bars(results: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
             "met": cachetools_get >= BAR_GET_VS_CACHETOOLS * shoal_get,
         },
         {
-            "bar": "set on a clustered cache <= 3 us (measured here: LOCAL set, no Node)",
-            "measured": f"{local_set:,.0f} ns (with replicate stand-in: {repl_set:,.0f} ns)",
+            "bar": "set on a clustered cache <= 3 us (a Node with one peer)",
+            "measured": f"{repl_set:,.0f} ns (local-only cache: {local_set:,.0f} ns)",
             "target": f"<= {BAR_SET_NS:,.0f} ns",
-            "met": local_set <= BAR_SET_NS,
+            "met": repl_set <= BAR_SET_NS,
         },
     ]
     rows = [[b["bar"], b["measured"], b["target"], "MET" if b["met"] else "MISSED"] for b in bars]
@@ -485,8 +497,8 @@ def check_bars(results: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
             rows,
             title="2. SPEC bars (raw ns/op from table 1, loop overhead included in both sides)",
             notes=[
-                "The set bar is for a set on a clustered cache including enqueueing replication; no Node",
-                "is involved here, so this is the local set (the stand-in row only adds a deque append).",
+                "The set bar is for a set on a clustered cache including enqueueing replication: measured",
+                "on a started Node with one peer, whose loop thread flushes to the peer during the run.",
             ],
         )
     )
