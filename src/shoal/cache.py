@@ -352,11 +352,13 @@ class Cache:
         applied = ignored = 0
         loads = self._serializer.loads
         observe = self._clock.observe
+        ops = list(ops)
         with self._lock:
             store = self._store
             now = self._wall()
+            if ops:
+                observe(max(op[4] for op in ops))
             for kind, key, packed, expires, version in ops:
-                observe(version)
                 if kind == WRITE:
                     ok = store.write(key, loads(packed), expires, version, now)  # type: ignore[arg-type]
                 elif kind == DELETE:

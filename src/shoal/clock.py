@@ -16,6 +16,9 @@ from collections.abc import Callable
 COUNTER_BITS = 16
 NODE_BITS = 64
 NODE_MASK = (1 << NODE_BITS) - 1
+MAX_HLC = (1 << 63) - 1
+"""The largest hlc accepted from a peer (a wall clock around the year 6400): observing one
+closer to 2**64 would make our next stamps overflow the 64 bits every version travels in."""
 
 Version = int
 

@@ -39,13 +39,14 @@ from typing import Any
 
 from .actions import Action, Send
 from .cache import Cache, Op
-from .clock import NODE_BITS, NODE_MASK, version_ms
+from .clock import COUNTER_BITS, MAX_HLC, NODE_BITS, NODE_MASK, version_ms
 from .errors import ProtocolError
 from .membership import Membership
 from .messages import Digest, Listing, Message, Ops, Pull
 from .store import CLEAR, DELETE, NEVER, WRITE, Entry, Key, Store
 
 BUCKETS = 1024
+SETTLE = 1.0
 MAX_BUCKETS_PER_ROUND = 64
 _MASK64 = (1 << 64) - 1
 
@@ -72,8 +73,8 @@ def ops_from_wire(raw: list[Any]) -> list[Op]:
             expires = NEVER
         elif type(expires) not in (float, int) or math.isnan(expires):
             raise ProtocolError("op expiry must be a number or nil")
-        if type(hlc) is not int or type(node) is not int or not 0 <= hlc <= _MASK64 or not 0 <= node <= _MASK64:
-            raise ProtocolError("op version must be two unsigned 64-bit ints")
+        if type(hlc) is not int or type(node) is not int or not 0 <= hlc <= MAX_HLC or not 0 <= node <= _MASK64:
+            raise ProtocolError("op version must be two unsigned 64-bit ints (hlc below 2**63)")
         ops.append((kind, key, packed, float(expires), (hlc << NODE_BITS) | node))
     return ops
 
@@ -117,13 +118,24 @@ def _entry_hash(khash: int, version: int, expires: float) -> int:
     return h ^ (h >> 29)
 
 
+def settled_before(now: float) -> int:
+    """The version of ``SETTLE`` seconds ago: newer writes are still in flight.
+
+    Digests and listings leave them out, so a round run while writes stream does
+    not see every bucket differ and list thousands of keys that live replication
+    is delivering anyway; a write really lost is repaired a round later.
+    """
+    return (int((now - SETTLE) * 1000) << COUNTER_BITS) << NODE_BITS
+
+
 def digests(entries: Iterable[Entry], now: float) -> list[int]:
-    """Per-bucket digests of the live entries (``_entry_hash`` inlined: this loop is hot)."""
+    """Per-bucket digests of the live, settled entries (``_entry_hash`` inlined: this loop is hot)."""
     sums = [0] * BUCKETS
     crc = zlib.crc32
     mask = _MASK64
+    horizon = settled_before(now)
     for entry in entries:
-        if entry > now:
+        if entry > now and entry.version < horizon:
             key = entry.key
             khash = crc(key.encode("utf-8", "surrogatepass")) if type(key) is str else key_hash(key)
             exp = 0 if entry == NEVER else int(entry * 1000)
@@ -147,8 +159,9 @@ def listing(entries: Iterable[Entry], buckets: Iterable[int], now: float) -> lis
     """Flattened [key, hlc, node, ...] of live entries in the given buckets."""
     wanted = set(buckets)
     flat: list[Any] = []
+    horizon = settled_before(now)
     for entry in entries:
-        if entry > now and bucket_of(entry.key) in wanted:
+        if entry > now and entry.version < horizon and bucket_of(entry.key) in wanted:
             flat += (entry.key, entry.version >> NODE_BITS, entry.version & NODE_MASK)
     return flat
 
@@ -333,7 +346,7 @@ class Replicator:
 
     def _catch_up_clear(self, name: str, cache: Cache, mark: list[Any]) -> None:
         """A peer cleared the cache after we last did: apply its clear (lost on the way)."""
-        if len(mark) != 2 or any(type(x) is not int or not 0 <= x <= _MASK64 for x in mark):
+        if len(mark) != 2 or any(type(x) is not int or not 0 <= x <= _MASK64 for x in mark) or mark[0] > MAX_HLC:
             raise ProtocolError("a watermark is [hlc, node]")
         version = (mark[0] << NODE_BITS) | mark[1]
         if version > cache.store.watermark:

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from .clock import NODE_BITS, NODE_MASK
+from .clock import MAX_HLC, NODE_BITS, NODE_MASK
 from .errors import ProtocolError
 from .messages import DumpChunk, DumpEnd, DumpRequest, SizeReply, SizeRequest
 from .serializer import MsgpackSerializer
@@ -42,7 +42,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("shoal")
 
 CHUNK = 2000
-FREEZE_AFTER = 100_000
 _KEY_TYPES = {str, bytes, int}
 SIZE_WAIT = 1.0
 
@@ -98,8 +97,8 @@ def columns_from_wire(msg: DumpChunk) -> tuple[list[Key], list[Any], list[float]
         raise ProtocolError("serialized dump values must be bytes")
     if not set(map(type, msg.expires)) <= {float, int} or any(map(math.isnan, msg.expires)):
         raise ProtocolError("dump chunk expiries must be numbers")
-    for column in (msg.hlcs, msg.nodes):
-        if n and (not set(map(type, column)) <= {int} or min(column) < 0 or max(column) > NODE_MASK):
+    for column, top in ((msg.hlcs, MAX_HLC), (msg.nodes, NODE_MASK)):
+        if n and (not set(map(type, column)) <= {int} or min(column) < 0 or max(column) > top):
             raise ProtocolError("dump chunk versions must be unsigned 64-bit ints")
     versions = [(h << NODE_BITS) | node for h, node in zip(msg.hlcs, msg.nodes, strict=True)]
     return msg.keys, msg.values, msg.expires, versions
@@ -155,10 +154,7 @@ class Booter:
                         if finished >= node.warm_donors:
                             break
             stats.state = "warm" if finished else "not warmed"
-            if stats.entries >= FREEZE_AFTER:
-                # Move what we loaded out of the collector's sight: a full collection
-                # would otherwise walk every entry (~0.2 s per million) again and again.
-                gc.freeze()
+            node.freeze_grown_heap()  # what we loaded, out of the collector's sight
         except asyncio.TimeoutError:
             stats.state = "not warmed (timeout)"
         finally:

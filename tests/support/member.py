@@ -5,6 +5,10 @@ It prints one JSON line ``{"address": ..., "id": ...}`` once it listens, then
 answers one JSON command per line with one JSON line, until ``stop`` or EOF.
 Commands: set, set_range, delete, get, get_range, len, items, keys_digest,
 stats, members, ready, stop. Keys and values are strings (JSON).
+For the fault tests and bench/soak.py: values (the values of a numbered key
+range, None where absent), stamp (set a key to this process's time.time()),
+wait_key (wait on this process until a key holds a value; its time.time() then,
+and the value), rss (this process's VmRSS in kB).
 Test hooks for warm boot: hold_dumps (the dumps this member serves stop after
 ``after`` chunks in all, until release_dumps), dumps_held (streams waiting now);
 hold_chunks (dump chunks and ends this member receives are kept, as if still in
@@ -19,6 +23,7 @@ import hashlib
 import json
 import logging
 import sys
+import time
 from typing import Any
 
 from shoal.node import Node, _Conn
@@ -103,6 +108,24 @@ class ChunkGate:
         self.node._loop.call_soon_threadsafe(deliver)
 
 
+def _wait_key(cache: Any, key: str, timeout: float) -> list[Any] | None:
+    """[time.time() when ``key`` first held a value here, the value], or None after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while (value := cache.get(key)) is None:
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.0002)  # polling, on this process: what is measured is when the write landed
+    return [time.time(), value]
+
+
+def _rss_kb() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--listen", default="127.0.0.1:0")
@@ -162,6 +185,15 @@ def main() -> int:
             chunks.release()
         elif op == "chunks_held":
             result = len(chunks.kept)
+        elif op == "values":
+            result = [cache.get(f"{cmd['prefix']}{i}") for i in range(cmd["start"], cmd["start"] + cmd["count"])]
+        elif op == "stamp":
+            result = time.time()
+            cache.set(cmd["key"], result)
+        elif op == "wait_key":
+            result = _wait_key(cache, cmd["key"], cmd.get("timeout", 10.0))
+        elif op == "rss":
+            result = _rss_kb()
         elif op == "stop":
             node.stop()
             print(json.dumps({"ok": True}), flush=True)

@@ -1,0 +1,387 @@
+#!/usr/bin/env python3
+"""Member processes for bench/boot.py, one role per process, driven by JSON lines.
+
+    PYTHONPATH=src python bench/boot_member.py ROLE [options]
+
+Roles:
+
+``donor``     a shoal Node holding N entries, filled in-process (``Cache.load`` in
+              chunks: no replication traffic, seconds even for 1M). A 1 ms asyncio
+              timer task runs on the node's loop and records the longest gap between
+              its ticks. Prints ``{"address": ...}`` when filled and listening, then
+              answers ``{"op": "stall_reset"}``, ``{"op": "stall"}``, ``{"op": "stats"}``
+              and ``{"op": "stop"}``.
+``receiver``  a fresh shoal Node seeded with the donor. Records its RSS before the
+              node exists, starts it, waits for ready and prints one JSON line: the
+              wall time at ready, warm_boot stats, RSS before, VmHWM, RSS after.
+              Then waits for ``stop`` (EOF). ``--profile PATH`` runs cProfile on the
+              node's loop thread for the boot; ``--profile-donor`` does it on the donor.
+``entries``   the memory of N loaded entries: RSS after filling a plain ``Cache``
+              with ``Cache.set`` minus RSS before (same keys and values).
+``syncobj``   one pysyncobj member with a ``ReplDict``; answers ``fill``, ``len``,
+              ``wait_len`` (prints when the dict holds N entries) and ``stop``.
+
+Keys are ``user:%06d`` and values ``acct-%08d`` for i in range(N).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import os
+import sys
+import threading
+import time
+from typing import Any
+
+
+def key(i: int) -> str:
+    return f"user:{i:06d}"
+
+
+def value(i: int) -> str:
+    return f"acct-{i:08d}"
+
+
+def proc_status(field: str, pid: int | str = "self") -> int:
+    """A /proc/PID/status memory field (VmRSS, VmHWM) in bytes."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise KeyError(field)
+
+
+def reply(obj: Any) -> None:
+    print(json.dumps(obj), flush=True)
+
+
+# -- shoal donor ----------------------------------------------------------------------
+
+
+class Stall:
+    """The longest gap between ticks of a 1 ms timer on a loop."""
+
+    def __init__(self) -> None:
+        self.max_gap = 0.0
+        self.ticks = 0
+        self.reset_at = time.perf_counter()
+
+    async def run(self) -> None:
+        last = time.perf_counter()
+        while True:
+            await asyncio.sleep(0.001)
+            now = time.perf_counter()
+            gap = now - last
+            if gap > self.max_gap:
+                self.max_gap = gap
+            self.ticks += 1
+            last = now
+
+    def reset(self) -> None:
+        self.max_gap = 0.0
+        self.ticks = 0
+        self.reset_at = time.perf_counter()
+
+
+class GcWatch:
+    """Time spent in the cyclic garbage collector (all threads), for the diagnosis."""
+
+    def __init__(self) -> None:
+        self.reset()
+        self._start = 0.0
+        gc.callbacks.append(self._cb)
+
+    def reset(self) -> None:
+        self.total = 0.0
+        self.max = 0.0
+        self.count = [0, 0, 0]
+
+    def _cb(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._start = time.perf_counter()
+        else:
+            took = time.perf_counter() - self._start
+            self.total += took
+            self.max = max(self.max, took)
+            self.count[info["generation"]] += 1
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"gc_total_ms": self.total * 1000, "gc_max_ms": self.max * 1000, "gc_collections": self.count}
+
+
+class ChunkWatch:
+    """The longest single chunk of donor work (dump_columns + encode), by wrapping them."""
+
+    def __init__(self) -> None:
+        from shoal import warmboot
+
+        self.max = 0.0
+        self.chunks = 0
+        self._t = 0.0
+        columns, encode = warmboot.dump_columns, getattr(warmboot, "encode")  # noqa: B009
+
+        def timed_columns(*a: Any) -> Any:
+            self._t = time.perf_counter()
+            return columns(*a)
+
+        def timed_encode(*a: Any) -> Any:
+            frame = encode(*a)
+            self.max = max(self.max, time.perf_counter() - self._t)
+            self.chunks += 1
+            return frame
+
+        warmboot.dump_columns = timed_columns  # type: ignore[assignment]
+        setattr(warmboot, "encode", timed_encode)  # noqa: B010
+
+    def reset(self) -> None:
+        self.max = 0.0
+        self.chunks = 0
+
+
+def on_loop(loop: asyncio.AbstractEventLoop, fn: Any) -> Any:
+    done = threading.Event()
+    box: list[Any] = []
+
+    def call() -> None:
+        box.append(fn())
+        done.set()
+
+    loop.call_soon_threadsafe(call)
+    done.wait()
+    return box[0]
+
+
+def run_donor(args: argparse.Namespace) -> int:
+    from shoal.node import Node
+    from shoal.store import NEVER
+
+    node = Node(listen="127.0.0.1:0", secret=args.secret)
+    cache = node.cache("c")
+    stamp = node.clock.stamp
+    step = 20_000
+    for start in range(0, args.n, step):
+        idx = range(start, min(args.n, start + step))
+        cache.load([key(i) for i in idx], [value(i) for i in idx], [NEVER] * len(idx), [stamp() for _ in idx], False)
+    node.start()
+    loop = node._loop
+    stall = Stall()
+    ticker = asyncio.run_coroutine_threadsafe(stall.run(), loop)
+    gcw, chunks = GcWatch(), ChunkWatch()
+    prof = None
+    if args.profile:
+        import cProfile
+
+        prof = cProfile.Profile()
+    reply({"address": node.address, "entries": len(cache.store.data)})
+    for line in sys.stdin:
+        cmd = json.loads(line)
+        op = cmd["op"]
+        if op == "idle_stall":
+            # The same timer with no dump going on: the machine's own scheduling noise.
+            on_loop(loop, stall.reset)
+            time.sleep(cmd.get("seconds", 1.0))
+            reply({"max_gap_ms": stall.max_gap * 1000, "ticks": stall.ticks})
+        elif op == "stall_reset":
+            on_loop(loop, stall.reset)
+            gcw.reset()
+            chunks.reset()
+            if prof is not None:
+                on_loop(loop, prof.enable)
+            reply({"ok": True})
+        elif op == "stall":
+            if prof is not None:
+                on_loop(loop, prof.disable)
+                prof.dump_stats(args.profile)
+            served = node.stats()["caches"]["c"]["warm_boot"]
+            reply(
+                {
+                    "max_gap_ms": stall.max_gap * 1000,
+                    "ticks": stall.ticks,
+                    "served": served,
+                    "max_chunk_ms": chunks.max * 1000,
+                    "chunks": chunks.chunks,
+                    **gcw.as_dict(),
+                }
+            )
+        elif op == "stats":
+            reply(node.stats())
+        elif op == "stop":
+            break
+    ticker.cancel()
+    node.stop()
+    return 0
+
+
+# -- shoal receiver -------------------------------------------------------------------
+
+
+def run_receiver(args: argparse.Namespace) -> int:
+    from shoal.node import Node
+
+    if args.gc == "off":  # diagnosis only: how much of the boot is the cyclic GC
+        gc.disable()
+    gcw = GcWatch()
+    rss_before = proc_status("VmRSS")
+    node = Node(listen="127.0.0.1:0", seeds=[args.seed], secret=args.secret)
+    node.cache("c")
+    prof = None
+    if args.profile:
+        import cProfile
+
+        prof = profiler = cProfile.Profile()
+        # The boot runs on the node's loop thread; cProfile profiles the thread that
+        # enables it, so enable it from the loop as its first callback.
+        orig_open = node._open
+
+        async def profiled_open() -> None:
+            profiler.enable()
+            await orig_open()
+
+        node._open = profiled_open  # type: ignore[method-assign]
+    t_start = time.time()
+    node.start()
+    ok = node.wait_ready(args.timeout)
+    t_ready = time.time()
+    hwm = proc_status("VmHWM")
+    rss_after = proc_status("VmRSS")
+    if prof is not None:
+        on_loop(node._loop, prof.disable)
+        prof.dump_stats(args.profile)
+    stats = node.stats()["caches"]["c"]
+    reply(
+        {
+            "ready": ok,
+            "t_node_start": t_start,
+            "t_ready": t_ready,
+            "warm_boot": stats["warm_boot"],
+            "entries": stats["entries"],
+            "rss_before": rss_before,
+            "hwm": hwm,
+            "rss_after": rss_after,
+            **gcw.as_dict(),
+        }
+    )
+    for _ in sys.stdin:
+        break
+    node.stop()
+    return 0
+
+
+# -- loaded-entries memory --------------------------------------------------------------
+
+
+def run_entries(args: argparse.Namespace) -> int:
+    from shoal import Cache
+
+    cache = Cache()
+    rss_before = proc_status("VmRSS")
+    for i in range(args.n):
+        cache.set(key(i), value(i))
+    rss_after = proc_status("VmRSS")
+    reply({"rss_before": rss_before, "rss_after": rss_after, "entries": len(cache.store.data)})
+    return 0
+
+
+# -- pysyncobj member -----------------------------------------------------------------
+
+
+def run_syncobj(args: argparse.Namespace) -> int:
+    from pysyncobj import SyncObj, SyncObjConf
+    from pysyncobj.batteries import ReplDict
+
+    rss_before = proc_status("VmRSS")
+    t_start = time.time()
+    d = ReplDict()
+    conf = SyncObjConf(
+        dynamicMembershipChange=False,
+        # No compaction during the fill (it would pickle the whole dict again and
+        # again); the bench forces one afterwards ("compact"), so a new member gets
+        # a full dump (the analogue of a Redis full sync), not a log replay.
+        logCompactionMinEntries=1 << 40,
+        logCompactionMinTime=1 << 30,
+        appendEntriesUseBatch=True,
+        # The default 5 s between connection attempts would dominate the join: a
+        # member only dials the peers it "should" (by address order), the others wait.
+        connectionRetryTime=0.05,
+    )
+    obj = SyncObj(args.self_addr, [p for p in args.partners.split(",") if p], consumers=[d], conf=conf)
+    reply({"started": True})
+    for line in sys.stdin:
+        cmd = json.loads(line)
+        op = cmd["op"]
+        if op == "wait_leader":
+            deadline = time.monotonic() + cmd.get("timeout", 20)
+            while obj._getLeader() is None and time.monotonic() < deadline:
+                time.sleep(0.01)
+            reply({"leader": str(obj._getLeader())})
+        elif op == "fill":
+            # ReplDict.update in batches: one raft entry per batch keeps the fill quick.
+            n, batch = cmd["n"], cmd.get("batch", 5000)
+            t0 = time.perf_counter()
+            pending: list[threading.Event] = []
+            for start in range(0, n, batch):
+                ev = threading.Event()
+                pending.append(ev)
+                part = {key(i): value(i) for i in range(start, min(n, start + batch))}
+                d.update(part, callback=lambda res, err, ev=ev: ev.set())
+                if len(pending) >= 16:
+                    pending.pop(0).wait(60)
+            for ev in pending:
+                ev.wait(60)
+            deadline = time.monotonic() + 60
+            while len(d) < n and time.monotonic() < deadline:
+                time.sleep(0.01)
+            reply({"len": len(d), "seconds": time.perf_counter() - t0})
+        elif op == "wait_len":
+            n = cmd["n"]
+            deadline = time.monotonic() + cmd["timeout"]
+            while len(d) < n and time.monotonic() < deadline:
+                time.sleep(0.002)
+            t_done = time.time()
+            reply(
+                {
+                    "len": len(d),
+                    "t_start": t_start,
+                    "t_done": t_done,
+                    "rss_before": rss_before,
+                    "hwm": proc_status("VmHWM"),
+                    "rss_after": proc_status("VmRSS"),
+                }
+            )
+        elif op == "compact":
+            before = obj.getStatus()["log_len"]
+            obj.forceLogCompaction()
+            deadline = time.monotonic() + cmd.get("timeout", 60)
+            while obj.getStatus()["log_len"] >= before and time.monotonic() < deadline:
+                time.sleep(0.01)
+            reply({"log_len_before": before, "log_len": obj.getStatus()["log_len"]})
+        elif op == "len":
+            reply({"len": len(d)})
+        elif op == "stop":
+            break
+    obj.destroy()
+    os._exit(0)  # pysyncobj's threads can linger; the bench only needs the process gone
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("role", choices=["donor", "receiver", "entries", "syncobj"])
+    parser.add_argument("--n", type=int, default=0)
+    parser.add_argument("--seed", default="")
+    parser.add_argument("--secret", default="bench-secret")
+    parser.add_argument("--timeout", type=float, default=60.0)
+    parser.add_argument("--profile", default="")
+    parser.add_argument("--gc", choices=["on", "off"], default="on", help="receiver: off disables the cyclic GC")
+    parser.add_argument("--self-addr", default="")
+    parser.add_argument("--partners", default="")
+    args = parser.parse_args()
+    return {"donor": run_donor, "receiver": run_receiver, "entries": run_entries, "syncobj": run_syncobj}[args.role](
+        args
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

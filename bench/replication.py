@@ -1,0 +1,920 @@
+#!/usr/bin/env python3
+"""Replication, three members on loopback: shoal side by side with Redis and pysyncobj.
+
+    PYTHONPATH=src python bench/replication.py [--quick] [--profile] [--no-redis] [--no-pysyncobj]
+
+1. Throughput: one writer does N writes as fast as it can; the clock stops when
+   every member holds all of them. The figure is N / that time: writes applied on
+   every member per second.
+   - shoal: three member processes (one writer, two receivers). A receiver notes
+     the moment its store reaches N from inside ``Cache.apply`` (wrapped here, in
+     the bench's member process only), so nothing polls.
+   - Redis: a master and one replica (``--save "" --appendonly no``); the writer
+     is redis-py with a pipeline of 1,000 SETs, and, as a second row, one SET per
+     round trip; the clock stops when the replica's DBSIZE reaches N.
+   - pysyncobj: ``ReplDict`` on three processes, writes async (no callback) on
+     the leader. Async writes beyond its command queue (100,000) are dropped
+     silently, so the row counts what arrived and divides that by the time.
+2. Lag at 10,000 writes/s: the writer paces its writes and puts ``time.time()``
+   into each one; the receiving member takes ``time.time()`` once the write is
+   applied and visible there (shoal: after ``Cache.apply``; Redis: a keyspace
+   notification from the replica to a subscriber process; pysyncobj: inside the
+   replicated method on a follower). All processes share one machine clock.
+3. Where a shoal write's time goes: the same pipeline in one process, stage by
+   stage (set, batching into Ops, frame encode; decode, validate, apply), in
+   microseconds per op. ``--profile`` adds cProfile of the live members (the
+   writer's application thread and loop thread, a receiver's loop thread).
+
+Every process is started here and stopped before the next system runs, so the
+systems never compete for the two cores. The default run takes about a minute
+and a half; ``--quick`` is a smoke run of a few seconds per system.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import cProfile
+import gc
+import io
+import multiprocessing
+import multiprocessing.connection
+import os
+import platform
+import pstats
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from report import format_table, pct
+
+CACHE = "bench"
+LAG_RATE = 10_000  # writes/s for the lag measurement
+VALUE = "v" * 32  # a small value, as in a cache of identity lookups
+
+# SPEC section 7 bars for replication.
+BAR_RATE = 100_000  # writes/s applied on every member
+BAR_P99_MS = 10.0  # lag p99 at 10k writes/s
+
+
+@dataclass(frozen=True)
+class Sizes:
+    burst: int  # writes in the throughput run (shoal, redis pipelined, pysyncobj)
+    burst_roundtrip: int  # writes in the one-SET-per-round-trip redis run
+    lag_seconds: float  # length of the paced run
+    micro: int  # ops in the in-process stage breakdown
+
+
+FULL = Sizes(300_000, 50_000, 5.0, 200_000)
+QUICK = Sizes(20_000, 5_000, 1.0, 20_000)
+
+
+# -- processes -------------------------------------------------------------------------------
+
+
+Handlers = dict[str, Callable[..., Any]]
+
+
+def serve(conn: multiprocessing.connection.Connection, hello: Any, handlers: Handlers) -> None:
+    """A member process's command loop: (name, args) in, result out, until "exit"."""
+    conn.send(hello)
+    while True:
+        try:
+            name, args = conn.recv()
+        except EOFError:
+            return
+        if name == "exit":
+            conn.send(None)
+            return
+        try:
+            conn.send(("ok", handlers[name](*args)))
+        except Exception as exc:
+            conn.send(("error", f"{type(exc).__name__}: {exc}"))
+
+
+class Proc:
+    """A child process driven through a pipe (the driver's side of ``serve``)."""
+
+    def __init__(self, target: Callable[..., None], *args: Any, timeout: float = 60.0) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=target, args=(child, *args), daemon=True)
+        self.proc.start()
+        child.close()
+        if not self.conn.poll(timeout):
+            raise RuntimeError(f"{target.__name__} did not start")
+        self.hello = self.conn.recv()
+
+    def send(self, name: str, *args: Any) -> None:
+        self.conn.send((name, args))
+
+    def result(self, timeout: float = 120.0) -> Any:
+        if not self.conn.poll(timeout):
+            raise RuntimeError("member did not answer in time")
+        status, value = self.conn.recv()
+        if status != "ok":
+            raise RuntimeError(value)
+        return value
+
+    def call(self, name: str, *args: Any, timeout: float = 120.0) -> Any:
+        self.send(name, *args)
+        return self.result(timeout)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError, EOFError, BrokenPipeError):
+            self.conn.send(("exit", ()))
+            self.conn.poll(5)
+        self.proc.join(5)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join(5)
+        self.conn.close()
+
+
+@contextlib.contextmanager
+def processes(procs: list[Proc]) -> Iterator[list[Proc]]:
+    try:
+        yield procs
+    finally:
+        for proc in procs:
+            proc.close()
+
+
+def all_results(procs: list[Proc], timeout: float = 120.0) -> list[Any]:
+    return [p.result(timeout) for p in procs]
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def paced(n: int, rate: float, write: Callable[[int], object]) -> tuple[float, float]:
+    """Call ``write(i)`` n times at ``rate`` per second (sleeping only when a millisecond ahead)."""
+    start = time.time()
+    for i in range(n):
+        ahead = start + i / rate - time.time()
+        if ahead > 0.001:
+            time.sleep(ahead)
+        write(i)
+    return start, time.time()
+
+
+def profile_text(profile: cProfile.Profile, top: int = 14) -> str:
+    out = io.StringIO()
+    stats = pstats.Stats(profile, stream=out)
+    stats.sort_stats("tottime").print_stats(top)
+    lines = out.getvalue().splitlines()
+    start = next((i for i, line in enumerate(lines) if "ncalls" in line), 0)
+    return "\n".join(line.rstrip() for line in lines[start:] if line.strip())
+
+
+# -- shoal member ------------------------------------------------------------------------------
+
+
+def shoal_member(conn: multiprocessing.connection.Connection, seeds: list[str], freeze: bool) -> None:
+    """One member; with ``freeze`` it calls gc.freeze() before each measured phase (a remedy on trial)."""
+    from shoal.node import Node
+
+    def maybe_freeze() -> None:
+        if freeze:
+            gc.freeze()
+
+    node = Node(listen="127.0.0.1:0", seeds=seeds)
+    cache = node.cache(CACHE)
+    store = cache.store
+    state: dict[str, Any] = {"target": None, "reached": None, "lags": None}
+    reached = threading.Event()
+    original_apply = cache.apply
+
+    def apply(ops: Any) -> tuple[int, int]:
+        """Cache.apply, plus the moment the store reached the target and the lag of stamped writes."""
+        result = original_apply(ops)
+        now = time.time()
+        lags = state["lags"]
+        if lags is not None:
+            data = store.data
+            for op in ops:
+                entry = data.get(op[1])
+                if entry is not None and type(entry.value) is float:
+                    lags.append(now - entry.value)
+        target = state["target"]
+        if target is not None and len(store.data) >= target:
+            state["target"], state["reached"] = None, now
+            reached.set()
+        return result
+
+    cache.apply = apply  # type: ignore[method-assign]
+    full_gcs: list[float] = []  # milliseconds of each full (generation 2) collection
+    gc_began = [0.0]
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        if info["generation"] == 2:
+            if phase == "start":
+                gc_began[0] = time.perf_counter()
+            else:
+                full_gcs.append((time.perf_counter() - gc_began[0]) * 1000)
+
+    gc.callbacks.append(on_gc)
+
+    def take_full_gcs() -> list[float]:
+        taken = list(full_gcs)
+        full_gcs.clear()
+        return taken
+
+    node.start()
+    loop_profile = cProfile.Profile()
+
+    def meshed(peers: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        node.wait_ready(timeout)
+        while time.monotonic() < deadline:
+            up = [m for m in node.members() if m["state"] == "up" and CACHE in m["caches"]]
+            if len(up) >= peers:
+                return True
+            time.sleep(0.02)
+        return False
+
+    def expect(n: int) -> None:
+        maybe_freeze()
+        reached.clear()
+        state["reached"] = None
+        state["target"] = len(store.data) + n
+
+    def wait_reached(timeout: float) -> float | None:
+        reached.wait(timeout)
+        return state["reached"]  # type: ignore[no-any-return]
+
+    def burst(prefix: str, n: int, profile: bool) -> tuple[float, float, str]:
+        keys = [f"{prefix}{i}" for i in range(n)]
+        set_ = cache.set
+        prof = cProfile.Profile() if profile else None
+        if prof is not None:
+            prof.enable()
+        start = time.time()
+        for key in keys:
+            set_(key, VALUE)
+        end = time.time()
+        if prof is not None:
+            prof.disable()
+        return start, end, profile_text(prof) if prof is not None else ""
+
+    def stamped(n: int, rate: float) -> tuple[float, float]:
+        maybe_freeze()
+        set_ = cache.set
+        return paced(n, rate, lambda i: set_(f"lag{i}", time.time()))
+
+    def record_lags(on: bool) -> list[float]:
+        maybe_freeze()
+        lags = state["lags"] or []
+        state["lags"] = [] if on else None
+        return lags
+
+    def profile_loop(on: bool) -> str:
+        node._loop.call_soon_threadsafe(loop_profile.enable if on else loop_profile.disable)
+        if on:
+            return ""
+        time.sleep(0.05)
+        return profile_text(loop_profile)
+
+    def figures() -> dict[str, Any]:
+        return node.stats()["caches"][CACHE]  # type: ignore[no-any-return]
+
+    handlers: Handlers = {
+        "meshed": meshed,
+        "expect": expect,
+        "wait_reached": wait_reached,
+        "burst": burst,
+        "stamped": stamped,
+        "record_lags": record_lags,
+        "profile_loop": profile_loop,
+        "figures": figures,
+        "count": lambda: len(store.data),
+        "cpu": time.process_time,  # this process, every thread
+        "full_gcs": take_full_gcs,
+    }
+    try:
+        serve(conn, node.address, handlers)
+    finally:
+        node.stop()
+
+
+@dataclass
+class RateRow:
+    system: str
+    writes: int
+    arrived: int
+    seconds: float
+    writer_rate: float | None
+
+    @property
+    def rate(self) -> float:
+        return self.arrived / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class LagRow:
+    system: str
+    writes: int
+    seconds: float
+    lags: list[float]
+    note: str = ""
+
+    def quantile(self, q: float) -> float | None:
+        if not self.lags:
+            return None
+        ordered = sorted(self.lags)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+
+def bench_shoal(
+    sizes: Sizes, profile: bool = False, freeze: bool = False
+) -> tuple[RateRow, LagRow, dict[str, str], list[str]]:
+    label = "shoal, 3 members" + (", gc.freeze() between phases" if freeze else "")
+    first = Proc(shoal_member, [], freeze)
+    with processes([first]) as procs:
+        procs += [Proc(shoal_member, [first.hello], freeze) for _ in range(2)]
+        writer, receivers = procs[0], procs[1:]
+        for p in procs:
+            p.send("meshed", 2, 30.0)
+        if not all(all_results(procs)):
+            raise RuntimeError("shoal members did not form a full mesh")
+
+        def burst(prefix: str, n: int, prof: bool = False) -> tuple[float, float, float, str]:
+            for r in receivers:
+                r.call("expect", n)
+            start, end, text = writer.call("burst", prefix, n, prof)
+            for r in receivers:
+                r.send("wait_reached", 120.0)
+            done = all_results(receivers, 130.0)
+            if any(t is None for t in done):
+                raise RuntimeError(f"receivers did not get all {n} writes: {[r.call('count') for r in receivers]}")
+            return start, end, max(done), text
+
+        burst("warm", min(20_000, sizes.burst))
+        cpu = [p.call("cpu") for p in procs]
+        start, end, done, _ = burst("k", sizes.burst)
+        cpu = [(p.call("cpu") - c) / sizes.burst * 1e6 for p, c in zip(procs, cpu, strict=True)]
+        rate = RateRow(label, sizes.burst, sizes.burst, done - start, sizes.burst / (end - start))
+        notes = [
+            f"{label}: CPU per write in that run (process time, all threads): writer {cpu[0]:.1f} us, "
+            f"receivers {cpu[1]:.1f} and {cpu[2]:.1f} us"
+        ]
+
+        for p in procs:
+            p.call("full_gcs")
+        for r in receivers:
+            r.call("record_lags", True)
+        n = int(LAG_RATE * sizes.lag_seconds)
+        start, end = writer.call("stamped", n, LAG_RATE, timeout=sizes.lag_seconds * 10 + 30)
+        time.sleep(0.5)
+        lags = [x for r in receivers for x in r.call("record_lags", False)]
+        lag = LagRow(label, n, end - start, lags, "lag seen on both receivers")
+        pauses = [x for p in procs for x in p.call("full_gcs")]
+        notes.append(
+            f"{label}: members held {procs[1].call('count'):,} entries during the paced run; full (gen 2) "
+            f"garbage collections meanwhile: {len(pauses)}, longest {max(pauses, default=0):.0f} ms"
+        )
+
+        profiles: dict[str, str] = {}
+        if profile:
+            for p in (writer, receivers[0]):
+                p.call("profile_loop", True)
+            _, _, _, profiles["writer: application thread (Cache.set loop)"] = burst("prof", sizes.burst // 3, True)
+            profiles["writer: node loop thread (flush, encode, send)"] = writer.call("profile_loop", False)
+            profiles["receiver: node loop thread (decode, validate, apply)"] = receivers[0].call("profile_loop", False)
+        return rate, lag, profiles, notes
+
+
+# -- redis -------------------------------------------------------------------------------------
+
+
+class RedisServer:
+    """A throwaway redis-server on a free loopback port, no persistence."""
+
+    def __init__(self, binary: str, *extra: str) -> None:
+        self.port = free_port()
+        self._dir = tempfile.TemporaryDirectory(prefix="shoal-bench-redis-")
+        argv = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        argv += ["--dir", self._dir.name, "--daemonize", "no", *extra]
+        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def client(self) -> Any:
+        import redis
+
+        client = redis.Redis(port=self.port)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                return client
+            except redis.ConnectionError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._dir.cleanup()
+
+
+def redis_writer(conn: multiprocessing.connection.Connection, port: int) -> None:
+    import redis
+
+    client = redis.Redis(port=port)
+
+    def stamped(n: int, rate: float) -> tuple[float, float]:
+        set_ = client.set
+        return paced(n, rate, lambda i: set_(f"lag:{i}:{time.time()!r}", VALUE))
+
+    serve(conn, None, {"stamped": stamped})
+    client.close()
+
+
+def redis_reader(conn: multiprocessing.connection.Connection, port: int) -> None:
+    """Subscribes to the replica's keyspace notifications; a key carries its write's timestamp."""
+    import redis
+
+    client = redis.Redis(port=port)
+    client.config_set("notify-keyspace-events", "K$")
+    pubsub = client.pubsub()  # type: ignore[no-untyped-call]
+    pubsub.psubscribe("__keyspace@0__:lag:*")
+    while pubsub.get_message(timeout=1.0) is None:  # the subscription confirmation
+        pass
+    lags: list[float] = []
+    stop = threading.Event()
+
+    def listen() -> None:
+        while not stop.is_set():
+            msg = pubsub.get_message(timeout=0.1)
+            if msg is not None and msg["type"] == "pmessage":
+                now = time.time()
+                lags.append(now - float(msg["channel"].rsplit(b":", 1)[1]))
+
+    thread = threading.Thread(target=listen, daemon=True)
+    thread.start()
+
+    def collect() -> list[float]:
+        stop.set()
+        thread.join(5)
+        return lags
+
+    serve(conn, None, {"collect": collect})
+
+
+def bench_redis(binary: str, sizes: Sizes) -> tuple[list[RateRow], LagRow, str]:
+    master = RedisServer(binary)
+    replica = RedisServer(binary, "--replicaof", "127.0.0.1", str(master.port))
+    try:
+        m, r = master.client(), replica.client()
+        deadline = time.monotonic() + 20
+        while r.info("replication").get("master_link_status") != "up":
+            if time.monotonic() > deadline:
+                raise RuntimeError("redis replica did not link to its master")
+            time.sleep(0.05)
+        version = m.info("server")["redis_version"]
+
+        def until_replica_has(n: int) -> float:
+            deadline = time.monotonic() + 120
+            while r.dbsize() < n:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"redis replica stuck at {r.dbsize()} of {n} keys")
+                time.sleep(0.0005)
+            return time.time()
+
+        rows = []
+        m.flushall()
+        until_replica_has(0)
+        keys = [f"k{i}" for i in range(sizes.burst)]
+        start = time.time()
+        pipe = m.pipeline(transaction=False)
+        for i in range(0, len(keys), 1000):
+            for key in keys[i : i + 1000]:
+                pipe.set(key, VALUE)
+            pipe.execute()
+        end = time.time()
+        done = until_replica_has(sizes.burst)
+        rows.append(
+            RateRow(
+                "redis, master + replica, pipeline of 1000",
+                sizes.burst,
+                sizes.burst,
+                done - start,
+                sizes.burst / (end - start),
+            )
+        )
+
+        m.flushall()
+        while r.dbsize():
+            time.sleep(0.01)
+        n = sizes.burst_roundtrip
+        set_ = m.set
+        start = time.time()
+        for key in keys[:n]:
+            set_(key, VALUE)
+        end = time.time()
+        done = until_replica_has(n)
+        rows.append(RateRow("redis, master + replica, one SET per round trip", n, n, done - start, n / (end - start)))
+
+        m.flushall()
+        reader = Proc(redis_reader, replica.port)
+        writer = Proc(redis_writer, master.port)
+        with processes([reader, writer]):
+            n = int(LAG_RATE * sizes.lag_seconds)
+            start, end = writer.call("stamped", n, LAG_RATE, timeout=sizes.lag_seconds * 10 + 30)
+            time.sleep(0.5)
+            lags = reader.call("collect")
+        lag = LagRow("redis, master -> replica", n, end - start, lags, "keyspace notification from the replica")
+        m.close()
+        r.close()
+        return rows, lag, version
+    finally:
+        replica.stop()
+        master.stop()
+
+
+# -- pysyncobj ---------------------------------------------------------------------------------
+
+
+def pysyncobj_member(conn: multiprocessing.connection.Connection, me: str, partners: list[str]) -> None:
+    from pysyncobj import SyncObj, SyncObjConf, replicated
+    from pysyncobj.batteries import ReplDict
+
+    lags: list[float] = []
+    recording = threading.Event()
+
+    class StampedDict(ReplDict):  # type: ignore[misc]
+        """ReplDict plus one replicated write that records its lag where it is applied."""
+
+        @replicated  # type: ignore[untyped-decorator]
+        def put(self, key: str, value: str, ts: float) -> None:
+            ReplDict.set(self, key, value, _doApply=True)
+            if recording.is_set():
+                lags.append(time.time() - ts)
+
+    d = StampedDict()
+    obj = SyncObj(me, partners, conf=SyncObjConf(dynamicMembershipChange=False), consumers=[d])
+
+    def leader() -> str | None:
+        found = obj._getLeader()
+        return None if found is None or not obj.isReady() else str(found)
+
+    def burst(n: int) -> tuple[float, float]:
+        keys = [f"k{i}" for i in range(n)]
+        set_ = d.set
+        start = time.time()
+        for key in keys:
+            set_(key, VALUE)
+        return start, time.time()
+
+    def wait_count(n: int, idle: float) -> tuple[int, float]:
+        """Wait until n entries or none new for ``idle`` seconds: (count, time of the last arrival)."""
+        count, last = len(d), time.time()
+        while count < n and time.time() - last < idle:
+            time.sleep(0.002)
+            now_count = len(d)
+            if now_count != count:
+                count, last = now_count, time.time()
+        return count, last
+
+    def stamped(n: int, rate: float) -> tuple[float, float]:
+        put = d.put
+        return paced(n, rate, lambda i: put(f"lag{i}", VALUE, time.time()))
+
+    def record_lags(on: bool) -> list[float]:
+        if on:
+            lags.clear()
+            recording.set()
+            return []
+        recording.clear()
+        return list(lags)
+
+    handlers: Handlers = {
+        "leader": leader,
+        "burst": burst,
+        "wait_count": wait_count,
+        "stamped": stamped,
+        "record_lags": record_lags,
+        "count": lambda: len(d),
+    }
+    try:
+        serve(conn, me, handlers)
+    finally:
+        obj.destroy()
+
+
+def bench_pysyncobj(sizes: Sizes) -> tuple[RateRow, LagRow]:
+    addresses = [f"127.0.0.1:{free_port()}" for _ in range(3)]
+    procs = [Proc(pysyncobj_member, a, [b for b in addresses if b != a]) for a in addresses]
+    with processes(procs):
+        deadline = time.monotonic() + 30
+        while True:
+            leaders = {p.call("leader") for p in procs}
+            if len(leaders) == 1 and None not in leaders:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"pysyncobj elected no leader: {leaders}")
+            time.sleep(0.1)
+        (leader,) = leaders
+        writer = next(p for p in procs if p.hello == leader)
+        followers = [p for p in procs if p is not writer]
+
+        # The paced run comes first: after the burst, pysyncobj spends a long time
+        # working off its queue, and the lag would measure that backlog instead.
+        for p in followers:
+            p.call("record_lags", True)
+        n = int(LAG_RATE * sizes.lag_seconds)
+        start, end = writer.call("stamped", n, LAG_RATE, timeout=sizes.lag_seconds * 10 + 30)
+        for p in procs:
+            p.send("wait_count", n, 5.0)
+        all_results(procs, 300.0)
+        lags = [x for p in followers for x in p.call("record_lags", False)]
+        got = len(lags) // len(followers)
+        lag = LagRow(
+            "pysyncobj ReplDict, leader -> followers",
+            n,
+            end - start,
+            lags,
+            f"{got:,} of {n:,} writes arrived on each follower" if got < n else "seen on both followers",
+        )
+
+        base = min(p.call("count") for p in procs)
+        n = sizes.burst
+        start, end = writer.call("burst", n)
+        for p in procs:
+            p.send("wait_count", base + n, 5.0)
+        arrived = all_results(procs, 300.0)
+        count = min(c for c, _ in arrived) - base
+        last = max(t for _, t in arrived)
+        rate = RateRow("pysyncobj ReplDict, 3 members (async)", n, count, last - start, n / (end - start))
+        return rate, lag
+
+
+# -- shoal, stage by stage ---------------------------------------------------------------------
+
+
+class _Group:
+    """Membership stand-in: two peers host every cache."""
+
+    def group(self, cache: str) -> list[int]:
+        return [1, 2]
+
+
+def stages(n: int, collect: bool) -> list[tuple[str, str, float]]:
+    """Microseconds per op of each step a write takes, measured in one process without sockets.
+
+    With ``collect`` false the cyclic garbage collector is off (as timeit does);
+    the difference is what collections cost on a growing heap.
+    """
+    gc.collect()
+    if not collect:
+        gc.disable()
+    try:
+        return _stages(n)
+    finally:
+        gc.enable()
+
+
+def _stages(n: int) -> list[tuple[str, str, float]]:
+    from shoal.cache import Cache
+    from shoal.clock import HybridClock
+    from shoal.messages import Ops
+    from shoal.replication import Replicator, ops_from_wire
+    from shoal.wire import FrameDecoder, encode
+
+    keys = [f"k{i}" for i in range(n)]
+    writer = Cache(name=CACHE, clock=HybridClock(1))
+    replicator = Replicator(_Group(), {CACHE: writer})  # type: ignore[arg-type]
+    outbox = replicator.outbox
+    writer.replicate = lambda op: outbox.append((CACHE, op))
+
+    def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+        start = time.perf_counter()
+        result = fn()
+        return (time.perf_counter() - start) / n * 1e6, result
+
+    def set_all() -> None:
+        set_ = writer.set
+        for key in keys:
+            set_(key, VALUE)
+
+    t_set, _ = timed(set_all)
+    t_flush, actions = timed(replicator.flush)
+    msgs = list({id(a.msg): a.msg for a in actions}.values())  # one message per batch, sent to both peers
+    t_encode, frames = timed(lambda: [encode(m) for m in msgs])
+    stream = b"".join(frames)
+    t_decode, decoded = timed(lambda: FrameDecoder().feed(stream))
+    assert all(isinstance(m, Ops) for m in decoded)
+    t_validate, batches = timed(lambda: [ops_from_wire(m.ops) for m in decoded])
+    receiver = Cache(name=CACHE, clock=HybridClock(2))
+    t_apply, _ = timed(lambda: [receiver.apply(ops) for ops in batches])
+    assert len(receiver.store.data) == n
+    return [
+        ("writer", "Cache.set (dumps, stamp, store.write, enqueue)", t_set),
+        ("writer", "Replicator.flush (op_to_wire, batching)", t_flush),
+        ("writer", "wire.encode of each Ops frame (msgpack)", t_encode),
+        ("receiver", "FrameDecoder.feed (msgpack, message checks)", t_decode),
+        ("receiver", "ops_from_wire (validation)", t_validate),
+        ("receiver", "Cache.apply (loads, store.write)", t_apply),
+    ]
+
+
+# -- report ------------------------------------------------------------------------------------
+
+
+def ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.2f}"
+
+
+def rate_text(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="a smoke run of a few seconds per system")
+    parser.add_argument("--profile", action="store_true", help="also cProfile the live shoal members")
+    parser.add_argument("--no-redis", action="store_true", help="skip redis even if redis-server is installed")
+    parser.add_argument("--no-pysyncobj", action="store_true", help="skip pysyncobj")
+    parser.add_argument(
+        "--gc-freeze", action="store_true", help="add a shoal run whose members call gc.freeze() between phases"
+    )
+    args = parser.parse_args(argv)
+    sizes = QUICK if args.quick else FULL
+    began = time.perf_counter()
+    print(
+        f"python {platform.python_version()}, {platform.machine()}, {os.cpu_count()} cpus, "
+        f"load average {os.getloadavg()[0]:.2f} (other work shares these cores); "
+        f"{'quick' if args.quick else 'full'} run",
+        flush=True,
+    )
+
+    rates: list[RateRow] = []
+    lags: list[LagRow] = []
+    notes: list[str] = []
+
+    print("shoal: three members ...", flush=True)
+    shoal_rate, shoal_lag, profiles, shoal_notes = bench_shoal(sizes, args.profile)
+    rates.append(shoal_rate)
+    lags.append(shoal_lag)
+    rate_notes, lag_notes = shoal_notes[:1], shoal_notes[1:]
+    if args.gc_freeze:
+        print("shoal: three members calling gc.freeze() ...", flush=True)
+        frozen_rate, frozen_lag, _, frozen_notes = bench_shoal(sizes, freeze=True)
+        rates.append(frozen_rate)
+        lags.append(frozen_lag)
+        rate_notes += frozen_notes[:1]
+        lag_notes += frozen_notes[1:]
+
+    binary = shutil.which("redis-server")
+    if args.no_redis or binary is None:
+        notes.append("redis: skipped" + ("" if args.no_redis else " (no redis-server on PATH)"))
+    else:
+        print("redis: master + replica ...", flush=True)
+        redis_rates, redis_lag, version = bench_redis(binary, sizes)
+        rates += redis_rates
+        lags.append(redis_lag)
+        notes.append(f"redis-server {version}, redis-py client")
+
+    if args.no_pysyncobj:
+        notes.append("pysyncobj: skipped")
+    else:
+        try:
+            import pysyncobj  # noqa: F401
+        except ImportError:
+            notes.append("pysyncobj: skipped (not installed)")
+        else:
+            print("pysyncobj: three members ...", flush=True)
+            sync_rate, sync_lag = bench_pysyncobj(sizes)
+            rates.append(sync_rate)
+            lags.append(sync_lag)
+            notes.append(
+                "pysyncobj: counted once nothing new arrived for 5 s; async writes beyond its command queue "
+                "(100,000) are dropped without an error"
+            )
+
+    print("shoal, stage by stage ...", flush=True)
+    breakdown = stages(sizes.micro, collect=True)
+    breakdown_no_gc = stages(sizes.micro, collect=False)
+    print()
+
+    print(
+        format_table(
+            [
+                "system",
+                "writes",
+                "applied everywhere",
+                "seconds",
+                "writes/s applied on every member",
+                "writer writes/s",
+            ],
+            [
+                [
+                    r.system,
+                    f"{r.writes:,}",
+                    f"{r.arrived:,}"
+                    if r.arrived == r.writes
+                    else f"{r.arrived:,} ({pct(1 - r.arrived / r.writes)} lost)",
+                    f"{r.seconds:.2f}",
+                    rate_text(r.rate),
+                    rate_text(r.writer_rate),
+                ]
+                for r in rates
+            ],
+            title="1. throughput: one writer, as fast as it can; clock stops when every member has every write",
+            notes=["writer writes/s: how fast the writer's own loop issued them", *rate_notes, *notes],
+        )
+    )
+    print()
+    print(
+        format_table(
+            ["system", "writes", "achieved writes/s", "samples", "p50 ms", "p99 ms", "max ms", "how it is seen"],
+            [
+                [
+                    row.system,
+                    f"{row.writes:,}",
+                    rate_text(row.writes / row.seconds),
+                    f"{len(row.lags):,}",
+                    ms(row.quantile(0.50)),
+                    ms(row.quantile(0.99)),
+                    ms(row.quantile(1.0)),
+                    row.note,
+                ]
+                for row in lags
+            ],
+            title=f"2. lag at {LAG_RATE:,} writes/s: set on the writer -> visible on another member",
+            notes=lag_notes,
+        )
+    )
+    print()
+    rows: list[list[object] | None] = [
+        [f"{side}: {stage}", f"{t:.2f}", f"{t0:.2f}"]
+        for (side, stage, t), (_, _, t0) in zip(breakdown, breakdown_no_gc, strict=True)
+    ]
+    rows.append(None)
+    for side in ("writer", "receiver"):
+        total = sum(t for s, _, t in breakdown if s == side)
+        total_no_gc = sum(t for s, _, t in breakdown_no_gc if s == side)
+        rows.append(
+            [
+                f"{side}: total (writes/s one core could do)",
+                f"{total:.2f} ({1e6 / total:,.0f})",
+                f"{total_no_gc:.2f} ({1e6 / total_no_gc:,.0f})",
+            ]
+        )
+    print(
+        format_table(
+            ["stage", "us/op", "us/op, gc off"],
+            rows,
+            title=f"3. where a shoal write's time goes ({sizes.micro:,} ops, one process, no sockets)",
+            notes=[
+                "Per write, three members spend the writer's total plus two receivers' totals of CPU, "
+                "before sockets and the event loop; the machine has "
+                f"{os.cpu_count()} cores for them."
+            ],
+        )
+    )
+    print()
+    p99 = shoal_lag.quantile(0.99)
+    print(
+        format_table(
+            ["bar (SPEC section 7)", "target", "shoal", "met"],
+            [
+                [
+                    "writes/s applied on every member",
+                    f">= {BAR_RATE:,}",
+                    rate_text(shoal_rate.rate),
+                    "yes" if shoal_rate.rate >= BAR_RATE else "NO",
+                ],
+                [
+                    f"lag p99 at {LAG_RATE:,} writes/s",
+                    f"<= {BAR_P99_MS:g} ms",
+                    ms(p99),
+                    "yes" if p99 is not None and p99 <= BAR_P99_MS else "NO",
+                ],
+            ],
+            title="bars",
+        )
+    )
+    for title, text in profiles.items():
+        print(f"\ncProfile, {title}, by own time:\n{text}")
+    print(f"\ntook {time.perf_counter() - began:.0f}s; load average at the end {os.getloadavg()[0]:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
