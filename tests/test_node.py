@@ -283,3 +283,13 @@ def test_member_up_and_down_callbacks_fire(nodes: Callable[..., Node]) -> None:
     b.stop()
     wait_until(lambda: downs, 10, what="member down")
     assert downs[0][:2] == (b.node_id, b.address) and downs[0][2] == "left"
+
+
+def test_ready_with_a_zero_timeout_answers_true_once_the_node_is_ready() -> None:
+    async def main() -> bool:
+        async with Node() as node:
+            node.cache("c")
+            assert await node.ready(timeout=5)
+            return await node.ready(timeout=0)  # a readiness probe asks without waiting
+
+    assert asyncio.run(main())

@@ -25,7 +25,7 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 from . import replication as rep
 from . import snapshot, warmboot
@@ -109,8 +109,8 @@ class _Conn(asyncio.Protocol):
     # asyncio callbacks
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # cast, not isinstance: uvloop's transports are not asyncio.Transport subclasses
+        self.transport = cast(asyncio.Transport, transport)
         self.node._pending.add(self)
         self._timer = self.node._loop.call_later(self.node.handshake_timeout, self._handshake_timeout)
         for msg in self.handshake.start():
@@ -368,6 +368,8 @@ class Node:
     async def ready(self, timeout: float | None = None) -> bool:
         if self._ready_event is None:
             raise ShoalError("node not running")
+        if self._ready_event.is_set():  # wait_for(timeout=0) would not even look
+            return True
         try:
             await asyncio.wait_for(self._ready_event.wait(), timeout)
         except asyncio.TimeoutError:
@@ -635,7 +637,7 @@ class Node:
             conn.observer = True  # an operator's client: answers only, no membership
             return
         self._peers[peer] = conn
-        log.info("connected to %016x at %s", peer, conn.handshake.peer_listen)
+        log.debug("connected to %016x at %s", peer, conn.handshake.peer_listen)
         now = time.monotonic()
         for action in self.membership.connected(peer, conn.handshake.peer_listen, now, dialed=conn.dialed):
             self._do(action)
@@ -671,7 +673,8 @@ class Node:
                 up_callback(action.peer, action.listen)
             self._boot.member_up(action.peer)
         elif isinstance(action, MemberDown):
-            log.info("member %016x down (%s)", action.peer, action.reason)
+            if not self._stopping:  # our own goodbye closes every connection: no news
+                log.info("member %016x down (%s)", action.peer, action.reason)
             for down_callback in self.on_member_down:
                 down_callback(action.peer, action.listen, action.reason)
             self._boot.member_down(action.peer)
@@ -756,6 +759,8 @@ class Node:
             if conn is None or conn.closed:
                 continue
             if conn.backlog() > self.max_peer_backlog:
+                if action.peer not in self.replicator.needs_repair:
+                    log.warning("member %016x is not reading: dropping its writes, repair will follow", action.peer)
                 self.replicator.dropped(action.peer, action.msg)  # not reading: repair later
                 continue
             if action.msg is not last:

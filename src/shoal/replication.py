@@ -29,6 +29,7 @@ Everything here is pure: the node supplies entries and time.
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import zlib
@@ -44,6 +45,8 @@ from .errors import ProtocolError
 from .membership import Membership
 from .messages import Digest, Listing, Message, Ops, Pull
 from .store import CLEAR, DELETE, NEVER, WRITE, Entry, Key, Store
+
+log = logging.getLogger("shoal")
 
 BUCKETS = 1024
 SETTLE = 1.0
@@ -331,6 +334,15 @@ class Replicator:
                 raise ProtocolError("a listing names buckets that do not exist")
             actions: list[Action] = []
             wanted = to_pull(cache.store, msg.entries)
+            log.log(
+                logging.INFO if wanted else logging.DEBUG,
+                "repair round %d of %s with %016x: %d buckets differ, pulling %d keys",
+                msg.round,
+                msg.cache,
+                peer,
+                len(msg.buckets),
+                len(wanted),
+            )
             if wanted:
                 self.figures_of(msg.cache)["keys_repaired"] += len(wanted)
                 actions.append(Send(peer, Pull(msg.cache, wanted)))

@@ -193,7 +193,7 @@ atexit.register(shutdown)
 # -- the backend ---------------------------------------------------------------------
 
 
-class ShoalCache(BaseCache):  # type: ignore[misc]  # Django ships no type information
+class ShoalCache(BaseCache):
     """Django's cache API on a replicated shoal cache (see the module docstring)."""
 
     def __init__(self, server: str, params: dict[str, Any]) -> None:
