@@ -54,7 +54,7 @@ class MembershipNode:
         return self.membership.leave()
 
 
-class ReplicaNode:
+class ReplicaNode(MembershipNode):
     """Membership plus replication over one cache "c": a member as the sim sees it.
 
     Every op the member ever held (its own writes and everything it received) is
@@ -63,7 +63,7 @@ class ReplicaNode:
     """
 
     def __init__(self, membership: Membership, now: Callable[[], float], interval: float) -> None:
-        self.membership = membership
+        super().__init__(membership)
         self.cache = Cache(wall=now, tombstone_ttl=1e9, clock=HybridClock(membership.node_id, now))
         self.cache.name = "c"
         self.replicator = Replicator(membership, {"c": self.cache}, interval=interval, rng=membership.rng)
@@ -85,7 +85,7 @@ class ReplicaNode:
         self.cache.replicate = replicate
 
     @classmethod
-    def factory(
+    def factory(  # type: ignore[override]
         cls, now: Callable[[], float], seeds: Iterable[str] = (), interval: float = 1.0, **config: Any
     ) -> NodeFactory:
         seed_list = list(seeds)
@@ -103,16 +103,6 @@ class ReplicaNode:
 
     def on_tick(self, now: float) -> list[Any]:
         return self.membership.tick(now) + self.replicator.flush() + self.replicator.tick(now)
-
-    def on_connected(self, peer: int, listen: str, now: float, dialed: str | None) -> list[Any]:
-        return self.membership.connected(peer, listen, now, dialed=dialed)
-
-    def on_disconnected(self, peer: int, now: float) -> list[Any]:
-        return self.membership.disconnected(peer, now)
-
-    def on_dial_failed(self, address: str, now: float) -> list[Any]:
-        self.membership.dial_failed(address, now)
-        return []
 
     def on_message(self, peer: int, msg: Message, now: float) -> list[Any]:
         actions = self.membership.received(peer, msg, now)
