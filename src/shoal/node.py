@@ -672,6 +672,7 @@ class Node:
             for up_callback in self.on_member_up:
                 up_callback(action.peer, action.listen)
             self._boot.member_up(action.peer)
+            self.replicator.needs_repair.add(action.peer)  # a member that comes back is caught up first
         elif isinstance(action, MemberDown):
             if not self._stopping:  # our own goodbye closes every connection: no news
                 log.info("member %016x down (%s)", action.peer, action.reason)

@@ -131,28 +131,36 @@ class Booter:
                 deadline = started + node.boot_wait
                 while time.monotonic() < deadline and not node.membership.group(name):
                     await asyncio.sleep(0.005)
-            group = node.membership.group(name)
-            if not group:
+            if not node.membership.group(name):
                 stats.state = "no peers"
                 return
             sizes = self._sizes[name] = {}
-            for peer in group:
-                node.send(peer, SizeRequest(name))
-            deadline = time.monotonic() + SIZE_WAIT
-            while time.monotonic() < deadline and len(sizes) < len(group):
-                await asyncio.sleep(0.002)
-            donors = [p for p in choose_donors(sizes) if sizes[p][0] > 0]
-            if not donors:
-                stats.state = "peers empty"
-                return
             finished = 0
             with self._gc_paused():
-                for donor in donors:
-                    stats.donors_tried += 1
-                    if await self._stream_from(name, donor, stats):
-                        finished += 1
-                        if finished >= node.warm_donors:
-                            break
+                # Peers come up one by one, so the first round may know only the first seed. If
+                # every donor of a round fails (one killed mid-stream, say), the peers that came
+                # up since are asked in another round: they are the next largest as much as any.
+                while finished < node.warm_donors:
+                    group = [p for p in node.membership.group(name) if p not in sizes]
+                    if not group:
+                        break
+                    for peer in group:
+                        node.send(peer, SizeRequest(name))
+                    deadline = time.monotonic() + SIZE_WAIT
+                    while time.monotonic() < deadline and not all(p in sizes for p in group):
+                        await asyncio.sleep(0.002)
+                    for peer in group:
+                        sizes.setdefault(peer, (0, False))  # no answer: asked, not a donor
+                    donors = [p for p in choose_donors({p: sizes[p] for p in group}) if sizes[p][0] > 0]
+                    for donor in donors:
+                        stats.donors_tried += 1
+                        if await self._stream_from(name, donor, stats):
+                            finished += 1
+                            if finished >= node.warm_donors:
+                                break
+            if not finished and not any(entries for entries, _ in sizes.values()):
+                stats.state = "peers empty"
+                return
             stats.state = "warm" if finished else "not warmed"
             node.freeze_grown_heap()  # what we loaded, out of the collector's sight
         except asyncio.TimeoutError:

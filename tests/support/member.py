@@ -7,8 +7,8 @@ Commands: set, set_range, delete, get, get_range, len, items, keys_digest,
 stats, members, ready, stop. Keys and values are strings (JSON).
 For the fault tests and bench/soak.py: values (the values of a numbered key
 range, None where absent), stamp (set a key to this process's time.time()),
-wait_key (wait on this process until a key holds a value; its time.time() then,
-and the value), rss (this process's VmRSS in kB).
+wait_key (wait on this process until a key holds a value, or the given value; its
+time.time() then, and the value), rss (this process's VmRSS in kB).
 Test hooks for warm boot: hold_dumps (the dumps this member serves stop after
 ``after`` chunks in all, until release_dumps), dumps_held (streams waiting now);
 hold_chunks (dump chunks and ends this member receives are kept, as if still in
@@ -108,13 +108,16 @@ class ChunkGate:
         self.node._loop.call_soon_threadsafe(deliver)
 
 
-def _wait_key(cache: Any, key: str, timeout: float) -> list[Any] | None:
-    """[time.time() when ``key`` first held a value here, the value], or None after ``timeout``."""
+def _wait_key(cache: Any, key: str, wanted: Any, timeout: float) -> list[Any] | None:
+    """[time.time() when ``key`` first held ``wanted`` (any value if None), the value]; None after ``timeout``.
+
+    It polls on this process, so what is measured is when the write landed, not a round trip.
+    """
     deadline = time.monotonic() + timeout
-    while (value := cache.get(key)) is None:
+    while (value := cache.get(key)) is None or (wanted is not None and value != wanted):
         if time.monotonic() > deadline:
             return None
-        time.sleep(0.0002)  # polling, on this process: what is measured is when the write landed
+        time.sleep(0.0002)
     return [time.time(), value]
 
 
@@ -191,7 +194,7 @@ def main() -> int:
             result = time.time()
             cache.set(cmd["key"], result)
         elif op == "wait_key":
-            result = _wait_key(cache, cmd["key"], cmd.get("timeout", 10.0))
+            result = _wait_key(cache, cmd["key"], cmd.get("value"), cmd.get("timeout", 10.0))
         elif op == "rss":
             result = _rss_kb()
         elif op == "stop":
