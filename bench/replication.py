@@ -37,6 +37,7 @@ import contextlib
 import cProfile
 import gc
 import io
+import json
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -188,7 +189,7 @@ def shoal_member(conn: multiprocessing.connection.Connection, seeds: list[str], 
         if freeze:
             gc.freeze()
 
-    node = Node(listen="127.0.0.1:0", seeds=seeds)
+    node = Node(listen="127.0.0.1:0", seeds=seeds, **json.loads(os.environ.get("SHOAL_BENCH_NODE", "{}")))
     cache = node.cache(CACHE)
     store = cache.store
     state: dict[str, Any] = {"target": None, "reached": None, "lags": None}

@@ -61,6 +61,7 @@ log = logging.getLogger("shoal")
 Resolver = Callable[[str, int], Awaitable[list[str]]]
 
 TICK = 0.1
+SCAN_PAUSE = 0.002
 GC_FREEZE_MIN = 50_000
 FLUSH_MAX_OPS = 1000
 
@@ -529,8 +530,10 @@ class Node:
                 self.freeze_grown_heap()
             self._run(self.membership.tick(now))
             self._run(self.replicator.tick(now))
-            # A scan in progress (anti-entropy) goes on a slice per loop turn.
-            await asyncio.sleep(0 if self.replicator.busy else TICK)
+            # A scan in progress (anti-entropy) goes on a slice at a time, with a short
+            # pause between slices: spread out, a round never takes a core away from
+            # replication in one burst (a burst showed as lag spikes on a busy machine).
+            await asyncio.sleep(SCAN_PAUSE if self.replicator.busy else TICK)
 
     async def _discover(self) -> None:
         kind, _, rest = (self.discovery or "").partition(":")

@@ -247,7 +247,7 @@ class Replicator:
         *,
         interval: float = 5.0,
         rng: random.Random | None = None,
-        slice_size: int = 2000,
+        slice_size: int = 1000,
         batch: int = 1000,
     ) -> None:
         self.membership = membership
