@@ -160,7 +160,7 @@ def run_donor(args: argparse.Namespace) -> int:
 
     node = Node(listen="127.0.0.1:0", secret=args.secret)
     cache = node.cache("c")
-    stamp = node.clock.stamp
+    stamp = cache._clock.stamp  # each cache has its own clock
     step = 20_000
     for start in range(0, args.n, step):
         idx = range(start, min(args.n, start + step))
