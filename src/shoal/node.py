@@ -674,7 +674,6 @@ class Node:
             log.info("member %016x up at %s", action.peer, action.listen)
             for up_callback in self.on_member_up:
                 up_callback(action.peer, action.listen)
-            self._boot.member_up(action.peer)
             self.replicator.needs_repair.add(action.peer)  # a member that comes back is caught up first
         elif isinstance(action, MemberDown):
             if not self._stopping:  # our own goodbye closes every connection: no news

@@ -248,9 +248,6 @@ class Booter:
         if stream is not None and stream.donor == peer and not stream.done.done():
             stream.done.set_result(True)
 
-    def member_up(self, peer: int) -> None:
-        pass
-
     def member_down(self, peer: int) -> None:
         for stream in self._streams.values():
             if stream.donor == peer and not stream.done.done():

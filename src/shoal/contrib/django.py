@@ -393,4 +393,4 @@ class ShoalCache(BaseCache):
         self.clear()
 
     async def aclose(self, **kwargs: Any) -> None:
-        pass
+        """Django closes caches after every request; the node outlives requests, so nothing to do."""
