@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import ipaddress
 import logging
@@ -307,7 +308,7 @@ class Node:
             return state.cache
         clock = HybridClock(self.node_id)  # one per cache: it is only called under that cache's lock
         cache = Cache(ttl, max_entries, serializer=serializer, name=name, clock=clock, tombstone_ttl=tombstone_ttl)
-        cache.replicate = lambda op, _name=name: self._enqueue(_name, op)
+        cache.replicate = functools.partial(self._enqueue, name)  # C-level: one Python frame less per write
         self._caches[name] = _CacheState(cache)
         if self._loop is not None and self.membership is not None:
             # Not ready from this moment, not from when the loop gets to _host_cache:
