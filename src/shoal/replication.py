@@ -110,17 +110,6 @@ def bucket_of(key: Key) -> int:
     return key_hash(key) % BUCKETS
 
 
-def _entry_hash(khash: int, version: int, expires: float) -> int:
-    exp = 0 if expires == NEVER else int(expires * 1000)
-    # A version is 128 bits (hlc << 64 | node): both halves must reach the digest.
-    h = (
-        khash * 0x9E3779B97F4A7C15 + (version >> 64) * 0xD6E8FEB86659FD93 + version + exp * 0xC2B2AE3D27D4EB4F
-    ) & _MASK64
-    # a splitmix64-style finaliser spreads every input bit over the whole word
-    h = ((h ^ (h >> 31)) * 0xBF58476D1CE4E5B9) & _MASK64
-    return h ^ (h >> 29)
-
-
 def settled_before(now: float) -> int:
     """The version of ``SETTLE`` seconds ago: newer writes are still in flight.
 
@@ -132,7 +121,12 @@ def settled_before(now: float) -> int:
 
 
 def digests(entries: Iterable[Entry], now: float) -> list[int]:
-    """Per-bucket digests of the live, settled entries (``_entry_hash`` inlined: this loop is hot)."""
+    """Per-bucket digests of the live, settled entries.
+
+    Each entry hashes (key, version, expiry) into 64 bits: both halves of the
+    128-bit version (hlc << 64 | node) go in, then a splitmix64-style finaliser
+    spreads every input bit over the word. Written inline: this loop is hot.
+    """
     sums = [0] * BUCKETS
     crc = zlib.crc32
     mask = _MASK64
