@@ -2,7 +2,7 @@
 
 Every flag of ``serve`` also reads an environment variable (``SHOAL_LISTEN``,
 ``SHOAL_SEEDS``, ``SHOAL_DISCOVERY``, ``SHOAL_SECRET`` or ``SHOAL_SECRET_FILE``,
-``SHOAL_CACHES``), the way a Kubernetes pod spec sets them.
+``SHOAL_CACHES``, ``SHOAL_HTTP``), the way a Kubernetes pod spec sets them.
 """
 
 from __future__ import annotations
@@ -78,10 +78,19 @@ async def _serve(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, stop.set)
     async with node:
         print(f"listening on {node.address} id={node.node_id:016x}", flush=True)
+        http = None
+        if args.http:
+            from . import httpd
+
+            http = await httpd.serve(node, args.http)
+            print(f"http on {httpd.bound_address(http)}", flush=True)
         ready = await node.ready(timeout=args.ready_timeout)
         print(f"ready={ready}", flush=True)
         await stop.wait()
         log.info("stopping on signal")
+        if http is not None:
+            http.close()
+            await http.wait_closed()
     return 0
 
 
@@ -176,6 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--snapshot-path",
         default=_env("SHOAL_SNAPSHOT_PATH"),
         help="file to keep a snapshot in, for a full-cluster restart [SHOAL_SNAPSHOT_PATH]",
+    )
+    serve.add_argument(
+        "--http",
+        default=_env("SHOAL_HTTP"),
+        help="host:port for /metrics, /ready and /live (Kubernetes httpGet probes) [SHOAL_HTTP]",
     )
     serve.add_argument("--failure-timeout", type=float, default=float(_env("SHOAL_FAILURE_TIMEOUT", "5") or 5))
     serve.add_argument("--ready-timeout", type=float, default=60.0)

@@ -1,0 +1,173 @@
+"""The operator's HTTP endpoints, asked over a real socket by the standard library's HTTP client."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import sys
+import urllib.error
+import urllib.request
+
+import prometheus_client
+import pytest
+
+from shoal import httpd
+from shoal.node import Node
+from tests.test_cli import Serve, serve  # noqa: F401  (the fixture)
+
+
+def get(url: str) -> tuple[int, str, str]:
+    """(status, content type, body) of GET url; HTTP errors are answers too."""
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, response.headers["Content-Type"], response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.headers["Content-Type"], error.read().decode()
+
+
+async def aget(address: str, path: str) -> tuple[int, str, str]:
+    return await asyncio.to_thread(get, f"http://{address}{path}")
+
+
+def test_live_and_ready_answer_200_on_a_member_that_finished_its_warm_boot() -> None:
+    async def main() -> tuple[tuple[int, str, str], ...]:
+        async with Node() as node:
+            node.cache("users")
+            assert await node.ready(timeout=10)
+            server = await httpd.serve(node, "127.0.0.1:0")
+            address = httpd.bound_address(server)
+            try:
+                return await aget(address, "/live"), await aget(address, "/ready")
+            finally:
+                server.close()
+                await server.wait_closed()
+
+    live, ready = asyncio.run(main())
+    assert live[0] == 200 and live[2] == "live\n"
+    assert ready[0] == 200 and ready[2] == "ready\n"
+
+
+def test_ready_answers_503_while_the_warm_boot_waits_for_its_seeds_and_live_still_200() -> None:
+    async def main() -> tuple[tuple[int, str, str], ...]:
+        # A seed nobody listens on: the boot waits boot_wait for it, so the member is not ready.
+        with socket.socket() as unused:
+            unused.bind(("127.0.0.1", 0))
+            seed = f"127.0.0.1:{unused.getsockname()[1]}"
+        async with Node(seeds=[seed], boot_wait=60) as node:
+            node.cache("users")
+            server = await httpd.serve(node, "127.0.0.1:0")
+            address = httpd.bound_address(server)
+            try:
+                assert not node.wait_ready(0)
+                return await aget(address, "/ready"), await aget(address, "/live")
+            finally:
+                server.close()
+                await server.wait_closed()
+
+    ready, live = asyncio.run(main())
+    assert ready[0] == 503 and ready[2] == "warming\n"
+    assert live[0] == 200
+
+
+def test_metrics_are_prometheus_text_with_the_caches_figures() -> None:
+    async def main() -> tuple[int, str, str]:
+        async with Node() as node:
+            users = node.cache("users")
+            assert await node.ready(timeout=10)
+            users.set("a", 1)
+            users.get("a")
+            users.get("missing")
+            server = await httpd.serve(node, "127.0.0.1:0")
+            try:
+                return await aget(httpd.bound_address(server), "/metrics")
+            finally:
+                server.close()
+                await server.wait_closed()
+
+    status, kind, body = asyncio.run(main())
+    assert status == 200
+    assert kind == prometheus_client.CONTENT_TYPE_LATEST
+    assert 'shoal_cache_hits_total{cache="users"} 1.0' in body
+    assert 'shoal_cache_misses_total{cache="users"} 1.0' in body
+    assert 'shoal_cache_entries{cache="users"} 1.0' in body
+    assert 'shoal_ready{cache="users"} 1.0' in body
+
+
+def test_without_prometheus_client_metrics_answer_501_and_the_probes_still_work(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)  # import fails as if not installed
+
+    async def main() -> tuple[tuple[int, str, str], ...]:
+        async with Node() as node:
+            server = await httpd.serve(node, "127.0.0.1:0")
+            address = httpd.bound_address(server)
+            try:
+                return await aget(address, "/metrics"), await aget(address, "/ready")
+            finally:
+                server.close()
+                await server.wait_closed()
+
+    metrics, ready = asyncio.run(main())
+    assert metrics[0] == 501 and "pip install 'shoal[prometheus]'" in metrics[2]
+    assert ready[0] == 200
+
+
+def test_unknown_paths_other_methods_and_garbage_get_4xx_and_the_server_keeps_answering() -> None:
+    async def main() -> tuple[int, int, bytes, bytes, tuple[int, str, str]]:
+        async with Node() as node:
+            server = await httpd.serve(node, "127.0.0.1:0")
+            address = httpd.bound_address(server)
+            host, port = address.rsplit(":", 1)
+            try:
+                missing = (await aget(address, "/nope"))[0]
+                request = urllib.request.Request(f"http://{address}/live", method="POST", data=b"x")
+                try:
+                    await asyncio.to_thread(urllib.request.urlopen, request, timeout=10)
+                    posted = 200
+                except urllib.error.HTTPError as error:
+                    posted = error.code
+                reader, writer = await asyncio.open_connection(host, int(port))
+                writer.write(b"\x00\xff garbage\r\n\r\n")
+                garbage = await reader.read()
+                writer.close()
+                reader, writer = await asyncio.open_connection(host, int(port))
+                writer.write(b"GET /" + b"a" * 10_000 + b" HTTP/1.1\r\n\r\n")
+                too_long = await reader.read()
+                writer.close()
+                return missing, posted, garbage, too_long, await aget(address, "/live")
+            finally:
+                server.close()
+                await server.wait_closed()
+
+    missing, posted, garbage, too_long, live = asyncio.run(main())
+    assert missing == 404
+    assert posted == 405
+    assert garbage.startswith(b"HTTP/1.1 400 ")
+    assert too_long.startswith(b"HTTP/1.1 400 ")
+    assert live[0] == 200
+
+
+@pytest.mark.slow
+def test_shoal_serve_http_serves_probes_and_metrics_of_the_running_member(serve: Serve) -> None:  # noqa: F811
+    member = serve("--listen", "127.0.0.1:0", "--secret", "s", "--caches", "acc:60", "--http", "127.0.0.1:0")
+    first = member.line()
+    assert first.startswith("listening on "), first
+    http_line = member.line()
+    assert http_line.startswith("http on 127.0.0.1:"), http_line
+    address = http_line.removeprefix("http on ")
+    assert member.line() == "ready=True"
+    assert get(f"http://{address}/live")[0] == 200
+    assert get(f"http://{address}/ready")[0] == 200
+    status, _, body = get(f"http://{address}/metrics")
+    assert status == 200 and 'shoal_cache_entries{cache="acc"} 0.0' in body
+    member.proc.send_signal(signal.SIGTERM)
+    assert member.proc.wait(15) == 0
+
+
+def test_shoal_http_environment_variable_sets_the_address(serve: Serve) -> None:  # noqa: F811
+    member = serve("--listen", "127.0.0.1:0", "--secret", "s", env={"SHOAL_HTTP": "127.0.0.1:0"})
+    assert member.line().startswith("listening on ")
+    address = member.line().removeprefix("http on ")
+    assert get(f"http://{address}/live")[0] == 200
