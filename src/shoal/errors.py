@@ -21,3 +21,16 @@ class FrameTooLarge(ProtocolError):
 
 class HandshakeError(ProtocolError):
     """The peer could not be admitted: wrong secret, no common version, or a timeout."""
+
+
+class LoaderError(ShoalError):
+    """The loader of a ``fetch`` raised on another member that held the key's load lease.
+
+    Only the exception's type name and text cross the wire (never the object),
+    so this stands in for it: ``type_name`` says what was raised, ``str()`` its text.
+    """
+
+    def __init__(self, type_name: str, text: str) -> None:
+        super().__init__(f"{type_name}: {text}" if text else type_name)
+        self.type_name = type_name
+        self.text = text

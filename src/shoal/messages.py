@@ -11,8 +11,8 @@ Codes are part of the wire format, so a code is never reused or renumbered, and
 a new field goes at the end of a new message rather than into an old one.
 Ranges keep each module's messages together:
 
-    1-9    handshake        20-39  replication
-    10-19  membership       40-59  warm boot        60+  free
+    1-9    handshake        20-39  replication      60-69  operator queries
+    10-19  membership       40-59  warm boot        70-79  load leases    80+  free
 
 Field annotations are limited to msgpack's plain types (int, float, str, bytes,
 bool, ``list[Any]``, ``dict[Any, Any]`` and ``X | None`` of those). That keeps
@@ -322,3 +322,49 @@ class Query(Message):
 class Answer(Message):
     ok: bool
     data: dict[Any, Any]
+
+
+# --- load leases (leases.py): one loader call per key for the whole cluster ----------
+# ``keys`` is a list of str/bytes/int keys of ``cache``; leases.py checks that shape.
+
+
+@message(70)
+class LeaseRequest(Message):
+    """To a key's owner: I missed these keys; may I load them?"""
+
+    cache: str
+    keys: list[Any]
+
+
+@message(71)
+class LeaseGrant(Message):
+    """From the owner: load these keys now; the lease lapses after ``ttl_ms`` and passes on."""
+
+    cache: str
+    keys: list[Any]
+    ttl_ms: int
+
+
+@message(72)
+class LeaseWait(Message):
+    """From the owner: another member is loading these keys; wait for the value (re-ask after ``ttl_ms``)."""
+
+    cache: str
+    keys: list[Any]
+    ttl_ms: int
+
+
+@message(73)
+class LeaseDone(Message):
+    """A load is over: holder to owner, then owner to each waiter.
+
+    ``error_type`` is None when the value was stored (it reaches waiters by
+    replication); otherwise the loader raised, and waiters raise an error carrying
+    the type's name and ``error_text``. Only these two strings cross the wire:
+    an exception object is never sent, so nothing is unpickled.
+    """
+
+    cache: str
+    keys: list[Any]
+    error_type: str | None
+    error_text: str | None

@@ -1,0 +1,408 @@
+"""Load leases: one loader call per key for the whole cluster, however many members miss it.
+
+Theory of operation. Every key of a cache has an *owner*: the member, among the
+live members hosting the cache (this one included), that scores highest for the
+key under rendezvous hashing. Members that agree on who is up agree on owners,
+with no coordination; when one leaves, only its keys move.
+
+A member whose ``fetch`` misses (once per key: local callers are already folded
+into one by ``singleflight.Flights``) asks the owner for the key's *lease*:
+
+- No lease out, and the owner holds no value: the requester gets a ``LeaseGrant``
+  and runs its own loader. Its ``set`` replicates the value to everyone.
+- A lease out to another member: ``LeaseWait``. The requester waits for the
+  value, which arrives by replication (``arrived``), or for the owner's
+  ``LeaseDone`` when the holder reports back.
+- The owner already holds the value: ``LeaseDone`` at once (it is on its way).
+
+The holder reports to the owner with ``LeaseDone`` (with the error's type name
+and text if the loader raised); the owner forwards it to every waiter, so a
+loader error reaches every caller in the cluster and nothing is stored; the next
+fetch asks again. A lease lapses after ``ttl`` (the loader timeout), and a holder
+that goes down loses it at once: the owner hands it to one of the waiters. A
+member whose owner does not answer in time (down, partitioned, lost messages)
+asks again, then loads itself: availability before strictness, so a
+lost owner costs at most one more upstream call per key, never a stuck caller.
+
+This module does no I/O and keeps no clock: the driver feeds it misses, peer
+messages, finished loads, member-down news, arrived keys and time, and carries
+out what it returns: ``Send`` (actions.py), ``Load`` (run the local loader,
+then call ``loaded`` or ``failed``), ``Deliver`` (the value is in the local
+cache: hand it to the local callers) and ``Fail`` (raise this to them). Every
+transition is in this file. Each member plays both roles, owner of some keys
+and requester of others; a request to itself takes the same path as a peer's,
+without the network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .actions import Send
+from .errors import ProtocolError
+from .messages import LeaseDone, LeaseGrant, LeaseRequest, LeaseWait, Message
+from .store import Key
+
+__all__ = ["Deliver", "Fail", "Leases", "Load", "owner_of"]
+
+LEASE_TTL = 10.0  # seconds a holder may load before its lease passes to a waiter
+ASK_TIMEOUT = 1.0  # no answer from the owner in this long: ask again ...
+MAX_ASKS = 2  # ... and after this many unanswered asks, load without a lease
+EXPECT_WAIT = 1.0  # told "loaded" but the value has not arrived: re-ask after this long
+GRACE = 0.5  # a waiter re-asks this long after the lease it waits on should have lapsed
+MAX_KEYS_PER_MESSAGE = 1000
+MAX_LEASES = 100_000  # leases one owner tracks; past it, requesters just load (as with no owner)
+MAX_ERROR_TYPE = 200
+MAX_ERROR_TEXT = 2000
+MAX_TTL_MS = 3_600_000
+
+_LEASE_MESSAGES = (LeaseRequest, LeaseGrant, LeaseWait, LeaseDone)
+
+
+@dataclass(frozen=True, slots=True)
+class Load:
+    """Run the local loader for ``key``, then report with ``Leases.loaded`` or ``Leases.failed``."""
+
+    cache: str
+    key: Key
+
+
+@dataclass(frozen=True, slots=True)
+class Deliver:
+    """The value of ``key`` is in the local cache: give it to the local callers waiting on it."""
+
+    cache: str
+    key: Key
+
+
+@dataclass(frozen=True, slots=True)
+class Fail:
+    """The loader raised on the lease holder: raise ``LoaderError(error_type, error_text)`` to local callers."""
+
+    cache: str
+    key: Key
+    error_type: str
+    error_text: str
+
+
+def owner_of(key: Key, members: Iterable[int]) -> int:
+    """The member that owns ``key``: highest rendezvous score of (key, member id)."""
+    raw = _key_bytes(key)
+    return max(members, key=lambda member: (_score(raw, member), member))
+
+
+def _key_bytes(key: Key) -> bytes:
+    # A type tag, so "1", b"1" and 1 (three different keys) score differently.
+    if type(key) is str:
+        return b"s" + key.encode("utf-8", "surrogatepass")
+    if type(key) is bytes:
+        return b"b" + key
+    return b"i" + str(key).encode()
+
+
+def _score(raw: bytes, member: int) -> int:
+    digest = hashlib.blake2b(raw, digest_size=8, key=member.to_bytes(8, "big")).digest()
+    return int.from_bytes(digest, "big")
+
+
+# A requester's states, per key.
+ASKING = "asking"  # request sent, no answer yet
+WAITING = "waiting"  # another member holds the lease
+EXPECTING = "expecting"  # the load is over; the value is on its way by replication
+LOADING = "loading"  # our loader runs (with the lease, or without one: owner unreachable)
+
+
+@dataclass(slots=True)
+class _Lease:
+    """Owner side: who loads the key, until when, and who waits for it."""
+
+    holder: int
+    expires: float
+    waiters: dict[int, None] = field(default_factory=dict)  # ordered set: the first waiter takes over
+
+
+@dataclass(slots=True)
+class _Want:
+    """Requester side: a key this member's callers wait for."""
+
+    owner: int
+    state: str
+    deadline: float
+    asks: int = 1
+
+
+class Leases:
+    """Both roles of the lease protocol for one member, over every cache it hosts."""
+
+    def __init__(
+        self,
+        node_id: int,
+        peers: Callable[[str], list[int]],
+        holds: Callable[[str, Key], bool],
+        *,
+        ttl: float = LEASE_TTL,
+        ask_timeout: float = ASK_TIMEOUT,
+        max_asks: int = MAX_ASKS,
+    ) -> None:
+        """``peers(cache)``: live peers hosting cache; ``holds(cache, key)``: a live local value exists."""
+        self.node_id = node_id
+        self._peers = peers
+        self._holds = holds
+        self.ttl = ttl
+        self.ask_timeout = ask_timeout
+        self.max_asks = max_asks
+        self.leases: dict[tuple[str, Key], _Lease] = {}
+        self.wants: dict[tuple[str, Key], _Want] = {}
+        self.caches: set[str] = set()  # caches that take part (single_flight="cluster")
+        self.granted = self.waited = self.handed_over = self.unowned_loads = 0
+
+    def owner(self, cache: str, key: Key) -> int:
+        return owner_of(key, [self.node_id, *self._peers(cache)])
+
+    # -- events from the local caller -------------------------------------------------
+
+    def miss(self, cache: str, key: Key, now: float) -> list[Any]:
+        """A local fetch of ``key`` missed and nobody here is loading it yet."""
+        if (cache, key) in self.wants:  # already in hand (a retry after a delivered value vanished)
+            del self.wants[cache, key]
+        return self._ask(cache, key, now, asks=1)
+
+    def loaded(self, cache: str, key: Key, now: float) -> list[Any]:
+        """Our loader returned and the value was set (and queued for replication)."""
+        return self._finished(cache, key, None, None, now)
+
+    def failed(self, cache: str, key: Key, error_type: str, error_text: str, now: float) -> list[Any]:
+        """Our loader raised: every caller in the cluster waiting on the key gets the error."""
+        return self._finished(cache, key, error_type[:MAX_ERROR_TYPE], error_text[:MAX_ERROR_TEXT], now)
+
+    def arrived(self, cache: str, keys: Iterable[Key], now: float) -> list[Any]:
+        """These keys were written here by replication: callers waiting on them are served."""
+        actions: list[Any] = []
+        for key in keys:
+            want = self.wants.get((cache, key))
+            if want is not None and want.state != LOADING and self._holds(cache, key):
+                del self.wants[cache, key]
+                actions.append(Deliver(cache, key))
+        return actions
+
+    # -- events from the cluster -------------------------------------------------------
+
+    def received(self, peer: int, msg: Message, now: float) -> list[Any]:
+        if not isinstance(msg, _LEASE_MESSAGES):
+            raise ProtocolError(f"unexpected {type(msg).__name__}")
+        keys = _checked_keys(msg.keys)
+        cache = msg.cache
+        actions: list[Any] = []
+        if isinstance(msg, LeaseRequest):
+            for key in keys:
+                actions += self._reply(peer, cache, key, self._request(peer, cache, key, now))
+        elif isinstance(msg, LeaseGrant):
+            _checked_ttl(msg.ttl_ms)
+            for key in keys:
+                actions += self._granted(peer, cache, key, now)
+        elif isinstance(msg, LeaseWait):
+            ttl = _checked_ttl(msg.ttl_ms)
+            for key in keys:
+                want = self.wants.get((cache, key))
+                if want is not None and want.owner == peer and want.state in (ASKING, WAITING):
+                    want.state, want.deadline = WAITING, now + ttl + GRACE
+        else:
+            error = _checked_error(msg.error_type, msg.error_text)
+            for key in keys:
+                lease = self.leases.get((cache, key))
+                if lease is not None and lease.holder == peer:
+                    actions += self._release(cache, key, lease, error, now)
+                else:
+                    actions += self._outcome(peer, cache, key, error, now)
+        return actions
+
+    def member_down(self, peer: int, now: float) -> list[Any]:
+        """A member left or failed: its leases pass on, and keys it owned are asked of their new owner."""
+        actions: list[Any] = []
+        for (cache, key), lease in list(self.leases.items()):
+            lease.waiters.pop(peer, None)
+            if lease.holder == peer:
+                actions += self._lapse(cache, key, lease, now)
+        for (cache, key), want in list(self.wants.items()):
+            if want.owner == peer and want.state != LOADING:
+                actions += self._ask(cache, key, now, asks=want.asks)
+        return actions
+
+    def tick(self, now: float) -> list[Any]:
+        actions: list[Any] = []
+        for (cache, key), lease in list(self.leases.items()):
+            if lease.expires <= now:
+                actions += self._lapse(cache, key, lease, now)
+        for (cache, key), want in list(self.wants.items()):
+            if want.state == LOADING or want.deadline > now:
+                continue
+            if self._holds(cache, key):
+                del self.wants[cache, key]
+                actions.append(Deliver(cache, key))
+            elif want.state == WAITING:  # the lease should have lapsed by now: the owner passes it on
+                actions += self._ask(cache, key, now, asks=want.asks)
+            elif want.asks >= self.max_asks:
+                # No answer from the owner, or a value it says is stored never came: load
+                # without a lease rather than keep the callers waiting.
+                want.state = LOADING
+                self.unowned_loads += 1
+                actions.append(Load(cache, key))
+            else:
+                actions += self._ask(cache, key, now, asks=want.asks + 1)
+        return actions
+
+    # -- requester ---------------------------------------------------------------------
+
+    def _ask(self, cache: str, key: Key, now: float, asks: int) -> list[Any]:
+        owner = self.owner(cache, key)
+        self.wants[cache, key] = _Want(owner, ASKING, now + self.ask_timeout, asks)
+        if owner == self.node_id:
+            return self._answer_self(cache, key, self._request(owner, cache, key, now), now)
+        return [Send(owner, LeaseRequest(cache, [key]))]
+
+    def _answer_self(self, cache: str, key: Key, reply: tuple[str, float], now: float) -> list[Any]:
+        kind, ttl = reply
+        if kind == "grant":
+            return self._granted(self.node_id, cache, key, now)
+        want = self.wants[cache, key]
+        if kind == "wait":
+            want.state, want.deadline = WAITING, now + ttl + GRACE
+            return []
+        return self._outcome(self.node_id, cache, key, None, now)
+
+    def _granted(self, owner: int, cache: str, key: Key, now: float) -> list[Any]:
+        want = self.wants.get((cache, key))
+        if want is None or want.owner != owner:
+            # We no longer need it (the value came meanwhile, or we asked someone else):
+            # give the lease back so the owner does not wait out its ttl.
+            lease = self.leases.get((cache, key)) if owner == self.node_id else None
+            if lease is not None:
+                return self._release(cache, key, lease, None, now)
+            return [] if owner == self.node_id else [Send(owner, LeaseDone(cache, [key], None, None))]
+        if want.state == LOADING:
+            return []
+        want.state = LOADING
+        return [Load(cache, key)]
+
+    def _outcome(self, peer: int, cache: str, key: Key, error: tuple[str, str] | None, now: float) -> list[Any]:
+        """The load we waited on is over (told by its owner, ``peer``)."""
+        want = self.wants.get((cache, key))
+        if want is None or want.owner != peer or want.state == LOADING:
+            return []
+        if error is not None:
+            del self.wants[cache, key]
+            return [Fail(cache, key, *error)]
+        if self._holds(cache, key):
+            del self.wants[cache, key]
+            return [Deliver(cache, key)]
+        want.state, want.deadline = EXPECTING, now + EXPECT_WAIT
+        return []
+
+    def _finished(self, cache: str, key: Key, error_type: str | None, error_text: str | None, now: float) -> list[Any]:
+        want = self.wants.pop((cache, key), None)
+        owner = want.owner if want is not None else self.owner(cache, key)
+        if owner != self.node_id:
+            return [Send(owner, LeaseDone(cache, [key], error_type, error_text))]
+        lease = self.leases.get((cache, key))
+        if lease is None or lease.holder != self.node_id:
+            return []
+        error = None if error_type is None else (error_type, error_text or "")
+        return self._release(cache, key, lease, error, now)
+
+    # -- owner ---------------------------------------------------------------------------
+
+    def _request(self, requester: int, cache: str, key: Key, now: float) -> tuple[str, float]:
+        """The owner's answer to a request: ("grant" | "wait" | "done", seconds left on the lease)."""
+        if cache not in self.caches:  # a cache we run no leases for: nothing to arbitrate
+            return "grant", self.ttl
+        if self._holds(cache, key):  # already loaded: the value is on its way to the requester
+            return "done", 0.0
+        lease = self.leases.get((cache, key))
+        if lease is None or lease.expires <= now:
+            if lease is None and len(self.leases) >= MAX_LEASES:
+                return "grant", self.ttl  # over the bound: let it load, keep no record
+            self.leases[cache, key] = _Lease(requester, now + self.ttl)
+            self.granted += 1
+            return "grant", self.ttl
+        if lease.holder == requester:  # our grant was lost, or it asks again: it still holds it
+            return "grant", lease.expires - now
+        lease.waiters[requester] = None
+        self.waited += 1
+        return "wait", lease.expires - now
+
+    def _reply(self, peer: int, cache: str, key: Key, reply: tuple[str, float]) -> list[Any]:
+        kind, ttl = reply
+        ttl_ms = max(0, min(MAX_TTL_MS, round(ttl * 1000)))
+        if kind == "grant":
+            return [Send(peer, LeaseGrant(cache, [key], ttl_ms))]
+        if kind == "wait":
+            return [Send(peer, LeaseWait(cache, [key], ttl_ms))]
+        return [Send(peer, LeaseDone(cache, [key], None, None))]
+
+    def _release(self, cache: str, key: Key, lease: _Lease, error: tuple[str, str] | None, now: float) -> list[Any]:
+        """The holder reported: the lease ends and every waiter hears how the load went."""
+        del self.leases[cache, key]
+        actions: list[Any] = []
+        for waiter in lease.waiters:
+            if waiter == self.node_id:
+                actions += self._outcome(self.node_id, cache, key, error, now)
+            else:
+                error_type, error_text = error if error is not None else (None, None)
+                actions.append(Send(waiter, LeaseDone(cache, [key], error_type, error_text)))
+        return actions
+
+    def _lapse(self, cache: str, key: Key, lease: _Lease, now: float) -> list[Any]:
+        """The holder is gone or over time: pass the lease to the first waiter (or end it)."""
+        if self._holds(cache, key) or not lease.waiters:
+            return self._release(cache, key, lease, None, now)
+        waiter = next(iter(lease.waiters))
+        del lease.waiters[waiter]
+        lease.holder, lease.expires = waiter, now + self.ttl
+        self.handed_over += 1
+        if waiter == self.node_id:
+            return self._granted(self.node_id, cache, key, now)
+        return [Send(waiter, LeaseGrant(cache, [key], round(self.ttl * 1000)))]
+
+    def figures(self) -> dict[str, int]:
+        return {
+            "leases_held": len(self.leases),
+            "leases_granted": self.granted,
+            "lease_waits": self.waited,
+            "leases_handed_over": self.handed_over,
+            "loads_without_lease": self.unowned_loads,
+        }
+
+
+def is_lease_message(msg: Message) -> bool:
+    return isinstance(msg, _LEASE_MESSAGES)
+
+
+# -- checks on what a peer sent (error texts never echo the data) ---------------------------
+
+
+def _checked_keys(keys: list[Any]) -> list[Key]:
+    if len(keys) > MAX_KEYS_PER_MESSAGE:
+        raise ProtocolError(f"a lease message names at most {MAX_KEYS_PER_MESSAGE} keys")
+    for key in keys:
+        if type(key) not in (str, bytes, int):
+            raise ProtocolError("a lease message names a key that is not str, bytes or int")
+    return keys
+
+
+def _checked_ttl(ttl_ms: int) -> float:
+    if not 0 <= ttl_ms <= MAX_TTL_MS:
+        raise ProtocolError(f"a lease ttl is 0..{MAX_TTL_MS} ms")
+    return ttl_ms / 1000
+
+
+def _checked_error(error_type: str | None, error_text: str | None) -> tuple[str, str] | None:
+    if error_type is None:
+        if error_text is not None:
+            raise ProtocolError("a lease outcome with an error text names the error type")
+        return None
+    if len(error_type) > MAX_ERROR_TYPE or (error_text is not None and len(error_text) > MAX_ERROR_TEXT):
+        raise ProtocolError(f"an error type is at most {MAX_ERROR_TYPE} characters, its text {MAX_ERROR_TEXT}")
+    return error_type, error_text or ""

@@ -1,0 +1,457 @@
+"""Load leases (leases.py): the state machine by hand, then members in the simulated network.
+
+The first half drives ``Leases`` objects directly: messages are handed from one
+to another by the test, so each step of the protocol can be looked at. The
+second half runs whole members (membership, replication, leases) in the
+deterministic simulator, with loaders that take virtual time, lost messages and
+crashes, and counts loader calls.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Iterable
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sim.network import Sim
+from sim.nodes import ReplicaNode
+
+from shoal.actions import MemberDown, Send
+from shoal.errors import ProtocolError
+from shoal.leases import Deliver, Fail, Leases, Load, owner_of
+from shoal.messages import LeaseDone, LeaseGrant, LeaseRequest, LeaseWait, Message, from_array, to_array
+from shoal.store import Key
+
+# -- the state machine by hand ----------------------------------------------------------------
+
+A, B, C = 1, 2, 3
+
+
+class Members:
+    """Three members' Leases with hand-carried messages; ``values`` is what each member's cache holds."""
+
+    def __init__(self, ids: Iterable[int] = (A, B, C), ttl: float = 10.0) -> None:
+        self.up = set(ids)
+        self.values: dict[int, set[Key]] = {i: set() for i in self.up}
+        self.leases = {i: self._leases(i, ttl) for i in self.up}
+        self.inbox: list[tuple[int, int, Message]] = []  # (from, to, message)
+        self.local: dict[int, list[Any]] = {i: [] for i in self.up}  # Load/Deliver/Fail each got
+
+    def _leases(self, me: int, ttl: float) -> Leases:
+        leases = Leases(me, lambda cache: sorted(self.up - {me}), lambda cache, key: key in self.values[me], ttl=ttl)
+        leases.caches.add("c")
+        return leases
+
+    def do(self, me: int, actions: list[Any]) -> None:
+        for action in actions:
+            if isinstance(action, Send):
+                # every message goes through the wire format, as it would on a socket
+                self.inbox.append((me, action.peer, from_array(to_array(action.msg))))
+            else:
+                self.local[me].append(action)
+
+    def deliver_all(self, now: float = 0.0) -> None:
+        while self.inbox:
+            src, dst, msg = self.inbox.pop(0)
+            if dst in self.up:
+                self.do(dst, self.leases[dst].received(src, msg, now))
+
+    def key_owned_by(self, owner: int) -> str:
+        return next(k for k in (f"k{i}" for i in range(1000)) if owner_of(k, self.up) == owner)
+
+
+def loads(members: Members, me: int) -> list[Key]:
+    return [a.key for a in members.local[me] if isinstance(a, Load)]
+
+
+def test_every_member_computes_the_same_owner_and_a_departure_moves_only_that_members_keys() -> None:
+    keys = [f"user:{i}" for i in range(300)] + [b"raw", 7, -1, 2**63]
+    before = {key: owner_of(key, [A, B, C]) for key in keys}
+    assert before == {key: owner_of(key, [C, A, B]) for key in keys}
+    assert set(before.values()) == {A, B, C}  # spread over every member
+    after = {key: owner_of(key, [A, C]) for key in keys}
+    assert all(after[key] == before[key] for key in keys if before[key] != B)
+
+
+def test_first_miss_gets_the_lease_and_later_misses_wait_then_get_the_value() -> None:
+    m = Members()
+    key = m.key_owned_by(C)
+    m.do(A, m.leases[A].miss("c", key, 0.0))
+    m.deliver_all()
+    assert loads(m, A) == [key]
+    m.do(B, m.leases[B].miss("c", key, 0.1))
+    m.do(C, m.leases[C].miss("c", key, 0.1))
+    m.deliver_all()
+    assert loads(m, B) == loads(m, C) == []
+    m.values[A].add(key)  # A's loader returned: it set the value
+    m.do(A, m.leases[A].loaded("c", key, 0.2))
+    m.values[C].add(key)  # replication reached C before the owner's word went out
+    m.deliver_all()
+    assert m.local[C] == [Deliver("c", key)]
+    assert m.local[B] == []  # told the load is over, B waits for the value itself
+    m.values[B].add(key)
+    m.do(B, m.leases[B].arrived("c", [key], 0.3))
+    assert m.local[B] == [Deliver("c", key)]
+    assert not any(leases.leases or leases.wants for leases in m.leases.values())
+
+
+def test_a_loader_error_reaches_every_waiter_with_its_type_and_text_and_the_next_miss_asks_again() -> None:
+    m = Members()
+    key = m.key_owned_by(B)
+    m.do(A, m.leases[A].miss("c", key, 0.0))
+    m.deliver_all()
+    m.do(B, m.leases[B].miss("c", key, 0.0))
+    m.do(C, m.leases[C].miss("c", key, 0.0))
+    m.deliver_all()
+    m.do(A, m.leases[A].failed("c", key, "TimeoutError", "upstream took too long", 0.5))
+    m.deliver_all()
+    assert m.local[B] == m.local[C] == [Fail("c", key, "TimeoutError", "upstream took too long")]
+    m.do(C, m.leases[C].miss("c", key, 1.0))
+    m.deliver_all()
+    assert loads(m, C) == [key]  # nothing was stored and the lease is free: C loads
+
+
+def test_a_holder_that_goes_down_hands_its_lease_to_the_first_waiter() -> None:
+    m = Members()
+    key = m.key_owned_by(C)
+    m.do(A, m.leases[A].miss("c", key, 0.0))
+    m.deliver_all()
+    m.do(B, m.leases[B].miss("c", key, 0.1))
+    m.deliver_all()
+    m.up.discard(A)
+    m.do(C, m.leases[C].member_down(A, 0.2))
+    m.do(B, m.leases[B].member_down(A, 0.2))
+    m.deliver_all()
+    assert loads(m, B) == [key]
+    assert m.leases[C].handed_over == 1
+
+
+def test_a_lease_lapses_after_its_ttl_and_passes_to_a_waiter() -> None:
+    m = Members(ttl=5.0)
+    key = m.key_owned_by(C)
+    m.do(A, m.leases[A].miss("c", key, 0.0))
+    m.deliver_all()
+    m.do(B, m.leases[B].miss("c", key, 1.0))
+    m.deliver_all()
+    m.do(C, m.leases[C].tick(4.9))
+    assert loads(m, B) == [] and not m.inbox
+    m.do(C, m.leases[C].tick(5.0))
+    m.deliver_all()
+    assert loads(m, B) == [key]
+
+
+def test_a_member_whose_owner_never_answers_asks_again_then_loads_itself() -> None:
+    m = Members()
+    key = m.key_owned_by(C)
+    m.do(A, m.leases[A].miss("c", key, 0.0))
+    m.inbox.clear()  # the request is lost
+    m.do(A, m.leases[A].tick(0.5))
+    assert not m.inbox
+    m.do(A, m.leases[A].tick(1.0))
+    assert [type(msg) for _, _, msg in m.inbox] == [LeaseRequest]  # asked again
+    m.inbox.clear()
+    m.do(A, m.leases[A].tick(2.0))
+    assert loads(m, A) == [key]
+    assert m.leases[A].unowned_loads == 1
+
+
+def test_a_lost_grant_is_sent_again_when_the_holder_asks_again() -> None:
+    m = Members()
+    key = m.key_owned_by(C)
+    m.do(A, m.leases[A].miss("c", key, 0.0))
+    m.deliver_all()  # C grants ...
+    m.local[A].clear()
+    m.leases[A].wants[("c", key)].state = "asking"  # ... as if the grant never arrived
+    m.do(A, m.leases[A].tick(1.0))
+    m.deliver_all()
+    assert loads(m, A) == [key]
+    assert m.leases[C].granted == 1
+
+
+def test_the_owner_that_already_holds_the_value_answers_done_at_once() -> None:
+    m = Members()
+    key = m.key_owned_by(C)
+    m.values[C].add(key)
+    m.do(A, m.leases[A].miss("c", key, 0.0))
+    m.deliver_all()
+    assert loads(m, A) == [] and m.leases[C].granted == 0
+    m.values[A].add(key)
+    m.do(A, m.leases[A].tick(1.0))
+    assert m.local[A] == [Deliver("c", key)]
+
+
+def test_keys_owned_by_a_member_that_goes_down_are_asked_of_their_new_owner() -> None:
+    m = Members()
+    key = m.key_owned_by(C)
+    m.do(A, m.leases[A].miss("c", key, 0.0))
+    m.inbox.clear()  # C dies with the request unanswered
+    m.up.discard(C)
+    m.do(A, m.leases[A].member_down(C, 0.1))
+    m.deliver_all()
+    assert loads(m, A) == [key]  # the new owner (A or B) granted it
+    assert owner_of(key, [A, B]) in (A, B)
+
+
+def test_a_peer_that_holds_no_lease_cannot_end_one() -> None:
+    m = Members()
+    key = m.key_owned_by(C)
+    m.do(A, m.leases[A].miss("c", key, 0.0))
+    m.deliver_all()
+    m.do(C, m.leases[C].received(B, LeaseDone("c", [key], "Forged", "x"), 0.1))
+    assert ("c", key) in m.leases[C].leases and not m.inbox
+
+
+@pytest.mark.parametrize(
+    "msg, rule",
+    [
+        (LeaseRequest("c", [1.5]), "not str, bytes or int"),
+        (LeaseRequest("c", [["nested"]]), "not str, bytes or int"),
+        (LeaseRequest("c", list(range(1001))), "at most 1000 keys"),
+        (LeaseGrant("c", ["k"], -1), "lease ttl"),
+        (LeaseWait("c", ["k"], 10**12), "lease ttl"),
+        (LeaseDone("c", ["k"], None, "text without a type"), "names the error type"),
+        (LeaseDone("c", ["k"], "E" * 5000, ""), "at most 200 characters"),
+        (LeaseDone("c", ["k"], "E", "x" * 100_000), "at most 200 characters"),
+    ],
+)
+def test_malformed_lease_messages_are_refused_without_echoing_their_content(msg: Message, rule: str) -> None:
+    leases = Members().leases[A]
+    with pytest.raises(ProtocolError) as refused:
+        leases.received(B, msg, 0.0)
+    assert rule in str(refused.value)
+    assert "nested" not in str(refused.value) and "xxxx" not in str(refused.value)
+    assert len(str(refused.value)) < 120
+
+
+def test_lease_messages_with_wrong_field_types_are_refused_on_arrival() -> None:
+    with pytest.raises(ProtocolError, match=r"LeaseGrant\.ttl_ms must be int"):
+        from_array([LeaseGrant.code, "c", ["k"], "soon"])
+    with pytest.raises(ProtocolError, match=r"LeaseDone\.error_type must be str"):
+        from_array([LeaseDone.code, "c", ["k"], 42, None])
+
+
+# -- whole members in the simulated network ---------------------------------------------------
+
+LOAD_TIME = 0.2
+
+
+class LeaseNode(ReplicaNode):
+    """A simulated member: membership, replication of cache "c", and leases over it.
+
+    ``fetch(key)`` is a caller on this member; its outcome lands in ``outcomes``.
+    A ``Load`` runs a loader that takes ``LOAD_TIME`` virtual seconds, then sets
+    the value (or raises, for keys in ``failing``). Every loader call is counted in
+    the shared ``calls``, across members and restarts.
+    """
+
+    sim: Sim
+    calls: Counter[Key]
+    failing: set[Key]
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        me = self.membership.node_id
+        self.leases = Leases(me, self.membership.group, lambda cache, key: key in self.cache)
+        self.leases.caches.add("c")
+        self.waiting: set[Key] = set()
+        self.outcomes: list[tuple[Key, str, Any]] = []
+
+    def fetch(self, key: Key, now: float) -> list[Any]:
+        if key in self.cache:
+            self.outcomes.append((key, "value", self.cache.get(key)))
+            return []
+        if key in self.waiting:  # a second local caller joins the local flight
+            return []
+        self.waiting.add(key)
+        return self._handle(self.leases.miss("c", key, now), now)
+
+    def _handle(self, actions: list[Any], now: float) -> list[Any]:
+        out: list[Any] = []
+        work = list(actions)
+        while work:
+            action = work.pop(0)
+            if isinstance(action, Load):
+                self._start_load(action.key)
+            elif isinstance(action, Deliver):
+                self.waiting.discard(action.key)
+                self.outcomes.append((action.key, "value", self.cache.get(action.key)))
+            elif isinstance(action, Fail):
+                self.waiting.discard(action.key)
+                self.outcomes.append((action.key, "error", action.error_type))
+            else:
+                if isinstance(action, MemberDown):
+                    work += self.leases.member_down(action.peer, now)
+                out.append(action)
+        return out
+
+    def _start_load(self, key: Key) -> None:
+        self.calls[key] += 1
+        me = self.membership.node_id
+
+        def finish() -> None:
+            if self.sim.nodes.get(me) is self:  # not crashed meanwhile
+                self.sim.act(me, lambda node, now: node.finish_load(key, now))
+
+        self.sim.call_later(LOAD_TIME, finish)
+
+    def finish_load(self, key: Key, now: float) -> list[Any]:
+        self.waiting.discard(key)
+        if key in self.failing:
+            self.outcomes.append((key, "error", "LookupError"))
+            return self._handle(self.leases.failed("c", key, "LookupError", "no such user", now), now)
+        self.cache.set(key, f"value of {key}")
+        self.outcomes.append((key, "value", f"value of {key}"))
+        return self.replicator.flush() + self._handle(self.leases.loaded("c", key, now), now)
+
+    def on_tick(self, now: float) -> list[Any]:
+        return self._handle(super().on_tick(now) + self.leases.tick(now), now)
+
+    def on_connected(self, peer: int, listen: str, now: float, dialed: str | None) -> list[Any]:
+        return self._handle(super().on_connected(peer, listen, now, dialed), now)
+
+    def on_disconnected(self, peer: int, now: float) -> list[Any]:
+        return self._handle(super().on_disconnected(peer, now), now)
+
+    def on_message(self, peer: int, msg: Message, now: float) -> list[Any]:
+        if isinstance(msg, (LeaseRequest, LeaseGrant, LeaseWait, LeaseDone)):
+            self.membership.heard(peer, now)
+            return self._handle(self.leases.received(peer, msg, now), now)
+        actions = super().on_message(peer, msg, now)
+        if hasattr(msg, "ops") and self.waiting:
+            actions += self.leases.arrived("c", [op[1] for op in msg.ops], now)
+        return self._handle(actions, now)
+
+
+def lease_cluster(sim: Sim, size: int, calls: Counter[Key], failing: Iterable[Key] = ()) -> list[int]:
+    build = LeaseNode.factory(lambda: sim.now, seeds=["sim:1"], interval=1.0, failure_timeout=2.0)
+    failing_keys = set(failing)
+
+    def factory(node_id: int, address: str, rng: random.Random) -> LeaseNode:
+        node: LeaseNode = build(node_id, address, rng)
+        node.sim, node.calls, node.failing = sim, calls, failing_keys
+        return node
+
+    ids = [sim.add(factory) for _ in range(size)]
+    assert sim.run_until(lambda: all(len(member(sim, i).membership.group("c")) == size - 1 for i in ids), 30)
+    return ids
+
+
+def member(sim: Sim, node_id: int) -> LeaseNode:
+    node = sim.nodes[node_id]
+    assert isinstance(node, LeaseNode)
+    return node
+
+
+def burst(sim: Sim, ids: list[int], keys: list[Key], callers: int, spread: float) -> None:
+    """``callers`` fetches of every key on every member, at random moments within ``spread`` seconds."""
+    for node_id in ids:
+        for key in keys:
+            for _ in range(callers):
+
+                def call(node_id: int = node_id, key: Key = key) -> None:
+                    if node_id in sim.nodes:
+                        sim.act(node_id, lambda node, now: node.fetch(key, now))
+
+                sim.call_later(sim.rng.uniform(0, spread), call)
+
+
+def answered(sim: Sim, node_id: int, keys: Iterable[Key]) -> bool:
+    node = member(sim, node_id)
+    return not node.waiting and {k for k, _, _ in node.outcomes} >= set(keys)
+
+
+def test_sim_a_burst_on_three_members_loads_each_key_once_for_the_whole_cluster() -> None:
+    sim = Sim(seed=11)
+    calls: Counter[Key] = Counter()
+    ids = lease_cluster(sim, 3, calls)
+    keys = [f"user:{i}" for i in range(10)]
+    burst(sim, ids, keys, callers=20, spread=0.05)
+    assert sim.run_until(lambda: all(answered(sim, i, keys) for i in ids), 10)
+    assert calls == Counter({key: 1 for key in keys})
+    for i in ids:
+        assert {(k, kind, v) for k, kind, v in member(sim, i).outcomes} == {
+            (key, "value", f"value of {key}") for key in keys
+        }
+
+
+def test_sim_a_loader_error_reaches_every_member_and_the_next_fetch_loads_again() -> None:
+    sim = Sim(seed=12)
+    calls: Counter[Key] = Counter()
+    ids = lease_cluster(sim, 3, calls, failing=["bad"])
+    burst(sim, ids, ["bad"], callers=5, spread=0.05)
+    assert sim.run_until(lambda: all(answered(sim, i, ["bad"]) for i in ids), 10)
+    assert calls["bad"] == 1
+    assert all(member(sim, i).outcomes == [("bad", "error", "LookupError")] for i in ids)
+    member(sim, ids[1]).failing.clear()  # the upstream recovers (the set is shared)
+    sim.act(ids[1], lambda node, now: node.fetch("bad", now))
+    assert sim.run_until(lambda: answered(sim, ids[1], ["bad"]) and len(member(sim, ids[1]).outcomes) == 2, 10)
+    assert calls["bad"] == 2 and member(sim, ids[1]).outcomes[-1] == ("bad", "value", "value of bad")
+
+
+@pytest.mark.parametrize("fin", [True, False], ids=["crash", "power-cut"])
+def test_sim_a_lease_holder_that_crashes_mid_load_costs_one_more_load_and_every_survivor_gets_the_value(
+    fin: bool,
+) -> None:
+    sim = Sim(seed=13)
+    calls: Counter[Key] = Counter()
+    ids = lease_cluster(sim, 3, calls)
+    owner = owner_of("k", ids)
+    holder = next(i for i in ids if i != owner)
+    sim.act(holder, lambda node, now: node.fetch("k", now))
+    sim.run_for(0.05)  # the holder has its grant and is loading
+    assert calls["k"] == 1
+    burst(sim, [i for i in ids if i != holder], ["k"], callers=5, spread=0.05)
+    sim.run_for(0.06)
+    sim.crash(holder, fin=fin)
+    survivors = [i for i in ids if i != holder]
+    assert sim.run_until(lambda: all(answered(sim, i, ["k"]) for i in survivors), 30)
+    assert calls["k"] == 2
+    assert all(member(sim, i).outcomes == [("k", "value", "value of k")] for i in survivors)
+
+
+def test_sim_an_owner_cut_off_by_a_partition_leaves_each_side_loading_for_itself() -> None:
+    sim = Sim(seed=14)
+    calls: Counter[Key] = Counter()
+    ids = lease_cluster(sim, 3, calls)
+    owner = owner_of("k", ids)
+    others = [i for i in ids if i != owner]
+    sim.partition([owner], others)
+    burst(sim, others, ["k"], callers=3, spread=0.05)
+    assert sim.run_until(lambda: all(answered(sim, i, ["k"]) for i in others), 30)
+    assert 1 <= calls["k"] <= 2  # no owner to agree on: at most one load per member, never a stuck caller
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    seed=st.integers(0, 2**32),
+    drop=st.sampled_from([0.0, 0.05, 0.2]),
+    crash_at=st.one_of(st.none(), st.floats(0.0, 0.5)),
+    fin=st.booleans(),
+)
+def test_sim_under_drops_and_a_crash_every_surviving_caller_is_answered_and_loads_stay_bounded(
+    seed: int, drop: float, crash_at: float | None, fin: bool
+) -> None:
+    sim = Sim(seed=seed)
+    calls: Counter[Key] = Counter()
+    ids = lease_cluster(sim, 3, calls)
+    sim.drop = drop
+    keys = [f"k{i}" for i in range(4)]
+    burst(sim, ids, keys, callers=3, spread=0.3)
+    victim = sim.rng.choice(ids)
+    if crash_at is not None:
+        sim.call_later(crash_at, lambda: sim.crash(victim, fin=fin))
+    survivors = [i for i in ids if crash_at is None or i != victim]
+    assert sim.run_until(lambda: all(answered(sim, i, keys) for i in survivors), 60), "a caller was left waiting"
+    for i in survivors:
+        for key, kind, value in member(sim, i).outcomes:
+            assert (kind, value) == ("value", f"value of {key}")
+    if drop == 0.0:
+        # No lost messages: one load per key, plus one for a holder lost with the crash.
+        assert all(calls[key] <= (1 if crash_at is None else 2) for key in keys), calls
+    else:
+        # A lost request costs its member a load of its own at most.
+        assert all(calls[key] <= len(ids) + 1 for key in keys), calls
