@@ -17,13 +17,14 @@ import os
 import threading
 import time
 from collections.abc import Callable, Hashable, Iterable, Mapping
+from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import timedelta
 from typing import Any, TypeVar, cast
 
 from . import sweeper
 from .clock import HybridClock
 from .serializer import MsgpackSerializer, Serializer
-from .singleflight import Flights
+from .singleflight import LOAD, ClusterFlights, Flights
 from .store import CLEAR, DELETE, NEVER, WRITE, Key, Store
 
 __all__ = ["Cache", "DEFAULT", "Op"]
@@ -43,6 +44,7 @@ DEFAULT: Any = _Default()
 """Use the cache's own ttl."""
 
 _MISSING: Any = object()
+_CLUSTER_ASKS = 3  # a value delivered then deleted before we read it: ask again, this many times in all
 _KEY_TYPES = (str, bytes, int)
 TTL = float | int | timedelta | None
 
@@ -90,6 +92,7 @@ class Cache:
         self._lock = threading.Lock()
         self._flights = Flights()
         self.replicate: Callable[[Op], None] | None = None
+        self.cluster: ClusterFlights | None = None  # set by a Node: single flight across members
         # itertools.count: next() is atomic under the GIL and allocates nothing lasting,
         # so the hit path counts exactly without a lock.
         self._hits = itertools.count()
@@ -270,6 +273,20 @@ class Cache:
             return flight.result()
         try:
             value = self._peek(key)
+            # Waiting on the node's own loop would stop the answer from coming: local only there.
+            cluster = self.cluster if self.cluster is not None and not self.cluster.on_loop() else None
+            for _ in range(_CLUSTER_ASKS):
+                if value is not _MISSING or cluster is None:
+                    break
+                asked = cluster.begin(self.name, key)
+                try:
+                    answer = asked.result(cluster.limit)
+                except FutureTimeout:
+                    answer = LOAD
+                if answer == LOAD:
+                    value = self._load_reporting(key, loader, ttl)
+                    break
+                value = self._peek(key)  # delivered; _MISSING if deleted since: ask again
             if value is _MISSING:
                 value = self._load(key, loader(key), ttl)
         except BaseException as exc:
@@ -277,6 +294,17 @@ class Cache:
             self._flights.land(key, flight, error=exc)
             raise
         self._flights.land(key, flight, value)
+        return value
+
+    def _load_reporting(self, key: Key, loader: Callable[[Key], Any], ttl: TTL) -> Any:
+        """Load with the cluster's lease, and tell the cluster how it went."""
+        assert self.cluster is not None
+        try:
+            value = self._load(key, loader(key), ttl)
+        except BaseException as exc:
+            self.cluster.finish(self.name, key, exc)
+            raise
+        self.cluster.finish(self.name, key)
         return value
 
     async def afetch(self, key: Key, loader: Callable[[Key], Any], ttl: TTL = DEFAULT) -> Any:
@@ -290,14 +318,34 @@ class Cache:
             return await asyncio.shield(asyncio.wrap_future(flight))
         try:
             value = self._peek(key)
+            leased = False
+            for _ in range(_CLUSTER_ASKS):
+                if value is not _MISSING or self.cluster is None:
+                    break
+                asked = asyncio.wrap_future(self.cluster.begin(self.name, key))
+                try:
+                    answer = await asyncio.wait_for(asyncio.shield(asked), self.cluster.limit)
+                except asyncio.TimeoutError:
+                    answer = LOAD
+                if answer == LOAD:
+                    leased = True
+                    break
+                value = self._peek(key)
             if value is _MISSING:
-                if _is_async(loader):
-                    loaded = await loader(key)
-                else:
-                    loaded = await asyncio.get_running_loop().run_in_executor(None, loader, key)
-                    if inspect.isawaitable(loaded):
-                        loaded = await loaded
-                value = self._load(key, loaded, ttl)
+                try:
+                    if _is_async(loader):
+                        loaded = await loader(key)
+                    else:
+                        loaded = await asyncio.get_running_loop().run_in_executor(None, loader, key)
+                        if inspect.isawaitable(loaded):
+                            loaded = await loaded
+                    value = self._load(key, loaded, ttl)
+                except BaseException as exc:
+                    if leased and self.cluster is not None:
+                        self.cluster.finish(self.name, key, exc)
+                    raise
+                if leased and self.cluster is not None:
+                    self.cluster.finish(self.name, key)
         except BaseException as exc:
             self._load_errors += 1
             self._flights.land(key, flight, error=exc)

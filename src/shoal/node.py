@@ -35,6 +35,7 @@ from .cache import Cache, Op
 from .clock import HybridClock
 from .errors import ProtocolError, ShoalError
 from .handshake import Handshake
+from .leases import Leases, is_lease_message
 from .membership import Membership
 from .messages import (
     Answer,
@@ -55,6 +56,7 @@ from .messages import (
     SizeRequest,
 )
 from .serializer import Serializer
+from .singleflight import ClusterFlights
 from .wire import DEFAULT_MAX_FRAME, HANDSHAKE_MAX_FRAME, FrameDecoder, encode
 
 log = logging.getLogger("shoal")
@@ -207,8 +209,9 @@ class _Conn(asyncio.Protocol):
 class _CacheState:
     """A hosted cache plus its replication and warm-boot figures."""
 
-    def __init__(self, cache: Cache) -> None:
+    def __init__(self, cache: Cache, single_flight: str = "cluster") -> None:
         self.cache = cache
+        self.single_flight = single_flight
         self.booted = False
         self.boot = warmboot.BootStats()
 
@@ -286,6 +289,8 @@ class Node:
         self._started_at = 0.0
         self.replicator: rep.Replicator = None  # type: ignore[assignment]
         self.membership: Membership = None  # type: ignore[assignment]
+        self.leases: Leases = None  # type: ignore[assignment]
+        self._cluster: ClusterFlights | None = None
         self._boot = warmboot.Booter(self)
 
     # -- public API ------------------------------------------------------------------
@@ -302,16 +307,24 @@ class Node:
         *,
         serializer: Serializer | None = None,
         tombstone_ttl: float = 600.0,
+        single_flight: str = "cluster",
     ) -> Cache:
-        """The named cache on this node, created on first use; every member hosting it shares it."""
+        """The named cache on this node, created on first use; every member hosting it shares it.
+
+        ``single_flight="cluster"`` makes ``fetch``/``afetch``/``memoize`` call the loader
+        once per key for the whole cluster (leases.py); ``"local"``, once per member.
+        """
+        if single_flight not in ("cluster", "local"):
+            raise ValueError(f"single_flight is 'cluster' or 'local', not {single_flight!r}")
         state = self._caches.get(name)
         if state is not None:
             return state.cache
         clock = HybridClock(self.node_id)  # one per cache: it is only called under that cache's lock
         cache = Cache(ttl, max_entries, serializer=serializer, name=name, clock=clock, tombstone_ttl=tombstone_ttl)
         cache.replicate = functools.partial(self._enqueue, name)  # C-level: one Python frame less per write
-        self._caches[name] = _CacheState(cache)
+        self._caches[name] = _CacheState(cache, single_flight)
         if self._loop is not None and self.membership is not None:
+            self._loop.call_soon_threadsafe(self._join_leases, name)
             # Not ready from this moment, not from when the loop gets to _host_cache:
             # a caller that asks right away must wait for this cache's warm boot.
             self._ready_flag.clear()
@@ -421,6 +434,7 @@ class Node:
                 figures.update(self.replicator.figures_of(name))
                 figures["queue_depth"] = sum(1 for n, _ in list(self.replicator.outbox) if n == name)
             figures["warm_boot"] = state.boot.as_dict()
+            figures["single_flight"] = state.single_flight
             caches[name] = figures
         return {
             "id": f"{self.node_id:016x}",
@@ -429,6 +443,7 @@ class Node:
             "members_up": len(self.membership.up_peers()) if self.membership else 0,
             "peer_backlog_bytes": {f"{p:016x}": c.backlog() for p, c in list(self._peers.items())},
             "caches": caches,
+            "leases": self.leases.figures() if self.leases is not None else {},
         }
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -456,6 +471,10 @@ class Node:
             {name: state.cache for name, state in self._caches.items()},
             interval=self.anti_entropy_interval,
         )
+        self.leases = Leases(self.node_id, self.membership.group, self._holds)
+        self._cluster = ClusterFlights(self.leases, self._loop, self._run)
+        for name in self._caches:
+            self._join_leases(name)
         log.info("node %016x listening on %s", self.node_id, self.address)
         self._spawn(self._ticker())
         if self.discovery:
@@ -474,6 +493,10 @@ class Node:
         if self._stopping:
             return
         self._stopping = True
+        for state in self._caches.values():
+            state.cache.cluster = None  # from now on a miss loads locally
+        if self._cluster is not None:
+            self._cluster.abandon()
         self._flush(everything=True)
         if self.snapshot_path is not None:
             await self.write_snapshot()
@@ -532,6 +555,7 @@ class Node:
                 self.freeze_grown_heap()
             self._run(self.membership.tick(now))
             self._run(self.replicator.tick(now))
+            self._leases_did(self.leases.tick(now))
             # A scan in progress (anti-entropy) goes on a slice at a time, with a short
             # pause between slices: spread out, a round never takes a core away from
             # replication in one burst (a burst showed as lag spikes on a busy machine).
@@ -683,6 +707,7 @@ class Node:
             for down_callback in self.on_member_down:
                 down_callback(action.peer, action.listen, action.reason)
             self._boot.member_down(action.peer)
+            self._leases_did(self.leases.member_down(action.peer, time.monotonic()))
 
     def send(self, peer: int, msg: Message) -> bool:
         conn = self._peers.get(peer)
@@ -712,6 +737,10 @@ class Node:
         self.membership.heard(peer, now)
         if isinstance(msg, (Ops, Digest, Listing, Pull)):
             self._run(self.replicator.received(peer, msg))
+            if isinstance(msg, Ops) and self.leases.wants:  # callers here may wait for these keys
+                self._leases_did(self.leases.arrived(msg.cache, [op[1] for op in msg.ops], now))
+        elif is_lease_message(msg):
+            self._leases_did(self.leases.received(peer, msg, now))
         elif isinstance(msg, SizeRequest):
             self._boot.on_size_request(peer, msg)
         elif isinstance(msg, SizeReply):
@@ -725,6 +754,22 @@ class Node:
         else:
             raise ProtocolError(f"unexpected {type(msg).__name__} after the handshake")
 
+
+    # -- cluster single flight -------------------------------------------------------------
+
+    def _join_leases(self, name: str) -> None:
+        state = self._caches[name]
+        if state.single_flight == "cluster" and self._cluster is not None and not self._stopping:
+            self.leases.caches.add(name)
+            state.cache.cluster = self._cluster
+
+    def _holds(self, name: str, key: Any) -> bool:
+        state = self._caches.get(name)
+        return state is not None and key in state.cache
+
+    def _leases_did(self, actions: list[Action]) -> None:
+        if actions and self._cluster is not None:
+            self._run(self._cluster.resolve(actions))
 
     # -- replication ---------------------------------------------------------------------
 

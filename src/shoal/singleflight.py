@@ -6,14 +6,23 @@ first caller to miss becomes the leader and runs the loader; everyone else who
 arrives while it runs waits on the leader's future and gets the same value, or
 the same exception. The flight ends when the leader finishes, after it has
 stored the value, so a caller arriving later finds it in the cache.
+
+On a cache hosted by a Node, the leader first asks the cluster (``ClusterFlights``,
+over the lease protocol of ``leases.py``) so that one member loads for all of them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
-from collections.abc import Hashable
+import time
+from collections.abc import Callable, Hashable
 from concurrent.futures import Future
 from typing import Any
+
+from .errors import LoaderError
+from .leases import Deliver, Fail, Leases, Load
+from .store import Key
 
 
 class Flights:
@@ -44,3 +53,103 @@ class Flights:
 
     def __len__(self) -> int:
         return len(self._flights)
+
+
+LOAD = "load"
+"""A cluster flight's answer: no member is loading the key (or none can be asked); load it here."""
+VALUE = "value"
+"""A cluster flight's answer: the value is in the local cache now (another member loaded it)."""
+
+
+class ClusterFlights:
+    """The one-leader-per-process flights of a Node's caches, made one per cluster.
+
+    The leader of a local flight (``Flights``) asks here before calling its loader:
+    ``begin`` returns a future that says ``LOAD`` (this member holds the key's lease,
+    or nobody can be asked), ``VALUE`` (another member loaded it and the value has
+    arrived), or raises ``LoaderError`` (the loader raised on the member that held
+    the lease). A leader told ``LOAD`` reports with ``finish`` once its loader is done.
+
+    This is the thread-safe edge of ``leases.Leases``, which lives on the node's
+    loop: application threads only hand it closures through the loop's
+    ``call_soon_threadsafe``, and the loop resolves the futures when the lease
+    machine says ``Load``, ``Deliver`` or ``Fail``. Everything else the machine
+    returns (messages to send) goes to ``perform``.
+    """
+
+    def __init__(
+        self,
+        leases: Leases,
+        loop: asyncio.AbstractEventLoop,
+        perform: Callable[[list[Any]], None],
+        now: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.leases = leases
+        self._loop = loop
+        self._submit = loop.call_soon_threadsafe
+        self._perform = perform
+        self._now = now
+        self._waiting: dict[tuple[str, Key], Future[str]] = {}
+        self.limit = leases.ttl + leases.ask_timeout * (leases.max_asks + 1) + 5.0
+        """How long a caller waits at most before loading anyway (a stuck loop must not hang callers)."""
+
+    def on_loop(self) -> bool:
+        """True when called on the node's loop, which must not block waiting for its own answer."""
+        try:
+            return asyncio.get_running_loop() is self._loop
+        except RuntimeError:
+            return False
+
+    def begin(self, cache: str, key: Key) -> Future[str]:
+        """Ask the cluster about a local miss (called by the local flight's leader, any thread)."""
+        flight: Future[str] = Future()
+        self._waiting[cache, key] = flight
+        if not self._call(lambda: self._perform(self.resolve(self.leases.miss(cache, key, self._now())))):
+            self._answer(cache, key, LOAD)
+        return flight
+
+    def finish(self, cache: str, key: Key, error: BaseException | None = None) -> None:
+        """The local loader ran after ``LOAD``: tell the cluster how it went (any thread)."""
+        if error is None:
+            self._call(lambda: self._perform(self.resolve(self.leases.loaded(cache, key, self._now()))))
+        else:
+            kind, text = type(error).__name__, str(error)
+            self._call(lambda: self._perform(self.resolve(self.leases.failed(cache, key, kind, text, self._now()))))
+
+    def resolve(self, actions: list[Any]) -> list[Any]:
+        """On the loop: answer the flights the lease machine settled; the rest is for the driver."""
+        rest = []
+        for action in actions:
+            if isinstance(action, Load):
+                self._answer(action.cache, action.key, LOAD)
+            elif isinstance(action, Deliver):
+                self._answer(action.cache, action.key, VALUE)
+            elif isinstance(action, Fail):
+                self._answer(action.cache, action.key, LoaderError(action.error_type, action.error_text))
+            else:
+                rest.append(action)
+        return rest
+
+    def abandon(self) -> None:
+        """The node is stopping: every caller still waiting loads for itself."""
+        for cache, key in list(self._waiting):
+            self._answer(cache, key, LOAD)
+
+    def _answer(self, cache: str, key: Key, answer: str | BaseException) -> None:
+        flight = self._waiting.pop((cache, key), None)
+        if flight is None or flight.done():
+            return
+        if isinstance(answer, BaseException):
+            flight.set_exception(answer)
+        else:
+            flight.set_result(answer)
+
+    def _call(self, fn: Callable[[], None]) -> bool:
+        try:
+            self._submit(fn)
+        except RuntimeError:  # the loop is closed: the node is gone
+            return False
+        return True
+
+    def __len__(self) -> int:
+        return len(self._waiting)
