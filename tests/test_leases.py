@@ -196,6 +196,42 @@ def test_keys_owned_by_a_member_that_goes_down_are_asked_of_their_new_owner() ->
     assert owner_of(key, [A, B]) in (A, B)
 
 
+def test_when_the_owner_goes_down_mid_load_a_holder_that_becomes_owner_keeps_the_lease() -> None:
+    m = Members()
+    key = next(k for k in (f"k{i}" for i in range(1000)) if owner_of(k, [A, B, C]) == C and owner_of(k, [A, B]) == A)
+    m.do(A, m.leases[A].miss("c", key, 0.0))
+    m.do(B, m.leases[B].miss("c", key, 0.1))
+    m.deliver_all()
+    assert loads(m, A) == [key] and m.leases[B].wants[("c", key)].holder == A
+    m.up.discard(C)
+    m.do(B, m.leases[B].member_down(C, 0.2))  # B re-asks A, the new owner, before A hears of C
+    m.deliver_all()
+    m.do(A, m.leases[A].member_down(C, 0.2))
+    m.deliver_all()
+    assert loads(m, A) == [key] and loads(m, B) == []
+    m.values[A].add(key)
+    m.do(A, m.leases[A].loaded("c", key, 0.5))
+    m.values[B].add(key)
+    m.deliver_all()
+    assert m.local[B] == [Deliver("c", key)]
+
+
+def test_when_the_owner_goes_down_mid_load_a_waiter_that_becomes_owner_leaves_the_lease_with_the_holder() -> None:
+    m = Members()
+    key = next(k for k in (f"k{i}" for i in range(1000)) if owner_of(k, [A, B, C]) == C and owner_of(k, [A, B]) == B)
+    m.do(A, m.leases[A].miss("c", key, 0.0))
+    m.do(B, m.leases[B].miss("c", key, 0.1))
+    m.deliver_all()
+    m.up.discard(C)
+    m.do(B, m.leases[B].member_down(C, 0.2))
+    m.do(A, m.leases[A].member_down(C, 0.2))  # A tells B, the new owner, that it holds the lease
+    m.deliver_all()
+    assert loads(m, A) == [key] and loads(m, B) == []
+    m.do(A, m.leases[A].failed("c", key, "ValueError", "bad id", 0.5))
+    m.deliver_all()
+    assert m.local[B] == [Fail("c", key, "ValueError", "bad id")]
+
+
 def test_a_peer_that_holds_no_lease_cannot_end_one() -> None:
     m = Members()
     key = m.key_owned_by(C)
@@ -212,7 +248,7 @@ def test_a_peer_that_holds_no_lease_cannot_end_one() -> None:
         (LeaseRequest("c", [["nested"]]), "not str, bytes or int"),
         (LeaseRequest("c", list(range(1001))), "at most 1000 keys"),
         (LeaseGrant("c", ["k"], -1), "lease ttl"),
-        (LeaseWait("c", ["k"], 10**12), "lease ttl"),
+        (LeaseWait("c", ["k"], 10**12, 1), "lease ttl"),
         (LeaseDone("c", ["k"], None, "text without a type"), "names the error type"),
         (LeaseDone("c", ["k"], "E" * 5000, ""), "at most 200 characters"),
         (LeaseDone("c", ["k"], "E", "x" * 100_000), "at most 200 characters"),
@@ -411,6 +447,25 @@ def test_sim_a_lease_holder_that_crashes_mid_load_costs_one_more_load_and_every_
     assert sim.run_until(lambda: all(answered(sim, i, ["k"]) for i in survivors), 30)
     assert calls["k"] == 2
     assert all(member(sim, i).outcomes == [("k", "value", "value of k")] for i in survivors)
+
+
+@pytest.mark.parametrize("fin", [True, False], ids=["crash", "power-cut"])
+def test_sim_the_owner_crashing_mid_load_leaves_the_lease_with_its_holder_and_every_survivor_gets_the_value(
+    fin: bool,
+) -> None:
+    sim = Sim(seed=15)
+    calls: Counter[Key] = Counter()
+    ids = lease_cluster(sim, 3, calls)
+    owner = owner_of("k", ids)
+    holder, waiter = (i for i in ids if i != owner)
+    sim.act(holder, lambda node, now: node.fetch("k", now))
+    sim.run_for(0.05)
+    burst(sim, [waiter, owner], ["k"], callers=5, spread=0.05)
+    sim.run_for(0.06)
+    sim.crash(owner, fin=fin)
+    assert sim.run_until(lambda: all(answered(sim, i, ["k"]) for i in (holder, waiter)), 30)
+    assert calls["k"] == 1
+    assert all(member(sim, i).outcomes == [("k", "value", "value of k")] for i in (holder, waiter))
 
 
 def test_sim_an_owner_cut_off_by_a_partition_leaves_each_side_loading_for_itself() -> None:

@@ -132,6 +132,7 @@ class _Want:
     state: str
     deadline: float
     asks: int = 1
+    holder: int | None = None  # who loads it, as the owner told us (WAITING)
 
 
 class Leases:
@@ -208,7 +209,7 @@ class Leases:
             for key in keys:
                 want = self.wants.get((cache, key))
                 if want is not None and want.owner == peer and want.state in (ASKING, WAITING):
-                    want.state, want.deadline = WAITING, now + ttl + GRACE
+                    want.state, want.deadline, want.holder = WAITING, now + ttl + GRACE, msg.holder
         else:
             error = _checked_error(msg.error_type, msg.error_text)
             for key in keys:
@@ -227,9 +228,35 @@ class Leases:
             if lease.holder == peer:
                 actions += self._lapse(cache, key, lease, now)
         for (cache, key), want in list(self.wants.items()):
-            if want.owner == peer and want.state != LOADING:
-                actions += self._ask(cache, key, now, asks=want.asks)
+            if want.owner != peer:
+                continue
+            if want.state == LOADING:
+                actions += self._reclaim(cache, key, want, now)
+                continue
+            if self._adopts(cache, key, want, peer):
+                # We own the key now and know who loads it: keep the lease there, and wait.
+                assert want.holder is not None
+                self.leases[cache, key] = _Lease(want.holder, now + self.ttl, {self.node_id: None})
+            actions += self._ask(cache, key, now, asks=want.asks)
         return actions
+
+    def _adopts(self, cache: str, key: Key, want: _Want, gone: int) -> bool:
+        return (
+            want.state == WAITING
+            and want.holder not in (None, gone)
+            and (cache, key) not in self.leases
+            and want.holder in self._peers(cache)
+            and self.owner(cache, key) == self.node_id
+        )
+
+    def _reclaim(self, cache: str, key: Key, want: _Want, now: float) -> list[Any]:
+        """Our owner went down while we load: tell the new owner we hold the key's lease."""
+        want.owner = self.owner(cache, key)
+        if want.owner != self.node_id:
+            return [Send(want.owner, LeaseRequest(cache, [key]))]  # granted to us: we keep loading
+        if (cache, key) not in self.leases:
+            self.leases[cache, key] = _Lease(self.node_id, now + self.ttl)
+        return []
 
     def tick(self, now: float) -> list[Any]:
         actions: list[Any] = []
@@ -263,13 +290,13 @@ class Leases:
             return self._answer_self(cache, key, self._request(owner, cache, key, now), now)
         return [Send(owner, LeaseRequest(cache, [key]))]
 
-    def _answer_self(self, cache: str, key: Key, reply: tuple[str, float], now: float) -> list[Any]:
-        kind, ttl = reply
+    def _answer_self(self, cache: str, key: Key, reply: tuple[str, float, int], now: float) -> list[Any]:
+        kind, ttl, holder = reply
         if kind == "grant":
             return self._granted(self.node_id, cache, key, now)
         want = self.wants[cache, key]
         if kind == "wait":
-            want.state, want.deadline = WAITING, now + ttl + GRACE
+            want.state, want.deadline, want.holder = WAITING, now + ttl + GRACE, holder
             return []
         return self._outcome(self.node_id, cache, key, None, now)
 
@@ -314,32 +341,37 @@ class Leases:
 
     # -- owner ---------------------------------------------------------------------------
 
-    def _request(self, requester: int, cache: str, key: Key, now: float) -> tuple[str, float]:
-        """The owner's answer to a request: ("grant" | "wait" | "done", seconds left on the lease)."""
+    def _request(self, requester: int, cache: str, key: Key, now: float) -> tuple[str, float, int]:
+        """The owner's answer: ("grant" | "wait" | "done", seconds left on the lease, its holder)."""
         if cache not in self.caches:  # a cache we run no leases for: nothing to arbitrate
-            return "grant", self.ttl
+            return "grant", self.ttl, requester
         if self._holds(cache, key):  # already loaded: the value is on its way to the requester
-            return "done", 0.0
+            return "done", 0.0, 0
         lease = self.leases.get((cache, key))
+        if lease is None:
+            mine = self.wants.get((cache, key))
+            if mine is not None and mine.state == LOADING and requester != self.node_id:
+                # We load it ourselves (we became its owner mid-load): that is the lease.
+                lease = self.leases[cache, key] = _Lease(self.node_id, now + self.ttl)
         if lease is None or lease.expires <= now:
             if lease is None and len(self.leases) >= MAX_LEASES:
-                return "grant", self.ttl  # over the bound: let it load, keep no record
+                return "grant", self.ttl, requester  # over the bound: let it load, keep no record
             self.leases[cache, key] = _Lease(requester, now + self.ttl)
             self.granted += 1
-            return "grant", self.ttl
+            return "grant", self.ttl, requester
         if lease.holder == requester:  # our grant was lost, or it asks again: it still holds it
-            return "grant", lease.expires - now
+            return "grant", lease.expires - now, requester
         lease.waiters[requester] = None
         self.waited += 1
-        return "wait", lease.expires - now
+        return "wait", lease.expires - now, lease.holder
 
-    def _reply(self, peer: int, cache: str, key: Key, reply: tuple[str, float]) -> list[Any]:
-        kind, ttl = reply
+    def _reply(self, peer: int, cache: str, key: Key, reply: tuple[str, float, int]) -> list[Any]:
+        kind, ttl, holder = reply
         ttl_ms = max(0, min(MAX_TTL_MS, round(ttl * 1000)))
         if kind == "grant":
             return [Send(peer, LeaseGrant(cache, [key], ttl_ms))]
         if kind == "wait":
-            return [Send(peer, LeaseWait(cache, [key], ttl_ms))]
+            return [Send(peer, LeaseWait(cache, [key], ttl_ms, holder))]
         return [Send(peer, LeaseDone(cache, [key], None, None))]
 
     def _release(self, cache: str, key: Key, lease: _Lease, error: tuple[str, str] | None, now: float) -> list[Any]:

@@ -347,11 +347,16 @@ class LeaseGrant(Message):
 
 @message(72)
 class LeaseWait(Message):
-    """From the owner: another member is loading these keys; wait for the value (re-ask after ``ttl_ms``)."""
+    """From the owner: member ``holder`` is loading these keys; wait for the value (re-ask after ``ttl_ms``).
+
+    Knowing the holder lets a waiter that becomes the keys' owner (the old one
+    went down) keep the lease where it is instead of granting a second load.
+    """
 
     cache: str
     keys: list[Any]
     ttl_ms: int
+    holder: int
 
 
 @message(73)

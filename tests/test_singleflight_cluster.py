@@ -1,0 +1,125 @@
+"""Cluster single flight with real member processes: one loader call per key for the whole cluster.
+
+Each member runs tests/support/fetch_member.py; every loader call, in any
+process, appends a line to one file, so the test counts the upstream calls of
+the whole cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.cluster import ROOT, Cluster, Member, _env, cluster, wait_until  # noqa: F401
+
+pytestmark = pytest.mark.slow
+
+
+class FetchMember(Member):
+    def __init__(
+        self, calls: Path, seeds: list[str] = (), load_ms: float = 200, single_flight: str = "cluster"
+    ) -> None:  # type: ignore[assignment]
+        argv = [sys.executable, "-m", "tests.support.fetch_member", "--calls", str(calls)]
+        argv += ["--seeds", ",".join(seeds), "--load-ms", str(load_ms), "--single-flight", single_flight]
+        self.proc = subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=_env()
+        )
+        assert self.proc.stdout is not None
+        first = self.proc.stdout.readline()
+        if not first:
+            raise RuntimeError(f"member failed to start: {self.proc.stderr.read()[-2000:] if self.proc.stderr else ''}")
+        hello = json.loads(first)
+        self.address, self.id = hello["address"], hello["id"]
+
+
+def start(cluster: Cluster, calls: Path, size: int = 3, **kw: Any) -> list[FetchMember]:  # noqa: F811
+    first = FetchMember(calls, **kw)
+    members = [first] + [FetchMember(calls, seeds=[first.address], **kw) for _ in range(size - 1)]
+    cluster.members.extend(members)
+    ids = {m.id for m in members}
+    for m in members:
+        wait_until(lambda m=m: {x["id"] for x in m.cmd("members")} == ids, 15, what="a complete mesh")
+    return members
+
+
+def loader_calls(calls: Path) -> Counter[str]:
+    return Counter(line.split()[1] for line in calls.read_text().splitlines()) if calls.exists() else Counter()
+
+
+def test_three_members_bursting_on_the_same_new_keys_call_the_loader_once_per_key(
+    cluster: Cluster,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    calls = tmp_path / "calls"
+    members = start(cluster, calls)
+    keys = [f"user:{i}" for i in range(10)]
+    for m in members:
+        m.cmd("burst", id="b1", keys=keys, callers=60)  # fetch, afetch and memoize callers: 600 per member
+    for m in members:
+        results = m.cmd("results", id="b1")
+        assert results == {key: {f"value:value of {key}": 60} for key in keys}
+    assert loader_calls(calls) == Counter({key: 1 for key in keys})
+
+
+def test_with_local_single_flight_each_member_calls_the_loader_for_each_key(
+    cluster: Cluster,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """The figure cluster single flight improves on (and proof the count above can fail)."""
+    calls = tmp_path / "calls"
+    members = start(cluster, calls, single_flight="local")
+    keys = [f"user:{i}" for i in range(5)]
+    for m in members:
+        m.cmd("burst", id="b1", keys=keys, callers=9)
+    for m in members:
+        assert m.cmd("results", id="b1") == {key: {f"value:value of {key}": 9} for key in keys}
+    assert loader_calls(calls) == Counter({key: 3 for key in keys})
+
+
+def test_a_loader_that_raises_reaches_every_caller_on_every_member_and_the_next_fetch_retries(
+    cluster: Cluster,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    calls = tmp_path / "calls"
+    members = start(cluster, calls)
+    for m in members:
+        m.cmd("fail", keys=["user:bad"])
+    for m in members:
+        m.cmd("burst", id="b1", keys=["user:bad"], callers=30)
+    for m in members:
+        assert m.cmd("results", id="b1") == {"user:bad": {"error:LookupError": 30}}
+    assert loader_calls(calls) == Counter({"user:bad": 1})
+    for m in members:
+        m.cmd("fail", keys=[])  # the upstream recovers: nothing was stored, so the next fetch loads
+    members[1].cmd("burst", id="b2", keys=["user:bad"], callers=3)
+    assert members[1].cmd("results", id="b2") == {"user:bad": {"value:value of user:bad": 3}}
+    assert loader_calls(calls) == Counter({"user:bad": 2})
+
+
+def test_the_owner_killed_mid_load_costs_at_most_one_more_load_and_every_caller_is_answered(
+    cluster: Cluster,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    calls = tmp_path / "calls"
+    members = start(cluster, calls, load_ms=1500)
+    key = "user:owned"
+    owner = next(m for m in members if m.id == members[0].cmd("owner", key=key))
+    holder, waiter = (m for m in members if m is not owner)
+    holder.cmd("burst", id="b1", keys=[key], callers=6)
+    wait_until(lambda: loader_calls(calls)[key] == 1, 10, what="the holder's loader call")
+    waiter.cmd("burst", id="b1", keys=[key], callers=6)
+    owner.cmd("burst", id="b1", keys=[key], callers=6)
+    owner.kill()
+    for m in (holder, waiter):
+        results = m.cmd("results", id="b1")
+        assert sum(results[key].values()) == 6
+        assert set(results[key]) <= {f"value:value of {key}", "error:LookupError"}
+    # Usually exactly 1: the lease stays with its holder (leases.py); 2 if a waiter had
+    # not yet heard who holds it when the owner died.
+    assert 1 <= loader_calls(calls)[key] <= 2
