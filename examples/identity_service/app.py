@@ -1,8 +1,10 @@
 """An identity service: FastAPI in front of a slow upstream lookup, cached in a shoal cluster.
 
 Each copy of the app is a shoal member. A burst of requests for one identity makes
-at most one upstream call per member (``afetch`` is single-flight), and none at all
-on a member that already received another member's answer.
+one upstream call for the whole cluster: ``afetch`` is single-flight across members
+(the first member to miss takes the identity's load lease from its owner member, the
+others wait for the answer to replicate). ``--single-flight local`` makes it one call
+per member instead, the way it was before cluster single flight.
 
     python app.py --port 8001 --shoal 127.0.0.1:7601 --upstream http://127.0.0.1:8100
     python app.py --port 8002 --shoal 127.0.0.1:7602 --seeds 127.0.0.1:7601 --upstream http://127.0.0.1:8100
@@ -27,9 +29,11 @@ from fastapi import FastAPI, Response
 import shoal
 
 
-def create_app(shoal_listen: str, seeds: list[str], secret: str, upstream: str, ttl: float = 3600) -> FastAPI:
+def create_app(
+    shoal_listen: str, seeds: list[str], secret: str, upstream: str, ttl: float = 3600, single_flight: str = "cluster"
+) -> FastAPI:
     node = shoal.Node(listen=shoal_listen, seeds=seeds, secret=secret)
-    accounts = node.cache("accounts", ttl=ttl, max_entries=1_000_000)
+    accounts = node.cache("accounts", ttl=ttl, max_entries=1_000_000, single_flight=single_flight)
     http = httpx.AsyncClient(base_url=upstream, timeout=10)
 
     @asynccontextmanager
@@ -48,7 +52,8 @@ def create_app(shoal_listen: str, seeds: list[str], secret: str, upstream: str, 
 
     @app.get("/account/{identity}")
     async def account(identity: str) -> dict[str, str]:
-        # However many requests for this identity arrive at once, one upstream call per member.
+        # However many requests for this identity arrive at once, on however many members:
+        # one upstream call in all.
         return {"identity": identity, "account": await accounts.afetch(identity, lookup)}
 
     @app.get("/cached/{identity}")
@@ -78,6 +83,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="", help="comma-separated shoal addresses of other members")
     parser.add_argument("--upstream", default="http://127.0.0.1:8100")
     parser.add_argument("--secret", default=os.environ.get("SHOAL_SECRET", "identity-example-secret"))
+    parser.add_argument("--single-flight", default="cluster", choices=["cluster", "local"])
     # The plain asyncio loop: shoal 0.1's Node does not run on uvloop yet (its connections
     # assert an asyncio.Transport, which uvloop's transports are not), and uvicorn picks
     # uvloop whenever it is installed.
@@ -85,7 +91,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     seeds = [s for s in args.seeds.split(",") if s]
-    app = create_app(args.shoal, seeds, args.secret, args.upstream)
+    app = create_app(args.shoal, seeds, args.secret, args.upstream, single_flight=args.single_flight)
     uvicorn.run(app, host=args.host, port=args.port, loop=args.loop, log_level="warning", backlog=4096)
 
 
