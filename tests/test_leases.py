@@ -23,7 +23,16 @@ from sim.nodes import ReplicaNode
 from shoal.actions import MemberDown, Send
 from shoal.errors import ProtocolError
 from shoal.leases import Deliver, Fail, Leases, Load, owner_of
-from shoal.messages import LeaseDone, LeaseGrant, LeaseRequest, LeaseWait, Message, from_array, to_array
+from shoal.messages import (
+    LeaseDone,
+    LeaseGrant,
+    LeaseRequest,
+    LeaseReturn,
+    LeaseWait,
+    Message,
+    from_array,
+    to_array,
+)
 from shoal.store import Key
 
 # -- the state machine by hand ----------------------------------------------------------------
@@ -128,6 +137,31 @@ def test_a_holder_that_goes_down_hands_its_lease_to_the_first_waiter() -> None:
     m.deliver_all()
     assert loads(m, B) == [key]
     assert m.leases[C].handed_over == 1
+
+
+def test_a_holder_whose_callers_went_away_gives_the_lease_back_and_the_first_waiter_loads_at_once() -> None:
+    m = Members()
+    key = m.key_owned_by(C)
+    m.do(A, m.leases[A].miss("c", key, 0.0))
+    m.deliver_all()
+    m.do(B, m.leases[B].miss("c", key, 0.1))
+    m.deliver_all()
+    m.do(A, m.leases[A].abandoned("c", key, 0.2))
+    assert [type(msg) for _, _, msg in m.inbox] == [LeaseReturn]
+    m.deliver_all(0.2)
+    assert loads(m, B) == [key]
+    assert m.leases[C].leases[("c", key)].holder == B
+
+
+def test_a_grant_that_arrives_after_the_value_goes_back_to_the_owner() -> None:
+    m = Members()
+    key = m.key_owned_by(C)
+    m.do(A, m.leases[A].miss("c", key, 0.0))
+    m.values[A].add(key)  # the value replicated here before the owner answered
+    m.do(A, m.leases[A].arrived("c", [key], 0.0))
+    assert m.local[A] == [Deliver("c", key)]
+    m.deliver_all()  # the grant comes, is not needed, and is returned
+    assert loads(m, A) == [] and ("c", key) not in m.leases[C].leases
 
 
 def test_a_lease_lapses_after_its_ttl_and_passes_to_a_waiter() -> None:
@@ -353,7 +387,7 @@ class LeaseNode(ReplicaNode):
         return self._handle(super().on_disconnected(peer, now), now)
 
     def on_message(self, peer: int, msg: Message, now: float) -> list[Any]:
-        if isinstance(msg, (LeaseRequest, LeaseGrant, LeaseWait, LeaseDone)):
+        if isinstance(msg, (LeaseRequest, LeaseGrant, LeaseWait, LeaseDone, LeaseReturn)):
             self.membership.heard(peer, now)
             return self._handle(self.leases.received(peer, msg, now), now)
         actions = super().on_message(peer, msg, now)

@@ -7,15 +7,19 @@ the whole cluster.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
+import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from shoal.node import Node
 from tests.support.cluster import ROOT, Cluster, Member, _env, cluster, wait_until  # noqa: F401
 
 pytestmark = pytest.mark.slow
@@ -123,3 +127,68 @@ def test_the_owner_killed_mid_load_costs_at_most_one_more_load_and_every_caller_
     # Usually exactly 1: the lease stays with its holder (leases.py); 2 if a waiter had
     # not yet heard who holds it when the owner died.
     assert 1 <= loader_calls(calls)[key] <= 2
+
+
+# -- in one process: two Nodes on one event loop --------------------------------------------
+
+
+def test_node_cache_refuses_an_unknown_single_flight_mode() -> None:
+    with pytest.raises(ValueError, match="single_flight is 'cluster' or 'local'"):
+        Node().cache("u", single_flight="global")
+
+
+def test_a_sync_fetch_on_the_nodes_own_loop_loads_locally_instead_of_waiting_on_itself() -> None:
+    async def main() -> tuple[str, int]:
+        calls = 0
+
+        def load(key: str) -> str:
+            nonlocal calls
+            calls += 1
+            return f"value of {key}"
+
+        async with Node() as node:
+            users = node.cache("users")
+            assert await node.ready(timeout=10)
+            return users.fetch("k", load), calls  # blocking this loop on the cluster would never return
+
+    assert asyncio.run(main()) == ("value of k", 1)
+
+
+def test_a_holder_cancelled_mid_load_passes_the_lease_on_and_the_other_member_loads_without_waiting_it_out() -> None:
+    async def main() -> tuple[str, list[str]]:
+        started = asyncio.Event()
+        calls: list[str] = []
+
+        async def never(key: str) -> str:
+            calls.append("first")
+            started.set()
+            await asyncio.sleep(3600)
+            raise AssertionError("not reached")
+
+        async def quick(key: str) -> str:
+            calls.append("second")
+            return f"value of {key}"
+
+        async with Node() as a, Node(seeds=[a.address]) as b:
+            for node in (a, b):
+                node.cache("u")
+            await wait_for_async(lambda: len(a.membership.group("u")) == 1 and len(b.membership.group("u")) == 1)
+            for node in (a, b):
+                node.leases.ttl = 3600.0  # only a hand-over, not a lapse, can let b load in time
+            holder = asyncio.ensure_future(a.cache("u").afetch("k", never))
+            await asyncio.wait_for(started.wait(), 10)
+            waiter = asyncio.ensure_future(b.cache("u").afetch("k", quick))
+            await wait_for_async(lambda: sum(n.leases.waited for n in (a, b)) == 1)  # b waits on a's lease
+            holder.cancel()
+            value = await asyncio.wait_for(waiter, 20)
+            return value, calls
+
+    assert asyncio.run(main()) == ("value of k", ["first", "second"])
+
+
+async def wait_for_async(condition: Callable[[], bool], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting for a condition")
+        await asyncio.sleep(0.01)

@@ -10,19 +10,21 @@ process (the loader in ``fetch``) goes through ``singleflight``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import inspect
 import itertools
 import os
 import threading
 import time
-from collections.abc import Callable, Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import timedelta
 from typing import Any, TypeVar, cast
 
 from . import sweeper
 from .clock import HybridClock
+from .errors import LoaderError
 from .serializer import MsgpackSerializer, Serializer
 from .singleflight import LOAD, ClusterFlights, Flights
 from .store import CLEAR, DELETE, NEVER, WRITE, Key, Store
@@ -278,15 +280,24 @@ class Cache:
             for _ in range(_CLUSTER_ASKS):
                 if value is not _MISSING or cluster is None:
                     break
-                asked = cluster.begin(self.name, key)
                 try:
-                    answer = asked.result(cluster.limit)
+                    answer = cluster.begin(self.name, key).result(cluster.limit)
                 except FutureTimeout:
                     answer = LOAD
+                except LoaderError:
+                    raise
+                except BaseException:  # interrupted while waiting: let another member load
+                    cluster.give_back(self.name, key)
+                    raise
+                value = self._peek(key)
                 if answer == LOAD:
-                    value = self._load_reporting(key, loader, ttl)
+                    if value is _MISSING:
+                        with self._reporting(cluster, key):
+                            value = self._load(key, loader(key), ttl)
+                    else:  # it arrived meanwhile: nothing to load
+                        cluster.finish(self.name, key)
                     break
-                value = self._peek(key)  # delivered; _MISSING if deleted since: ask again
+                # VALUE: delivered; _MISSING here only if deleted since: ask again
             if value is _MISSING:
                 value = self._load(key, loader(key), ttl)
         except BaseException as exc:
@@ -296,16 +307,18 @@ class Cache:
         self._flights.land(key, flight, value)
         return value
 
-    def _load_reporting(self, key: Key, loader: Callable[[Key], Any], ttl: TTL) -> Any:
-        """Load with the cluster's lease, and tell the cluster how it went."""
-        assert self.cluster is not None
+    @contextlib.contextmanager
+    def _reporting(self, cluster: ClusterFlights, key: Key) -> Iterator[None]:
+        """Load under the cluster's lease, and tell the cluster how it went."""
         try:
-            value = self._load(key, loader(key), ttl)
-        except BaseException as exc:
-            self.cluster.finish(self.name, key, exc)
+            yield
+        except Exception as exc:  # the loader raised: every waiter in the cluster gets it
+            cluster.finish(self.name, key, exc)
             raise
-        self.cluster.finish(self.name, key)
-        return value
+        except BaseException:  # cancelled or interrupted, not a failure: pass the lease on
+            cluster.give_back(self.name, key)
+            raise
+        cluster.finish(self.name, key)
 
     async def afetch(self, key: Key, loader: Callable[[Key], Any], ttl: TTL = DEFAULT) -> Any:
         """``fetch`` for asyncio: an async loader is awaited, a sync one runs off the loop."""
@@ -318,34 +331,30 @@ class Cache:
             return await asyncio.shield(asyncio.wrap_future(flight))
         try:
             value = self._peek(key)
-            leased = False
+            cluster = self.cluster
             for _ in range(_CLUSTER_ASKS):
-                if value is not _MISSING or self.cluster is None:
+                if value is not _MISSING or cluster is None:
                     break
-                asked = asyncio.wrap_future(self.cluster.begin(self.name, key))
+                asked = asyncio.wrap_future(cluster.begin(self.name, key))
                 try:
-                    answer = await asyncio.wait_for(asyncio.shield(asked), self.cluster.limit)
+                    answer = await asyncio.wait_for(asyncio.shield(asked), cluster.limit)
                 except asyncio.TimeoutError:
                     answer = LOAD
-                if answer == LOAD:
-                    leased = True
-                    break
-                value = self._peek(key)
-            if value is _MISSING:
-                try:
-                    if _is_async(loader):
-                        loaded = await loader(key)
-                    else:
-                        loaded = await asyncio.get_running_loop().run_in_executor(None, loader, key)
-                        if inspect.isawaitable(loaded):
-                            loaded = await loaded
-                    value = self._load(key, loaded, ttl)
-                except BaseException as exc:
-                    if leased and self.cluster is not None:
-                        self.cluster.finish(self.name, key, exc)
+                except LoaderError:
                     raise
-                if leased and self.cluster is not None:
-                    self.cluster.finish(self.name, key)
+                except BaseException:  # cancelled while waiting: let another member load
+                    cluster.give_back(self.name, key)
+                    raise
+                value = self._peek(key)
+                if answer == LOAD:
+                    if value is _MISSING:
+                        with self._reporting(cluster, key):
+                            value = self._load(key, await _call_loader(loader, key), ttl)
+                    else:
+                        cluster.finish(self.name, key)
+                    break
+            if value is _MISSING:
+                value = self._load(key, await _call_loader(loader, key), ttl)
         except BaseException as exc:
             self._load_errors += 1
             self._flights.land(key, flight, error=exc)
@@ -490,6 +499,16 @@ class Cache:
 
     async def aclear(self) -> None:
         self.clear()
+
+
+async def _call_loader(loader: Callable[[Key], Any], key: Key) -> Any:
+    """An async loader awaited; a sync one run off the loop (and awaited if it returned an awaitable)."""
+    if _is_async(loader):
+        return await loader(key)
+    loaded = await asyncio.get_running_loop().run_in_executor(None, loader, key)
+    if inspect.isawaitable(loaded):
+        loaded = await loaded
+    return loaded
 
 
 def _is_async(fn: Callable[..., Any]) -> bool:

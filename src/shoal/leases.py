@@ -19,7 +19,8 @@ The holder reports to the owner with ``LeaseDone`` (with the error's type name
 and text if the loader raised); the owner forwards it to every waiter, so a
 loader error reaches every caller in the cluster and nothing is stored; the next
 fetch asks again. A lease lapses after ``ttl`` (the loader timeout), and a holder
-that goes down loses it at once: the owner hands it to one of the waiters. A
+that goes down, or gives it back (``LeaseReturn``: its callers were cancelled),
+loses it at once: the owner hands it to one of the waiters. A
 member whose owner does not answer in time (down, partitioned, lost messages)
 asks again, then loads itself: availability before strictness, so a
 lost owner costs at most one more upstream call per key, never a stuck caller.
@@ -43,7 +44,7 @@ from typing import Any
 
 from .actions import Send
 from .errors import ProtocolError
-from .messages import LeaseDone, LeaseGrant, LeaseRequest, LeaseWait, Message
+from .messages import LeaseDone, LeaseGrant, LeaseRequest, LeaseReturn, LeaseWait, Message
 from .store import Key
 
 __all__ = ["Deliver", "Fail", "Leases", "Load", "owner_of"]
@@ -59,7 +60,7 @@ MAX_ERROR_TYPE = 200
 MAX_ERROR_TEXT = 2000
 MAX_TTL_MS = 3_600_000
 
-_LEASE_MESSAGES = (LeaseRequest, LeaseGrant, LeaseWait, LeaseDone)
+_LEASE_MESSAGES = (LeaseRequest, LeaseGrant, LeaseWait, LeaseDone, LeaseReturn)
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +180,21 @@ class Leases:
         """Our loader raised: every caller in the cluster waiting on the key gets the error."""
         return self._finished(cache, key, error_type[:MAX_ERROR_TYPE], error_text[:MAX_ERROR_TEXT], now)
 
+    def abandoned(self, cache: str, key: Key, now: float) -> list[Any]:
+        """Our callers went away (cancelled) before a load: forget the key, and pass on a lease we hold."""
+        want = self.wants.pop((cache, key), None)
+        if want is None:
+            return []
+        return self._give_back(want.owner, cache, key, now)
+
+    def _give_back(self, owner: int, cache: str, key: Key, now: float) -> list[Any]:
+        if owner != self.node_id:
+            return [Send(owner, LeaseReturn(cache, [key]))]
+        lease = self.leases.get((cache, key))
+        if lease is not None and lease.holder == self.node_id:
+            return self._lapse(cache, key, lease, now)
+        return []
+
     def arrived(self, cache: str, keys: Iterable[Key], now: float) -> list[Any]:
         """These keys were written here by replication: callers waiting on them are served."""
         actions: list[Any] = []
@@ -204,6 +220,11 @@ class Leases:
             _checked_ttl(msg.ttl_ms)
             for key in keys:
                 actions += self._granted(peer, cache, key, now)
+        elif isinstance(msg, LeaseReturn):
+            for key in keys:
+                lease = self.leases.get((cache, key))
+                if lease is not None and lease.holder == peer:
+                    actions += self._lapse(cache, key, lease, now)
         elif isinstance(msg, LeaseWait):
             ttl = _checked_ttl(msg.ttl_ms)
             for key in keys:
@@ -303,12 +324,9 @@ class Leases:
     def _granted(self, owner: int, cache: str, key: Key, now: float) -> list[Any]:
         want = self.wants.get((cache, key))
         if want is None or want.owner != owner:
-            # We no longer need it (the value came meanwhile, or we asked someone else):
-            # give the lease back so the owner does not wait out its ttl.
-            lease = self.leases.get((cache, key)) if owner == self.node_id else None
-            if lease is not None:
-                return self._release(cache, key, lease, None, now)
-            return [] if owner == self.node_id else [Send(owner, LeaseDone(cache, [key], None, None))]
+            # We no longer need it (the value came meanwhile, our callers went away, or we
+            # asked someone else): give the lease back so the owner passes it on now.
+            return self._give_back(owner, cache, key, now)
         if want.state == LOADING:
             return []
         want.state = LOADING

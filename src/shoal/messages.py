@@ -373,3 +373,11 @@ class LeaseDone(Message):
     keys: list[Any]
     error_type: str | None
     error_text: str | None
+
+
+@message(74)
+class LeaseReturn(Message):
+    """Holder to owner: I give these leases back without loading (my caller went away); pass them on."""
+
+    cache: str
+    keys: list[Any]

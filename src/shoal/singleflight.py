@@ -90,8 +90,12 @@ class ClusterFlights:
         self._perform = perform
         self._now = now
         self._waiting: dict[tuple[str, Key], Future[str]] = {}
-        self.limit = leases.ttl + leases.ask_timeout * (leases.max_asks + 1) + 5.0
+
+    @property
+    def limit(self) -> float:
         """How long a caller waits at most before loading anyway (a stuck loop must not hang callers)."""
+        leases = self.leases
+        return leases.ttl + leases.ask_timeout * (leases.max_asks + 1) + 5.0
 
     def on_loop(self) -> bool:
         """True when called on the node's loop, which must not block waiting for its own answer."""
@@ -115,6 +119,11 @@ class ClusterFlights:
         else:
             kind, text = type(error).__name__, str(error)
             self._call(lambda: self._perform(self.resolve(self.leases.failed(cache, key, kind, text, self._now()))))
+
+    def give_back(self, cache: str, key: Key) -> None:
+        """The local callers went away (cancelled) before loading: pass the key's lease on (any thread)."""
+        self._waiting.pop((cache, key), None)
+        self._call(lambda: self._perform(self.resolve(self.leases.abandoned(cache, key, self._now()))))
 
     def resolve(self, actions: list[Any]) -> list[Any]:
         """On the loop: answer the flights the lease machine settled; the rest is for the driver."""
