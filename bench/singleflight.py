@@ -72,7 +72,7 @@ def main() -> int:
     peers = [start_peer(node.address) for _ in range(2)]
     try:
         deadline = time.monotonic() + 30
-        while len(node.membership.group("sf")) < 2:
+        while sum(1 for m in node.members() if m["state"] == "up" and "sf" in m["caches"]) < 2:
             if time.monotonic() > deadline:
                 raise RuntimeError("the peers did not join")
             time.sleep(0.01)
@@ -95,8 +95,8 @@ def main() -> int:
         keys = [f"key-{i}" for i in range(count)]
         rows: list[tuple[str, list[float]]] = []
         rows.append(("local (per member)", timed(local.fetch, keys)))
-        owned_here = [k for k in keys if node.leases.owner("sf", k) == node.node_id]
-        owned_away = [k for k in keys if node.leases.owner("sf", k) != node.node_id]
+        owned_here = [k for k in keys if node._core.leases.owner("sf", k) == node.node_id]
+        owned_away = [k for k in keys if node._core.leases.owner("sf", k) != node.node_id]
         rows.append(("cluster, owned here", timed(cluster.fetch, owned_here)))
         rows.append(("cluster, owned by a peer", timed(cluster.fetch, owned_away)))
         rows.append(("hit (either mode)", timed(cluster.fetch, owned_away[:200])))

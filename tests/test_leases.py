@@ -18,11 +18,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sim.network import Sim
-from sim.nodes import ReplicaNode
+from sim.nodes import SimMember
 
-from shoal.actions import MemberDown, Send
+from shoal.actions import Deliver, Fail, Load, Send
 from shoal.errors import ProtocolError
-from shoal.leases import Deliver, Fail, Leases, Load, owner_of
+from shoal.leases import Leases, owner_of
 from shoal.messages import (
     LeaseDone,
     LeaseGrant,
@@ -309,8 +309,8 @@ def test_lease_messages_with_wrong_field_types_are_refused_on_arrival() -> None:
 LOAD_TIME = 0.2
 
 
-class LeaseNode(ReplicaNode):
-    """A simulated member: membership, replication of cache "c", and leases over it.
+class LeaseNode(SimMember):
+    """A simulated member (the real Dispatcher, leases included) whose cache "c" takes part in leases.
 
     ``fetch(key)`` is a caller on this member; its outcome lands in ``outcomes``.
     A ``Load`` runs a loader that takes ``LOAD_TIME`` virtual seconds, then sets
@@ -318,15 +318,12 @@ class LeaseNode(ReplicaNode):
     the shared ``calls``, across members and restarts.
     """
 
-    sim: Sim
     calls: Counter[Key]
     failing: set[Key]
 
-    def __init__(self, *args: Any) -> None:
-        super().__init__(*args)
-        me = self.membership.node_id
-        self.leases = Leases(me, self.membership.group, lambda cache, key: key in self.cache)
-        self.leases.caches.add("c")
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.core.leases.caches.add("c")
         self.waiting: set[Key] = set()
         self.outcomes: list[tuple[Key, str, Any]] = []
 
@@ -337,13 +334,12 @@ class LeaseNode(ReplicaNode):
         if key in self.waiting:  # a second local caller joins the local flight
             return []
         self.waiting.add(key)
-        return self._handle(self.leases.miss("c", key, now), now)
+        return self.drive(self.core.leases.miss("c", key, now))
 
-    def _handle(self, actions: list[Any], now: float) -> list[Any]:
+    def drive(self, actions: list[Any]) -> list[Any]:
+        """Carries out the lease actions as ClusterFlights and the Cache do on a Node."""
         out: list[Any] = []
-        work = list(actions)
-        while work:
-            action = work.pop(0)
+        for action in super().drive(actions):
             if isinstance(action, Load):
                 self._start_load(action.key)
             elif isinstance(action, Deliver):
@@ -353,56 +349,37 @@ class LeaseNode(ReplicaNode):
                 self.waiting.discard(action.key)
                 self.outcomes.append((action.key, "error", action.error_type))
             else:
-                if isinstance(action, MemberDown):
-                    work += self.leases.member_down(action.peer, now)
                 out.append(action)
         return out
 
     def _start_load(self, key: Key) -> None:
         self.calls[key] += 1
-        me = self.membership.node_id
+        me, sim = self.node_id, self.sim
 
         def finish() -> None:
-            if self.sim.nodes.get(me) is self:  # not crashed meanwhile
-                self.sim.act(me, lambda node, now: node.finish_load(key, now))
+            if sim.nodes.get(me) is self:  # not crashed meanwhile
+                sim.act(me, lambda node, now: node.finish_load(key, now))
 
-        self.sim.call_later(LOAD_TIME, finish)
+        sim.call_later(LOAD_TIME, finish)
 
     def finish_load(self, key: Key, now: float) -> list[Any]:
         self.waiting.discard(key)
         if key in self.failing:
             self.outcomes.append((key, "error", "LookupError"))
-            return self._handle(self.leases.failed("c", key, "LookupError", "no such user", now), now)
-        self.cache.set(key, f"value of {key}")
+            return self.drive(self.core.leases.failed("c", key, "LookupError", "no such user", now))
+        self.cache.set(key, f"value of {key}")  # replicates (the flush follows FLUSH_DELAY later)
         self.outcomes.append((key, "value", f"value of {key}"))
-        return self.replicator.flush() + self._handle(self.leases.loaded("c", key, now), now)
-
-    def on_tick(self, now: float) -> list[Any]:
-        return self._handle(super().on_tick(now) + self.leases.tick(now), now)
-
-    def on_connected(self, peer: int, listen: str, now: float, dialed: str | None) -> list[Any]:
-        return self._handle(super().on_connected(peer, listen, now, dialed), now)
-
-    def on_disconnected(self, peer: int, now: float) -> list[Any]:
-        return self._handle(super().on_disconnected(peer, now), now)
-
-    def on_message(self, peer: int, msg: Message, now: float) -> list[Any]:
-        if isinstance(msg, (LeaseRequest, LeaseGrant, LeaseWait, LeaseDone, LeaseReturn)):
-            self.membership.heard(peer, now)
-            return self._handle(self.leases.received(peer, msg, now), now)
-        actions = super().on_message(peer, msg, now)
-        if hasattr(msg, "ops") and self.waiting:
-            actions += self.leases.arrived("c", [op[1] for op in msg.ops], now)
-        return self._handle(actions, now)
+        return self.drive(self.core.leases.loaded("c", key, now))
 
 
 def lease_cluster(sim: Sim, size: int, calls: Counter[Key], failing: Iterable[Key] = ()) -> list[int]:
-    build = LeaseNode.factory(lambda: sim.now, seeds=["sim:1"], interval=1.0, failure_timeout=2.0)
+    build = LeaseNode.factory(sim, seeds=["sim:1"], interval=1.0, failure_timeout=2.0)
     failing_keys = set(failing)
 
     def factory(node_id: int, address: str, rng: random.Random) -> LeaseNode:
-        node: LeaseNode = build(node_id, address, rng)
-        node.sim, node.calls, node.failing = sim, calls, failing_keys
+        node = build(node_id, address, rng)
+        assert isinstance(node, LeaseNode)
+        node.calls, node.failing = calls, failing_keys
         return node
 
     ids = [sim.add(factory) for _ in range(size)]

@@ -172,18 +172,22 @@ def test_a_holder_cancelled_mid_load_passes_the_lease_on_and_the_other_member_lo
         async with Node() as a, Node(seeds=[a.address]) as b:
             for node in (a, b):
                 node.cache("u")
-            await wait_for_async(lambda: len(a.membership.group("u")) == 1 and len(b.membership.group("u")) == 1)
+            await wait_for_async(lambda: all(peers_hosting(n, "u") == 1 for n in (a, b)))
             for node in (a, b):
-                node.leases.ttl = 3600.0  # only a hand-over, not a lapse, can let b load in time
+                node._core.leases.ttl = 3600.0  # only a hand-over, not a lapse, can let b load in time
             holder = asyncio.ensure_future(a.cache("u").afetch("k", never))
             await asyncio.wait_for(started.wait(), 10)
             waiter = asyncio.ensure_future(b.cache("u").afetch("k", quick))
-            await wait_for_async(lambda: sum(n.leases.waited for n in (a, b)) == 1)  # b waits on a's lease
+            await wait_for_async(lambda: sum(n._core.leases.waited for n in (a, b)) == 1)  # b waits on a's lease
             holder.cancel()
             value = await asyncio.wait_for(waiter, 20)
             return value, calls
 
     assert asyncio.run(main()) == ("value of k", ["first", "second"])
+
+
+def peers_hosting(node: Node, cache: str) -> int:
+    return sum(1 for m in node.members() if m["state"] == "up" and cache in m["caches"])
 
 
 async def wait_for_async(condition: Callable[[], bool], timeout: float = 15.0) -> None:

@@ -10,13 +10,13 @@ from typing import Any
 
 import pytest
 
-from shoal.cache import Cache
-from shoal.clock import NODE_BITS
+from shoal.cache import Cache, Replica, hosted
+from shoal.clock import NODE_BITS, HybridClock
 from shoal.errors import ProtocolError
 from shoal.messages import DumpChunk
 from shoal.serializer import MsgpackSerializer
 from shoal.store import DELETE, NEVER, WRITE, Store
-from shoal.warmboot import CHUNK, choose_donors, columns_from_wire, dump_columns
+from shoal.warmboot import CHUNK, choose_donors, columns_from_wire, dump_columns, dump_messages
 from tests.support.cluster import Cluster, Member, cluster, wait_until
 
 __all__ = ["cluster"]  # the fixture, imported for the tests below
@@ -143,30 +143,36 @@ def test_a_malformed_chunk_is_a_protocol_error(change: dict[str, Any]) -> None:
 
 def test_an_older_dump_entry_never_overwrites_a_live_write_that_arrived_first() -> None:
     """The race the merge exists for: old data already on the wire, a live write overtaking it."""
-    donor = Cache(name="c", tombstone_ttl=600.0)
+    now = time.time()
+    donor, donor_view = member_cache(1)
     donor.set_many({f"k{i}": f"old{i}" for i in range(10)})
-    chunk = chunk_of(donor.store)  # encoded by the donor before the writes below
-    writer = Cache(name="c", tombstone_ttl=600.0)  # a third member, which has the donor's data
-    writer.apply(ops_of(donor))
+    (chunk, _end) = dump_messages(donor_view, 1, time.time)  # encoded by the donor before the writes below
+    writer, writer_view = member_cache(2)  # a third member, which has the donor's data
+    writer_view.apply(ops_of(donor_view), now)
     writer.set("k3", "live")
     writer.delete("k5")
-    booter = Cache(name="c", tombstone_ttl=600.0)
-    booter.apply([op for op in ops_of(writer) if op[1] in ("k3", "k5")])  # the live writes arrive first
+    booter, booter_view = member_cache(3)
+    booter_view.apply([op for op in ops_of(writer_view) if op[1] in ("k3", "k5")], now)  # the live writes arrive first
 
+    assert isinstance(chunk, DumpChunk)
     keys, values, expires, versions = columns_from_wire(chunk)
-    applied, ignored = booter.load(keys, values, expires, versions, packed=False)
+    applied = booter_view.load(keys, values, expires, versions, False, now)
 
-    assert (applied, ignored) == (8, 2)
+    assert applied == 8
     assert booter.get("k3") == "live"
     assert "k5" not in booter
     assert all(booter.get(f"k{i}") == f"old{i}" for i in range(10) if i not in (3, 5))
 
 
-def ops_of(cache: Cache) -> list[Any]:
+def member_cache(node_id: int) -> tuple[Cache, Replica]:
+    return hosted("c", None, None, serializer=None, clock=HybridClock(node_id), tombstone_ttl=600.0)
+
+
+def ops_of(replica: Replica) -> list[Any]:
     """What a cache's writes replicate as: a write per entry, a delete per tombstone."""
-    store, dumps = cache.store, MsgpackSerializer().dumps
-    ops: list[Any] = [(WRITE, e.key, dumps(e.value), float(e), e.version) for e in store.entries()]
-    ops += [(DELETE, key, None, NEVER, v) for key, v in store.tombstones.items()]
+    dumps = MsgpackSerializer().dumps
+    ops: list[Any] = [(WRITE, e.key, dumps(e.value), float(e), e.version) for e in replica.entries()]
+    ops += [(DELETE, key, None, NEVER, v) for key, v in replica.tombstones()]
     return ops
 
 

@@ -42,12 +42,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .actions import Send
+from .actions import Deliver, Fail, Load, Send
 from .errors import ProtocolError
 from .messages import LeaseDone, LeaseGrant, LeaseRequest, LeaseReturn, LeaseWait, Message
 from .store import Key
 
-__all__ = ["Deliver", "Fail", "Leases", "Load", "owner_of"]
+__all__ = ["Deliver", "Fail", "Leases", "Load", "owner_of"]  # the three actions live in actions.py
 
 LEASE_TTL = 10.0  # seconds a holder may load before its lease passes to a waiter
 ASK_TIMEOUT = 1.0  # no answer from the owner in this long: ask again ...
@@ -61,32 +61,6 @@ MAX_ERROR_TEXT = 2000
 MAX_TTL_MS = 3_600_000
 
 _LEASE_MESSAGES = (LeaseRequest, LeaseGrant, LeaseWait, LeaseDone, LeaseReturn)
-
-
-@dataclass(frozen=True, slots=True)
-class Load:
-    """Run the local loader for ``key``, then report with ``Leases.loaded`` or ``Leases.failed``."""
-
-    cache: str
-    key: Key
-
-
-@dataclass(frozen=True, slots=True)
-class Deliver:
-    """The value of ``key`` is in the local cache: give it to the local callers waiting on it."""
-
-    cache: str
-    key: Key
-
-
-@dataclass(frozen=True, slots=True)
-class Fail:
-    """The loader raised on the lease holder: raise ``LoaderError(error_type, error_text)`` to local callers."""
-
-    cache: str
-    key: Key
-    error_type: str
-    error_text: str
 
 
 def owner_of(key: Key, members: Iterable[int]) -> int:

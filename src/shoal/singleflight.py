@@ -20,8 +20,9 @@ from collections.abc import Callable, Hashable
 from concurrent.futures import Future
 from typing import Any
 
+from .actions import Deliver, Fail, Load
 from .errors import LoaderError
-from .leases import Deliver, Fail, Leases, Load
+from .leases import Leases
 from .store import Key
 
 
@@ -68,28 +69,35 @@ class ClusterFlights:
     ``begin`` returns a future that says ``LOAD`` (this member holds the key's lease,
     or nobody can be asked), ``VALUE`` (another member loaded it and the value has
     arrived), or raises ``LoaderError`` (the loader raised on the member that held
-    the lease). A leader told ``LOAD`` reports with ``finish`` once its loader is done.
+    the lease). A leader told ``LOAD`` reports with ``finish`` once its loader is
+    done, or ``give_back`` if it was cancelled before.
 
     This is the thread-safe edge of ``leases.Leases``, which lives on the node's
     loop: application threads only hand it closures through the loop's
-    ``call_soon_threadsafe``, and the loop resolves the futures when the lease
-    machine says ``Load``, ``Deliver`` or ``Fail``. Everything else the machine
-    returns (messages to send) goes to ``perform``.
+    ``call_soon_threadsafe``; what the lease machine returns goes to ``perform``
+    (the node's ``_run``), which hands the ``Load``, ``Deliver`` and ``Fail``
+    actions back to ``settle``. Until ``bind`` gives it a running loop (and after
+    the node stops) every caller is told ``LOAD``: a member alone loads for itself.
     """
 
     def __init__(
         self,
         leases: Leases,
-        loop: asyncio.AbstractEventLoop,
         perform: Callable[[list[Any]], None],
         now: Callable[[], float] = time.monotonic,
     ) -> None:
         self.leases = leases
-        self._loop = loop
-        self._submit = loop.call_soon_threadsafe
         self._perform = perform
         self._now = now
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._waiting: dict[tuple[str, Key], Future[str]] = {}
+
+    def bind(self, loop: asyncio.AbstractEventLoop | None) -> None:
+        """The node's loop runs (``None``: it stopped, and whoever still waits loads for itself)."""
+        self._loop = loop
+        if loop is None:
+            for cache, key in list(self._waiting):
+                self._answer(cache, key, LOAD)
 
     @property
     def limit(self) -> float:
@@ -108,41 +116,31 @@ class ClusterFlights:
         """Ask the cluster about a local miss (called by the local flight's leader, any thread)."""
         flight: Future[str] = Future()
         self._waiting[cache, key] = flight
-        if not self._call(lambda: self._perform(self.resolve(self.leases.miss(cache, key, self._now())))):
+        if not self._call(lambda: self._perform(self.leases.miss(cache, key, self._now()))):
             self._answer(cache, key, LOAD)
         return flight
 
     def finish(self, cache: str, key: Key, error: BaseException | None = None) -> None:
         """The local loader ran after ``LOAD``: tell the cluster how it went (any thread)."""
         if error is None:
-            self._call(lambda: self._perform(self.resolve(self.leases.loaded(cache, key, self._now()))))
+            self._call(lambda: self._perform(self.leases.loaded(cache, key, self._now())))
         else:
             kind, text = type(error).__name__, str(error)
-            self._call(lambda: self._perform(self.resolve(self.leases.failed(cache, key, kind, text, self._now()))))
+            self._call(lambda: self._perform(self.leases.failed(cache, key, kind, text, self._now())))
 
     def give_back(self, cache: str, key: Key) -> None:
         """The local callers went away (cancelled) before loading: pass the key's lease on (any thread)."""
         self._waiting.pop((cache, key), None)
-        self._call(lambda: self._perform(self.resolve(self.leases.abandoned(cache, key, self._now()))))
+        self._call(lambda: self._perform(self.leases.abandoned(cache, key, self._now())))
 
-    def resolve(self, actions: list[Any]) -> list[Any]:
-        """On the loop: answer the flights the lease machine settled; the rest is for the driver."""
-        rest = []
-        for action in actions:
-            if isinstance(action, Load):
-                self._answer(action.cache, action.key, LOAD)
-            elif isinstance(action, Deliver):
-                self._answer(action.cache, action.key, VALUE)
-            elif isinstance(action, Fail):
-                self._answer(action.cache, action.key, LoaderError(action.error_type, action.error_text))
-            else:
-                rest.append(action)
-        return rest
-
-    def abandon(self) -> None:
-        """The node is stopping: every caller still waiting loads for itself."""
-        for cache, key in list(self._waiting):
-            self._answer(cache, key, LOAD)
+    def settle(self, action: Load | Deliver | Fail) -> None:
+        """On the loop: answer the flight the lease machine settled."""
+        if isinstance(action, Load):
+            self._answer(action.cache, action.key, LOAD)
+        elif isinstance(action, Deliver):
+            self._answer(action.cache, action.key, VALUE)
+        else:
+            self._answer(action.cache, action.key, LoaderError(action.error_type, action.error_text))
 
     def _answer(self, cache: str, key: Key, answer: str | BaseException) -> None:
         flight = self._waiting.pop((cache, key), None)
@@ -154,8 +152,11 @@ class ClusterFlights:
             flight.set_result(answer)
 
     def _call(self, fn: Callable[[], None]) -> bool:
+        loop = self._loop
+        if loop is None:
+            return False
         try:
-            self._submit(fn)
+            loop.call_soon_threadsafe(fn)
         except RuntimeError:  # the loop is closed: the node is gone
             return False
         return True
