@@ -78,6 +78,7 @@ def test_metrics_are_prometheus_text_with_the_caches_figures() -> None:
             users.set("a", 1)
             users.get("a")
             users.get("missing")
+            assert await users.afetch("loaded", lambda key: "value") == "value"  # a lease granted by itself
             server = await httpd.serve(node, "127.0.0.1:0")
             try:
                 return await aget(httpd.bound_address(server), "/metrics")
@@ -89,9 +90,10 @@ def test_metrics_are_prometheus_text_with_the_caches_figures() -> None:
     assert status == 200
     assert kind == prometheus_client.CONTENT_TYPE_LATEST
     assert 'shoal_cache_hits_total{cache="users"} 1.0' in body
-    assert 'shoal_cache_misses_total{cache="users"} 1.0' in body
-    assert 'shoal_cache_entries{cache="users"} 1.0' in body
+    assert 'shoal_cache_misses_total{cache="users"} 2.0' in body  # "missing", then afetch's own miss
+    assert 'shoal_cache_entries{cache="users"} 2.0' in body
     assert 'shoal_ready{cache="users"} 1.0' in body
+    assert "shoal_leases_granted_total 1.0" in body
 
 
 def test_without_prometheus_client_metrics_answer_501_and_the_probes_still_work(

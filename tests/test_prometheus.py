@@ -39,6 +39,11 @@ NODE_METRICS = {
     "shoal_warm_boot_seconds",
     "shoal_warm_boot_entries",
     "shoal_ready",
+    "shoal_leases_granted_total",
+    "shoal_lease_waits_total",
+    "shoal_leases_handed_over_total",
+    "shoal_loads_without_lease_total",
+    "shoal_leases_held",
 }
 
 

@@ -12,7 +12,9 @@ Counters (``_total``): ``shoal_cache_{hits,misses,sets,deletes,evictions,expirat
 ``shoal_repair_keys``. Gauges: ``shoal_cache_entries``, ``shoal_cache_tombstones``,
 ``shoal_replication_queue_depth``, ``shoal_replication_lag_ms`` (of the last batch applied;
 absent until one is), ``shoal_members_up`` (up peers hosting the cache), ``shoal_warm_boot_seconds``,
-``shoal_warm_boot_entries``, ``shoal_ready`` (1 once the cache's warm boot is over).
+``shoal_warm_boot_entries``, ``shoal_ready`` (1 once the cache's warm boot is over). Member-wide,
+cluster single flight: ``shoal_{leases_granted,lease_waits,leases_handed_over,loads_without_lease}_total``
+and the gauge ``shoal_leases_held``.
 """
 
 from __future__ import annotations
@@ -68,9 +70,11 @@ class ShoalCollector(Collector):
         if isinstance(source, Cache):
             yield from _cache_families({source.name: source.stats()})
             return
-        caches = source.stats()["caches"]
+        stats = source.stats()
+        caches = stats["caches"]
         yield from _cache_families(caches)
         yield from _node_families(caches, source.members())
+        yield from _lease_families(stats.get("leases") or {})
 
 
 def _cache_families(caches: dict[str, dict[str, Any]]) -> Iterator[Metric]:
@@ -108,6 +112,24 @@ def _node_families(caches: dict[str, dict[str, Any]], members: list[dict[str, An
         entries.add_metric([cache], float(boot.get("entries") or 0))
         ready.add_metric([cache], 0.0 if boot.get("state", "pending") in _PENDING_BOOT else 1.0)
     yield from (peers, seconds, entries, ready)
+
+
+_LEASE_COUNTERS = [
+    ("shoal_leases_granted", "leases_granted", "Load leases this member granted as the keys' owner."),
+    ("shoal_lease_waits", "lease_waits", "Requests this member answered 'wait: another member is loading'."),
+    ("shoal_leases_handed_over", "leases_handed_over", "Leases passed on (holder down, over time or gave it back)."),
+    ("shoal_loads_without_lease", "loads_without_lease", "Loads run here because the key's owner did not answer."),
+]
+
+
+def _lease_families(leases: dict[str, int]) -> Iterator[Metric]:
+    """Cluster single flight (leases.py): member-wide, not per cache."""
+    for name, key, doc in _LEASE_COUNTERS:
+        if key in leases:
+            yield CounterMetricFamily(name, doc, value=float(leases[key]))
+    if "leases_held" in leases:
+        held = float(leases["leases_held"])
+        yield GaugeMetricFamily("shoal_leases_held", "Leases out now on keys this member owns.", value=held)
 
 
 def _family(
