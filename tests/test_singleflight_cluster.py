@@ -137,6 +137,15 @@ def test_node_cache_refuses_an_unknown_single_flight_mode() -> None:
         Node().cache("u", single_flight="global")
 
 
+def test_asking_again_for_a_cache_with_the_other_single_flight_mode_is_an_error() -> None:
+    node = Node()
+    node.cache("u", single_flight="local")
+    assert node.cache("u") is node.cache("u", single_flight="local")
+    with pytest.raises(ValueError, match="single_flight='cluster' \\(it has 'local'\\)"):
+        node.cache("u", single_flight="cluster")
+    assert node.stats()["caches"]["u"]["single_flight"] == "local"
+
+
 def test_a_sync_fetch_on_the_nodes_own_loop_loads_locally_instead_of_waiting_on_itself() -> None:
     async def main() -> tuple[str, int]:
         calls = 0
