@@ -42,7 +42,7 @@ NODE_METRICS = {
     "shoal_leases_granted_total",
     "shoal_lease_waits_total",
     "shoal_leases_handed_over_total",
-    "shoal_loads_without_lease_total",
+    "shoal_lease_owner_fallbacks_total",
     "shoal_leases_held",
 }
 

@@ -20,10 +20,13 @@ and text if the loader raised); the owner forwards it to every waiter, so a
 loader error reaches every caller in the cluster and nothing is stored; the next
 fetch asks again. A lease lapses after ``ttl`` (the loader timeout), and a holder
 that goes down, or gives it back (``LeaseReturn``: its callers were cancelled),
-loses it at once: the owner hands it to one of the waiters. A
-member whose owner does not answer in time (down, partitioned, lost messages)
-asks again, then loads itself: availability before strictness, so a
-lost owner costs at most one more upstream call per key, never a stuck caller.
+loses it at once: the owner hands it to one of the waiters. A member whose
+owner does not answer in time (down but not yet noticed, partitioned, lost
+messages) asks again, then asks the next member in the key's rendezvous
+ranking, as every member that finds the owner silent does: they still agree on
+one arbiter, and since each member ranks itself too, the fallback ends with an
+answer, never a stuck caller. (A member cut off from all others is its own
+arbiter: it loads for itself.)
 
 This module does no I/O and keeps no clock: the driver feeds it misses, peer
 messages, finished loads, member-down news, arrived keys and time, and carries
@@ -53,6 +56,7 @@ LEASE_TTL = 10.0  # seconds a holder may load before its lease passes to a waite
 ASK_TIMEOUT = 1.0  # no answer from the owner in this long: ask again ...
 MAX_ASKS = 2  # ... and after this many unanswered asks, load without a lease
 EXPECT_WAIT = 1.0  # told "loaded" but the value has not arrived: re-ask after this long
+RECENT = EXPECT_WAIT  # an owner answers "loaded" this long after a load, before the value reaches it
 GRACE = 0.5  # a waiter re-asks this long after the lease it waits on should have lapsed
 MAX_KEYS_PER_MESSAGE = 1000
 MAX_LEASES = 100_000  # leases one owner tracks; past it, requesters just load (as with no owner)
@@ -108,6 +112,7 @@ class _Want:
     deadline: float
     asks: int = 1
     holder: int | None = None  # who loads it, as the owner told us (WAITING)
+    silent: tuple[int, ...] = ()  # owners that did not answer: the next one in rank is asked
 
 
 class Leases:
@@ -132,11 +137,15 @@ class Leases:
         self.max_asks = max_asks
         self.leases: dict[tuple[str, Key], _Lease] = {}
         self.wants: dict[tuple[str, Key], _Want] = {}
+        self.recent: dict[tuple[str, Key], float] = {}
+        """Keys loaded lately, until when: the holder's word can overtake its value (the
+        value waits for a flush), and a request in between must not start a second load."""
         self.caches: set[str] = set()  # caches that take part (single_flight="cluster")
-        self.granted = self.waited = self.handed_over = self.unowned_loads = 0
+        self.granted = self.waited = self.handed_over = self.fallbacks = 0
 
-    def owner(self, cache: str, key: Key) -> int:
-        return owner_of(key, [self.node_id, *self._peers(cache)])
+    def owner(self, cache: str, key: Key, silent: tuple[int, ...] = ()) -> int:
+        """The key's owner among the live members, passing over those in ``silent``."""
+        return owner_of(key, [self.node_id, *(p for p in self._peers(cache) if p not in silent)])
 
     # -- events from the local caller -------------------------------------------------
 
@@ -210,7 +219,7 @@ class Leases:
             for key in keys:
                 lease = self.leases.get((cache, key))
                 if lease is not None and lease.holder == peer:
-                    actions += self._release(cache, key, lease, error, now)
+                    actions += self._reported(cache, key, lease, error, now)
                 else:
                     actions += self._outcome(peer, cache, key, error, now)
         return actions
@@ -232,7 +241,7 @@ class Leases:
                 # We own the key now and know who loads it: keep the lease there, and wait.
                 assert want.holder is not None
                 self.leases[cache, key] = _Lease(want.holder, now + self.ttl, {self.node_id: None})
-            actions += self._ask(cache, key, now, asks=want.asks)
+            actions += self._ask(cache, key, now, asks=want.asks, silent=want.silent)
         return actions
 
     def _adopts(self, cache: str, key: Key, want: _Want, gone: int) -> bool:
@@ -258,6 +267,9 @@ class Leases:
         for (cache, key), lease in list(self.leases.items()):
             if lease.expires <= now:
                 actions += self._lapse(cache, key, lease, now)
+        for loaded, until in list(self.recent.items()):
+            if until <= now:
+                del self.recent[loaded]
         for (cache, key), want in list(self.wants.items()):
             if want.state == LOADING or want.deadline > now:
                 continue
@@ -265,22 +277,26 @@ class Leases:
                 del self.wants[cache, key]
                 actions.append(Deliver(cache, key))
             elif want.state == WAITING:  # the lease should have lapsed by now: the owner passes it on
-                actions += self._ask(cache, key, now, asks=want.asks)
-            elif want.asks >= self.max_asks:
-                # No answer from the owner, or a value it says is stored never came: load
-                # without a lease rather than keep the callers waiting.
-                want.state = LOADING
-                self.unowned_loads += 1
-                actions.append(Load(cache, key))
+                actions += self._ask(cache, key, now, asks=want.asks, silent=want.silent)
+            elif want.asks < self.max_asks:
+                actions += self._ask(cache, key, now, asks=want.asks + 1, silent=want.silent)
+            elif want.owner != self.node_id:
+                # No answer from the owner (down but not yet noticed, cut off), or a value it
+                # says is stored never came: ask the next owner in rank, as every member
+                # that finds it silent does, so they still agree on one arbiter. We are in
+                # the ranking ourselves, so this ends with an answer.
+                self.fallbacks += 1
+                actions += self._ask(cache, key, now, asks=1, silent=(*want.silent, want.owner))
             else:
-                actions += self._ask(cache, key, now, asks=want.asks + 1)
+                want.state = LOADING  # our own word that it was loaded, and nothing came: load it
+                actions.append(Load(cache, key))
         return actions
 
     # -- requester ---------------------------------------------------------------------
 
-    def _ask(self, cache: str, key: Key, now: float, asks: int) -> list[Any]:
-        owner = self.owner(cache, key)
-        self.wants[cache, key] = _Want(owner, ASKING, now + self.ask_timeout, asks)
+    def _ask(self, cache: str, key: Key, now: float, asks: int, silent: tuple[int, ...] = ()) -> list[Any]:
+        owner = self.owner(cache, key, silent)
+        self.wants[cache, key] = _Want(owner, ASKING, now + self.ask_timeout, asks, silent=silent)
         if owner == self.node_id:
             return self._answer_self(cache, key, self._request(owner, cache, key, now), now)
         return [Send(owner, LeaseRequest(cache, [key]))]
@@ -329,7 +345,7 @@ class Leases:
         if lease is None or lease.holder != self.node_id:
             return []
         error = None if error_type is None else (error_type, error_text or "")
-        return self._release(cache, key, lease, error, now)
+        return self._reported(cache, key, lease, error, now)
 
     # -- owner ---------------------------------------------------------------------------
 
@@ -337,8 +353,8 @@ class Leases:
         """The owner's answer: ("grant" | "wait" | "done", seconds left on the lease, its holder)."""
         if cache not in self.caches:  # a cache we run no leases for: nothing to arbitrate
             return "grant", self.ttl, requester
-        if self._holds(cache, key):  # already loaded: the value is on its way to the requester
-            return "done", 0.0, 0
+        if self._holds(cache, key) or self.recent.get((cache, key), 0.0) > now:
+            return "done", 0.0, 0  # already loaded: the value is on its way to the requester
         lease = self.leases.get((cache, key))
         if lease is None:
             mine = self.wants.get((cache, key))
@@ -378,6 +394,12 @@ class Leases:
                 actions.append(Send(waiter, LeaseDone(cache, [key], error_type, error_text)))
         return actions
 
+    def _reported(self, cache: str, key: Key, lease: _Lease, error: tuple[str, str] | None, now: float) -> list[Any]:
+        """The holder says how its load went."""
+        if error is None:
+            self.recent[cache, key] = now + RECENT
+        return self._release(cache, key, lease, error, now)
+
     def _lapse(self, cache: str, key: Key, lease: _Lease, now: float) -> list[Any]:
         """The holder is gone or over time: pass the lease to the first waiter (or end it)."""
         if self._holds(cache, key) or not lease.waiters:
@@ -396,7 +418,7 @@ class Leases:
             "leases_granted": self.granted,
             "lease_waits": self.waited,
             "leases_handed_over": self.handed_over,
-            "loads_without_lease": self.unowned_loads,
+            "owner_fallbacks": self.fallbacks,
         }
 
 

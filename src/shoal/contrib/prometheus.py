@@ -13,7 +13,7 @@ Counters (``_total``): ``shoal_cache_{hits,misses,sets,deletes,evictions,expirat
 ``shoal_replication_queue_depth``, ``shoal_replication_lag_ms`` (of the last batch applied;
 absent until one is), ``shoal_members_up`` (up peers hosting the cache), ``shoal_warm_boot_seconds``,
 ``shoal_warm_boot_entries``, ``shoal_ready`` (1 once the cache's warm boot is over). Member-wide,
-cluster single flight: ``shoal_{leases_granted,lease_waits,leases_handed_over,loads_without_lease}_total``
+cluster single flight: ``shoal_{leases_granted,lease_waits,leases_handed_over,lease_owner_fallbacks}_total``
 and the gauge ``shoal_leases_held``.
 """
 
@@ -118,7 +118,7 @@ _LEASE_COUNTERS = [
     ("shoal_leases_granted", "leases_granted", "Load leases this member granted as the keys' owner."),
     ("shoal_lease_waits", "lease_waits", "Requests this member answered 'wait: another member is loading'."),
     ("shoal_leases_handed_over", "leases_handed_over", "Leases passed on (holder down, over time or gave it back)."),
-    ("shoal_loads_without_lease", "loads_without_lease", "Loads run here because the key's owner did not answer."),
+    ("shoal_lease_owner_fallbacks", "owner_fallbacks", "Keys asked of the next owner: the first did not answer."),
 ]
 
 
