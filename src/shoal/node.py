@@ -38,6 +38,7 @@ from .housekeeping import Collector, Resolver, Snapshots, discover
 from .messages import Message, Query
 from .queries import Handler, Queries
 from .replica import ReplicaView
+from .replication import CATCHUP_LOG_BYTES
 from .serializer import Serializer
 from .transport import Connection, dns_resolver, is_loopback, parse_address
 from .wire import DEFAULT_MAX_FRAME, encode
@@ -46,6 +47,9 @@ log = logging.getLogger("shoal")
 
 TICK = 0.1
 SCAN_PAUSE = 0.002
+CONNECT_TIMEOUT = 3.0
+"""A dial gives up after this (a member behind a partition drops the SYN): the next one, after
+a backoff of at most 2 s, is what reconnects soon after the partition heals."""
 
 __all__ = ["Node", "parse_address"]
 
@@ -71,6 +75,7 @@ class Node:
         warm_donors: int = 1,
         warm_timeout: float = 30.0,
         boot_wait: float = 2.0,
+        catchup_log_bytes: int = CATCHUP_LOG_BYTES,
         resolver: Resolver | None = None,
         dns_interval: float = 10.0,
         snapshot_path: str | os.PathLike[str] | None = None,
@@ -99,6 +104,7 @@ class Node:
             warm_timeout=warm_timeout,
             boot_wait=boot_wait,
             max_peer_backlog=max_peer_backlog,
+            catchup_log_bytes=catchup_log_bytes,
         )
         self._resolver = resolver or dns_resolver
         self.dns_interval = dns_interval
@@ -273,7 +279,7 @@ class Node:
                         "address": m.listen,
                         "state": m.state,
                         "last_heard": round(now - m.last_heard, 3),
-                        "caches": sorted(m.caches),
+                        "caches": sorted(m.caches or ()),
                     }
                 )
         return rows
@@ -326,7 +332,7 @@ class Node:
         self._core.membership.seeds = [s for s in self.seeds if s != self.address]
         self._core.wake = functools.partial(loop.call_soon_threadsafe, self._flush_shortly)
         log.info("node %016x listening on %s", self.node_id, self.address)
-        self._run(self._core.start(time.monotonic()))
+        self._run(self._core.start(time.monotonic(), time.time()))
         self._spawn(self._ticker())
         if self.discovery:
             self._spawn(discover(self.discovery, self._resolver, self.dns_interval, self._discovered))
@@ -340,7 +346,7 @@ class Node:
         core = self._core
         if self._snapshots is not None:
             await self.write_snapshot()
-        self._run(core.stop(time.monotonic()))
+        self._run(core.stop(time.monotonic(), time.time()))
         deadline = time.monotonic() + 2.0
         while time.monotonic() < deadline and any(c.backlog() for c in self._peers.values()):
             await asyncio.sleep(0.01)
@@ -467,7 +473,7 @@ class Node:
                     ssl=self._client_ssl,
                     server_hostname=host if self._client_ssl else None,
                 ),
-                self.handshake_timeout,
+                min(self.handshake_timeout, CONNECT_TIMEOUT),
             )
         except (OSError, asyncio.TimeoutError, ValueError) as exc:
             log.debug("dial %s failed: %s", address, exc)
@@ -481,7 +487,7 @@ class Node:
 
     def _flush(self) -> None:
         if self._core is not None and not self._stopping:
-            self._run(self._core.flush(self._backlog))
+            self._run(self._core.flush(self._backlog, time.time()))
 
     def _backlog(self, peer: int) -> int:
         conn = self._peers.get(peer)
