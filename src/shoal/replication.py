@@ -228,30 +228,29 @@ def new_figures() -> dict[str, Any]:
 
 
 class _Log:
-    """Recent writes of one cache, oldest first, bounded in bytes (see the module docstring)."""
+    """Recent writes of one cache, oldest first, bounded in bytes (see the module docstring).
+
+    Kept as the batches they came in (a flush's, a peer's Ops): one append per batch.
+    """
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self.entries: deque[tuple[int, list[Any], int]] = deque()  # (logged at ms, wire op, size)
+        self.batches: deque[tuple[int, list[Any], int]] = deque()  # (logged at ms, wire ops, size)
         self.size = 0
         self.dropped_ms = 0  # newest logging time ever dropped: complete after it
 
     def add(self, wire_ops: list[Any], ms: int) -> None:
-        for op in wire_ops:
-            value = op[2]
-            size = _OP_OVERHEAD + (len(value) if type(value) is bytes else 0) + (
-                len(op[1]) if type(op[1]) in (str, bytes) else 8
-            )
-            self.entries.append((ms, op, size))
-            self.size += size
-        while self.size > self.limit and self.entries:
-            old_ms, _, old_size = self.entries.popleft()
+        size = _OP_OVERHEAD * len(wire_ops) + sum(len(op[2]) for op in wire_ops if type(op[2]) is bytes)
+        self.batches.append((ms, wire_ops, size))
+        self.size += size
+        while self.size > self.limit and self.batches:
+            old_ms, _, old_size = self.batches.popleft()
             self.size -= old_size
             self.dropped_ms = old_ms
 
     def since(self, ms: int) -> tuple[list[Any], bool]:
         """Ops logged at ``ms`` or later, and whether the log is complete that far back."""
-        ops = [op for logged, op, _ in self.entries if logged >= ms]
+        ops = [op for logged, batch, _ in self.batches if logged >= ms for op in batch]
         return ops, self.dropped_ms < ms
 
 
