@@ -236,10 +236,12 @@ class Node:
             self._thread = None
 
     def wait_ready(self, timeout: float | None = None) -> bool:
-        """True once every cache finished its warm boot (a readiness probe)."""
+        """True once the member can serve the cluster (a readiness probe): every cache booted,
+        connected to every member known to be up, caught up from each (those two bounded)."""
         return self._ready_flag.wait(timeout)
 
     async def ready(self, timeout: float | None = None) -> bool:
+        """``wait_ready`` for asyncio applications (``timeout=0`` answers at once)."""
         if self._ready_event is None:
             raise ShoalError("node not running")
         if self._ready_event.is_set():  # wait_for(timeout=0) would not even look
