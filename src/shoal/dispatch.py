@@ -230,6 +230,7 @@ class Dispatcher:
 
     def message(self, peer: int, msg: Message, now: float, wall: float) -> list[Action]:
         """A message from an admitted peer; raises ProtocolError for one it may not send."""
+        self.replicator.heard(peer, wall)
         if isinstance(msg, _MEMBERSHIP):
             return self._after(self.membership.received(peer, msg, now), now, membership=isinstance(msg, Gossip))
         self.membership.heard(peer, now)

@@ -354,7 +354,6 @@ class Replicator:
     # -- incoming --------------------------------------------------------------
 
     def received(self, peer: int, msg: Message, now: float, wall: float) -> list[Action]:
-        self.heard_ms[peer] = int(wall * 1000)
         if isinstance(msg, Ops):
             ops = ops_from_wire(msg.ops)
             if msg.cache in self.replicas:
@@ -420,6 +419,10 @@ class Replicator:
 
     def start(self, wall: float) -> None:
         self.started_ms = int(wall * 1000)
+
+    def heard(self, peer: int, wall: float) -> None:
+        """Any message from ``peer``: what it sent until now has reached us (catch-up starts there)."""
+        self.heard_ms[peer] = int(wall * 1000)
 
     def member_up(self, peer: int, now: float) -> list[Action]:
         """A connection to ``peer`` is up: ask it for what we may have missed, cache by cache."""
