@@ -38,6 +38,8 @@ from .errors import ProtocolError
 from .leases import Leases, is_lease_message
 from .membership import Membership
 from .messages import (
+    CatchUp,
+    CaughtUp,
     Digest,
     DumpChunk,
     DumpEnd,
@@ -53,7 +55,7 @@ from .messages import (
     SizeRequest,
 )
 from .replica import Op, ReplicaView
-from .replication import Replicator
+from .replication import CATCHUP_LOG_BYTES, Replicator
 from .store import Key
 from .warmboot import Booter, BootStats
 
@@ -63,7 +65,7 @@ FLUSH_DELAY = 0.001
 FLUSH_MAX_OPS = 20_000
 """At most this many ops per flush, so one flush never holds the driver's thread long."""
 
-_REPLICATION = (Ops, Digest, Listing, Pull)
+_REPLICATION = (Ops, Digest, Listing, Pull, CatchUp, CaughtUp)
 _WARMBOOT = (SizeRequest, SizeReply, DumpRequest, DumpChunk, DumpEnd)
 _MEMBERSHIP = (Gossip, Heartbeat, Leave)
 
@@ -79,6 +81,10 @@ class Config:
     warm_timeout: float = 30.0
     boot_wait: float = 2.0
     max_peer_backlog: int = 64 * 1024 * 1024
+    catchup_log_bytes: int = CATCHUP_LOG_BYTES
+    """Recent writes kept per cache for members that reconnect (catch-up); 0 keeps none."""
+    mesh_wait: float = 5.0
+    """How long readiness waits for a gossiped member to connect, or a peer to answer a catch-up."""
 
 
 class Dispatcher:
@@ -106,7 +112,11 @@ class Dispatcher:
             rng=self.rng,
         )
         self.replicator = Replicator(
-            self.membership, self.replicas, interval=config.anti_entropy_interval, rng=self.rng
+            self.membership,
+            self.replicas,
+            interval=config.anti_entropy_interval,
+            rng=self.rng,
+            log_bytes=config.catchup_log_bytes,
         )
         self.booter = Booter(
             self.membership,
@@ -116,6 +126,7 @@ class Dispatcher:
             warm_donors=config.warm_donors,
             boot_wait=config.boot_wait,
             warm_timeout=config.warm_timeout,
+            patience=config.mesh_wait,
             rng=self.rng,
         )
         self.leases = Leases(node_id, self.membership.group, self._holds)
@@ -143,9 +154,10 @@ class Dispatcher:
             return []
         return self._after(self.membership.host(name) + self.booter.start(name, now))
 
-    def start(self, now: float) -> list[Action]:
+    def start(self, now: float, wall: float) -> list[Action]:
         """The driver is listening: boot every cache hosted so far, send early writes."""
         self.running = True
+        self.replicator.start(wall)
         actions: list[Action] = []
         for name in self.replicas:
             actions += self.membership.host(name)
@@ -155,9 +167,9 @@ class Dispatcher:
             self.wake()
         return self._after(actions)
 
-    def stop(self, now: float) -> list[Action]:
+    def stop(self, now: float, wall: float) -> list[Action]:
         """Graceful stop: every queued write goes out, then a goodbye to each peer."""
-        actions = self.flush(lambda peer: 0, everything=True)
+        actions = self.flush(lambda peer: 0, wall, everything=True)
         self.running = False
         return actions + self.membership.leave()
 
@@ -170,7 +182,7 @@ class Dispatcher:
             self._flush_pending = True
             self.wake()
 
-    def flush(self, backlog: Callable[[int], int], everything: bool = False) -> list[Action]:
+    def flush(self, backlog: Callable[[int], int], wall: float, everything: bool = False) -> list[Action]:
         """Queued writes as Ops broadcasts; a peer whose unsent bytes (``backlog``) are over
         ``max_peer_backlog`` gets none of them and is marked for repair instead."""
         # Clear the flag before draining: an op queued after this point wakes the
@@ -185,7 +197,7 @@ class Dispatcher:
         actions: list[Action] = []
         limit = self.config.max_peer_backlog
         for name, ops in batches.items():
-            for action in self.replicator.outgoing(name, ops):
+            for action in self.replicator.outgoing(name, ops, wall):
                 assert isinstance(action, Broadcast) and isinstance(action.msg, Ops)
                 slow = [peer for peer in action.peers if backlog(peer) > limit]
                 for peer in slow:
@@ -224,12 +236,13 @@ class Dispatcher:
 
     def message(self, peer: int, msg: Message, now: float, wall: float) -> list[Action]:
         """A message from an admitted peer; raises ProtocolError for one it may not send."""
+        self.replicator.heard(peer, wall)
         if isinstance(msg, _MEMBERSHIP):
             return self._after(self.membership.received(peer, msg, now), now, membership=isinstance(msg, Gossip))
         self.membership.heard(peer, now)
         self._wall = wall
         if isinstance(msg, _REPLICATION):
-            actions = self.replicator.received(peer, msg, wall)
+            actions = self._after(self.replicator.received(peer, msg, now, wall), now)
             if isinstance(msg, Ops) and self.leases.wants:  # callers here may be waiting for these keys
                 actions += self.leases.arrived(msg.cache, [op[1] for op in msg.ops], now)
             return actions
@@ -274,11 +287,12 @@ class Dispatcher:
             actions += self.booter.tick(now)  # a boot waiting for peers need not wait for a tick
         for action in list(actions):
             if isinstance(action, MemberUp):
-                self.replicator.needs_repair.add(action.peer)  # a member that comes back is caught up first
+                actions += self.replicator.member_up(action.peer, now)  # what it missed, and what we did
             elif isinstance(action, MemberDown):
+                self.replicator.member_down(action.peer)
                 actions += self.booter.member_down(action.peer, now)
                 actions += self.leases.member_down(action.peer, now)
-        ready = self.running and all(name in self._booted_caches for name in self.replicas)
+        ready = self._ready(now)
         if ready != self.ready:
             self.ready = ready
             actions.append(Ready(ready))
@@ -287,6 +301,15 @@ class Dispatcher:
     def _holds(self, cache: str, key: Key) -> bool:
         replica = self.replicas.get(cache)
         return replica is not None and replica.holds(key, self._wall)
+
+    def _ready(self, now: float) -> bool:
+        """Ready to serve the cluster: every cache booted, connected to every member known to be
+        up and caught up from each. The last two are bounded by ``mesh_wait``, so a member that
+        is gossiped but dead, or one that never answers, cannot hold readiness back for long."""
+        if not self.running or not all(name in self._booted_caches for name in self.replicas):
+            return False
+        patience = self.config.mesh_wait
+        return not self.membership.unmet(now, patience) and not self.replicator.waiting_for(now, patience)
 
     def _booted(self, cache: str, stats: BootStats) -> None:
         self._booted_caches.add(cache)

@@ -52,6 +52,7 @@ from .housekeeping import Collector, Resolver, Snapshots, discover
 from .messages import Message, Query
 from .queries import Handler, Queries
 from .replica import ReplicaView
+from .replication import CATCHUP_LOG_BYTES
 from .serializer import Serializer
 from .singleflight import ClusterFlights
 from .transport import Connection, dns_resolver, is_loopback, parse_address
@@ -61,6 +62,9 @@ log = logging.getLogger("shoal")
 
 TICK = 0.1
 SCAN_PAUSE = 0.002
+CONNECT_TIMEOUT = 3.0
+"""A dial gives up after this (a member behind a partition drops the SYN): the next one, after
+a backoff of at most 2 s, is what reconnects soon after the partition heals."""
 
 __all__ = ["Node", "parse_address"]
 
@@ -86,6 +90,7 @@ class Node:
         warm_donors: int = 1,
         warm_timeout: float = 30.0,
         boot_wait: float = 2.0,
+        catchup_log_bytes: int = CATCHUP_LOG_BYTES,
         resolver: Resolver | None = None,
         dns_interval: float = 10.0,
         snapshot_path: str | os.PathLike[str] | None = None,
@@ -114,6 +119,7 @@ class Node:
             warm_timeout=warm_timeout,
             boot_wait=boot_wait,
             max_peer_backlog=max_peer_backlog,
+            catchup_log_bytes=catchup_log_bytes,
         )
         self._resolver = resolver or dns_resolver
         self.dns_interval = dns_interval
@@ -258,10 +264,12 @@ class Node:
             self._thread = None
 
     def wait_ready(self, timeout: float | None = None) -> bool:
-        """True once every cache finished its warm boot (a readiness probe)."""
+        """True once the member can serve the cluster (a readiness probe): every cache booted,
+        connected to every member known to be up, caught up from each (those two bounded)."""
         return self._ready_flag.wait(timeout)
 
     async def ready(self, timeout: float | None = None) -> bool:
+        """``wait_ready`` for asyncio applications (``timeout=0`` answers at once)."""
         if self._ready_event is None:
             raise ShoalError("node not running")
         if self._ready_event.is_set():  # wait_for(timeout=0) would not even look
@@ -301,7 +309,7 @@ class Node:
                         "address": m.listen,
                         "state": m.state,
                         "last_heard": round(now - m.last_heard, 3),
-                        "caches": sorted(m.caches),
+                        "caches": sorted(m.caches or ()),
                     }
                 )
         return rows
@@ -359,7 +367,7 @@ class Node:
         self._core.wake = functools.partial(loop.call_soon_threadsafe, self._flush_shortly)
         self._cluster.bind(loop)
         log.info("node %016x listening on %s", self.node_id, self.address)
-        self._run(self._core.start(time.monotonic()))
+        self._run(self._core.start(time.monotonic(), time.time()))
         self._spawn(self._ticker())
         if self.discovery:
             self._spawn(discover(self.discovery, self._resolver, self.dns_interval, self._discovered))
@@ -374,7 +382,7 @@ class Node:
         core = self._core
         if self._snapshots is not None:
             await self.write_snapshot()
-        self._run(core.stop(time.monotonic()))
+        self._run(core.stop(time.monotonic(), time.time()))
         deadline = time.monotonic() + 2.0
         while time.monotonic() < deadline and any(c.backlog() for c in self._peers.values()):
             await asyncio.sleep(0.01)
@@ -501,7 +509,7 @@ class Node:
                     ssl=self._client_ssl,
                     server_hostname=host if self._client_ssl else None,
                 ),
-                self.handshake_timeout,
+                min(self.handshake_timeout, CONNECT_TIMEOUT),
             )
         except (OSError, asyncio.TimeoutError, ValueError) as exc:
             log.debug("dial %s failed: %s", address, exc)
@@ -515,7 +523,7 @@ class Node:
 
     def _flush(self) -> None:
         if self._core is not None and not self._stopping:
-            self._run(self._core.flush(self._backlog))
+            self._run(self._core.flush(self._backlog, time.time()))
 
     def _backlog(self, peer: int) -> int:
         conn = self._peers.get(peer)
