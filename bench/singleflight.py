@@ -16,6 +16,12 @@ cache's own path on a miss, not an upstream:
 
 The difference between the last row and ``local`` is the latency a cluster-wide
 miss adds. Hits never ask anyone: they are the same dict lookup in both modes.
+
+Then the other side of a miss, a waiter: a second Node in this process misses
+the same key while the first one's loader (20 ms) runs; the figure is how long
+after that loader returned the waiter has the value (the holder's ``set``
+replicating, or the owner's word), and how many times the waiter loaded itself
+(it should never).
 (Upstream calls saved during a burst are shown by examples/identity_service/burst.py.)
 """
 
@@ -27,13 +33,14 @@ import platform
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from shoal import Node  # noqa: E402
+from shoal import Cache, Node  # noqa: E402
 
 
 def percentile(samples: list[float], q: float) -> float:
@@ -55,6 +62,44 @@ def start_peer(seed: str) -> tuple[subprocess.Popen[str], str]:
     if not line.startswith("listening on "):
         raise RuntimeError(f"shoal serve did not start: {line!r}")
     return proc, line.split()[2]
+
+
+def waiter_delays(holder: Node, holder_cache: Cache, count: int) -> tuple[list[float], int]:
+    """Microseconds from the holder's loader returning to a waiter on another member having the value."""
+    waiter = Node(seeds=[holder.address], gc_freeze=False).start()
+    try:
+        cache = waiter.cache("sf", ttl=600)
+        deadline = time.monotonic() + 30
+        while not waiter.wait_ready(0.05) or sum(1 for m in waiter.members() if m["state"] == "up") < 2:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the waiter did not join")
+        delays: list[float] = []
+        own_loads = 0
+        for i in range(count):
+            key = f"wait-{i}"
+            loading, returned = threading.Event(), [0.0]
+
+            def load(key: str, loading: threading.Event = loading, returned: list[float] = returned) -> str:
+                loading.set()
+                time.sleep(0.02)
+                returned[0] = time.perf_counter()
+                return key
+
+            def own(key: str) -> str:
+                nonlocal own_loads
+                own_loads += 1
+                return key
+
+            holding = threading.Thread(target=holder_cache.fetch, args=(key, load))
+            holding.start()
+            loading.wait(10)
+            cache.fetch(key, own)
+            got = time.perf_counter()
+            holding.join()
+            delays.append(max(0.0, got - returned[0]) * 1e6)
+        return delays, own_loads
+    finally:
+        waiter.stop()
 
 
 def main() -> int:
@@ -100,6 +145,7 @@ def main() -> int:
         rows.append(("cluster, owned here", timed(cluster.fetch, owned_here)))
         rows.append(("cluster, owned by a peer", timed(cluster.fetch, owned_away)))
         rows.append(("hit (either mode)", timed(cluster.fetch, owned_away[:200])))
+        waits, waiter_loads = waiter_delays(node, cluster, count // 4)
         leases = node.stats()["leases"]
     finally:
         node.stop()
@@ -119,6 +165,11 @@ def main() -> int:
         f"\nadded by a cluster-wide miss (owned by a peer, minus local): "
         f"p50 {percentile(away, 0.5) - percentile(base, 0.5):.0f} us, "
         f"p99 {percentile(away, 0.99) - percentile(base, 0.99):.0f} us"
+    )
+    print(
+        f"\na waiter on another member, after the holder's loader returned ({len(waits)} keys): "
+        f"p50 {percentile(waits, 0.5):.0f} us, p99 {percentile(waits, 0.99):.0f} us; "
+        f"the waiter loaded {waiter_loads} times itself"
     )
     print(f"lease figures of the measuring member: {leases}")
     return 0
