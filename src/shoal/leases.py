@@ -50,11 +50,11 @@ from .errors import ProtocolError
 from .messages import LeaseDone, LeaseGrant, LeaseRequest, LeaseReturn, LeaseWait, Message
 from .store import Key
 
-__all__ = ["Deliver", "Fail", "Leases", "Load", "owner_of"]  # the three actions live in actions.py
+__all__ = ["Leases", "is_lease_message", "owner_of"]  # its actions (Load, Deliver, Fail) are in actions.py
 
 LEASE_TTL = 10.0  # seconds a holder may load before its lease passes to a waiter
 ASK_TIMEOUT = 1.0  # no answer from the owner in this long: ask again ...
-MAX_ASKS = 2  # ... and after this many unanswered asks, load without a lease
+MAX_ASKS = 2  # ... and after this many unanswered asks, ask the next owner in the key's ranking
 EXPECT_WAIT = 1.0  # told "loaded" but the value has not arrived: re-ask after this long
 RECENT = EXPECT_WAIT  # an owner answers "loaded" this long after a load, before the value reaches it
 GRACE = 0.5  # a waiter re-asks this long after the lease it waits on should have lapsed
@@ -91,7 +91,7 @@ def _score(raw: bytes, member: int) -> int:
 ASKING = "asking"  # request sent, no answer yet
 WAITING = "waiting"  # another member holds the lease
 EXPECTING = "expecting"  # the load is over; the value is on its way by replication
-LOADING = "loading"  # our loader runs (with the lease, or without one: owner unreachable)
+LOADING = "loading"  # our loader runs
 
 
 @dataclass(slots=True)
