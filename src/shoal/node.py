@@ -142,7 +142,7 @@ class Node:
         self._stopping = False
         self._queries = Queries(self.members, self.stats)
         self._core = self._new_core()
-        self._cluster = ClusterFlights(self._core.leases, self._run)
+        self._cluster = ClusterFlights(self._core.leases, self._run, flush=self._flush)
         self._single_flight: dict[str, str] = {}
 
     # -- public API ------------------------------------------------------------------

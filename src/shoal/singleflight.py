@@ -85,9 +85,12 @@ class ClusterFlights:
         leases: Leases,
         perform: Callable[[list[Any]], None],
         now: Callable[[], float] = time.monotonic,
+        flush: Callable[[], None] = lambda: None,
     ) -> None:
+        """``flush`` sends the queued writes now: a holder's value goes out before its report."""
         self.leases = leases
         self._perform = perform
+        self._flush = flush
         self._now = now
         self._loop: asyncio.AbstractEventLoop | None = None
         self._waiting: dict[tuple[str, Key], Future[str]] = {}
@@ -123,7 +126,14 @@ class ClusterFlights:
     def finish(self, cache: str, key: Key, error: BaseException | None = None) -> None:
         """The local loader ran after ``LOAD``: tell the cluster how it went (any thread)."""
         if error is None:
-            self._call(lambda: self._perform(self.leases.loaded(cache, key, self._now())))
+
+            def loaded() -> None:
+                # The value is queued for the usual flush delay: send it now, ahead of our
+                # report, so the waiters have it as soon as they hear the load is over.
+                self._flush()
+                self._perform(self.leases.loaded(cache, key, self._now()))
+
+            self._call(loaded)
         else:
             kind, text = type(error).__name__, str(error)
             self._call(lambda: self._perform(self.leases.failed(cache, key, kind, text, self._now())))
