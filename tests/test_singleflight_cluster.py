@@ -146,6 +146,21 @@ def test_asking_again_for_a_cache_with_the_other_single_flight_mode_is_an_error(
     assert node.stats()["caches"]["u"]["single_flight"] == "local"
 
 
+def test_before_start_and_after_stop_a_node_cache_loads_for_itself() -> None:
+    node = Node()
+    users = node.cache("users")
+    assert users.fetch("before", str.upper) == "BEFORE"
+    node.start()
+    try:
+        assert node.wait_ready(10)
+        assert users.fetch("during", str.upper) == "DURING"
+        assert node.stats()["leases"]["leases_granted"] == 1  # a lone member grants itself the lease
+    finally:
+        node.stop()
+    assert users.fetch("after", str.upper) == "AFTER"
+    assert users.stats()["loads"] == 3
+
+
 def test_a_sync_fetch_on_the_nodes_own_loop_loads_locally_instead_of_waiting_on_itself() -> None:
     async def main() -> tuple[str, int]:
         calls = 0
