@@ -193,12 +193,11 @@ def test_a_holder_cancelled_mid_load_passes_the_lease_on_and_the_other_member_lo
             calls.append("second")
             return f"value of {key}"
 
-        async with Node() as a, Node(seeds=[a.address]) as b:
+        # A lease that never lapses: only a hand-over can let b load in time.
+        async with Node(load_timeout=3600) as a, Node(seeds=[a.address], load_timeout=3600) as b:
             for node in (a, b):
                 node.cache("u")
             await wait_for_async(lambda: all(peers_hosting(n, "u") == 1 for n in (a, b)))
-            for node in (a, b):
-                node._core.leases.ttl = 3600.0  # only a hand-over, not a lapse, can let b load in time
             holder = asyncio.ensure_future(a.cache("u").afetch("k", never))
             await asyncio.wait_for(started.wait(), 10)
             waiter = asyncio.ensure_future(b.cache("u").afetch("k", quick))

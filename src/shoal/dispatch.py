@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 from .actions import Action, Broadcast, MemberDown, MemberUp, Ready
 from .errors import ProtocolError
-from .leases import Leases, is_lease_message
+from .leases import LEASE_TTL, Leases, is_lease_message
 from .membership import Membership
 from .messages import (
     CatchUp,
@@ -85,6 +85,8 @@ class Config:
     """Recent writes kept per cache for members that reconnect (catch-up); 0 keeps none."""
     mesh_wait: float = 5.0
     """How long readiness waits for a gossiped member to connect, or a peer to answer a catch-up."""
+    load_timeout: float = LEASE_TTL
+    """Cluster single flight: a lease holder's loader gets this long before the lease passes on."""
 
 
 class Dispatcher:
@@ -129,7 +131,7 @@ class Dispatcher:
             patience=config.mesh_wait,
             rng=self.rng,
         )
-        self.leases = Leases(node_id, self.membership.group, self._holds)
+        self.leases = Leases(node_id, self.membership.group, self._holds, ttl=config.load_timeout)
         """Cluster single flight; the driver adds the caches that take part to ``leases.caches``
         and feeds it the local events (a miss, a load done) directly."""
         self._wall = 0.0  # the last wall-clock time given: what ``leases`` checks values against

@@ -49,6 +49,7 @@ from .clock import HybridClock
 from .dispatch import FLUSH_DELAY, Config, Dispatcher
 from .errors import ProtocolError, ShoalError
 from .housekeeping import Collector, Resolver, Snapshots, discover
+from .leases import LEASE_TTL
 from .messages import Message, Query
 from .queries import Handler, Queries
 from .replica import ReplicaView
@@ -91,6 +92,7 @@ class Node:
         warm_timeout: float = 30.0,
         boot_wait: float = 2.0,
         catchup_log_bytes: int = CATCHUP_LOG_BYTES,
+        load_timeout: float = LEASE_TTL,
         resolver: Resolver | None = None,
         dns_interval: float = 10.0,
         snapshot_path: str | os.PathLike[str] | None = None,
@@ -120,6 +122,7 @@ class Node:
             boot_wait=boot_wait,
             max_peer_backlog=max_peer_backlog,
             catchup_log_bytes=catchup_log_bytes,
+            load_timeout=load_timeout,
         )
         self._resolver = resolver or dns_resolver
         self.dns_interval = dns_interval
