@@ -129,6 +129,25 @@ def test_the_owner_killed_mid_load_costs_at_most_one_more_load_and_every_caller_
     assert 1 <= loader_calls(calls)[key] <= 2
 
 
+def test_the_lease_holder_killed_mid_load_hands_over_and_the_survivors_get_the_value_from_one_more_load(
+    cluster: Cluster,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    calls = tmp_path / "calls"
+    members = start(cluster, calls, load_ms=1500)
+    key = "user:held"
+    owner = next(m for m in members if m.id == members[0].cmd("owner", key=key))
+    holder, waiter = (m for m in members if m is not owner)
+    holder.cmd("burst", id="b1", keys=[key], callers=6)
+    wait_until(lambda: loader_calls(calls)[key] == 1, 10, what="the holder's loader call")
+    waiter.cmd("burst", id="b1", keys=[key], callers=6)
+    owner.cmd("burst", id="b1", keys=[key], callers=6)
+    holder.kill()
+    for m in (owner, waiter):
+        assert m.cmd("results", id="b1") == {key: {f"value:value of {key}": 6}}
+    assert loader_calls(calls)[key] == 2
+
+
 # -- in one process: two Nodes on one event loop --------------------------------------------
 
 
