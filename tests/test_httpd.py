@@ -6,6 +6,7 @@ import asyncio
 import signal
 import socket
 import sys
+import time
 import urllib.error
 import urllib.request
 
@@ -149,6 +150,50 @@ def test_unknown_paths_other_methods_and_garbage_get_4xx_and_the_server_keeps_an
     assert garbage.startswith(b"HTTP/1.1 400 ")
     assert too_long.startswith(b"HTTP/1.1 400 ")
     assert live[0] == 200
+
+
+async def live_once_slots_free(address: str, timeout: float = 10.0) -> int:
+    """/live's status, asked until the server has seen the closed connections go (it is refused until then)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return (await aget(address, "/live"))[0]
+        except (ConnectionError, urllib.error.URLError):
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.01)
+
+
+def test_connections_over_the_cap_are_closed_unanswered_and_probes_work_again_once_they_go(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(httpd, "MAX_CONNECTIONS", 3)
+
+    async def main() -> tuple[bytes, int]:
+        async with Node() as node:
+            server = await httpd.serve(node, "127.0.0.1:0")
+            address = httpd.bound_address(server)
+            host, port = address.rsplit(":", 1)
+            try:
+                idle = [await asyncio.open_connection(host, int(port)) for _ in range(3)]
+                # Accepted in order, so the three idle ones hold every slot when this one arrives.
+                reader, writer = await asyncio.open_connection(host, int(port))
+                writer.write(b"GET /live HTTP/1.1\r\n\r\n")
+                try:
+                    over_cap = await reader.read()
+                except ConnectionResetError:  # closed with our request unread: a reset, no answer
+                    over_cap = b""
+                writer.close()
+                for _, idle_writer in idle:
+                    idle_writer.close()
+                return over_cap, await live_once_slots_free(address)
+            finally:
+                server.close()
+                await server.wait_closed()
+
+    over_cap, live = asyncio.run(main())
+    assert over_cap == b""  # closed without an answer
+    assert live == 200
 
 
 @pytest.mark.slow

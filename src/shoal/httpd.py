@@ -19,7 +19,8 @@ where it is kept, without locks.
   install, rather than a hand-written copy of the exposition format.
 
 Only GET and HEAD of those three paths; a request line is bounded in size and
-time, headers are read and ignored, one request per connection. The address is
+time, headers are read and ignored, one request per connection, and at most
+``MAX_CONNECTIONS`` are open at once (a prober needs one). The address is
 not meant for the internet: put it on the pod network only.
 """
 
@@ -40,7 +41,8 @@ log = logging.getLogger("shoal")
 
 MAX_REQUEST_LINE = 2048
 MAX_HEADERS = 64
-READ_TIMEOUT = 5.0
+READ_TIMEOUT = 5.0  # to send a request; as long again to take the answer
+MAX_CONNECTIONS = 64  # open at once; more are closed unanswered, so nobody can take every descriptor
 
 _REASONS = {
     200: "OK",
@@ -103,8 +105,20 @@ async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str] | None:
 
 def _handler(node: Node) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
     pages = _pages(node)
+    open_now = 0
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal open_now
+        if open_now >= MAX_CONNECTIONS:
+            writer.close()
+            return
+        open_now += 1
+        try:
+            await answer(reader, writer)
+        finally:
+            open_now -= 1
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             try:
                 request = await asyncio.wait_for(_read_request(reader), READ_TIMEOUT)
@@ -127,15 +141,15 @@ def _handler(node: Node) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter
                 f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
             )
             writer.write(head.encode("latin-1") + (b"" if method == "HEAD" else body))
-            await writer.drain()
-        except ConnectionError:
+            await asyncio.wait_for(writer.drain(), READ_TIMEOUT)
+        except (ConnectionError, asyncio.TimeoutError):  # gone, or not reading the answer
             pass
         except Exception:  # a scrape must never take the node down
             log.exception("error answering an HTTP request")
         finally:
             writer.close()
             with contextlib.suppress(Exception):
-                await writer.wait_closed()
+                await asyncio.wait_for(writer.wait_closed(), READ_TIMEOUT)
 
     return handle
 
