@@ -268,7 +268,12 @@ class Cache:
     # -- loads -----------------------------------------------------------------
 
     def fetch(self, key: Key, loader: Callable[[Key], Any], ttl: TTL = DEFAULT) -> Any:
-        """The cached value, or ``loader(key)``'s, called once per key however many wait."""
+        """The cached value, or ``loader(key)``'s, called once per key however many wait.
+
+        On a Node (``single_flight="cluster"``) once for the whole cluster: callers on
+        other members wait for the value to replicate, and a loader that raised there
+        raises ``errors.LoaderError`` here (its type name and text).
+        """
         value = self.get(key, _MISSING)
         if value is not _MISSING:
             return value
