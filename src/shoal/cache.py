@@ -16,15 +16,25 @@ import itertools
 import os
 import threading
 import time
-from collections.abc import Callable, Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from datetime import timedelta
 from typing import Any, TypeVar, cast
 
 from . import sweeper
 from .clock import HybridClock
+from .errors import InvalidEntry
 from .serializer import MsgpackSerializer, Serializer
 from .singleflight import Flights
 from .store import CLEAR, DELETE, NEVER, WRITE, Key, Store
+from .validation import (
+    DEFAULT_MAX_CLOCK_SKEW,
+    DEFAULT_MAX_VALUE_SIZE,
+    MAX_KEY_SIZE,
+    check_key,
+    check_peer_entries,
+    check_value_size,
+    ttl_seconds,
+)
 
 __all__ = ["Cache", "DEFAULT", "Op"]
 
@@ -43,22 +53,9 @@ DEFAULT: Any = _Default()
 """Use the cache's own ttl."""
 
 _MISSING: Any = object()
-_KEY_TYPES = (str, bytes, int)
 TTL = float | int | timedelta | None
-
-
-def _check_key(key: object) -> None:
-    if type(key) not in _KEY_TYPES:
-        raise TypeError(f"cache keys are str, bytes or int, not {type(key).__name__}")
-
-
-def _seconds(ttl: TTL) -> float | None:
-    if ttl is None:
-        return None
-    seconds = ttl.total_seconds() if isinstance(ttl, timedelta) else float(ttl)
-    if seconds < 0 or seconds != seconds:
-        raise ValueError(f"ttl must be >= 0 seconds or None, not {ttl!r}")
-    return seconds
+_check_key = check_key
+_seconds = ttl_seconds
 
 
 class Cache:
@@ -79,12 +76,16 @@ class Cache:
         clock: HybridClock | None = None,
         wall: Callable[[], float] = time.time,
         tombstone_ttl: float = 0.0,
+        max_value_size: int = DEFAULT_MAX_VALUE_SIZE,
+        max_clock_skew: float = DEFAULT_MAX_CLOCK_SKEW,
     ) -> None:
         self.name = name
+        self.max_value_size = max_value_size
+        self.max_clock_skew = max_clock_skew
         self._ttl = _seconds(ttl)
         self._serializer: Serializer = serializer or MsgpackSerializer()
         self._wall = wall
-        self._clock = clock or HybridClock(int.from_bytes(os.urandom(8), "big"), wall)
+        self._clock = clock or HybridClock(int.from_bytes(os.urandom(8), "big"), wall, max_clock_skew)
         self._store = Store(max_entries, tombstone_ttl=tombstone_ttl)
         self._data = self._store.data
         self._lock = threading.Lock()
@@ -184,9 +185,11 @@ class Cache:
         return NEVER if seconds is None else now + seconds
 
     def set(self, key: Key, value: Any, ttl: TTL = DEFAULT) -> None:
-        if type(key) not in _KEY_TYPES:  # _check_key, inlined: set is a hot path
+        if type(key) is not str or len(key) > MAX_KEY_SIZE or not key.isascii():  # the common case inline
             _check_key(key)
         packed = self._serializer.dumps(value)
+        if type(packed) is not bytes or len(packed) > self.max_value_size:
+            check_value_size(packed, self.max_value_size)
         with self._lock:
             now = self._wall()
             if ttl is DEFAULT:
@@ -203,6 +206,7 @@ class Cache:
         """Set key only if this member holds no live value for it."""
         _check_key(key)
         packed = self._serializer.dumps(value)
+        check_value_size(packed, self.max_value_size)
         with self._lock:
             now = self._wall()
             if self._store.live(key, now) is not None:
@@ -221,6 +225,7 @@ class Cache:
 
     def delete(self, key: Key) -> bool:
         """Delete everywhere; True if this member held a live value."""
+        _check_key(key)  # the delete travels to every member
         with self._lock:
             now = self._wall()
             removed = self._store.live(key, now) is not None
@@ -348,19 +353,25 @@ class Cache:
     # -- replication and housekeeping -------------------------------------------
 
     def apply(self, ops: Iterable[Op]) -> tuple[int, int]:
-        """Apply mutations from another member; returns (applied, ignored as older)."""
+        """Apply mutations from another member; returns (applied, ignored as older).
+
+        The whole batch is validated and decoded first (InvalidEntry), so a bad op
+        applies nothing and cannot leave half a batch behind.
+        """
         applied = ignored = 0
-        loads = self._serializer.loads
         observe = self._clock.observe
         ops = list(ops)
+        if not ops:
+            return 0, 0
+        check_peer_entries([op[1] for op in ops], [op[3] for op in ops], [op[4] for op in ops], self._wall(), self.max_clock_skew)
+        values = self._decode([op[2] for op in ops if op[0] == WRITE])
         with self._lock:
             store = self._store
             now = self._wall()
-            if ops:
-                observe(max(op[4] for op in ops))
-            for kind, key, packed, expires, version in ops:
+            observe(max(op[4] for op in ops))
+            for kind, key, _, expires, version in ops:
                 if kind == WRITE:
-                    ok = store.write(key, loads(packed), expires, version, now)  # type: ignore[arg-type]
+                    ok = store.write(key, next(values), expires, version, now)
                 elif kind == DELETE:
                     ok = store.delete(key, version, now)
                 else:
@@ -375,14 +386,21 @@ class Cache:
         self, keys: list[Key], values: list[Any], expires: list[float], versions: list[int], packed: bool
     ) -> tuple[int, int]:
         """Apply a chunk of a warm-boot dump, merging by version; returns (applied, ignored)."""
+        expires = check_peer_entries(keys, expires, versions, self._wall(), self.max_clock_skew)
         if packed:
-            loads = self._serializer.loads
-            values = [loads(v) for v in values]
+            values = list(self._decode(values))
         with self._lock:
             if versions:
                 self._clock.observe(max(versions))
             applied = self._store.load(keys, values, expires, versions, self._wall())
         return applied, len(keys) - applied
+
+    def _decode(self, packed: list[Any]) -> Iterator[Any]:
+        loads = self._serializer.loads
+        try:
+            return iter([loads(p) for p in packed])
+        except Exception as exc:
+            raise InvalidEntry(f"a peer's value could not be decoded ({type(exc).__name__})") from None
 
     def sweep(self) -> int:
         """Remove expired entries in bounded rounds; the lock is released between rounds."""
