@@ -179,11 +179,13 @@ def test_a_member_with_a_wrong_secret_never_becomes_a_member_and_gets_no_data(cl
         member.stop()
         assert member.proc.stderr is not None
         logs[name] = member.proc.stderr.read()
-    # b dialed the intruder, which could not prove the secret: b says so.
-    assert "failed to prove the cluster secret" in logs["b"]
-    # The intruder dialed a and refused a's proof; a logs the refusal and its reason.
+    # The initiator proves first. b dialed the intruder, which refused b's proof (it
+    # cannot check it) and said so; b logs the refusal and its reason.
     assert "failed to prove the cluster secret" in logs["intruder"]
-    assert "peer refused the handshake" in logs["a"]
+    assert "peer refused the handshake" in logs["b"]
+    # The intruder dialed a, which refused the intruder's proof.
+    assert "failed to prove the cluster secret" in logs["a"]
+    assert "peer refused the handshake" in logs["intruder"]
 
 
 def test_an_operator_with_a_wrong_secret_is_refused_and_its_connection_closed(pair: tuple[Node, Node]) -> None:
@@ -224,13 +226,13 @@ STRANGERS: dict[str, tuple[bytes, str]] = {
         frame(msgpack.packb([1, 1, 1, "id", b"n" * 32, ""])),
         "Hello.node_id must be int, got str",
     ),
-    "a Hello with a short nonce": (encode(Hello(1, 1, 7, b"x", "")), "nonce is 1 bytes, not 32"),
+    "a Hello with a short nonce": (encode(Hello(2, 2, 7, b"x", "")), "nonce is 1 bytes, not 32"),
     "a Hello from no common version": (encode(Hello(7, 9, 7, b"x" * 32, "")), "no common protocol version"),
     "cache ops before the handshake": (encode(Ops("c", [])), "unexpected Ops in handshake"),
     "a query before the handshake": (encode(Query("stats", [])), "unexpected Query in handshake"),
     "nothing at all": (b"", "handshake did not finish in time"),
     "half a frame": (struct.pack(">I", 100) + b"\x00" * 10, "handshake did not finish in time"),
-    "a Hello, then silence": (encode(Hello(1, 1, 7, b"x" * 32, "")), "handshake did not finish in time"),
+    "a Hello, then silence": (encode(Hello(2, 2, 7, b"x" * 32, "")), "handshake did not finish in time"),
 }
 
 
@@ -250,7 +252,7 @@ def test_a_strangers_bad_input_closes_only_that_connection_with_a_logged_reason(
 
 def test_a_hello_claiming_the_nodes_own_id_is_refused(pair: tuple[Node, Node]) -> None:
     a, b = pair
-    result = poke(a.address, encode(Hello(1, 1, a.node_id, b"x" * 32, "")))
+    result = poke(a.address, encode(Hello(2, 2, a.node_id, b"x" * 32, "")))
     assert result.closed and result.refused is not None and "connected to itself" in result.refused
     still_serves(a, b)
 
