@@ -8,7 +8,6 @@ import hmac
 from collections.abc import Callable
 
 import pytest
-
 from conftest import FakeClock
 
 from shoal.errors import ClockSkewError, HandshakeError, ProtocolError, WeakSecret
@@ -87,7 +86,7 @@ def test_both_sides_agree_on_each_others_ids_addresses_and_protocol() -> None:
 
 def test_the_macs_follow_the_documented_layout_so_other_releases_can_interoperate() -> None:
     client = Handshake.initiator(SECRET, CLIENT_ID, "c", nonce=NONCE_C, wall=WALL)
-    _, challenge, proof, welcome = run(client, acceptor())
+    _, _, proof, welcome = run(client, acceptor())
     assert isinstance(welcome, Welcome) and isinstance(proof, Proof)
     assert welcome.mac == documented_mac(b"shoal acceptor\0")
     assert proof.mac == documented_mac(b"shoal initiator\0")
@@ -140,7 +139,9 @@ def test_frame_keys_are_withheld_until_the_handshake_is_done() -> None:
             getattr(client, name)
 
 
-@pytest.mark.parametrize("skew", [-600.0, 365 * 86400.0, -1.5, 1.5], ids=["10 min behind", "a year ahead", "-1.5 s", "+1.5 s"])
+@pytest.mark.parametrize(
+    "skew", [-600.0, 365 * 86400.0, -1.5, 1.5], ids=["10 min behind", "a year ahead", "-1.5 s", "+1.5 s"]
+)
 def test_a_peer_whose_clock_is_off_by_more_than_max_clock_skew_is_refused_by_both_sides(skew: float) -> None:
     """Finding: a member 10 minutes behind deleted ttl-60 writes on the others; a year ahead kept them a year."""
     off = FakeClock(WALL.now + skew)
@@ -215,9 +216,7 @@ def test_a_proof_replayed_from_an_earlier_session_is_refused() -> None:
     recorded_session = run(Handshake.initiator(SECRET, CLIENT_ID, "c", nonce=NONCE_C, wall=WALL), acceptor())
     recorded_proof = recorded_session[2]
     server = Handshake.acceptor(SECRET, SERVER_ID, "s", wall=WALL)  # draws a fresh nonce
-    server.receive(
-        Hello(PROTOCOL_MIN, PROTOCOL_VERSION, CLIENT_ID, NONCE_C, "c")
-    )  # the recorded Hello, replayed too
+    server.receive(Hello(PROTOCOL_MIN, PROTOCOL_VERSION, CLIENT_ID, NONCE_C, "c"))  # the recorded Hello, replayed too
     with pytest.raises(HandshakeError, match="failed to prove the cluster secret"):
         server.receive(recorded_proof)
 

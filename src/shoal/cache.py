@@ -363,7 +363,8 @@ class Cache:
         ops = list(ops)
         if not ops:
             return 0, 0
-        check_peer_entries([op[1] for op in ops], [op[3] for op in ops], [op[4] for op in ops], self._wall(), self.max_clock_skew)
+        keys, expiries, versions = [op[1] for op in ops], [op[3] for op in ops], [op[4] for op in ops]
+        check_peer_entries(keys, expiries, versions, self._wall(), self.max_clock_skew)
         values = self._decode([op[2] for op in ops if op[0] == WRITE])
         with self._lock:
             store = self._store

@@ -106,7 +106,7 @@ def check_secret(secret: str | bytes | None) -> bytes:
 @functools.lru_cache(maxsize=8)
 def cluster_key(secret: bytes) -> bytes:
     """The key every MAC uses: scrypt of the secret, slow on purpose (see the module docstring)."""
-    return hashlib.scrypt(secret, salt=KEY_SALT, **SCRYPT)  # type: ignore[arg-type]
+    return hashlib.scrypt(secret, salt=KEY_SALT, **SCRYPT)
 
 
 class _State(enum.Enum):
@@ -144,7 +144,7 @@ class Handshake:
             raise ValueError(f"node id {node_id} is not an unsigned 64-bit integer")
         if not 0 < protocol_min <= protocol_max < 1 << 32:
             raise ValueError(f"bad protocol range {protocol_min}..{protocol_max}")
-        if not 0 <= max_clock_skew:
+        if not max_clock_skew >= 0:
             raise ValueError("max_clock_skew must be >= 0")
         nonce = secrets.token_bytes(NONCE_SIZE) if nonce is None else nonce
         if len(nonce) != NONCE_SIZE:
@@ -282,9 +282,7 @@ class Handshake:
     def _on_challenge(self, challenge: Challenge) -> list[Message]:
         self._check_peer(challenge.node_id, challenge.nonce)
         if not self._min <= challenge.protocol <= self._max:
-            raise HandshakeError(
-                f"peer chose protocol {challenge.protocol}, outside ours {self._min}..{self._max}"
-            )
+            raise HandshakeError(f"peer chose protocol {challenge.protocol}, outside ours {self._min}..{self._max}")
         now = self._now_ms()
         _check_wall(challenge.wall_ms)
         self._skew = challenge.wall_ms - now  # checked once the peer has proven the secret
@@ -342,7 +340,10 @@ class Handshake:
 
 def transcript(hello: Hello, challenge: Challenge, wall_c: int) -> bytes:
     """What both MACs and both frame keys sign (layout in the module docstring)."""
-    listen_c, listen_s = hello.listen.encode("utf-8", "surrogatepass"), challenge.listen.encode("utf-8", "surrogatepass")
+    listen_c, listen_s = (
+        hello.listen.encode("utf-8", "surrogatepass"),
+        challenge.listen.encode("utf-8", "surrogatepass"),
+    )
     return b"".join(
         (
             hello.nonce,

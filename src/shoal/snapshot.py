@@ -13,8 +13,9 @@ without a valid end record, whose count, checksum or MAC disagrees, or holding a
 entry a peer could not send either (validation.py: a list key, a value that is not
 bytes, an expiry of 1e306, a version from the future), is corrupt: it is reported
 and ignored, never half-loaded. The CRC catches a damaged disk; the MAC catches a
-file someone wrote on purpose, since a member loads it without any peer to ask. Writes go to a temporary file in the same directory, are fsynced,
-then renamed over the old one, so a crash mid-write leaves the previous snapshot.
+file someone wrote on purpose, since a member loads it without any peer to ask.
+Writes go to a temporary file in the same directory, are fsynced, then renamed
+over the old one, so a crash mid-write leaves the previous snapshot.
 """
 
 from __future__ import annotations

@@ -106,17 +106,17 @@ def version_limit(now: float, max_clock_skew: float) -> int:
 
 def check_version(version: object, limit: int) -> None:
     """Refuse a peer's version that is malformed or ahead of ``limit`` (see ``version_limit``)."""
-    if type(version) is not int or not 0 <= version <= limit:  # type: ignore[operator]
+    if type(version) is not int or not 0 <= version <= limit:
         raise InvalidEntry("a version must be unsigned and no further ahead of our clock than max_clock_skew")
 
 
 def check_expiry(expires: object, now: float) -> float:
     """A peer's absolute expiry as a float (``inf``: never), refusing a non-finite or far one."""
     if type(expires) is float or type(expires) is int:
-        if math.isinf(expires) and expires > 0:  # type: ignore[arg-type]
+        if math.isinf(expires) and expires > 0:
             return math.inf
-        if 0 <= expires <= now + MAX_TTL + DEFAULT_MAX_CLOCK_SKEW * 2:  # type: ignore[operator]  # NaN fails
-            return float(expires)  # type: ignore[arg-type]
+        if 0 <= expires <= now + MAX_TTL + DEFAULT_MAX_CLOCK_SKEW * 2:  # NaN fails
+            return float(expires)
     raise InvalidEntry("an expiry must be a time from 1970 to ten years ahead, or never")
 
 
