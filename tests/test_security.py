@@ -26,11 +26,11 @@ import pytest
 
 from shoal.client import Client, query
 from shoal.errors import HandshakeError, ShoalError
-from shoal.handshake import Handshake
 from shoal.messages import Hello, Message, Ops, Query, Refused
 from shoal.node import Node, parse_address
 from shoal.wire import FrameDecoder, encode
 from tests.support.cluster import Cluster, Member, cluster, wait_until
+from tests.support.peer import RawPeer
 
 __all__ = ["cluster"]  # the fixture, imported for the tests below
 
@@ -85,24 +85,11 @@ def poke(address: str, payload: bytes, timeout: float = 5.0) -> Poke:
 
 def poke_authenticated(address: str, listen: str, payload: bytes, timeout: float = 5.0) -> Poke:
     """Prove the secret first (as an operator's client if ``listen`` is empty, else as a member)."""
-    host, port = parse_address(address)
     started = time.monotonic()
-    with socket.create_connection((host, port), timeout=timeout) as sock:
-        decoder = FrameDecoder(1 << 20)
-        hs = Handshake.initiator(SECRET.encode(), 0x2A, listen)
-        for msg in hs.start():
-            sock.sendall(encode(msg))
-        early: list[Message] = []  # what the node sends right after Welcome (its Gossip)
-        while not hs.done:
-            for msg in decoder.feed(sock.recv(65536)):
-                if hs.done:
-                    early.append(msg)
-                    continue
-                for reply in hs.receive(msg):
-                    sock.sendall(encode(reply))
-        sock.sendall(payload)
-        replies, closed = _drain(sock, decoder, timeout)
-    return Poke(early + replies, closed, time.monotonic() - started)
+    with RawPeer(address, SECRET, 0x2A, listen, timeout) as peer:
+        peer.send(payload)
+        replies, closed = _drain(peer.sock, peer.decoder, timeout)
+    return Poke(peer.early + replies, closed, time.monotonic() - started)
 
 
 def frame(body: bytes) -> bytes:
@@ -156,7 +143,7 @@ def still_serves(a: Node, b: Node) -> None:
 @pytest.mark.slow
 def test_a_member_with_a_wrong_secret_never_becomes_a_member_and_gets_no_data(cluster: Cluster) -> None:
     a = cluster.start(boot_wait=0.5)
-    intruder = cluster.start(secret="not-the-secret", seeds=[a.address], boot_wait=0.5)
+    intruder = cluster.start(secret="not-the-cluster-secret", seeds=[a.address], boot_wait=0.5)
     # b dials both: a admits it, the intruder cannot prove the secret to it.
     b = cluster.start(seeds=[a.address, intruder.address], boot_wait=0.5)
     a.cmd("set", key="k", value="secret data")
@@ -191,11 +178,11 @@ def test_a_member_with_a_wrong_secret_never_becomes_a_member_and_gets_no_data(cl
 def test_an_operator_with_a_wrong_secret_is_refused_and_its_connection_closed(pair: tuple[Node, Node]) -> None:
     a, b = pair
     with pytest.raises(ShoalError, match="secret") as refused:
-        query(a.address, "wrong", "members")
+        query(a.address, "a wrong cluster secret", "members")
     assert a.address in str(refused.value)  # which member would not take the secret
 
     async def attempt() -> Client:
-        client = Client(a.address, "wrong", timeout=5)
+        client = Client(a.address, "a wrong cluster secret", timeout=5)
         with pytest.raises(HandshakeError):
             await client.__aenter__()
         return client
@@ -210,13 +197,13 @@ def test_an_operator_with_a_wrong_secret_is_refused_and_its_connection_closed(pa
 TIMESTAMP = msgpack.packb(msgpack.Timestamp(0))
 STRANGERS: dict[str, tuple[bytes, str]] = {
     # name: (bytes sent by an unauthenticated stranger, the reason the node gives)
-    "garbage bytes": (b"\xde\xad\xbe\xef" * 16, "3735928559-byte frame, over the 65536-byte limit"),
-    "an HTTP request": (b"GET / HTTP/1.1\r\n\r\n", "1195725856-byte frame, over the 65536-byte limit"),
-    "a length prefix of 2**31": (struct.pack(">I", 2**31), "2147483648-byte frame, over the 65536-byte limit"),
-    "a length prefix one over the handshake limit": (struct.pack(">I", 65537), "over the 65536-byte limit"),
+    "garbage bytes": (b"\xde\xad\xbe\xef" * 16, "3735928559-byte frame, over the 4096-byte limit"),
+    "an HTTP request": (b"GET / HTTP/1.1\r\n\r\n", "1195725856-byte frame, over the 4096-byte limit"),
+    "a length prefix of 2**31": (struct.pack(">I", 2**31), "2147483648-byte frame, over the 4096-byte limit"),
+    "a length prefix one over the handshake limit": (struct.pack(">I", 65537), "over the 4096-byte limit"),
     "a frame of text": (frame(b"garbage!"), "undecodable frame (ExtraData)"),
     "a frame of a never-used msgpack byte": (frame(b"\xc1"), "undecodable frame (FormatError)"),
-    "a frame nested 60000 deep": (frame(b"\x91" * 60000 + b"\x90"), "undecodable frame (StackError)"),
+    "a frame nested 4000 deep": (frame(b"\x91" * 4000 + b"\x90"), "undecodable frame (StackError)"),
     "a msgpack Timestamp": (frame(TIMESTAMP), "exceeds max_ext_len(0)"),
     "a msgpack ext type": (frame(msgpack.packb(msgpack.ExtType(5, b"code"))), "exceeds max_ext_len(0)"),
     "a map instead of a message": (frame(msgpack.packb({"op": "set"})), "a message is a non-empty array, got dict"),
@@ -324,7 +311,7 @@ def test_a_member_process_survives_bad_input_keeps_serving_and_logs_each_reason(
         "garbage bytes",
         "an HTTP request",
         "a length prefix of 2**31",
-        "a frame nested 60000 deep",
+        "a frame nested 4000 deep",
         "cache ops before the handshake",
         "nothing at all",
     ]
@@ -352,7 +339,7 @@ def test_a_member_process_survives_bad_input_keeps_serving_and_logs_each_reason(
 def test_a_node_refuses_to_listen_on_a_non_loopback_address_without_a_secret(listen: str) -> None:
     with pytest.raises(ShoalError, match="without a cluster secret"):
         Node(listen=listen)
-    Node(listen=listen, secret="s")  # with a secret it may
+    Node(listen=listen, secret="a strong enough secret")  # with a secret it may
 
 
 @pytest.mark.parametrize("listen", ["127.0.0.1:0", "localhost:0", "[::1]:0", "127.0.0.2:0"])
@@ -418,4 +405,4 @@ def test_a_plain_tcp_member_cannot_join_a_tls_one(
     assert plain.address not in up_addresses(secure) | up_addresses(secure_peer)
     # The plain member read the TLS dialer's ClientHello as a frame length, and said so.
     refusals = [r.getMessage() for r in caplog.records if "closing connection unauthenticated" in r.getMessage()]
-    assert any("over the 65536-byte limit" in line for line in refusals), refusals
+    assert any("over the 4096-byte limit" in line for line in refusals), refusals

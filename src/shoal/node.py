@@ -34,7 +34,8 @@ from .actions import Action, Close, Dial, MemberDown, MemberUp, Send
 from .cache import Cache, Op
 from .clock import HybridClock
 from .errors import ProtocolError, ShoalError
-from .handshake import Handshake
+from .handshake import Handshake, check_secret
+from .limits import LogLimiter, Supervisor
 from .membership import Membership
 from .messages import (
     Answer,
@@ -55,7 +56,8 @@ from .messages import (
     SizeRequest,
 )
 from .serializer import Serializer
-from .wire import DEFAULT_MAX_FRAME, HANDSHAKE_MAX_FRAME, FrameDecoder, encode
+from .validation import DEFAULT_MAX_CLOCK_SKEW, DEFAULT_MAX_VALUE_SIZE
+from .wire import DEFAULT_MAX_FRAME, HANDSHAKE_MAX_FRAME, FrameDecoder, FrameSealer, encode
 
 log = logging.getLogger("shoal")
 
@@ -99,7 +101,8 @@ class _Conn(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.decoder = FrameDecoder(HANDSHAKE_MAX_FRAME)
         factory = Handshake.initiator if initiator else Handshake.acceptor
-        self.handshake = factory(node._secret, node.node_id, node.address)
+        self.handshake = factory(node._secret, node.node_id, node.address, max_clock_skew=node.max_clock_skew)
+        self.sealer: FrameSealer | None = None  # once admitted, every frame we write carries a MAC
         self.peer: int | None = None
         self.observer = False
         self.closed = False
@@ -114,6 +117,17 @@ class _Conn(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # cast, not isinstance: uvloop's transports are not asyncio.Transport subclasses
         self.transport = cast(asyncio.Transport, transport)
+        if not self.initiator and len(self.node._pending) >= self.node.max_pending:
+            # Refused before it costs a buffer or a timer; the fd goes back at once.
+            self.closed = self.lost = True
+            self.node._door.log(
+                logging.WARNING,
+                "refusing connection from %s: %d pending already (max_pending)",
+                transport.get_extra_info("peername"),
+                len(self.node._pending),
+            )
+            self.transport.abort()
+            return
         self.node._pending.add(self)
         self._timer = self.node._loop.call_later(self.node.handshake_timeout, self._handshake_timeout)
         for msg in self.handshake.start():
@@ -124,13 +138,20 @@ class _Conn(asyncio.Protocol):
             return
         self.bytes_in += len(data)
         try:
+            if self.peer is None:
+                # One frame at a time: the frames behind the last handshake message are
+                # authenticated, and the decoder needs the new key before it reads them.
+                msgs = self.decoder.feed(data, limit=1)
+                while msgs and not self.closed and self.peer is None:
+                    self._handshake(msgs[0])
+                    msgs = self.decoder.feed(b"", limit=1) if self.peer is None else []
+                if self.closed or self.peer is None:
+                    return
+                data = b""
             for msg in self.decoder.feed(data):
                 if self.closed:
                     return
-                if self.peer is None:
-                    self._handshake(msg)
-                else:
-                    self.node._on_message(self, msg)
+                self.node._on_message(self, msg)
         except ProtocolError as exc:
             self.refuse(str(exc))
         except Exception as exc:  # nothing a peer sends may take the node down
@@ -158,6 +179,8 @@ class _Conn(asyncio.Protocol):
         if self.handshake.done:
             if self._timer is not None:
                 self._timer.cancel()
+            self.sealer = FrameSealer(self.handshake.send_key)
+            self.decoder.authenticate(self.handshake.receive_key)
             self.decoder.max_frame_size = self.node.max_frame_size
             self.peer = self.handshake.peer_id
             self.node._admitted(self)
@@ -172,8 +195,9 @@ class _Conn(asyncio.Protocol):
         self.write(encode(msg, self.node.max_frame_size))
 
     def write(self, frame: bytes) -> None:
+        """Write a frame made by ``encode``; once admitted it is sealed (one MAC per frame, in order)."""
         if self.transport is not None and not self.closed:
-            self.transport.write(frame)
+            self.transport.write(frame if self.sealer is None else self.sealer.seal(frame))
 
     def backlog(self) -> int:
         return self.transport.get_write_buffer_size() if self.transport is not None else 0
@@ -182,7 +206,10 @@ class _Conn(asyncio.Protocol):
         await self._writable.wait()
 
     def refuse(self, reason: str) -> None:
-        log.warning("closing connection %s: %s", self.describe(), reason)
+        if self.peer is None:  # a stranger decides how often this happens: rate-limited
+            self.node._door.log(logging.WARNING, "closing connection %s: %s", self.describe(), reason)
+        else:
+            log.warning("closing connection %s: %s", self.describe(), reason)
         if self.peer is None:
             with contextlib.suppress(Exception):
                 self.send(Refused(reason[:200]))
@@ -239,14 +266,19 @@ class Node:
         snapshot_path: str | os.PathLike[str] | None = None,
         snapshot_interval: float = 60.0,
         gc_freeze: bool = True,
+        max_pending: int = 128,
+        max_clock_skew: float = DEFAULT_MAX_CLOCK_SKEW,
     ) -> None:
         host, port = parse_address(listen)
         if secret is None and not _is_loopback(host):
             raise ShoalError(f"refusing to listen on non-loopback {host!r} without a cluster secret")
+        if max_frame_size < DEFAULT_MAX_VALUE_SIZE * 2:
+            raise ValueError(f"max_frame_size must be at least {DEFAULT_MAX_VALUE_SIZE * 2} (twice max_value_size)")
         if warm_donors not in (1, 2):
             raise ValueError("warm_donors is 1 or 2")
         self._host, self._port = host, port
-        self._secret = secret.encode() if isinstance(secret, str) else (secret or b"")
+        # No secret at all is a loopback-only convenience; a secret given must be strong.
+        self._secret = b"" if secret is None else check_secret(secret)
         self.node_id = int.from_bytes(os.urandom(8), "big")
         self.seeds = list(seeds)
         self.discovery = discovery
@@ -257,6 +289,10 @@ class Node:
         self.handshake_timeout = handshake_timeout
         self.max_frame_size = max_frame_size
         self.max_peer_backlog = max_peer_backlog
+        self.max_pending = max_pending
+        self.max_clock_skew = max_clock_skew
+        self._door = LogLimiter(log)  # refusals of strangers: they choose how many there are
+        self._ticks = Supervisor("the node's timer", log)
         self.anti_entropy_interval = anti_entropy_interval
         self.warm_donors = warm_donors
         self.warm_timeout = warm_timeout
@@ -302,13 +338,26 @@ class Node:
         *,
         serializer: Serializer | None = None,
         tombstone_ttl: float = 600.0,
+        max_value_size: int = DEFAULT_MAX_VALUE_SIZE,
     ) -> Cache:
         """The named cache on this node, created on first use; every member hosting it shares it."""
         state = self._caches.get(name)
         if state is not None:
             return state.cache
-        clock = HybridClock(self.node_id)  # one per cache: it is only called under that cache's lock
-        cache = Cache(ttl, max_entries, serializer=serializer, name=name, clock=clock, tombstone_ttl=tombstone_ttl)
+        if not 0 < max_value_size <= self.max_frame_size // 2:
+            raise ValueError(f"max_value_size is 1 to max_frame_size / 2 ({self.max_frame_size // 2}) bytes")
+        # one clock per cache: it is only called under that cache's lock
+        clock = HybridClock(self.node_id, max_skew=self.max_clock_skew)
+        cache = Cache(
+            ttl,
+            max_entries,
+            serializer=serializer,
+            name=name,
+            clock=clock,
+            tombstone_ttl=tombstone_ttl,
+            max_value_size=max_value_size,
+            max_clock_skew=self.max_clock_skew,
+        )
         cache.replicate = functools.partial(self._enqueue, name)  # C-level: one Python frame less per write
         self._caches[name] = _CacheState(cache)
         if self._loop is not None and self.membership is not None:
@@ -437,7 +486,13 @@ class Node:
         self._loop = asyncio.get_running_loop()
         self._ready_event = asyncio.Event()
         self._server = await self._loop.create_server(
-            lambda: _Conn(self, initiator=False), self._host, self._port, ssl=self._ssl, reuse_address=True
+            lambda: _Conn(self, initiator=False),
+            self._host,
+            self._port,
+            ssl=self._ssl,
+            reuse_address=True,
+            # A stranger that stalls TLS gets the handshake's deadline, not asyncio's 60 s.
+            ssl_handshake_timeout=self.handshake_timeout if self._ssl else None,
         )
         sock = self._server.sockets[0]
         self._port = sock.getsockname()[1]
@@ -525,17 +580,21 @@ class Node:
 
     async def _ticker(self) -> None:
         next_freeze = 0.0
+        supervise = self._ticks.run  # a round that raises is logged; heartbeats and repair go on
         while True:
             now = time.monotonic()
             if now >= next_freeze:
                 next_freeze = now + 1.0
-                self.freeze_grown_heap()
-            self._run(self.membership.tick(now))
-            self._run(self.replicator.tick(now))
+                supervise(self.freeze_grown_heap)
+            supervise(functools.partial(self._tick, self.membership.tick, now))
+            supervise(functools.partial(self._tick, self.replicator.tick, now))
             # A scan in progress (anti-entropy) goes on a slice at a time, with a short
             # pause between slices: spread out, a round never takes a core away from
             # replication in one burst (a burst showed as lag spikes on a busy machine).
             await asyncio.sleep(SCAN_PAUSE if self.replicator.busy else TICK)
+
+    def _tick(self, tick: Callable[[float], list[Action]], now: float) -> None:
+        self._run(tick(now))
 
     async def _discover(self) -> None:
         kind, _, rest = (self.discovery or "").partition(":")
@@ -615,6 +674,7 @@ class Node:
                     port,
                     ssl=self._client_ssl,
                     server_hostname=host if self._client_ssl else None,
+                    ssl_handshake_timeout=self.handshake_timeout if self._client_ssl else None,
                 ),
                 self.handshake_timeout,
             )
@@ -724,7 +784,6 @@ class Node:
             self._boot.on_end(peer, msg)
         else:
             raise ProtocolError(f"unexpected {type(msg).__name__} after the handshake")
-
 
     # -- replication ---------------------------------------------------------------------
 

@@ -53,7 +53,7 @@ PROTOCOL_MIN = 2
 """The oldest protocol this release still speaks."""
 
 DEFAULT_MAX_FRAME = 16 * 1024 * 1024
-HANDSHAKE_MAX_FRAME = 64 * 1024
+HANDSHAKE_MAX_FRAME = 4 * 1024
 """Ample for handshake messages, small enough that a stranger cannot cost us much."""
 
 _LENGTH = struct.Struct(">I")

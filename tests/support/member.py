@@ -133,7 +133,7 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--listen", default="127.0.0.1:0")
     parser.add_argument("--seeds", default="")
-    parser.add_argument("--secret", default="test-secret")
+    parser.add_argument("--secret", default="shoal-test-secret")
     parser.add_argument("--cache", default="c")
     parser.add_argument("--ttl", type=float, default=None)
     parser.add_argument("--max-entries", type=int, default=None)
