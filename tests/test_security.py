@@ -8,12 +8,14 @@ gets a ``Refused`` frame naming the reason.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import shutil
 import socket
 import ssl
 import struct
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -28,7 +30,7 @@ from shoal.client import Client, query
 from shoal.errors import HandshakeError, ShoalError
 from shoal.messages import Hello, Message, Ops, Query, Refused
 from shoal.node import Node, parse_address
-from shoal.wire import FrameDecoder, encode
+from shoal.wire import HANDSHAKE_MAX_FRAME, TAG_SIZE, FrameDecoder, encode
 from tests.support.cluster import Cluster, Member, cluster, wait_until
 from tests.support.peer import RawPeer
 
@@ -406,3 +408,167 @@ def test_a_plain_tcp_member_cannot_join_a_tls_one(
     # The plain member read the TLS dialer's ClientHello as a frame length, and said so.
     refusals = [r.getMessage() for r in caplog.records if "closing connection unauthenticated" in r.getMessage()]
     assert any("over the 4096-byte limit" in line for line in refusals), refusals
+
+
+# -- issue 14: what a peer, a relay or a crowd of strangers can no longer do --------------------
+
+
+class Relay:
+    """A man in the middle without the secret: passes a handshake through, then adds frames of its own."""
+
+    def __init__(self, target: str) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self.listener.getsockname()[1]}"
+        self.target = target
+        self.upstream: socket.socket | None = None
+        self.seen: list[bytes] = []  # what the downstream peer sent, as it passed
+        self._threads: list[threading.Thread] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        down, _ = self.listener.accept()
+        self.upstream = socket.create_connection(parse_address(self.target))
+        for src, dst, log_to in ((down, self.upstream, self.seen), (self.upstream, down, None)):
+            t = threading.Thread(target=self._pump, args=(src, dst, log_to), daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket, log_to: list[bytes] | None) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                if log_to is not None:
+                    log_to.append(data)
+                dst.sendall(data)
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+    def inject(self, data: bytes) -> None:
+        assert self.upstream is not None
+        self.upstream.sendall(data)
+
+    def close(self) -> None:
+        self.listener.close()
+        if self.upstream is not None:
+            self.upstream.close()
+
+
+FORGED_OP = [0, "injected", msgpack.packb("by the relay"), None, 1, 0x2A]
+
+
+@pytest.mark.parametrize("how", ["a plain Ops frame", "an Ops frame with a made-up tag", "a replayed frame"])
+def test_a_relay_that_passed_the_handshake_through_cannot_inject_a_frame(
+    pair: tuple[Node, Node], caplog: pytest.LogCaptureFixture, how: str
+) -> None:
+    """Finding: a relay with no secret passed a valid handshake through, then injected Ops both members applied."""
+    caplog.set_level(logging.INFO, logger="shoal")
+    a, b = pair
+    relay = Relay(a.address)
+    try:
+        with RawPeer(relay.address, SECRET, 0x2A, "") as peer:  # an operator's client, honest
+            body = encode(Ops("c", [FORGED_OP]))
+            if how == "a plain Ops frame":
+                relay.inject(body)
+            elif how == "an Ops frame with a made-up tag":
+                relay.inject(struct.pack(">I", len(body) - 4 + TAG_SIZE) + body[4:] + b"\x00" * TAG_SIZE)
+            else:
+                peer.send(encode(Query("members", [])))
+                wait_until(lambda: sum(map(len, relay.seen)) > 0, 5)
+                last = relay.seen[-1]
+                relay.inject(last)  # the client's own sealed query, once more
+            wait_until(
+                lambda: any("failed authentication" in r.getMessage() for r in caplog.records), 5, what="the refusal"
+            )
+    finally:
+        relay.close()
+    assert a.cache("c").get("injected") is None and b.cache("c").get("injected") is None
+    still_serves(a, b)
+
+
+def test_pending_connections_beyond_max_pending_close_the_oldest_and_operators_still_get_answers(
+    nodes: Callable[..., Node], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Finding: 3,000 sockets holding partial frames took a member from 29 to 236 MB and starved operators."""
+    caplog.set_level(logging.INFO, logger="shoal")
+    a = nodes(max_pending=8, handshake_timeout=30.0)
+    b = nodes(seeds=[a.address])
+    wait_until(lambda: up_addresses(a) == {b.address}, 10, what="the pair")
+    socks = []
+    try:
+        closed = 0
+        for _ in range(60):
+            sock = socket.create_connection(parse_address(a.address), timeout=5)
+            socks.append(sock)
+            try:
+                sock.sendall(struct.pack(">I", HANDSHAKE_MAX_FRAME) + b"\x00" * 1000)  # a partial frame, held
+            except ConnectionError:
+                closed += 1
+        wait_until(lambda: len(a._pending) >= 8, 5, what="eight pending strangers")
+        for sock in socks:
+            sock.settimeout(0.2)
+            try:
+                closed += sock.recv(1) == b""
+            except ConnectionError:
+                closed += 1
+            except TimeoutError:
+                pass
+        assert len(a._pending) <= 8
+        assert closed >= 50  # the oldest were closed as new ones came (a few may still be in the accept queue)
+        assert query(a.address, SECRET, "members")["members"][0]["address"] == a.address
+        still_serves(a, b)
+    finally:
+        for sock in socks:
+            sock.close()
+    lines = [r.getMessage() for r in caplog.records if "max_pending" in r.getMessage()]
+    assert 1 <= len(lines) <= 10  # rate-limited: the strangers do not decide how much we log
+
+
+def test_a_flood_of_strangers_writes_a_bounded_number_of_log_lines(
+    pair: tuple[Node, Node], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Finding: one log line per timed-out stranger, 11,170 lines in 25 s."""
+    caplog.set_level(logging.INFO, logger="shoal")
+    a, b = pair
+    for _ in range(100):
+        assert poke(a.address, b"GET / HTTP/1.1\r\n\r\n").closed
+    lines = [r.getMessage() for r in caplog.records if "unauthenticated" in r.getMessage()]
+    assert 1 <= len(lines) <= 10
+    still_serves(a, b)
+
+
+def test_a_stranger_that_stalls_tls_is_closed_by_the_handshake_deadline(nodes: Callable[..., Node], tls: Tls) -> None:
+    """Finding: with TLS an idle stranger lived 60 s (asyncio's TLS timeout) instead of the handshake's 5."""
+    a = nodes(ssl=tls.server, client_ssl=tls.client, handshake_timeout=HANDSHAKE_TIMEOUT)
+    started = time.monotonic()
+    result = poke(a.address, b"", timeout=30)  # connects over TCP, never starts TLS
+    assert result.closed
+    assert time.monotonic() - started < HANDSHAKE_TIMEOUT * 10  # the deadline, not asyncio's 60 s
+
+
+def poisoned_entry(node: Node) -> None:
+    """An entry no entry point lets in any more (expiry 1e306), put straight into the store."""
+    cache = node.cache("c")
+    version = cache._clock.stamp()
+    cache.store.write("poison", "x", 1e306, version, time.time())
+
+
+def test_heartbeats_and_replication_survive_a_poisoned_entry_whose_repair_round_fails(
+    nodes: Callable[..., Node], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Finding: ttl=1e306 made digests() compute int(inf); the timer task died: no heartbeats, no repair."""
+    caplog.set_level(logging.INFO, logger="shoal")
+    a = nodes(anti_entropy_interval=0.1)
+    b = nodes(seeds=[a.address], anti_entropy_interval=0.1)
+    wait_until(lambda: up_addresses(a) == {b.address} and up_addresses(b) == {a.address}, 10, what="the pair")
+    poisoned_entry(a)
+    wait_until(
+        lambda: sum("repair scan of c failed" in r.getMessage() for r in caplog.records) >= 2,
+        15,
+        what="a repair round to fail on the poisoned entry",
+    )
+    deadline = time.monotonic() + 3 * FAST["failure_timeout"]  # type: ignore[operator]
+    while time.monotonic() < deadline:  # three failure timeouts of failing rounds: nobody is marked down
+        assert up_addresses(a) == {b.address} and up_addresses(b) == {a.address}
+        time.sleep(0.05)
+    still_serves(a, b)
+    still_serves(b, a)

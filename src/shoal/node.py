@@ -108,6 +108,7 @@ class _Conn(asyncio.Protocol):
         self.closed = False
         self.lost = False  # the node has been told (close() and connection_lost both report)
         self.bytes_in = 0
+        self.opened = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._writable = asyncio.Event()
         self._writable.set()
@@ -117,17 +118,19 @@ class _Conn(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # cast, not isinstance: uvloop's transports are not asyncio.Transport subclasses
         self.transport = cast(asyncio.Transport, transport)
-        if not self.initiator and len(self.node._pending) >= self.node.max_pending:
-            # Refused before it costs a buffer or a timer; the fd goes back at once.
-            self.closed = self.lost = True
+        self.opened = self.node._loop.time()
+        pending = self.node._pending
+        if len(pending) >= self.node.max_pending:
+            # The oldest goes: an honest handshake takes a round trip or two, so what has
+            # waited longest is most likely a stranger holding a slot (and its buffer).
+            oldest = min(pending, key=lambda c: c.opened)
             self.node._door.log(
                 logging.WARNING,
-                "refusing connection from %s: %d pending already (max_pending)",
-                transport.get_extra_info("peername"),
-                len(self.node._pending),
+                "%d connections pending (max_pending): closing the oldest, %s",
+                len(pending),
+                oldest.describe(),
             )
-            self.transport.abort()
-            return
+            oldest.close("too many pending connections")
         self.node._pending.add(self)
         self._timer = self.node._loop.call_later(self.node.handshake_timeout, self._handshake_timeout)
         for msg in self.handshake.start():

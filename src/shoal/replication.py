@@ -42,11 +42,13 @@ from .actions import Action, Send
 from .cache import Cache, Op
 from .clock import COUNTER_BITS, MAX_HLC, NODE_BITS, NODE_MASK, version_ms
 from .errors import ProtocolError
+from .limits import LogLimiter
 from .membership import Membership
 from .messages import Digest, Listing, Message, Ops, Pull
 from .store import CLEAR, DELETE, NEVER, WRITE, Entry, Key, Store
 
 log = logging.getLogger("shoal")
+_scan_errors = LogLimiter(log, burst=5, interval=60.0)
 
 BUCKETS = 1024
 SETTLE = 1.0
@@ -432,6 +434,16 @@ class Replicator:
         if cache is None:
             self._scans.popleft()
             return []
+        try:
+            return self._advance_scan(scan, cache)
+        except Exception:
+            # Our own entries broke the scan, not the peer: drop this round (the next one
+            # starts afresh) rather than fail the tick or the peer's connection every time.
+            self._scans.popleft()
+            _scan_errors.log(logging.ERROR, "repair scan of %s failed; round dropped", scan.cache, exc_info=True)
+            return []
+
+    def _advance_scan(self, scan: _Scan, cache: Cache) -> list[Action]:
         part = scan.entries[scan.pos : scan.pos + self.slice_size]
         now = cache.now()
         if scan.then == "listing":
