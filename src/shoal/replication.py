@@ -42,7 +42,7 @@ from .actions import Action, Send
 from .cache import Cache, Op
 from .clock import COUNTER_BITS, MAX_HLC, NODE_BITS, NODE_MASK, version_ms
 from .errors import ProtocolError
-from .limits import LogLimiter
+from .limits import LogLimiter, spans
 from .membership import Membership
 from .messages import Digest, Listing, Message, Ops, Pull
 from .store import CLEAR, DELETE, NEVER, WRITE, Entry, Key, Store
@@ -53,6 +53,16 @@ _scan_errors = LogLimiter(log, burst=5, interval=60.0)
 BUCKETS = 1024
 SETTLE = 1.0
 MAX_BUCKETS_PER_ROUND = 64
+MAX_SCANS_PER_PEER = 2
+"""Scans a peer's digests and listings may have queued here: each holds a list of every
+entry, so 300 digests in a row once took a member from 104 to 566 MB. An honest peer
+runs one round at a time with us; what is over the limit is dropped (a later round repairs)."""
+BATCH_BYTES = 4 * 1024 * 1024
+"""Bytes of values and keys per Ops frame: with ``max_value_size`` (1 MiB by default) far
+below the 16 MiB frame limit, no batch of writes can grow into a frame a peer refuses."""
+PULL_BYTES = 32 * 1024 * 1024
+"""Bytes one Pull is answered with at most; the puller pulls the rest in its next round."""
+_OP_OVERHEAD = 40  # msgpack framing of one op besides its key and value
 _MASK64 = (1 << 64) - 1
 
 
@@ -82,6 +92,12 @@ def ops_from_wire(raw: list[Any]) -> list[Op]:
             raise ProtocolError("op version must be two unsigned 64-bit ints (hlc below 2**63)")
         ops.append((kind, key, packed, float(expires), (hlc << NODE_BITS) | node))
     return ops
+
+
+def _op_size(wire_op: list[Any]) -> int:
+    """Roughly the bytes of one op on the wire (its value and key dominate)."""
+    key, packed = wire_op[1], wire_op[2]
+    return _OP_OVERHEAD + (len(packed) if packed is not None else 0) + (len(key) if type(key) is not int else 8)
 
 
 def _split(version: int) -> list[int]:
@@ -252,6 +268,7 @@ class Replicator:
         self.rng = rng or random.Random()
         self.slice_size = slice_size
         self.batch = batch
+        self.batch_bytes = BATCH_BYTES
         self.outbox: deque[tuple[str, Op]] = deque()
         self.figures: dict[str, dict[str, Any]] = {}
         self.needs_repair: set[int] = set()
@@ -294,8 +311,8 @@ class Replicator:
             if not peers:
                 continue
             figures = self.figures_of(name)
-            for i in range(0, len(wire_ops), self.batch):
-                msg = Ops(name, wire_ops[i : i + self.batch])
+            for i, j in spans(map(_op_size, wire_ops), self.batch_bytes, self.batch):
+                msg = Ops(name, wire_ops[i:j])
                 actions += [Send(peer, msg) for peer in peers]
                 figures["ops_sent"] += len(msg.ops) * len(peers)
         return actions
@@ -320,6 +337,10 @@ class Replicator:
             return []
         if isinstance(msg, (Digest, Listing)):
             self._catch_up_clear(msg.cache, cache, msg.watermark)
+        if isinstance(msg, (Digest, Listing)) and self._queued_scans(peer) >= MAX_SCANS_PER_PEER:
+            if isinstance(msg, Digest) or msg.reply:
+                log.debug("%016x has %d repair scans queued here: dropping another", peer, MAX_SCANS_PER_PEER)
+                return []
         if isinstance(msg, Digest):
             if len(msg.digests) != BUCKETS:
                 raise ProtocolError(f"a digest has {BUCKETS} buckets")
@@ -351,6 +372,9 @@ class Replicator:
         if isinstance(msg, Pull):
             return self._answer_pull(peer, msg, cache)
         raise ProtocolError(f"unexpected {type(msg).__name__}")
+
+    def _queued_scans(self, peer: int) -> int:
+        return sum(1 for scan in self._scans if scan.peer == peer and scan.then != "digest")
 
     def _catch_up_clear(self, name: str, cache: Cache, mark: list[Any]) -> None:
         """A peer cleared the cache after we last did: apply its clear (lost on the way)."""
@@ -388,15 +412,23 @@ class Replicator:
         data = cache.store.data
         dumps = cache.serializer.dumps
         ops: list[Any] = []
+        total = 0
         for key in msg.keys:
             if type(key) not in (str, bytes, int):
                 raise ProtocolError("a pull names a key that is not str, bytes or int")
+            if total > PULL_BYTES:
+                break  # the rest at the next round: one Pull must not cost us unbounded memory
             entry = data.get(key)
             if entry is not None and entry > now:
                 ops.append(op_to_wire(entry_op(entry, dumps(entry.value))))
             elif entry is None and key in cache.store.tombstones:  # a delete the peer missed
                 ops.append(op_to_wire((DELETE, key, None, NEVER, cache.store.tombstones[key])))
-        return [Send(peer, Ops(msg.cache, ops[i : i + self.batch])) for i in range(0, len(ops), self.batch)]
+            else:
+                continue
+            total += _op_size(ops[-1])
+        return [
+            Send(peer, Ops(msg.cache, ops[i:j])) for i, j in spans(map(_op_size, ops), self.batch_bytes, self.batch)
+        ]
 
     # -- time ------------------------------------------------------------------
 
