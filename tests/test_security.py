@@ -28,7 +28,7 @@ import pytest
 
 from shoal.client import Client, query
 from shoal.errors import HandshakeError, ShoalError
-from shoal.messages import Hello, Message, Ops, Query, Refused
+from shoal.messages import DumpRequest, Hello, Message, Ops, Query, Refused
 from shoal.node import Node, parse_address
 from shoal.wire import HANDSHAKE_MAX_FRAME, TAG_SIZE, FrameDecoder, encode
 from tests.support.cluster import Cluster, Member, cluster, wait_until
@@ -572,3 +572,34 @@ def test_heartbeats_and_replication_survive_a_poisoned_entry_whose_repair_round_
         time.sleep(0.05)
     still_serves(a, b)
     still_serves(b, a)
+
+
+def test_a_peer_asking_for_dumps_it_never_reads_is_cut_off_before_it_costs_more_than_a_few(
+    pair: tuple[Node, Node], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Finding: 100 dump requests never read took a member from 104 to 315 MB."""
+    caplog.set_level(logging.INFO, logger="shoal")
+    a, b = pair
+    a.cache("c").set_many({f"k{i}": "v" * 100 for i in range(20_000)})
+    with RawPeer(a.address, SECRET, 0x2B, "127.0.0.1:1") as peer:
+        peer.send(b"".join(encode(DumpRequest("c", i)) for i in range(100)))
+        wait_until(
+            lambda: any("more than 64 dumps requested at once" in r.getMessage() for r in caplog.records),
+            10,
+            what="the greedy peer to be refused",
+        )
+    wait_until(lambda: not a._dumps.held(0x2B), 10, what="its queued dumps to be dropped")
+    still_serves(a, b)
+
+
+@pytest.mark.slow
+def test_a_new_member_gets_every_entry_when_values_average_8_kb(cluster: Cluster) -> None:
+    """Finding: 8 KB values made dump chunks over the frame limit; the new member reported ready with 0 entries."""
+    a = cluster.start(boot_wait=0.5)
+    for start in range(0, 4000, 500):
+        a.cmd("set_range", prefix="k", start=start, count=500, value="x" * 8 * 1024)
+    assert a.cmd("len") == 4000
+    b = cluster.start(seeds=[a.address], boot_wait=2.0)
+    assert b.cmd("ready", timeout=60) is True
+    assert b.cmd("len") == 4000
+    assert b.cmd("stats")["caches"]["c"]["warm_boot"]["state"] == "warm"

@@ -16,7 +16,8 @@ from shoal.errors import ProtocolError
 from shoal.messages import DumpChunk
 from shoal.serializer import MsgpackSerializer
 from shoal.store import DELETE, NEVER, WRITE, Store
-from shoal.warmboot import CHUNK, choose_donors, columns_from_wire, dump_columns
+from shoal.warmboot import CHUNK, choose_donors, columns_from_wire, dump_columns, dump_frames
+from shoal.wire import DEFAULT_MAX_FRAME, FrameDecoder
 from tests.support.cluster import Cluster, Member, cluster, wait_until
 
 __all__ = ["cluster"]  # the fixture, imported for the tests below
@@ -331,3 +332,20 @@ def test_a_boot_that_outlasts_warm_timeout_ends_ready_but_not_warmed_and_reads_a
     assert boot["seconds"] >= 3.0
     assert booter.cmd("len") == CHUNK + 1
     assert booter.cmd("get", key="k0") == "v0"
+
+
+# -- issue 14: chunks bounded in bytes ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("value_size", [10, 8 * 1024, 64 * 1024, 900 * 1024])
+def test_dump_frames_stay_under_the_frame_limit_whatever_the_value_size(value_size: int) -> None:
+    """Finding: values averaging 8 KB made 2,000-entry chunks exceed the 16 MiB frame limit; the dump died."""
+    store = Store()
+    count = min(3000, (64 * 1024 * 1024) // value_size)
+    for i in range(count):
+        store.write(f"k{i}", b"x" * value_size, NEVER, (i + 1) << 64, NOW)
+    frames = list(dump_frames(store.entries(), "c", 1, None, lambda: NOW, DEFAULT_MAX_FRAME))
+    assert sum(n for _, n in frames) == count
+    assert all(len(frame) <= DEFAULT_MAX_FRAME + 4 for frame, _ in frames)
+    received = [m for frame, _ in frames for m in FrameDecoder().feed(frame)]
+    assert sorted(k for m in received for k in m.keys) == sorted(f"k{i}" for i in range(count))  # type: ignore[attr-defined]

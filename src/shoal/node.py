@@ -35,7 +35,7 @@ from .cache import Cache, Op
 from .clock import HybridClock
 from .errors import ProtocolError, ShoalError
 from .handshake import Handshake, check_secret
-from .limits import LogLimiter, Supervisor
+from .limits import LogLimiter, PeerQuota, Supervisor
 from .membership import Membership
 from .messages import (
     Answer,
@@ -68,6 +68,8 @@ FLUSH_DELAY = 0.001
 SCAN_PAUSE = 0.002
 GC_FREEZE_MIN = 50_000
 FLUSH_MAX_OPS = 1000
+DUMPS_AT_ONCE = 2
+DUMPS_QUEUED = 64
 
 
 def parse_address(address: str) -> tuple[str, int]:
@@ -296,6 +298,8 @@ class Node:
         self.max_clock_skew = max_clock_skew
         self._door = LogLimiter(log)  # refusals of strangers: they choose how many there are
         self._ticks = Supervisor("the node's timer", log)
+        self._dumps = PeerQuota(DUMPS_QUEUED)  # dump requests per peer, streaming or waiting
+        self._dump_slots: dict[int, asyncio.Semaphore] = {}
         self.anti_entropy_interval = anti_entropy_interval
         self.warm_donors = warm_donors
         self.warm_timeout = warm_timeout
@@ -780,13 +784,28 @@ class Node:
         elif isinstance(msg, SizeReply):
             self._boot.on_size_reply(peer, msg)
         elif isinstance(msg, DumpRequest):
-            self._spawn(self._boot.serve_dump(peer, msg))
+            # An honest booter asks for one dump per cache it boots; more at once is a peer
+            # making us hold every entry list it can (100 unread dumps: +300 MB).
+            if not self._dumps.take(peer):
+                raise ProtocolError(f"more than {self._dumps.limit} dumps requested at once")
+            self._spawn(self._serve_dump(peer, msg))
         elif isinstance(msg, DumpChunk):
             self._boot.on_chunk(peer, msg)
         elif isinstance(msg, DumpEnd):
             self._boot.on_end(peer, msg)
         else:
             raise ProtocolError(f"unexpected {type(msg).__name__} after the handshake")
+
+    async def _serve_dump(self, peer: int, msg: DumpRequest) -> None:
+        """At most DUMPS_AT_ONCE dumps stream to one peer at a time; the rest wait their turn."""
+        slots = self._dump_slots.setdefault(peer, asyncio.Semaphore(DUMPS_AT_ONCE))
+        try:
+            async with slots:
+                await self._boot.serve_dump(peer, msg)
+        finally:
+            self._dumps.give(peer)
+            if not self._dumps.held(peer):
+                self._dump_slots.pop(peer, None)
 
     # -- replication ---------------------------------------------------------------------
 

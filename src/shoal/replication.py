@@ -337,10 +337,10 @@ class Replicator:
             return []
         if isinstance(msg, (Digest, Listing)):
             self._catch_up_clear(msg.cache, cache, msg.watermark)
-        if isinstance(msg, (Digest, Listing)) and self._queued_scans(peer) >= MAX_SCANS_PER_PEER:
-            if isinstance(msg, Digest) or msg.reply:
-                log.debug("%016x has %d repair scans queued here: dropping another", peer, MAX_SCANS_PER_PEER)
-                return []
+        wants_scan = isinstance(msg, Digest) or (isinstance(msg, Listing) and msg.reply)
+        if wants_scan and self._queued_scans(peer) >= MAX_SCANS_PER_PEER:
+            log.debug("%016x has %d repair scans queued here: dropping another", peer, MAX_SCANS_PER_PEER)
+            return []
         if isinstance(msg, Digest):
             if len(msg.digests) != BUCKETS:
                 raise ProtocolError(f"a digest has {BUCKETS} buckets")

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from .clock import MAX_HLC, NODE_BITS, NODE_MASK
-from .errors import ProtocolError
+from .errors import FrameTooLarge, ProtocolError
 from .messages import DumpChunk, DumpEnd, DumpRequest, SizeReply, SizeRequest
 from .serializer import MsgpackSerializer
 from .store import Entry, Key
@@ -42,6 +42,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("shoal")
 
 CHUNK = 2000
+CHUNK_BYTES = 4 * 1024 * 1024
+"""What a dump chunk aims at: a count alone does not bound a frame (2,000 values of 8 KB
+made a chunk over the 16 MiB frame limit, and the donor's dump died)."""
 _KEY_TYPES = {str, bytes, int}
 SIZE_WAIT = 1.0
 
@@ -84,6 +87,41 @@ def dump_columns(
     hlcs = [e.version >> NODE_BITS for e in live]
     nodes = [e.version & NODE_MASK for e in live]
     return keys, values, expires, hlcs, nodes
+
+
+def dump_frames(
+    entries: list[Entry],
+    cache: str,
+    stream: int,
+    dumps: Callable[[Any], bytes] | None,
+    now: Callable[[], float],
+    max_frame_size: int,
+) -> Iterator[tuple[bytes, int]]:
+    """The donor's chunks as encoded frames with their entry counts, bounded in bytes.
+
+    A chunk starts at ``CHUNK`` entries and is resized after each frame to aim at
+    ``CHUNK_BYTES``; one that still comes out over ``max_frame_size`` is cut to a
+    quarter and encoded again (it costs one wasted encode, once per dump, when values
+    are large). An entry too large for a frame on its own (only if a peer configured a
+    larger ``max_value_size`` than our frame allows) is left out and logged.
+    """
+    inline = dumps is None
+    size, i = CHUNK, 0
+    while i < len(entries):
+        part = entries[i : i + size]
+        keys, values, expires, hlcs, nodes = dump_columns(part, dumps, now())
+        try:
+            frame = encode(DumpChunk(cache, stream, keys, values, expires, hlcs, nodes, inline), max_frame_size)
+        except FrameTooLarge:
+            if size == 1:
+                log.error("dump of %s: an entry does not fit a %d-byte frame; left out", cache, max_frame_size)
+                i += 1
+            else:
+                size = max(1, size // 4)
+            continue
+        i += len(part)
+        yield frame, len(keys)
+        size = max(1, min(CHUNK, CHUNK_BYTES * len(part) // max(1, len(frame))))
 
 
 def columns_from_wire(msg: DumpChunk) -> tuple[list[Key], list[Any], list[float], list[int]]:
@@ -220,6 +258,9 @@ class Booter:
         received_before = conn.bytes_in
         try:
             return await asyncio.wait_for(done, node.warm_timeout)
+        except asyncio.TimeoutError:
+            log.warning("warm boot of %s: donor %016x timed out; trying the next", name, donor)
+            return False
         finally:
             self._streams.pop(stream_id, None)
             stats.bytes += conn.bytes_in - received_before  # what the donor sent us meanwhile
@@ -246,7 +287,10 @@ class Booter:
     def on_end(self, peer: int, msg: DumpEnd) -> None:
         stream = self._streams.get(msg.stream)
         if stream is not None and stream.donor == peer and not stream.done.done():
-            stream.done.set_result(True)
+            whole = msg.entries == stream.entries
+            if not whole:
+                log.warning("warm boot of %s: donor %016x ended its dump early; trying the next", msg.cache, peer)
+            stream.done.set_result(whole)
 
     def member_down(self, peer: int) -> None:
         for stream in self._streams.values():
@@ -277,16 +321,19 @@ class Booter:
             inline = type(serializer) is MsgpackSerializer
             dumps = None if inline else serializer.dumps
             entries = store.entries()  # references only: cheap, and entries never change
-            for i in range(0, len(entries), CHUNK):
-                keys, values, expires, hlcs, nodes = dump_columns(entries[i : i + CHUNK], dumps, time.time())
-                if conn.closed:
-                    return
-                chunk = DumpChunk(msg.cache, msg.stream, keys, values, expires, hlcs, nodes, inline)
-                frame = encode(chunk, node.max_frame_size)
-                conn.write(frame)
-                sent += len(keys)
-                state.boot.bytes_served += len(frame)
-                await conn.drained()
-                await asyncio.sleep(0)
+            try:
+                for frame, count in dump_frames(entries, msg.cache, msg.stream, dumps, time.time, node.max_frame_size):
+                    if conn.closed:
+                        return
+                    conn.write(frame)
+                    sent += count
+                    state.boot.bytes_served += len(frame)
+                    await conn.drained()
+                    await asyncio.sleep(0)
+            except Exception:
+                # The booter must not wait out its timeout for a dump that died here:
+                # an end whose count is not what it received tells it to try the next donor.
+                log.exception("dump of %s to %016x failed", msg.cache, peer)
+                sent = -1
         if not conn.closed:
             conn.send(DumpEnd(msg.cache, msg.stream, sent))
