@@ -603,3 +603,31 @@ def test_a_new_member_gets_every_entry_when_values_average_8_kb(cluster: Cluster
     assert b.cmd("ready", timeout=60) is True
     assert b.cmd("len") == 4000
     assert b.cmd("stats")["caches"]["c"]["warm_boot"]["state"] == "warm"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("offset", [-600, 365 * 86400], ids=["10 minutes behind", "a year ahead"])
+def test_a_member_whose_clock_is_off_is_refused_with_a_clear_reason_and_cannot_rewrite_entries(
+    cluster: Cluster, offset: int
+) -> None:
+    """Finding: 10 minutes behind, its ttl-60 writes deleted the key on the others; a year ahead, they lived a year."""
+    a = cluster.start(boot_wait=0.3)
+    a.cmd("set", key="k", value="old")
+    skewed = cluster.start(
+        seeds=[a.address], ttl=60, boot_wait=0.5, prefix=["env", f"SHOAL_TEST_CLOCK_OFFSET={offset}"]
+    )
+    assert skewed.cmd("ready", timeout=10) is True
+    skewed.cmd("set", key="k", value="from the skewed member, ttl 60")
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline:  # a window in which a joined member's write would arrive
+        assert a.cmd("get", key="k") == "old"
+        time.sleep(0.05)
+    assert skewed.address not in {m["address"] for m in a.cmd("members") if m["state"] == "up"}
+    logs = {}
+    for name, member in (("a", a), ("skewed", skewed)):
+        member.stop()
+        assert member.proc.stderr is not None
+        logs[name] = member.proc.stderr.read()
+    # The skewed member dialed a; a refused its proven Proof, and both say why.
+    assert "more than max_clock_skew" in logs["a"]
+    assert "peer refused the handshake" in logs["skewed"] and "max_clock_skew" in logs["skewed"]
