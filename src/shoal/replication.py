@@ -1,8 +1,9 @@
 """Writes between members: the op format, its validation, and anti-entropy digests.
 
-Theory of operation. A local write is applied at once and queued; the node
-flushes the queue once per loop tick into one ``Ops`` frame per cache, encoded
-once and written to every member of the cache's group. A receiver applies each
+Theory of operation. A local write is applied at once and queued; the
+dispatcher drains the queue shortly after (``outgoing``) into one ``Ops``
+message per cache and batch, broadcast to every member of the cache's group
+(the driver encodes it once). A receiver applies each
 op only if it is newer than what it holds (store.py), so duplicates, reordering
 and replays are harmless.
 
@@ -24,7 +25,9 @@ of a deleted key is a delete op. Without that, a delete lost to a partition woul
 never reach the other side, and once the tombstone was purged the old value would
 even be pulled back.
 
-Everything here is pure: the node supplies entries and time.
+Everything here is pure: a cache is seen only through ``replica.ReplicaView``,
+and time comes in as arguments (``now`` monotonic for scheduling, ``wall`` for
+expiry and versions).
 """
 
 from __future__ import annotations
@@ -38,14 +41,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .actions import Action, Send
-from .cache import Cache, Op
+from .actions import Action, Broadcast, Send
 from .clock import COUNTER_BITS, MAX_HLC, NODE_BITS, NODE_MASK, version_ms
 from .errors import ProtocolError
 from .limits import LogLimiter, spans
 from .membership import Membership
 from .messages import Digest, Listing, Message, Ops, Pull
-from .store import CLEAR, DELETE, NEVER, WRITE, Entry, Key, Store
+from .replica import Op, ReplicaView
+from .store import CLEAR, DELETE, NEVER, WRITE, Entry, Key
 
 log = logging.getLogger("shoal")
 _scan_errors = LogLimiter(log, burst=5, interval=60.0)
@@ -63,6 +66,7 @@ below the 16 MiB frame limit, no batch of writes can grow into a frame a peer re
 PULL_BYTES = 32 * 1024 * 1024
 """Bytes one Pull is answered with at most; the puller pulls the rest in its next round."""
 _OP_OVERHEAD = 40  # msgpack framing of one op besides its key and value
+_PULL_SLICE = 16  # keys looked up between checks of PULL_BYTES
 _MASK64 = (1 << 64) - 1
 
 
@@ -102,10 +106,6 @@ def _op_size(wire_op: list[Any]) -> int:
 
 def _split(version: int) -> list[int]:
     return [version >> NODE_BITS, version & NODE_MASK]
-
-
-def entry_op(entry: Entry, packed: bytes) -> Op:
-    return (WRITE, entry.key, packed, float(entry), entry.version)
 
 
 # -- digests -------------------------------------------------------------------
@@ -191,7 +191,7 @@ def tombstone_listing(tombstones: Iterable[tuple[Key, int]], buckets: Iterable[i
     return flat
 
 
-def to_pull(store: Store, flat: list[Any]) -> list[Key]:
+def to_pull(replica: ReplicaView, flat: list[Any]) -> list[Key]:
     """Keys of a peer's listing for which the peer holds something newer than we know of.
 
     A key we evicted on purpose is not pulled back unless the peer's version is
@@ -205,7 +205,7 @@ def to_pull(store: Store, flat: list[Any]) -> list[Key]:
         if type(key) not in (str, bytes, int) or type(hlc) is not int or type(node) is not int:
             raise ProtocolError("malformed listing entry")
         version = (hlc << NODE_BITS) | node
-        if version > store.version_of(key) and version > store.evicted.get(key, 0):
+        if replica.wants(key, version):
             keys.append(key)
     return keys
 
@@ -247,15 +247,15 @@ class _Scan:
 class Replicator:
     """Outgoing batches, incoming ops and anti-entropy rounds for every hosted cache.
 
-    Feed it messages (``received``) and time (``tick``); it returns actions.
-    ``outbox`` is the one thing other threads touch: ``Cache.replicate`` appends to
-    it (a deque append is atomic), and ``flush`` drains it on the driver's thread.
+    Feed it local writes (``outgoing``), peers' messages (``received``) and time
+    (``tick``); it returns actions. Caches are the ``replicas`` mapping the
+    dispatcher shares with warm boot (one registry of hosted caches).
     """
 
     def __init__(
         self,
         membership: Membership,
-        caches: Mapping[str, Cache],
+        replicas: Mapping[str, ReplicaView],
         *,
         interval: float = 5.0,
         rng: random.Random | None = None,
@@ -263,13 +263,12 @@ class Replicator:
         batch: int = 1000,
     ) -> None:
         self.membership = membership
-        self.caches = caches
+        self.replicas = replicas
         self.interval = interval
         self.rng = rng or random.Random()
         self.slice_size = slice_size
         self.batch = batch
         self.batch_bytes = BATCH_BYTES
-        self.outbox: deque[tuple[str, Op]] = deque()
         self.figures: dict[str, dict[str, Any]] = {}
         self.needs_repair: set[int] = set()
         # Caches whose warm boot is over: only they take part in repair rounds
@@ -292,29 +291,18 @@ class Replicator:
 
     # -- outgoing --------------------------------------------------------------
 
-    def flush(self, limit: int | None = None) -> list[Action]:
-        """Drain queued local writes into one Ops message per cache and batch.
-
-        The same message object goes to every peer of the group, so a driver can
-        encode it once.
-        """
-        outbox = self.outbox
-        batches: dict[str, list[Any]] = {}
-        budget = len(outbox) if limit is None else limit
-        while outbox and budget > 0:
-            name, op = outbox.popleft()
-            batches.setdefault(name, []).append(op_to_wire(op))
-            budget -= 1
+    def outgoing(self, name: str, ops: list[Op]) -> list[Action]:
+        """Local writes of one cache as Ops messages, each broadcast to the cache's group."""
+        peers = tuple(self.membership.group(name))
+        if not peers or not ops:
+            return []
+        figures = self.figures_of(name)
+        wire_ops = [op_to_wire(op) for op in ops]
         actions: list[Action] = []
-        for name, wire_ops in batches.items():
-            peers = self.membership.group(name)
-            if not peers:
-                continue
-            figures = self.figures_of(name)
-            for i, j in spans(map(_op_size, wire_ops), self.batch_bytes, self.batch):
-                msg = Ops(name, wire_ops[i:j])
-                actions += [Send(peer, msg) for peer in peers]
-                figures["ops_sent"] += len(msg.ops) * len(peers)
+        for i, j in spans(map(_op_size, wire_ops), self.batch_bytes, self.batch):
+            msg = Ops(name, wire_ops[i:j])
+            actions.append(Broadcast(peers, msg))
+            figures["ops_sent"] += len(msg.ops) * len(peers)
         return actions
 
     def dropped(self, peer: int, msg: Ops) -> None:
@@ -326,17 +314,17 @@ class Replicator:
 
     # -- incoming --------------------------------------------------------------
 
-    def received(self, peer: int, msg: Message) -> list[Action]:
+    def received(self, peer: int, msg: Message, wall: float) -> list[Action]:
         if isinstance(msg, Ops):
-            self.apply(msg.cache, ops_from_wire(msg.ops))
+            self.apply(msg.cache, ops_from_wire(msg.ops), wall)
             return []
-        cache = self.caches.get(getattr(msg, "cache", ""))
-        if cache is None:
+        replica = self.replicas.get(getattr(msg, "cache", ""))
+        if replica is None:
             return []  # a cache we do not host
         if msg.cache not in self.settled:  # type: ignore[attr-defined]
             return []
         if isinstance(msg, (Digest, Listing)):
-            self._catch_up_clear(msg.cache, cache, msg.watermark)
+            self._catch_up_clear(msg.cache, replica, msg.watermark, wall)
         wants_scan = isinstance(msg, Digest) or (isinstance(msg, Listing) and msg.reply)
         if wants_scan and self._queued_scans(peer) >= MAX_SCANS_PER_PEER:
             log.debug("%016x has %d repair scans queued here: dropping another", peer, MAX_SCANS_PER_PEER)
@@ -344,13 +332,13 @@ class Replicator:
         if isinstance(msg, Digest):
             if len(msg.digests) != BUCKETS:
                 raise ProtocolError(f"a digest has {BUCKETS} buckets")
-            self._scans.append(_Scan(msg.cache, peer, msg.round, "answer", cache.store.entries(), theirs=msg.digests))
-            return self._advance()
+            self._scans.append(_Scan(msg.cache, peer, msg.round, "answer", replica.entries(), theirs=msg.digests))
+            return self._advance(wall)
         if isinstance(msg, Listing):
             if any(type(b) is not int or not 0 <= b < BUCKETS for b in msg.buckets):
                 raise ProtocolError("a listing names buckets that do not exist")
             actions: list[Action] = []
-            wanted = to_pull(cache.store, msg.entries)
+            wanted = to_pull(replica, msg.entries)
             log.log(
                 logging.INFO if wanted else logging.DEBUG,
                 "repair round %d of %s with %016x: %d buckets differ, pulling %d keys",
@@ -364,89 +352,67 @@ class Replicator:
                 self.figures_of(msg.cache)["keys_repaired"] += len(wanted)
                 actions.append(Send(peer, Pull(msg.cache, wanted)))
             if msg.reply:
-                scan = _Scan(msg.cache, peer, msg.round, "listing", cache.store.entries(), buckets=msg.buckets)
-                scan.tombs = list(cache.store.tombstones.items())
+                scan = _Scan(msg.cache, peer, msg.round, "listing", replica.entries(), buckets=msg.buckets)
+                scan.tombs = replica.tombstones()
                 self._scans.append(scan)
-                actions += self._advance()
+                actions += self._advance(wall)
             return actions
         if isinstance(msg, Pull):
-            return self._answer_pull(peer, msg, cache)
+            if any(type(key) not in (str, bytes, int) for key in msg.keys):
+                raise ProtocolError("a pull names a key that is not str, bytes or int")
+            ops: list[Any] = []
+            total = 0
+            for k in range(0, len(msg.keys), _PULL_SLICE):
+                if total > PULL_BYTES:
+                    break  # the rest at the next round: one Pull must not cost us unbounded memory
+                more = [op_to_wire(op) for op in replica.ops_for(msg.keys[k : k + _PULL_SLICE], wall)]
+                total += sum(map(_op_size, more))
+                ops += more
+            cuts = spans(map(_op_size, ops), self.batch_bytes, self.batch)
+            return [Send(peer, Ops(msg.cache, ops[i:j])) for i, j in cuts]
         raise ProtocolError(f"unexpected {type(msg).__name__}")
 
     def _queued_scans(self, peer: int) -> int:
         return sum(1 for scan in self._scans if scan.peer == peer and scan.then != "digest")
 
-    def _catch_up_clear(self, name: str, cache: Cache, mark: list[Any]) -> None:
+    def _catch_up_clear(self, name: str, replica: ReplicaView, mark: list[Any], wall: float) -> None:
         """A peer cleared the cache after we last did: apply its clear (lost on the way)."""
         if len(mark) != 2 or any(type(x) is not int or not 0 <= x <= _MASK64 for x in mark) or mark[0] > MAX_HLC:
             raise ProtocolError("a watermark is [hlc, node]")
         version = (mark[0] << NODE_BITS) | mark[1]
-        if version > cache.store.watermark:
-            self.apply(name, [(CLEAR, b"", None, NEVER, version)])
+        if version > replica.watermark():
+            self.apply(name, [(CLEAR, b"", None, NEVER, version)], wall)
 
-    def apply(self, name: str, ops: list[Op]) -> tuple[int, int]:
-        cache = self.caches.get(name)
-        if cache is None:
+    def apply(self, name: str, ops: list[Op], wall: float) -> tuple[int, int]:
+        replica = self.replicas.get(name)
+        if replica is None:
             return 0, 0
-        applied, ignored = cache.apply(ops)
+        applied, ignored = replica.apply(ops, wall)
         figures = self.figures_of(name)
         figures["ops_received"] += len(ops)
         figures["ops_applied"] += applied
         figures["ops_ignored"] += ignored
         if ops:
-            figures["last_lag_ms"] = max(0, int(cache.now() * 1000) - version_ms(ops[-1][4]))
+            figures["last_lag_ms"] = max(0, int(wall * 1000) - version_ms(ops[-1][4]))
         return applied, ignored
-
-    def load(
-        self, name: str, keys: list[Key], values: list[Any], expires: list[float], versions: list[int], packed: bool
-    ) -> int:
-        """Merge a warm-boot dump chunk into a hosted cache; returns how many entries were applied."""
-        cache = self.caches.get(name)
-        if cache is None:
-            return 0
-        applied, _ = cache.load(keys, values, expires, versions, packed)
-        return applied
-
-    def _answer_pull(self, peer: int, msg: Pull, cache: Cache) -> list[Action]:
-        now = cache.now()
-        data = cache.store.data
-        dumps = cache.serializer.dumps
-        ops: list[Any] = []
-        total = 0
-        for key in msg.keys:
-            if type(key) not in (str, bytes, int):
-                raise ProtocolError("a pull names a key that is not str, bytes or int")
-            if total > PULL_BYTES:
-                break  # the rest at the next round: one Pull must not cost us unbounded memory
-            entry = data.get(key)
-            if entry is not None and entry > now:
-                ops.append(op_to_wire(entry_op(entry, dumps(entry.value))))
-            elif entry is None and key in cache.store.tombstones:  # a delete the peer missed
-                ops.append(op_to_wire((DELETE, key, None, NEVER, cache.store.tombstones[key])))
-            else:
-                continue
-            total += _op_size(ops[-1])
-        return [
-            Send(peer, Ops(msg.cache, ops[i:j])) for i, j in spans(map(_op_size, ops), self.batch_bytes, self.batch)
-        ]
 
     # -- time ------------------------------------------------------------------
 
-    def tick(self, now: float) -> list[Action]:
+    def tick(self, now: float, wall: float) -> list[Action]:
         """Start a repair round when one is due; advance scans in progress."""
         if self._next_round is None:
             self._next_round = now + self.interval * self.rng.uniform(0.5, 1.0)
         if now >= self._next_round:
             self._next_round = now + self.interval * self.rng.uniform(0.75, 1.25)
             self._open_rounds()
-        return self._advance()
+        return self._advance(wall)
 
     def repair_now(self) -> None:
         """Open a round with every hosted cache at once (a member came back, say)."""
         self._open_rounds()
 
     def _open_rounds(self) -> None:
-        for name, cache in self.caches.items():
+        for name, replica in self.replicas.items():
             group = self.membership.group(name)
             if not group or name not in self.settled:
                 continue
@@ -455,19 +421,19 @@ class Replicator:
             self.needs_repair.discard(peer)
             self._round += 1
             self.figures_of(name)["repair_rounds"] += 1
-            self._scans.append(_Scan(name, peer, self._round, "digest", cache.store.entries()))
+            self._scans.append(_Scan(name, peer, self._round, "digest", replica.entries()))
 
-    def _advance(self) -> list[Action]:
+    def _advance(self, wall: float) -> list[Action]:
         """One slice of the oldest scan; its message once it is complete."""
         if not self._scans:
             return []
         scan = self._scans[0]
-        cache = self.caches.get(scan.cache)
-        if cache is None:
+        replica = self.replicas.get(scan.cache)
+        if replica is None:
             self._scans.popleft()
             return []
         try:
-            return self._advance_scan(scan, cache)
+            return self._advance_scan(scan, replica, wall)
         except Exception:
             # Our own entries broke the scan, not the peer: drop this round (the next one
             # starts afresh) rather than fail the tick or the peer's connection every time.
@@ -475,24 +441,23 @@ class Replicator:
             _scan_errors.log(logging.ERROR, "repair scan of %s failed; round dropped", scan.cache, exc_info=True)
             return []
 
-    def _advance_scan(self, scan: _Scan, cache: Cache) -> list[Action]:
+    def _advance_scan(self, scan: _Scan, replica: ReplicaView, wall: float) -> list[Action]:
         part = scan.entries[scan.pos : scan.pos + self.slice_size]
-        now = cache.now()
         if scan.then == "listing":
-            scan.flat += listing(part, scan.buckets, now)
+            scan.flat += listing(part, scan.buckets, wall)
             if not part:  # the entries are done: then the tombstones, a slice at a time too
                 tomb_pos = scan.pos - len(scan.entries)
                 tombs = scan.tombs[tomb_pos : tomb_pos + self.slice_size]
                 scan.flat += tombstone_listing(tombs, scan.buckets)
                 scan.pos += len(tombs)
         else:
-            sums = digests(part, now)
+            sums = digests(part, wall)
             scan.sums = [(a + b) & _MASK64 for a, b in zip(scan.sums, sums, strict=True)]
         scan.pos += len(part)
         if scan.pos < len(scan.entries) + len(scan.tombs):
             return []
         self._scans.popleft()
-        mark = _split(cache.store.watermark)
+        mark = _split(replica.watermark())
         if scan.then == "digest":
             return [Send(scan.peer, Digest(scan.cache, scan.round, scan.sums, mark))]
         if scan.then == "answer":
@@ -500,7 +465,7 @@ class Replicator:
             if not buckets:
                 return []
             follow = _Scan(scan.cache, scan.peer, scan.round, "listing", scan.entries, buckets=buckets, reply=True)
-            follow.tombs = list(cache.store.tombstones.items())
+            follow.tombs = replica.tombstones()
             self._scans.appendleft(follow)
             return []
         return [Send(scan.peer, Listing(scan.cache, scan.round, scan.buckets, scan.flat, scan.reply, mark))]

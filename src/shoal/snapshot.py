@@ -33,9 +33,9 @@ from typing import Any
 
 import msgpack
 
-from .cache import Op
 from .clock import MAX_HLC, NODE_BITS, NODE_MASK
 from .errors import InvalidEntry, ShoalError
+from .replica import Op
 from .store import NEVER, WRITE, Entry
 from .validation import DEFAULT_MAX_CLOCK_SKEW, check_expiry, check_peer_key, check_version, version_limit
 
