@@ -359,6 +359,6 @@ def test_the_acceptor_speaks_only_when_spoken_to() -> None:
     [{"node_id": -1}, {"node_id": 2**64}, {"nonce": b"short"}, {"protocol_min": 2, "protocol_max": 1}],
 )
 def test_a_misconfigured_side_fails_at_construction(kwargs: dict[str, object]) -> None:
-    args: dict[str, object] = {"secret": SECRET, "node_id": 1, "listen": "x", **kwargs}
+    args: dict[str, object] = {"secret": SECRET, "node_id": 1, "listen": "x", "wall": WALL, **kwargs}
     with pytest.raises(ValueError):
         Handshake.initiator(**args)  # type: ignore[arg-type]

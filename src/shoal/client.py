@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import os
 import ssl as _ssl
+import time
 from typing import Any
 
 from .errors import HandshakeError, ProtocolError, ShoalError
@@ -48,7 +49,7 @@ class Client:
             self.timeout,
         )
         self._writer = writer
-        hs = Handshake.initiator(self._secret, int.from_bytes(os.urandom(8), "big"), "")
+        hs = Handshake.initiator(self._secret, int.from_bytes(os.urandom(8), "big"), "", wall=time.time)
         try:
             for msg in hs.start():
                 writer.write(encode(msg))

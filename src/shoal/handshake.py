@@ -49,7 +49,8 @@ then its UTF-8 (lengths as 4 bytes). Each property rests on one ingredient:
 
 The acceptor picks the highest version both ranges share.
 
-What the driver owns: the socket and the reaction to failure. It bounds the whole
+What the driver owns: the socket, the wall clock (``wall``, read when a Challenge
+or Proof is made or checked) and the reaction to failure. It bounds the whole
 handshake with a timeout, keeps the FrameDecoder at HANDSHAKE_MAX_FRAME until
 ``done``, then switches both directions to ``send_key``/``receive_key``. When
 ``receive`` raises it logs the reason, may send ``Refused(str(error))``, and
@@ -66,7 +67,6 @@ import functools
 import hashlib
 import hmac
 import secrets
-import time
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -137,8 +137,8 @@ class Handshake:
         nonce: bytes | None,
         protocol_min: int,
         protocol_max: int,
-        max_clock_skew: float = DEFAULT_MAX_CLOCK_SKEW,
-        wall: Callable[[], float] = time.time,
+        max_clock_skew: float,
+        wall: Callable[[], float],
     ) -> None:
         if not 0 <= node_id < 1 << 64:
             raise ValueError(f"node id {node_id} is not an unsigned 64-bit integer")
@@ -176,7 +176,7 @@ class Handshake:
         protocol_min: int = PROTOCOL_MIN,
         protocol_max: int = PROTOCOL_VERSION,
         max_clock_skew: float = DEFAULT_MAX_CLOCK_SKEW,
-        wall: Callable[[], float] = time.time,
+        wall: Callable[[], float],
     ) -> Handshake:
         """The side that opened the connection; it speaks and proves first."""
         return cls(True, secret, node_id, listen, nonce, protocol_min, protocol_max, max_clock_skew, wall)
@@ -192,7 +192,7 @@ class Handshake:
         protocol_min: int = PROTOCOL_MIN,
         protocol_max: int = PROTOCOL_VERSION,
         max_clock_skew: float = DEFAULT_MAX_CLOCK_SKEW,
-        wall: Callable[[], float] = time.time,
+        wall: Callable[[], float],
     ) -> Handshake:
         """The side that accepted the connection; it proves itself only to a proven peer."""
         return cls(False, secret, node_id, listen, nonce, protocol_min, protocol_max, max_clock_skew, wall)

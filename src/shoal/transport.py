@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import time
 from typing import Protocol, cast
 
 from .errors import ProtocolError
@@ -88,7 +89,9 @@ class Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.decoder = FrameDecoder(HANDSHAKE_MAX_FRAME)
         factory = Handshake.initiator if initiator else Handshake.acceptor
-        self.handshake = factory(owner.secret, owner.node_id, owner.address, max_clock_skew=owner.max_clock_skew)
+        self.handshake = factory(
+            owner.secret, owner.node_id, owner.address, max_clock_skew=owner.max_clock_skew, wall=time.time
+        )
         self.sealer: FrameSealer | None = None  # once admitted, every frame we write carries a MAC
         self.peer: int | None = None
         self.observer = False

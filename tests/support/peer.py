@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import time
 
 from shoal.handshake import Handshake
 from shoal.messages import Message
@@ -23,7 +24,7 @@ class RawPeer:
         self.sock = socket.create_connection((host, port), timeout=timeout)
         self.decoder = FrameDecoder(1 << 24)
         self.early: list[Message] = []  # what the member sent right after the handshake
-        hs = Handshake.initiator(secret.encode(), node_id, listen)
+        hs = Handshake.initiator(secret.encode(), node_id, listen, wall=time.time)
         for msg in hs.start():
             self.sock.sendall(encode(msg))
         while not hs.done:
