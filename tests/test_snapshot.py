@@ -16,6 +16,7 @@ import pytest
 
 from shoal import snapshot
 from shoal.clock import NODE_BITS
+from shoal.handshake import cluster_key
 from shoal.serializer import MsgpackSerializer
 from shoal.store import NEVER, WRITE, Entry
 from tests.support.cluster import ROOT, Cluster, Member, _env, cluster, wait_until
@@ -35,8 +36,12 @@ def entries(n: int, prefix: str = "k", expires: float = NEVER, first_hlc: int = 
     return [Entry(f"{prefix}{i}", f"v{i}", expires, version(first_hlc + i)) for i in range(n)]
 
 
+MEMBER_KEY = snapshot.snapshot_key(cluster_key(b"shoal-test-secret"))
+"""The MAC key of files the test cluster's members (tests/support) write and will read."""
+
+
 def write_cache(path: Path, name: str, rows: list[Entry], now: float = NOW) -> int:
-    return snapshot.write(path, [(name, rows, PACK)], now)
+    return snapshot.write(path, [(name, rows, PACK)], now, key=MEMBER_KEY)
 
 
 # -- the file format ----------------------------------------------------------------------
@@ -117,7 +122,7 @@ def test_a_snapshot_with_any_byte_flipped_is_corrupt(tmp_path: Path, mask: int) 
         data[i] ^= mask
         flipped.write_bytes(bytes(data))
         with pytest.raises(snapshot.CorruptSnapshot):
-            snapshot.read(flipped, NOW)
+            snapshot.read(flipped, NOW, key=MEMBER_KEY)  # the CRC covers the entries, the MAC all
 
 
 def test_a_snapshot_with_bytes_appended_after_the_end_record_is_corrupt(tmp_path: Path) -> None:

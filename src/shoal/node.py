@@ -34,13 +34,14 @@ from .cache import NOT_GIVEN, Cache, conflicting_options, hosted
 from .clock import HybridClock
 from .dispatch import FLUSH_DELAY, Config, Dispatcher
 from .errors import ProtocolError, ShoalError
-from .handshake import check_secret
+from .handshake import check_secret, cluster_key
 from .housekeeping import Collector, Resolver, Snapshots, discover
 from .limits import LogLimiter, PeerQuota, Supervisor
 from .messages import DumpEnd, Message, Query
 from .queries import Handler, Queries
 from .replica import ReplicaView
 from .serializer import Serializer
+from .snapshot import snapshot_key
 from .transport import Connection, dns_resolver, is_loopback, parse_address
 from .validation import DEFAULT_MAX_CLOCK_SKEW, DEFAULT_MAX_VALUE_SIZE
 from .wire import DEFAULT_MAX_FRAME, encode
@@ -121,7 +122,14 @@ class Node:
         )
         self._resolver = resolver or dns_resolver
         self.dns_interval = dns_interval
-        self._snapshots = Snapshots(snapshot_path, snapshot_interval) if snapshot_path is not None else None
+        # With a secret the file carries a MAC: a member loads it with no peer to ask, so a
+        # file someone else wrote must not pass for ours.
+        snapshot_mac = snapshot_key(cluster_key(self._secret)) if self._secret else None
+        self._snapshots = (
+            Snapshots(snapshot_path, snapshot_interval, snapshot_mac, max_clock_skew)
+            if snapshot_path is not None
+            else None
+        )
         self._gc = Collector(gc_freeze)
         self.on_member_up: list[Callable[[int, str], None]] = []
         self.on_member_down: list[Callable[[int, str, str], None]] = []
