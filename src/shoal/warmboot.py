@@ -179,6 +179,7 @@ class _Boot:
     streamed: int = 0
     retries: int = 0
     retry_at: float = 0.0
+    had_data: bool = False  # some peer reported entries: if none delivered, the boot failed
 
 
 class Booter:
@@ -318,6 +319,7 @@ class Booter:
                 return []
             for peer in boot.asked:
                 boot.sizes.setdefault(peer, (0, False))  # no answer: asked, not a donor
+            boot.had_data = boot.had_data or any(entries for entries, _ in boot.sizes.values())
             boot.donors = [p for p in choose_donors(boot.sizes) if boot.sizes[p][0] > 0 and p not in boot.tried]
             return self._next_donor(boot, now)
         if boot.phase == RETRYING:
@@ -370,7 +372,7 @@ class Booter:
             return self._ask_sizes(boot, fresh, now)
         if boot.finished:
             boot.stats.state = "warm"
-        elif not any(entries for entries, _ in boot.sizes.values()):
+        elif not boot.had_data:
             boot.stats.state = "peers empty"
         else:
             # Peers hold data and none could give it: this boot failed. A member that said
