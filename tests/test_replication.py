@@ -146,10 +146,10 @@ def test_outgoing_writes_are_one_message_per_batch_broadcast_to_every_peer_of_th
     replicator, cache, queued = _replicator([2, 3])
     for i in range(5):
         cache.set(f"k{i}", i)
-    actions = replicator.outgoing("c", queued)
+    actions = replicator.outgoing("c", queued, 0.0)
     assert len(actions) == 1 and isinstance(actions[0], Broadcast)
     assert actions[0].peers == (2, 3) and isinstance(actions[0].msg, Ops) and len(actions[0].msg.ops) == 5
-    assert replicator.outgoing("c", []) == []
+    assert replicator.outgoing("c", [], 0.0) == []
 
 
 def test_a_batch_is_split_at_the_batch_size() -> None:
@@ -157,13 +157,13 @@ def test_a_batch_is_split_at_the_batch_size() -> None:
     replicator.batch = 2
     for i in range(5):
         cache.set(f"k{i}", i)
-    assert [len(a.msg.ops) for a in replicator.outgoing("c", queued)] == [2, 2, 1]
+    assert [len(a.msg.ops) for a in replicator.outgoing("c", queued, 0.0)] == [2, 2, 1]
 
 
 def test_ops_dropped_for_a_slow_peer_mark_it_for_the_next_repair_round() -> None:
     replicator, cache, queued = _replicator([2, 3])
     cache.set("k", 1)
-    send = replicator.outgoing("c", queued)[0]
+    send = replicator.outgoing("c", queued, 0.0)[0]
     replicator.dropped(2, send.msg)
     assert replicator.needs_repair == {2}
     assert replicator.figures_of("c")["ops_dropped"] == 1

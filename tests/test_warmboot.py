@@ -229,7 +229,7 @@ def test_when_the_donor_is_killed_mid_stream_the_boot_continues_from_the_next_la
     other = b if first is a else a
     progress = wait_until(lambda: (boot := boot_of(booter))["entries"] > 0 and boot, 10, what="entries to arrive")
     assert progress["state"] == "booting" and progress["donor"] == first.id
-    assert 0 < progress["entries"] < count and booter.cmd("len") < count
+    assert 0 < progress["entries"] < count  # mid-stream (its catch-up may hold the recent writes already)
     first.kill(signal.SIGKILL)
     other.cmd("release_dumps")
 
@@ -264,7 +264,7 @@ def test_live_writes_made_during_a_boot_survive_the_older_dump_data(cluster: Clu
     """The dump's last chunks and its end are kept back at the booter (as if still on the wire)
     while the donor, another member and the booter itself overwrite and delete keys they hold."""
     count = 3 * CHUNK
-    a, c = ready_pair(cluster, count)
+    a, c = ready_pair(cluster, count, catchup_log_bytes=0)  # only the dump may carry the old data
     for donor in (a, c):
         donor.cmd("hold_dumps", after=1)
     booter = cluster.start(seeds=[a.address, c.address], **DETECTORS)
@@ -319,7 +319,7 @@ def test_a_boot_that_outlasts_warm_timeout_never_reports_ready_and_asks_again_wh
     cluster: Cluster,
 ) -> None:
     """A member never reports ready with a boot that failed (issue 14): it retries until a donor delivers."""
-    donor = cluster.start(**DETECTORS)
+    donor = cluster.start(catchup_log_bytes=0, **DETECTORS)  # only the dump may carry the old data
     donor.cmd("set_range", prefix="k", start=0, count=4 * CHUNK)
     donor.cmd("hold_dumps", after=1)  # held until released: the dump stalls after its first chunk
 

@@ -37,6 +37,8 @@ from .actions import Action, Broadcast, MemberDown, MemberUp, Ready
 from .errors import ProtocolError
 from .membership import Membership
 from .messages import (
+    CatchUp,
+    CaughtUp,
     Digest,
     DumpChunk,
     DumpEnd,
@@ -52,7 +54,7 @@ from .messages import (
     SizeRequest,
 )
 from .replica import Op, ReplicaView
-from .replication import Replicator
+from .replication import CATCHUP_LOG_BYTES, Replicator
 from .warmboot import Booter, BootStats
 
 FLUSH_DELAY = 0.001
@@ -61,7 +63,7 @@ FLUSH_DELAY = 0.001
 FLUSH_MAX_OPS = 20_000
 """At most this many ops per flush, so one flush never holds the driver's thread long."""
 
-_REPLICATION = (Ops, Digest, Listing, Pull)
+_REPLICATION = (Ops, Digest, Listing, Pull, CatchUp, CaughtUp)
 _WARMBOOT = (SizeRequest, SizeReply, DumpRequest, DumpChunk, DumpEnd)
 _MEMBERSHIP = (Gossip, Heartbeat, Leave)
 
@@ -77,6 +79,10 @@ class Config:
     warm_timeout: float = 30.0
     boot_wait: float = 2.0
     max_peer_backlog: int = 64 * 1024 * 1024
+    catchup_log_bytes: int = CATCHUP_LOG_BYTES
+    """Recent writes kept per cache for members that reconnect (catch-up); 0 keeps none."""
+    mesh_wait: float = 5.0
+    """How long readiness waits for a gossiped member to connect, or a peer to answer a catch-up."""
 
 
 class Dispatcher:
@@ -104,7 +110,11 @@ class Dispatcher:
             rng=self.rng,
         )
         self.replicator = Replicator(
-            self.membership, self.replicas, interval=config.anti_entropy_interval, rng=self.rng
+            self.membership,
+            self.replicas,
+            interval=config.anti_entropy_interval,
+            rng=self.rng,
+            log_bytes=config.catchup_log_bytes,
         )
         self.booter = Booter(
             self.membership,
@@ -114,6 +124,7 @@ class Dispatcher:
             warm_donors=config.warm_donors,
             boot_wait=config.boot_wait,
             warm_timeout=config.warm_timeout,
+            patience=config.mesh_wait,
             rng=self.rng,
         )
         self.outbox: deque[tuple[str, Op]] = deque()
@@ -137,9 +148,10 @@ class Dispatcher:
             return []
         return self._after(self.membership.host(name) + self.booter.start(name, now))
 
-    def start(self, now: float) -> list[Action]:
+    def start(self, now: float, wall: float) -> list[Action]:
         """The driver is listening: boot every cache hosted so far, send early writes."""
         self.running = True
+        self.replicator.start(wall)
         actions: list[Action] = []
         for name in self.replicas:
             actions += self.membership.host(name)
@@ -149,9 +161,9 @@ class Dispatcher:
             self.wake()
         return self._after(actions)
 
-    def stop(self, now: float) -> list[Action]:
+    def stop(self, now: float, wall: float) -> list[Action]:
         """Graceful stop: every queued write goes out, then a goodbye to each peer."""
-        actions = self.flush(lambda peer: 0, everything=True)
+        actions = self.flush(lambda peer: 0, wall, everything=True)
         self.running = False
         return actions + self.membership.leave()
 
@@ -164,7 +176,7 @@ class Dispatcher:
             self._flush_pending = True
             self.wake()
 
-    def flush(self, backlog: Callable[[int], int], everything: bool = False) -> list[Action]:
+    def flush(self, backlog: Callable[[int], int], wall: float, everything: bool = False) -> list[Action]:
         """Queued writes as Ops broadcasts; a peer whose unsent bytes (``backlog``) are over
         ``max_peer_backlog`` gets none of them and is marked for repair instead."""
         # Clear the flag before draining: an op queued after this point wakes the
@@ -179,7 +191,7 @@ class Dispatcher:
         actions: list[Action] = []
         limit = self.config.max_peer_backlog
         for name, ops in batches.items():
-            for action in self.replicator.outgoing(name, ops):
+            for action in self.replicator.outgoing(name, ops, wall):
                 assert isinstance(action, Broadcast) and isinstance(action.msg, Ops)
                 slow = [peer for peer in action.peers if backlog(peer) > limit]
                 for peer in slow:
@@ -218,11 +230,12 @@ class Dispatcher:
 
     def message(self, peer: int, msg: Message, now: float, wall: float) -> list[Action]:
         """A message from an admitted peer; raises ProtocolError for one it may not send."""
+        self.replicator.heard(peer, wall)
         if isinstance(msg, _MEMBERSHIP):
             return self._after(self.membership.received(peer, msg, now), now, membership=isinstance(msg, Gossip))
         self.membership.heard(peer, now)
         if isinstance(msg, _REPLICATION):
-            return self.replicator.received(peer, msg, wall)
+            return self._after(self.replicator.received(peer, msg, now, wall), now)
         if isinstance(msg, _WARMBOOT):
             return self._after(self.booter.received(peer, msg, now, wall), now)
         raise ProtocolError(f"unexpected {type(msg).__name__} after the handshake")
@@ -260,14 +273,24 @@ class Dispatcher:
             actions += self.booter.tick(now)  # a boot waiting for peers need not wait for a tick
         for action in list(actions):
             if isinstance(action, MemberUp):
-                self.replicator.needs_repair.add(action.peer)  # a member that comes back is caught up first
+                actions += self.replicator.member_up(action.peer, now)  # what it missed, and what we did
             elif isinstance(action, MemberDown):
+                self.replicator.member_down(action.peer)
                 actions += self.booter.member_down(action.peer, now)
-        ready = self.running and all(name in self._booted_caches for name in self.replicas)
+        ready = self._ready(now)
         if ready != self.ready:
             self.ready = ready
             actions.append(Ready(ready))
         return actions
+
+    def _ready(self, now: float) -> bool:
+        """Ready to serve the cluster: every cache booted, connected to every member known to be
+        up and caught up from each. The last two are bounded by ``mesh_wait``, so a member that
+        is gossiped but dead, or one that never answers, cannot hold readiness back for long."""
+        if not self.running or not all(name in self._booted_caches for name in self.replicas):
+            return False
+        patience = self.config.mesh_wait
+        return not self.membership.unmet(now, patience) and not self.replicator.waiting_for(now, patience)
 
     def _booted(self, cache: str, stats: BootStats) -> None:
         self._booted_caches.add(cache)

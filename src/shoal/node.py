@@ -40,6 +40,7 @@ from .limits import LogLimiter, PeerQuota, Supervisor
 from .messages import DumpEnd, Message, Query
 from .queries import Handler, Queries
 from .replica import ReplicaView
+from .replication import CATCHUP_LOG_BYTES
 from .serializer import Serializer
 from .snapshot import snapshot_key
 from .transport import Connection, dns_resolver, is_loopback, parse_address
@@ -55,6 +56,9 @@ DUMPS_AT_ONCE = 2
 DUMPS_QUEUED = 64
 """Dumps one peer may have requested and not yet received: an honest booter asks for one per
 cache it boots; more at once is a peer making us hold entry lists (100 unread dumps: +300 MB)."""
+CONNECT_TIMEOUT = 3.0
+"""A dial gives up after this (a member behind a partition drops the SYN): the next one, after
+a backoff of at most 2 s, is what reconnects soon after the partition heals."""
 
 __all__ = ["Node", "parse_address"]
 
@@ -80,6 +84,7 @@ class Node:
         warm_donors: int = 1,
         warm_timeout: float = 30.0,
         boot_wait: float = 2.0,
+        catchup_log_bytes: int = CATCHUP_LOG_BYTES,
         resolver: Resolver | None = None,
         dns_interval: float = 10.0,
         snapshot_path: str | os.PathLike[str] | None = None,
@@ -119,6 +124,7 @@ class Node:
             warm_timeout=warm_timeout,
             boot_wait=boot_wait,
             max_peer_backlog=max_peer_backlog,
+            catchup_log_bytes=catchup_log_bytes,
         )
         self._resolver = resolver or dns_resolver
         self.dns_interval = dns_interval
@@ -263,10 +269,12 @@ class Node:
             self._thread = None
 
     def wait_ready(self, timeout: float | None = None) -> bool:
-        """True once every cache finished its warm boot (a readiness probe)."""
+        """True once the member can serve the cluster (a readiness probe): every cache booted,
+        connected to every member known to be up, caught up from each (those two bounded)."""
         return self._ready_flag.wait(timeout)
 
     async def ready(self, timeout: float | None = None) -> bool:
+        """``wait_ready`` for asyncio applications (``timeout=0`` answers at once)."""
         if self._ready_event is None:
             raise ShoalError("node not running")
         if self._ready_event.is_set():  # wait_for(timeout=0) would not even look
@@ -306,7 +314,7 @@ class Node:
                         "address": m.listen,
                         "state": m.state,
                         "last_heard": round(now - m.last_heard, 3),
-                        "caches": sorted(m.caches),
+                        "caches": sorted(m.caches or ()),
                     }
                 )
         return rows
@@ -365,7 +373,7 @@ class Node:
         self._core.membership.seeds = [s for s in self.seeds if s != self.address]
         self._core.wake = functools.partial(loop.call_soon_threadsafe, self._flush_shortly)
         log.info("node %016x listening on %s", self.node_id, self.address)
-        self._run(self._core.start(time.monotonic()))
+        self._run(self._core.start(time.monotonic(), time.time()))
         self._spawn(self._ticker())
         if self.discovery:
             self._spawn(discover(self.discovery, self._resolver, self.dns_interval, self._discovered))
@@ -379,7 +387,7 @@ class Node:
         core = self._core
         if self._snapshots is not None:
             await self.write_snapshot()
-        self._run(core.stop(time.monotonic()))
+        self._run(core.stop(time.monotonic(), time.time()))
         deadline = time.monotonic() + 2.0
         while time.monotonic() < deadline and any(c.backlog() for c in self._peers.values()):
             await asyncio.sleep(0.01)
@@ -528,7 +536,7 @@ class Node:
                     server_hostname=host if self._client_ssl else None,
                     ssl_handshake_timeout=self.handshake_timeout if self._client_ssl else None,
                 ),
-                self.handshake_timeout,
+                min(self.handshake_timeout, CONNECT_TIMEOUT),
             )
         except (OSError, asyncio.TimeoutError, ValueError) as exc:
             log.debug("dial %s failed: %s", address, exc)
@@ -542,7 +550,7 @@ class Node:
 
     def _flush(self) -> None:
         if self._core is not None and not self._stopping:
-            self._run(self._core.flush(self._backlog))
+            self._run(self._core.flush(self._backlog, time.time()))
 
     def _backlog(self, peer: int) -> int:
         conn = self._peers.get(peer)

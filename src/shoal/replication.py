@@ -25,6 +25,17 @@ of a deleted key is a delete op. Without that, a delete lost to a partition woul
 never reach the other side, and once the tombstone was purged the old value would
 even be pulled back.
 
+Catch-up. Anti-entropy repairs anything, but slowly and at the cost of a scan,
+so the common losses are covered first by a bounded log of recent writes per
+cache (every write a member applied, its own and its peers', with the wall time
+it was logged), as Redis's replication backlog covers a replica that
+reconnects. When two members connect (the first time, or again after a loss)
+each asks the other for the writes it logged since the asker last heard from
+it (a member it never heard of: since the asker started), less a margin for
+clock skew; the answer is Ops batches then ``CaughtUp``. If the log no longer
+reaches back that far, ``CaughtUp(complete=False)`` makes the asker open a
+repair round with that peer at once. Replays are harmless: ops apply by version.
+
 Everything here is pure: a cache is seen only through ``replica.ReplicaView``,
 and time comes in as arguments (``now`` monotonic for scheduling, ``wall`` for
 expiry and versions).
@@ -46,7 +57,7 @@ from .clock import COUNTER_BITS, MAX_HLC, NODE_BITS, NODE_MASK, version_ms
 from .errors import ProtocolError
 from .limits import LogLimiter, spans
 from .membership import Membership
-from .messages import Digest, Listing, Message, Ops, Pull
+from .messages import CatchUp, CaughtUp, Digest, Listing, Message, Ops, Pull
 from .replica import Op, ReplicaView
 from .store import CLEAR, DELETE, NEVER, WRITE, Entry, Key
 
@@ -55,7 +66,15 @@ _scan_errors = LogLimiter(log, burst=5, interval=60.0)
 
 BUCKETS = 1024
 SETTLE = 1.0
-MAX_BUCKETS_PER_ROUND = 64
+CATCHUP_LOG_BYTES = 64 * 1024 * 1024
+"""The recent-writes log of each cache is bounded by this many bytes (estimated)."""
+CATCHUP_MARGIN_MS = 5000
+"""A catch-up reaches this far before the moment asked for: clocks of members differ."""
+LISTING_MAX = 20_000
+"""Keys per Listing message (with their versions, well under a megabyte)."""
+PULL_MAX = 10_000
+"""Keys per Pull message."""
+_OP_OVERHEAD = 120  # bytes a logged op costs beyond its key and value, roughly
 MAX_SCANS_PER_PEER = 2
 """Scans a peer's digests and listings may have queued here: each holds a list of every
 entry, so 300 digests in a row once took a member from 104 to 566 MB. An honest peer
@@ -65,7 +84,7 @@ BATCH_BYTES = 4 * 1024 * 1024
 below the 16 MiB frame limit, no batch of writes can grow into a frame a peer refuses."""
 PULL_BYTES = 32 * 1024 * 1024
 """Bytes one Pull is answered with at most; the puller pulls the rest in its next round."""
-_OP_OVERHEAD = 40  # msgpack framing of one op besides its key and value
+_WIRE_OP_OVERHEAD = 40  # msgpack framing of one op besides its key and value
 _PULL_SLICE = 16  # keys looked up between checks of PULL_BYTES
 _MASK64 = (1 << 64) - 1
 
@@ -101,7 +120,7 @@ def ops_from_wire(raw: list[Any]) -> list[Op]:
 def _op_size(wire_op: list[Any]) -> int:
     """Roughly the bytes of one op on the wire (its value and key dominate)."""
     key, packed = wire_op[1], wire_op[2]
-    return _OP_OVERHEAD + (len(packed) if packed is not None else 0) + (len(key) if type(key) is not int else 8)
+    return _WIRE_OP_OVERHEAD + (len(packed) if packed is not None else 0) + (len(key) if type(key) is not int else 8)
 
 
 def _split(version: int) -> list[int]:
@@ -166,8 +185,7 @@ def digests(entries: Iterable[Entry], now: float) -> list[int]:
 def differing(mine: list[int], theirs: list[Any]) -> list[int]:
     if len(theirs) != BUCKETS or any(type(d) is not int for d in theirs):
         raise ProtocolError(f"a digest has {BUCKETS} ints")
-    diff = [b for b in range(BUCKETS) if mine[b] != theirs[b]]
-    return diff[:MAX_BUCKETS_PER_ROUND]
+    return [b for b in range(BUCKETS) if mine[b] != theirs[b]]
 
 
 def listing(entries: Iterable[Entry], buckets: Iterable[int], now: float) -> list[Any]:
@@ -222,8 +240,37 @@ def new_figures() -> dict[str, Any]:
         "ops_dropped": 0,
         "repair_rounds": 0,
         "keys_repaired": 0,
+        "catchup_ops_sent": 0,
+        "catchups_incomplete": 0,
         "last_lag_ms": None,
     }
+
+
+class _Log:
+    """Recent writes of one cache, oldest first, bounded in bytes (see the module docstring).
+
+    Kept as the batches they came in (a flush's, a peer's Ops): one append per batch.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.batches: deque[tuple[int, list[Any], int]] = deque()  # (logged at ms, wire ops, size)
+        self.size = 0
+        self.dropped_ms = 0  # newest logging time ever dropped: complete after it
+
+    def add(self, wire_ops: list[Any], ms: int) -> None:
+        size = _OP_OVERHEAD * len(wire_ops) + sum(len(op[2]) for op in wire_ops if type(op[2]) is bytes)
+        self.batches.append((ms, wire_ops, size))
+        self.size += size
+        while self.size > self.limit and self.batches:
+            old_ms, _, old_size = self.batches.popleft()
+            self.size -= old_size
+            self.dropped_ms = old_ms
+
+    def since(self, ms: int) -> tuple[list[Any], bool]:
+        """Ops logged at ``ms`` or later, and whether the log is complete that far back."""
+        ops = [op for logged, batch, _ in self.batches if logged >= ms for op in batch]
+        return ops, self.dropped_ms < ms
 
 
 @dataclass
@@ -259,8 +306,9 @@ class Replicator:
         *,
         interval: float = 5.0,
         rng: random.Random | None = None,
-        slice_size: int = 1000,
+        slice_size: int = 4000,
         batch: int = 1000,
+        log_bytes: int = CATCHUP_LOG_BYTES,
     ) -> None:
         self.membership = membership
         self.replicas = replicas
@@ -269,7 +317,12 @@ class Replicator:
         self.slice_size = slice_size
         self.batch = batch
         self.batch_bytes = BATCH_BYTES
+        self.log_bytes = log_bytes
         self.figures: dict[str, dict[str, Any]] = {}
+        self.logs: dict[str, _Log] = {}
+        self.started_ms = 0
+        self.heard_ms: dict[int, int] = {}  # wall ms of the last message from each peer
+        self.catching_up: dict[tuple[str, int], float] = {}  # (cache, peer) -> when we asked (monotonic)
         self.needs_repair: set[int] = set()
         # Caches whose warm boot is over: only they take part in repair rounds
         # (a booting cache is incomplete by design, and its scan would slow the boot).
@@ -277,6 +330,7 @@ class Replicator:
         self._scans: deque[_Scan] = deque()
         self._next_round: float | None = None
         self._round = 0
+        self._opened: deque[int] = deque(maxlen=64)  # rounds we opened, recent ones
 
     def figures_of(self, cache: str) -> dict[str, Any]:
         figures = self.figures.get(cache)
@@ -291,13 +345,18 @@ class Replicator:
 
     # -- outgoing --------------------------------------------------------------
 
-    def outgoing(self, name: str, ops: list[Op]) -> list[Action]:
-        """Local writes of one cache as Ops messages, each broadcast to the cache's group."""
+    def outgoing(self, name: str, ops: list[Op], wall: float) -> list[Action]:
+        """Local writes of one cache as Ops messages, each broadcast to the cache's group,
+        and logged for the members that are not connected now (catch-up)."""
+        if not ops:
+            return []
         peers = tuple(self.membership.group(name))
-        if not peers or not ops:
+        if not peers:
+            self._log(name).add([op_to_wire(op) for op in ops], int(wall * 1000))
             return []
         figures = self.figures_of(name)
         wire_ops = [op_to_wire(op) for op in ops]
+        self._log(name).add(wire_ops, int(wall * 1000))
         actions: list[Action] = []
         for i, j in spans(map(_op_size, wire_ops), self.batch_bytes, self.batch):
             msg = Ops(name, wire_ops[i:j])
@@ -314,9 +373,21 @@ class Replicator:
 
     # -- incoming --------------------------------------------------------------
 
-    def received(self, peer: int, msg: Message, wall: float) -> list[Action]:
+    def received(self, peer: int, msg: Message, now: float, wall: float) -> list[Action]:
         if isinstance(msg, Ops):
-            self.apply(msg.cache, ops_from_wire(msg.ops), wall)
+            ops = ops_from_wire(msg.ops)
+            if msg.cache in self.replicas:
+                self._log(msg.cache).add(msg.ops, int(wall * 1000))  # checked: a peer's writes are relayed as sent
+            self.apply(msg.cache, ops, wall)
+            return []
+        if isinstance(msg, CatchUp):
+            return self._catch_up(peer, msg)
+        if isinstance(msg, CaughtUp):
+            if self.catching_up.pop((msg.cache, peer), None) is not None and not msg.complete:
+                log.info("catch-up of %s from %016x: its log does not reach back; comparing digests", msg.cache, peer)
+                self.figures_of(msg.cache)["catchups_incomplete"] += 1
+                self.needs_repair.add(peer)
+                self._next_round = now  # now, not in a full interval
             return []
         replica = self.replicas.get(getattr(msg, "cache", ""))
         if replica is None:
@@ -350,7 +421,11 @@ class Replicator:
             )
             if wanted:
                 self.figures_of(msg.cache)["keys_repaired"] += len(wanted)
-                actions.append(Send(peer, Pull(msg.cache, wanted)))
+                pulls = [wanted[i : i + PULL_MAX] for i in range(0, len(wanted), PULL_MAX)]
+                actions += [Send(peer, Pull(msg.cache, keys)) for keys in pulls]
+                if msg.round in self._opened:  # our round found real differences: another at once, until in sync
+                    self.needs_repair.add(peer)
+                    self._next_round = now
             if msg.reply:
                 scan = _Scan(msg.cache, peer, msg.round, "listing", replica.entries(), buckets=msg.buckets)
                 scan.tombs = replica.tombstones()
@@ -360,17 +435,67 @@ class Replicator:
         if isinstance(msg, Pull):
             if any(type(key) not in (str, bytes, int) for key in msg.keys):
                 raise ProtocolError("a pull names a key that is not str, bytes or int")
-            ops: list[Any] = []
+            wire: list[Any] = []
             total = 0
             for k in range(0, len(msg.keys), _PULL_SLICE):
                 if total > PULL_BYTES:
                     break  # the rest at the next round: one Pull must not cost us unbounded memory
                 more = [op_to_wire(op) for op in replica.ops_for(msg.keys[k : k + _PULL_SLICE], wall)]
                 total += sum(map(_op_size, more))
-                ops += more
-            cuts = spans(map(_op_size, ops), self.batch_bytes, self.batch)
-            return [Send(peer, Ops(msg.cache, ops[i:j])) for i, j in cuts]
+                wire += more
+            return self._batches(peer, msg.cache, wire)
         raise ProtocolError(f"unexpected {type(msg).__name__}")
+
+    # -- catch-up ----------------------------------------------------------------
+
+    def start(self, wall: float) -> None:
+        self.started_ms = int(wall * 1000)
+
+    def heard(self, peer: int, wall: float) -> None:
+        """Any message from ``peer``: what it sent until now has reached us (catch-up starts there)."""
+        self.heard_ms[peer] = int(wall * 1000)
+
+    def member_up(self, peer: int, now: float) -> list[Action]:
+        """A connection to ``peer`` is up: ask it for what we may have missed, cache by cache."""
+        since = self.heard_ms.get(peer, self.started_ms) - CATCHUP_MARGIN_MS
+        actions: list[Action] = []
+        for name in self.replicas:
+            self.catching_up[(name, peer)] = now
+            actions.append(Send(peer, CatchUp(name, max(0, since))))
+        return actions
+
+    def member_down(self, peer: int) -> None:
+        for key in [k for k in self.catching_up if k[1] == peer]:
+            del self.catching_up[key]
+        if len(self.heard_ms) > 1000:  # incarnations long gone: keep the recent ones
+            for old in sorted(self.heard_ms, key=self.heard_ms.__getitem__)[:500]:
+                del self.heard_ms[old]
+
+    def waiting_for(self, now: float, patience: float) -> list[tuple[str, int]]:
+        """Catch-ups asked for less than ``patience`` ago and not answered yet."""
+        return [key for key, asked in self.catching_up.items() if now - asked < patience]
+
+    def _catch_up(self, peer: int, msg: CatchUp) -> list[Action]:
+        log_ = self.logs.get(msg.cache)
+        if msg.cache not in self.replicas or log_ is None:
+            return [Send(peer, CaughtUp(msg.cache, True))]  # nothing logged: nothing was missed
+        ops, complete = log_.since(msg.since_ms)
+        actions = self._batches(peer, msg.cache, ops)
+        if ops:
+            self.figures_of(msg.cache)["catchup_ops_sent"] += len(ops)
+            log.info("catch-up of %s for %016x: %d writes, log complete: %s", msg.cache, peer, len(ops), complete)
+        return [*actions, Send(peer, CaughtUp(msg.cache, complete))]
+
+    def _log(self, name: str) -> _Log:
+        found = self.logs.get(name)
+        if found is None:
+            found = self.logs[name] = _Log(self.log_bytes)
+        return found
+
+    def _batches(self, peer: int, cache: str, wire_ops: list[Any]) -> list[Action]:
+        """Ops messages to one peer, bounded in bytes as well as in ops."""
+        cuts = spans(map(_op_size, wire_ops), self.batch_bytes, self.batch)
+        return [Send(peer, Ops(cache, wire_ops[i:j])) for i, j in cuts]
 
     def _queued_scans(self, peer: int) -> int:
         return sum(1 for scan in self._scans if scan.peer == peer and scan.then != "digest")
@@ -420,6 +545,7 @@ class Replicator:
             peer = urgent[0] if urgent else self.rng.choice(group)
             self.needs_repair.discard(peer)
             self._round += 1
+            self._opened.append(self._round)
             self.figures_of(name)["repair_rounds"] += 1
             self._scans.append(_Scan(name, peer, self._round, "digest", replica.entries()))
 
@@ -468,4 +594,12 @@ class Replicator:
             follow.tombs = replica.tombstones()
             self._scans.appendleft(follow)
             return []
-        return [Send(scan.peer, Listing(scan.cache, scan.round, scan.buckets, scan.flat, scan.reply, mark))]
+        # In parts of LISTING_MAX entries (a listing of many differing buckets is large); only
+        # the last asks for the peer's listing in return.
+        step = 3 * LISTING_MAX
+        parts = [scan.flat[i : i + step] for i in range(0, len(scan.flat), step)] or [[]]
+        last = len(parts) - 1
+        return [
+            Send(scan.peer, Listing(scan.cache, scan.round, scan.buckets, part, scan.reply and i == last, mark))
+            for i, part in enumerate(parts)
+        ]

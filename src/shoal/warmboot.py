@@ -177,6 +177,7 @@ class _Boot:
     donor: int | None = None
     stream_due: float = 0.0
     streamed: int = 0
+    wait_until: float = 0.0
     retries: int = 0
     retry_at: float = 0.0
     had_data: bool = False  # some peer reported entries: if none delivered, the boot failed
@@ -200,6 +201,7 @@ class Booter:
         boot_wait: float = 2.0,
         warm_timeout: float = 30.0,
         size_wait: float = SIZE_WAIT,
+        patience: float = 5.0,
         rng: random.Random | None = None,
     ) -> None:
         self.membership = membership
@@ -210,6 +212,7 @@ class Booter:
         self.boot_wait = boot_wait
         self.warm_timeout = warm_timeout
         self.size_wait = size_wait
+        self.patience = patience  # how long a member that gossip names may take to connect
         self.rng = rng or random.Random()
         self.boots: dict[str, _Boot] = {}
         self.stats: dict[str, BootStats] = {}
@@ -224,7 +227,7 @@ class Booter:
     def start(self, cache: str, now: float) -> list[Action]:
         stats = self.stats.setdefault(cache, BootStats())
         stats.state = "booting"
-        self.boots[cache] = _Boot(cache, now, stats)
+        self.boots[cache] = _Boot(cache, now, stats, wait_until=now + self.boot_wait)
         return self.tick(now)
 
     def tick(self, now: float) -> list[Action]:
@@ -270,9 +273,8 @@ class Booter:
             self._end_stream(boot)
             if msg.entries == boot.streamed:
                 boot.finished += 1
-            else:  # the donor's dump failed (it says -1), or we lost chunks: not a whole copy
+            else:  # the donor's dump failed (it says -1), or chunks went missing: not a whole copy
                 log.warning("warm boot of %s: donor %016x ended its dump early; trying the next", boot.cache, peer)
-            boot.streamed = 0
             return self._step(boot, now)
         raise ProtocolError(f"unexpected {type(msg).__name__}")
 
@@ -306,13 +308,16 @@ class Booter:
     # -- the steps of one boot ---------------------------------------------------------
 
     def _step(self, boot: _Boot, now: float) -> list[Action]:
-        group = self.membership.group(boot.cache)
+        if boot.phase == RETRYING:
+            if now < boot.retry_at:
+                return []
+            boot.phase, boot.wait_until = WAITING, now + self.boot_wait
         if boot.phase == WAITING:
-            if group:
-                return self._ask_sizes(boot, group, now)
-            if not self.has_seeds or now >= boot.started + self.boot_wait:
-                boot.stats.state = "no peers"
-                return self._finish(boot, now)
+            fresh = [p for p in self.membership.group(boot.cache) if p not in boot.asked]
+            if fresh:
+                return self._ask_sizes(boot, fresh, now)
+            if now >= boot.wait_until or not (self.has_seeds or boot.asked):
+                return self._give_up(boot, now)
             return []
         if boot.phase == SIZING:
             if now < boot.sizes_due and not boot.asked <= set(boot.sizes):
@@ -322,14 +327,6 @@ class Booter:
             boot.had_data = boot.had_data or any(entries for entries, _ in boot.sizes.values())
             boot.donors = [p for p in choose_donors(boot.sizes) if boot.sizes[p][0] > 0 and p not in boot.tried]
             return self._next_donor(boot, now)
-        if boot.phase == RETRYING:
-            if now < boot.retry_at:
-                return []
-            boot.asked.clear()
-            boot.sizes.clear()
-            boot.tried.clear()
-            boot.phase = WAITING
-            return self._step(boot, now)
         if boot.phase == STREAMING:
             if boot.stream is None:  # the last stream ended (or failed): next
                 if boot.finished >= self.warm_donors:
@@ -343,11 +340,10 @@ class Booter:
         return []
 
     def _ask_sizes(self, boot: _Boot, group: list[int], now: float) -> list[Action]:
-        fresh = [p for p in group if p not in boot.asked]
         boot.phase = SIZING
-        boot.asked.update(fresh)
+        boot.asked.update(group)
         boot.sizes_due = now + self.size_wait
-        return [Send(peer, SizeRequest(boot.cache)) for peer in fresh]
+        return [Send(peer, SizeRequest(boot.cache)) for peer in group]
 
     def _next_donor(self, boot: _Boot, now: float) -> list[Action]:
         boot.phase = STREAMING
@@ -365,21 +361,31 @@ class Booter:
             boot.stream_due = now + self.warm_timeout
             self._streams[boot.stream] = boot
             return [Send(donor, DumpRequest(boot.cache, boot.stream))]
-        # Every donor of this round is done or failed. Peers come up one by one, so the
-        # first round may have known only the first seed: ask those that came up since.
-        fresh = [p for p in self.membership.group(boot.cache) if p not in boot.asked]
-        if fresh and boot.finished < self.warm_donors:
-            return self._ask_sizes(boot, fresh, now)
         if boot.finished:
             boot.stats.state = "warm"
+            return self._finish(boot, now)
+        # Every donor of this round is done or failed. Peers come up one by one, so the first
+        # round may have known only the first seed: wait for (and ask) those still coming, as
+        # long as membership knows of some (a donor killed mid-stream, say, before we met the next).
+        boot.phase = WAITING
+        boot.wait_until = now + (self.boot_wait if self.membership.unmet(now, self.patience) else 0.0)
+        return self._step(boot, now)
+
+    def _give_up(self, boot: _Boot, now: float) -> list[Action]:
+        if not boot.asked:
+            boot.stats.state = "no peers"
         elif not boot.had_data:
             boot.stats.state = "peers empty"
         else:
             # Peers hold data and none could give it: this boot failed. A member that said
             # ready now would serve misses for everything; it asks again, and stays unready.
+            # (Once those peers are down for good, it has "no peers" and is ready.)
             boot.retries += 1
             delay = min(RETRY * 2 ** (boot.retries - 1), 30.0)
             boot.phase, boot.retry_at = RETRYING, now + delay
+            boot.asked.clear()
+            boot.sizes.clear()
+            boot.tried.clear()
             boot.stats.state = f"retrying (every donor failed, attempt {boot.retries})"
             log.warning("warm boot of %s: every donor failed; asking again in %.0f s", boot.cache, delay)
             return []

@@ -129,7 +129,7 @@ class SimMember:
 
             def start() -> None:  # once the sim knows the node: it is listening now
                 if node_id in sim.nodes:
-                    sim.act(node_id, lambda node, now: node.drive(core.start(now)))
+                    sim.act(node_id, lambda node, now: node.drive(core.start(now, now)))
 
             sim.call_later(0, start)
             return member
@@ -147,7 +147,7 @@ class SimMember:
 
         def flush() -> None:
             if node_id in sim.nodes:
-                sim.act(node_id, lambda node, now: node.drive(node.core.flush(lambda peer: 0)))
+                sim.act(node_id, lambda node, now: node.drive(node.core.flush(lambda peer: 0, now)))
 
         sim.call_later(FLUSH_DELAY, flush)
 
@@ -201,4 +201,4 @@ class SimMember:
             return [Close(peer, str(exc))]
 
     def on_stop(self, now: float) -> list[Any]:
-        return self.drive(self.core.stop(now))
+        return self.drive(self.core.stop(now, now))
