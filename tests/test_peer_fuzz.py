@@ -122,13 +122,13 @@ def booted_member() -> tuple[Dispatcher, Any]:
         "c", None, None, serializer=None, clock=HybridClock(1, clock), tombstone_ttl=60, timer=clock
     )
     core.host("c", replica, 0.0)
-    core.start(0.0)
+    core.start(0.0, WALL)
     core.tick(0.0, WALL)  # no peers yet: the boot ends at once and the cache takes part in repair
     core.connected(PEER, "sim:2", 0.0)
     core.membership.members[PEER].caches = frozenset({"c"})
     for i in range(50):
         cache.set(f"k{i}", i)
-    core.flush(lambda peer: 0)
+    core.flush(lambda peer: 0, WALL)
     return core, cache
 
 
@@ -152,7 +152,7 @@ def test_any_messages_from_an_admitted_peer_are_refused_or_harmless_and_the_memb
         beats += core.tick(now, WALL)
     assert any(isinstance(a, Send) and a.peer == HONEST and isinstance(a.msg, Heartbeat) for a in beats)
     cache.set("after", "the storm")
-    sent = core.flush(lambda peer: 0)
+    sent = core.flush(lambda peer: 0, WALL)
     assert any(isinstance(a, Broadcast) and HONEST in a.peers for a in sent)
     for entry in cache._store.entries():  # nothing poisoned got in
         assert entry == math.inf or float(entry) <= WALL + MAX_TTL + 2

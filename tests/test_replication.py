@@ -304,7 +304,7 @@ def test_writes_of_large_values_flush_in_batches_that_each_fit_a_frame() -> None
     replicator, cache, queued = _replicator([2])
     for i in range(2000):
         cache.set(f"k{i}", b"x" * 8192)
-    sends = replicator.outgoing("c", queued)
+    sends = replicator.outgoing("c", queued, time.time())
     assert sum(len(a.msg.ops) for a in sends) == 2000
     for send in sends:
         assert len(encode(send.msg)) <= BATCH_BYTES + 64 * 1024 < DEFAULT_MAX_FRAME
@@ -317,9 +317,9 @@ def test_a_peer_cannot_queue_more_than_a_few_repair_scans_here() -> None:
     for i in range(5000):
         cache.set(i, i)
     for round_ in range(300):
-        replicator.received(2, Digest("c", round_, [round_] * BUCKETS, [0, 0]), 0.0)
+        replicator.received(2, Digest("c", round_, [round_] * BUCKETS, [0, 0]), 0.0, time.time())
     assert sum(1 for scan in replicator._scans if scan.peer == 2) <= MAX_SCANS_PER_PEER
-    replicator.received(3, Digest("c", 1, [1] * BUCKETS, [0, 0]), 0.0)
+    replicator.received(3, Digest("c", 1, [1] * BUCKETS, [0, 0]), 0.0, time.time())
     assert any(scan.peer == 3 for scan in replicator._scans)  # another peer still gets its round
 
 
@@ -328,7 +328,7 @@ def test_a_pull_is_answered_with_a_bounded_number_of_bytes() -> None:
     replicator.settled.add("c")
     for i in range(60):
         cache.set(i, b"x" * 1_000_000)
-    sends = replicator.received(2, Pull("c", list(range(60))), time.time())
+    sends = replicator.received(2, Pull("c", list(range(60))), 0.0, time.time())
     sent = sum(len(op[2]) for send in sends for op in send.msg.ops)
     assert PULL_BYTES <= sent <= PULL_BYTES + 16 * 1_000_000
     assert all(len(encode(send.msg)) < DEFAULT_MAX_FRAME for send in sends)
