@@ -445,7 +445,10 @@ class Node:
         assert self._snapshots is not None
         while True:
             await asyncio.sleep(self._snapshots.interval)
-            await self.write_snapshot()
+            try:
+                await self.write_snapshot()
+            except Exception:  # one failed write (say an unserializable entry) must not end the task
+                self.door.log(logging.ERROR, "writing the snapshot failed; the next attempt follows", exc_info=True)
 
     def _set_ready(self, ready: bool) -> None:
         if ready:
