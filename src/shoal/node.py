@@ -114,6 +114,7 @@ class Node:
         self.max_clock_skew = max_clock_skew
         self.door = LogLimiter(log)  # refusals of strangers: they choose how many there are
         self._ticks = Supervisor("the node's timer", log)
+        self._chores = LogLimiter(log, burst=5, interval=60.0)
         self._dumps = PeerQuota(DUMPS_QUEUED)
         self._dump_slots: dict[int, asyncio.Semaphore] = {}
         self._config = Config(
@@ -448,7 +449,7 @@ class Node:
             try:
                 await self.write_snapshot()
             except Exception:  # one failed write (say an unserializable entry) must not end the task
-                self.door.log(logging.ERROR, "writing the snapshot failed; the next attempt follows", exc_info=True)
+                self._chores.log(logging.ERROR, "writing the snapshot failed; the next attempt follows", exc_info=True)
 
     def _set_ready(self, ready: bool) -> None:
         if ready:
