@@ -27,10 +27,10 @@ import msgpack
 import pytest
 
 from shoal.client import Client, query
-from shoal.errors import HandshakeError, ShoalError
+from shoal.errors import HandshakeError, ShoalError, WeakSecret
 from shoal.messages import DumpRequest, Hello, Message, Ops, Query, Refused
 from shoal.node import Node, parse_address
-from shoal.wire import HANDSHAKE_MAX_FRAME, TAG_SIZE, FrameDecoder, encode
+from shoal.wire import DEFAULT_MAX_FRAME, HANDSHAKE_MAX_FRAME, TAG_SIZE, FrameDecoder, encode
 from tests.support.cluster import Cluster, Member, cluster, wait_until
 from tests.support.peer import RawPeer
 
@@ -631,3 +631,23 @@ def test_a_member_whose_clock_is_off_is_refused_with_a_clear_reason_and_cannot_r
     # The skewed member dialed a; a refused its proven Proof, and both say why.
     assert "more than max_clock_skew" in logs["a"]
     assert "peer refused the handshake" in logs["skewed"] and "max_clock_skew" in logs["skewed"]
+
+
+@pytest.mark.parametrize(
+    "secret", ["", "\n", "short", b"fifteen bytes!!"], ids=["empty", "a newline", "short", "15 bytes"]
+)
+def test_a_node_or_an_operator_given_an_empty_or_short_secret_refuses_it(secret: str | bytes) -> None:
+    """Finding: empty and short secrets were accepted; a secret file holding only a newline gave an empty one."""
+    with pytest.raises(WeakSecret, match="shoal secret"):
+        Node(secret=secret)
+    with pytest.raises(WeakSecret):
+        Client("127.0.0.1:1", secret)
+
+
+def test_max_value_size_is_bounded_by_the_frame_limit() -> None:
+    node = Node(secret=SECRET)
+    with pytest.raises(ValueError, match="max_frame_size"):
+        node.cache("big", max_value_size=DEFAULT_MAX_FRAME)
+    cache = node.cache("ok", max_value_size=1000)
+    with pytest.raises(ValueError, match="max_value_size"):
+        cache.set("k", b"x" * 1000)
