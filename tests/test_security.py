@@ -28,7 +28,7 @@ import pytest
 
 from shoal.client import Client, query
 from shoal.errors import HandshakeError, ShoalError, WeakSecret
-from shoal.messages import DumpRequest, Hello, Message, Ops, Query, Refused
+from shoal.messages import DumpRequest, Hello, Message, Ops, Pull, Query, Refused
 from shoal.node import Node, parse_address
 from shoal.wire import DEFAULT_MAX_FRAME, HANDSHAKE_MAX_FRAME, TAG_SIZE, FrameDecoder, encode
 from tests.support.cluster import Cluster, Member, cluster, wait_until
@@ -651,3 +651,27 @@ def test_max_value_size_is_bounded_by_the_frame_limit() -> None:
     cache = node.cache("ok", max_value_size=1000)
     with pytest.raises(ValueError, match="max_value_size"):
         cache.set("k", b"x" * 1000)
+
+
+def test_a_peer_that_pulls_without_reading_cannot_pile_answers_up_past_the_backlog_limit(
+    nodes: Callable[..., Node], caplog: pytest.LogCaptureFixture
+) -> None:
+    """An authenticated peer amplifying with Pulls it never reads (issue 14: amplification by a peer)."""
+    caplog.set_level(logging.INFO, logger="shoal")
+    a = nodes(max_peer_backlog=1 << 20)
+    a.cache("c").set_many({f"k{i}": "x" * 60_000 for i in range(200)})  # 12 MB a Pull away
+    peer_id = f"{0x2C:016x}"
+    with RawPeer(a.address, SECRET, 0x2C, "127.0.0.1:1") as peer:
+        peer.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        wait_until(lambda: any(m["id"] == peer_id for m in a.members()), 10, what="the peer to be up")
+        peer.send(b"".join(encode(Pull("c", [f"k{i}" for i in range(200)])) for _ in range(30)))  # 360 MB asked
+        wait_until(
+            lambda: any("is not reading: answer dropped" in r.getMessage() for r in caplog.records),
+            20,
+            what="answers to be dropped once the backlog is over the limit",
+        )
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:  # the rest of the 30 Pulls are answered meanwhile
+            backlog = a.stats()["peer_backlog_bytes"].get(peer_id, 0)
+            assert backlog <= (1 << 20) + 8 * 1024 * 1024  # the limit plus at most two 4 MiB frames
+            time.sleep(0.01)

@@ -37,7 +37,7 @@ from .errors import ProtocolError, ShoalError
 from .handshake import check_secret, cluster_key
 from .housekeeping import Collector, Resolver, Snapshots, discover
 from .limits import LogLimiter, PeerQuota, Supervisor
-from .messages import DumpEnd, Message, Query
+from .messages import DumpEnd, Message, Ops, Query
 from .queries import Handler, Queries
 from .replica import ReplicaView
 from .replication import CATCHUP_LOG_BYTES
@@ -571,8 +571,14 @@ class Node:
                         conn.write(frame)
             elif isinstance(action, Send):
                 conn = self._peers.get(action.peer)
-                if conn is not None:
-                    conn.send(action.msg)
+                if conn is None:
+                    continue
+                if isinstance(action.msg, Ops) and conn.backlog() > self._config.max_peer_backlog:
+                    # Answers to its Pulls and catch-ups that a peer does not read would pile up
+                    # here without bound; what it asked for and never took, it can ask again.
+                    self._chores.log(logging.WARNING, "%016x is not reading: answer dropped", action.peer)
+                    continue
+                conn.send(action.msg)
             elif isinstance(action, Dial):
                 if not self._stopping:
                     self._spawn(self._dial(action.address))
