@@ -325,7 +325,7 @@ class Replicator:
 
     # -- outgoing --------------------------------------------------------------
 
-    def outgoing(self, name: str, ops: list[Op], wall: float) -> list[Action]:
+    def outgoing(self, name: str, ops: list[Op], wall: float) -> list[Broadcast]:
         """Local writes of one cache as Ops messages, each broadcast to the cache's group,
         and logged for the members that are not connected now (catch-up)."""
         if not ops:
@@ -337,7 +337,7 @@ class Replicator:
         figures = self.figures_of(name)
         wire_ops = [op_to_wire(op) for op in ops]
         self._log(name).add(wire_ops, int(wall * 1000))
-        actions: list[Action] = []
+        actions: list[Broadcast] = []
         for i in range(0, len(wire_ops), self.batch):
             msg = Ops(name, wire_ops[i : i + self.batch])
             actions.append(Broadcast(peers, msg))
