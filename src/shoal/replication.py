@@ -345,7 +345,7 @@ class Replicator:
 
     # -- outgoing --------------------------------------------------------------
 
-    def outgoing(self, name: str, ops: list[Op], wall: float) -> list[Action]:
+    def outgoing(self, name: str, ops: list[Op], wall: float) -> list[Broadcast]:
         """Local writes of one cache as Ops messages, each broadcast to the cache's group,
         and logged for the members that are not connected now (catch-up)."""
         if not ops:
@@ -357,7 +357,7 @@ class Replicator:
         figures = self.figures_of(name)
         wire_ops = [op_to_wire(op) for op in ops]
         self._log(name).add(wire_ops, int(wall * 1000))
-        actions: list[Action] = []
+        actions: list[Broadcast] = []
         for i, j in spans(map(_op_size, wire_ops), self.batch_bytes, self.batch):
             msg = Ops(name, wire_ops[i:j])
             actions.append(Broadcast(peers, msg))
