@@ -15,7 +15,7 @@ import pytest
 
 from shoal import httpd
 from shoal.node import Node
-from tests.test_cli import Serve, serve  # noqa: F401  (the fixture)
+from tests.test_cli import SECRET, Serve, serve  # noqa: F401  (the fixture)
 
 
 def get(url: str) -> tuple[int, str, str]:
@@ -198,7 +198,7 @@ def test_connections_over_the_cap_are_closed_unanswered_and_probes_work_again_on
 
 @pytest.mark.slow
 def test_shoal_serve_http_serves_probes_and_metrics_of_the_running_member(serve: Serve) -> None:  # noqa: F811
-    member = serve("--listen", "127.0.0.1:0", "--secret", "s", "--caches", "acc:60", "--http", "127.0.0.1:0")
+    member = serve("--listen", "127.0.0.1:0", "--secret", SECRET, "--caches", "acc:60", "--http", "127.0.0.1:0")
     first = member.line()
     assert first.startswith("listening on "), first
     http_line = member.line()
@@ -214,7 +214,7 @@ def test_shoal_serve_http_serves_probes_and_metrics_of_the_running_member(serve:
 
 
 def test_shoal_http_environment_variable_sets_the_address(serve: Serve) -> None:  # noqa: F811
-    member = serve("--listen", "127.0.0.1:0", "--secret", "s", env={"SHOAL_HTTP": "127.0.0.1:0"})
+    member = serve("--listen", "127.0.0.1:0", "--secret", SECRET, env={"SHOAL_HTTP": "127.0.0.1:0"})
     assert member.line().startswith("listening on ")
     address = member.line().removeprefix("http on ")
     assert get(f"http://{address}/live")[0] == 200

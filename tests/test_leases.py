@@ -310,8 +310,9 @@ def test_a_peer_that_holds_no_lease_cannot_end_one() -> None:
 @pytest.mark.parametrize(
     "msg, rule",
     [
-        (LeaseRequest("c", [1.5]), "not str, bytes or int"),
-        (LeaseRequest("c", [["nested"]]), "not str, bytes or int"),
+        (LeaseRequest("c", [1.5]), "peer's key refused"),
+        (LeaseRequest("c", [["nested"]]), "peer's key refused"),
+        (LeaseRequest("c", ["k" * 5000]), "at most 4096 bytes"),
         (LeaseRequest("c", list(range(1001))), "at most 1000 keys"),
         (LeaseGrant("c", ["k"], -1), "lease ttl"),
         (LeaseWait("c", ["k"], 10**12, 1), "lease ttl"),

@@ -49,6 +49,7 @@ from .actions import Deliver, Fail, Load, Send
 from .errors import ProtocolError
 from .messages import LeaseDone, LeaseGrant, LeaseRequest, LeaseReturn, LeaseWait, Message
 from .store import Key
+from .validation import check_peer_key
 
 __all__ = ["Leases", "is_lease_message", "owner_of"]  # its actions (Load, Deliver, Fail) are in actions.py
 
@@ -433,8 +434,7 @@ def _checked_keys(keys: list[Any]) -> list[Key]:
     if len(keys) > MAX_KEYS_PER_MESSAGE:
         raise ProtocolError(f"a lease message names at most {MAX_KEYS_PER_MESSAGE} keys")
     for key in keys:
-        if type(key) not in (str, bytes, int):
-            raise ProtocolError("a lease message names a key that is not str, bytes or int")
+        check_peer_key(key)  # validation.py: the rule every entry point shares
     return keys
 
 

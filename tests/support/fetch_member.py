@@ -44,7 +44,7 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--listen", default="127.0.0.1:0")
     parser.add_argument("--seeds", default="")
-    parser.add_argument("--secret", default="test-secret")
+    parser.add_argument("--secret", default="the single-flight tests' cluster secret")
     parser.add_argument("--calls", required=True)
     parser.add_argument("--load-ms", type=float, default=200.0)
     parser.add_argument("--single-flight", default="cluster")
