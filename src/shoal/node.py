@@ -143,6 +143,7 @@ class Node:
             boot_wait=boot_wait,
             max_peer_backlog=max_peer_backlog,
             catchup_log_bytes=catchup_log_bytes,
+            max_clock_skew=max_clock_skew,
             load_timeout=load_timeout,
         )
         self._resolver = resolver or dns_resolver
