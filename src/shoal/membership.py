@@ -13,10 +13,18 @@ of members it is connected to, with the caches each hosts (the pg2 model: a
 member joins the group of each cache it hosts). Any address we learn and are not
 connected to gets dialed, with exponential backoff and jitter, so one reachable
 seed is enough and two groups that formed apart merge as soon as one member can
-reach another. Seeds and discovered (DNS) addresses are dialed forever; an
-address learned only by gossip is forgotten after ``forget_after`` failed dials
-(the member it named is gone: a restarted member comes back with a new id at
-the same address, and it will be gossiped again).
+reach another. Seeds and the addresses discovery (DNS) lists now are dialed
+forever; an address learned only by gossip, or dropped from DNS, is forgotten
+after ``forget_after`` failed dials, but never while a member at that address is
+still in the table (down members stay 600 s): a partition longer than the
+backoff must not cost the cluster the only address that leads across it.
+
+Identity is the node id, never the address. A member listening on a wildcard
+(``0.0.0.0:7600`` in a pod) has no address of its own to tell until it learns
+one (``advertise``): such an address, or any wildcard one a peer claims, is
+never dialed, never gossiped to be dialed, and never taken as proof that another
+member restarted. Addresses that lead to this member itself (its own, or a seed
+or DNS name whose handshake reached it: ``is_self``) are never dialed again.
 
 This module does no I/O and reads no clock: time comes in as ``now``.
 """
@@ -71,10 +79,15 @@ class Membership:
         self.caches: set[str] = set()
         self.members: dict[int, Member] = {}
         self._targets: dict[str, _Target] = {}
+        self._self_addresses: set[str] = set()
+        self._discovered: set[str] = set()
         self._next_gossip = 0.0
         self._next_heartbeat = 0.0
+        if routable(self.listen):
+            self._self_addresses.add(self.listen)
         for seed in self.seeds:
-            self._want(seed, permanent=True)
+            if seed not in self._self_addresses:
+                self._want(seed, permanent=True)
 
     # -- inputs ------------------------------------------------------------------
 
@@ -86,9 +99,36 @@ class Membership:
         return self._gossip_to(self.up_peers())
 
     def discovered(self, addresses: list[str]) -> None:
-        """Addresses from a discovery source (DNS); dialed like seeds."""
+        """What discovery (DNS) lists now; dialed like seeds while listed.
+
+        An address that is no longer listed (a pod gone in a rolling update) is
+        dialed like one learned by gossip: forgotten once it keeps failing.
+        """
+        listed = set(addresses)
+        seeds = set(self.seeds)
+        for address in self._discovered - listed - seeds:
+            target = self._targets.get(address)
+            if target is not None:
+                target.permanent = False
+        self._discovered = listed
         for address in addresses:
-            self._want(address, permanent=True)
+            if address not in self._self_addresses:  # DNS lists this pod too
+                self._want(address, permanent=True)
+
+    def advertise(self, address: str) -> None:
+        """This member's own address, once learned (listening on a wildcard) or set."""
+        if not routable(address):
+            return
+        self.listen = address
+        self.is_self(address)
+
+    def is_self(self, address: str) -> None:
+        """``address`` leads to this member (a handshake reached itself): never dial it again."""
+        self._self_addresses.add(address)
+        self._targets.pop(address, None)
+
+    def self_addresses(self) -> frozenset[str]:
+        return frozenset(self._self_addresses)
 
     def dial_failed(self, address: str, now: float) -> None:
         target = self._targets.get(address)
@@ -96,7 +136,7 @@ class Membership:
             return
         target.dialing = False
         target.failures += 1
-        if not target.permanent and target.failures >= self.forget_after:
+        if not target.permanent and target.failures >= self.forget_after and not self._listed(address):
             del self._targets[address]
             return
         delay = min(self.backoff_cap, self.backoff_base * 2 ** min(target.failures, 16))
@@ -110,6 +150,8 @@ class Membership:
         the address it advertises (a seed named ``localhost:7600``, say).
         """
         for address in {listen, dialed or listen}:
+            if not routable(address) or address in self._self_addresses:
+                continue  # a wildcard leads nowhere; an address of ours leads back here
             target = self._want(address, permanent=False)
             target.dialing = False
             target.failures = 0
@@ -119,15 +161,19 @@ class Membership:
             member = self.members[peer] = Member(peer, listen, since=now)
         member.state, member.last_heard, member.listen = UP, now, listen
         actions: list[Action] = [MemberUp(peer, listen)]
-        # A new id at a known address is a restart: the old incarnation is gone.
-        for other in list(self.members.values()):
-            if other.node_id != peer and other.listen == listen and other.state == UP:
-                actions += self._down(other, "restarted with a new id", now)
+        # A new id at a known address is a restart: the old incarnation is gone. Only a real
+        # address proves it: two members that both claim 0.0.0.0:7600 are two members.
+        if routable(listen):
+            for other in list(self.members.values()):
+                if other.node_id != peer and other.listen == listen and other.state == UP:
+                    actions += self._down(other, "restarted with a new id", now)
         actions += self._gossip_to([peer])
         return actions
 
     def alias(self, address: str, peer: int) -> None:
         """``address`` also leads to ``peer`` (a seed by another name): stop dialing it."""
+        if address in self._self_addresses:
+            return
         target = self._want(address, permanent=False)
         target.dialing = False
         target.failures = 0
@@ -201,6 +247,10 @@ class Membership:
 
     # -- internals ---------------------------------------------------------------
 
+    def _listed(self, address: str) -> bool:
+        """A member at ``address`` is still in the table (up, or down for less than 600 s)."""
+        return any(m.listen == address for m in self.members.values())
+
     def _want(self, address: str, permanent: bool) -> _Target:
         target = self._targets.get(address)
         if target is None:
@@ -243,8 +293,17 @@ class Membership:
             node_id, listen, caches = item[0], item[1], item[3]
             if node_id == sender.node_id:
                 sender.caches = frozenset(caches)
-            elif node_id != self.node_id and listen != self.listen and ":" in listen:
+            elif node_id != self.node_id and listen not in self._self_addresses and routable(listen):
                 member = self.members.get(node_id)
                 if member is None or member.state != UP:
                     self._want(listen, permanent=False)
         return []
+
+
+WILDCARDS = frozenset({"", "0.0.0.0", "::", "[::]", "*"})
+
+
+def routable(address: str) -> bool:
+    """``address`` is host:port with a host another machine could dial (not a wildcard)."""
+    host, sep, port = address.rpartition(":")
+    return bool(sep) and port.isdigit() and host.strip("[]") not in WILDCARDS and host not in WILDCARDS
