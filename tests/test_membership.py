@@ -463,7 +463,9 @@ def test_two_members_that_both_claim_a_wildcard_address_are_two_members_and_neit
 
 def test_wildcard_addresses_in_gossip_are_never_dialed() -> None:
     member = connected_member()
-    gossip = Gossip([[8, "0.0.0.0:7600", "up", [], 0], [9, "[::]:7600", "up", [], 0], [10, "10.1.0.3:7600", "up", [], 0]])
+    gossip = Gossip(
+        [[8, "0.0.0.0:7600", "up", [], 0], [9, "[::]:7600", "up", [], 0], [10, "10.1.0.3:7600", "up", [], 0]]
+    )
     member.received(7, gossip, 0.5)
     assert dials(member.tick(0.5)) == ["10.1.0.3:7600"]
 
