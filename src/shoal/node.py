@@ -35,7 +35,7 @@ from .cache import Cache, Op
 from .clock import HybridClock
 from .errors import ProtocolError, ShoalError
 from .handshake import Handshake
-from .membership import Membership
+from .membership import Membership, routable
 from .messages import (
     Answer,
     Digest,
@@ -222,6 +222,7 @@ class Node:
         seeds: list[str] | tuple[str, ...] = (),
         secret: str | bytes | None = None,
         *,
+        advertise: str | None = None,
         discovery: str | None = None,
         ssl: _ssl.SSLContext | None = None,
         client_ssl: _ssl.SSLContext | None = None,
@@ -246,6 +247,11 @@ class Node:
         if warm_donors not in (1, 2):
             raise ValueError("warm_donors is 1 or 2")
         self._host, self._port = host, port
+        if advertise is not None and not routable(advertise):
+            raise ValueError(f"advertise must be a host:port other members can dial, not {advertise!r}")
+        # What this member tells the others to dial. Unset on a wildcard listen: then
+        # it is learned from connected sockets (see _learn_address).
+        self._advertise = advertise
         self._secret = secret.encode() if isinstance(secret, str) else (secret or b"")
         self.node_id = int.from_bytes(os.urandom(8), "big")
         self.seeds = list(seeds)
@@ -292,6 +298,9 @@ class Node:
 
     @property
     def address(self) -> str:
+        """The address this member advertises: ``advertise``, else the one it listens on."""
+        if self._advertise is not None:
+            return self._advertise
         return f"{self._host}:{self._port}"
 
     def cache(
