@@ -98,8 +98,7 @@ class _Conn(asyncio.Protocol):
         self.dialed = dialed
         self.transport: asyncio.Transport | None = None
         self.decoder = FrameDecoder(HANDSHAKE_MAX_FRAME)
-        factory = Handshake.initiator if initiator else Handshake.acceptor
-        self.handshake = factory(node._secret, node.node_id, node.address)
+        self.handshake: Handshake  # made in connection_made, once the local address is known
         self.peer: int | None = None
         self.observer = False
         self.closed = False
@@ -114,6 +113,8 @@ class _Conn(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # cast, not isinstance: uvloop's transports are not asyncio.Transport subclasses
         self.transport = cast(asyncio.Transport, transport)
+        factory = Handshake.initiator if self.initiator else Handshake.acceptor
+        self.handshake = factory(self.node._secret, self.node.node_id, self.node._address_on(self))
         self.node._pending.add(self)
         self._timer = self.node._loop.call_later(self.node.handshake_timeout, self._handshake_timeout)
         for msg in self.handshake.start():
@@ -198,6 +199,14 @@ class _Conn(asyncio.Protocol):
         addr = self.transport.get_extra_info("peername") if self.transport else None
         who = f"{self.peer:016x}" if self.peer is not None else "unauthenticated"
         return f"{who} at {addr}"
+
+    def local_address(self) -> str | None:
+        """This end's IP with the node's listen port: an address of ours the peer can reach."""
+        sock = self.transport.get_extra_info("sockname") if self.transport is not None else None
+        if not isinstance(sock, tuple) or not sock or not isinstance(sock[0], str):
+            return None
+        ip = sock[0].removeprefix("::ffff:")  # an IPv4 peer on a dual-stack socket
+        return f"[{ip}]:{self.node._port}" if ":" in ip else f"{ip}:{self.node._port}"
 
     def initiator_id(self) -> int:
         assert self.peer is not None
@@ -613,6 +622,17 @@ class Node:
         self._spawn(self._boot.boot(name))
 
     # -- connections ---------------------------------------------------------------------
+
+    def _address_on(self, conn: _Conn) -> str:
+        """The address to tell the peer of ``conn`` in the handshake.
+
+        Listening on a wildcard without ``advertise``, ``0.0.0.0:7600`` would tell it
+        nothing: the local end of this very connection is an address of ours that the
+        peer can reach, so that is what it gets.
+        """
+        if self._advertise is not None or routable(f"{self._host}:{self._port}"):
+            return self.address
+        return conn.local_address() or self.address
 
     async def _dial(self, address: str) -> None:
         try:
