@@ -44,6 +44,7 @@ from .messages import (
     DumpRequest,
     Gossip,
     Heartbeat,
+    Hello,
     Leave,
     Listing,
     Message,
@@ -154,6 +155,8 @@ class _Conn(asyncio.Protocol):
     # handshake
 
     def _handshake(self, msg: Message) -> None:
+        if not self.initiator and isinstance(msg, Hello) and msg.node_id == self.node.node_id:
+            self.node._reached_self(self)  # the Handshake refuses it; the node stops dialing there
         for reply in self.handshake.receive(msg):
             self.send(reply)
         if self.handshake.done:
@@ -261,6 +264,7 @@ class Node:
         # What this member tells the others to dial. Unset on a wildcard listen: then
         # it is learned from connected sockets (see _learn_address).
         self._advertise = advertise
+        self._learned: str | None = None
         self._secret = secret.encode() if isinstance(secret, str) else (secret or b"")
         self.node_id = int.from_bytes(os.urandom(8), "big")
         self.seeds = list(seeds)
@@ -310,6 +314,8 @@ class Node:
         """The address this member advertises: ``advertise``, else the one it listens on."""
         if self._advertise is not None:
             return self._advertise
+        if self._learned is not None:
+            return self._learned
         return f"{self._host}:{self._port}"
 
     def cache(
@@ -623,6 +629,38 @@ class Node:
 
     # -- connections ---------------------------------------------------------------------
 
+    def _learn_address(self, conn: _Conn) -> None:
+        """On a wildcard listen without ``advertise``: take an address a member reached us at as ours.
+
+        Only from a member's connection (an operator's probe on 127.0.0.1 proves
+        nothing to the cluster), and a loopback address gives way to a routable one.
+        """
+        if self._advertise is not None or routable(f"{self._host}:{self._port}"):
+            return
+        local = conn.local_address()
+        if local is None or local == self._learned:
+            return
+        if self._learned is None or (_is_loopback(parse_address(self._learned)[0]) and not _is_loopback(local)):
+            self._learned = local
+            log.info("node %016x advertises %s (learned from its connections)", self.node_id, local)
+        if self.membership is not None:
+            if local == self._learned:
+                self.membership.advertise(local)
+            else:
+                self.membership.is_self(local)
+
+    def _reached_self(self, accepted: _Conn) -> None:
+        """A dial of ours came back to us: whatever address it dialed is ours, never to be dialed again."""
+        peer = accepted.transport.get_extra_info("peername") if accepted.transport is not None else None
+        for conn in list(self._pending):
+            if not conn.initiator or conn.dialed is None or conn.transport is None:
+                continue
+            local = conn.transport.get_extra_info("sockname")
+            if isinstance(peer, tuple) and isinstance(local, tuple) and tuple(local[:2]) == tuple(peer[:2]):
+                log.info("address %s leads to this member itself: not dialing it again", conn.dialed)
+                if self.membership is not None:
+                    self.membership.is_self(conn.dialed)
+
     def _address_on(self, conn: _Conn) -> str:
         """The address to tell the peer of ``conn`` in the handshake.
 
@@ -670,6 +708,7 @@ class Node:
         if not conn.handshake.peer_listen:
             conn.observer = True  # an operator's client: answers only, no membership
             return
+        self._learn_address(conn)
         self._peers[peer] = conn
         log.debug("connected to %016x at %s", peer, conn.handshake.peer_listen)
         now = time.monotonic()
@@ -753,7 +792,6 @@ class Node:
             self._boot.on_end(peer, msg)
         else:
             raise ProtocolError(f"unexpected {type(msg).__name__} after the handshake")
-
 
     # -- replication ---------------------------------------------------------------------
 
