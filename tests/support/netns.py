@@ -8,7 +8,7 @@ nothing is added to the host's own network namespace (each veth pair is created
 directly inside the namespaces), so no real address is ever reached.
 
 A member runs inside its namespace by prefixing its command line with
-``host.prefix`` (``ip netns exec NAME``). ``partition(host)`` drops every packet
+``host.prefix`` (``ip netns exec NAME``). ``partition(host)`` drops every packet on its link
 in and out of that member's namespace with iptables, which is what a pulled
 cable looks like to TCP: no reset, no FIN, just silence; ``heal(host)`` removes
 the rules. Names carry the test process id, so parallel runs do not clash, and
@@ -150,18 +150,19 @@ class Netns:
             hosts_file.write("\n".join(lines) + "\n")
 
     def partition(self, host: Host) -> None:
-        """Silently drop everything in and out of ``host``'s namespace."""
+        """Silently drop everything in and out of ``host``'s namespace over the bridge (loopback inside it
+        still works, as on a machine whose cable is pulled)."""
         if host.name in self._partitioned:
             return
-        host.run("iptables", "-w", "-A", "INPUT", "-j", "DROP")
-        host.run("iptables", "-w", "-A", "OUTPUT", "-j", "DROP")
+        host.run("iptables", "-w", "-A", "INPUT", "-i", "eth0", "-j", "DROP")
+        host.run("iptables", "-w", "-A", "OUTPUT", "-o", "eth0", "-j", "DROP")
         self._partitioned.add(host.name)
 
     def heal(self, host: Host) -> None:
         if host.name not in self._partitioned:
             return
-        host.run("iptables", "-w", "-D", "INPUT", "-j", "DROP")
-        host.run("iptables", "-w", "-D", "OUTPUT", "-j", "DROP")
+        host.run("iptables", "-w", "-D", "INPUT", "-i", "eth0", "-j", "DROP")
+        host.run("iptables", "-w", "-D", "OUTPUT", "-o", "eth0", "-j", "DROP")
         self._partitioned.discard(host.name)
 
     def close(self) -> None:
