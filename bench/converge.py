@@ -459,20 +459,14 @@ def main() -> int:
         if i and row.entries != rows[i - 1].entries:
             table_rows.append(None)
         table_rows.append(
-            [
-                f"{row.entries:,}",
-                row.system,
-                row.written,
-                fmt_seconds(row.seconds, cap),
-                fmt_bytes(row.bytes_sent),
-                row.note,
-            ]
+            [f"{row.entries:,}", row.system, row.written, fmt_seconds(row.seconds, cap), fmt_bytes(row.bytes_sent)]
         )
     text = format_table(
-        ["entries", "system", "written while cut", "converge s", "bytes sent", "note"],
+        ["entries", "system", "written while cut", "converge s", "bytes sent"],
         table_rows,
         title=f"Repair after a {args.partition:.0f} s partition (iptables DROP in one namespace), then the heal",
         notes=[
+            *(f"{row.entries:>9,} {row.system}: {row.note}" for row in rows),
             "converge s: from the heal until every member holds every write made while cut (shoal, polled every",
             f"  {POLL} s), or until the replica's offset reaches the master's at the heal (redis); > {cap:.0f}: not",
             "  within the cap. bytes sent: out of every member's interface, heal to convergence (or to the cap).",

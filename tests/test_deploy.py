@@ -103,7 +103,7 @@ def test_an_advertise_address_that_other_members_cannot_dial_is_refused() -> Non
         Node(listen="0.0.0.0:7600", advertise="0.0.0.0:7600", secret=SECRET)
 
 
-def test_a_member_whose_discovery_lists_its_own_address_dials_it_at_most_once(nodes: Callable[..., Node]) -> None:
+def test_a_member_whose_dns_answer_lists_its_own_address_stops_dialing_it(nodes: Callable[..., Node]) -> None:
     port = free_port()
     peer = nodes(listen="127.0.0.1:0")
     listed = [f"127.0.0.1:{port}", peer.address]
