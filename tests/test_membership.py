@@ -19,7 +19,7 @@ from sim.network import Sim
 from sim.nodes import MembershipNode
 
 from shoal.actions import Close, Dial, MemberDown, MemberUp
-from shoal.membership import Membership
+from shoal.membership import FORGET_DOWN, Membership
 from shoal.messages import Gossip, Heartbeat, Message
 from shoal.wire import FrameDecoder, encode
 
@@ -515,3 +515,14 @@ def test_an_address_no_longer_listed_by_dns_is_forgotten_after_forget_after_fail
     dialed = dials_over(member, 0.0, 30.0)
     assert dialed.count("10.1.0.9:7600") == 3
     assert dialed.count("10.1.0.2:7600") > 10, "an address DNS still lists is dialed forever"
+
+
+def test_an_address_whose_member_has_been_down_for_forget_down_is_forgotten_after_forget_after_failed_dials() -> None:
+    member = connected_member(forget_after=3, backoff_cap=0.5)
+    member.received(7, Gossip([[8, "p:8", "up", [], 0]]), 0.0)
+    member.connected(8, "p:8", 0.01, dialed="p:8")
+    member.disconnected(8, 0.5)
+    later = 0.5 + FORGET_DOWN + 1
+    member.received(7, Heartbeat(0), later)
+    dialed = dials_over(member, later, 30.0)
+    assert dialed.count("p:8") <= 3

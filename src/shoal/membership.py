@@ -39,6 +39,8 @@ from .actions import Action, Close, Dial, MemberDown, MemberUp, Send
 from .messages import Gossip, Heartbeat, Leave, Message
 
 UP, DOWN = "up", "down"
+FORGET_DOWN = 600.0
+"""Seconds a member stays in the table once down (and its address is kept for redialing)."""
 
 
 @dataclass
@@ -136,7 +138,7 @@ class Membership:
             return
         target.dialing = False
         target.failures += 1
-        if not target.permanent and target.failures >= self.forget_after and not self._listed(address):
+        if not target.permanent and target.failures >= self.forget_after and not self._listed(address, now):
             del self._targets[address]
             return
         delay = min(self.backoff_cap, self.backoff_base * 2 ** min(target.failures, 16))
@@ -247,9 +249,11 @@ class Membership:
 
     # -- internals ---------------------------------------------------------------
 
-    def _listed(self, address: str) -> bool:
-        """A member at ``address`` is still in the table (up, or down for less than 600 s)."""
-        return any(m.listen == address for m in self.members.values())
+    def _listed(self, address: str, now: float) -> bool:
+        """A member at ``address`` is still in the table: up, or down for less than FORGET_DOWN."""
+        return any(
+            m.listen == address and (m.state == UP or now - m.since <= FORGET_DOWN) for m in self.members.values()
+        )
 
     def _want(self, address: str, permanent: bool) -> _Target:
         target = self._targets.get(address)
@@ -265,7 +269,7 @@ class Membership:
         actions: list[Action] = [Close(member.node_id, reason)] if close else []
         actions.append(MemberDown(member.node_id, member.listen, reason))
         # Forget long-dead incarnations so the table does not grow with restarts.
-        for other in [m for m in self.members.values() if m.state == DOWN and now - m.since > 600]:
+        for other in [m for m in self.members.values() if m.state == DOWN and now - m.since > FORGET_DOWN]:
             del self.members[other.node_id]
         return actions
 
