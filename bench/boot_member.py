@@ -371,7 +371,7 @@ def main() -> int:
     parser.add_argument("role", choices=["donor", "receiver", "entries", "syncobj"])
     parser.add_argument("--n", type=int, default=0)
     parser.add_argument("--seed", default="")
-    parser.add_argument("--secret", default="bench-secret")
+    parser.add_argument("--secret", default="bench-cluster-secret")
     parser.add_argument("--timeout", type=float, default=60.0)
     parser.add_argument("--profile", default="")
     parser.add_argument("--gc", choices=["on", "off"], default="on", help="receiver: off disables the cyclic GC")

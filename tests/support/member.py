@@ -9,6 +9,7 @@ For the fault tests and bench/soak.py: values (the values of a numbered key
 range, None where absent), stamp (set a key to this process's time.time()),
 wait_key (wait on this process until a key holds a value, or the given value; its
 time.time() then, and the value), rss (this process's VmRSS in kB).
+SHOAL_TEST_CLOCK_OFFSET=SECONDS in the environment shifts this member's wall clock.
 Test hooks for warm boot: hold_dumps (the dumps this member serves stop after
 ``after`` chunks in all, until release_dumps), dumps_held (streams waiting now);
 hold_chunks (dump chunks and ends this member receives are kept, as if still in
@@ -22,17 +23,25 @@ import asyncio
 import hashlib
 import json
 import logging
+import os
 import sys
 import time
 from typing import Any
 
-from shoal.node import Node, _Conn
+_CLOCK_OFFSET = float(os.environ.get("SHOAL_TEST_CLOCK_OFFSET") or 0)
+if _CLOCK_OFFSET:  # a member whose wall clock is off (max_clock_skew tests), set before shoal binds time.time
+    _real_time = time.time
+    time.time = lambda: _real_time() + _CLOCK_OFFSET
+
+from shoal.messages import DumpChunk, DumpEnd  # noqa: E402
+from shoal.node import Node  # noqa: E402
+from shoal.transport import Connection  # noqa: E402
 
 
 class DumpGate:
     """Holds the dump streams a donor serves after ``after`` chunks, so a test can act mid-stream.
 
-    It wraps ``_Conn.drained``, which the donor awaits after writing each chunk; a
+    It wraps ``Connection.drained``, which the donor awaits after writing each chunk; a
     held stream waits on the loop (heartbeats go on), it does not block it.
     """
 
@@ -42,10 +51,10 @@ class DumpGate:
         self.chunks = 0
         self.held = 0
         self._released: asyncio.Event | None = None
-        original = _Conn.drained
+        original = Connection.drained
         gate = self
 
-        async def drained(conn: _Conn) -> None:
+        async def drained(conn: Connection) -> None:
             await original(conn)
             gate.chunks += 1
             if gate.after is not None and gate.chunks >= gate.after:
@@ -58,7 +67,7 @@ class DumpGate:
                 finally:
                     gate.held -= 1
 
-        _Conn.drained = drained  # type: ignore[method-assign]
+        Connection.drained = drained  # type: ignore[method-assign]
 
     def hold(self, after: int) -> None:
         self.after, self.chunks = after, 0
@@ -70,7 +79,7 @@ class DumpGate:
                 self._released.set()
                 self._released = None
 
-        self.node._loop.call_soon_threadsafe(wake)
+        self.node.loop.call_soon_threadsafe(wake)
 
 
 class ChunkGate:
@@ -83,29 +92,27 @@ class ChunkGate:
     def __init__(self, node: Node) -> None:
         self.node = node
         self.holding = False
-        self.kept: list[tuple[Any, int, Any]] = []
-        boot = node._boot
-        for name in ("on_chunk", "on_end"):
-            handler = getattr(boot, name)
-            setattr(boot, name, self._wrap(handler))
+        self.kept: list[tuple[int, Any]] = []
+        core = node._core
+        assert core is not None
+        self._message = core.message
 
-    def _wrap(self, handler: Any) -> Any:
-        def receive(peer: int, msg: Any) -> None:
-            if self.holding:
-                self.kept.append((handler, peer, msg))
-            else:
-                handler(peer, msg)
+        def message(peer: int, msg: Any, now: float, wall: float) -> list[Any]:
+            if self.holding and isinstance(msg, (DumpChunk, DumpEnd)):
+                self.kept.append((peer, msg))
+                return []
+            return self._message(peer, msg, now, wall)
 
-        return receive
+        core.message = message  # type: ignore[method-assign]
 
     def release(self) -> None:
         def deliver() -> None:
             self.holding = False
             kept, self.kept = self.kept, []
-            for handler, peer, msg in kept:
-                handler(peer, msg)
+            for peer, msg in kept:
+                self.node._run(self._message(peer, msg, time.monotonic(), time.time()))
 
-        self.node._loop.call_soon_threadsafe(deliver)
+        self.node.loop.call_soon_threadsafe(deliver)
 
 
 def _wait_key(cache: Any, key: str, wanted: Any, timeout: float) -> list[Any] | None:
@@ -133,7 +140,7 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--listen", default="127.0.0.1:0")
     parser.add_argument("--seeds", default="")
-    parser.add_argument("--secret", default="test-secret")
+    parser.add_argument("--secret", default="shoal-test-secret")
     parser.add_argument("--cache", default="c")
     parser.add_argument("--ttl", type=float, default=None)
     parser.add_argument("--max-entries", type=int, default=None)
