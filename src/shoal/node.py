@@ -37,6 +37,7 @@ from .errors import ProtocolError, ShoalError
 from .handshake import check_secret, cluster_key
 from .housekeeping import Collector, Resolver, Snapshots, discover
 from .limits import LogLimiter, PeerQuota, Supervisor
+from .membership import routable
 from .messages import DumpEnd, Message, Ops, Query
 from .queries import Handler, Queries
 from .replica import ReplicaView
@@ -72,6 +73,7 @@ class Node:
         seeds: list[str] | tuple[str, ...] = (),
         secret: str | bytes | None = None,
         *,
+        advertise: str | None = None,
         discovery: str | None = None,
         ssl: _ssl.SSLContext | None = None,
         client_ssl: _ssl.SSLContext | None = None,
@@ -101,6 +103,11 @@ class Node:
         if warm_donors not in (1, 2):
             raise ValueError("warm_donors is 1 or 2")
         self._host, self._port = host, port
+        if advertise is not None and not routable(advertise):
+            raise ValueError(f"advertise must be a host:port other members can dial, not {advertise!r}")
+        # What this member tells the others to dial. Unset on a wildcard listen: then
+        # it is learned from connected sockets (see _learn_address).
+        self._advertise = advertise
         # No secret at all is a loopback-only convenience; a secret given must be strong.
         self._secret = b"" if secret is None else check_secret(secret)
         self.node_id = int.from_bytes(os.urandom(8), "big")
@@ -160,6 +167,9 @@ class Node:
 
     @property
     def address(self) -> str:
+        """The address this member advertises: ``advertise``, else the one it listens on."""
+        if self._advertise is not None:
+            return self._advertise
         return f"{self._host}:{self._port}"
 
     @property
@@ -371,6 +381,7 @@ class Node:
         # The core was made before the port was known: give membership the real address.
         assert self._core is not None
         self._core.membership.listen = self.address
+        self._core.membership.advertise(self.address)  # ours: never dialed (unless a wildcard: no-op)
         self._core.membership.seeds = [s for s in self.seeds if s != self.address]
         self._core.wake = functools.partial(loop.call_soon_threadsafe, self._flush_shortly)
         log.info("node %016x listening on %s", self.node_id, self.address)
