@@ -474,6 +474,17 @@ class Node:
 
     # -- connections (transport.Owner) ---------------------------------------------------
 
+    def address_on(self, conn: Connection) -> str:
+        """The address to tell the peer of ``conn`` in the handshake.
+
+        Listening on a wildcard without ``advertise``, ``0.0.0.0:7600`` would tell it
+        nothing: the local end of this very connection is an address of ours that the
+        peer can reach, so that is what it gets.
+        """
+        if self._advertise is not None or routable(f"{self._host}:{self._port}"):
+            return self.address
+        return conn.local_address(self._port) or self.address
+
     def conn_opened(self, conn: Connection) -> None:
         pending = self._pending
         if len(pending) >= self.max_pending:
