@@ -64,6 +64,16 @@ a backoff of at most 2 s, is what reconnects soon after the partition heals."""
 __all__ = ["Node", "parse_address"]
 
 
+def _ends(conn: Connection) -> tuple[tuple[object, ...] | None, tuple[object, ...] | None]:
+    """(local, remote) host and port of a connection's socket."""
+    if conn.transport is None:
+        return None, None
+    here, there = conn.transport.get_extra_info("sockname"), conn.transport.get_extra_info("peername")
+    if not isinstance(here, tuple) or not isinstance(there, tuple):
+        return None, None
+    return tuple(here[:2]), tuple(there[:2])
+
+
 class Node:
     """One member of a shoal cluster: hosts named caches and keeps them replicated."""
 
@@ -108,6 +118,7 @@ class Node:
         # What this member tells the others to dial. Unset on a wildcard listen: then
         # it is learned from connected sockets (see _learn_address).
         self._advertise = advertise
+        self._learned: str | None = None
         # No secret at all is a loopback-only convenience; a secret given must be strong.
         self._secret = b"" if secret is None else check_secret(secret)
         self.node_id = int.from_bytes(os.urandom(8), "big")
@@ -170,6 +181,8 @@ class Node:
         """The address this member advertises: ``advertise``, else the one it listens on."""
         if self._advertise is not None:
             return self._advertise
+        if self._learned is not None:
+            return self._learned
         return f"{self._host}:{self._port}"
 
     @property
@@ -499,6 +512,46 @@ class Node:
             )
             oldest.close("too many pending connections")
         pending.add(conn)
+        self._reached_self(conn)
+
+    def _learn_address(self, conn: Connection) -> None:
+        """On a wildcard listen without ``advertise``: take an address a member reached us at as ours.
+
+        Only from a member's connection (an operator's probe on 127.0.0.1 proves
+        nothing to the cluster), and a loopback address gives way to a routable one.
+        """
+        if self._advertise is not None or routable(f"{self._host}:{self._port}") or self._core is None:
+            return
+        local = conn.local_address(self._port)
+        if local is None or local == self._learned:
+            return
+        if self._learned is None or (is_loopback(parse_address(self._learned)[0]) and not is_loopback(local)):
+            self._learned = local
+            log.info("node %016x advertises %s (learned from its connections)", self.node_id, local)
+            self._core.membership.advertise(local)
+        else:
+            self._core.membership.is_self(local)  # another address of ours: never dialed either
+
+    def _reached_self(self, conn: Connection) -> None:
+        """A dial of ours that came back to us (DNS lists this pod too): never dial that address again.
+
+        Both ends of such a connection are ours, so each is the other's mirror: the
+        one we accepted came from the socket the one we dialed is bound to. (The
+        handshake refuses our own node id anyway; this also stops the redials.)
+        """
+        here, there = _ends(conn)
+        if here is None or self._core is None:
+            return
+        for other in list(self._pending):
+            if other is conn or other.initiator == conn.initiator or _ends(other) != (there, here):
+                continue
+            dialed = conn.dialed if conn.initiator else other.dialed
+            if dialed is not None:
+                log.info("address %s leads to this member itself: not dialing it again", dialed)
+                self._core.membership.is_self(dialed)
+            other.close("connected to itself")
+            conn.close("connected to itself")
+            return
 
     def conn_admitted(self, conn: Connection) -> None:
         assert self._core is not None
@@ -519,6 +572,7 @@ class Node:
         if not conn.handshake.peer_listen:
             conn.observer = True  # an operator's client: answers only, no membership
             return
+        self._learn_address(conn)
         self._peers[peer] = conn
         log.debug("connected to %016x at %s", peer, conn.handshake.peer_listen)
         self._run(self._core.connected(peer, conn.handshake.peer_listen, time.monotonic(), dialed=conn.dialed))
