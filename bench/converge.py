@@ -60,7 +60,7 @@ from tests.support.netns import Host, Netns, unavailable  # noqa: E402
 
 PORT = 7600
 REDIS_PORT = 6379
-SECRET = "converge-bench"
+SECRET = "converge-bench-secret-0123456789"
 POLL = 0.5
 CHUNK = 25_000
 
