@@ -394,6 +394,18 @@ def run_redis(net: Netns, binary: str, n: int, partition: float, cap: float, wor
             net.remove(host)
 
 
+def commit() -> str:
+    """The commit the code under test is at (with ``+`` for uncommitted changes)."""
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "src"], cwd=ROOT, capture_output=True, text=True)
+        return sha + ("+" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
 # -- main ----------------------------------------------------------------------------------
 
 
@@ -415,6 +427,7 @@ def main() -> int:
     parser.add_argument("--partition", type=float, default=10.0, help="seconds the member is cut off (10)")
     parser.add_argument("--systems", default="shoal,redis")
     parser.add_argument("--no-save", action="store_true", help=f"do not write {RESULTS.relative_to(ROOT)}")
+    parser.add_argument("--append", action="store_true", help="add this run to the results file (before/after)")
     parser.add_argument("--agent", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.agent:
@@ -461,7 +474,7 @@ def main() -> int:
         table_rows.append(
             [f"{row.entries:,}", row.system, row.written, fmt_seconds(row.seconds, cap), fmt_bytes(row.bytes_sent)]
         )
-    text = format_table(
+    text = f"# {time.strftime('%Y-%m-%d')}, shoal at commit {commit()}\n\n" + format_table(
         ["entries", "system", "written while cut", "converge s", "bytes sent"],
         table_rows,
         title=f"Repair after a {args.partition:.0f} s partition (iptables DROP in one namespace), then the heal",
@@ -479,7 +492,10 @@ def main() -> int:
     print(text)
     if not args.no_save:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(text + "\n")
+        if args.append and RESULTS.exists():
+            RESULTS.write_text(RESULTS.read_text() + "\n\n" + text + "\n")
+        else:
+            RESULTS.write_text(text + "\n")
         print(f"\nwritten to {RESULTS.relative_to(ROOT)}")
     return 0
 
