@@ -215,6 +215,10 @@ def test_a_rolling_update_to_pods_with_new_ips_keeps_every_pod_seeing_exactly_it
         host = netns.add()
         new = pods.start(host, POD_ENV, OPTIONS)
         assert new.cmd("ready", timeout=30) is True
+        # Ready means ready to serve the cluster: at that moment it is connected to every
+        # live pod and holds every acknowledged write (no waiting for repair).
+        assert new.peers() == {p.id: p.address for p in live}, f"step {step}: at ready, {describe([new])}"
+        assert missing(new, written) == 0, f"step {step}: at ready, acknowledged keys missing on the new pod"
         live.append(new)
         netns.publish(SERVICE, [p.host for p in live])
         wait_until(lambda: sees_exactly_its_live_peers(live), 20, interval=0.2, what=f"step {step}: the new pod in")
