@@ -135,6 +135,21 @@ def test_a_lone_member_seeded_with_its_own_address_recognises_it_and_stops_diali
     assert up(node) == {}
 
 
+@pytest.mark.parametrize("ci", ["true", None])
+def test_without_namespaces_the_netns_fixture_fails_under_ci_and_skips_elsewhere(
+    ci: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.support import netns as netns_module
+
+    if ci is None:
+        monkeypatch.delenv("CI", raising=False)
+    else:
+        monkeypatch.setenv("CI", ci)
+    expected = pytest.fail.Exception if ci == "true" else pytest.skip.Exception
+    with pytest.raises(expected, match="network namespaces need root"):
+        netns_module._cannot("network namespaces need root")
+
+
 # -- pods in network namespaces ------------------------------------------------------------
 
 
