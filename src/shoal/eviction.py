@@ -30,6 +30,8 @@ class Evictable(Protocol):
 class Policy(Protocol):
     def insert(self, entry: Any) -> None: ...
 
+    def insert_many(self, entries: list[Any]) -> None: ...
+
     def replace(self, old: Any, new: Any) -> None: ...
 
     def hit(self, entry: Any) -> None: ...
@@ -71,6 +73,19 @@ class S3FIFO:
             entry.queue = SMALL
             self._small.append(entry)
             self._small_live += 1
+
+    def insert_many(self, entries: list[Any]) -> None:
+        """``insert`` for a chunk of new keys (a warm boot): one ``extend`` when no key is a ghost."""
+        ghost = self._ghost
+        if ghost and not ghost.keys().isdisjoint(e.key for e in entries):
+            for entry in entries:
+                self.insert(entry)
+            return
+        for entry in entries:
+            entry.freq = 0
+            entry.queue = SMALL
+        self._small.extend(entries)
+        self._small_live += len(entries)
 
     def replace(self, old: Any, new: Any) -> None:
         """A newer write for the same key takes the old entry's place and history."""
@@ -169,6 +184,10 @@ class LRU:
     def insert(self, entry: Any) -> None:
         entry.queue = MAIN
         self._order[entry.key] = entry
+
+    def insert_many(self, entries: list[Any]) -> None:
+        for entry in entries:
+            self.insert(entry)
 
     def replace(self, old: Any, new: Any) -> None:
         old.queue = GONE

@@ -12,7 +12,18 @@ bring the key back; then it is purged. A local-only cache keeps none.
 
 Expired entries are removed lazily when read and by ``sweep``, which walks a wheel
 of one-second buckets so it touches only what is due and does a bounded amount
-of work per call. Eviction (``max_entries``) is local and recorded in ``evicted``,
+of work per call. A bucket is a plain list (one pointer per entry, an append per
+write): an entry that leaves the table early (overwritten, deleted, evicted) stays
+in its bucket as a stale reference, skipped when its second comes due, and the
+buckets are compacted when stale references outnumber the entries, as the
+eviction queues are. A per-key dict per bucket cost 30-60 bytes and a dict
+insert per write; this is one of the reasons a member's memory stays close to a
+plain dict of the same items (``bench/boot.py``).
+
+A warm boot streams thousands of fresh keys per chunk into a store that has
+never seen them; ``load`` recognises such a chunk with a few C-speed set
+operations and files it in bulk (``dict.update``, ``list.extend``) instead of
+entry by entry. Eviction (``max_entries``) is local and recorded in ``evicted``,
 so anti-entropy can tell "evicted on purpose" from "never received".
 
 The store does no locking and no I/O; ``Cache`` serialises writers around it.
@@ -23,12 +34,17 @@ from __future__ import annotations
 import heapq
 import math
 from collections import OrderedDict, deque
+from itertools import compress
 from typing import Any
 
 from .eviction import S3FIFO, Policy
 
 Key = str | bytes | int
 NEVER = math.inf
+
+# Stale wheel references tolerated before ``sweep`` compacts them away (and, as a
+# backstop when nothing sweeps, the writer itself at twice the live entries).
+STALE_BACKSTOP = 1024
 
 # The kinds of mutation a store applies, as they travel between members.
 WRITE, DELETE, CLEAR = 0, 1, 2
@@ -91,8 +107,10 @@ class Store:
             self.policy = S3FIFO(max_entries)
         # key -> version of entries evicted on purpose, bounded like a ghost queue.
         self.evicted: OrderedDict[Key, int] = OrderedDict()
-        self._wheel: dict[int, dict[Key, Entry]] = {}
+        self._wheel: dict[int, list[Entry]] = {}
         self._wheel_due: list[int] = []
+        self._stale = 0  # wheel references to entries no longer in the table
+        self._compacting: list[int] = []  # buckets left in the current compaction pass
         self.evictions = 0
         self.expirations = 0
 
@@ -128,7 +146,8 @@ class Store:
         """Apply a write if it is the newest the store has seen for key."""
         if version <= self.watermark:
             return False
-        old = self.data.get(key)
+        data = self.data
+        old = data.get(key)
         if old is not None:
             if version <= old.version:
                 return False
@@ -137,10 +156,15 @@ class Store:
                 self._bury(key, version, now)
                 return True
             entry = Entry(key, value, expires, version)
-            self.data[key] = entry
+            data[key] = entry
             if self.policy is not None:
                 self.policy.replace(old, entry)
-            self._file(entry, old)
+            if old != NEVER:
+                self._stale += 1
+                if self._stale > STALE_BACKSTOP + 2 * len(data):
+                    self._compact_some(1 << 62)
+            if expires != NEVER:
+                self._file(entry)
             return True
         if self.evicted:
             gone = self.evicted.get(key)
@@ -156,46 +180,60 @@ class Store:
             self._bury(key, version, now)  # newest, but already expired: nothing to hold
             return True
         entry = Entry(key, value, expires, version)
-        self.data[key] = entry
-        self._file(entry)
+        data[key] = entry
+        if expires != NEVER:  # _file, inlined: write is the hot path
+            second = int(expires)
+            bucket = self._wheel.get(second)
+            if bucket is None:
+                bucket = self._wheel[second] = []
+                heapq.heappush(self._wheel_due, second)
+            bucket.append(entry)
         policy = self.policy
         if policy is not None:
             if self.evicted:
                 self.evicted.pop(key, None)
             policy.insert(entry)
-            if len(self.data) > self.max_entries:  # type: ignore[operator]
+            if len(data) > self.max_entries:  # type: ignore[operator]
                 self._evict()
         return True
 
     def load(self, keys: list[Key], values: list[Any], expires: list[float], versions: list[int], now: float) -> int:
-        """Apply a chunk of a warm-boot dump; the same rule as ``write``, fewer steps per entry.
+        """Apply a chunk of a warm-boot dump; the same rule as ``write``. Returns how many were applied.
 
-        Most dump entries are keys the store has never seen, so that case is inlined;
-        anything else goes through ``write``. Returns how many were applied.
+        An entry that expired on the way is skipped (no tombstone: it is no delete).
+        A chunk of keys the store has never seen (no entry, tombstone or eviction
+        record, all newer than the watermark, room for all) is filed in bulk;
+        anything else goes entry by entry.
         """
-        data, tombstones, evicted, watermark = self.data, self.tombstones, self.evicted, self.watermark
-        policy, wheel = self.policy, self._wheel
+        n = len(keys)
+        if not n:
+            return 0
+        data = self.data
+        fresh = set(keys)
+        if (
+            len(fresh) == n
+            and min(versions) > self.watermark
+            and (self.max_entries is None or len(data) + n <= self.max_entries)
+            and data.keys().isdisjoint(fresh)
+            and (not self.tombstones or self.tombstones.keys().isdisjoint(fresh))
+            and (not self.evicted or self.evicted.keys().isdisjoint(fresh))
+        ):
+            if min(expires) <= now:  # drop what expired on the way
+                alive = [exp > now for exp in expires]
+                keys, values = list(compress(keys, alive)), list(compress(values, alive))
+                expires, versions = list(compress(expires, alive)), list(compress(versions, alive))
+            entries = list(map(Entry, keys, values, expires, versions))
+            data.update(zip(keys, entries, strict=True))
+            self._file_many(entries, expires)
+            if self.policy is not None:
+                self.policy.insert_many(entries)
+            return len(entries)
         applied = 0
+        write = self.write
+        watermark = self.watermark
         for key, value, exp, version in zip(keys, values, expires, versions, strict=True):
-            if exp <= now or version <= watermark:
-                continue
-            if key in data or (tombstones and key in tombstones) or (evicted and key in evicted):
-                applied += self.write(key, value, exp, version, now)
-                continue
-            entry = Entry(key, value, exp, version)
-            data[key] = entry
-            if exp != NEVER:
-                second = int(exp)
-                bucket = wheel.get(second)
-                if bucket is None:
-                    bucket = wheel[second] = {}
-                    heapq.heappush(self._wheel_due, second)
-                bucket[key] = entry
-            if policy is not None:
-                policy.insert(entry)
-                if len(data) > self.max_entries:  # type: ignore[operator]
-                    self._evict()
-            applied += 1
+            if exp > now and version > watermark:
+                applied += write(key, value, exp, version, now)
         return applied
 
     def delete(self, key: Key, version: int, now: float) -> bool:
@@ -217,12 +255,15 @@ class Store:
         self.data.clear()  # in place: readers hold a reference to this dict
         self._wheel.clear()
         self._wheel_due.clear()
+        self._stale = 0
+        self._compacting.clear()
         if self.policy is not None:
             self.policy.clear()
         self.evicted.clear()
         for entry in survivors:
             self.data[entry.key] = entry
-            self._file(entry)
+            if entry != NEVER:
+                self._file(entry)
             if self.policy is not None:
                 self.policy.insert(entry)
         self.tombstones = {k: v for k, v in self.tombstones.items() if v > version}
@@ -231,21 +272,23 @@ class Store:
     # -- housekeeping ----------------------------------------------------------
 
     def sweep(self, now: float, limit: int = 2000) -> int:
-        """Remove up to ``limit`` due entries and purge old tombstones.
+        """Remove up to ``limit`` due entries (stale references count) and purge old tombstones.
 
         Bounded so a caller can hold its lock for a few milliseconds at most and
-        call again.
+        call again; returns the work done, 0 when nothing is due.
         """
         removed = 0
-        due = self._wheel_due
+        due, wheel, data = self._wheel_due, self._wheel, self.data
         while due and due[0] + 1 <= now and removed < limit:
-            bucket = self._wheel.get(due[0])
+            bucket = wheel.get(due[0])
             if not bucket:
-                self._wheel.pop(heapq.heappop(due), None)
+                wheel.pop(heapq.heappop(due), None)
                 continue
             while bucket and removed < limit:
-                _, entry = bucket.popitem()
-                self._expire(entry, now)
+                entry = bucket.pop()
+                self._stale -= 1  # the reference is gone either way; _expire counts it again
+                if data.get(entry.key) is entry:
+                    self._expire(entry, now)
                 removed += 1
         tombs = self._tomb_queue
         while tombs and tombs[0][0] <= now and removed < limit:
@@ -253,6 +296,8 @@ class Store:
             if self.tombstones.get(key) == version:
                 del self.tombstones[key]
             removed += 1
+        if removed < limit and self._stale > STALE_BACKSTOP and 2 * self._stale > len(self.data):
+            removed += self._compact_some(limit - removed)
         return removed
 
     def count_live(self, now: float) -> int:
@@ -260,28 +305,59 @@ class Store:
         while self.sweep(now, limit=1 << 30):
             pass
         current = self._wheel.get(int(now))
-        expired = sum(1 for e in current.values() if e <= now) if current else 0
-        return len(self.data) - expired
+        data = self.data
+        expired = sum(1 for e in current if e <= now and data.get(e.key) is e) if current else 0
+        return len(data) - expired
 
     # -- internals -------------------------------------------------------------
 
-    def _file(self, entry: Entry, old: Entry | None = None) -> None:
-        """Put the entry in the wheel bucket of its expiry second, in place of ``old`` (same key)."""
-        if old is not None and old != NEVER and (entry == NEVER or int(entry) != int(old)):
-            self._unfile(old)
-        if entry != NEVER:
-            second = int(entry)
+    def _file(self, entry: Entry) -> None:
+        """Put an entry with an expiry in the wheel bucket of its expiry second."""
+        second = int(entry)
+        bucket = self._wheel.get(second)
+        if bucket is None:
+            bucket = self._wheel[second] = []
+            heapq.heappush(self._wheel_due, second)
+        bucket.append(entry)
+
+    def _file_many(self, entries: list[Entry], expires: list[float]) -> None:
+        """File a chunk: one ``extend`` when it all expires in one second (the usual warm-boot chunk)."""
+        if not entries:
+            return
+        first, last = min(expires), max(expires)
+        if first == NEVER:
+            return
+        if last != NEVER and int(first) == int(last):
+            second = int(first)
             bucket = self._wheel.get(second)
             if bucket is None:
-                bucket = self._wheel[second] = {}
+                bucket = self._wheel[second] = []
                 heapq.heappush(self._wheel_due, second)
-            bucket[entry.key] = entry
+            bucket.extend(entries)
+            return
+        file = self._file
+        for entry in entries:
+            if entry != NEVER:
+                file(entry)
 
-    def _unfile(self, entry: Entry) -> None:
-        if entry != NEVER:
-            bucket = self._wheel.get(int(entry))
-            if bucket is not None and bucket.get(entry.key) is entry:
-                del bucket[entry.key]
+    def _compact_some(self, budget: int) -> int:
+        """Drop stale references from whole buckets until ``budget`` references were examined.
+
+        A pass starts from a list of the buckets as they are and works through it
+        over as many calls as it takes; returns the references examined.
+        """
+        data, wheel, todo = self.data, self._wheel, self._compacting
+        if not todo:
+            todo.extend(wheel)
+        work = 0
+        while todo and work < budget:
+            bucket = wheel.get(todo.pop())
+            if bucket:
+                before = len(bucket)
+                bucket[:] = [e for e in bucket if data.get(e.key) is e]
+                self._stale -= before - len(bucket)
+                work += before
+        return work
 
     def _unlink(self, entry: Entry) -> None:
         if self.policy is not None:
@@ -289,9 +365,12 @@ class Store:
         self._forget(entry)
 
     def _forget(self, entry: Entry) -> None:
-        """Take an entry out of the table and the wheel (not the policy's queues)."""
+        """Take an entry out of the table; its wheel reference goes stale (not the policy's queues)."""
         del self.data[entry.key]
-        self._unfile(entry)
+        if entry != NEVER:
+            self._stale += 1
+            if self._stale > STALE_BACKSTOP + 2 * len(self.data):  # no sweeper: a bare Store
+                self._compact_some(1 << 62)
 
     def _bury(self, key: Key, version: int, now: float) -> None:
         if self.tombstone_ttl <= 0:
