@@ -145,7 +145,7 @@ class Member:
     def __init__(self, *argv: str) -> None:
         self.role = argv[0]
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
-        self.err = tempfile.TemporaryFile(mode="w+")
+        self.err = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - closed in stop()
         self.t_launch = time.time()
         self.proc = subprocess.Popen(
             [sys.executable, str(MEMBER), *argv],

@@ -419,9 +419,7 @@ def main() -> int:
     parser.add_argument("--self-addr", default="")
     parser.add_argument("--partners", default="")
     args = parser.parse_args()
-    return {"donor": run_donor, "receiver": run_receiver, "memory": run_memory, "syncobj": run_syncobj}[args.role](
-        args
-    )
+    return {"donor": run_donor, "receiver": run_receiver, "memory": run_memory, "syncobj": run_syncobj}[args.role](args)
 
 
 if __name__ == "__main__":
