@@ -43,6 +43,7 @@ dump, the machine's noise floor). Full run ~4-6 min on 2 cores.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import platform
@@ -394,9 +395,11 @@ def profile_shoal(n: int, shape: str, timeout: float, top: int) -> None:
     print(f"\ncProfile of a {n:,}-entry boot ({shape} values; profiled: {out['warm_boot']['seconds']} s)")
     for label, path in (("receiver (node loop thread)", rprof), ("donor (node loop thread, during the dump)", dprof)):
         print(f"\n--- {label}: top {top} by own time")
-        stats = pstats.Stats(str(path))
+        out = io.StringIO()
+        stats = pstats.Stats(str(path), stream=out)
         stats.strip_dirs()  # no paths of this machine in the output
         stats.sort_stats("tottime").print_stats(top)
+        print("\n".join(line for line in out.getvalue().splitlines() if str(tmp) not in line).strip("\n"))
     shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -35,6 +35,7 @@ import heapq
 import math
 from collections import OrderedDict, deque
 from itertools import compress
+from operator import is_, not_
 from typing import Any
 
 from .eviction import S3FIFO, Policy
@@ -201,33 +202,46 @@ class Store:
         """Apply a chunk of a warm-boot dump; the same rule as ``write``. Returns how many were applied.
 
         An entry that expired on the way is skipped (no tombstone: it is no delete).
-        A chunk of keys the store has never seen (no entry, tombstone or eviction
-        record, all newer than the watermark, room for all) is filed in bulk;
-        anything else goes entry by entry.
+        A chunk with room under the bound, newer than the watermark and naming no
+        tombstone or eviction record is filed in bulk; the few keys the table
+        already holds (a second donor, a live write) then go through ``write``.
+        Anything else goes entry by entry.
         """
         n = len(keys)
         if not n:
             return 0
         data = self.data
-        fresh = set(keys)
         if (
-            len(fresh) == n
-            and min(versions) > self.watermark
+            min(versions) > self.watermark
             and (self.max_entries is None or len(data) + n <= self.max_entries)
-            and data.keys().isdisjoint(fresh)
-            and (not self.tombstones or self.tombstones.keys().isdisjoint(fresh))
-            and (not self.evicted or self.evicted.keys().isdisjoint(fresh))
+            and (not self.tombstones or self.tombstones.keys().isdisjoint(keys))
+            and (not self.evicted or self.evicted.keys().isdisjoint(keys))
         ):
             if min(expires) <= now:  # drop what expired on the way
                 alive = [exp > now for exp in expires]
                 keys, values = list(compress(keys, alive)), list(compress(values, alive))
                 expires, versions = list(compress(expires, alive)), list(compress(versions, alive))
             entries = list(map(Entry, keys, values, expires, versions))
-            data.update(zip(keys, entries, strict=True))
-            self._file_many(entries, expires)
+            # setdefault inserts a key the table lacks and leaves a present one alone:
+            # one C-level pass that both files the fresh keys and finds the others.
+            placed = list(map(data.setdefault, keys, entries))
+            if all(map(is_, placed, entries)):
+                self._file_many(entries, expires)
+                if self.policy is not None:
+                    self.policy.insert_many(entries)
+                return len(entries)
+            fresh = list(map(is_, placed, entries))
+            new = list(compress(entries, fresh))
+            self._file_many(new, [float(e) for e in new])
             if self.policy is not None:
-                self.policy.insert_many(entries)
-            return len(entries)
+                self.policy.insert_many(new)
+            applied = len(new)
+            write = self.write
+            for key, value, exp, version in compress(
+                zip(keys, values, expires, versions, strict=True), map(not_, fresh)
+            ):
+                applied += write(key, value, exp, version, now)  # a key held already, or twice in the chunk
+            return applied
         applied = 0
         write = self.write
         watermark = self.watermark
