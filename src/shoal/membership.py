@@ -223,9 +223,7 @@ class Membership:
         if not peers:
             return []
         view: list[Any] = [[self.node_id, self.listen, UP, sorted(self.caches), 0]]
-        view += [
-            [m.node_id, m.listen, UP, sorted(m.caches), 0] for m in self.members.values() if m.state == UP
-        ]
+        view += [[m.node_id, m.listen, UP, sorted(m.caches), 0] for m in self.members.values() if m.state == UP]
         msg = Gossip(view)
         return [Send(peer, msg) for peer in peers]
 

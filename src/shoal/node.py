@@ -725,7 +725,6 @@ class Node:
         else:
             raise ProtocolError(f"unexpected {type(msg).__name__} after the handshake")
 
-
     # -- replication ---------------------------------------------------------------------
 
     def _enqueue(self, name: str, op: Op) -> None:
