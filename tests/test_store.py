@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any
 
 from hypothesis import given
@@ -497,3 +498,47 @@ def test_evicted_entries_are_not_kept_alive_by_the_wheel() -> None:
         pass
     assert wheel_refs(store) <= 100 + STALE_BACKSTOP
     assert store.count_live(NOW) == 100
+
+
+# -- what the store keeps alive ----------------------------------------------------------
+
+
+def test_a_replaced_or_deleted_entry_is_referenced_by_nothing_in_the_store() -> None:
+    store = Store(max_entries=10, tombstone_ttl=60)
+    store.write("k", "v1", NOW + 30, 1, NOW)
+    old = store.data["k"]
+    store.write("k", "v2", NOW + 31, 2, NOW)  # queue and wheel still name "k", not the old entry
+    assert sys.getrefcount(old) == 2  # ours and getrefcount's argument
+    gone = store.data["k"]
+    store.delete("k", 3, NOW)
+    assert sys.getrefcount(gone) == 2
+
+
+BOUNDED_OP = st.one_of(
+    st.tuples(st.just(WRITE), st.integers(0, 15), st.sampled_from([NEVER, NOW + 30, NOW + 31.5])),
+    st.tuples(st.just(DELETE), st.integers(0, 15), st.just(NEVER)),
+)
+
+
+@given(st.lists(BOUNDED_OP, max_size=80), st.integers(1, 6))
+def test_a_bounded_store_keeps_its_queues_and_wheel_consistent_with_its_table(ops: list[Any], bound: int) -> None:
+    store = Store(bound, tombstone_ttl=60)
+    for version, (kind, key, expires) in enumerate(ops, start=1):
+        if kind == WRITE:
+            store.write(key, version, expires, version, NOW)
+        else:
+            store.delete(key, version, NOW)
+        assert len(store) <= bound
+    policy = store.policy
+    assert policy is not None
+    live = policy._small_live + policy._main_live  # type: ignore[attr-defined]
+    assert live == len(store)
+    queued = set(policy._small) | set(policy._main)  # type: ignore[attr-defined]
+    assert set(store.data) <= queued
+    filed = {k for bucket in store._wheel.values() for k in bucket}
+    assert {k for k, e in store.data.items() if e != NEVER} <= filed
+    assert store.count_live(NOW + 31) == sum(1 for e in store.data.values() if e > NOW + 31)
+    victims = []
+    while (victim := policy.victim()) is not None:  # every live entry comes out exactly once
+        victims.append(victim.key)
+    assert sorted(victims) == sorted(store.data)
