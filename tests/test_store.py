@@ -477,8 +477,21 @@ def test_overwrites_leave_stale_references_that_sweep_compacts_away() -> None:
     assert wheel_refs(store) == 9000  # each overwrite left its predecessor's reference behind
     while store.sweep(NOW):  # nothing is due: the sweep only compacts
         pass
-    assert wheel_refs(store) <= 3000 + STALE_BACKSTOP  # down to the tolerance, from 6000 stale
+    assert wheel_refs(store) <= 2 * 3000  # no more stale references than entries
     assert [store.data[i].value for i in (0, 2999)] == [6001, 9000]
+
+
+def test_a_compaction_pass_keeps_each_key_once_where_its_entry_expires() -> None:
+    store = Store()
+    for version in range(1, 2001):  # two writes per key within one second, then one much later
+        store.write(version % 1000, version, NOW + 100.5, version, NOW)
+    for key in range(500):
+        store.write(key, 0, NOW + 200.5, 10_000 + key, NOW)
+    store.delete(999, 20_000, NOW)
+    store._compact_some(1 << 30)
+    assert sorted(store._wheel[int(NOW + 100.5)]) == list(range(500, 999))
+    assert sorted(store._wheel[int(NOW + 200.5)]) == list(range(500))
+    assert store._stale == 0
 
 
 def test_a_store_nothing_sweeps_compacts_its_wheel_itself() -> None:
