@@ -11,12 +11,11 @@ from typing import Any
 
 import msgpack
 import pytest
-from conftest import FakeClock
+from conftest import FakeClock, hosted_cache
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shoal import DEFAULT, Cache
-from shoal.clock import HybridClock
 from shoal.store import CLEAR, DELETE, NEVER, WRITE
 
 
@@ -31,7 +30,7 @@ def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
 
 @pytest.fixture
 def cache(fake_clock: FakeClock) -> Cache:
-    return Cache(ttl=10, wall=fake_clock)
+    return Cache(ttl=10, timer=fake_clock)
 
 
 # -- get / set / add / delete -------------------------------------------------------------
@@ -176,7 +175,7 @@ def test_default_ttl_is_the_caches_ttl(cache: Cache, fake_clock: FakeClock) -> N
 
 
 def test_a_cache_without_a_ttl_keeps_entries_forever(fake_clock: FakeClock) -> None:
-    cache = Cache(wall=fake_clock)
+    cache = Cache(timer=fake_clock)
     cache.set("k", "v")
     assert cache.ttl("k") is None
     fake_clock.advance(10**9)
@@ -184,7 +183,7 @@ def test_a_cache_without_a_ttl_keeps_entries_forever(fake_clock: FakeClock) -> N
 
 
 def test_the_caches_ttl_may_be_a_timedelta(fake_clock: FakeClock) -> None:
-    cache = Cache(ttl=timedelta(seconds=3), wall=fake_clock)
+    cache = Cache(ttl=timedelta(seconds=3), timer=fake_clock)
     cache.set("k", "v")
     assert cache.ttl("k") == 3
 
@@ -208,7 +207,7 @@ def test_a_negative_or_nan_ttl_is_a_value_error(cache: Cache, bad: Any, fake_clo
         cache.touch("k", ttl=bad)
     assert cache.ttl("k") == 10
     with pytest.raises(ValueError):
-        Cache(ttl=bad, wall=fake_clock)
+        Cache(ttl=bad, timer=fake_clock)
 
 
 def test_get_on_an_expired_entry_is_a_miss(cache: Cache, fake_clock: FakeClock) -> None:
@@ -233,9 +232,10 @@ def test_ttl_of_an_absent_or_expired_key_raises_key_error(cache: Cache, fake_clo
 
 
 @pytest.mark.parametrize("value", [object(), {1, 2}, lambda: 1, 2**64, {"nested": [object()]}])
-def test_an_unserializable_value_is_refused_at_set_and_nothing_is_stored(cache: Cache, value: Any) -> None:
+def test_an_unserializable_value_is_refused_at_set_and_nothing_is_stored(fake_clock: FakeClock, value: Any) -> None:
+    cache, replica = hosted_cache(fake_clock)
     sent: list[Any] = []
-    cache.replicate = sent.append
+    replica.connect(sent.append)
     with pytest.raises(TypeError):
         cache.set("k", value)
     with pytest.raises(TypeError):
@@ -263,10 +263,11 @@ def test_a_refused_key_does_not_alias_an_equal_int_key(cache: Cache) -> None:
     assert cache.get(1) == "one"
 
 
-def test_msgpack_values_round_trip_through_the_default_serializer(cache: Cache) -> None:
+def test_msgpack_values_round_trip_through_the_default_serializer(fake_clock: FakeClock) -> None:
+    cache, replica = hosted_cache(fake_clock)
     value = [None, True, -(2**63), 2**64 - 1, 1.5, "s", b"b", [1], {"k": {1: 2}}]
     sent: list[Any] = []
-    cache.replicate = sent.append
+    replica.connect(sent.append)
     cache.set("k", value)
     assert cache.get("k") is value  # the stored object itself: treat it as immutable
     assert msgpack.unpackb(sent[0][2], raw=False, strict_map_key=False) == value
@@ -282,7 +283,7 @@ def test_a_custom_serializer_decides_what_is_accepted(fake_clock: FakeClock) -> 
         def loads(self, data: bytes) -> Any:
             return data.decode()
 
-    cache = Cache(serializer=Strings(), wall=fake_clock)
+    cache = Cache(serializer=Strings(), timer=fake_clock)
     cache.set("k", "v")
     with pytest.raises(TypeError):
         cache.set("k", 1)
@@ -300,6 +301,9 @@ def test_contains_len_keys_and_items_see_only_live_entries(cache: Cache, fake_cl
     fake_clock.advance(1)
     assert "short" not in cache
     assert "long" in cache
+    assert len(cache) == 3  # O(1): held until swept (a node sweeps every tick, a local cache as it writes)
+    fake_clock.advance(1)
+    cache._sweep()
     assert len(cache) == 2
     assert sorted(map(str, cache.keys())) == ["3", "long"]
     assert dict(cache.items()) == {"long": 2, 3: 3}
@@ -344,13 +348,13 @@ def test_stats_count_hits_misses_sets_deletes_and_entries(cache: Cache) -> None:
 
 
 def test_stats_count_evictions_and_expirations(fake_clock: FakeClock) -> None:
-    cache = Cache(max_entries=5, wall=fake_clock)
+    cache = Cache(max_entries=5, timer=fake_clock)
     for i in range(8):
         cache.set(i, i, ttl=1 if i == 7 else None)
     assert cache.stats()["evictions"] == 3
     assert len(cache) == 5
     fake_clock.advance(2)
-    cache.sweep()
+    cache._sweep()
     stats = cache.stats()
     assert stats["expirations"] == 1
     assert stats["entries"] == len(cache) == 4
@@ -704,9 +708,9 @@ def test_memoize_does_not_cache_an_exception(cache: Cache) -> None:
 
 
 def test_replicate_receives_every_local_mutation(fake_clock: FakeClock) -> None:
-    cache = Cache(ttl=10, wall=fake_clock, clock=HybridClock(1, wall=fake_clock))
+    cache, replica = hosted_cache(fake_clock, ttl=10)
     sent: list[Any] = []
-    cache.replicate = sent.append
+    replica.connect(sent.append)
     now = fake_clock.now
 
     cache.set("k", "v", ttl=5)
@@ -732,31 +736,31 @@ def test_replicate_receives_every_local_mutation(fake_clock: FakeClock) -> None:
 
 
 def test_apply_takes_writes_deletes_and_clears_from_another_cache(fake_clock: FakeClock) -> None:
-    a = Cache(wall=fake_clock, clock=HybridClock(1, wall=fake_clock), tombstone_ttl=60)
-    b = Cache(wall=fake_clock, clock=HybridClock(2, wall=fake_clock), tombstone_ttl=60)
+    a, ra = hosted_cache(fake_clock, 1, tombstone_ttl=60)
+    b, rb = hosted_cache(fake_clock, 2, tombstone_ttl=60)
     ops: list[Any] = []
-    a.replicate = ops.append
+    ra.connect(ops.append)
     a.set("x", 1, ttl=5)
     a.set("y", 2)
-    assert b.apply(ops) == (2, 0)
+    assert rb.apply(ops, fake_clock()) == (2, 0)
     assert dict(b.items()) == {"x": 1, "y": 2}
     assert b.ttl("x") == 5
-    assert b.apply(ops) == (0, 2)  # replayed ops are older than what b holds
+    assert rb.apply(ops, fake_clock()) == (0, 2)  # replayed ops are older than what b holds
     ops.clear()
     a.delete("x")
     a.clear()
-    assert b.apply(ops) == (2, 0)
+    assert rb.apply(ops, fake_clock()) == (2, 0)
     assert len(b) == 0
 
 
 def test_a_local_write_after_applying_a_remote_one_wins(fake_clock: FakeClock) -> None:
     ahead = FakeClock(fake_clock.now + 60)  # the remote member's clock runs ahead
-    remote = Cache(wall=ahead, clock=HybridClock(9, wall=ahead))
-    local = Cache(wall=fake_clock, clock=HybridClock(1, wall=fake_clock))
+    remote, r_remote = hosted_cache(ahead, 9)
+    local, r_local = hosted_cache(fake_clock, 1)
     ops: list[Any] = []
-    remote.replicate = ops.append
+    r_remote.connect(ops.append)
     remote.set("k", "remote")
-    local.apply(ops)
+    r_local.apply(ops, fake_clock())
     local.set("k", "local")  # later in real time, so it must win despite the slow wall clock
     assert local.get("k") == "local"
 
@@ -792,20 +796,21 @@ def run_actions(cache: Cache, clock: FakeClock, actions: list[Any]) -> None:
 @given(ACTIONS, ACTIONS, st.randoms(use_true_random=False))
 def test_exchanging_ops_in_any_order_converges_two_caches(actions_a: list[Any], actions_b: list[Any], rng: Any) -> None:
     clock = FakeClock()
-    a = Cache(wall=clock, clock=HybridClock(1, wall=clock), tombstone_ttl=600)
-    b = Cache(wall=clock, clock=HybridClock(2, wall=clock), tombstone_ttl=600)
+    a, ra = hosted_cache(clock, 1)
+    b, rb = hosted_cache(clock, 2)
     ops_a: list[Any] = []
     ops_b: list[Any] = []
-    a.replicate = ops_a.append
-    b.replicate = ops_b.append
+    ra.connect(ops_a.append)
+    rb.connect(ops_b.append)
     run_actions(a, clock, actions_a)
     run_actions(b, clock, actions_b)
-    a.replicate = b.replicate = None
+    ra.connect(lambda op: None)
+    rb.connect(lambda op: None)
     rng.shuffle(ops_a)
     rng.shuffle(ops_b)
     for op in ops_b:  # one at a time on a, as a batch on b
-        a.apply([op])
-    b.apply(ops_a)
+        ra.apply([op], clock())
+    rb.apply(ops_a, clock())
     assert dict(a.items()) == dict(b.items())
     for key in ("a", b"a", 1, "b"):
         assert (key in a) == (key in b)
@@ -839,7 +844,7 @@ def test_a_read_racing_a_writer_returns_the_old_value_or_the_default_never_a_hol
     fake_clock: FakeClock, writer: str
 ) -> None:
     wall = Interfering(fake_clock)
-    cache = Cache(max_entries=2, wall=wall)
+    cache = Cache(max_entries=2, timer=wall)
     cache.set("k", "value")
     cache.set("other", "x")
     race: dict[str, Callable[[], Any]] = {

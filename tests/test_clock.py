@@ -6,9 +6,8 @@ import itertools
 import threading
 
 import pytest
-from conftest import FakeClock
+from conftest import FakeClock, hosted_cache
 
-from shoal.cache import Cache
 from shoal.clock import (
     COUNTER_BITS,
     NODE_MASK,
@@ -92,11 +91,11 @@ def test_node_id_must_fit_in_64_unsigned_bits(node_id: int) -> None:
 
 def test_concurrent_writers_to_one_cache_get_distinct_increasing_versions(fake_clock: FakeClock) -> None:
     # The clock itself is not locked: the cache calls it under its write lock.
-    cache = Cache(wall=fake_clock, clock=HybridClock(5, wall=fake_clock))
+    cache, replica = hosted_cache(fake_clock, 5)
     results: list[list[int]] = [[] for _ in range(8)]
     start = threading.Barrier(8)
     local = threading.local()
-    cache.replicate = lambda op: local.out.append(op[4])
+    replica.connect(lambda op: local.out.append(op[4]))
 
     def work(out: list[int]) -> None:
         local.out = out

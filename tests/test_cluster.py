@@ -87,6 +87,7 @@ def test_a_write_made_while_a_member_was_down_reaches_it_after_it_returns(cluste
     a = cluster.start(**options)
     b = cluster.start(seeds=[a.address], **options)
     wait_until(lambda: sees_up(a, b) and sees_up(b, a), 10, what="the pair to form")
+    assert b.cmd("ready", timeout=10)
 
     b.kill(signal.SIGSTOP)
     try:

@@ -257,7 +257,7 @@ def test_overwriting_one_key_many_times_keeps_the_queues_bounded() -> None:
     cache = Cache(ttl=300, max_entries=1000)
     for i in range(100_000):
         cache.set("k", i)
-    policy = cache.store.policy
+    policy = cache._store.policy  # the queues themselves: white-box on purpose
     assert len(cache) == 1
     assert len(policy._small) + len(policy._main) <= 1024 + 2  # type: ignore[union-attr]
 

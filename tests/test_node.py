@@ -132,7 +132,7 @@ def test_members_lists_itself_and_each_peer_with_id_address_state_and_last_heard
         assert isinstance(row["last_heard"], float) and row["last_heard"] >= 0
         assert row["caches"] == ["c"]
     # last_heard is seconds since the peer was heard; heartbeats keep it fresh.
-    assert peer["last_heard"] < a.failure_timeout
+    assert peer["last_heard"] < a.config.failure_timeout
 
 
 def test_stats_reports_replication_figures_and_warm_boot(nodes: Callable[..., Node]) -> None:
@@ -226,8 +226,17 @@ def test_cache_with_the_same_name_twice_is_the_same_cache() -> None:
     node = Node(secret=SECRET)
     accounts = node.cache("accounts", ttl=60)
     assert node.cache("accounts") is accounts
-    assert node.cache("accounts", ttl=5, max_entries=10) is accounts
+    assert node.cache("accounts", ttl=60) is accounts
     assert node.cache("other") is not accounts
+
+
+def test_asking_for_an_existing_cache_with_other_options_is_an_error_not_ignored() -> None:
+    node = Node(secret=SECRET)
+    node.cache("accounts", ttl=60, max_entries=100)
+    with pytest.raises(ValueError, match="ttl=5"):
+        node.cache("accounts", ttl=5)
+    with pytest.raises(ValueError, match="max_entries=10"):
+        node.cache("accounts", max_entries=10)
 
 
 def test_a_cache_added_after_start_joins_its_group_and_replicates(nodes: Callable[..., Node]) -> None:

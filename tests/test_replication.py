@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import time
+
 import msgpack
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sim.network import Sim
-from sim.nodes import ReplicaNode
+from sim.nodes import SimMember
 
-from shoal.actions import Send
-from shoal.cache import Cache, Op
+from shoal.actions import Broadcast
+from shoal.cache import Cache, Replica, hosted
+from shoal.clock import HybridClock
 from shoal.errors import ProtocolError
 from shoal.membership import Membership
 from shoal.messages import Ops
+from shoal.replica import Op
 from shoal.replication import (
     BUCKETS,
     SETTLE,
@@ -59,31 +63,34 @@ def test_a_malformed_op_fails_the_whole_frame_with_a_protocol_error(bad: list[ob
 # -- digests -------------------------------------------------------------------------
 
 
-def _cache_with(items: dict[str, str]) -> Cache:
-    cache = Cache(tombstone_ttl=60)
+def _hosted(node_id: int = 1, max_entries: int | None = None) -> tuple[Cache, Replica]:
+    return hosted("c", None, max_entries, serializer=None, clock=HybridClock(node_id), tombstone_ttl=60)
+
+
+def _cache_with(items: dict[str, str]) -> tuple[Cache, Replica]:
+    cache, replica = _hosted()
     for key, value in items.items():
         cache.set(key, value)
-    return cache
+    return cache, replica
 
 
 def test_equal_contents_give_equal_digests_and_a_newer_version_differs_in_one_bucket() -> None:
-    a = _cache_with({f"k{i}": "v" for i in range(100)})
-    b = Cache(tombstone_ttl=60)
-    b.apply([(WRITE, e.key, b"\xa1v", float(e), e.version) for e in a.store.entries()])
-    now = a.now() + SETTLE + 1  # digests leave out writes still in flight
-    assert digests(a.store.entries(), now) == digests(b.store.entries(), now)
+    a, ra = _cache_with({f"k{i}": "v" for i in range(100)})
+    _b, rb = _hosted(2)
+    now = time.time() + SETTLE + 1  # digests leave out writes still in flight
+    rb.apply([(WRITE, e.key, b"\xa1v", float(e), e.version) for e in ra.entries()], now)
+    assert digests(ra.entries(), now) == digests(rb.entries(), now)
     a.set("k7", "changed")
-    diff = differing(digests(a.store.entries(), now), digests(b.store.entries(), now))
+    diff = differing(digests(ra.entries(), now), digests(rb.entries(), now))
     assert diff == [bucket_of("k7")]
 
 
 def test_digests_do_not_cancel_out_pairs_of_entries() -> None:
     # Two entries in one bucket with the same hash would vanish from an XOR digest.
-    cache = Cache()
+    _, replica = _hosted()
     empty = digests([], 10.0)
-    cache.store.write("a", 1, NEVER, 5, 0.0)
-    cache.store.write("a2", 1, NEVER, 5, 0.0)
-    assert digests(cache.store.entries(), 10.0) != empty
+    replica.apply([(WRITE, "a", b"\x01", NEVER, 5), (WRITE, "a2", b"\x01", NEVER, 5)], 0.0)
+    assert digests(replica.entries(), 10.0) != empty
 
 
 def test_a_digest_of_the_wrong_size_is_a_protocol_error() -> None:
@@ -92,69 +99,69 @@ def test_a_digest_of_the_wrong_size_is_a_protocol_error() -> None:
 
 
 def test_a_key_evicted_on_purpose_is_not_pulled_back_but_a_newer_write_is() -> None:
-    cache = Cache(max_entries=1)
+    cache, replica = _hosted(max_entries=1)
     cache.set("old", "x")
-    version = cache.store.data["old"].version
+    (version,) = [e.version for e in replica.entries()]
     cache.set("new", "y")  # evicts "old"
-    assert "old" in cache.store.evicted
-    assert to_pull(cache.store, ["old", version >> 64, version & (2**64 - 1)]) == []
+    assert "old" not in cache
+    assert to_pull(replica, ["old", version >> 64, version & (2**64 - 1)]) == []
     newer = version + (1 << 64)
-    assert to_pull(cache.store, ["old", newer >> 64, newer & (2**64 - 1)]) == ["old"]
+    assert to_pull(replica, ["old", newer >> 64, newer & (2**64 - 1)]) == ["old"]
 
 
 def test_a_write_still_in_flight_is_in_no_digest_until_it_settles() -> None:
-    cache = Cache()
+    cache, replica = _hosted()
     cache.set("fresh", 1)
-    now = cache.now()
-    assert digests(cache.store.entries(), now) == digests([], now)
-    assert digests(cache.store.entries(), now + SETTLE + 0.01) != digests([], now)
+    now = time.time()
+    assert digests(replica.entries(), now) == digests([], now)
+    assert digests(replica.entries(), now + SETTLE + 0.01) != digests([], now)
 
 
 def test_an_expired_entry_is_in_no_digest() -> None:
-    cache = Cache()
-    cache.store.write("gone", 1, 10.0, 5, 0.0)
-    assert digests(cache.store.entries(), 11.0) == digests([], 11.0)
+    _, replica = _hosted()
+    replica.apply([(WRITE, "gone", b"\x01", 10.0, 5)], 0.0)
+    assert digests(replica.entries(), 11.0) == digests([], 11.0)
 
 
 # -- the Replicator --------------------------------------------------------------------
 
 
-def _replicator(peers: list[int]) -> tuple[Replicator, Cache]:
+def _replicator(peers: list[int]) -> tuple[Replicator, Cache, list[Op]]:
     membership = Membership(1, "sim:1")
     for i, peer in enumerate(peers):
         membership.connected(peer, f"sim:{i + 2}", 0.0)
         membership.members[peer].caches = frozenset({"c"})
-    cache = Cache()
-    replicator = Replicator(membership, {"c": cache})
-    cache.replicate = lambda op: replicator.outbox.append(("c", op))
-    return replicator, cache
+    cache, replica = _hosted()
+    replicator = Replicator(membership, {"c": replica})
+    queued: list[Op] = []
+    replica.connect(queued.append)
+    return replicator, cache, queued
 
 
-def test_a_flush_sends_one_batch_per_cache_the_same_message_to_every_peer() -> None:
-    replicator, cache = _replicator([2, 3])
+def test_outgoing_writes_are_one_message_per_batch_broadcast_to_every_peer_of_the_cache() -> None:
+    replicator, cache, queued = _replicator([2, 3])
     for i in range(5):
         cache.set(f"k{i}", i)
-    actions = replicator.flush()
-    assert [a.peer for a in actions] == [2, 3]
-    assert all(isinstance(a, Send) and isinstance(a.msg, Ops) for a in actions)
-    assert actions[0].msg is actions[1].msg and len(actions[0].msg.ops) == 5
-    assert replicator.flush() == []
+    actions = replicator.outgoing("c", queued, 0.0)
+    assert len(actions) == 1 and isinstance(actions[0], Broadcast)
+    assert actions[0].peers == (2, 3) and isinstance(actions[0].msg, Ops) and len(actions[0].msg.ops) == 5
+    assert replicator.outgoing("c", [], 0.0) == []
 
 
 def test_a_batch_is_split_at_the_batch_size() -> None:
-    replicator, cache = _replicator([2])
+    replicator, cache, queued = _replicator([2])
     replicator.batch = 2
     for i in range(5):
         cache.set(f"k{i}", i)
-    assert [len(a.msg.ops) for a in replicator.flush()] == [2, 2, 1]
+    assert [len(a.msg.ops) for a in replicator.outgoing("c", queued, 0.0)] == [2, 2, 1]
 
 
 def test_ops_dropped_for_a_slow_peer_mark_it_for_the_next_repair_round() -> None:
-    replicator, cache = _replicator([2, 3])
+    replicator, cache, queued = _replicator([2, 3])
     cache.set("k", 1)
-    send = replicator.flush()[0]
-    replicator.dropped(send.peer, send.msg)
-    assert replicator.needs_repair == {send.peer}
+    send = replicator.outgoing("c", queued, 0.0)[0]
+    replicator.dropped(2, send.msg)
+    assert replicator.needs_repair == {2}
     assert replicator.figures_of("c")["ops_dropped"] == 1
     replicator.settled.add("c")
     replicator.repair_now()
@@ -179,7 +186,7 @@ def _model(ops: list[Op]) -> dict[object, object]:
     }
 
 
-def _contents(node: ReplicaNode) -> dict[object, object]:
+def _contents(node: SimMember) -> dict[object, object]:
     return dict(node.cache.items())
 
 
@@ -190,7 +197,7 @@ def _converged(sim: Sim) -> bool:
 
 
 def _cluster(sim: Sim, size: int) -> list[int]:
-    factory = ReplicaNode.factory(lambda: sim.now, seeds=["sim:1"], interval=1.0, failure_timeout=2.0)
+    factory = SimMember.factory(sim, seeds=["sim:1"], interval=1.0, failure_timeout=2.0)
     ids = [sim.add(factory) for _ in range(size)]
     sim.run_until(lambda: all(len(sim.nodes[i].membership.group("c")) == size - 1 for i in ids), 30)  # type: ignore[attr-defined]
     return ids

@@ -80,7 +80,7 @@ class Worker(threading.Thread):
 def test_eight_threads_mixing_set_get_delete_and_fetch_keep_every_invariant(
     fake_clock: FakeClock, frequent_switches: None
 ) -> None:
-    cache = Cache(ttl=30, max_entries=MAX_ENTRIES, wall=fake_clock)
+    cache = Cache(ttl=30, max_entries=MAX_ENTRIES, timer=fake_clock)
     start = threading.Barrier(THREADS)
     workers = [Worker(cache, i, start) for i in range(THREADS)]
     for w in workers:

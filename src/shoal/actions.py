@@ -1,14 +1,14 @@
-"""What the protocol state machines ask the driver to do; the driver does the I/O.
+"""What the protocol core asks its driver to do: the driver does the I/O.
 
 Membership, replication and warm boot never touch a socket or a timer: they
-return these, and ``node.py`` (or the simulated network in the tests) carries
-them out. A peer is named by its node id; an address is ``host:port``.
+return these through the dispatcher (dispatch.py), and a driver carries them
+out: ``node.py`` over asyncio sockets, the simulated network in the tests. A peer
+is named by its node id; an address is ``host:port``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from .messages import Message
 
@@ -16,6 +16,14 @@ from .messages import Message
 @dataclass(frozen=True, slots=True)
 class Send:
     peer: int
+    msg: Message
+
+
+@dataclass(frozen=True, slots=True)
+class Broadcast:
+    """One message to many peers: a driver encodes it once."""
+
+    peers: tuple[int, ...]
     msg: Message
 
 
@@ -43,4 +51,29 @@ class MemberDown:
     reason: str
 
 
-Action = Send | Dial | Close | MemberUp | MemberDown | Any
+@dataclass(frozen=True, slots=True)
+class StreamDump:
+    """Serve a warm-boot dump of ``cache`` to ``peer``: the driver runs the stream
+    (``warmboot.dump_messages``), pacing it by the connection's back-pressure."""
+
+    peer: int
+    cache: str
+    stream: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReadSnapshot:
+    """No peer could donate ``cache``: read the snapshot file (I/O) and hand its ops
+    back through ``Dispatcher.snapshot_read``."""
+
+    cache: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """The member just became ready (True) or stopped being ready (False)."""
+
+    ready: bool
+
+
+Action = Send | Broadcast | Dial | Close | MemberUp | MemberDown | StreamDump | ReadSnapshot | Ready

@@ -1,10 +1,16 @@
 """The cache a caller uses: reads from local memory, writes stamped and handed on.
 
-A ``Cache`` works alone (local only) or hosted by a ``Node``, which sets
-``replicate`` so every local write is also queued for the other members. Reads
-take no lock: the GIL makes a dict lookup atomic, and entries are only changed
-under the write lock. Everything that must happen at most once per key per
-process (the loader in ``fetch``) goes through ``singleflight``.
+A ``Cache`` works alone (local only) or hosted by a ``Node`` (``hosted()``), which
+connects its ``Replica`` so every local write is also queued for the other
+members. The public class is only the caller's API; what the protocol core sees
+of a cache is the ``Replica`` (replica.py), a separate object. Reads take no
+lock: the GIL makes a dict lookup atomic, and entries are only changed under the
+write lock. Everything that must happen at most once per key per process (the
+loader in ``fetch``) goes through ``singleflight``.
+
+Expired entries go lazily on read; a hosted cache is swept by its node's
+housekeeping, a local one a bounded slice every ``_SWEEP_EVERY`` writes, so a
+plain ``Cache()`` starts no thread.
 """
 
 from __future__ import annotations
@@ -20,18 +26,18 @@ from collections.abc import Callable, Hashable, Iterable, Mapping
 from datetime import timedelta
 from typing import Any, TypeVar, cast
 
-from . import sweeper
 from .clock import HybridClock
+from .replica import Op
 from .serializer import MsgpackSerializer, Serializer
 from .singleflight import Flights
-from .store import CLEAR, DELETE, NEVER, WRITE, Key, Store
+from .store import CLEAR, DELETE, NEVER, WRITE, Entry, Key, Store
 
-__all__ = ["Cache", "DEFAULT", "Op"]
+__all__ = ["DEFAULT", "Cache"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-# (kind, key, packed value, absolute expiry, version): one mutation to replicate.
-Op = tuple[int, Key, bytes | None, float, int]
+_SWEEP_EVERY = 1024  # a local cache sweeps a bounded slice once per this many writes
+_SWEEP_SLICE = 256
 
 
 class _Default:
@@ -76,40 +82,32 @@ class Cache:
         *,
         serializer: Serializer | None = None,
         name: str = "default",
-        clock: HybridClock | None = None,
-        wall: Callable[[], float] = time.time,
-        tombstone_ttl: float = 0.0,
+        timer: Callable[[], float] = time.time,
     ) -> None:
+        """``timer`` is the wall clock expiry is measured on (seconds since the epoch:
+        expiries travel between members as absolute times); pass a fake one in tests."""
         self.name = name
         self._ttl = _seconds(ttl)
+        self._max_entries = max_entries
         self._serializer: Serializer = serializer or MsgpackSerializer()
-        self._wall = wall
-        self._clock = clock or HybridClock(int.from_bytes(os.urandom(8), "big"), wall)
-        self._store = Store(max_entries, tombstone_ttl=tombstone_ttl)
+        self._wall = timer
+        self._clock = HybridClock(int.from_bytes(os.urandom(8), "big"), timer)
+        self._store = Store(max_entries)
         self._data = self._store.data
         self._lock = threading.Lock()
         self._flights = Flights()
-        self.replicate: Callable[[Op], None] | None = None
+        self._replicate: Callable[[Op], None] | None = None
+        self._hosted = False
         # itertools.count: next() is atomic under the GIL and allocates nothing lasting,
         # so the hit path counts exactly without a lock.
         self._hits = itertools.count()
         self._misses = self._sets = self._deletes = 0
         self._loads = self._load_errors = 0
         self.get = self._fast_get()  # type: ignore[method-assign,assignment]
-        sweeper.register(self)
-
-    @property
-    def store(self) -> Store:
-        """The entries themselves, for replication and warm boot (not for applications)."""
-        return self._store
 
     @property
     def serializer(self) -> Serializer:
         return self._serializer
-
-    def now(self) -> float:
-        """Wall-clock seconds as this cache sees them (expiry is measured on it)."""
-        return self._wall()
 
     # -- reads -----------------------------------------------------------------
 
@@ -166,8 +164,9 @@ class Cache:
         return None if entry == NEVER else entry - now
 
     def __len__(self) -> int:
-        with self._lock:
-            return self._store.count_live(self._wall())
+        """Entries held: O(1), so it may count entries that expired since the last sweep
+        (``keys()``, ``items()`` and ``in`` never show those)."""
+        return len(self._data)
 
     def keys(self) -> list[Key]:
         now = self._wall()
@@ -196,8 +195,10 @@ class Cache:
             version = self._clock.stamp()
             self._store.write(key, value, expires, version, now)
             self._sets += 1
-        if self.replicate is not None:
-            self.replicate((WRITE, key, packed, expires, version))
+            if not self._sets % _SWEEP_EVERY and not self._hosted:
+                self._store.sweep(now, _SWEEP_SLICE)
+        if self._replicate is not None:
+            self._replicate((WRITE, key, packed, expires, version))
 
     def add(self, key: Key, value: Any, ttl: TTL = DEFAULT) -> bool:
         """Set key only if this member holds no live value for it."""
@@ -211,8 +212,8 @@ class Cache:
             version = self._clock.stamp()
             self._store.write(key, value, expires, version, now)
             self._sets += 1
-        if self.replicate is not None:
-            self.replicate((WRITE, key, packed, expires, version))
+        if self._replicate is not None:
+            self._replicate((WRITE, key, packed, expires, version))
         return True
 
     def set_many(self, mapping: Mapping[Key, Any], ttl: TTL = DEFAULT) -> None:
@@ -228,8 +229,8 @@ class Cache:
             self._store.delete(key, version, now)
             if removed:
                 self._deletes += 1
-        if self.replicate is not None:
-            self.replicate((DELETE, key, None, NEVER, version))
+        if self._replicate is not None:
+            self._replicate((DELETE, key, None, NEVER, version))
         return removed
 
     def delete_many(self, keys: Iterable[Key]) -> int:
@@ -246,8 +247,8 @@ class Cache:
             expires = self._expires(ttl, now)
             version = self._clock.stamp()
             self._store.write(key, value, expires, version, now)
-        if self.replicate is not None:
-            self.replicate((WRITE, key, self._serializer.dumps(value), expires, version))
+        if self._replicate is not None:
+            self._replicate((WRITE, key, self._serializer.dumps(value), expires, version))
         return True
 
     def clear(self) -> None:
@@ -255,8 +256,8 @@ class Cache:
         with self._lock:
             version = self._clock.stamp()
             self._store.clear(version)
-        if self.replicate is not None:
-            self.replicate((CLEAR, b"", None, NEVER, version))
+        if self._replicate is not None:
+            self._replicate((CLEAR, b"", None, NEVER, version))
 
     # -- loads -----------------------------------------------------------------
 
@@ -345,46 +346,7 @@ class Cache:
 
         return decorate
 
-    # -- replication and housekeeping -------------------------------------------
-
-    def apply(self, ops: Iterable[Op]) -> tuple[int, int]:
-        """Apply mutations from another member; returns (applied, ignored as older)."""
-        applied = ignored = 0
-        loads = self._serializer.loads
-        observe = self._clock.observe
-        ops = list(ops)
-        with self._lock:
-            store = self._store
-            now = self._wall()
-            if ops:
-                observe(max(op[4] for op in ops))
-            for kind, key, packed, expires, version in ops:
-                if kind == WRITE:
-                    ok = store.write(key, loads(packed), expires, version, now)  # type: ignore[arg-type]
-                elif kind == DELETE:
-                    ok = store.delete(key, version, now)
-                else:
-                    ok = store.clear(version)
-                if ok:
-                    applied += 1
-                else:
-                    ignored += 1
-        return applied, ignored
-
-    def load(
-        self, keys: list[Key], values: list[Any], expires: list[float], versions: list[int], packed: bool
-    ) -> tuple[int, int]:
-        """Apply a chunk of a warm-boot dump, merging by version; returns (applied, ignored)."""
-        if packed:
-            loads = self._serializer.loads
-            values = [loads(v) for v in values]
-        with self._lock:
-            if versions:
-                self._clock.observe(max(versions))
-            applied = self._store.load(keys, values, expires, versions, self._wall())
-        return applied, len(keys) - applied
-
-    def sweep(self) -> int:
+    def _sweep(self) -> int:
         """Remove expired entries in bounded rounds; the lock is released between rounds."""
         total = 0
         while True:
@@ -442,6 +404,124 @@ class Cache:
 
     async def aclear(self) -> None:
         self.clear()
+
+
+class Replica:
+    """The protocol core's side of a hosted cache (the ``replica.ReplicaView`` interface).
+
+    Changes go through the cache's write lock, like the caller's own writes; reads of
+    the table take none (a snapshot of references, entries never change).
+    """
+
+    def __init__(self, cache: Cache) -> None:
+        self._cache = cache
+        self._store = cache._store
+        self.name = cache.name
+        self.inline = type(cache._serializer) is MsgpackSerializer
+        self.dumps = cache._serializer.dumps
+
+    def connect(self, replicate: Callable[[Op], None]) -> None:
+        """Every local write from now on is also handed to ``replicate`` (on the writer's thread)."""
+        self._cache._replicate = replicate
+
+    def size(self) -> int:
+        return len(self._store.data)
+
+    def entries(self) -> list[Entry]:
+        return self._store.entries()
+
+    def tombstones(self) -> list[tuple[Key, int]]:
+        return list(self._store.tombstones.items())
+
+    def watermark(self) -> int:
+        return self._store.watermark
+
+    def wants(self, key: Key, version: int) -> bool:
+        store = self._store
+        return version > store.version_of(key) and version > store.evicted.get(key, 0)
+
+    def ops_for(self, keys: list[Key], now: float) -> list[Op]:
+        data, tombstones, dumps = self._store.data, self._store.tombstones, self.dumps
+        ops: list[Op] = []
+        for key in keys:
+            entry = data.get(key)
+            if entry is not None and entry > now:
+                ops.append((WRITE, key, dumps(entry.value), float(entry), entry.version))
+            elif entry is None and key in tombstones:  # a delete the peer missed
+                ops.append((DELETE, key, None, NEVER, tombstones[key]))
+        return ops
+
+    def apply(self, ops: list[Op], now: float) -> tuple[int, int]:
+        applied = ignored = 0
+        cache = self._cache
+        loads = cache._serializer.loads
+        with cache._lock:
+            store = self._store
+            if ops:
+                cache._clock.observe(max(op[4] for op in ops))
+            for kind, key, packed, expires, version in ops:
+                if kind == WRITE:
+                    ok = store.write(key, loads(packed), expires, version, now)  # type: ignore[arg-type]
+                elif kind == DELETE:
+                    ok = store.delete(key, version, now)
+                else:
+                    ok = store.clear(version)
+                if ok:
+                    applied += 1
+                else:
+                    ignored += 1
+        return applied, ignored
+
+    def load(
+        self, keys: list[Key], values: list[Any], expires: list[float], versions: list[int], packed: bool, now: float
+    ) -> int:
+        cache = self._cache
+        if packed:
+            loads = cache._serializer.loads
+            values = [loads(v) for v in values]
+        with cache._lock:
+            if versions:
+                cache._clock.observe(max(versions))
+            return self._store.load(keys, values, expires, versions, now)
+
+    def sweep(self, now: float) -> int:
+        with self._cache._lock:
+            return self._store.sweep(now)
+
+
+def hosted(
+    name: str,
+    ttl: TTL,
+    max_entries: int | None,
+    *,
+    serializer: Serializer | None,
+    clock: HybridClock,
+    tombstone_ttl: float,
+    timer: Callable[[], float] = time.time,
+) -> tuple[Cache, Replica]:
+    """A cache for a Node: the node's clock stamps its writes, deletes keep tombstones,
+    and the node's housekeeping sweeps it."""
+    cache = Cache(ttl, max_entries, serializer=serializer, name=name, timer=timer)
+    cache._clock = clock
+    cache._store.tombstone_ttl = tombstone_ttl
+    cache._hosted = True
+    return cache, Replica(cache)
+
+
+def conflicting_options(cache: Cache, ttl: Any, max_entries: Any, serializer: Any) -> list[str]:
+    """Options given for an existing hosted cache that differ from its own (``_MISSING``: not given)."""
+    wrong = []
+    if ttl is not _MISSING and _seconds(ttl) != cache._ttl:
+        wrong.append(f"ttl={ttl!r} (it has {cache._ttl!r})")
+    if max_entries is not _MISSING and max_entries != cache._max_entries:
+        wrong.append(f"max_entries={max_entries!r} (it has {cache._max_entries!r})")
+    if serializer is not _MISSING and type(serializer or MsgpackSerializer()) is not type(cache._serializer):
+        wrong.append(f"serializer {type(serializer).__name__} (it has {type(cache._serializer).__name__})")
+    return wrong
+
+
+NOT_GIVEN: Any = _MISSING
+"""Default of ``Node.cache`` options, so asking for an existing cache by name alone is no conflict."""
 
 
 def _is_async(fn: Callable[..., Any]) -> bool:

@@ -131,7 +131,7 @@ def _stats(args: argparse.Namespace) -> int:
 
 
 def _ready(args: argparse.Namespace) -> int:
-    """Exit 0 if the member finished its warm boot: a Kubernetes exec readiness probe."""
+    """Exit 0 if the member is ready to serve the cluster: a Kubernetes exec readiness probe."""
     from .client import query
 
     data = query(args.address, read_secret(args.secret, args.secret_file), "stats")
@@ -184,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, help_text in (
         ("members", "list the members a running node knows"),
         ("stats", "show a running node's cache and replication figures"),
-        ("ready", "exit 0 once a running node finished its warm boot (a readiness probe)"),
+        ("ready", "exit 0 once a running node is ready: booted, meshed, caught up (a readiness probe)"),
     ):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("address", nargs="?", default=_env("SHOAL_ADDRESS", "127.0.0.1:7600"))

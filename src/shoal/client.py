@@ -16,7 +16,7 @@ from typing import Any
 from .errors import HandshakeError, ProtocolError, ShoalError
 from .handshake import Handshake
 from .messages import Answer, Query, Refused
-from .node import parse_address
+from .transport import parse_address
 from .wire import HANDSHAKE_MAX_FRAME, FrameDecoder, encode
 
 

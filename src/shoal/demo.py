@@ -1,6 +1,7 @@
 """``shoal demo``: a local cluster through a rolling deploy, under read load.
 
-It starts real ``shoal serve`` processes on loopback, fills the cache, then
+It starts real member processes on loopback (``shoal serve`` plus two demo
+queries: ``python -m shoal.demo member``), fills the cache, then
 restarts every member in turn while a reader keeps looking keys up on the
 members that are ready (as a Kubernetes service routes only to ready pods). A
 miss is "loaded" from the slow upstream and written back, as ``fetch`` would.
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import os
 import random
 import secrets
@@ -21,9 +23,12 @@ import signal
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .client import Client
+
+if TYPE_CHECKING:
+    from .node import Node
 
 CACHE = "demo"
 
@@ -99,12 +104,10 @@ class Deploy:
         cmd = [
             sys.executable,
             "-m",
-            "shoal",
-            "serve",
+            "shoal.demo",
+            "member",
             "--listen",
             listen,
-            "--caches",
-            f"{CACHE}:3600",
             "--seeds",
             ",".join(seeds),
             "--ready-timeout",
@@ -312,3 +315,61 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("interrupted; members stopped", file=sys.stderr)
         return 130
+
+
+# -- a member of the demo ------------------------------------------------------------------
+
+
+def add_demo_queries(node: Node) -> None:
+    """The reader's and the filler's questions, answered by the member itself: one round trip
+    looks up or writes a whole batch (``probe``, ``set_many``)."""
+    cache = node.cache(CACHE)
+
+    def probe(name: str, keys: list[Any]) -> dict[str, Any]:
+        if name != CACHE:
+            raise ValueError(f"no cache {name!r} here")
+        hits = sum(1 for key in keys if type(key) in (str, bytes, int) and key in cache)
+        return {"hits": hits, "entries": len(cache), "ready": node.wait_ready(0)}
+
+    def set_many(name: str, mapping: dict[Any, Any]) -> dict[str, Any]:
+        if name != CACHE:
+            raise ValueError(f"no cache {name!r} here")
+        cache.set_many(mapping)
+        return {"set": len(mapping)}
+
+    node.answer("probe", probe)
+    node.answer("set_many", set_many)
+
+
+def member_main(argv: list[str]) -> int:
+    """``python -m shoal.demo member``: a member hosting the demo cache that the demo can probe and fill."""
+    from .node import Node
+
+    parser = argparse.ArgumentParser(prog="python -m shoal.demo member")
+    parser.add_argument("--listen", default="127.0.0.1:0")
+    parser.add_argument("--seeds", default="")
+    parser.add_argument("--ttl", type=float, default=3600.0)
+    parser.add_argument("--ready-timeout", type=float, default=60.0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    async def serve() -> None:
+        node = Node(args.listen, [s for s in args.seeds.split(",") if s], os.environ.get("SHOAL_SECRET"))
+        node.cache(CACHE, ttl=args.ttl)
+        add_demo_queries(node)
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+        async with node:
+            print(f"listening on {node.address} id={node.node_id:016x}", flush=True)
+            print(f"ready={await node.ready(timeout=args.ready_timeout)}", flush=True)
+            await stop.wait()
+
+    asyncio.run(serve())
+    return 0
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] != ["member"]:
+        sys.exit("usage: python -m shoal.demo member [shoal serve flags]  (the demo itself: shoal demo)")
+    sys.exit(member_main(sys.argv[2:]))

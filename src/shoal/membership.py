@@ -37,7 +37,9 @@ UP, DOWN = "up", "down"
 class Member:
     node_id: int
     listen: str
-    caches: frozenset[str] = frozenset()
+    caches: frozenset[str] | None = None
+    """What it hosts, once its first gossip told us; until then it counts as hosting everything,
+    so no write made in that moment skips it (one it does not host, it ignores)."""
     state: str = UP
     last_heard: float = 0.0
     since: float = 0.0
@@ -63,15 +65,18 @@ class Membership:
     heartbeat_interval: float = 0.5
     gossip_interval: float = 1.0
     backoff_base: float = 0.1
-    backoff_cap: float = 5.0
+    backoff_cap: float = 2.0
     forget_after: int = 10
     rng: random.Random = field(default_factory=random.Random)
 
     def __post_init__(self) -> None:
         self.caches: set[str] = set()
         self.members: dict[int, Member] = {}
+        self._rumors: dict[int, float] = {}  # members a peer says are up, not connected to us: since when
+        self._given_up: dict[int, float] = {}  # rumors that outlived their patience: not waited for again
         self._targets: dict[str, _Target] = {}
         self._next_gossip = 0.0
+        self._now = 0.0
         self._next_heartbeat = 0.0
         for seed in self.seeds:
             self._want(seed, permanent=True)
@@ -118,6 +123,8 @@ class Membership:
         if member is None:
             member = self.members[peer] = Member(peer, listen, since=now)
         member.state, member.last_heard, member.listen = UP, now, listen
+        self._rumors.pop(peer, None)
+        self._given_up.pop(peer, None)
         actions: list[Action] = [MemberUp(peer, listen)]
         # A new id at a known address is a restart: the old incarnation is gone.
         for other in list(self.members.values()):
@@ -149,6 +156,7 @@ class Membership:
         if member is None or member.state != UP:
             return []
         member.last_heard = now
+        self._now = now
         if isinstance(msg, Gossip):
             return self._on_gossip(member, msg.members)
         if isinstance(msg, Leave):
@@ -186,12 +194,24 @@ class Membership:
 
     # -- queries -----------------------------------------------------------------
 
+    def unmet(self, now: float, patience: float) -> list[int]:
+        """Members a peer told us are up that we have not connected to, for less than ``patience``:
+        the mesh is not complete yet (a member gossiped longer ago is taken for gone)."""
+        for node_id in [n for n, since in self._rumors.items() if now - since >= patience]:
+            del self._rumors[node_id]
+            self._given_up[node_id] = now
+        for node_id in [n for n, since in self._given_up.items() if now - since > 600]:
+            del self._given_up[node_id]
+        return list(self._rumors)
+
     def up_peers(self) -> list[int]:
         return [m.node_id for m in self.members.values() if m.state == UP]
 
     def group(self, cache: str) -> list[int]:
         """Up peers that host ``cache``: the receivers of its writes."""
-        return [m.node_id for m in self.members.values() if m.state == UP and cache in m.caches]
+        return [
+            m.node_id for m in self.members.values() if m.state == UP and (m.caches is None or cache in m.caches)
+        ]
 
     def view(self) -> dict[int, str]:
         """Up members (us included) by id: what converges across the cluster."""
@@ -223,7 +243,9 @@ class Membership:
         if not peers:
             return []
         view: list[Any] = [[self.node_id, self.listen, UP, sorted(self.caches), 0]]
-        view += [[m.node_id, m.listen, UP, sorted(m.caches), 0] for m in self.members.values() if m.state == UP]
+        view += [
+            [m.node_id, m.listen, UP, sorted(m.caches or ()), 0] for m in self.members.values() if m.state == UP
+        ]
         msg = Gossip(view)
         return [Send(peer, msg) for peer in peers]
 
@@ -245,4 +267,6 @@ class Membership:
                 member = self.members.get(node_id)
                 if member is None or member.state != UP:
                     self._want(listen, permanent=False)
+                    if node_id not in self._given_up:
+                        self._rumors.setdefault(node_id, self._now)
         return []

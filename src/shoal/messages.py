@@ -253,6 +253,24 @@ class Pull(Message):
     keys: list[Any]
 
 
+@message(24)
+class CatchUp(Message):
+    """Send me the writes you hold that I may have missed: those you logged from ``since_ms``
+    on (your wall clock, with a margin), answered by Ops batches and a ``CaughtUp``."""
+
+    cache: str
+    since_ms: int
+
+
+@message(25)
+class CaughtUp(Message):
+    """The end of a catch-up; ``complete`` is false when the log did not reach back to
+    ``since_ms``, and the asker falls back to a digest comparison."""
+
+    cache: str
+    complete: bool
+
+
 # --- warm boot (warmboot.py) ----------------------------------------------------
 
 

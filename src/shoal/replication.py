@@ -1,8 +1,9 @@
 """Writes between members: the op format, its validation, and anti-entropy digests.
 
-Theory of operation. A local write is applied at once and queued; the node
-flushes the queue once per loop tick into one ``Ops`` frame per cache, encoded
-once and written to every member of the cache's group. A receiver applies each
+Theory of operation. A local write is applied at once and queued; the
+dispatcher drains the queue shortly after (``outgoing``) into one ``Ops``
+message per cache and batch, broadcast to every member of the cache's group
+(the driver encodes it once). A receiver applies each
 op only if it is newer than what it holds (store.py), so duplicates, reordering
 and replays are harmless.
 
@@ -24,7 +25,20 @@ of a deleted key is a delete op. Without that, a delete lost to a partition woul
 never reach the other side, and once the tombstone was purged the old value would
 even be pulled back.
 
-Everything here is pure: the node supplies entries and time.
+Catch-up. Anti-entropy repairs anything, but slowly and at the cost of a scan,
+so the common losses are covered first by a bounded log of recent writes per
+cache (every write a member applied, its own and its peers', with the wall time
+it was logged), as Redis's replication backlog covers a replica that
+reconnects. When two members connect (the first time, or again after a loss)
+each asks the other for the writes it logged since the asker last heard from
+it (a member it never heard of: since the asker started), less a margin for
+clock skew; the answer is Ops batches then ``CaughtUp``. If the log no longer
+reaches back that far, ``CaughtUp(complete=False)`` makes the asker open a
+repair round with that peer at once. Replays are harmless: ops apply by version.
+
+Everything here is pure: a cache is seen only through ``replica.ReplicaView``,
+and time comes in as arguments (``now`` monotonic for scheduling, ``wall`` for
+expiry and versions).
 """
 
 from __future__ import annotations
@@ -38,19 +52,27 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .actions import Action, Send
-from .cache import Cache, Op
+from .actions import Action, Broadcast, Send
 from .clock import COUNTER_BITS, MAX_HLC, NODE_BITS, NODE_MASK, version_ms
 from .errors import ProtocolError
 from .membership import Membership
-from .messages import Digest, Listing, Message, Ops, Pull
-from .store import CLEAR, DELETE, NEVER, WRITE, Entry, Key, Store
+from .messages import CatchUp, CaughtUp, Digest, Listing, Message, Ops, Pull
+from .replica import Op, ReplicaView
+from .store import CLEAR, DELETE, NEVER, WRITE, Entry, Key
 
 log = logging.getLogger("shoal")
 
 BUCKETS = 1024
 SETTLE = 1.0
-MAX_BUCKETS_PER_ROUND = 64
+CATCHUP_LOG_BYTES = 64 * 1024 * 1024
+"""The recent-writes log of each cache is bounded by this many bytes (estimated)."""
+CATCHUP_MARGIN_MS = 5000
+"""A catch-up reaches this far before the moment asked for: clocks of members differ."""
+LISTING_MAX = 20_000
+"""Keys per Listing message (with their versions, well under a megabyte)."""
+PULL_MAX = 10_000
+"""Keys per Pull message."""
+_OP_OVERHEAD = 120  # bytes a logged op costs beyond its key and value, roughly
 _MASK64 = (1 << 64) - 1
 
 
@@ -84,10 +106,6 @@ def ops_from_wire(raw: list[Any]) -> list[Op]:
 
 def _split(version: int) -> list[int]:
     return [version >> NODE_BITS, version & NODE_MASK]
-
-
-def entry_op(entry: Entry, packed: bytes) -> Op:
-    return (WRITE, entry.key, packed, float(entry), entry.version)
 
 
 # -- digests -------------------------------------------------------------------
@@ -148,8 +166,7 @@ def digests(entries: Iterable[Entry], now: float) -> list[int]:
 def differing(mine: list[int], theirs: list[Any]) -> list[int]:
     if len(theirs) != BUCKETS or any(type(d) is not int for d in theirs):
         raise ProtocolError(f"a digest has {BUCKETS} ints")
-    diff = [b for b in range(BUCKETS) if mine[b] != theirs[b]]
-    return diff[:MAX_BUCKETS_PER_ROUND]
+    return [b for b in range(BUCKETS) if mine[b] != theirs[b]]
 
 
 def listing(entries: Iterable[Entry], buckets: Iterable[int], now: float) -> list[Any]:
@@ -173,7 +190,7 @@ def tombstone_listing(tombstones: Iterable[tuple[Key, int]], buckets: Iterable[i
     return flat
 
 
-def to_pull(store: Store, flat: list[Any]) -> list[Key]:
+def to_pull(replica: ReplicaView, flat: list[Any]) -> list[Key]:
     """Keys of a peer's listing for which the peer holds something newer than we know of.
 
     A key we evicted on purpose is not pulled back unless the peer's version is
@@ -187,7 +204,7 @@ def to_pull(store: Store, flat: list[Any]) -> list[Key]:
         if type(key) not in (str, bytes, int) or type(hlc) is not int or type(node) is not int:
             raise ProtocolError("malformed listing entry")
         version = (hlc << NODE_BITS) | node
-        if version > store.version_of(key) and version > store.evicted.get(key, 0):
+        if replica.wants(key, version):
             keys.append(key)
     return keys
 
@@ -204,8 +221,37 @@ def new_figures() -> dict[str, Any]:
         "ops_dropped": 0,
         "repair_rounds": 0,
         "keys_repaired": 0,
+        "catchup_ops_sent": 0,
+        "catchups_incomplete": 0,
         "last_lag_ms": None,
     }
+
+
+class _Log:
+    """Recent writes of one cache, oldest first, bounded in bytes (see the module docstring).
+
+    Kept as the batches they came in (a flush's, a peer's Ops): one append per batch.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.batches: deque[tuple[int, list[Any], int]] = deque()  # (logged at ms, wire ops, size)
+        self.size = 0
+        self.dropped_ms = 0  # newest logging time ever dropped: complete after it
+
+    def add(self, wire_ops: list[Any], ms: int) -> None:
+        size = _OP_OVERHEAD * len(wire_ops) + sum(len(op[2]) for op in wire_ops if type(op[2]) is bytes)
+        self.batches.append((ms, wire_ops, size))
+        self.size += size
+        while self.size > self.limit and self.batches:
+            old_ms, _, old_size = self.batches.popleft()
+            self.size -= old_size
+            self.dropped_ms = old_ms
+
+    def since(self, ms: int) -> tuple[list[Any], bool]:
+        """Ops logged at ``ms`` or later, and whether the log is complete that far back."""
+        ops = [op for logged, batch, _ in self.batches if logged >= ms for op in batch]
+        return ops, self.dropped_ms < ms
 
 
 @dataclass
@@ -229,29 +275,34 @@ class _Scan:
 class Replicator:
     """Outgoing batches, incoming ops and anti-entropy rounds for every hosted cache.
 
-    Feed it messages (``received``) and time (``tick``); it returns actions.
-    ``outbox`` is the one thing other threads touch: ``Cache.replicate`` appends to
-    it (a deque append is atomic), and ``flush`` drains it on the driver's thread.
+    Feed it local writes (``outgoing``), peers' messages (``received``) and time
+    (``tick``); it returns actions. Caches are the ``replicas`` mapping the
+    dispatcher shares with warm boot (one registry of hosted caches).
     """
 
     def __init__(
         self,
         membership: Membership,
-        caches: Mapping[str, Cache],
+        replicas: Mapping[str, ReplicaView],
         *,
         interval: float = 5.0,
         rng: random.Random | None = None,
-        slice_size: int = 1000,
+        slice_size: int = 4000,
         batch: int = 1000,
+        log_bytes: int = CATCHUP_LOG_BYTES,
     ) -> None:
         self.membership = membership
-        self.caches = caches
+        self.replicas = replicas
         self.interval = interval
         self.rng = rng or random.Random()
         self.slice_size = slice_size
         self.batch = batch
-        self.outbox: deque[tuple[str, Op]] = deque()
+        self.log_bytes = log_bytes
         self.figures: dict[str, dict[str, Any]] = {}
+        self.logs: dict[str, _Log] = {}
+        self.started_ms = 0
+        self.heard_ms: dict[int, int] = {}  # wall ms of the last message from each peer
+        self.catching_up: dict[tuple[str, int], float] = {}  # (cache, peer) -> when we asked (monotonic)
         self.needs_repair: set[int] = set()
         # Caches whose warm boot is over: only they take part in repair rounds
         # (a booting cache is incomplete by design, and its scan would slow the boot).
@@ -259,6 +310,7 @@ class Replicator:
         self._scans: deque[_Scan] = deque()
         self._next_round: float | None = None
         self._round = 0
+        self._opened: deque[int] = deque(maxlen=64)  # rounds we opened, recent ones
 
     def figures_of(self, cache: str) -> dict[str, Any]:
         figures = self.figures.get(cache)
@@ -273,29 +325,23 @@ class Replicator:
 
     # -- outgoing --------------------------------------------------------------
 
-    def flush(self, limit: int | None = None) -> list[Action]:
-        """Drain queued local writes into one Ops message per cache and batch.
-
-        The same message object goes to every peer of the group, so a driver can
-        encode it once.
-        """
-        outbox = self.outbox
-        batches: dict[str, list[Any]] = {}
-        budget = len(outbox) if limit is None else limit
-        while outbox and budget > 0:
-            name, op = outbox.popleft()
-            batches.setdefault(name, []).append(op_to_wire(op))
-            budget -= 1
+    def outgoing(self, name: str, ops: list[Op], wall: float) -> list[Action]:
+        """Local writes of one cache as Ops messages, each broadcast to the cache's group,
+        and logged for the members that are not connected now (catch-up)."""
+        if not ops:
+            return []
+        peers = tuple(self.membership.group(name))
+        if not peers:
+            self._log(name).add([op_to_wire(op) for op in ops], int(wall * 1000))
+            return []
+        figures = self.figures_of(name)
+        wire_ops = [op_to_wire(op) for op in ops]
+        self._log(name).add(wire_ops, int(wall * 1000))
         actions: list[Action] = []
-        for name, wire_ops in batches.items():
-            peers = self.membership.group(name)
-            if not peers:
-                continue
-            figures = self.figures_of(name)
-            for i in range(0, len(wire_ops), self.batch):
-                msg = Ops(name, wire_ops[i : i + self.batch])
-                actions += [Send(peer, msg) for peer in peers]
-                figures["ops_sent"] += len(msg.ops) * len(peers)
+        for i in range(0, len(wire_ops), self.batch):
+            msg = Ops(name, wire_ops[i : i + self.batch])
+            actions.append(Broadcast(peers, msg))
+            figures["ops_sent"] += len(msg.ops) * len(peers)
         return actions
 
     def dropped(self, peer: int, msg: Ops) -> None:
@@ -307,27 +353,39 @@ class Replicator:
 
     # -- incoming --------------------------------------------------------------
 
-    def received(self, peer: int, msg: Message) -> list[Action]:
+    def received(self, peer: int, msg: Message, now: float, wall: float) -> list[Action]:
         if isinstance(msg, Ops):
-            self.apply(msg.cache, ops_from_wire(msg.ops))
+            ops = ops_from_wire(msg.ops)
+            if msg.cache in self.replicas:
+                self._log(msg.cache).add(msg.ops, int(wall * 1000))  # checked: a peer's writes are relayed as sent
+            self.apply(msg.cache, ops, wall)
             return []
-        cache = self.caches.get(getattr(msg, "cache", ""))
-        if cache is None:
+        if isinstance(msg, CatchUp):
+            return self._catch_up(peer, msg)
+        if isinstance(msg, CaughtUp):
+            if self.catching_up.pop((msg.cache, peer), None) is not None and not msg.complete:
+                log.info("catch-up of %s from %016x: its log does not reach back; comparing digests", msg.cache, peer)
+                self.figures_of(msg.cache)["catchups_incomplete"] += 1
+                self.needs_repair.add(peer)
+                self._next_round = now  # now, not in a full interval
+            return []
+        replica = self.replicas.get(getattr(msg, "cache", ""))
+        if replica is None:
             return []  # a cache we do not host
         if msg.cache not in self.settled:  # type: ignore[attr-defined]
             return []
         if isinstance(msg, (Digest, Listing)):
-            self._catch_up_clear(msg.cache, cache, msg.watermark)
+            self._catch_up_clear(msg.cache, replica, msg.watermark, wall)
         if isinstance(msg, Digest):
             if len(msg.digests) != BUCKETS:
                 raise ProtocolError(f"a digest has {BUCKETS} buckets")
-            self._scans.append(_Scan(msg.cache, peer, msg.round, "answer", cache.store.entries(), theirs=msg.digests))
-            return self._advance()
+            self._scans.append(_Scan(msg.cache, peer, msg.round, "answer", replica.entries(), theirs=msg.digests))
+            return self._advance(wall)
         if isinstance(msg, Listing):
             if any(type(b) is not int or not 0 <= b < BUCKETS for b in msg.buckets):
                 raise ProtocolError("a listing names buckets that do not exist")
             actions: list[Action] = []
-            wanted = to_pull(cache.store, msg.entries)
+            wanted = to_pull(replica, msg.entries)
             log.log(
                 logging.INFO if wanted else logging.DEBUG,
                 "repair round %d of %s with %016x: %d buckets differ, pulling %d keys",
@@ -339,80 +397,110 @@ class Replicator:
             )
             if wanted:
                 self.figures_of(msg.cache)["keys_repaired"] += len(wanted)
-                actions.append(Send(peer, Pull(msg.cache, wanted)))
+                pulls = [wanted[i : i + PULL_MAX] for i in range(0, len(wanted), PULL_MAX)]
+                actions += [Send(peer, Pull(msg.cache, keys)) for keys in pulls]
+                if msg.round in self._opened:  # our round found real differences: another at once, until in sync
+                    self.needs_repair.add(peer)
+                    self._next_round = now
             if msg.reply:
-                scan = _Scan(msg.cache, peer, msg.round, "listing", cache.store.entries(), buckets=msg.buckets)
-                scan.tombs = list(cache.store.tombstones.items())
+                scan = _Scan(msg.cache, peer, msg.round, "listing", replica.entries(), buckets=msg.buckets)
+                scan.tombs = replica.tombstones()
                 self._scans.append(scan)
-                actions += self._advance()
+                actions += self._advance(wall)
             return actions
         if isinstance(msg, Pull):
-            return self._answer_pull(peer, msg, cache)
+            if any(type(key) not in (str, bytes, int) for key in msg.keys):
+                raise ProtocolError("a pull names a key that is not str, bytes or int")
+            wire = [op_to_wire(op) for op in replica.ops_for(msg.keys, wall)]
+            return [Send(peer, Ops(msg.cache, wire[i : i + self.batch])) for i in range(0, len(wire), self.batch)]
         raise ProtocolError(f"unexpected {type(msg).__name__}")
 
-    def _catch_up_clear(self, name: str, cache: Cache, mark: list[Any]) -> None:
+    # -- catch-up ----------------------------------------------------------------
+
+    def start(self, wall: float) -> None:
+        self.started_ms = int(wall * 1000)
+
+    def heard(self, peer: int, wall: float) -> None:
+        """Any message from ``peer``: what it sent until now has reached us (catch-up starts there)."""
+        self.heard_ms[peer] = int(wall * 1000)
+
+    def member_up(self, peer: int, now: float) -> list[Action]:
+        """A connection to ``peer`` is up: ask it for what we may have missed, cache by cache."""
+        since = self.heard_ms.get(peer, self.started_ms) - CATCHUP_MARGIN_MS
+        actions: list[Action] = []
+        for name in self.replicas:
+            self.catching_up[(name, peer)] = now
+            actions.append(Send(peer, CatchUp(name, max(0, since))))
+        return actions
+
+    def member_down(self, peer: int) -> None:
+        for key in [k for k in self.catching_up if k[1] == peer]:
+            del self.catching_up[key]
+        if len(self.heard_ms) > 1000:  # incarnations long gone: keep the recent ones
+            for old in sorted(self.heard_ms, key=self.heard_ms.__getitem__)[:500]:
+                del self.heard_ms[old]
+
+    def waiting_for(self, now: float, patience: float) -> list[tuple[str, int]]:
+        """Catch-ups asked for less than ``patience`` ago and not answered yet."""
+        return [key for key, asked in self.catching_up.items() if now - asked < patience]
+
+    def _catch_up(self, peer: int, msg: CatchUp) -> list[Action]:
+        log_ = self.logs.get(msg.cache)
+        if msg.cache not in self.replicas or log_ is None:
+            return [Send(peer, CaughtUp(msg.cache, True))]  # nothing logged: nothing was missed
+        ops, complete = log_.since(msg.since_ms)
+        actions: list[Action] = [
+            Send(peer, Ops(msg.cache, ops[i : i + self.batch])) for i in range(0, len(ops), self.batch)
+        ]
+        if ops:
+            self.figures_of(msg.cache)["catchup_ops_sent"] += len(ops)
+            log.info("catch-up of %s for %016x: %d writes, log complete: %s", msg.cache, peer, len(ops), complete)
+        return [*actions, Send(peer, CaughtUp(msg.cache, complete))]
+
+    def _log(self, name: str) -> _Log:
+        found = self.logs.get(name)
+        if found is None:
+            found = self.logs[name] = _Log(self.log_bytes)
+        return found
+
+    def _catch_up_clear(self, name: str, replica: ReplicaView, mark: list[Any], wall: float) -> None:
         """A peer cleared the cache after we last did: apply its clear (lost on the way)."""
         if len(mark) != 2 or any(type(x) is not int or not 0 <= x <= _MASK64 for x in mark) or mark[0] > MAX_HLC:
             raise ProtocolError("a watermark is [hlc, node]")
         version = (mark[0] << NODE_BITS) | mark[1]
-        if version > cache.store.watermark:
-            self.apply(name, [(CLEAR, b"", None, NEVER, version)])
+        if version > replica.watermark():
+            self.apply(name, [(CLEAR, b"", None, NEVER, version)], wall)
 
-    def apply(self, name: str, ops: list[Op]) -> tuple[int, int]:
-        cache = self.caches.get(name)
-        if cache is None:
+    def apply(self, name: str, ops: list[Op], wall: float) -> tuple[int, int]:
+        replica = self.replicas.get(name)
+        if replica is None:
             return 0, 0
-        applied, ignored = cache.apply(ops)
+        applied, ignored = replica.apply(ops, wall)
         figures = self.figures_of(name)
         figures["ops_received"] += len(ops)
         figures["ops_applied"] += applied
         figures["ops_ignored"] += ignored
         if ops:
-            figures["last_lag_ms"] = max(0, int(cache.now() * 1000) - version_ms(ops[-1][4]))
+            figures["last_lag_ms"] = max(0, int(wall * 1000) - version_ms(ops[-1][4]))
         return applied, ignored
-
-    def load(
-        self, name: str, keys: list[Key], values: list[Any], expires: list[float], versions: list[int], packed: bool
-    ) -> int:
-        """Merge a warm-boot dump chunk into a hosted cache; returns how many entries were applied."""
-        cache = self.caches.get(name)
-        if cache is None:
-            return 0
-        applied, _ = cache.load(keys, values, expires, versions, packed)
-        return applied
-
-    def _answer_pull(self, peer: int, msg: Pull, cache: Cache) -> list[Action]:
-        now = cache.now()
-        data = cache.store.data
-        dumps = cache.serializer.dumps
-        ops: list[Any] = []
-        for key in msg.keys:
-            if type(key) not in (str, bytes, int):
-                raise ProtocolError("a pull names a key that is not str, bytes or int")
-            entry = data.get(key)
-            if entry is not None and entry > now:
-                ops.append(op_to_wire(entry_op(entry, dumps(entry.value))))
-            elif entry is None and key in cache.store.tombstones:  # a delete the peer missed
-                ops.append(op_to_wire((DELETE, key, None, NEVER, cache.store.tombstones[key])))
-        return [Send(peer, Ops(msg.cache, ops[i : i + self.batch])) for i in range(0, len(ops), self.batch)]
 
     # -- time ------------------------------------------------------------------
 
-    def tick(self, now: float) -> list[Action]:
+    def tick(self, now: float, wall: float) -> list[Action]:
         """Start a repair round when one is due; advance scans in progress."""
         if self._next_round is None:
             self._next_round = now + self.interval * self.rng.uniform(0.5, 1.0)
         if now >= self._next_round:
             self._next_round = now + self.interval * self.rng.uniform(0.75, 1.25)
             self._open_rounds()
-        return self._advance()
+        return self._advance(wall)
 
     def repair_now(self) -> None:
         """Open a round with every hosted cache at once (a member came back, say)."""
         self._open_rounds()
 
     def _open_rounds(self) -> None:
-        for name, cache in self.caches.items():
+        for name, replica in self.replicas.items():
             group = self.membership.group(name)
             if not group or name not in self.settled:
                 continue
@@ -420,35 +508,35 @@ class Replicator:
             peer = urgent[0] if urgent else self.rng.choice(group)
             self.needs_repair.discard(peer)
             self._round += 1
+            self._opened.append(self._round)
             self.figures_of(name)["repair_rounds"] += 1
-            self._scans.append(_Scan(name, peer, self._round, "digest", cache.store.entries()))
+            self._scans.append(_Scan(name, peer, self._round, "digest", replica.entries()))
 
-    def _advance(self) -> list[Action]:
+    def _advance(self, wall: float) -> list[Action]:
         """One slice of the oldest scan; its message once it is complete."""
         if not self._scans:
             return []
         scan = self._scans[0]
-        cache = self.caches.get(scan.cache)
-        if cache is None:
+        replica = self.replicas.get(scan.cache)
+        if replica is None:
             self._scans.popleft()
             return []
         part = scan.entries[scan.pos : scan.pos + self.slice_size]
-        now = cache.now()
         if scan.then == "listing":
-            scan.flat += listing(part, scan.buckets, now)
+            scan.flat += listing(part, scan.buckets, wall)
             if not part:  # the entries are done: then the tombstones, a slice at a time too
                 tomb_pos = scan.pos - len(scan.entries)
                 tombs = scan.tombs[tomb_pos : tomb_pos + self.slice_size]
                 scan.flat += tombstone_listing(tombs, scan.buckets)
                 scan.pos += len(tombs)
         else:
-            sums = digests(part, now)
+            sums = digests(part, wall)
             scan.sums = [(a + b) & _MASK64 for a, b in zip(scan.sums, sums, strict=True)]
         scan.pos += len(part)
         if scan.pos < len(scan.entries) + len(scan.tombs):
             return []
         self._scans.popleft()
-        mark = _split(cache.store.watermark)
+        mark = _split(replica.watermark())
         if scan.then == "digest":
             return [Send(scan.peer, Digest(scan.cache, scan.round, scan.sums, mark))]
         if scan.then == "answer":
@@ -456,7 +544,15 @@ class Replicator:
             if not buckets:
                 return []
             follow = _Scan(scan.cache, scan.peer, scan.round, "listing", scan.entries, buckets=buckets, reply=True)
-            follow.tombs = list(cache.store.tombstones.items())
+            follow.tombs = replica.tombstones()
             self._scans.appendleft(follow)
             return []
-        return [Send(scan.peer, Listing(scan.cache, scan.round, scan.buckets, scan.flat, scan.reply, mark))]
+        # In parts of LISTING_MAX entries (a listing of many differing buckets is large); only
+        # the last asks for the peer's listing in return.
+        step = 3 * LISTING_MAX
+        parts = [scan.flat[i : i + step] for i in range(0, len(scan.flat), step)] or [[]]
+        last = len(parts) - 1
+        return [
+            Send(scan.peer, Listing(scan.cache, scan.round, scan.buckets, part, scan.reply and i == last, mark))
+            for i, part in enumerate(parts)
+        ]

@@ -26,9 +26,9 @@ from typing import Any
 
 import msgpack
 
-from .cache import Op
 from .clock import NODE_BITS, NODE_MASK
 from .errors import ShoalError
+from .replica import Op
 from .store import NEVER, WRITE, Entry
 
 log = logging.getLogger("shoal")

@@ -12,32 +12,30 @@ arrived during the boot is never overwritten by older dump data. If the donor
 goes down mid-stream, the next largest takes over: entries already applied stay,
 and the merge makes the overlap harmless.
 
-``choose_donors``, ``dump_columns`` and ``columns_from_wire`` are pure; ``Booter`` is the node-side
-coordinator that runs them on the node's loop.
+``Booter`` is a sans-IO state machine, one per member, like membership: events
+in (a cache to boot, a size reply, a chunk, the end of a dump, a member down,
+time), actions out (send this, stream a dump to that peer, read the snapshot
+file) and ``done`` callbacks to the dispatcher. The donor's streaming loop and
+the GC pause during a boot belong to the driver; ``dump_messages`` is the pure
+generator it runs.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import gc
 import logging
 import math
 import random
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
+from .actions import Action, ReadSnapshot, Send, StreamDump
 from .clock import MAX_HLC, NODE_BITS, NODE_MASK
 from .errors import ProtocolError
-from .messages import DumpChunk, DumpEnd, DumpRequest, SizeReply, SizeRequest
-from .serializer import MsgpackSerializer
+from .membership import Membership
+from .messages import DumpChunk, DumpEnd, DumpRequest, Message, SizeReply, SizeRequest
+from .replica import Op, ReplicaView
 from .store import Entry, Key
-from .wire import encode
-
-if TYPE_CHECKING:
-    from .node import Node
 
 log = logging.getLogger("shoal")
 
@@ -104,189 +102,256 @@ def columns_from_wire(msg: DumpChunk) -> tuple[list[Key], list[Any], list[float]
     return msg.keys, msg.values, msg.expires, versions
 
 
+def dump_messages(replica: ReplicaView, stream: int, now: Callable[[], float]) -> Iterator[Message]:
+    """The donor's side of a dump: chunks of ``CHUNK`` entries as columns, then the end.
+
+    Taken from a snapshot of references (entries never change, so no lock and no
+    copy); ``now`` is read per chunk, so what expires during a long stream is not sent.
+    """
+    dumps = None if replica.inline else replica.dumps
+    entries = replica.entries()
+    sent = 0
+    for i in range(0, len(entries), CHUNK):
+        keys, values, expires, hlcs, nodes = dump_columns(entries[i : i + CHUNK], dumps, now())
+        sent += len(keys)
+        yield DumpChunk(replica.name, stream, keys, values, expires, hlcs, nodes, replica.inline)
+    yield DumpEnd(replica.name, stream, sent)
+
+
+WAITING, SIZING, STREAMING, DONE = "waiting for peers", "asking sizes", "streaming", "done"
+
+
 @dataclass
-class _Stream:
+class _Boot:
+    """The boot of one cache."""
+
     cache: str
-    donor: int
-    done: asyncio.Future[bool]
-    entries: int = 0
+    started: float
+    stats: BootStats
+    phase: str = WAITING
+    sizes: dict[int, tuple[int, bool]] = field(default_factory=dict)
+    asked: set[int] = field(default_factory=set)
+    sizes_due: float = 0.0
+    donors: list[int] = field(default_factory=list)
+    tried: set[int] = field(default_factory=set)
+    finished: int = 0
+    stream: int | None = None
+    donor: int | None = None
+    stream_due: float = 0.0
+    streamed: int = 0
+    wait_until: float = 0.0
 
 
 class Booter:
-    def __init__(self, node: Node) -> None:
-        self.node = node
-        self._sizes: dict[str, dict[int, tuple[int, bool]]] = {}
-        self._streams: dict[int, _Stream] = {}
-        self._gc_holds = 0
-        self._gc_was_enabled = True
+    """Warm boot of every cache a member hosts (theory of operation: the module docstring).
 
-    async def boot(self, name: str) -> None:
-        node = self.node
-        state = node._caches[name]
-        stats = state.boot
+    ``on_done(cache, stats)`` is called once per cache when its boot is over, whatever
+    the outcome; the snapshot fallback runs before it.
+    """
+
+    def __init__(
+        self,
+        membership: Membership,
+        replicas: dict[str, ReplicaView],
+        *,
+        on_done: Callable[[str, BootStats], None],
+        has_seeds: bool,
+        warm_donors: int = 1,
+        boot_wait: float = 2.0,
+        warm_timeout: float = 30.0,
+        size_wait: float = SIZE_WAIT,
+        patience: float = 5.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.membership = membership
+        self.replicas = replicas
+        self.on_done = on_done
+        self.has_seeds = has_seeds
+        self.warm_donors = warm_donors
+        self.boot_wait = boot_wait
+        self.warm_timeout = warm_timeout
+        self.size_wait = size_wait
+        self.patience = patience  # how long a member that gossip names may take to connect
+        self.rng = rng or random.Random()
+        self.boots: dict[str, _Boot] = {}
+        self.stats: dict[str, BootStats] = {}
+        self._streams: dict[int, _Boot] = {}
+
+    @property
+    def booting(self) -> bool:
+        return bool(self.boots)
+
+    # -- events ------------------------------------------------------------------------
+
+    def start(self, cache: str, now: float) -> list[Action]:
+        stats = self.stats.setdefault(cache, BootStats())
         stats.state = "booting"
-        started = time.monotonic()
-        try:
-            if node.seeds or node.discovery:
-                deadline = started + node.boot_wait
-                while time.monotonic() < deadline and not node.membership.group(name):
-                    await asyncio.sleep(0.005)
-            if not node.membership.group(name):
-                stats.state = "no peers"
-                return
-            sizes = self._sizes[name] = {}
-            finished = 0
-            with self._gc_paused():
-                # Peers come up one by one, so the first round may know only the first seed. If
-                # every donor of a round fails (one killed mid-stream, say), the peers that came
-                # up since are asked in another round: they are the next largest as much as any.
-                while finished < node.warm_donors:
-                    group = [p for p in node.membership.group(name) if p not in sizes]
-                    if not group:
-                        break
-                    for peer in group:
-                        node.send(peer, SizeRequest(name))
-                    deadline = time.monotonic() + SIZE_WAIT
-                    while time.monotonic() < deadline and not all(p in sizes for p in group):
-                        await asyncio.sleep(0.002)
-                    for peer in group:
-                        sizes.setdefault(peer, (0, False))  # no answer: asked, not a donor
-                    donors = [p for p in choose_donors({p: sizes[p] for p in group}) if sizes[p][0] > 0]
-                    for donor in donors:
-                        stats.donors_tried += 1
-                        if await self._stream_from(name, donor, stats):
-                            finished += 1
-                            if finished >= node.warm_donors:
-                                break
-            if not finished and not any(entries for entries, _ in sizes.values()):
-                stats.state = "peers empty"
-                return
-            stats.state = "warm" if finished else "not warmed"
-            node.freeze_grown_heap()  # what we loaded, out of the collector's sight
-        except asyncio.TimeoutError:
-            stats.state = "not warmed (timeout)"
-        finally:
-            if stats.state != "warm":
-                await self._from_snapshot(name, stats)
-            self._sizes.pop(name, None)
-            stats.seconds = round(time.monotonic() - started, 3)
-            state.booted = True
-            node.replicator.settled.add(name)
-            node._check_ready()
-            log.info(
-                "warm boot of %s: %s, %d entries (%d bytes) from %s in %.2fs",
-                name,
-                stats.state,
-                stats.entries,
-                stats.bytes,
-                stats.donor,
-                stats.seconds,
-            )
+        self.boots[cache] = _Boot(cache, now, stats, wait_until=now + self.boot_wait)
+        return self.tick(now)
 
-    async def _from_snapshot(self, name: str, stats: BootStats) -> None:
-        """No peer could donate: the whole cluster was down. Load the snapshot file, if any."""
-        ops = await self.node.load_snapshot(name)
-        if ops:
-            self.node.replicator.apply(name, ops)
-            stats.state, stats.donor = "snapshot", "snapshot file"
-            stats.entries = len(ops)
-            stats.bytes = sum(len(op[2] or b"") for op in ops)
+    def tick(self, now: float) -> list[Action]:
+        actions: list[Action] = []
+        for boot in list(self.boots.values()):
+            actions += self._step(boot, now)
+        return actions
 
-    @contextlib.contextmanager
-    def _gc_paused(self) -> Iterator[None]:
-        """No cyclic GC while a dump streams in: each collection would walk the
-        entries loaded so far, about a third of the boot's time for a million."""
-        self._gc_holds += 1
-        if self._gc_holds == 1:
-            self._gc_was_enabled = gc.isenabled()
-            gc.disable()
-        try:
-            yield
-        finally:
-            self._gc_holds -= 1
-            if self._gc_holds == 0 and self._gc_was_enabled:
-                gc.enable()
+    def received(self, peer: int, msg: Message, now: float, wall: float) -> list[Action]:
+        if isinstance(msg, SizeRequest):
+            replica = self.replicas.get(msg.cache)
+            warm = replica is not None and msg.cache not in self.boots
+            return [Send(peer, SizeReply(msg.cache, replica.size() if replica is not None else 0, warm))]
+        if isinstance(msg, DumpRequest):
+            if msg.cache not in self.replicas:
+                return [Send(peer, DumpEnd(msg.cache, msg.stream, 0))]
+            self.stats.setdefault(msg.cache, BootStats()).dumps_served += 1
+            return [StreamDump(peer, msg.cache, msg.stream)]
+        if isinstance(msg, SizeReply):
+            boot = self.boots.get(msg.cache)
+            if boot is not None and boot.phase == SIZING and peer in boot.asked:
+                boot.sizes[peer] = (max(0, msg.entries), msg.ready)
+                return self._step(boot, now)
+            return []
+        if isinstance(msg, DumpChunk):
+            boot = self._streams.get(msg.stream)
+            if boot is None or boot.donor != peer:
+                return []  # a stream we gave up on
+            keys, values, expires, versions = columns_from_wire(msg)
+            replica = self.replicas[boot.cache]
+            replica.load(keys, values, expires, versions, not msg.inline, wall)
+            before = boot.streamed
+            boot.streamed += len(keys)
+            boot.stats.entries += len(keys)  # live: stats() shows a boot's progress
+            if boot.streamed // 100_000 != before // 100_000:
+                log.info("warm boot of %s: %d entries so far", boot.cache, boot.streamed)
+            return []
+        if isinstance(msg, DumpEnd):
+            boot = self._streams.get(msg.stream)
+            if boot is None or boot.donor != peer:
+                return []
+            self._end_stream(boot)
+            boot.finished += 1
+            return self._step(boot, now)
+        raise ProtocolError(f"unexpected {type(msg).__name__}")
 
-    async def _stream_from(self, name: str, donor: int, stats: BootStats) -> bool:
-        node = self.node
-        stream_id = random.getrandbits(62)
-        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._streams[stream_id] = _Stream(name, donor, done)
-        stats.donor = f"{donor:016x}"
-        conn = node.peer_conn(donor)
-        if conn is None or not node.send(donor, DumpRequest(name, stream_id)):
-            del self._streams[stream_id]
-            return False
-        received_before = conn.bytes_in
-        try:
-            return await asyncio.wait_for(done, node.warm_timeout)
-        finally:
-            self._streams.pop(stream_id, None)
-            stats.bytes += conn.bytes_in - received_before  # what the donor sent us meanwhile
-
-    # -- receiving side ---------------------------------------------------------------
-
-    def on_size_reply(self, peer: int, msg: SizeReply) -> None:
-        sizes = self._sizes.get(msg.cache)
-        if sizes is not None:
-            sizes[peer] = (max(0, msg.entries), msg.ready)
-
-    def on_chunk(self, peer: int, msg: DumpChunk) -> None:
-        stream = self._streams.get(msg.stream)
-        if stream is None or stream.donor != peer:
-            return  # a stream we gave up on
-        keys, values, expires, versions = columns_from_wire(msg)
-        self.node.replicator.load(stream.cache, keys, values, expires, versions, packed=not msg.inline)
-        before = stream.entries
-        stream.entries += len(keys)
-        self.node._caches[stream.cache].boot.entries += len(keys)  # live: stats() shows a boot's progress
-        if stream.entries // 100_000 != before // 100_000:
-            log.info("warm boot of %s: %d entries so far", stream.cache, stream.entries)
-
-    def on_end(self, peer: int, msg: DumpEnd) -> None:
-        stream = self._streams.get(msg.stream)
-        if stream is not None and stream.donor == peer and not stream.done.done():
-            stream.done.set_result(True)
-
-    def member_down(self, peer: int) -> None:
-        for stream in self._streams.values():
-            if stream.donor == peer and not stream.done.done():
+    def member_down(self, peer: int, now: float) -> list[Action]:
+        actions: list[Action] = []
+        for boot in list(self.boots.values()):
+            if boot.donor == peer:
                 log.warning("warm boot donor %016x went down mid-stream; trying the next", peer)
-                stream.done.set_result(False)
+                self._end_stream(boot)
+                actions += self._step(boot, now)
+        return actions
 
-    # -- donor side ---------------------------------------------------------------------
-
-    def on_size_request(self, peer: int, msg: SizeRequest) -> None:
-        state = self.node._caches.get(msg.cache)
-        if state is None:
-            self.node.send(peer, SizeReply(msg.cache, 0, False))
-        else:
-            self.node.send(peer, SizeReply(msg.cache, len(state.cache.store.data), state.booted))
-
-    async def serve_dump(self, peer: int, msg: DumpRequest) -> None:
-        node = self.node
-        state = node._caches.get(msg.cache)
-        conn = node.peer_conn(peer)
-        if conn is None:
+    def snapshot_read(self, cache: str, ops: list[Op], now: float, wall: float) -> None:
+        """The driver read the snapshot file (``ReadSnapshot``): apply what it held, finish."""
+        boot = self.boots.get(cache)
+        if boot is None:
             return
-        sent = 0
-        if state is not None:
-            state.boot.dumps_served += 1
-            store = state.cache.store
-            serializer = state.cache.serializer
-            inline = type(serializer) is MsgpackSerializer
-            dumps = None if inline else serializer.dumps
-            entries = store.entries()  # references only: cheap, and entries never change
-            for i in range(0, len(entries), CHUNK):
-                keys, values, expires, hlcs, nodes = dump_columns(entries[i : i + CHUNK], dumps, time.time())
-                if conn.closed:
-                    return
-                chunk = DumpChunk(msg.cache, msg.stream, keys, values, expires, hlcs, nodes, inline)
-                frame = encode(chunk, node.max_frame_size)
-                conn.write(frame)
-                sent += len(keys)
-                state.boot.bytes_served += len(frame)
-                await conn.drained()
-                await asyncio.sleep(0)
-        if not conn.closed:
-            conn.send(DumpEnd(msg.cache, msg.stream, sent))
+        if ops:
+            self.replicas[cache].apply(ops, wall)
+            boot.stats.state, boot.stats.donor = "snapshot", "snapshot file"
+            boot.stats.entries = len(ops)
+            boot.stats.bytes = sum(len(op[2] or b"") for op in ops)
+        self._done(boot, now)
+
+    def bytes_received(self, peer: int, count: int) -> None:
+        """The driver counts what a donor sent us, framing included."""
+        for boot in self.boots.values():
+            if boot.donor == peer:
+                boot.stats.bytes += count
+
+    # -- the steps of one boot ---------------------------------------------------------
+
+    def _step(self, boot: _Boot, now: float) -> list[Action]:
+        if boot.phase == WAITING:
+            fresh = [p for p in self.membership.group(boot.cache) if p not in boot.asked]
+            if fresh:
+                return self._ask_sizes(boot, fresh, now)
+            if now >= boot.wait_until or not (self.has_seeds or boot.asked):
+                return self._give_up(boot, now)
+            return []
+        if boot.phase == SIZING:
+            if now < boot.sizes_due and not boot.asked <= set(boot.sizes):
+                return []
+            for peer in boot.asked:
+                boot.sizes.setdefault(peer, (0, False))  # no answer: asked, not a donor
+            boot.donors = [p for p in choose_donors(boot.sizes) if boot.sizes[p][0] > 0 and p not in boot.tried]
+            return self._next_donor(boot, now)
+        if boot.phase == STREAMING:
+            if boot.stream is None:  # the last stream ended (or failed): next
+                if boot.finished >= self.warm_donors:
+                    boot.stats.state = "warm"
+                    return self._finish(boot, now)
+                return self._next_donor(boot, now)
+            if now >= boot.stream_due:
+                log.warning("warm boot of %s: donor %016x timed out; trying the next", boot.cache, boot.donor)
+                self._end_stream(boot)
+                return self._next_donor(boot, now)
+        return []
+
+    def _ask_sizes(self, boot: _Boot, group: list[int], now: float) -> list[Action]:
+        boot.phase = SIZING
+        boot.asked.update(group)
+        boot.sizes_due = now + self.size_wait
+        return [Send(peer, SizeRequest(boot.cache)) for peer in group]
+
+    def _next_donor(self, boot: _Boot, now: float) -> list[Action]:
+        boot.phase = STREAMING
+        group = set(self.membership.group(boot.cache))
+        while boot.donors:
+            donor = boot.donors.pop(0)
+            if donor not in group:
+                continue
+            boot.tried.add(donor)
+            boot.stats.donors_tried += 1
+            boot.stats.donor = f"{donor:016x}"
+            boot.stream = self.rng.getrandbits(62)
+            boot.donor = donor
+            boot.stream_due = now + self.warm_timeout
+            self._streams[boot.stream] = boot
+            return [Send(donor, DumpRequest(boot.cache, boot.stream))]
+        if boot.finished:
+            boot.stats.state = "warm"
+            return self._finish(boot, now)
+        # Every donor of this round is done or failed. Peers come up one by one, so the first
+        # round may have known only the first seed: wait for (and ask) those still coming, as
+        # long as membership knows of some (a donor killed mid-stream, say, before we met the next).
+        boot.phase = WAITING
+        boot.wait_until = now + (self.boot_wait if self.membership.unmet(now, self.patience) else 0.0)
+        return self._step(boot, now)
+
+    def _give_up(self, boot: _Boot, now: float) -> list[Action]:
+        if not boot.asked:
+            boot.stats.state = "no peers"
+        elif not any(entries for entries, _ in boot.sizes.values()):
+            boot.stats.state = "peers empty"
+        else:
+            boot.stats.state = "not warmed"
+        return self._finish(boot, now)
+
+    def _end_stream(self, boot: _Boot) -> None:
+        if boot.stream is not None:
+            self._streams.pop(boot.stream, None)
+        boot.stream = boot.donor = None
+
+    def _finish(self, boot: _Boot, now: float) -> list[Action]:
+        boot.phase = DONE
+        if boot.stats.state != "warm":
+            return [ReadSnapshot(boot.cache)]  # snapshot_read() finishes it
+        self._done(boot, now)
+        return []
+
+    def _done(self, boot: _Boot, now: float) -> None:
+        self.boots.pop(boot.cache, None)
+        self._end_stream(boot)
+        boot.stats.seconds = round(now - boot.started, 3)
+        log.info(
+            "warm boot of %s: %s, %d entries (%d bytes) from %s in %.2fs",
+            boot.cache,
+            boot.stats.state,
+            boot.stats.entries,
+            boot.stats.bytes,
+            boot.stats.donor,
+            boot.stats.seconds,
+        )
+        self.on_done(boot.cache, boot.stats)

@@ -13,6 +13,7 @@ __all__ = ["cluster", "netns"]  # fixtures, for the tests of this directory
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     if harness.ROWS:
-        terminalreporter.section("fault table (also appended to bench/results/faults.txt)")
+        target = harness.os.environ.get(harness.RESULTS_ENV)
+        terminalreporter.section(f"fault table (also appended to {target})" if target else "fault table")
         for line in harness.table():
             terminalreporter.write_line(line)

@@ -40,7 +40,11 @@ def test_when_the_donor_is_killed_mid_warm_boot_under_writes_the_booter_complete
     streaming = wait_until(lambda: next((d for d in donors if d.cmd("dumps_held")), None), 15, what="a held dump")
     assert streaming is not None
     rest = [d for d in donors if d is not streaming]
-    progress = booter.cmd("stats")["caches"]["c"]["warm_boot"]
+    progress = wait_until(
+        lambda: (boot := booter.cmd("stats")["caches"]["c"]["warm_boot"])["entries"] > 0 and boot,
+        15,
+        what="the first chunks to be applied",
+    )
     assert progress["state"] == "booting" and progress["donor"] == streaming.id
     assert 0 < progress["entries"] < COUNT
     writer.through(rest[0])

@@ -26,7 +26,8 @@ SETTLE = 32  # passes after which the writer's heap has reached its working size
 PASSES = 128  # then 128 MiB more offered to the frozen peer, 128 times its limit
 # An Ops frame holds at most a batch of ops; the backlog is checked before each frame.
 FRAME = Replicator.__init__.__kwdefaults__["batch"] * (VALUE + 64)  # type: ignore[index]
-SLOW: dict[str, object] = {**FAST, "failure_timeout": 60.0, "max_peer_backlog": LIMIT}
+LOG = 4 << 20  # the recent-writes log for catch-ups is memory too: bounded, and small here
+SLOW: dict[str, object] = {**FAST, "failure_timeout": 60.0, "max_peer_backlog": LIMIT, "catchup_log_bytes": LOG}
 
 
 class Flood:
@@ -101,5 +102,5 @@ def test_a_peer_that_stops_reading_costs_the_writer_a_bounded_backlog_and_is_rep
     )
     assert dropped > 0
     assert max(backlog_seen) <= LIMIT + FRAME
-    assert growth_mib < offered_mib / 4  # had it queued everything, it would have grown by all of it
+    assert growth_mib < offered_mib / 3  # had it queued everything, it would have grown by all of it
     assert lost == {m.address: 0 for m in members}

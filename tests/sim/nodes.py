@@ -1,23 +1,33 @@
 """Adapters that let the simulator drive shoal's state machines.
 
-``MembershipNode`` drives a bare ``Membership``. A composite node (membership
-plus replication, say) follows the same pattern: route each ``SimNode`` call to
-the parts that care and return all their actions in one list.
+``MembershipNode`` drives a bare ``Membership``. ``SimMember`` is a whole member:
+the same ``Dispatcher`` a ``Node`` runs, hosting one cache "c", with this file as
+its driver instead of asyncio: it expands broadcasts and dump streams into
+sends, answers snapshot reads (there is no file), and schedules the flush a
+write wakes ``FLUSH_DELAY`` later on the simulator's clock, as node.py does on
+its loop.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from shoal.cache import Cache, Op
-from shoal.clock import HybridClock
-from shoal.membership import Membership
-from shoal.messages import Digest, Listing, Message, Ops, Pull
-from shoal.replication import Replicator
+import msgpack
 
-from .network import NodeFactory
+from shoal.actions import Broadcast, Close, ReadSnapshot, Send, StreamDump
+from shoal.cache import Cache, hosted
+from shoal.clock import HybridClock
+from shoal.dispatch import FLUSH_DELAY, Config, Dispatcher
+from shoal.errors import ProtocolError
+from shoal.membership import Membership
+from shoal.messages import Message
+from shoal.replica import Op
+from shoal.store import WRITE
+from shoal.warmboot import dump_messages
+
+from .network import NodeFactory, Sim
 
 
 class MembershipNode:
@@ -54,61 +64,141 @@ class MembershipNode:
         return self.membership.leave()
 
 
-class ReplicaNode(MembershipNode):
-    """Membership plus replication over one cache "c": a member as the sim sees it.
+class SimMember:
+    """A member as the sim sees it: a ``Dispatcher`` hosting cache "c".
 
-    Every op the member ever held (its own writes and everything it received) is
-    kept in ``log``, so a test can compute what last-writer-wins says it must
-    converge to.
+    Every op the member ever held (its own writes, what it received, what a warm
+    boot loaded) is kept in ``log``, so a test can compute what last-writer-wins
+    says it must converge to. ``snapshot`` is what a ReadSnapshot finds (ops).
     """
 
-    def __init__(self, membership: Membership, now: Callable[[], float], interval: float) -> None:
-        super().__init__(membership)
-        self.cache = Cache(wall=now, tombstone_ttl=1e9, clock=HybridClock(membership.node_id, now))
-        self.cache.name = "c"
-        self.replicator = Replicator(membership, {"c": self.cache}, interval=interval, rng=membership.rng)
-        self.replicator.settled.add("c")  # the simulated members do not warm boot: repair does it all
-        self.membership.caches.add("c")
+    def __init__(self, sim: Sim, node_id: int, address: str, core: Dispatcher, **cache_options: Any) -> None:
+        self.sim = sim
+        self.node_id = node_id
+        self.core = core
+        self.membership = core.membership
         self.log: list[Op] = []
-        received = self.cache.apply
+        self.snapshot: list[Op] = []
+        self.dumps: list[tuple[int, Iterator[Message]]] = []  # streams being served, a chunk per tick
+        now = lambda: sim.now  # noqa: E731
+        self.cache, replica = hosted(
+            "c",
+            cache_options.get("ttl"),
+            cache_options.get("max_entries"),
+            serializer=None,
+            clock=HybridClock(node_id, now),
+            tombstone_ttl=1e9,
+            timer=now,
+        )
+        self.replica = replica
+        apply, load = replica.apply, replica.load
 
-        def apply(ops: Iterable[Op]) -> tuple[int, int]:
-            ops = list(ops)
+        def logged_apply(ops: list[Op], wall: float) -> tuple[int, int]:
             self.log.extend(ops)
-            return received(ops)
+            return apply(ops, wall)
 
-        def replicate(op: Op) -> None:
-            self.log.append(op)
-            self.replicator.outbox.append(("c", op))
+        def logged_load(
+            keys: list[Any], values: list[Any], expires: list[float], versions: list[int], packed: bool, wall: float
+        ) -> int:
+            for key, value, exp, version in zip(keys, values, expires, versions, strict=True):
+                self.log.append((WRITE, key, value if packed else msgpack.packb(value), exp, version))
+            return load(keys, values, expires, versions, packed, wall)
 
-        self.cache.apply = apply  # type: ignore[method-assign]
-        self.cache.replicate = replicate
+        replica.apply = logged_apply  # type: ignore[method-assign]
+        replica.load = logged_load  # type: ignore[method-assign]
+        core.host("c", replica, sim.now)
+        replica.connect(self._local_write)
+        core.wake = self._wake
 
     @classmethod
-    def factory(  # type: ignore[override]
-        cls, now: Callable[[], float], seeds: Iterable[str] = (), interval: float = 1.0, **config: Any
-    ) -> NodeFactory:
+    def factory(cls, sim: Sim, seeds: Iterable[str] = (), interval: float = 1.0, **config: Any) -> NodeFactory:
+        """``config`` goes to ``dispatch.Config`` (timeouts, boot_wait...), ``ttl``/``max_entries`` to the cache."""
         seed_list = list(seeds)
+        cache_options = {k: config.pop(k) for k in ("ttl", "max_entries") if k in config}
+        config.setdefault("boot_wait", 1.0)
 
-        def build(node_id: int, address: str, rng: random.Random) -> ReplicaNode:
-            membership = Membership(node_id, address, seeds=[s for s in seed_list if s != address], rng=rng, **config)
-            return cls(membership, now, interval)
+        def build(node_id: int, address: str, rng: random.Random) -> SimMember:
+            core = Dispatcher(
+                node_id,
+                address,
+                seeds=[s for s in seed_list if s != address],
+                config=Config(anti_entropy_interval=interval, **config),
+                rng=rng,
+            )
+            member = cls(sim, node_id, address, core, **cache_options)
+
+            def start() -> None:  # once the sim knows the node: it is listening now
+                if node_id in sim.nodes:
+                    sim.act(node_id, lambda node, now: node.drive(core.start(now, now)))
+
+            sim.call_later(0, start)
+            return member
 
         return build
 
+    # -- the driver's side ------------------------------------------------------------
+
+    def _local_write(self, op: Op) -> None:
+        self.log.append(op)
+        self.core.local_write("c", op)
+
+    def _wake(self) -> None:
+        node_id, sim = self.node_id, self.sim
+
+        def flush() -> None:
+            if node_id in sim.nodes:
+                sim.act(node_id, lambda node, now: node.drive(node.core.flush(lambda peer: 0, now)))
+
+        sim.call_later(FLUSH_DELAY, flush)
+
+    def drive(self, actions: list[Any]) -> list[Any]:
+        """What node.py's ``_run`` does with sockets, done with simulator sends."""
+        out: list[Any] = []
+        for action in actions:
+            if isinstance(action, Broadcast):
+                out += [Send(peer, action.msg) for peer in action.peers]
+            elif isinstance(action, StreamDump):
+                replica = self.core.replicas.get(action.cache)
+                if replica is not None:  # paced, as node.py paces by back-pressure: a chunk per tick
+                    self.dumps.append((action.peer, dump_messages(replica, action.stream, lambda: self.sim.now)))
+            elif isinstance(action, ReadSnapshot):
+                now = self.sim.now
+                out += self.drive(self.core.snapshot_read(action.cache, list(self.snapshot), now, now))
+            else:
+                out.append(action)
+        return out
+
     def write(self, call: Callable[[Cache], Any]) -> list[Any]:
-        """Run a cache call on this member, then flush what it queued."""
+        """Run a cache call on this member (the flush it wakes follows FLUSH_DELAY later)."""
         call(self.cache)
-        return self.replicator.flush()
+        return []
+
+    # -- SimNode ----------------------------------------------------------------------
 
     def on_tick(self, now: float) -> list[Any]:
-        return self.membership.tick(now) + self.replicator.flush() + self.replicator.tick(now)
+        out = self.drive(self.core.tick(now, now))
+        for peer, stream in list(self.dumps):
+            msg = next(stream, None)
+            if msg is None or peer not in self.membership.up_peers():
+                self.dumps.remove((peer, stream))
+            else:
+                out.append(Send(peer, msg))
+        return out
+
+    def on_connected(self, peer: int, listen: str, now: float, dialed: str | None) -> list[Any]:
+        return self.drive(self.core.connected(peer, listen, now, dialed=dialed))
+
+    def on_disconnected(self, peer: int, now: float) -> list[Any]:
+        return self.drive(self.core.disconnected(peer, now))
+
+    def on_dial_failed(self, address: str, now: float) -> list[Any]:
+        return self.drive(self.core.dial_failed(address, now))
 
     def on_message(self, peer: int, msg: Message, now: float) -> list[Any]:
-        actions = self.membership.received(peer, msg, now)
-        if isinstance(msg, (Ops, Digest, Listing, Pull)):
-            actions += self.replicator.received(peer, msg)
-        return actions
+        try:
+            return self.drive(self.core.message(peer, msg, now, now))
+        except ProtocolError as exc:  # node.py closes the connection with the reason
+            return [Close(peer, str(exc))]
 
     def on_stop(self, now: float) -> list[Any]:
-        return self.replicator.flush() + self.membership.leave()
+        return self.drive(self.core.stop(now, now))

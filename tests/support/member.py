@@ -26,13 +26,15 @@ import sys
 import time
 from typing import Any
 
-from shoal.node import Node, _Conn
+from shoal.messages import DumpChunk, DumpEnd
+from shoal.node import Node
+from shoal.transport import Connection
 
 
 class DumpGate:
     """Holds the dump streams a donor serves after ``after`` chunks, so a test can act mid-stream.
 
-    It wraps ``_Conn.drained``, which the donor awaits after writing each chunk; a
+    It wraps ``Connection.drained``, which the donor awaits after writing each chunk; a
     held stream waits on the loop (heartbeats go on), it does not block it.
     """
 
@@ -42,10 +44,10 @@ class DumpGate:
         self.chunks = 0
         self.held = 0
         self._released: asyncio.Event | None = None
-        original = _Conn.drained
+        original = Connection.drained
         gate = self
 
-        async def drained(conn: _Conn) -> None:
+        async def drained(conn: Connection) -> None:
             await original(conn)
             gate.chunks += 1
             if gate.after is not None and gate.chunks >= gate.after:
@@ -58,7 +60,7 @@ class DumpGate:
                 finally:
                     gate.held -= 1
 
-        _Conn.drained = drained  # type: ignore[method-assign]
+        Connection.drained = drained  # type: ignore[method-assign]
 
     def hold(self, after: int) -> None:
         self.after, self.chunks = after, 0
@@ -70,7 +72,7 @@ class DumpGate:
                 self._released.set()
                 self._released = None
 
-        self.node._loop.call_soon_threadsafe(wake)
+        self.node.loop.call_soon_threadsafe(wake)
 
 
 class ChunkGate:
@@ -83,29 +85,27 @@ class ChunkGate:
     def __init__(self, node: Node) -> None:
         self.node = node
         self.holding = False
-        self.kept: list[tuple[Any, int, Any]] = []
-        boot = node._boot
-        for name in ("on_chunk", "on_end"):
-            handler = getattr(boot, name)
-            setattr(boot, name, self._wrap(handler))
+        self.kept: list[tuple[int, Any]] = []
+        core = node._core
+        assert core is not None
+        self._message = core.message
 
-    def _wrap(self, handler: Any) -> Any:
-        def receive(peer: int, msg: Any) -> None:
-            if self.holding:
-                self.kept.append((handler, peer, msg))
-            else:
-                handler(peer, msg)
+        def message(peer: int, msg: Any, now: float, wall: float) -> list[Any]:
+            if self.holding and isinstance(msg, (DumpChunk, DumpEnd)):
+                self.kept.append((peer, msg))
+                return []
+            return self._message(peer, msg, now, wall)
 
-        return receive
+        core.message = message  # type: ignore[method-assign]
 
     def release(self) -> None:
         def deliver() -> None:
             self.holding = False
             kept, self.kept = self.kept, []
-            for handler, peer, msg in kept:
-                handler(peer, msg)
+            for peer, msg in kept:
+                self.node._run(self._message(peer, msg, time.monotonic(), time.time()))
 
-        self.node._loop.call_soon_threadsafe(deliver)
+        self.node.loop.call_soon_threadsafe(deliver)
 
 
 def _wait_key(cache: Any, key: str, wanted: Any, timeout: float) -> list[Any] | None:

@@ -230,12 +230,10 @@ class ShoalCache(BaseCache):
                 return self._cache
             serializer = _load_serializer(self._serializer_spec)
             member = _member(self._location, self._options)
-            cache = member.node.cache(self._name, max_entries=self._max_entries_option, serializer=serializer)
-            if type(cache.serializer) is not type(serializer):
-                raise ImproperlyConfigured(
-                    f"shoal cache {self._name!r} at {self._location} is already used with serializer "
-                    f"{type(cache.serializer).__name__}, not {type(serializer).__name__}"
-                )
+            try:
+                cache = member.node.cache(self._name, max_entries=self._max_entries_option, serializer=serializer)
+            except ValueError as exc:  # another alias made this shoal cache with other options
+                raise ImproperlyConfigured(f"shoal cache at {self._location}: {exc}") from None
             self._member, self._cache = member, cache
             return cache
 

@@ -1,0 +1,298 @@
+"""One member's protocol core: events in, actions out, the same for every driver.
+
+Theory of operation. A member is three state machines over one registry of
+hosted caches (their ``Replica`` views): membership (who is up), replication
+(writes and repair) and warm boot. The dispatcher routes each event to the
+parts that care and returns every action they ask for, so a driver never needs
+to know which part said what:
+
+    connected / disconnected / dial_failed   a connection came up or went away
+    message(peer, msg)                       a frame arrived from an admitted peer
+    tick(now, wall)                          time passed
+    flush(backlog)                           local writes are waiting in the outbox
+    host(name, replica) / stop()             the member's own life
+
+``node.py`` drives it over asyncio sockets; ``tests/sim`` drives it over a
+simulated network. Both call exactly this code, so what the simulator shows
+(back-pressure drops, early writes, warm boot, readiness) is what a node does.
+
+Local writes reach the dispatcher from application threads: ``Cache`` appends
+each op to ``outbox`` (a deque: appends are atomic) and the first op after a
+flush calls ``wake``, the driver's hook to call ``flush`` soon (node.py: after
+``FLUSH_DELAY`` on its loop). Everything else runs on the driver's one thread.
+
+Time comes in twice: ``now`` is monotonic (timeouts, schedules), ``wall`` is
+wall-clock seconds (expiry and versions, which travel between members).
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .actions import Action, Broadcast, MemberDown, MemberUp, Ready
+from .errors import ProtocolError
+from .membership import Membership
+from .messages import (
+    CatchUp,
+    CaughtUp,
+    Digest,
+    DumpChunk,
+    DumpEnd,
+    DumpRequest,
+    Gossip,
+    Heartbeat,
+    Leave,
+    Listing,
+    Message,
+    Ops,
+    Pull,
+    SizeReply,
+    SizeRequest,
+)
+from .replica import Op, ReplicaView
+from .replication import CATCHUP_LOG_BYTES, Replicator
+from .warmboot import Booter, BootStats
+
+FLUSH_DELAY = 0.001
+"""Writes gather this long before a flush: fewer, larger frames, and far fewer wake-ups
+(each costs the writing thread a syscall and a GIL hand-off)."""
+FLUSH_MAX_OPS = 20_000
+"""At most this many ops per flush, so one flush never holds the driver's thread long."""
+
+_REPLICATION = (Ops, Digest, Listing, Pull, CatchUp, CaughtUp)
+_WARMBOOT = (SizeRequest, SizeReply, DumpRequest, DumpChunk, DumpEnd)
+_MEMBERSHIP = (Gossip, Heartbeat, Leave)
+
+
+@dataclass
+class Config:
+    """The protocol's timers and limits (``Node`` takes them as keyword arguments)."""
+
+    failure_timeout: float = 5.0
+    heartbeat_interval: float = 0.5
+    anti_entropy_interval: float = 10.0
+    warm_donors: int = 1
+    warm_timeout: float = 30.0
+    boot_wait: float = 2.0
+    max_peer_backlog: int = 64 * 1024 * 1024
+    catchup_log_bytes: int = CATCHUP_LOG_BYTES
+    """Recent writes kept per cache for members that reconnect (catch-up); 0 keeps none."""
+    mesh_wait: float = 5.0
+    """How long readiness waits for a gossiped member to connect, or a peer to answer a catch-up."""
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        node_id: int,
+        listen: str,
+        *,
+        seeds: list[str] | tuple[str, ...] = (),
+        discovery: bool = False,
+        config: Config | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.node_id = node_id
+        self.config = config = config or Config()
+        self.rng = rng or random.Random()
+        self.replicas: dict[str, ReplicaView] = {}
+        """Every hosted cache, by name: the one registry the parts share."""
+        self.membership = Membership(
+            node_id,
+            listen,
+            seeds=[s for s in seeds if s != listen],
+            failure_timeout=config.failure_timeout,
+            heartbeat_interval=config.heartbeat_interval,
+            rng=self.rng,
+        )
+        self.replicator = Replicator(
+            self.membership,
+            self.replicas,
+            interval=config.anti_entropy_interval,
+            rng=self.rng,
+            log_bytes=config.catchup_log_bytes,
+        )
+        self.booter = Booter(
+            self.membership,
+            self.replicas,
+            on_done=self._booted,
+            has_seeds=bool(seeds) or discovery,
+            warm_donors=config.warm_donors,
+            boot_wait=config.boot_wait,
+            warm_timeout=config.warm_timeout,
+            patience=config.mesh_wait,
+            rng=self.rng,
+        )
+        self.outbox: deque[tuple[str, Op]] = deque()
+        self.wake: Callable[[], object] = lambda: None
+        self.ready = False
+        self.running = False
+        self._flush_pending = False
+        self._booted_caches: set[str] = set()
+
+    # -- the member's own life ------------------------------------------------------
+
+    def host(self, name: str, replica: ReplicaView, now: float) -> list[Action]:
+        """Start hosting a cache: its writes replicate, and it boots once running."""
+        if name in self.replicas:
+            raise ValueError(f"cache {name!r} is already hosted")
+        self.replicas[name] = replica
+        connect: Callable[[Callable[[Op], None]], None] | None = getattr(replica, "connect", None)
+        if connect is not None:
+            connect(functools.partial(self.local_write, name))  # C-level: one Python frame less per write
+        if not self.running:
+            return []
+        return self._after(self.membership.host(name) + self.booter.start(name, now))
+
+    def start(self, now: float, wall: float) -> list[Action]:
+        """The driver is listening: boot every cache hosted so far, send early writes."""
+        self.running = True
+        self.replicator.start(wall)
+        actions: list[Action] = []
+        for name in self.replicas:
+            actions += self.membership.host(name)
+            actions += self.booter.start(name, now)
+        if self.outbox:
+            self._flush_pending = True
+            self.wake()
+        return self._after(actions)
+
+    def stop(self, now: float, wall: float) -> list[Action]:
+        """Graceful stop: every queued write goes out, then a goodbye to each peer."""
+        actions = self.flush(lambda peer: 0, wall, everything=True)
+        self.running = False
+        return actions + self.membership.leave()
+
+    # -- writes ---------------------------------------------------------------------
+
+    def local_write(self, name: str, op: Op) -> None:
+        """Called on application threads: queue the op, wake the driver once per flush."""
+        self.outbox.append((name, op))
+        if not self._flush_pending and self.running:
+            self._flush_pending = True
+            self.wake()
+
+    def flush(self, backlog: Callable[[int], int], wall: float, everything: bool = False) -> list[Action]:
+        """Queued writes as Ops broadcasts; a peer whose unsent bytes (``backlog``) are over
+        ``max_peer_backlog`` gets none of them and is marked for repair instead."""
+        # Clear the flag before draining: an op queued after this point wakes the
+        # driver again instead of being stranded.
+        self._flush_pending = False
+        outbox = self.outbox
+        budget = len(outbox) if everything else min(len(outbox), FLUSH_MAX_OPS)
+        batches: dict[str, list[Op]] = {}
+        for _ in range(budget):
+            name, op = outbox.popleft()
+            batches.setdefault(name, []).append(op)
+        actions: list[Action] = []
+        limit = self.config.max_peer_backlog
+        for name, ops in batches.items():
+            for action in self.replicator.outgoing(name, ops, wall):
+                assert isinstance(action, Broadcast) and isinstance(action.msg, Ops)
+                slow = [peer for peer in action.peers if backlog(peer) > limit]
+                for peer in slow:
+                    self.replicator.dropped(peer, action.msg)
+                if slow:
+                    action = Broadcast(tuple(p for p in action.peers if p not in slow), action.msg)
+                actions.append(action)
+        if outbox and not self._flush_pending and self.running:
+            self._flush_pending = True
+            self.wake()
+        return actions
+
+    # -- connections ----------------------------------------------------------------
+
+    def connected(self, peer: int, listen: str, now: float, dialed: str | None = None) -> list[Action]:
+        return self._after(self.membership.connected(peer, listen, now, dialed=dialed), now, membership=True)
+
+    def disconnected(self, peer: int, now: float) -> list[Action]:
+        return self._after(self.membership.disconnected(peer, now), now)
+
+    def dial_failed(self, address: str, now: float) -> list[Action]:
+        self.membership.dial_failed(address, now)
+        return []
+
+    def alias(self, address: str, peer: int) -> None:
+        """``address`` also leads to ``peer`` (a duplicate connection was dropped)."""
+        self.membership.alias(address, peer)
+
+    @staticmethod
+    def keep_first(first_initiator: int, second_initiator: int) -> bool:
+        """Two connections to one peer (both sides dialed): keep the one the smaller id
+        initiated, which both ends decide alike without a word."""
+        return first_initiator <= second_initiator
+
+    # -- messages and time ------------------------------------------------------------
+
+    def message(self, peer: int, msg: Message, now: float, wall: float) -> list[Action]:
+        """A message from an admitted peer; raises ProtocolError for one it may not send."""
+        self.replicator.heard(peer, wall)
+        if isinstance(msg, _MEMBERSHIP):
+            return self._after(self.membership.received(peer, msg, now), now, membership=isinstance(msg, Gossip))
+        self.membership.heard(peer, now)
+        if isinstance(msg, _REPLICATION):
+            return self._after(self.replicator.received(peer, msg, now, wall), now)
+        if isinstance(msg, _WARMBOOT):
+            return self._after(self.booter.received(peer, msg, now, wall), now)
+        raise ProtocolError(f"unexpected {type(msg).__name__} after the handshake")
+
+    def tick(self, now: float, wall: float) -> list[Action]:
+        """Timers: heartbeats, failure detection, dials, boots, repair; a bounded sweep."""
+        actions = self.membership.tick(now)
+        actions += self.booter.tick(now)
+        actions += self.replicator.tick(now, wall)
+        for replica in self.replicas.values():
+            replica.sweep(wall)
+        return self._after(actions, now)
+
+    def snapshot_read(self, cache: str, ops: list[Op], now: float, wall: float) -> list[Action]:
+        self.booter.snapshot_read(cache, ops, now, wall)
+        return self._after([], now)
+
+    @property
+    def busy(self) -> bool:
+        """Work is in progress (a repair scan): tick again soon."""
+        return self.replicator.busy
+
+    @property
+    def booting(self) -> bool:
+        return self.booter.booting
+
+    def boot_stats(self, cache: str) -> BootStats:
+        return self.booter.stats.setdefault(cache, BootStats())
+
+    # -- internals --------------------------------------------------------------------
+
+    def _after(self, actions: list[Action], now: float = 0.0, membership: bool = False) -> list[Action]:
+        """React to what membership reported, then to a change of readiness."""
+        if membership and self.booter.booting:
+            actions += self.booter.tick(now)  # a boot waiting for peers need not wait for a tick
+        for action in list(actions):
+            if isinstance(action, MemberUp):
+                actions += self.replicator.member_up(action.peer, now)  # what it missed, and what we did
+            elif isinstance(action, MemberDown):
+                self.replicator.member_down(action.peer)
+                actions += self.booter.member_down(action.peer, now)
+        ready = self._ready(now)
+        if ready != self.ready:
+            self.ready = ready
+            actions.append(Ready(ready))
+        return actions
+
+    def _ready(self, now: float) -> bool:
+        """Ready to serve the cluster: every cache booted, connected to every member known to be
+        up and caught up from each. The last two are bounded by ``mesh_wait``, so a member that
+        is gossiped but dead, or one that never answers, cannot hold readiness back for long."""
+        if not self.running or not all(name in self._booted_caches for name in self.replicas):
+            return False
+        patience = self.config.mesh_wait
+        return not self.membership.unmet(now, patience) and not self.replicator.waiting_for(now, patience)
+
+    def _booted(self, cache: str, stats: BootStats) -> None:
+        self._booted_caches.add(cache)
+        self.replicator.settled.add(cache)
+

@@ -1,0 +1,113 @@
+"""The node's chores beside the protocol: the garbage collector, snapshot files, DNS discovery.
+
+None of these decide anything about the cluster; each is a policy around one
+resource of the process (the cyclic GC, a file, the resolver), run by the node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+
+from . import snapshot
+from .replica import Op, ReplicaView
+from .transport import parse_address
+
+log = logging.getLogger("shoal")
+
+GC_FREEZE_MIN = 50_000
+
+Resolver = Callable[[str, int], Awaitable[list[str]]]
+
+
+class Collector:
+    """Keeps Python's cyclic GC off the cached entries.
+
+    A full collection walks every object: with a million entries that is ~0.2 s
+    with every thread stopped, the main cause of replication lag spikes. Entries
+    never form cycles, so ``gc.freeze()`` (after a young collection, so recent
+    garbage is not frozen with them) moves them out of the collector's sight once
+    the caches have grown by a quarter. While a dump streams in the collector is
+    paused: each collection would walk the entries loaded so far. Process-wide,
+    so ``Node(gc_freeze=False)`` turns both off.
+    """
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self._frozen_at = 0
+        self._paused = False
+        self._was_enabled = True
+
+    def grown(self, total_entries: int) -> None:
+        if self.enabled and total_entries >= GC_FREEZE_MIN and total_entries > self._frozen_at * 1.25:
+            gc.collect(1)
+            gc.freeze()
+            self._frozen_at = total_entries
+            log.debug("gc.freeze() at %d entries", total_entries)
+
+    def pause(self, paused: bool) -> None:
+        """Pause (True) or resume (False) the collector; repeated calls are harmless."""
+        if not self.enabled or paused == self._paused:
+            return
+        self._paused = paused
+        if paused:
+            self._was_enabled = gc.isenabled()
+            gc.disable()
+        elif self._was_enabled:
+            gc.enable()
+
+
+class Snapshots:
+    """The snapshot file (snapshot.py) of a node: written periodically and on stop, read at boot."""
+
+    def __init__(self, path: str | os.PathLike[str], interval: float) -> None:
+        self.path = path
+        self.interval = interval
+        self._read: dict[str, list[Op]] | None = None
+
+    async def write(self, replicas: dict[str, ReplicaView], complete: bool) -> int:
+        """Write every cache (on a worker thread: the loop keeps serving)."""
+        if not complete:
+            # A cache still booting holds part of the data at most: keep the last good file.
+            log.warning("not writing snapshot %s: a cache has not finished its warm boot", self.path)
+            return 0
+        caches = [(name, r.entries(), r.dumps) for name, r in replicas.items()]
+        try:
+            count = await asyncio.to_thread(snapshot.write, self.path, caches, time.time())
+        except OSError as exc:
+            log.error("writing snapshot %s failed: %s", self.path, exc)
+            return 0
+        log.info("snapshot of %d entries written to %s", count, self.path)
+        return count
+
+    async def read(self, name: str) -> list[Op]:
+        """Entries of ``name`` from the file, read once; [] if none or corrupt."""
+        if self._read is None:
+            try:
+                self._read = await asyncio.to_thread(snapshot.read, self.path, time.time())
+            except FileNotFoundError:
+                self._read = {}
+            except (snapshot.CorruptSnapshot, OSError) as exc:
+                log.error("ignoring snapshot: %s", exc)
+                self._read = {}
+        return self._read.pop(name, [])
+
+
+async def discover(
+    discovery: str, resolver: Resolver, interval: float, found: Callable[[list[str]], None]
+) -> None:
+    """Re-resolve ``dns:NAME:PORT`` every ``interval`` and report what it names."""
+    kind, _, rest = discovery.partition(":")
+    if kind != "dns":
+        raise ValueError(f"unknown discovery {discovery!r}; expected dns:NAME:PORT")
+    name, port = parse_address(rest)
+    while True:
+        try:
+            found(await resolver(name, port))
+        except OSError as exc:
+            log.warning("DNS discovery of %s failed: %s", name, exc)
+        await asyncio.sleep(interval)

@@ -1,0 +1,63 @@
+"""What replication and warm boot may see of a cache: the narrow interface between them.
+
+A hosted ``Cache`` hands the protocol core a ``Replica``, never itself: the core
+reads entries, versions, tombstones and the clear watermark, and applies writes,
+dump chunks and clears, all through these few calls. Time comes in as ``now``
+(wall-clock seconds, the clock expiry is measured on), so the simulator can pass
+its own. The implementation (``cache.Replica``) takes the cache's write lock
+where it changes or must read a consistent state; everything returned is plain
+data or immutable entries.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from .store import Entry, Key
+
+# (kind, key, packed value, absolute expiry, version): one mutation as it travels.
+Op = tuple[int, Key, bytes | None, float, int]
+
+
+class ReplicaView(Protocol):
+    name: str
+    inline: bool
+    """Values may travel as they are inside a msgpack frame (the default serializer)."""
+
+    def size(self) -> int:
+        """Entries held (a donor's size for warm boot)."""
+        ...
+
+    def entries(self) -> list[Entry]:
+        """A cheap snapshot: references to the current entries, which never change."""
+        ...
+
+    def tombstones(self) -> list[tuple[Key, int]]: ...
+
+    def watermark(self) -> int:
+        """The version of the last ``clear()`` applied."""
+        ...
+
+    def wants(self, key: Key, version: int) -> bool:
+        """A write of ``key`` at ``version`` would be news: newer than held, deleted or evicted."""
+        ...
+
+    def ops_for(self, keys: list[Key], now: float) -> list[Op]:
+        """What we hold for ``keys`` as ops: live entries as writes, tombstones as deletes."""
+        ...
+
+    def dumps(self, value: Any) -> bytes: ...
+
+    def apply(self, ops: list[Op], now: float) -> tuple[int, int]:
+        """Apply a peer's ops by version; returns (applied, ignored as older)."""
+        ...
+
+    def load(
+        self, keys: list[Key], values: list[Any], expires: list[float], versions: list[int], packed: bool, now: float
+    ) -> int:
+        """Merge a warm-boot dump chunk by version; returns how many entries were applied."""
+        ...
+
+    def sweep(self, now: float) -> int:
+        """Remove a bounded number of expired entries and old tombstones."""
+        ...

@@ -1,0 +1,190 @@
+"""Connections between members: TCP (optionally TLS), framing, the handshake, back-pressure.
+
+One ``Connection`` per socket. It feeds received bytes to ``wire.FrameDecoder``;
+until the HMAC handshake is done the frames go to ``handshake.Handshake`` (with
+a small frame limit and a deadline), afterwards every message goes to its
+``Owner`` (the node). Writes go straight to the transport; ``backlog()`` tells
+how many bytes the peer has not taken yet, and ``drained()`` waits until it
+takes more, which is all the flow control a member needs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+from typing import Protocol, cast
+
+from .errors import ProtocolError
+from .handshake import Handshake
+from .messages import Message, Refused
+from .wire import HANDSHAKE_MAX_FRAME, FrameDecoder, encode
+
+log = logging.getLogger("shoal")
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"address must be host:port, not {address!r}")
+    return host.strip("[]"), int(port)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Owner(Protocol):
+    """What a connection needs from the node that owns it."""
+
+    node_id: int
+    handshake_timeout: float
+    max_frame_size: int
+
+    @property
+    def secret(self) -> bytes: ...
+
+    @property
+    def address(self) -> str: ...
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop: ...
+
+    def conn_opened(self, conn: Connection) -> None: ...
+
+    def conn_admitted(self, conn: Connection) -> None: ...
+
+    def conn_bytes(self, conn: Connection, count: int) -> None: ...
+
+    def conn_received(self, conn: Connection, msg: Message) -> None: ...
+
+    def conn_lost(self, conn: Connection) -> None: ...
+
+
+class Connection(asyncio.Protocol):
+    """One TCP connection: framing, handshake, then hands messages to its owner."""
+
+    def __init__(self, owner: Owner, initiator: bool, dialed: str | None = None) -> None:
+        self.owner = owner
+        self.initiator = initiator
+        self.dialed = dialed
+        self.transport: asyncio.Transport | None = None
+        self.decoder = FrameDecoder(HANDSHAKE_MAX_FRAME)
+        factory = Handshake.initiator if initiator else Handshake.acceptor
+        self.handshake = factory(owner.secret, owner.node_id, owner.address)
+        self.peer: int | None = None
+        self.observer = False
+        self.closed = False
+        self.lost = False  # the owner has been told (close() and connection_lost both report)
+        self.bytes_in = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._writable = asyncio.Event()
+        self._writable.set()
+
+    # asyncio callbacks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # cast, not isinstance: uvloop's transports are not asyncio.Transport subclasses
+        self.transport = cast(asyncio.Transport, transport)
+        self.owner.conn_opened(self)
+        self._timer = self.owner.loop.call_later(self.owner.handshake_timeout, self._handshake_timeout)
+        for msg in self.handshake.start():
+            self.send(msg)
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        self.bytes_in += len(data)
+        if self.peer is not None:
+            self.owner.conn_bytes(self, len(data))
+        try:
+            for msg in self.decoder.feed(data):
+                if self.closed:
+                    return
+                if self.peer is None:
+                    self._handshake(msg)
+                else:
+                    self.owner.conn_received(self, msg)
+        except ProtocolError as exc:
+            self.refuse(str(exc))
+        except Exception as exc:  # nothing a peer sends may take the node down
+            log.exception("error handling a frame from %s", self.describe())
+            self.close(f"internal error: {exc!r}")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._writable.set()
+        if self._timer is not None:
+            self._timer.cancel()
+        self.owner.conn_lost(self)
+
+    def pause_writing(self) -> None:
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
+
+    # handshake
+
+    def _handshake(self, msg: Message) -> None:
+        for reply in self.handshake.receive(msg):
+            self.send(reply)
+        if self.handshake.done:
+            if self._timer is not None:
+                self._timer.cancel()
+            self.decoder.max_frame_size = self.owner.max_frame_size
+            self.peer = self.handshake.peer_id
+            self.owner.conn_admitted(self)
+
+    def _handshake_timeout(self) -> None:
+        if self.peer is None and not self.closed:
+            self.refuse("handshake did not finish in time")
+
+    # sending
+
+    def send(self, msg: Message) -> None:
+        self.write(encode(msg, self.owner.max_frame_size))
+
+    def write(self, frame: bytes) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(frame)
+
+    def backlog(self) -> int:
+        return self.transport.get_write_buffer_size() if self.transport is not None else 0
+
+    async def drained(self) -> None:
+        await self._writable.wait()
+
+    def refuse(self, reason: str) -> None:
+        log.warning("closing connection %s: %s", self.describe(), reason)
+        if self.peer is None:
+            with contextlib.suppress(Exception):
+                self.send(Refused(reason[:200]))
+        self.close(reason)
+
+    def close(self, reason: str) -> None:
+        if not self.closed and self.transport is not None:
+            self.closed = True
+            self.transport.close()
+            self.owner.conn_lost(self)
+
+    def describe(self) -> str:
+        addr = self.transport.get_extra_info("peername") if self.transport else None
+        who = f"{self.peer:016x}" if self.peer is not None else "unauthenticated"
+        return f"{who} at {addr}"
+
+    def initiator_id(self) -> int:
+        assert self.peer is not None
+        return self.owner.node_id if self.initiator else self.peer
+
+
+async def dns_resolver(name: str, port: int) -> list[str]:
+    """Every address ``name`` resolves to (a headless Service lists every pod)."""
+    infos = await asyncio.get_running_loop().getaddrinfo(name, port, type=1)
+    return sorted({f"{info[4][0]}:{port}" for info in infos})

@@ -1,0 +1,217 @@
+"""The dispatcher: whole members (membership, replication, warm boot) in the simulated network.
+
+These run the same ``Dispatcher`` a ``Node`` runs, through ``tests/sim``'s
+driver, so what they show (boots, readiness, early writes, back-pressure) is
+the composition a real member carries out, not its parts one by one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from sim.network import Sim
+from sim.nodes import SimMember
+
+from shoal.actions import Broadcast, Ready
+from shoal.cache import hosted
+from shoal.clock import HybridClock
+from shoal.dispatch import Config, Dispatcher
+from shoal.messages import Ops
+from shoal.warmboot import CHUNK
+
+IN_FLIGHT = 0.05  # the simulated network's worst delay (0.02 s) and the flush delay, with room
+FAST: dict[str, Any] = {"failure_timeout": 2.0, "heartbeat_interval": 0.2, "boot_wait": 1.0}
+
+
+def member(sim: Sim, seeds: tuple[str, ...] = ("sim:1",), **config: Any) -> int:
+    return sim.add(SimMember.factory(sim, seeds=seeds, **{"interval": 1.0, **FAST, **config}))
+
+
+def node(sim: Sim, node_id: int) -> SimMember:
+    found = sim.nodes[node_id]
+    assert isinstance(found, SimMember)
+    return found
+
+
+def fill(sim: Sim, node_id: int, count: int) -> None:
+    sim.act(node_id, lambda n, now: n.write(lambda c: c.set_many({f"k{i}": f"v{i}" for i in range(count)})))
+
+
+def became_ready(sim: Sim, node_id: int) -> bool:
+    return any(who == node_id and isinstance(a, Ready) and a.ready for _, who, a in sim.effects)
+
+
+def test_a_member_that_joins_boots_from_its_peer_and_then_reports_ready() -> None:
+    sim = Sim(seed=3)
+    a = member(sim)
+    assert sim.run_until(lambda: became_ready(sim, a), 5)  # alone: ready once boot_wait finds nobody
+    fill(sim, a, 5 * CHUNK)
+    sim.run_for(0.5)
+    b = member(sim)
+    assert sim.run_until(lambda: became_ready(sim, b), 30)
+    stats = node(sim, b).core.boot_stats("c")
+    assert stats.state == "warm" and stats.donor == f"{a:016x}" and stats.entries == 5 * CHUNK
+    assert dict(node(sim, b).cache.items()) == dict(node(sim, a).cache.items())
+
+
+def test_when_the_donor_crashes_mid_stream_the_boot_goes_on_from_the_next_largest() -> None:
+    sim = Sim(seed=5)
+    a = member(sim)
+    c = member(sim)
+    assert sim.run_until(lambda: became_ready(sim, a) and became_ready(sim, c), 10)
+    assert sim.run_until(lambda: node(sim, a).core.membership.group("c") == [c], 10)
+    fill(sim, a, 10 * CHUNK)  # replicated to c: two donors of the same size, a first (smaller id)
+    assert sim.run_until(lambda: len(node(sim, c).cache) == 10 * CHUNK, 10)
+    b = member(sim)
+    assert sim.run_until(lambda: node(sim, b).core.boot_stats("c").entries > 0, 30), "the stream never began"
+    sim.crash(a)
+    assert node(sim, b).core.boot_stats("c").entries < 10 * CHUNK  # mid-stream
+    assert not became_ready(sim, b)
+    assert sim.run_until(lambda: became_ready(sim, b), 30)
+    stats = node(sim, b).core.boot_stats("c")
+    assert stats.state == "warm" and stats.donors_tried == 2 and stats.donor == f"{c:016x}"
+    assert dict(node(sim, b).cache.items()) == dict(node(sim, c).cache.items())
+
+
+def test_a_member_is_not_ready_until_every_cache_it_hosts_has_booted() -> None:
+    sim = Sim(seed=7)
+    a = member(sim)
+    fill(sim, a, 100)
+    assert sim.run_until(lambda: became_ready(sim, a), 5)
+    b = member(sim)
+    sim.run_until(lambda: bool(node(sim, b).core.membership.up_peers()), 5)
+    assert not node(sim, b).core.ready  # connected, still booting
+    assert sim.run_until(lambda: node(sim, b).core.ready, 30)
+    assert len(node(sim, b).cache) == 100
+
+
+def core_with_peers(peers: list[int], **config: Any) -> tuple[Dispatcher, Any, list[int]]:
+    core = Dispatcher(1, "sim:1", config=Config(**config))
+    cache, replica = hosted("c", None, None, serializer=None, clock=HybridClock(1), tombstone_ttl=60)
+    core.host("c", replica, 0.0)
+    wakes: list[int] = []
+    core.wake = lambda: wakes.append(1)
+    return core, cache, wakes
+
+
+def join(core: Dispatcher, peer: int) -> None:
+    core.connected(peer, f"sim:{peer}", 0.0)
+    core.membership.members[peer].caches = frozenset({"c"})
+
+
+def test_writes_made_before_the_member_runs_are_sent_once_it_does() -> None:
+    core, cache, wakes = core_with_peers([])
+    cache.set("early", 1)
+    assert wakes == [] and len(core.outbox) == 1  # nobody to wake yet
+    core.start(0.0, 0.0)
+    assert wakes == [1]
+    join(core, 2)
+    (sent,) = core.flush(lambda peer: 0, 0.0)
+    assert isinstance(sent, Broadcast) and sent.peers == (2,) and isinstance(sent.msg, Ops)
+    assert [op[1] for op in sent.msg.ops] == ["early"]
+
+
+def test_many_writes_wake_the_driver_once_per_flush() -> None:
+    core, cache, wakes = core_with_peers([])
+    core.start(0.0, 0.0)
+    join(core, 2)
+    for i in range(100):
+        cache.set(i, i)
+    assert wakes == [1]
+    core.flush(lambda peer: 0, 0.0)
+    cache.set("after", 1)
+    assert wakes == [1, 1]
+
+
+def test_a_peer_over_its_backlog_gets_no_writes_and_is_marked_for_repair() -> None:
+    core, cache, _ = core_with_peers([], max_peer_backlog=1000)
+    core.start(0.0, 0.0)
+    join(core, 2)
+    join(core, 3)
+    cache.set("k", "v")
+    (sent,) = core.flush(lambda peer: 5000 if peer == 3 else 0, 0.0)
+    assert isinstance(sent, Broadcast) and sent.peers == (2,)
+    assert core.replicator.needs_repair >= {3}
+    assert core.replicator.figures_of("c")["ops_dropped"] == 1
+
+
+def holds(sim: Sim, node_id: int, keys: list[str]) -> int:
+    cache = node(sim, node_id).cache
+    return sum(1 for key in keys if key in cache)
+
+
+@pytest.mark.parametrize("graceful", [True, False], ids=["graceful", "crash"])
+@pytest.mark.parametrize("seed", [11, 12, 13, 14])
+def test_through_a_rolling_restart_every_member_holds_every_acknowledged_key_when_one_becomes_ready(
+    seed: int, graceful: bool
+) -> None:
+    """What an orchestrator does: stop a member while a survivor keeps taking writes, start its
+    successor, and stop the next one the moment the successor reports ready.
+
+    Replication is asynchronous, so a write made a few milliseconds before the ready is still
+    on its way; every write older than the network's worst delay (and the flush delay) counts.
+    """
+    sim = Sim(seed=seed)
+    ids = [member(sim, seeds=("sim:1", "sim:2", "sim:3")) for _ in range(3)]  # as DNS would list them
+    assert sim.run_until(lambda: all(node(sim, i).core.ready for i in ids), 20)
+    written: list[tuple[float, str]] = []
+    active = [0]  # the step whose writer is writing: it stops before it is itself the next victim
+
+    def write_on(node_id: int, step: int, count: int) -> None:
+        """One write every 5 ms on ``node_id`` while it runs: acknowledged once set returns."""
+        if count >= 200 or node_id not in sim.nodes or active[0] != step:
+            return
+        key = f"s{step}-k{count}"
+        sim.act(node_id, lambda n, now: n.write(lambda c: c.set(key, key)))
+        written.append((sim.now, key))
+        sim.call_later(0.005, lambda: write_on(node_id, step, count + 1))
+
+    for step in range(3):
+        active[0] = step
+        sim.run_for(IN_FLIGHT)  # the last writer's writes have reached the others (it may be the victim)
+        victim = ids[step]
+        address = sim.address_of[victim]
+        write_on(ids[(step + 1) % 3], step, 0)
+        sim.run_for(0.1)
+        if graceful:
+            sim.stop(victim)
+        else:
+            sim.crash(victim)
+        sim.run_for(0.2)
+        successor = sim.boot(address)
+        ids[step] = successor
+        assert sim.run_until(lambda s=successor: node(sim, s).core.ready, 30), f"step {step}: never ready"
+        acked = [key for when, key in written if when <= sim.now - IN_FLIGHT]
+        missing = {i: len(acked) - holds(sim, i, acked) for i in ids}
+        assert missing == {i: 0 for i in ids}, f"step {step}: keys missing at ready"
+
+
+def test_a_member_cut_off_gets_the_writes_it_missed_from_the_log_when_it_reconnects() -> None:
+    """No anti-entropy round can run here (its interval is longer than the test): the catch-up
+    on reconnecting carries the writes made on the other side of the partition."""
+    sim = Sim(seed=21)
+    a, b = (member(sim, seeds=("sim:1", "sim:2"), interval=1000.0) for _ in range(2))
+    assert sim.run_until(lambda: node(sim, a).core.ready and node(sim, b).core.ready, 10)
+    sim.partition([a], [b])
+    sim.act(a, lambda n, now: n.write(lambda c: c.set_many({f"a{i}": i for i in range(300)})))
+    sim.act(b, lambda n, now: n.write(lambda c: c.set_many({f"b{i}": i for i in range(300)})))
+    assert sim.run_until(lambda: not node(sim, a).core.membership.up_peers(), 10)  # the cut is noticed
+    sim.heal()
+    assert sim.run_until(lambda: len(node(sim, a).cache) == len(node(sim, b).cache) == 600, 10)
+    assert node(sim, a).core.replicator.figures_of("c")["repair_rounds"] == 0
+
+
+def test_when_the_log_no_longer_reaches_back_a_digest_comparison_repairs_instead() -> None:
+    sim = Sim(seed=22)
+    a, b = (member(sim, seeds=("sim:1", "sim:2"), interval=1000.0) for _ in range(2))
+    for member_id in (a, b):
+        node(sim, member_id).core.replicator.log_bytes = 2_000  # a dozen writes
+    assert sim.run_until(lambda: node(sim, a).core.ready and node(sim, b).core.ready, 10)
+    sim.partition([a], [b])
+    sim.act(a, lambda n, now: n.write(lambda c: c.set_many({f"a{i}": i for i in range(300)})))
+    assert sim.run_until(lambda: not node(sim, a).core.membership.up_peers(), 10)
+    sim.run_for(2.0)  # the writes settle: a digest round takes them in
+    sim.heal()
+    assert sim.run_until(lambda: len(node(sim, b).cache) == 300, 20)
+    assert node(sim, b).core.replicator.figures_of("c")["repair_rounds"] >= 1
