@@ -133,12 +133,12 @@ class ChunkWatch:
     """The longest single chunk of donor work (dump_columns + encode), by wrapping them."""
 
     def __init__(self) -> None:
-        from shoal import warmboot
+        from shoal import node, warmboot
 
         self.max = 0.0
         self.chunks = 0
         self._t = 0.0
-        columns, encode = warmboot.dump_columns, getattr(warmboot, "encode")  # noqa: B009
+        columns, encode = warmboot.dump_columns, node.encode
 
         def timed_columns(*a: Any) -> Any:
             self._t = time.perf_counter()
@@ -146,12 +146,14 @@ class ChunkWatch:
 
         def timed_encode(*a: Any) -> Any:
             frame = encode(*a)
-            self.max = max(self.max, time.perf_counter() - self._t)
-            self.chunks += 1
+            if self._t:
+                self.max = max(self.max, time.perf_counter() - self._t)
+                self.chunks += 1
+                self._t = 0.0
             return frame
 
         warmboot.dump_columns = timed_columns  # type: ignore[assignment]
-        setattr(warmboot, "encode", timed_encode)  # noqa: B010
+        node.encode = timed_encode  # type: ignore[assignment]
 
     def reset(self) -> None:
         self.max = 0.0

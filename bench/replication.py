@@ -7,7 +7,7 @@
    every member holds all of them. The figure is N / that time: writes applied on
    every member per second.
    - shoal: three member processes (one writer, two receivers). A receiver notes
-     the moment its store reaches N from inside ``Cache.apply`` (wrapped here, in
+     the moment its store reaches N from inside ``Replica.apply`` (wrapped here, in
      the bench's member process only), so nothing polls.
    - Redis: a master and one replica (``--save "" --appendonly no``); the writer
      is redis-py with a pipeline of 1,000 SETs, and, as a second row, one SET per
@@ -17,7 +17,7 @@
      silently, so the row counts what arrived and divides that by the time.
 2. Lag at 10,000 writes/s: the writer paces its writes and puts ``time.time()``
    into each one; the receiving member takes ``time.time()`` once the write is
-   applied and visible there (shoal: after ``Cache.apply``; Redis: a keyspace
+   applied and visible there (shoal: after ``Replica.apply``; Redis: a keyspace
    notification from the replica to a subscriber process; pysyncobj: inside the
    replicated method on a follower). All processes share one machine clock.
 3. Where a shoal write's time goes: the same pipeline in one process, stage by
@@ -60,7 +60,7 @@ from report import format_table, pct
 CACHE = "bench"
 LAG_RATE = 10_000  # writes/s for the lag measurement
 TTL = 3600  # every cache has a TTL and a bound, as users configure them
-BOUND = 2_000_000  # above what the runs write: the policy's bookkeeping is paid, no eviction
+BOUND = 3_000_000  # above what the runs write (2.1M): the policy's bookkeeping is paid, no eviction
 ROUNDS = 5  # throughput bursts per system (median reported with min-max)
 
 
@@ -245,20 +245,21 @@ def shoal_member(
         if freeze:
             gc.freeze()
 
-    node = Node(listen="127.0.0.1:0", seeds=seeds, **json.loads(os.environ.get("SHOAL_BENCH_NODE", "{}")))
-    cache = node.cache(CACHE, ttl=TTL if plain is False else None, max_entries=BOUND if plain is False else None)
-    store = cache.store
+    from shoal.cache import Replica
+
     state: dict[str, Any] = {"target": None, "reached": None, "lags": None, "applied": 0}
     reached = threading.Event()
-    original_apply = cache.apply
+    original_apply = Replica.apply
 
-    def apply(ops: Any) -> tuple[int, int]:
-        """Cache.apply, plus the moment the store reached the target and the lag of stamped writes."""
-        result = original_apply(ops)
+    def apply(self: Replica, ops: Any, now: float) -> tuple[int, int]:
+        """Replica.apply, plus the moment the store reached the target and the lag of stamped writes."""
+        result = original_apply(self, ops, now)
+        if self.name != CACHE:
+            return result
         now = time.time()
         lags = state["lags"]
         if lags is not None:
-            data = store.data
+            data = self._store.data
             for op in ops:
                 entry = data.get(op[1])
                 if entry is not None and type(entry.value) is float:
@@ -270,7 +271,10 @@ def shoal_member(
             reached.set()
         return result
 
-    cache.apply = apply  # type: ignore[method-assign]
+    Replica.apply = apply  # type: ignore[method-assign]  # this bench process only
+    node = Node(listen="127.0.0.1:0", seeds=seeds, **json.loads(os.environ.get("SHOAL_BENCH_NODE", "{}")))
+    cache = node.cache(CACHE, ttl=TTL if plain is False else None, max_entries=BOUND if plain is False else None)
+    store = cache._store
     full_gcs: list[float] = []  # milliseconds of each full (generation 2) collection
     gc_began = [0.0]
 
@@ -786,17 +790,16 @@ def stages(n: int, collect: bool) -> list[tuple[str, str, float]]:
 
 
 def _stages(n: int) -> list[tuple[str, str, float]]:
-    from shoal.cache import Cache
-    from shoal.clock import HybridClock
+    from shoal.cache import Cache, Replica
     from shoal.messages import Ops
     from shoal.replication import Replicator, ops_from_wire
     from shoal.wire import FrameDecoder, encode
 
     keys = [f"k{i}" for i in range(n)]
-    writer = Cache(name=CACHE, clock=HybridClock(1), ttl=TTL, max_entries=BOUND)
-    replicator = Replicator(_Group(), {CACHE: writer})  # type: ignore[arg-type]
-    outbox = replicator.outbox
-    writer.replicate = lambda op: outbox.append((CACHE, op))
+    writer = Cache(ttl=TTL, max_entries=BOUND, name=CACHE)
+    replicator = Replicator(_Group(), {CACHE: Replica(writer)})  # type: ignore[arg-type]
+    outbox: list[Any] = []
+    Replica(writer).connect(outbox.append)
 
     def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
         start = time.perf_counter()
@@ -809,23 +812,23 @@ def _stages(n: int) -> list[tuple[str, str, float]]:
             set_(key, VALUE)
 
     t_set, _ = timed(set_all)
-    t_flush, actions = timed(replicator.flush)
-    msgs = list({id(a.msg): a.msg for a in actions}.values())  # one message per batch, sent to both peers
+    t_flush, actions = timed(lambda: replicator.outgoing(CACHE, outbox, time.time()))
+    msgs = [a.msg for a in actions]  # one message per batch, broadcast to both peers
     t_encode, frames = timed(lambda: [encode(m) for m in msgs])
     stream = b"".join(frames)
     t_decode, decoded = timed(lambda: FrameDecoder().feed(stream))
     assert all(isinstance(m, Ops) for m in decoded)
     t_validate, batches = timed(lambda: [ops_from_wire(m.ops) for m in decoded])
-    receiver = Cache(name=CACHE, clock=HybridClock(2), ttl=TTL, max_entries=BOUND)
-    t_apply, _ = timed(lambda: [receiver.apply(ops) for ops in batches])
-    assert len(receiver.store.data) == n
+    receiver = Replica(Cache(ttl=TTL, max_entries=BOUND, name=CACHE))
+    t_apply, _ = timed(lambda: [receiver.apply(ops, time.time()) for ops in batches])
+    assert receiver.size() == n
     return [
         ("writer", "Cache.set (dumps, stamp, store.write, enqueue)", t_set),
-        ("writer", "Replicator.flush (op_to_wire, batching)", t_flush),
+        ("writer", "Replicator.outgoing (op_to_wire, batching, catch-up log)", t_flush),
         ("writer", "wire.encode of each Ops frame (msgpack)", t_encode),
         ("receiver", "FrameDecoder.feed (msgpack, message checks)", t_decode),
         ("receiver", "ops_from_wire (validation)", t_validate),
-        ("receiver", "Cache.apply (loads, store.write)", t_apply),
+        ("receiver", "Replica.apply (loads, store.write)", t_apply),
     ]
 
 
