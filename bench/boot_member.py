@@ -8,7 +8,8 @@ Roles:
 ``donor``     a shoal Node holding N entries, filled through the public API
               (``Cache.set_many`` in batches of 10,000, on a cache configured as a
               user would: ``--ttl`` and ``--bound``; no peer, so no replication
-              traffic). A 1 ms asyncio
+              traffic; then it waits until the fill is older than the catch-up margin,
+              as in a running cluster). A 1 ms asyncio
               timer task runs on the node's loop and records the longest gap between
               its ticks. Prints ``{"address": ...}`` when filled and listening, then
               answers ``{"op": "stall_reset"}``, ``{"op": "stall"}``, ``{"op": "stats"}``
@@ -185,6 +186,20 @@ def run_donor(args: argparse.Namespace) -> int:
     for start in range(0, args.n, step):
         cache.set_many(items(start, min(args.n, start + step), args.shape))
     fill_s = time.perf_counter() - t_fill
+    # A donor in a running cluster wrote its entries long ago: let the fill leave the
+    # outbox, then let it age past the catch-up margin, or a receiver would replay the
+    # whole fill from the recent-writes log on top of the dump (it would, for real,
+    # if it joined right after such a burst).
+    deadline = time.monotonic() + 60
+    while node.stats()["caches"]["c"].get("queue_depth", 0) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    try:
+        from shoal.replication import CATCHUP_MARGIN_MS
+    except ImportError:
+        CATCHUP_MARGIN_MS = 0  # a version without a catch-up log
+    settle = time.monotonic() + CATCHUP_MARGIN_MS / 1000 + 0.5
+    while time.monotonic() < settle:
+        time.sleep(0.05)
     loop = node._loop
     stall = Stall()
     ticker = asyncio.run_coroutine_threadsafe(stall.run(), loop)
