@@ -40,7 +40,7 @@ from itertools import compress, repeat
 from operator import and_, attrgetter, is_, not_
 from typing import Any
 
-from .eviction import S3FIFO, Policy
+from .eviction import S3FIFO, SMALL, Policy
 
 Key = str | bytes | int
 NEVER = math.inf
@@ -111,8 +111,9 @@ class Store:
         # Our own S3FIFO finds entries through our table: an overwrite needs nothing of
         # it but the old entry's queue and frequency, which write() copies itself.
         self._handover = policy is None and max_entries is not None
+        self._fifo: S3FIFO | None = None  # that policy, for write()'s inlined insert
         if self._handover:
-            self.policy = S3FIFO(max_entries, lookup=self.data.get)  # type: ignore[arg-type]
+            self.policy = self._fifo = S3FIFO(max_entries, lookup=self.data.get)  # type: ignore[arg-type]
         # key -> version of entries evicted on purpose, bounded like a ghost queue.
         self.evicted: OrderedDict[Key, int] = OrderedDict()
         self._wheel: dict[int, list[Key]] = {}
@@ -208,6 +209,17 @@ class Store:
         entry.value = value
         entry.version = version
         entry.freq = 0
+        policy = self.policy
+        if policy is not None:
+            if self.evicted:
+                self.evicted.pop(key, None)
+            fifo = self._fifo
+            if fifo is not None and key not in fifo._ghost:  # S3FIFO.insert of a new key, inlined
+                entry.queue = SMALL
+                fifo._small.append(key)
+                fifo._small_live += 1
+            else:
+                policy.insert(entry)
         data[key] = entry
         if expires != NEVER:  # _file, inlined: write is the hot path
             second = int(expires)
@@ -216,13 +228,8 @@ class Store:
                 bucket = self._wheel[second] = []
                 heapq.heappush(self._wheel_due, second)
             bucket.append(key)
-        policy = self.policy
-        if policy is not None:
-            if self.evicted:
-                self.evicted.pop(key, None)
-            policy.insert(entry)
-            if len(data) > self.max_entries:  # type: ignore[operator]
-                self._evict()
+        if policy is not None and len(data) > self.max_entries:  # type: ignore[operator]
+            self._evict()
         return True
 
     def load(self, keys: list[Key], values: list[Any], expires: list[float], versions: list[int], now: float) -> int:
