@@ -24,7 +24,9 @@ def initiator(
     protocol_min: int = PROTOCOL_MIN,
     protocol_max: int = PROTOCOL_VERSION,
 ) -> Handshake:
-    return Handshake.initiator(secret, node_id, "10.0.0.1:7600", protocol_min=protocol_min, protocol_max=protocol_max)
+    return Handshake.initiator(
+        secret, node_id, "10.0.0.1:7600", protocol_min=protocol_min, protocol_max=protocol_max
+    )
 
 
 def acceptor(
@@ -111,7 +113,9 @@ def test_a_proof_replayed_from_an_earlier_session_is_refused() -> None:
     recorded_session = run(Handshake.initiator(SECRET, CLIENT_ID, "c", nonce=NONCE_C), acceptor())
     recorded_proof = recorded_session[2]
     server = Handshake.acceptor(SECRET, SERVER_ID, "s")  # draws a fresh nonce
-    server.receive(Hello(PROTOCOL_MIN, PROTOCOL_VERSION, CLIENT_ID, NONCE_C, "c"))  # the recorded Hello, replayed too
+    server.receive(
+        Hello(PROTOCOL_MIN, PROTOCOL_VERSION, CLIENT_ID, NONCE_C, "c")
+    )  # the recorded Hello, replayed too
     with pytest.raises(HandshakeError, match="failed to prove the cluster secret"):
         server.receive(recorded_proof)
 

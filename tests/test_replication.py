@@ -182,7 +182,9 @@ def _model(ops: list[Op]) -> dict[object, object]:
         elif key not in latest or version > latest[key][4]:
             latest[key] = op
     return {
-        key: msgpack.unpackb(op[2], raw=False) for key, op in latest.items() if op[0] == WRITE and op[4] > watermark
+        key: msgpack.unpackb(op[2], raw=False)
+        for key, op in latest.items()
+        if op[0] == WRITE and op[4] > watermark
     }
 
 

@@ -245,7 +245,10 @@ def test_random_frame_bodies_only_ever_raise_protocol_errors(body: bytes) -> Non
 
 
 @given(
-    plain | st.tuples(st.sampled_from(sorted(MESSAGE_TYPES)), st.lists(plain, max_size=6)).map(lambda t: [t[0], *t[1]])
+    plain
+    | st.tuples(st.sampled_from(sorted(MESSAGE_TYPES)), st.lists(plain, max_size=6)).map(
+        lambda t: [t[0], *t[1]]
+    )
 )
 def test_random_msgpack_objects_only_ever_raise_protocol_errors(obj: Any) -> None:
     _feed_expecting_only_protocol_errors([framed(obj)])

@@ -193,7 +193,9 @@ class Handshake:
     def _on_challenge(self, challenge: Challenge) -> list[Message]:
         self._check_peer(challenge.node_id, challenge.nonce)
         if not self._min <= challenge.protocol <= self._max:
-            raise HandshakeError(f"peer chose protocol {challenge.protocol}, outside ours {self._min}..{self._max}")
+            raise HandshakeError(
+                f"peer chose protocol {challenge.protocol}, outside ours {self._min}..{self._max}"
+            )
         self._transcript = _transcript(
             self._nonce, challenge.nonce, self._node_id, challenge.node_id, challenge.protocol
         )

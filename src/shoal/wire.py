@@ -74,7 +74,9 @@ class FrameDecoder:
         while len(buffer) - start >= _LENGTH.size:
             (size,) = _LENGTH.unpack_from(buffer, start)
             if size > self.max_frame_size:
-                raise FrameTooLarge(f"peer announced a {size}-byte frame, over the {self.max_frame_size}-byte limit")
+                raise FrameTooLarge(
+                    f"peer announced a {size}-byte frame, over the {self.max_frame_size}-byte limit"
+                )
             end = start + _LENGTH.size + size
             if end > len(buffer):
                 break
