@@ -429,7 +429,7 @@ def main() -> int:
     parser.add_argument("--ttl", type=float, default=3600.0, help="cache ttl in seconds; 0: none")
     parser.add_argument("--bound", type=int, default=0, help="cache max_entries; 0: unbounded")
     parser.add_argument("--kind", choices=["dict", "cachetools", "cachebox", "shoal"], default="dict")
-    parser.add_argument("--secret", default="bench-secret")
+    parser.add_argument("--secret", default="bench-cluster-secret")
     parser.add_argument("--timeout", type=float, default=60.0)
     parser.add_argument("--profile", default="")
     parser.add_argument("--gc", choices=["on", "off"], default="on", help="receiver: off disables the cyclic GC")

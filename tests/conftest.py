@@ -7,9 +7,14 @@ from collections.abc import Generator
 from typing import Any
 
 import pytest
+from hypothesis import settings
 
 from shoal.cache import Cache, Replica, hosted
 from shoal.clock import HybridClock
+
+# No per-example deadline: these machines are shared and noisy, and a test never asserts on time.
+settings.register_profile("shoal", deadline=None)
+settings.load_profile("shoal")
 
 START = 1_700_000_000.0
 

@@ -22,7 +22,7 @@ DATABASES: dict[str, Any] = {}
 ROOT_URLCONF = "tests.django_settings"
 USE_TZ = True
 
-SHOAL_SECRET = "test-secret"  # what tests/support/member.py's members use by default
+SHOAL_SECRET = "shoal-test-secret"  # what tests/support/member.py's members use by default
 LOCATION = "127.0.0.1:0"  # port 0: any free port; the tests read the real one from the node
 NODE_OPTIONS = {"boot_wait": 0.5, "anti_entropy_interval": 1.0, "heartbeat_interval": 0.2, "failure_timeout": 2.0}
 SHOAL = {"secret": SHOAL_SECRET, "node_options": NODE_OPTIONS}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import queue
 import signal
@@ -17,6 +18,7 @@ import pytest
 from tests.support.cluster import ROOT, _env
 
 pytestmark = pytest.mark.slow
+SECRET = "the cli tests' cluster secret"
 
 
 class Serve:
@@ -90,7 +92,7 @@ def shoal(*args: str, env: dict[str, str] | None = None) -> subprocess.Completed
 
 @pytest.fixture
 def member(serve: Any) -> tuple[Serve, str]:
-    s = serve("--listen", "127.0.0.1:0", "--secret", "s", "--caches", "acc:60")
+    s = serve("--listen", "127.0.0.1:0", "--secret", SECRET, "--caches", "acc:60")
     return s, s.started()
 
 
@@ -102,7 +104,7 @@ def test_serve_prints_its_address_and_id_then_ready(member: tuple[Serve, str]) -
 
 def test_members_prints_a_table_with_the_member_it_asked(member: tuple[Serve, str]) -> None:
     _, address = member
-    out = shoal("members", address, "--secret", "s")
+    out = shoal("members", address, "--secret", SECRET)
     assert out.returncode == 0, out.stderr
     header, rule, *rows = out.stdout.splitlines()
     assert header.split()[:3] == ["id", "address", "state"] and set(rule) <= {"-", " "}
@@ -111,8 +113,8 @@ def test_members_prints_a_table_with_the_member_it_asked(member: tuple[Serve, st
 
 def test_members_lists_a_second_member_that_joined(serve: Any, member: tuple[Serve, str]) -> None:
     _, first = member
-    second = serve("--listen", "127.0.0.1:0", "--secret", "s", "--caches", "acc:60", "--seeds", first).started()
-    out = shoal("members", second, "--secret", "s", "--json")
+    second = serve("--listen", "127.0.0.1:0", "--secret", SECRET, "--caches", "acc:60", "--seeds", first).started()
+    out = shoal("members", second, "--secret", SECRET, "--json")
     assert out.returncode == 0, out.stderr
     rows = {m["address"]: m["state"] for m in json.loads(out.stdout)["members"]}
     assert rows == {second: "self", first: "up"}
@@ -120,7 +122,7 @@ def test_members_lists_a_second_member_that_joined(serve: Any, member: tuple[Ser
 
 def test_stats_json_is_valid_json_with_each_cache(member: tuple[Serve, str]) -> None:
     _, address = member
-    out = shoal("stats", address, "--secret", "s", "--json")
+    out = shoal("stats", address, "--secret", SECRET, "--json")
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
     assert data["address"] == address and data["ready"] is True
@@ -130,7 +132,7 @@ def test_stats_json_is_valid_json_with_each_cache(member: tuple[Serve, str]) -> 
 
 def test_stats_prints_a_table_per_cache(member: tuple[Serve, str]) -> None:
     _, address = member
-    out = shoal("stats", address, "--secret", "s")
+    out = shoal("stats", address, "--secret", SECRET)
     assert out.returncode == 0, out.stderr
     assert f"at {address}" in out.stdout and "ready=True" in out.stdout
     assert any(line.startswith("acc ") for line in out.stdout.splitlines())
@@ -156,7 +158,7 @@ def test_the_secret_can_come_from_shoal_secret_file(serve: Any, tmp_path: Path) 
 
 def test_a_wrong_secret_makes_members_exit_1_with_a_clear_message(member: tuple[Serve, str]) -> None:
     _, address = member
-    out = shoal("members", address, "--secret", "wrong")
+    out = shoal("members", address, "--secret", "a wrong secret, long enough")
     assert out.returncode == 1
     assert out.stdout == ""
     assert out.stderr.startswith("shoal members: ") and "secret" in out.stderr and address in out.stderr
@@ -167,6 +169,29 @@ def test_members_of_an_address_where_nothing_listens_exits_1(member: tuple[Serve
     s, address = member
     s.proc.send_signal(signal.SIGTERM)
     assert s.proc.wait(timeout=5) == 0
-    out = shoal("members", address, "--secret", "s")
+    out = shoal("members", address, "--secret", SECRET)
     assert out.returncode == 1
     assert out.stderr.startswith("shoal members: ") and "Traceback" not in out.stderr
+
+
+def test_shoal_secret_prints_a_fresh_secret_of_32_random_bytes_each_time() -> None:
+    first, second = shoal("secret"), shoal("secret")
+    assert first.returncode == second.returncode == 0
+    assert first.stdout != second.stdout
+    secret = first.stdout.strip()
+    assert len(base64.urlsafe_b64decode(secret + "=")) == 32
+
+
+@pytest.mark.parametrize("content", ["", "\n", "  \n", "short\n"], ids=["empty", "a newline", "blanks", "short"])
+def test_serve_refuses_an_empty_or_short_secret_file_with_a_clear_message(tmp_path: Path, content: str) -> None:
+    secret_file = tmp_path / "secret"
+    secret_file.write_text(content)
+    out = shoal("serve", "--listen", "127.0.0.1:0", env={"SHOAL_SECRET_FILE": str(secret_file)})
+    assert out.returncode == 1
+    assert "shoal secret" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_members_refuses_a_short_secret_before_connecting(member: tuple[Serve, str]) -> None:
+    _, address = member
+    out = shoal("members", address, "--secret", "s")
+    assert out.returncode == 1 and "at least 16" in out.stderr

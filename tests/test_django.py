@@ -337,7 +337,7 @@ def test_one_shoal_cache_cannot_have_two_serializers() -> None:
 
 def test_aliases_on_one_location_must_agree_on_the_node() -> None:
     with pytest.raises(ImproperlyConfigured, match="different"):
-        _backend(secret="another secret").get("k")
+        _backend(secret="another cluster secret").get("k")
 
 
 def test_bad_configuration_is_refused() -> None:

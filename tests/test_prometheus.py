@@ -55,10 +55,10 @@ def scrape(registry: CollectorRegistry) -> dict[tuple[str, str], float]:
 @pytest.fixture
 def pair() -> Iterator[tuple[shoal.Node, shoal.Node]]:
     """Two in-process members hosting "accounts", A seeding B."""
-    a = shoal.Node(secret="s", boot_wait=0.2)
+    a = shoal.Node(secret="prometheus-test-secret", boot_wait=0.2)
     a.cache("accounts", ttl=60)
     a.start()
-    b = shoal.Node(seeds=[a.address], secret="s", boot_wait=2.0)
+    b = shoal.Node(seeds=[a.address], secret="prometheus-test-secret", boot_wait=2.0)
     b.cache("accounts", ttl=60)
     b.start()
     try:
@@ -123,7 +123,7 @@ def test_a_node_exports_replication_membership_and_warm_boot_figures(pair: tuple
 def test_the_warm_boot_shows_the_entries_it_loaded(pair: tuple[shoal.Node, shoal.Node]) -> None:
     a, _ = pair
     a.cache("accounts").set_many({f"k{i}": i for i in range(50)})
-    late = shoal.Node(seeds=[a.address], secret="s", boot_wait=2.0)
+    late = shoal.Node(seeds=[a.address], secret="prometheus-test-secret", boot_wait=2.0)
     late.cache("accounts")
     late.start()
     try:
@@ -140,7 +140,7 @@ def test_the_warm_boot_shows_the_entries_it_loaded(pair: tuple[shoal.Node, shoal
 
 
 def test_a_lone_node_reports_no_lag_before_it_has_received_anything() -> None:
-    node = shoal.Node(secret="s")
+    node = shoal.Node(secret="prometheus-test-secret")
     node.cache("solo")
     node.start()
     try:

@@ -16,10 +16,13 @@ from shoal.cache import Cache, Replica, hosted
 from shoal.clock import HybridClock
 from shoal.errors import ProtocolError
 from shoal.membership import Membership
-from shoal.messages import Ops
+from shoal.messages import Digest, Ops, Pull
 from shoal.replica import Op
 from shoal.replication import (
+    BATCH_BYTES,
     BUCKETS,
+    MAX_SCANS_PER_PEER,
+    PULL_BYTES,
     SETTLE,
     Replicator,
     bucket_of,
@@ -30,6 +33,7 @@ from shoal.replication import (
     to_pull,
 )
 from shoal.store import CLEAR, DELETE, NEVER, WRITE
+from shoal.wire import DEFAULT_MAX_FRAME, encode
 
 # -- the op format -----------------------------------------------------------------
 
@@ -182,9 +186,7 @@ def _model(ops: list[Op]) -> dict[object, object]:
         elif key not in latest or version > latest[key][4]:
             latest[key] = op
     return {
-        key: msgpack.unpackb(op[2], raw=False)
-        for key, op in latest.items()
-        if op[0] == WRITE and op[4] > watermark
+        key: msgpack.unpackb(op[2], raw=False) for key, op in latest.items() if op[0] == WRITE and op[4] > watermark
     }
 
 
@@ -292,3 +294,41 @@ def test_any_faults_leave_every_live_member_with_the_last_writer_wins_contents(
     expected = _model(survivors)
     for node_id in sim.running():
         assert _contents(sim.nodes[node_id]) == expected  # type: ignore[arg-type]
+
+
+# -- issue 14: bounded in bytes, bounded per peer ------------------------------------------------
+
+
+def test_writes_of_large_values_flush_in_batches_that_each_fit_a_frame() -> None:
+    """Finding: one value over 16 MiB, or many large ones, made a batch no frame could carry; all were lost."""
+    replicator, cache, queued = _replicator([2])
+    for i in range(2000):
+        cache.set(f"k{i}", b"x" * 8192)
+    sends = replicator.outgoing("c", queued, time.time())
+    assert sum(len(a.msg.ops) for a in sends) == 2000
+    for send in sends:
+        assert len(encode(send.msg)) <= BATCH_BYTES + 64 * 1024 < DEFAULT_MAX_FRAME
+
+
+def test_a_peer_cannot_queue_more_than_a_few_repair_scans_here() -> None:
+    """Finding: 300 digest messages (2.7 MB) took a member from 104 to 566 MB."""
+    replicator, cache, _ = _replicator([2, 3])
+    replicator.settled.add("c")
+    for i in range(5000):
+        cache.set(i, i)
+    for round_ in range(300):
+        replicator.received(2, Digest("c", round_, [round_] * BUCKETS, [0, 0]), 0.0, time.time())
+    assert sum(1 for scan in replicator._scans if scan.peer == 2) <= MAX_SCANS_PER_PEER
+    replicator.received(3, Digest("c", 1, [1] * BUCKETS, [0, 0]), 0.0, time.time())
+    assert any(scan.peer == 3 for scan in replicator._scans)  # another peer still gets its round
+
+
+def test_a_pull_is_answered_with_a_bounded_number_of_bytes() -> None:
+    replicator, cache, _ = _replicator([2])
+    replicator.settled.add("c")
+    for i in range(60):
+        cache.set(i, b"x" * 1_000_000)
+    sends = replicator.received(2, Pull("c", list(range(60))), 0.0, time.time())
+    sent = sum(len(op[2]) for send in sends for op in send.msg.ops)
+    assert PULL_BYTES <= sent <= PULL_BYTES + 16 * 1_000_000
+    assert all(len(encode(send.msg)) < DEFAULT_MAX_FRAME for send in sends)

@@ -156,7 +156,7 @@ def start_in_namespaces(netns: Netns, cluster: Cluster, n: int = 3) -> tuple[lis
     for host in hosts:
         seeds = [h.address() for h in hosts if h is not host]
         members.append(
-            cluster.start(listen=host.address(), seeds=seeds, secret="netns-secret", prefix=host.prefix, **FAST)
+            cluster.start(listen=host.address(), seeds=seeds, secret="netns-test-secret", prefix=host.prefix, **FAST)
         )
     for member in members:
         assert member.cmd("ready", timeout=30)

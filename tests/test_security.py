@@ -8,12 +8,14 @@ gets a ``Refused`` frame naming the reason.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import shutil
 import socket
 import ssl
 import struct
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -25,12 +27,12 @@ import msgpack
 import pytest
 
 from shoal.client import Client, query
-from shoal.errors import HandshakeError, ShoalError
-from shoal.handshake import Handshake
-from shoal.messages import Hello, Message, Ops, Query, Refused
+from shoal.errors import HandshakeError, ShoalError, WeakSecret
+from shoal.messages import DumpRequest, Hello, Message, Ops, Pull, Query, Refused
 from shoal.node import Node, parse_address
-from shoal.wire import FrameDecoder, encode
+from shoal.wire import DEFAULT_MAX_FRAME, HANDSHAKE_MAX_FRAME, TAG_SIZE, FrameDecoder, encode
 from tests.support.cluster import Cluster, Member, cluster, wait_until
+from tests.support.peer import RawPeer
 
 __all__ = ["cluster"]  # the fixture, imported for the tests below
 
@@ -85,24 +87,11 @@ def poke(address: str, payload: bytes, timeout: float = 5.0) -> Poke:
 
 def poke_authenticated(address: str, listen: str, payload: bytes, timeout: float = 5.0) -> Poke:
     """Prove the secret first (as an operator's client if ``listen`` is empty, else as a member)."""
-    host, port = parse_address(address)
     started = time.monotonic()
-    with socket.create_connection((host, port), timeout=timeout) as sock:
-        decoder = FrameDecoder(1 << 20)
-        hs = Handshake.initiator(SECRET.encode(), 0x2A, listen)
-        for msg in hs.start():
-            sock.sendall(encode(msg))
-        early: list[Message] = []  # what the node sends right after Welcome (its Gossip)
-        while not hs.done:
-            for msg in decoder.feed(sock.recv(65536)):
-                if hs.done:
-                    early.append(msg)
-                    continue
-                for reply in hs.receive(msg):
-                    sock.sendall(encode(reply))
-        sock.sendall(payload)
-        replies, closed = _drain(sock, decoder, timeout)
-    return Poke(early + replies, closed, time.monotonic() - started)
+    with RawPeer(address, SECRET, 0x2A, listen, timeout) as peer:
+        peer.send(payload)
+        replies, closed = _drain(peer.sock, peer.decoder, timeout)
+    return Poke(peer.early + replies, closed, time.monotonic() - started)
 
 
 def frame(body: bytes) -> bytes:
@@ -156,7 +145,7 @@ def still_serves(a: Node, b: Node) -> None:
 @pytest.mark.slow
 def test_a_member_with_a_wrong_secret_never_becomes_a_member_and_gets_no_data(cluster: Cluster) -> None:
     a = cluster.start(boot_wait=0.5)
-    intruder = cluster.start(secret="not-the-secret", seeds=[a.address], boot_wait=0.5)
+    intruder = cluster.start(secret="not-the-cluster-secret", seeds=[a.address], boot_wait=0.5)
     # b dials both: a admits it, the intruder cannot prove the secret to it.
     b = cluster.start(seeds=[a.address, intruder.address], boot_wait=0.5)
     a.cmd("set", key="k", value="secret data")
@@ -179,21 +168,23 @@ def test_a_member_with_a_wrong_secret_never_becomes_a_member_and_gets_no_data(cl
         member.stop()
         assert member.proc.stderr is not None
         logs[name] = member.proc.stderr.read()
-    # b dialed the intruder, which could not prove the secret: b says so.
-    assert "failed to prove the cluster secret" in logs["b"]
-    # The intruder dialed a and refused a's proof; a logs the refusal and its reason.
+    # The initiator proves first. b dialed the intruder, which refused b's proof (it
+    # cannot check it) and said so; b logs the refusal and its reason.
     assert "failed to prove the cluster secret" in logs["intruder"]
-    assert "peer refused the handshake" in logs["a"]
+    assert "peer refused the handshake" in logs["b"]
+    # The intruder dialed a, which refused the intruder's proof.
+    assert "failed to prove the cluster secret" in logs["a"]
+    assert "peer refused the handshake" in logs["intruder"]
 
 
 def test_an_operator_with_a_wrong_secret_is_refused_and_its_connection_closed(pair: tuple[Node, Node]) -> None:
     a, b = pair
     with pytest.raises(ShoalError, match="secret") as refused:
-        query(a.address, "wrong", "members")
+        query(a.address, "a wrong cluster secret", "members")
     assert a.address in str(refused.value)  # which member would not take the secret
 
     async def attempt() -> Client:
-        client = Client(a.address, "wrong", timeout=5)
+        client = Client(a.address, "a wrong cluster secret", timeout=5)
         with pytest.raises(HandshakeError):
             await client.__aenter__()
         return client
@@ -208,13 +199,13 @@ def test_an_operator_with_a_wrong_secret_is_refused_and_its_connection_closed(pa
 TIMESTAMP = msgpack.packb(msgpack.Timestamp(0))
 STRANGERS: dict[str, tuple[bytes, str]] = {
     # name: (bytes sent by an unauthenticated stranger, the reason the node gives)
-    "garbage bytes": (b"\xde\xad\xbe\xef" * 16, "3735928559-byte frame, over the 65536-byte limit"),
-    "an HTTP request": (b"GET / HTTP/1.1\r\n\r\n", "1195725856-byte frame, over the 65536-byte limit"),
-    "a length prefix of 2**31": (struct.pack(">I", 2**31), "2147483648-byte frame, over the 65536-byte limit"),
-    "a length prefix one over the handshake limit": (struct.pack(">I", 65537), "over the 65536-byte limit"),
+    "garbage bytes": (b"\xde\xad\xbe\xef" * 16, "3735928559-byte frame, over the 4096-byte limit"),
+    "an HTTP request": (b"GET / HTTP/1.1\r\n\r\n", "1195725856-byte frame, over the 4096-byte limit"),
+    "a length prefix of 2**31": (struct.pack(">I", 2**31), "2147483648-byte frame, over the 4096-byte limit"),
+    "a length prefix one over the handshake limit": (struct.pack(">I", 65537), "over the 4096-byte limit"),
     "a frame of text": (frame(b"garbage!"), "undecodable frame (ExtraData)"),
     "a frame of a never-used msgpack byte": (frame(b"\xc1"), "undecodable frame (FormatError)"),
-    "a frame nested 60000 deep": (frame(b"\x91" * 60000 + b"\x90"), "undecodable frame (StackError)"),
+    "a frame nested 4000 deep": (frame(b"\x91" * 4000 + b"\x90"), "undecodable frame (StackError)"),
     "a msgpack Timestamp": (frame(TIMESTAMP), "exceeds max_ext_len(0)"),
     "a msgpack ext type": (frame(msgpack.packb(msgpack.ExtType(5, b"code"))), "exceeds max_ext_len(0)"),
     "a map instead of a message": (frame(msgpack.packb({"op": "set"})), "a message is a non-empty array, got dict"),
@@ -224,13 +215,13 @@ STRANGERS: dict[str, tuple[bytes, str]] = {
         frame(msgpack.packb([1, 1, 1, "id", b"n" * 32, ""])),
         "Hello.node_id must be int, got str",
     ),
-    "a Hello with a short nonce": (encode(Hello(1, 1, 7, b"x", "")), "nonce is 1 bytes, not 32"),
+    "a Hello with a short nonce": (encode(Hello(2, 2, 7, b"x", "")), "nonce is 1 bytes, not 32"),
     "a Hello from no common version": (encode(Hello(7, 9, 7, b"x" * 32, "")), "no common protocol version"),
     "cache ops before the handshake": (encode(Ops("c", [])), "unexpected Ops in handshake"),
     "a query before the handshake": (encode(Query("stats", [])), "unexpected Query in handshake"),
     "nothing at all": (b"", "handshake did not finish in time"),
     "half a frame": (struct.pack(">I", 100) + b"\x00" * 10, "handshake did not finish in time"),
-    "a Hello, then silence": (encode(Hello(1, 1, 7, b"x" * 32, "")), "handshake did not finish in time"),
+    "a Hello, then silence": (encode(Hello(2, 2, 7, b"x" * 32, "")), "handshake did not finish in time"),
 }
 
 
@@ -250,7 +241,7 @@ def test_a_strangers_bad_input_closes_only_that_connection_with_a_logged_reason(
 
 def test_a_hello_claiming_the_nodes_own_id_is_refused(pair: tuple[Node, Node]) -> None:
     a, b = pair
-    result = poke(a.address, encode(Hello(1, 1, a.node_id, b"x" * 32, "")))
+    result = poke(a.address, encode(Hello(2, 2, a.node_id, b"x" * 32, "")))
     assert result.closed and result.refused is not None and "connected to itself" in result.refused
     still_serves(a, b)
 
@@ -322,7 +313,7 @@ def test_a_member_process_survives_bad_input_keeps_serving_and_logs_each_reason(
         "garbage bytes",
         "an HTTP request",
         "a length prefix of 2**31",
-        "a frame nested 60000 deep",
+        "a frame nested 4000 deep",
         "cache ops before the handshake",
         "nothing at all",
     ]
@@ -350,7 +341,7 @@ def test_a_member_process_survives_bad_input_keeps_serving_and_logs_each_reason(
 def test_a_node_refuses_to_listen_on_a_non_loopback_address_without_a_secret(listen: str) -> None:
     with pytest.raises(ShoalError, match="without a cluster secret"):
         Node(listen=listen)
-    Node(listen=listen, secret="s")  # with a secret it may
+    Node(listen=listen, secret="a strong enough secret")  # with a secret it may
 
 
 @pytest.mark.parametrize("listen", ["127.0.0.1:0", "localhost:0", "[::1]:0", "127.0.0.2:0"])
@@ -416,4 +407,271 @@ def test_a_plain_tcp_member_cannot_join_a_tls_one(
     assert plain.address not in up_addresses(secure) | up_addresses(secure_peer)
     # The plain member read the TLS dialer's ClientHello as a frame length, and said so.
     refusals = [r.getMessage() for r in caplog.records if "closing connection unauthenticated" in r.getMessage()]
-    assert any("over the 65536-byte limit" in line for line in refusals), refusals
+    assert any("over the 4096-byte limit" in line for line in refusals), refusals
+
+
+# -- issue 14: what a peer, a relay or a crowd of strangers can no longer do --------------------
+
+
+class Relay:
+    """A man in the middle without the secret: passes a handshake through, then adds frames of its own."""
+
+    def __init__(self, target: str) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self.listener.getsockname()[1]}"
+        self.target = target
+        self.upstream: socket.socket | None = None
+        self.seen: list[bytes] = []  # what the downstream peer sent, as it passed
+        self._threads: list[threading.Thread] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        down, _ = self.listener.accept()
+        self.upstream = socket.create_connection(parse_address(self.target))
+        for src, dst, log_to in ((down, self.upstream, self.seen), (self.upstream, down, None)):
+            t = threading.Thread(target=self._pump, args=(src, dst, log_to), daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket, log_to: list[bytes] | None) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                if log_to is not None:
+                    log_to.append(data)
+                dst.sendall(data)
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+    def inject(self, data: bytes) -> None:
+        assert self.upstream is not None
+        self.upstream.sendall(data)
+
+    def close(self) -> None:
+        self.listener.close()
+        if self.upstream is not None:
+            self.upstream.close()
+
+
+FORGED_OP = [0, "injected", msgpack.packb("by the relay"), None, 1, 0x2A]
+
+
+@pytest.mark.parametrize("how", ["a plain Ops frame", "an Ops frame with a made-up tag", "a replayed frame"])
+def test_a_relay_that_passed_the_handshake_through_cannot_inject_a_frame(
+    pair: tuple[Node, Node], caplog: pytest.LogCaptureFixture, how: str
+) -> None:
+    """Finding: a relay with no secret passed a valid handshake through, then injected Ops both members applied."""
+    caplog.set_level(logging.INFO, logger="shoal")
+    a, b = pair
+    relay = Relay(a.address)
+    try:
+        with RawPeer(relay.address, SECRET, 0x2A, "") as peer:  # an operator's client, honest
+            body = encode(Ops("c", [FORGED_OP]))
+            if how == "a plain Ops frame":
+                relay.inject(body)
+            elif how == "an Ops frame with a made-up tag":
+                relay.inject(struct.pack(">I", len(body) - 4 + TAG_SIZE) + body[4:] + b"\x00" * TAG_SIZE)
+            else:
+                peer.send(encode(Query("members", [])))
+                wait_until(lambda: sum(map(len, relay.seen)) > 0, 5)
+                last = relay.seen[-1]
+                relay.inject(last)  # the client's own sealed query, once more
+            wait_until(
+                lambda: any("failed authentication" in r.getMessage() for r in caplog.records), 5, what="the refusal"
+            )
+    finally:
+        relay.close()
+    assert a.cache("c").get("injected") is None and b.cache("c").get("injected") is None
+    still_serves(a, b)
+
+
+def test_pending_connections_beyond_max_pending_close_the_oldest_and_operators_still_get_answers(
+    nodes: Callable[..., Node], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Finding: 3,000 sockets holding partial frames took a member from 29 to 236 MB and starved operators."""
+    caplog.set_level(logging.INFO, logger="shoal")
+    a = nodes(max_pending=8, handshake_timeout=30.0)
+    b = nodes(seeds=[a.address])
+    wait_until(lambda: up_addresses(a) == {b.address}, 10, what="the pair")
+    socks = []
+    try:
+        closed = 0
+        for _ in range(60):
+            sock = socket.create_connection(parse_address(a.address), timeout=5)
+            socks.append(sock)
+            try:
+                sock.sendall(struct.pack(">I", HANDSHAKE_MAX_FRAME) + b"\x00" * 1000)  # a partial frame, held
+            except ConnectionError:
+                closed += 1
+        wait_until(lambda: len(a._pending) >= 8, 5, what="eight pending strangers")
+        for sock in socks:
+            sock.settimeout(0.2)
+            try:
+                closed += sock.recv(1) == b""
+            except ConnectionError:
+                closed += 1
+            except TimeoutError:
+                pass
+        assert len(a._pending) <= 8
+        assert closed >= 50  # the oldest were closed as new ones came (a few may still be in the accept queue)
+        assert query(a.address, SECRET, "members")["members"][0]["address"] == a.address
+        still_serves(a, b)
+    finally:
+        for sock in socks:
+            sock.close()
+    lines = [r.getMessage() for r in caplog.records if "max_pending" in r.getMessage()]
+    assert 1 <= len(lines) <= 10  # rate-limited: the strangers do not decide how much we log
+
+
+def test_a_flood_of_strangers_writes_a_bounded_number_of_log_lines(
+    pair: tuple[Node, Node], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Finding: one log line per timed-out stranger, 11,170 lines in 25 s."""
+    caplog.set_level(logging.INFO, logger="shoal")
+    a, b = pair
+    for _ in range(100):
+        assert poke(a.address, b"GET / HTTP/1.1\r\n\r\n").closed
+    lines = [r.getMessage() for r in caplog.records if "unauthenticated" in r.getMessage()]
+    assert 1 <= len(lines) <= 10
+    still_serves(a, b)
+
+
+def test_a_stranger_that_stalls_tls_is_closed_by_the_handshake_deadline(nodes: Callable[..., Node], tls: Tls) -> None:
+    """Finding: with TLS an idle stranger lived 60 s (asyncio's TLS timeout) instead of the handshake's 5."""
+    a = nodes(ssl=tls.server, client_ssl=tls.client, handshake_timeout=HANDSHAKE_TIMEOUT)
+    started = time.monotonic()
+    result = poke(a.address, b"", timeout=30)  # connects over TCP, never starts TLS
+    assert result.closed
+    assert time.monotonic() - started < HANDSHAKE_TIMEOUT * 10  # the deadline, not asyncio's 60 s
+
+
+def poisoned_entry(node: Node) -> None:
+    """An entry no entry point lets in any more (expiry 1e306), put straight into the store."""
+    cache = node.cache("c")
+    version = cache._clock.stamp()
+    cache._store.write("poison", "x", 1e306, version, time.time())
+
+
+def test_heartbeats_and_replication_survive_a_poisoned_entry_whose_repair_round_fails(
+    nodes: Callable[..., Node], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Finding: ttl=1e306 made digests() compute int(inf); the timer task died: no heartbeats, no repair."""
+    caplog.set_level(logging.INFO, logger="shoal")
+    a = nodes(anti_entropy_interval=0.1)
+    b = nodes(seeds=[a.address], anti_entropy_interval=0.1)
+    wait_until(lambda: up_addresses(a) == {b.address} and up_addresses(b) == {a.address}, 10, what="the pair")
+    poisoned_entry(a)
+    wait_until(
+        lambda: sum("repair scan of c failed" in r.getMessage() for r in caplog.records) >= 2,
+        15,
+        what="a repair round to fail on the poisoned entry",
+    )
+    deadline = time.monotonic() + 3 * FAST["failure_timeout"]  # type: ignore[operator]
+    while time.monotonic() < deadline:  # three failure timeouts of failing rounds: nobody is marked down
+        assert up_addresses(a) == {b.address} and up_addresses(b) == {a.address}
+        time.sleep(0.05)
+    still_serves(a, b)
+    still_serves(b, a)
+
+
+def test_a_peer_asking_for_dumps_it_never_reads_is_cut_off_before_it_costs_more_than_a_few(
+    pair: tuple[Node, Node], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Finding: 100 dump requests never read took a member from 104 to 315 MB."""
+    caplog.set_level(logging.INFO, logger="shoal")
+    a, b = pair
+    a.cache("c").set_many({f"k{i}": "v" * 100 for i in range(20_000)})
+    with RawPeer(a.address, SECRET, 0x2B, "127.0.0.1:1") as peer:
+        peer.send(b"".join(encode(DumpRequest("c", i)) for i in range(100)))
+        wait_until(
+            lambda: any("more than 64 dumps requested at once" in r.getMessage() for r in caplog.records),
+            10,
+            what="the greedy peer to be refused",
+        )
+    wait_until(lambda: not a._dumps.held(0x2B), 10, what="its queued dumps to be dropped")
+    still_serves(a, b)
+
+
+@pytest.mark.slow
+def test_a_new_member_gets_every_entry_when_values_average_8_kb(cluster: Cluster) -> None:
+    """Finding: 8 KB values made dump chunks over the frame limit; the new member reported ready with 0 entries."""
+    a = cluster.start(boot_wait=0.5)
+    for start in range(0, 4000, 500):
+        a.cmd("set_range", prefix="k", start=start, count=500, value="x" * 8 * 1024)
+    assert a.cmd("len") == 4000
+    b = cluster.start(seeds=[a.address], boot_wait=2.0)
+    assert b.cmd("ready", timeout=60) is True
+    assert b.cmd("len") == 4000
+    assert b.cmd("stats")["caches"]["c"]["warm_boot"]["state"] == "warm"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("offset", [-600, 365 * 86400], ids=["10 minutes behind", "a year ahead"])
+def test_a_member_whose_clock_is_off_is_refused_with_a_clear_reason_and_cannot_rewrite_entries(
+    cluster: Cluster, offset: int
+) -> None:
+    """Finding: 10 minutes behind, its ttl-60 writes deleted the key on the others; a year ahead, they lived a year."""
+    a = cluster.start(boot_wait=0.3)
+    a.cmd("set", key="k", value="old")
+    skewed = cluster.start(
+        seeds=[a.address], ttl=60, boot_wait=0.5, prefix=["env", f"SHOAL_TEST_CLOCK_OFFSET={offset}"]
+    )
+    assert skewed.cmd("ready", timeout=10) is True
+    skewed.cmd("set", key="k", value="from the skewed member, ttl 60")
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline:  # a window in which a joined member's write would arrive
+        assert a.cmd("get", key="k") == "old"
+        time.sleep(0.05)
+    assert skewed.address not in {m["address"] for m in a.cmd("members") if m["state"] == "up"}
+    logs = {}
+    for name, member in (("a", a), ("skewed", skewed)):
+        member.stop()
+        assert member.proc.stderr is not None
+        logs[name] = member.proc.stderr.read()
+    # The skewed member dialed a; a refused its proven Proof, and both say why.
+    assert "more than max_clock_skew" in logs["a"]
+    assert "peer refused the handshake" in logs["skewed"] and "max_clock_skew" in logs["skewed"]
+
+
+@pytest.mark.parametrize(
+    "secret", ["", "\n", "short", b"fifteen bytes!!"], ids=["empty", "a newline", "short", "15 bytes"]
+)
+def test_a_node_or_an_operator_given_an_empty_or_short_secret_refuses_it(secret: str | bytes) -> None:
+    """Finding: empty and short secrets were accepted; a secret file holding only a newline gave an empty one."""
+    with pytest.raises(WeakSecret, match="shoal secret"):
+        Node(secret=secret)
+    with pytest.raises(WeakSecret):
+        Client("127.0.0.1:1", secret)
+
+
+def test_max_value_size_is_bounded_by_the_frame_limit() -> None:
+    node = Node(secret=SECRET)
+    with pytest.raises(ValueError, match="max_frame_size"):
+        node.cache("big", max_value_size=DEFAULT_MAX_FRAME)
+    cache = node.cache("ok", max_value_size=1000)
+    with pytest.raises(ValueError, match="max_value_size"):
+        cache.set("k", b"x" * 1000)
+
+
+def test_a_peer_that_pulls_without_reading_cannot_pile_answers_up_past_the_backlog_limit(
+    nodes: Callable[..., Node], caplog: pytest.LogCaptureFixture
+) -> None:
+    """An authenticated peer amplifying with Pulls it never reads (issue 14: amplification by a peer)."""
+    caplog.set_level(logging.INFO, logger="shoal")
+    a = nodes(max_peer_backlog=1 << 20)
+    a.cache("c").set_many({f"k{i}": "x" * 60_000 for i in range(200)})  # 12 MB a Pull away
+    peer_id = f"{0x2C:016x}"
+    with RawPeer(a.address, SECRET, 0x2C, "127.0.0.1:1") as peer:
+        peer.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        wait_until(lambda: any(m["id"] == peer_id for m in a.members()), 10, what="the peer to be up")
+        peer.send(b"".join(encode(Pull("c", [f"k{i}" for i in range(200)])) for _ in range(30)))  # 360 MB asked
+        wait_until(
+            lambda: any("is not reading: answer dropped" in r.getMessage() for r in caplog.records),
+            20,
+            what="answers to be dropped once the backlog is over the limit",
+        )
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:  # the rest of the 30 Pulls are answered meanwhile
+            backlog = a.stats()["peer_backlog_bytes"].get(peer_id, 0)
+            assert backlog <= (1 << 20) + 8 * 1024 * 1024  # the limit plus at most two 4 MiB frames
+            time.sleep(0.01)

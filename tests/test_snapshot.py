@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import math
 import subprocess
 import sys
 import textwrap
+import zlib
 from pathlib import Path
 
+import msgpack
 import pytest
 
 from shoal import snapshot
 from shoal.clock import NODE_BITS
+from shoal.handshake import cluster_key
 from shoal.serializer import MsgpackSerializer
 from shoal.store import NEVER, WRITE, Entry
 from tests.support.cluster import ROOT, Cluster, Member, _env, cluster, wait_until
@@ -31,8 +36,12 @@ def entries(n: int, prefix: str = "k", expires: float = NEVER, first_hlc: int = 
     return [Entry(f"{prefix}{i}", f"v{i}", expires, version(first_hlc + i)) for i in range(n)]
 
 
+MEMBER_KEY = snapshot.snapshot_key(cluster_key(b"shoal-test-secret"))
+"""The MAC key of files the test cluster's members (tests/support) write and will read."""
+
+
 def write_cache(path: Path, name: str, rows: list[Entry], now: float = NOW) -> int:
-    return snapshot.write(path, [(name, rows, PACK)], now)
+    return snapshot.write(path, [(name, rows, PACK)], now, key=MEMBER_KEY)
 
 
 # -- the file format ----------------------------------------------------------------------
@@ -113,7 +122,7 @@ def test_a_snapshot_with_any_byte_flipped_is_corrupt(tmp_path: Path, mask: int) 
         data[i] ^= mask
         flipped.write_bytes(bytes(data))
         with pytest.raises(snapshot.CorruptSnapshot):
-            snapshot.read(flipped, NOW)
+            snapshot.read(flipped, NOW, key=MEMBER_KEY)  # the CRC covers the entries, the MAC all
 
 
 def test_a_snapshot_with_bytes_appended_after_the_end_record_is_corrupt(tmp_path: Path) -> None:
@@ -342,3 +351,52 @@ def test_a_member_stopped_before_its_warm_boot_finished_keeps_the_previous_snaps
     assert not node.wait_ready(0.2)
     node.stop()
     assert path.read_bytes() == before
+
+
+# -- a file is input like a peer's (issue 14) ------------------------------------------------
+
+
+def forged_file(path: Path, records: list[list[object]], key: bytes | None = None) -> None:
+    """A file with a valid CRC (and MAC, given the key) around records of the forger's choice."""
+    data = b"".join(msgpack.packb(r, use_bin_type=True) for r in [[snapshot.MAGIC, snapshot.FORMAT, NOW], *records])
+    mac = None if key is None else hmac.new(key, data, hashlib.sha256).digest()
+    path.write_bytes(data + msgpack.packb(["end", len(records), zlib.crc32(data), mac], use_bin_type=True))
+
+
+GOOD = ["c", "k", PACK("v"), None, 5, 7]
+POISONED = {
+    "a list key": ["c", ["k"], PACK("v"), None, 5, 7],
+    "a value that is not bytes": ["c", "k", "v", None, 5, 7],
+    "version 2**64-1": ["c", "k", PACK("v"), None, 2**64 - 1, 7],
+    "a version from the future": ["c", "k", PACK("v"), None, int((NOW + 3600) * 1000) << 16, 7],
+    "expiry 1e306": ["c", "k", PACK("v"), 1e306, 5, 7],
+    "expiry nan": ["c", "k", PACK("v"), math.nan, 5, 7],
+    "a key over MAX_KEY_SIZE": ["c", "x" * 5000, PACK("v"), None, 5, 7],
+    "a cache name that is not str": [b"c", "k", PACK("v"), None, 5, 7],
+}
+
+
+@pytest.mark.parametrize("record", POISONED.values(), ids=POISONED.keys())
+def test_a_valid_file_holding_an_entry_no_peer_could_send_is_corrupt(tmp_path: Path, record: list[object]) -> None:
+    """Finding: a list key, a non-bytes value, version 2**64-1 or expiry 1e306 in a valid file poisoned the member."""
+    path = tmp_path / "snap"
+    forged_file(path, [GOOD, GOOD])
+    assert len(snapshot.read(path, NOW)["c"]) == 2
+    forged_file(path, [GOOD, record])
+    with pytest.raises(snapshot.CorruptSnapshot):
+        snapshot.read(path, NOW)
+
+
+def test_with_the_cluster_key_a_file_is_read_only_if_its_mac_matches(tmp_path: Path) -> None:
+    key, other = snapshot.snapshot_key(b"k" * 32), snapshot.snapshot_key(b"o" * 32)
+    path = tmp_path / "snap"
+    assert snapshot.write(path, [("c", entries(5), PACK)], NOW, key=key) == 5
+    assert len(snapshot.read(path, NOW, key=key)["c"]) == 5
+    with pytest.raises(snapshot.CorruptSnapshot, match="MAC"):
+        snapshot.read(path, NOW, key=other)
+    write_cache(path, "c", entries(5))  # written without a key: a forger's file looks like this
+    with pytest.raises(snapshot.CorruptSnapshot, match="MAC"):
+        snapshot.read(path, NOW, key=key)
+    forged_file(path, [GOOD], key=other)
+    with pytest.raises(snapshot.CorruptSnapshot, match="MAC"):
+        snapshot.read(path, NOW, key=key)

@@ -9,14 +9,16 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
+from conftest import FakeClock, hosted_cache
 
 from shoal.cache import Cache, Replica, hosted
 from shoal.clock import NODE_BITS, HybridClock
 from shoal.errors import ProtocolError
-from shoal.messages import DumpChunk
+from shoal.messages import DumpChunk, DumpEnd
 from shoal.serializer import MsgpackSerializer
 from shoal.store import DELETE, NEVER, WRITE, Store
-from shoal.warmboot import CHUNK, choose_donors, columns_from_wire, dump_columns, dump_messages
+from shoal.warmboot import CHUNK, choose_donors, columns_from_wire, dump_columns, dump_frames, dump_messages
+from shoal.wire import DEFAULT_MAX_FRAME, FrameDecoder
 from tests.support.cluster import Cluster, Member, cluster, wait_until
 
 __all__ = ["cluster"]  # the fixture, imported for the tests below
@@ -313,14 +315,15 @@ def test_a_member_with_no_peers_is_ready_at_once(cluster: Cluster) -> None:
 
 
 @pytest.mark.slow
-def test_a_boot_that_outlasts_warm_timeout_ends_ready_but_not_warmed_and_reads_are_served_throughout(
+def test_a_boot_that_outlasts_warm_timeout_never_reports_ready_and_asks_again_while_reads_are_served(
     cluster: Cluster,
 ) -> None:
+    """A member never reports ready with a boot that failed (issue 14): it retries until a donor delivers."""
     donor = cluster.start(catchup_log_bytes=0, **DETECTORS)  # only the dump may carry the old data
     donor.cmd("set_range", prefix="k", start=0, count=4 * CHUNK)
-    donor.cmd("hold_dumps", after=1)  # never released: the dump stalls after its first chunk
+    donor.cmd("hold_dumps", after=1)  # held until released: the dump stalls after its first chunk
 
-    booter = cluster.start(seeds=[donor.address], warm_timeout=3.0, **DETECTORS)
+    booter = cluster.start(seeds=[donor.address], warm_timeout=2.0, **DETECTORS)
 
     wait_until(lambda: donor.cmd("dumps_held"), 10, what="the dump to stall")
     wait_until(lambda: booter.cmd("len") == CHUNK, 10, what="the first chunk to arrive")
@@ -331,9 +334,32 @@ def test_a_boot_that_outlasts_warm_timeout_ends_ready_but_not_warmed_and_reads_a
     booter.cmd("set", key="live", value="written while warming")
     assert booter.cmd("get", key="live") == "written while warming"
 
-    assert booter.cmd("ready", timeout=10) is True
+    wait_until(lambda: boot_of(booter)["state"].startswith("retrying"), 10, what="the boot to give up on the donor")
+    assert booter.cmd("ready", timeout=0.1) is False  # past warm_timeout, and still not ready
+    wait_until(lambda: boot_of(booter)["donors_tried"] >= 2, 10, what="the boot to ask the donor again")
+    assert booter.cmd("ready", timeout=0.1) is False
+
+    donor.cmd("release_dumps")
+    assert booter.cmd("ready", timeout=20) is True
     boot = boot_of(booter)
-    assert boot["state"].startswith("not warmed") and boot["donor"] == donor.id
-    assert boot["seconds"] >= 3.0
-    assert booter.cmd("len") == CHUNK + 1
-    assert booter.cmd("get", key="k0") == "v0"
+    assert boot["state"] == "warm" and boot["donor"] == donor.id
+    assert booter.cmd("len") == 4 * CHUNK + 1
+    assert booter.cmd("get", key="live") == "written while warming"
+
+
+# -- issue 14: chunks bounded in bytes ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("value_size", [10, 8 * 1024, 64 * 1024, 900 * 1024])
+def test_dump_frames_stay_under_the_frame_limit_whatever_the_value_size(value_size: int) -> None:
+    """Finding: values averaging 8 KB made 2,000-entry chunks exceed the 16 MiB frame limit; the dump died."""
+    cache, replica = hosted_cache(FakeClock(NOW))
+    count = min(3000, (64 * 1024 * 1024) // value_size)
+    for i in range(count):
+        cache.set(f"k{i}", b"x" * value_size)
+    frames = list(dump_frames(replica, 1, lambda: NOW, DEFAULT_MAX_FRAME))
+    assert all(len(frame) <= DEFAULT_MAX_FRAME + 4 for frame in frames)
+    received = [m for frame in frames for m in FrameDecoder().feed(frame)]
+    *chunks, end = received
+    assert isinstance(end, DumpEnd) and end.entries == count
+    assert sorted(k for m in chunks for k in m.keys) == sorted(f"k{i}" for i in range(count))  # type: ignore[attr-defined]

@@ -28,7 +28,7 @@ from shoal.messages import (
     Welcome,
     message,
 )
-from shoal.wire import DEFAULT_MAX_FRAME, FrameDecoder, encode
+from shoal.wire import DEFAULT_MAX_FRAME, TAG_SIZE, FrameDecoder, FrameSealer, encode
 
 
 @message(60_001)  # far from every real range; exists to exercise float and optional fields
@@ -40,9 +40,9 @@ class _Probe(Message):
 
 EXAMPLES: list[Message] = [
     Hello(1, 1, 2**64 - 1, b"n" * 32, "10.0.0.1:7600"),
-    Challenge(1, 0, b"s" * 32, "[::1]:7600", b"m" * 32),
-    Proof(b"m" * 32),
-    Welcome(),
+    Challenge(2, 0, b"s" * 32, "[::1]:7600", 1_700_000_000_000),
+    Proof(b"m" * 32, 1_700_000_000_000),
+    Welcome(b"m" * 32),
     Refused("peer failed to prove the cluster secret"),
     Gossip([[7, "127.0.0.1:7601", "up", ["accounts", "sessions"], 42]]),
     Heartbeat(1_700_000_000_000),
@@ -77,7 +77,7 @@ def test_str_bytes_and_int_stay_distinct_on_the_wire() -> None:
 
 def test_a_message_is_an_array_of_its_code_and_fields_in_order() -> None:
     assert msgpack.unpackb(encode(Heartbeat(5))[4:]) == [Heartbeat.code, 5]
-    assert msgpack.unpackb(encode(Welcome())[4:]) == [Welcome.code]
+    assert msgpack.unpackb(encode(Leave())[4:]) == [Leave.code]
 
 
 def test_a_frame_fed_one_byte_at_a_time_decodes_exactly_when_complete() -> None:
@@ -150,8 +150,8 @@ BAD_INPUT = {
     "str for an int": framed([Heartbeat.code, "5"]),
     "bool for an int": framed([Heartbeat.code, True]),
     "float for an int": framed([Heartbeat.code, 5.0]),
-    "str for bytes": framed([Proof.code, "mac"]),
-    "None for a required field": framed([Proof.code, None]),
+    "str for bytes": framed([Proof.code, "mac", 0]),
+    "None for a required field": framed([Proof.code, None, 0]),
     "bool for a float": framed([_Probe.code, True, None, {}]),
     "list for a dict": framed([_Probe.code, 1.0, None, []]),
     "ext type": framed([Gossip.code, [msgpack.ExtType(42, b"x")]]),
@@ -172,7 +172,7 @@ def test_malformed_input_is_a_protocol_error(data: bytes) -> None:
 
 def test_a_protocol_error_names_the_field_but_never_echoes_the_peers_data() -> None:
     with pytest.raises(ProtocolError) as caught:
-        FrameDecoder().feed(framed([Proof.code, "A" * 10_000]))
+        FrameDecoder().feed(framed([Proof.code, "A" * 10_000, 0]))
     assert "Proof.mac must be bytes, got str" in str(caught.value)
     assert "AAAA" not in str(caught.value)
 
@@ -245,10 +245,98 @@ def test_random_frame_bodies_only_ever_raise_protocol_errors(body: bytes) -> Non
 
 
 @given(
-    plain
-    | st.tuples(st.sampled_from(sorted(MESSAGE_TYPES)), st.lists(plain, max_size=6)).map(
-        lambda t: [t[0], *t[1]]
-    )
+    plain | st.tuples(st.sampled_from(sorted(MESSAGE_TYPES)), st.lists(plain, max_size=6)).map(lambda t: [t[0], *t[1]])
 )
 def test_random_msgpack_objects_only_ever_raise_protocol_errors(obj: Any) -> None:
     _feed_expecting_only_protocol_errors([framed(obj)])
+
+
+# --- authenticated frames -------------------------------------------------------
+
+KEY_A, KEY_B = b"a" * 32, b"b" * 32
+
+
+def sealed(msgs: list[Message], key: bytes = KEY_A) -> list[bytes]:
+    sealer = FrameSealer(key)
+    return [sealer.seal(encode(m)) for m in msgs]
+
+
+def authenticated(key: bytes = KEY_A, max_frame_size: int = DEFAULT_MAX_FRAME) -> FrameDecoder:
+    decoder = FrameDecoder(max_frame_size)
+    decoder.authenticate(key)
+    return decoder
+
+
+def test_sealed_frames_decode_in_order_however_the_stream_is_chopped() -> None:
+    data = b"".join(sealed(EXAMPLES * 3))
+    decoder = authenticated()
+    received = [m for i in range(0, len(data), 7) for m in decoder.feed(data[i : i + 7])]
+    assert received == EXAMPLES * 3
+
+
+def test_a_frame_injected_by_a_relay_without_the_key_is_refused() -> None:
+    """Finding: a relay passed a valid handshake through, then injected an Ops frame both members applied."""
+    frames = sealed([Heartbeat(1), Heartbeat(2)])
+    decoder = authenticated()
+    assert decoder.feed(frames[0]) == [Heartbeat(1)]
+    with pytest.raises(ProtocolError, match="authentication"):
+        body = encode(Leave())[4:]
+        decoder.feed(struct.pack(">I", len(body) + TAG_SIZE) + body + b"\0" * TAG_SIZE)
+    with pytest.raises(ProtocolError, match="authentication"):
+        authenticated().feed(sealed([Leave()], key=KEY_B)[0])
+
+
+def test_a_replayed_dropped_or_reordered_frame_is_refused() -> None:
+    one, two, three = sealed([Heartbeat(1), Heartbeat(2), Heartbeat(3)])
+    for stream in (one + one, one + three, two + one):
+        decoder = authenticated()
+        with pytest.raises(ProtocolError, match="authentication"):
+            decoder.feed(stream)
+
+
+def test_a_frame_cannot_be_reflected_back_to_its_sender() -> None:
+    mine = sealed([Heartbeat(1)], key=KEY_A)[0]
+    with pytest.raises(ProtocolError, match="authentication"):
+        authenticated(KEY_B).feed(mine)  # I receive under the other direction's key
+
+
+@given(st.integers(0, 200), st.integers(0, 7))
+def test_any_bit_flipped_in_a_sealed_frame_is_refused(position: int, bit: int) -> None:
+    data = bytearray(sealed([Refused("x" * 100)])[0])
+    position = 4 + position % (len(data) - 4)  # the length prefix has its own checks
+    data[position] ^= 1 << bit
+    with pytest.raises(ProtocolError):
+        authenticated().feed(bytes(data))
+
+
+def test_the_frame_limit_counts_the_body_not_the_tag() -> None:
+    frame_bytes = sealed([Refused("x" * 100)])[0]
+    body = len(frame_bytes) - 4 - TAG_SIZE
+    assert authenticated(max_frame_size=body).feed(frame_bytes) == [Refused("x" * 100)]
+    with pytest.raises(FrameTooLarge):
+        authenticated(max_frame_size=body - 1).feed(frame_bytes)
+
+
+def test_an_authenticated_frame_shorter_than_its_tag_is_refused() -> None:
+    with pytest.raises(ProtocolError, match="shorter"):
+        authenticated().feed(struct.pack(">I", TAG_SIZE - 1) + b"x" * (TAG_SIZE - 1))
+
+
+def test_feed_with_a_limit_leaves_the_frames_behind_for_the_new_key() -> None:
+    """The last handshake frame and the first authenticated ones may arrive in one read."""
+    data = encode(Refused("last plain")) + b"".join(sealed([Heartbeat(1), Heartbeat(2)]))
+    decoder = FrameDecoder()
+    assert decoder.feed(data, limit=1) == [Refused("last plain")]
+    assert decoder.buffered == len(data) - len(encode(Refused("last plain")))
+    decoder.authenticate(KEY_A)
+    assert decoder.feed(b"") == [Heartbeat(1), Heartbeat(2)]
+
+
+@given(st.lists(st.binary(max_size=64), max_size=10))
+def test_random_bytes_after_the_handshake_only_ever_raise_protocol_errors(chunks: list[bytes]) -> None:
+    decoder = authenticated(max_frame_size=4096)
+    try:
+        for chunk in chunks:
+            decoder.feed(chunk)
+    except ProtocolError:
+        pass

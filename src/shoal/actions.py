@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .messages import Message
+from .messages import Message, Ops
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,10 +21,10 @@ class Send:
 
 @dataclass(frozen=True, slots=True)
 class Broadcast:
-    """One message to many peers: a driver encodes it once."""
+    """Local writes to many peers: a driver encodes them once."""
 
     peers: tuple[int, ...]
-    msg: Message
+    msg: Ops
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,15 +22,25 @@ import itertools
 import os
 import threading
 import time
-from collections.abc import Callable, Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from datetime import timedelta
 from typing import Any, TypeVar, cast
 
 from .clock import HybridClock
+from .errors import InvalidEntry
 from .replica import Op
 from .serializer import MsgpackSerializer, Serializer
 from .singleflight import Flights
 from .store import CLEAR, DELETE, NEVER, WRITE, Entry, Key, Store
+from .validation import (
+    DEFAULT_MAX_CLOCK_SKEW,
+    DEFAULT_MAX_VALUE_SIZE,
+    MAX_KEY_SIZE,
+    check_key,
+    check_peer_entries,
+    check_value_size,
+    ttl_seconds,
+)
 
 __all__ = ["DEFAULT", "Cache"]
 
@@ -49,22 +59,9 @@ DEFAULT: Any = _Default()
 """Use the cache's own ttl."""
 
 _MISSING: Any = object()
-_KEY_TYPES = (str, bytes, int)
 TTL = float | int | timedelta | None
-
-
-def _check_key(key: object) -> None:
-    if type(key) not in _KEY_TYPES:
-        raise TypeError(f"cache keys are str, bytes or int, not {type(key).__name__}")
-
-
-def _seconds(ttl: TTL) -> float | None:
-    if ttl is None:
-        return None
-    seconds = ttl.total_seconds() if isinstance(ttl, timedelta) else float(ttl)
-    if seconds < 0 or seconds != seconds:
-        raise ValueError(f"ttl must be >= 0 seconds or None, not {ttl!r}")
-    return seconds
+_check_key = check_key  # validation.py: the one check every entry point shares
+_seconds = ttl_seconds
 
 
 class Cache:
@@ -83,6 +80,8 @@ class Cache:
         serializer: Serializer | None = None,
         name: str = "default",
         timer: Callable[[], float] = time.time,
+        max_value_size: int = DEFAULT_MAX_VALUE_SIZE,
+        max_clock_skew: float = DEFAULT_MAX_CLOCK_SKEW,
     ) -> None:
         """``timer`` is the wall clock expiry is measured on (seconds since the epoch:
         expiries travel between members as absolute times); pass a fake one in tests."""
@@ -91,7 +90,9 @@ class Cache:
         self._max_entries = max_entries
         self._serializer: Serializer = serializer or MsgpackSerializer()
         self._wall = timer
-        self._clock = HybridClock(int.from_bytes(os.urandom(8), "big"), timer)
+        self.max_value_size = max_value_size
+        self.max_clock_skew = max_clock_skew
+        self._clock = HybridClock(int.from_bytes(os.urandom(8), "big"), timer, max_clock_skew)
         self._store = Store(max_entries)
         self._data = self._store.data
         self._lock = threading.Lock()
@@ -183,9 +184,11 @@ class Cache:
         return NEVER if seconds is None else now + seconds
 
     def set(self, key: Key, value: Any, ttl: TTL = DEFAULT) -> None:
-        if type(key) not in _KEY_TYPES:  # _check_key, inlined: set is a hot path
+        if type(key) is not str or len(key) > MAX_KEY_SIZE or not key.isascii():  # the common case inline
             _check_key(key)
         packed = self._serializer.dumps(value)
+        if type(packed) is not bytes or len(packed) > self.max_value_size:
+            check_value_size(packed, self.max_value_size)
         with self._lock:
             now = self._wall()
             if ttl is DEFAULT:
@@ -204,6 +207,7 @@ class Cache:
         """Set key only if this member holds no live value for it."""
         _check_key(key)
         packed = self._serializer.dumps(value)
+        check_value_size(packed, self.max_value_size)
         with self._lock:
             now = self._wall()
             if self._store.live(key, now) is not None:
@@ -222,6 +226,7 @@ class Cache:
 
     def delete(self, key: Key) -> bool:
         """Delete everywhere; True if this member held a live value."""
+        _check_key(key)  # the delete travels to every member
         with self._lock:
             now = self._wall()
             removed = self._store.live(key, now) is not None
@@ -452,16 +457,21 @@ class Replica:
         return ops
 
     def apply(self, ops: list[Op], now: float) -> tuple[int, int]:
+        """The whole batch is validated and decoded first (InvalidEntry), so a bad op
+        applies nothing and cannot leave half a batch behind."""
         applied = ignored = 0
         cache = self._cache
-        loads = cache._serializer.loads
+        if not ops:
+            return 0, 0
+        keys, expiries, versions = [op[1] for op in ops], [op[3] for op in ops], [op[4] for op in ops]
+        check_peer_entries(keys, expiries, versions, now, cache.max_clock_skew)
+        values = _decode(cache._serializer, [op[2] for op in ops if op[0] == WRITE])
         with cache._lock:
             store = self._store
-            if ops:
-                cache._clock.observe(max(op[4] for op in ops))
-            for kind, key, packed, expires, version in ops:
+            cache._clock.observe(max(versions))
+            for kind, key, _, expires, version in ops:
                 if kind == WRITE:
-                    ok = store.write(key, loads(packed), expires, version, now)  # type: ignore[arg-type]
+                    ok = store.write(key, next(values), expires, version, now)
                 elif kind == DELETE:
                     ok = store.delete(key, version, now)
                 else:
@@ -476,9 +486,9 @@ class Replica:
         self, keys: list[Key], values: list[Any], expires: list[float], versions: list[int], packed: bool, now: float
     ) -> int:
         cache = self._cache
+        expires = check_peer_entries(keys, expires, versions, now, cache.max_clock_skew)
         if packed:
-            loads = cache._serializer.loads
-            values = [loads(v) for v in values]
+            values = list(_decode(cache._serializer, values))
         with cache._lock:
             if versions:
                 cache._clock.observe(max(versions))
@@ -487,6 +497,14 @@ class Replica:
     def sweep(self, now: float) -> int:
         with self._cache._lock:
             return self._store.sweep(now)
+
+
+def _decode(serializer: Serializer, packed: list[Any]) -> Iterator[Any]:
+    loads = serializer.loads
+    try:
+        return iter([loads(p) for p in packed])
+    except Exception as exc:
+        raise InvalidEntry(f"a peer's value could not be decoded ({type(exc).__name__})") from None
 
 
 def hosted(
@@ -498,10 +516,20 @@ def hosted(
     clock: HybridClock,
     tombstone_ttl: float,
     timer: Callable[[], float] = time.time,
+    max_value_size: int = DEFAULT_MAX_VALUE_SIZE,
+    max_clock_skew: float = DEFAULT_MAX_CLOCK_SKEW,
 ) -> tuple[Cache, Replica]:
     """A cache for a Node: the node's clock stamps its writes, deletes keep tombstones,
     and the node's housekeeping sweeps it."""
-    cache = Cache(ttl, max_entries, serializer=serializer, name=name, timer=timer)
+    cache = Cache(
+        ttl,
+        max_entries,
+        serializer=serializer,
+        name=name,
+        timer=timer,
+        max_value_size=max_value_size,
+        max_clock_skew=max_clock_skew,
+    )
     cache._clock = clock
     cache._store.tombstone_ttl = tombstone_ttl
     cache._hosted = True

@@ -1,4 +1,4 @@
-"""The ``shoal`` command: ``demo`` (the main job), ``serve``, ``members``, ``stats``.
+"""The ``shoal`` command: ``demo`` (the main job), ``serve``, ``members``, ``stats``, ``secret``.
 
 Every flag of ``serve`` also reads an environment variable (``SHOAL_LISTEN``,
 ``SHOAL_SEEDS``, ``SHOAL_DISCOVERY``, ``SHOAL_SECRET`` or ``SHOAL_SECRET_FILE``,
@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import os
+import secrets
 import signal
 import sys
 from collections.abc import Sequence
@@ -28,11 +29,24 @@ def _env(name: str, default: str | None = None) -> str | None:
     return value if value else default
 
 
-def read_secret(secret: str | None, secret_file: str | None) -> str | None:
-    """The cluster secret from a flag, a file (a mounted Kubernetes Secret) or neither."""
+def read_secret(secret: str | None, secret_file: str | None) -> bytes | None:
+    """The cluster secret from a flag, a file (a mounted Kubernetes Secret) or neither.
+
+    A secret given but empty or short is an error (WeakSecret), never a silent
+    "no secret": a file holding only a newline is a mistake to report, not to run with.
+    """
+    from .handshake import check_secret
+
     if secret_file:
-        return Path(secret_file).read_text().strip()
-    return secret
+        return check_secret(Path(secret_file).read_bytes())
+    if secret is not None:
+        return check_secret(secret)
+    return None
+
+
+def new_secret() -> str:
+    """32 random bytes as URL-safe base64: fits an env var, a flag or a Kubernetes Secret."""
+    return secrets.token_urlsafe(32)
 
 
 def parse_cache_spec(spec: str) -> tuple[str, float | None, int | None]:
@@ -181,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--ready-timeout", type=float, default=60.0)
     _add_secret(serve)
 
+    sub.add_parser("secret", help="print a fresh, strong cluster secret")
+
     for name, help_text in (
         ("members", "list the members a running node knows"),
         ("stats", "show a running node's cache and replication figures"),
@@ -205,6 +221,9 @@ def main(argv: list[str] | None = None) -> int:
             return _stats(args)
         if args.command == "ready":
             return _ready(args)
+        if args.command == "secret":
+            print(new_secret())
+            return 0
         from .demo import run
 
         return run(args)

@@ -11,13 +11,14 @@ import asyncio
 import contextlib
 import os
 import ssl as _ssl
+import time
 from typing import Any
 
 from .errors import HandshakeError, ProtocolError, ShoalError
-from .handshake import Handshake
+from .handshake import Handshake, check_secret
 from .messages import Answer, Query, Refused
 from .transport import parse_address
-from .wire import HANDSHAKE_MAX_FRAME, FrameDecoder, encode
+from .wire import HANDSHAKE_MAX_FRAME, FrameDecoder, FrameSealer, encode
 
 
 class Client:
@@ -32,13 +33,14 @@ class Client:
         timeout: float = 10.0,
     ) -> None:
         self.address = address
-        self._secret = secret.encode() if isinstance(secret, str) else (secret or b"")
+        self._secret = b"" if secret is None else check_secret(secret)
         self._ssl = ssl
         self.timeout = timeout
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._decoder = FrameDecoder(HANDSHAKE_MAX_FRAME)
         self._inbox: list[Any] = []
+        self._sealer: FrameSealer | None = None
 
     async def __aenter__(self) -> Client:
         host, port = parse_address(self.address)
@@ -47,13 +49,15 @@ class Client:
             self.timeout,
         )
         self._writer = writer
-        hs = Handshake.initiator(self._secret, int.from_bytes(os.urandom(8), "big"), "")
+        hs = Handshake.initiator(self._secret, int.from_bytes(os.urandom(8), "big"), "", wall=time.time)
         try:
             for msg in hs.start():
                 writer.write(encode(msg))
             while not hs.done:
-                for reply in hs.receive(await self._next()):
+                for reply in hs.receive(await self._next(one=True)):
                     writer.write(encode(reply))
+            self._sealer = FrameSealer(hs.send_key)
+            self._decoder.authenticate(hs.receive_key)
         except BaseException as exc:
             if isinstance(exc, HandshakeError):  # tell the member why, for its log
                 writer.write(encode(Refused(str(exc)[:200])))
@@ -71,18 +75,22 @@ class Client:
             with contextlib.suppress(ConnectionError, OSError):
                 await self._writer.wait_closed()
 
-    async def _next(self) -> Any:
+    async def _next(self, one: bool = False) -> Any:
+        """The next message; ``one`` during the handshake (what follows it needs the frame key)."""
         assert self._reader is not None
+        limit = 1 if one else None
+        self._inbox += self._decoder.feed(b"", limit)
         while not self._inbox:
             data = await asyncio.wait_for(self._reader.read(65536), self.timeout)
             if not data:
                 raise ShoalError(f"{self.address} closed the connection")
-            self._inbox += self._decoder.feed(data)
+            self._inbox += self._decoder.feed(data, limit)
         return self._inbox.pop(0)
 
     async def query(self, what: str, *args: Any) -> dict[Any, Any]:
         assert self._writer is not None
-        self._writer.write(encode(Query(what, list(args))))
+        assert self._sealer is not None
+        self._writer.write(self._sealer.seal(encode(Query(what, list(args)))))
         answer = await self._next()
         if not isinstance(answer, Answer):
             raise ProtocolError(f"expected an Answer, got {type(answer).__name__}")

@@ -48,12 +48,15 @@ class HybridClock:
     per write would cost as much as the rest of the stamp.
     """
 
-    def __init__(self, node_id: int, wall: Callable[[], float] = time.time) -> None:
+    def __init__(self, node_id: int, wall: Callable[[], float] = time.time, max_skew: float = 1.0) -> None:
         if not 0 <= node_id <= NODE_MASK:
             raise ValueError("node_id must be an unsigned 64-bit int")
+        if not 0 <= max_skew < 86400:
+            raise ValueError("max_skew is 0 to 86400 seconds")
         self.node_id = node_id
         self._wall = wall
         self._last = 0
+        self._skew_hlc = int(max_skew * 1000) << COUNTER_BITS
 
     def stamp(self) -> Version:
         """A version newer than every version this clock has stamped or observed."""
@@ -64,7 +67,14 @@ class HybridClock:
         return (hlc << NODE_BITS) | self.node_id
 
     def observe(self, version: Version) -> None:
-        """Move past a remote version, so our next write orders after it."""
+        """Move past a remote version, so our next write orders after it.
+
+        Never further than ``max_skew`` ahead of our own wall clock: entry points
+        refuse versions beyond that (validation.py), and this clamp is the last line,
+        so no peer can drag our versions into the future (where repair, which skips
+        what is newer than a second ago, would never look at them) or towards overflow.
+        """
         hlc = version >> NODE_BITS
         if hlc > self._last:
-            self._last = hlc
+            ceiling = (int(self._wall() * 1000) << COUNTER_BITS) + self._skew_hlc
+            self._last = min(hlc, max(ceiling, self._last), MAX_HLC - (1 << 32))

@@ -85,6 +85,11 @@ class Config:
     """How long readiness waits for a gossiped member to connect, or a peer to answer a catch-up."""
 
 
+def _frame_size(msg: Ops) -> int:
+    """About what the frame of ``msg`` takes (values dominate); encoding it here would do it twice."""
+    return sum(len(op[2]) + 48 for op in msg.ops if type(op[2]) is bytes) + 48 * len(msg.ops)
+
+
 class Dispatcher:
     def __init__(
         self,
@@ -190,14 +195,18 @@ class Dispatcher:
             batches.setdefault(name, []).append(op)
         actions: list[Action] = []
         limit = self.config.max_peer_backlog
+        queued: dict[int, int] = {}  # bytes this flush adds per peer, before the driver writes any
         for name, ops in batches.items():
             for action in self.replicator.outgoing(name, ops, wall):
-                assert isinstance(action, Broadcast) and isinstance(action.msg, Ops)
-                slow = [peer for peer in action.peers if backlog(peer) > limit]
+                msg = action.msg
+                slow = [peer for peer in action.peers if backlog(peer) + queued.get(peer, 0) > limit]
                 for peer in slow:
-                    self.replicator.dropped(peer, action.msg)
+                    self.replicator.dropped(peer, msg)
                 if slow:
-                    action = Broadcast(tuple(p for p in action.peers if p not in slow), action.msg)
+                    action = Broadcast(tuple(p for p in action.peers if p not in slow), msg)
+                size = _frame_size(msg)
+                for peer in action.peers:
+                    queued[peer] = queued.get(peer, 0) + size
                 actions.append(action)
         if outbox and not self._flush_pending and self.running:
             self._flush_pending = True

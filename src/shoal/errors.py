@@ -21,3 +21,24 @@ class FrameTooLarge(ProtocolError):
 
 class HandshakeError(ProtocolError):
     """The peer could not be admitted: wrong secret, no common version, or a timeout."""
+
+
+class InvalidEntry(ProtocolError):
+    """A peer or a snapshot file offered an entry the local API would have refused.
+
+    Raised for a whole batch before any of it is applied: a peer that sends one such
+    entry is broken or hostile, and nothing else it sent in that frame is trusted.
+    """
+
+
+class ClockSkewError(HandshakeError):
+    """The peer's wall clock differs from ours by more than ``max_clock_skew``.
+
+    Expiries are absolute wall-clock times and versions follow the wall clock, so a
+    member whose clock is far off would expire entries early or late everywhere, or
+    pull every member's versions into the future; it is refused instead.
+    """
+
+
+class WeakSecret(ShoalError, ValueError):
+    """The cluster secret is empty or too short to resist guessing (``shoal secret`` prints one)."""

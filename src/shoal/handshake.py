@@ -7,52 +7,106 @@ message the peer sends and sends whatever it returns. No other message travels
 on the connection until ``done``::
 
     initiator                                   acceptor
-    Hello(min, max, id_c, nonce_c, listen)  -->
-                                            <-- Challenge(protocol, id_s, nonce_s, listen, mac_s)
-    Proof(mac_c)                            -->
-                                            <-- Welcome()
+    Hello(min, max, id_c, nonce_c, listen_c)  -->
+                                            <-- Challenge(protocol, id_s, nonce_s, listen_s, wall_s)
+    Proof(mac_c, wall_c)                      -->
+                                            <-- Welcome(mac_s)
 
-    mac = HMAC-SHA256(secret, label + nonce_c + nonce_s + id_c + id_s + protocol)
+    key        = scrypt(secret, salt=KEY_SALT, n=2**14, r=8, p=1, dklen=32)   once per process
+    transcript = nonce_c + nonce_s + id_c + id_s + protocol + wall_s + wall_c + listen_c + listen_s
+    mac_c      = HMAC-SHA256(key, INITIATOR_LABEL + transcript)
+    mac_s      = HMAC-SHA256(key, ACCEPTOR_LABEL + transcript)
+    frame keys = HMAC-SHA256(key, FRAMES_C2S + transcript), HMAC-SHA256(key, FRAMES_S2C + transcript)
 
-with ids as 8-byte and the protocol as 4-byte big-endian unsigned integers, and
-a different label per role. Each property rests on one ingredient:
+with ids, walls (milliseconds since the epoch) as 8-byte and the protocol as
+4-byte big-endian unsigned integers, and each listen address as its length
+then its UTF-8 (lengths as 4 bytes). Each property rests on one ingredient:
 
-- Both sides contribute a fresh 32-byte nonce, so a Proof or Challenge recorded
+- Both sides contribute a fresh 32-byte nonce, so a Proof or Welcome recorded
   from an earlier session proves nothing in this one.
-- The acceptor's MAC carries another label than the initiator's, so the only
-  MAC an acceptor ever hands a stranger cannot be reflected back as a Proof.
-- Both ids and the chosen protocol are inside the MAC, so both ends agree on
-  who is talking and in which version.
+- **The initiator proves first.** Protocol 1 had the acceptor send its MAC in
+  the Challenge, to anyone who sent a Hello: a stranger could collect a MAC over
+  data it chose and guess the secret offline at some 570k guesses a second.
+  Now an acceptor hands out nothing derived from the secret until the peer has
+  proven it. The initiator's MAC still goes to whoever it dials, so a party that
+  can make a member dial it (a hijacked seed address) could guess offline; the
+  scrypt step makes each guess cost ~50 ms and 16 MiB instead of a microsecond,
+  and it is paid once per process by members, not per connection. Both, rather
+  than either: proving first closes the open door; the slow key derivation
+  covers the door that stays (the dialled side) and secrets weaker than
+  ``shoal secret``'s, which is why short ones are still refused outright.
+- The two MACs carry different labels, so one side's MAC reflected back is not
+  the other's.
+- Both ids, both listen addresses, both wall clocks and the chosen protocol are
+  inside both MACs, so a relay can change none of them.
+- Each side's wall clock is checked against its own once the other side has
+  proven the secret: a peer more than ``max_clock_skew`` off is refused with
+  ClockSkewError (expiries are absolute times and versions follow the wall clock;
+  CockroachDB's max-offset rule is the model).
+- Every frame after the handshake carries a MAC under a key of this connection
+  and direction (wire.py), so a relay that passed the handshake through can
+  still not inject, replay, reorder or reflect a frame.
 
-The acceptor picks the highest version both ranges share; the ``listen``
-addresses are taken as the peer claims them (membership validates them).
+The acceptor picks the highest version both ranges share.
 
-What the driver owns: the clock, the socket and the reaction to failure. It
-bounds the whole handshake with a timeout (a peer that stalls is never
-``done``), keeps the FrameDecoder at HANDSHAKE_MAX_FRAME until ``done``, and
-when ``receive`` raises it logs the reason, may send ``Refused(str(error))``,
-and closes. ``receive`` raises HandshakeError when the peer cannot be admitted
-(wrong secret, no common version, the node itself, a Refused from the peer) and
-ProtocolError for a malformed or out-of-order message. A failed handshake
+What the driver owns: the socket, the wall clock (``wall``, read when a Challenge
+or Proof is made or checked) and the reaction to failure. It bounds the whole
+handshake with a timeout, keeps the FrameDecoder at HANDSHAKE_MAX_FRAME until
+``done``, then switches both directions to ``send_key``/``receive_key``. When
+``receive`` raises it logs the reason, may send ``Refused(str(error))``, and
+closes. ``receive`` raises HandshakeError when the peer cannot be admitted (wrong
+secret, clock skew, no common version, the node itself, a Refused from the peer)
+and ProtocolError for a malformed or out-of-order message. A failed handshake
 cannot be resumed.
 """
 
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import hmac
 import secrets
+from collections.abc import Callable
 from typing import NamedTuple
 
-from .errors import HandshakeError, ProtocolError
+from .errors import ClockSkewError, HandshakeError, ProtocolError, WeakSecret
 from .messages import Challenge, Hello, Message, Proof, Refused, Welcome
+from .validation import DEFAULT_MAX_CLOCK_SKEW
 from .wire import PROTOCOL_MIN, PROTOCOL_VERSION
 
 NONCE_SIZE = 32
+MIN_SECRET_SIZE = 16
+"""Bytes. ``shoal secret`` prints 32 random bytes (43 characters of URL-safe base64)."""
+KEY_SALT = b"shoal cluster key v2"
+SCRYPT = {"n": 2**14, "r": 8, "p": 1, "dklen": 32, "maxmem": 64 * 1024 * 1024}
 
 _ACCEPTOR_LABEL = b"shoal acceptor\x00"
 _INITIATOR_LABEL = b"shoal initiator\x00"
+_FRAMES_C2S = b"shoal frames initiator to acceptor\x00"
+_FRAMES_S2C = b"shoal frames acceptor to initiator\x00"
+_MAX_WALL_MS = (1 << 63) - 1
+
+
+def check_secret(secret: str | bytes | None) -> bytes:
+    """The secret as bytes, refusing one that is empty or shorter than ``MIN_SECRET_SIZE``.
+
+    Surrounding whitespace is not part of a secret: a file holding only a newline
+    is an empty secret, and refused, not a one-byte one.
+    """
+    raw = (secret.encode() if isinstance(secret, str) else secret or b"").strip()
+    if len(raw) < MIN_SECRET_SIZE:
+        raise WeakSecret(
+            f"the cluster secret is {len(raw)} bytes; at least {MIN_SECRET_SIZE} are required "
+            "(`shoal secret` prints a strong one)"
+        )
+    return raw
+
+
+@functools.lru_cache(maxsize=8)
+def cluster_key(secret: bytes) -> bytes:
+    """The key every MAC uses: scrypt of the secret, slow on purpose (see the module docstring)."""
+    return hashlib.scrypt(secret, salt=KEY_SALT, **SCRYPT)
 
 
 class _State(enum.Enum):
@@ -83,23 +137,33 @@ class Handshake:
         nonce: bytes | None,
         protocol_min: int,
         protocol_max: int,
+        max_clock_skew: float,
+        wall: Callable[[], float],
     ) -> None:
         if not 0 <= node_id < 1 << 64:
             raise ValueError(f"node id {node_id} is not an unsigned 64-bit integer")
         if not 0 < protocol_min <= protocol_max < 1 << 32:
             raise ValueError(f"bad protocol range {protocol_min}..{protocol_max}")
+        if not max_clock_skew >= 0:
+            raise ValueError("max_clock_skew must be >= 0")
         nonce = secrets.token_bytes(NONCE_SIZE) if nonce is None else nonce
         if len(nonce) != NONCE_SIZE:
             raise ValueError(f"a nonce is {NONCE_SIZE} bytes, got {len(nonce)}")
-        self._secret = secret
+        self._initiator = initiator
+        self._key = cluster_key(secret)
         self._node_id = node_id
         self._listen = listen
         self._nonce = nonce
         self._min = protocol_min
         self._max = protocol_max
+        self._skew_ms = int(max_clock_skew * 1000)
+        self._wall = wall
         self._state = _State.START if initiator else _State.AWAIT_HELLO
         self._peer: _Peer | None = None  # as claimed, until DONE
-        self._transcript = b""  # what both MACs sign, once both nonces are known
+        self._hello: Hello | None = None
+        self._challenge: Challenge | None = None
+        self._skew = 0  # ms: the peer's wall clock minus ours, as measured on arrival
+        self._transcript = b""  # what both MACs sign, once both walls are known
 
     @classmethod
     def initiator(
@@ -111,9 +175,11 @@ class Handshake:
         *,
         protocol_min: int = PROTOCOL_MIN,
         protocol_max: int = PROTOCOL_VERSION,
+        max_clock_skew: float = DEFAULT_MAX_CLOCK_SKEW,
+        wall: Callable[[], float],
     ) -> Handshake:
-        """The side that opened the connection; it speaks first."""
-        return cls(True, secret, node_id, listen, nonce, protocol_min, protocol_max)
+        """The side that opened the connection; it speaks and proves first."""
+        return cls(True, secret, node_id, listen, nonce, protocol_min, protocol_max, max_clock_skew, wall)
 
     @classmethod
     def acceptor(
@@ -125,16 +191,19 @@ class Handshake:
         *,
         protocol_min: int = PROTOCOL_MIN,
         protocol_max: int = PROTOCOL_VERSION,
+        max_clock_skew: float = DEFAULT_MAX_CLOCK_SKEW,
+        wall: Callable[[], float],
     ) -> Handshake:
-        """The side that accepted the connection; it proves itself first."""
-        return cls(False, secret, node_id, listen, nonce, protocol_min, protocol_max)
+        """The side that accepted the connection; it proves itself only to a proven peer."""
+        return cls(False, secret, node_id, listen, nonce, protocol_min, protocol_max, max_clock_skew, wall)
 
     def start(self) -> list[Message]:
         """Messages to send as soon as the connection is up."""
         if self._state is not _State.START:
             return []
         self._state = _State.AWAIT_CHALLENGE
-        return [Hello(self._min, self._max, self._node_id, self._nonce, self._listen)]
+        self._hello = Hello(self._min, self._max, self._node_id, self._nonce, self._listen)
+        return [self._hello]
 
     def receive(self, msg: Message) -> list[Message]:
         """Take the peer's next message; return the messages to send in reply."""
@@ -148,8 +217,7 @@ class Handshake:
         if state is _State.AWAIT_PROOF and isinstance(msg, Proof):
             return self._on_proof(msg)
         if state is _State.AWAIT_WELCOME and isinstance(msg, Welcome):
-            self._state = _State.DONE
-            return []
+            return self._on_welcome(msg)
         raise ProtocolError(f"unexpected {type(msg).__name__} in handshake ({state.value})")
 
     @property
@@ -169,11 +237,32 @@ class Handshake:
     def protocol(self) -> int:
         return self._admitted().protocol
 
+    @property
+    def clock_skew(self) -> float:
+        """Seconds the admitted peer's wall clock was ahead of ours (negative: behind)."""
+        self._admitted()
+        return self._skew / 1000
+
+    @property
+    def send_key(self) -> bytes:
+        """Key of the MAC on every frame this side sends from now on (wire.FrameSealer)."""
+        self._admitted()
+        return self._frame_key(_FRAMES_C2S if self._initiator else _FRAMES_S2C)
+
+    @property
+    def receive_key(self) -> bytes:
+        """Key of the MAC on every frame the peer sends from now on (FrameDecoder.authenticate)."""
+        self._admitted()
+        return self._frame_key(_FRAMES_S2C if self._initiator else _FRAMES_C2S)
+
     def _admitted(self) -> _Peer:
         # Withheld until DONE so nothing acts on an identity the peer has not proven.
         if self._peer is None or self._state is not _State.DONE:
             raise RuntimeError("the handshake is not done: the peer is unproven")
         return self._peer
+
+    def _now_ms(self) -> int:
+        return int(self._wall() * 1000)
 
     def _on_hello(self, hello: Hello) -> list[Message]:
         self._check_peer(hello.node_id, hello.nonce)
@@ -184,30 +273,39 @@ class Handshake:
                 f"no common protocol version: ours {self._min}..{self._max}, "
                 f"peer's {hello.protocol_min}..{hello.protocol_max}"
             )
+        self._hello = hello
         self._peer = _Peer(hello.node_id, hello.listen, high)
-        self._transcript = _transcript(hello.nonce, self._nonce, hello.node_id, self._node_id, high)
+        self._challenge = Challenge(high, self._node_id, self._nonce, self._listen, self._now_ms())
         self._state = _State.AWAIT_PROOF
-        mac = self._mac(_ACCEPTOR_LABEL)
-        return [Challenge(high, self._node_id, self._nonce, self._listen, mac)]
+        return [self._challenge]
 
     def _on_challenge(self, challenge: Challenge) -> list[Message]:
         self._check_peer(challenge.node_id, challenge.nonce)
         if not self._min <= challenge.protocol <= self._max:
-            raise HandshakeError(
-                f"peer chose protocol {challenge.protocol}, outside ours {self._min}..{self._max}"
-            )
-        self._transcript = _transcript(
-            self._nonce, challenge.nonce, self._node_id, challenge.node_id, challenge.protocol
-        )
-        self._verify(challenge.mac, _ACCEPTOR_LABEL)
+            raise HandshakeError(f"peer chose protocol {challenge.protocol}, outside ours {self._min}..{self._max}")
+        now = self._now_ms()
+        _check_wall(challenge.wall_ms)
+        self._skew = challenge.wall_ms - now  # checked once the peer has proven the secret
+        self._challenge = challenge
         self._peer = _Peer(challenge.node_id, challenge.listen, challenge.protocol)
+        self._transcript = self._sign(now)
         self._state = _State.AWAIT_WELCOME
-        return [Proof(self._mac(_INITIATOR_LABEL))]
+        return [Proof(self._mac(_INITIATOR_LABEL), now)]
 
     def _on_proof(self, proof: Proof) -> list[Message]:
+        _check_wall(proof.wall_ms)
+        self._transcript = self._sign(proof.wall_ms)
         self._verify(proof.mac, _INITIATOR_LABEL)
+        self._skew = proof.wall_ms - self._now_ms()
+        self._check_skew()
         self._state = _State.DONE
-        return [Welcome()]
+        return [Welcome(self._mac(_ACCEPTOR_LABEL))]
+
+    def _on_welcome(self, welcome: Welcome) -> list[Message]:
+        self._verify(welcome.mac, _ACCEPTOR_LABEL)
+        self._check_skew()
+        self._state = _State.DONE
+        return []
 
     def _check_peer(self, node_id: int, nonce: bytes) -> None:
         if not 0 <= node_id < 1 << 64:
@@ -217,13 +315,52 @@ class Handshake:
         if node_id == self._node_id:
             raise HandshakeError(f"connected to itself (node id {node_id})")
 
+    def _check_skew(self) -> None:
+        if abs(self._skew) > self._skew_ms:
+            raise ClockSkewError(
+                f"peer's wall clock is {self._skew / 1000:+.3f} s from ours, more than "
+                f"max_clock_skew ({self._skew_ms / 1000:g} s): fix its time sync (NTP) before it may join"
+            )
+
+    def _sign(self, wall_c: int) -> bytes:
+        hello, challenge = self._hello, self._challenge
+        assert hello is not None and challenge is not None
+        return transcript(hello, challenge, wall_c)
+
     def _mac(self, label: bytes) -> bytes:
-        return hmac.new(self._secret, label + self._transcript, hashlib.sha256).digest()
+        return hmac.new(self._key, label + self._transcript, hashlib.sha256).digest()
+
+    def _frame_key(self, label: bytes) -> bytes:
+        return hmac.new(self._key, label + self._transcript, hashlib.sha256).digest()
 
     def _verify(self, mac: bytes, label: bytes) -> None:
         if not hmac.compare_digest(mac, self._mac(label)):
             raise HandshakeError("peer failed to prove the cluster secret")
 
 
-def _transcript(nonce_c: bytes, nonce_s: bytes, id_c: int, id_s: int, protocol: int) -> bytes:
-    return nonce_c + nonce_s + id_c.to_bytes(8, "big") + id_s.to_bytes(8, "big") + protocol.to_bytes(4, "big")
+def transcript(hello: Hello, challenge: Challenge, wall_c: int) -> bytes:
+    """What both MACs and both frame keys sign (layout in the module docstring)."""
+    listen_c, listen_s = (
+        hello.listen.encode("utf-8", "surrogatepass"),
+        challenge.listen.encode("utf-8", "surrogatepass"),
+    )
+    return b"".join(
+        (
+            hello.nonce,
+            challenge.nonce,
+            hello.node_id.to_bytes(8, "big"),
+            challenge.node_id.to_bytes(8, "big"),
+            challenge.protocol.to_bytes(4, "big"),
+            challenge.wall_ms.to_bytes(8, "big"),
+            wall_c.to_bytes(8, "big"),
+            len(listen_c).to_bytes(4, "big"),
+            listen_c,
+            len(listen_s).to_bytes(4, "big"),
+            listen_s,
+        )
+    )
+
+
+def _check_wall(wall_ms: int) -> None:
+    if not 0 <= wall_ms <= _MAX_WALL_MS:
+        raise ProtocolError("a wall clock is unsigned milliseconds since 1970")

@@ -64,9 +64,14 @@ class Collector:
 class Snapshots:
     """The snapshot file (snapshot.py) of a node: written periodically and on stop, read at boot."""
 
-    def __init__(self, path: str | os.PathLike[str], interval: float) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], interval: float, key: bytes | None = None, max_clock_skew: float = 1.0
+    ) -> None:
+        """``key`` (snapshot.snapshot_key of the cluster key) signs the file and is required to read it."""
         self.path = path
         self.interval = interval
+        self._key = key
+        self._max_clock_skew = max_clock_skew
         self._read: dict[str, list[Op]] | None = None
 
     async def write(self, replicas: dict[str, ReplicaView], complete: bool) -> int:
@@ -77,7 +82,7 @@ class Snapshots:
             return 0
         caches = [(name, r.entries(), r.dumps) for name, r in replicas.items()]
         try:
-            count = await asyncio.to_thread(snapshot.write, self.path, caches, time.time())
+            count = await asyncio.to_thread(snapshot.write, self.path, caches, time.time(), self._key)
         except OSError as exc:
             log.error("writing snapshot %s failed: %s", self.path, exc)
             return 0
@@ -88,7 +93,9 @@ class Snapshots:
         """Entries of ``name`` from the file, read once; [] if none or corrupt."""
         if self._read is None:
             try:
-                self._read = await asyncio.to_thread(snapshot.read, self.path, time.time())
+                self._read = await asyncio.to_thread(
+                    snapshot.read, self.path, time.time(), self._key, self._max_clock_skew
+                )
             except FileNotFoundError:
                 self._read = {}
             except (snapshot.CorruptSnapshot, OSError) as exc:

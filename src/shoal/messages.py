@@ -147,27 +147,8 @@ class Hello(Message):
     listen: str
 
 
-@message(2)
-class Challenge(Message):
-    """Acceptor's answer: the chosen version, who it is, its challenge, and its proof."""
-
-    protocol: int
-    node_id: int
-    nonce: bytes
-    listen: str
-    mac: bytes
-
-
-@message(3)
-class Proof(Message):
-    """Initiator's proof that it knows the cluster secret."""
-
-    mac: bytes
-
-
-@message(4)
-class Welcome(Message):
-    """Acceptor's word that the initiator is admitted; cache traffic may follow."""
+# Codes 2, 3 and 4 were protocol 1's Challenge, Proof and Welcome, in which the
+# acceptor proved itself first; retired, never to be reused.
 
 
 @message(5)
@@ -175,6 +156,32 @@ class Refused(Message):
     """Sent just before closing a connection whose handshake failed, for the peer's log."""
 
     reason: str
+
+
+@message(6)
+class Challenge(Message):
+    """Acceptor's answer: the chosen version, who it is, its nonce and wall clock; no proof yet."""
+
+    protocol: int
+    node_id: int
+    nonce: bytes
+    listen: str
+    wall_ms: int
+
+
+@message(7)
+class Proof(Message):
+    """Initiator's proof of the cluster secret, and its wall clock (inside the MAC)."""
+
+    mac: bytes
+    wall_ms: int
+
+
+@message(8)
+class Welcome(Message):
+    """Acceptor's proof of the secret: the initiator is admitted; authenticated frames follow."""
+
+    mac: bytes
 
 
 # --- membership (membership.py) -----------------------------------------------

@@ -34,19 +34,28 @@ from .cache import NOT_GIVEN, Cache, conflicting_options, hosted
 from .clock import HybridClock
 from .dispatch import FLUSH_DELAY, Config, Dispatcher
 from .errors import ProtocolError, ShoalError
+from .handshake import check_secret, cluster_key
 from .housekeeping import Collector, Resolver, Snapshots, discover
-from .messages import Message, Query
+from .limits import LogLimiter, PeerQuota, Supervisor
+from .messages import DumpEnd, Message, Ops, Query
 from .queries import Handler, Queries
 from .replica import ReplicaView
 from .replication import CATCHUP_LOG_BYTES
 from .serializer import Serializer
+from .snapshot import snapshot_key
 from .transport import Connection, dns_resolver, is_loopback, parse_address
+from .validation import DEFAULT_MAX_CLOCK_SKEW, DEFAULT_MAX_VALUE_SIZE
 from .wire import DEFAULT_MAX_FRAME, encode
 
 log = logging.getLogger("shoal")
 
 TICK = 0.1
 SCAN_PAUSE = 0.002
+DUMPS_AT_ONCE = 2
+"""Dumps streaming to one peer at a time; more wait their turn (each holds a list of every entry)."""
+DUMPS_QUEUED = 64
+"""Dumps one peer may have requested and not yet received: an honest booter asks for one per
+cache it boots; more at once is a peer making us hold entry lists (100 unread dumps: +300 MB)."""
 CONNECT_TIMEOUT = 3.0
 """A dial gives up after this (a member behind a partition drops the SYN): the next one, after
 a backoff of at most 2 s, is what reconnects soon after the partition heals."""
@@ -81,14 +90,19 @@ class Node:
         snapshot_path: str | os.PathLike[str] | None = None,
         snapshot_interval: float = 60.0,
         gc_freeze: bool = True,
+        max_pending: int = 128,
+        max_clock_skew: float = DEFAULT_MAX_CLOCK_SKEW,
     ) -> None:
         host, port = parse_address(listen)
         if secret is None and not is_loopback(host):
             raise ShoalError(f"refusing to listen on non-loopback {host!r} without a cluster secret")
+        if max_frame_size < DEFAULT_MAX_VALUE_SIZE * 2:
+            raise ValueError(f"max_frame_size must be at least {DEFAULT_MAX_VALUE_SIZE * 2} (twice max_value_size)")
         if warm_donors not in (1, 2):
             raise ValueError("warm_donors is 1 or 2")
         self._host, self._port = host, port
-        self._secret = secret.encode() if isinstance(secret, str) else (secret or b"")
+        # No secret at all is a loopback-only convenience; a secret given must be strong.
+        self._secret = b"" if secret is None else check_secret(secret)
         self.node_id = int.from_bytes(os.urandom(8), "big")
         self.seeds = list(seeds)
         self.discovery = discovery
@@ -96,6 +110,13 @@ class Node:
         self._client_ssl = client_ssl or ssl
         self.handshake_timeout = handshake_timeout
         self.max_frame_size = max_frame_size
+        self.max_pending = max_pending
+        self.max_clock_skew = max_clock_skew
+        self.door = LogLimiter(log)  # refusals of strangers: they choose how many there are
+        self._ticks = Supervisor("the node's timer", log)
+        self._chores = LogLimiter(log, burst=5, interval=60.0)
+        self._dumps = PeerQuota(DUMPS_QUEUED)
+        self._dump_slots: dict[int, asyncio.Semaphore] = {}
         self._config = Config(
             failure_timeout=failure_timeout,
             heartbeat_interval=heartbeat_interval,
@@ -108,7 +129,14 @@ class Node:
         )
         self._resolver = resolver or dns_resolver
         self.dns_interval = dns_interval
-        self._snapshots = Snapshots(snapshot_path, snapshot_interval) if snapshot_path is not None else None
+        # With a secret the file carries a MAC: a member loads it with no peer to ask, so a
+        # file someone else wrote must not pass for ours.
+        snapshot_mac = snapshot_key(cluster_key(self._secret)) if self._secret else None
+        self._snapshots = (
+            Snapshots(snapshot_path, snapshot_interval, snapshot_mac, max_clock_skew)
+            if snapshot_path is not None
+            else None
+        )
         self._gc = Collector(gc_freeze)
         self.on_member_up: list[Callable[[int, str], None]] = []
         self.on_member_down: list[Callable[[int, str, str], None]] = []
@@ -156,6 +184,7 @@ class Node:
         *,
         serializer: Serializer | None = NOT_GIVEN,
         tombstone_ttl: float = 600.0,
+        max_value_size: int = DEFAULT_MAX_VALUE_SIZE,
     ) -> Cache:
         """The named cache on this node, created on first use; every member hosting it shares it.
 
@@ -168,13 +197,18 @@ class Node:
             if wrong:
                 raise ValueError(f"cache {name!r} already exists with other options: {', '.join(wrong)}")
             return existing
+        if not 0 < max_value_size <= self.max_frame_size // 2:
+            raise ValueError(f"max_value_size is 1 to max_frame_size / 2 ({self.max_frame_size // 2}) bytes")
         cache, replica = hosted(
             name,
             None if ttl is NOT_GIVEN else ttl,
             None if max_entries is NOT_GIVEN else max_entries,
             serializer=None if serializer is NOT_GIVEN else serializer,
-            clock=HybridClock(self.node_id),  # one per cache: only called under that cache's lock
+            # one clock per cache: only called under that cache's lock
+            clock=HybridClock(self.node_id, max_skew=self.max_clock_skew),
             tombstone_ttl=tombstone_ttl,
+            max_value_size=max_value_size,
+            max_clock_skew=self.max_clock_skew,
         )
         self._caches[name] = cache
         if self._loop is None:
@@ -325,7 +359,13 @@ class Node:
         self._loop = loop = asyncio.get_running_loop()
         self._ready_event = asyncio.Event()
         self._server = await loop.create_server(
-            lambda: Connection(self, initiator=False), self._host, self._port, ssl=self._ssl, reuse_address=True
+            lambda: Connection(self, initiator=False),
+            self._host,
+            self._port,
+            ssl=self._ssl,
+            reuse_address=True,
+            # A stranger that stalls TLS gets the handshake's deadline, not asyncio's 60 s.
+            ssl_handshake_timeout=self.handshake_timeout if self._ssl else None,
         )
         self._port = self._server.sockets[0].getsockname()[1]
         # The core was made before the port was known: give membership the real address.
@@ -378,16 +418,25 @@ class Node:
     async def _ticker(self) -> None:
         assert self._core is not None
         next_freeze = 0.0
+        supervise = self._ticks.run  # a round that raises is logged; heartbeats and repair go on
         while True:
             now = time.monotonic()
             if now >= next_freeze:
                 next_freeze = now + 1.0
-                self._gc.grown(sum(r.size() for r in self._core.replicas.values()))
-            self._run(self._core.tick(now, time.time()))
+                supervise(self._grown)
+            supervise(functools.partial(self._tick, now))
             # A scan in progress (anti-entropy) goes on a slice at a time, with a short
             # pause between slices: spread out, a round never takes a core away from
             # replication in one burst (a burst showed as lag spikes on a busy machine).
             await asyncio.sleep(SCAN_PAUSE if self._core.busy else TICK)
+
+    def _grown(self) -> None:
+        assert self._core is not None
+        self._gc.grown(sum(r.size() for r in self._core.replicas.values()))
+
+    def _tick(self, now: float) -> None:
+        assert self._core is not None
+        self._run(self._core.tick(now, time.time()))
 
     def _discovered(self, addresses: list[str]) -> None:
         if self._core is not None:
@@ -397,7 +446,10 @@ class Node:
         assert self._snapshots is not None
         while True:
             await asyncio.sleep(self._snapshots.interval)
-            await self.write_snapshot()
+            try:
+                await self.write_snapshot()
+            except Exception:  # one failed write (say an unserializable entry) must not end the task
+                self._chores.log(logging.ERROR, "writing the snapshot failed; the next attempt follows", exc_info=True)
 
     def _set_ready(self, ready: bool) -> None:
         if ready:
@@ -412,7 +464,19 @@ class Node:
     # -- connections (transport.Owner) ---------------------------------------------------
 
     def conn_opened(self, conn: Connection) -> None:
-        self._pending.add(conn)
+        pending = self._pending
+        if len(pending) >= self.max_pending:
+            # The oldest goes: an honest handshake takes a round trip or two, so what has
+            # waited longest is most likely a stranger holding a slot (and its buffer).
+            oldest = min(pending, key=lambda c: c.opened)
+            self.door.log(
+                logging.WARNING,
+                "%d connections pending (max_pending): closing the oldest, %s",
+                len(pending),
+                oldest.describe(),
+            )
+            oldest.close("too many pending connections")
+        pending.add(conn)
 
     def conn_admitted(self, conn: Connection) -> None:
         assert self._core is not None
@@ -474,6 +538,7 @@ class Node:
                     port,
                     ssl=self._client_ssl,
                     server_hostname=host if self._client_ssl else None,
+                    ssl_handshake_timeout=self.handshake_timeout if self._client_ssl else None,
                 ),
                 min(self.handshake_timeout, CONNECT_TIMEOUT),
             )
@@ -506,8 +571,14 @@ class Node:
                         conn.write(frame)
             elif isinstance(action, Send):
                 conn = self._peers.get(action.peer)
-                if conn is not None:
-                    conn.send(action.msg)
+                if conn is None:
+                    continue
+                if isinstance(action.msg, Ops) and conn.backlog() > self._config.max_peer_backlog:
+                    # Answers to its Pulls and catch-ups that a peer does not read would pile up
+                    # here without bound; what it asked for and never took, it can ask again.
+                    self._chores.log(logging.WARNING, "%016x is not reading: answer dropped", action.peer)
+                    continue
+                conn.send(action.msg)
             elif isinstance(action, Dial):
                 if not self._stopping:
                     self._spawn(self._dial(action.address))
@@ -525,7 +596,12 @@ class Node:
                 for down_callback in self.on_member_down:
                     down_callback(action.peer, action.listen, action.reason)
             elif isinstance(action, StreamDump):
-                self._spawn(self._stream_dump(action))
+                if self._dumps.take(action.peer):
+                    self._spawn(self._stream_dump(action))
+                else:
+                    conn = self._peers.get(action.peer)
+                    if conn is not None:
+                        conn.refuse(f"more than {DUMPS_QUEUED} dumps requested at once")
             elif isinstance(action, ReadSnapshot):
                 self._spawn(self._read_snapshot(action.cache))
             elif isinstance(action, Ready):
@@ -536,6 +612,17 @@ class Node:
             self._gc.pause(self._core.booting)
 
     async def _stream_dump(self, action: StreamDump) -> None:
+        """Stream one dump; at most DUMPS_AT_ONCE to a peer at once, the rest wait their turn."""
+        slots = self._dump_slots.setdefault(action.peer, asyncio.Semaphore(DUMPS_AT_ONCE))
+        try:
+            async with slots:
+                await self._stream_one_dump(action)
+        finally:
+            self._dumps.give(action.peer)
+            if not self._dumps.held(action.peer):
+                self._dump_slots.pop(action.peer, None)
+
+    async def _stream_one_dump(self, action: StreamDump) -> None:
         """The donor's streaming loop: one chunk at a time, waiting while the peer lags."""
         conn = self._peers.get(action.peer)
         assert self._core is not None
@@ -543,14 +630,19 @@ class Node:
         if conn is None or replica is None:
             return
         stats = self._core.boot_stats(action.cache)
-        for msg in warmboot.dump_messages(replica, action.stream, time.time):
-            if conn.closed:
-                return
-            frame = encode(msg, self.max_frame_size)
-            conn.write(frame)
-            stats.bytes_served += len(frame)
-            await conn.drained()
-            await asyncio.sleep(0)
+        try:
+            for frame in warmboot.dump_frames(replica, action.stream, time.time, self.max_frame_size):
+                if conn.closed:
+                    return
+                conn.write(frame)
+                stats.bytes_served += len(frame)
+                await conn.drained()
+                await asyncio.sleep(0)
+        except Exception:
+            # The booter must not wait out its timeout for a dump that died here: an end
+            # whose count is not what it received tells it to try the next donor.
+            log.exception("dump of %s to %016x failed", action.cache, action.peer)
+            conn.send(DumpEnd(action.cache, action.stream, -1))
 
     async def _read_snapshot(self, cache: str) -> None:
         ops = await self._snapshots.read(cache) if self._snapshots is not None else []

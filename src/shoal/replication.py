@@ -55,12 +55,14 @@ from typing import Any
 from .actions import Action, Broadcast, Send
 from .clock import COUNTER_BITS, MAX_HLC, NODE_BITS, NODE_MASK, version_ms
 from .errors import ProtocolError
+from .limits import LogLimiter, spans
 from .membership import Membership
 from .messages import CatchUp, CaughtUp, Digest, Listing, Message, Ops, Pull
 from .replica import Op, ReplicaView
 from .store import CLEAR, DELETE, NEVER, WRITE, Entry, Key
 
 log = logging.getLogger("shoal")
+_scan_errors = LogLimiter(log, burst=5, interval=60.0)
 
 BUCKETS = 1024
 SETTLE = 1.0
@@ -73,6 +75,17 @@ LISTING_MAX = 20_000
 PULL_MAX = 10_000
 """Keys per Pull message."""
 _OP_OVERHEAD = 120  # bytes a logged op costs beyond its key and value, roughly
+MAX_SCANS_PER_PEER = 2
+"""Scans a peer's digests and listings may have queued here: each holds a list of every
+entry, so 300 digests in a row once took a member from 104 to 566 MB. An honest peer
+runs one round at a time with us; what is over the limit is dropped (a later round repairs)."""
+BATCH_BYTES = 4 * 1024 * 1024
+"""Bytes of values and keys per Ops frame: with ``max_value_size`` (1 MiB by default) far
+below the 16 MiB frame limit, no batch of writes can grow into a frame a peer refuses."""
+PULL_BYTES = 32 * 1024 * 1024
+"""Bytes one Pull is answered with at most; the puller pulls the rest in its next round."""
+_WIRE_OP_OVERHEAD = 40  # msgpack framing of one op besides its key and value
+_PULL_SLICE = 16  # keys looked up between checks of PULL_BYTES
 _MASK64 = (1 << 64) - 1
 
 
@@ -102,6 +115,12 @@ def ops_from_wire(raw: list[Any]) -> list[Op]:
             raise ProtocolError("op version must be two unsigned 64-bit ints (hlc below 2**63)")
         ops.append((kind, key, packed, float(expires), (hlc << NODE_BITS) | node))
     return ops
+
+
+def _op_size(wire_op: list[Any]) -> int:
+    """Roughly the bytes of one op on the wire (its value and key dominate)."""
+    key, packed = wire_op[1], wire_op[2]
+    return _WIRE_OP_OVERHEAD + (len(packed) if packed is not None else 0) + (len(key) if type(key) is not int else 8)
 
 
 def _split(version: int) -> list[int]:
@@ -297,6 +316,7 @@ class Replicator:
         self.rng = rng or random.Random()
         self.slice_size = slice_size
         self.batch = batch
+        self.batch_bytes = BATCH_BYTES
         self.log_bytes = log_bytes
         self.figures: dict[str, dict[str, Any]] = {}
         self.logs: dict[str, _Log] = {}
@@ -325,7 +345,7 @@ class Replicator:
 
     # -- outgoing --------------------------------------------------------------
 
-    def outgoing(self, name: str, ops: list[Op], wall: float) -> list[Action]:
+    def outgoing(self, name: str, ops: list[Op], wall: float) -> list[Broadcast]:
         """Local writes of one cache as Ops messages, each broadcast to the cache's group,
         and logged for the members that are not connected now (catch-up)."""
         if not ops:
@@ -337,9 +357,9 @@ class Replicator:
         figures = self.figures_of(name)
         wire_ops = [op_to_wire(op) for op in ops]
         self._log(name).add(wire_ops, int(wall * 1000))
-        actions: list[Action] = []
-        for i in range(0, len(wire_ops), self.batch):
-            msg = Ops(name, wire_ops[i : i + self.batch])
+        actions: list[Broadcast] = []
+        for i, j in spans(map(_op_size, wire_ops), self.batch_bytes, self.batch):
+            msg = Ops(name, wire_ops[i:j])
             actions.append(Broadcast(peers, msg))
             figures["ops_sent"] += len(msg.ops) * len(peers)
         return actions
@@ -376,6 +396,10 @@ class Replicator:
             return []
         if isinstance(msg, (Digest, Listing)):
             self._catch_up_clear(msg.cache, replica, msg.watermark, wall)
+        wants_scan = isinstance(msg, Digest) or (isinstance(msg, Listing) and msg.reply)
+        if wants_scan and self._queued_scans(peer) >= MAX_SCANS_PER_PEER:
+            log.debug("%016x has %d repair scans queued here: dropping another", peer, MAX_SCANS_PER_PEER)
+            return []
         if isinstance(msg, Digest):
             if len(msg.digests) != BUCKETS:
                 raise ProtocolError(f"a digest has {BUCKETS} buckets")
@@ -411,8 +435,15 @@ class Replicator:
         if isinstance(msg, Pull):
             if any(type(key) not in (str, bytes, int) for key in msg.keys):
                 raise ProtocolError("a pull names a key that is not str, bytes or int")
-            wire = [op_to_wire(op) for op in replica.ops_for(msg.keys, wall)]
-            return [Send(peer, Ops(msg.cache, wire[i : i + self.batch])) for i in range(0, len(wire), self.batch)]
+            wire: list[Any] = []
+            total = 0
+            for k in range(0, len(msg.keys), _PULL_SLICE):
+                if total > PULL_BYTES:
+                    break  # the rest at the next round: one Pull must not cost us unbounded memory
+                more = [op_to_wire(op) for op in replica.ops_for(msg.keys[k : k + _PULL_SLICE], wall)]
+                total += sum(map(_op_size, more))
+                wire += more
+            return self._batches(peer, msg.cache, wire)
         raise ProtocolError(f"unexpected {type(msg).__name__}")
 
     # -- catch-up ----------------------------------------------------------------
@@ -449,9 +480,7 @@ class Replicator:
         if msg.cache not in self.replicas or log_ is None:
             return [Send(peer, CaughtUp(msg.cache, True))]  # nothing logged: nothing was missed
         ops, complete = log_.since(msg.since_ms)
-        actions: list[Action] = [
-            Send(peer, Ops(msg.cache, ops[i : i + self.batch])) for i in range(0, len(ops), self.batch)
-        ]
+        actions = self._batches(peer, msg.cache, ops)
         if ops:
             self.figures_of(msg.cache)["catchup_ops_sent"] += len(ops)
             log.info("catch-up of %s for %016x: %d writes, log complete: %s", msg.cache, peer, len(ops), complete)
@@ -462,6 +491,14 @@ class Replicator:
         if found is None:
             found = self.logs[name] = _Log(self.log_bytes)
         return found
+
+    def _batches(self, peer: int, cache: str, wire_ops: list[Any]) -> list[Action]:
+        """Ops messages to one peer, bounded in bytes as well as in ops."""
+        cuts = spans(map(_op_size, wire_ops), self.batch_bytes, self.batch)
+        return [Send(peer, Ops(cache, wire_ops[i:j])) for i, j in cuts]
+
+    def _queued_scans(self, peer: int) -> int:
+        return sum(1 for scan in self._scans if scan.peer == peer and scan.then != "digest")
 
     def _catch_up_clear(self, name: str, replica: ReplicaView, mark: list[Any], wall: float) -> None:
         """A peer cleared the cache after we last did: apply its clear (lost on the way)."""
@@ -521,6 +558,16 @@ class Replicator:
         if replica is None:
             self._scans.popleft()
             return []
+        try:
+            return self._advance_scan(scan, replica, wall)
+        except Exception:
+            # Our own entries broke the scan, not the peer: drop this round (the next one
+            # starts afresh) rather than fail the tick or the peer's connection every time.
+            self._scans.popleft()
+            _scan_errors.log(logging.ERROR, "repair scan of %s failed; round dropped", scan.cache, exc_info=True)
+            return []
+
+    def _advance_scan(self, scan: _Scan, replica: ReplicaView, wall: float) -> list[Action]:
         part = scan.entries[scan.pos : scan.pos + self.slice_size]
         if scan.then == "listing":
             scan.flat += listing(part, scan.buckets, wall)

@@ -6,16 +6,23 @@ and periodically, and loads it at boot when no peer could donate.
 
 Format: a stream of msgpack records. First ``["shoal-snapshot", 1, written_at]``,
 then one ``[cache, key, value, expires, hlc, node]`` per entry (the Ops format,
-value as serialized bytes), last ``["end", count, crc32]``, where the checksum
-covers every byte before the end record. A file without a valid end record, or
-whose count or checksum disagrees, is corrupt: it is reported and ignored, never
-half-loaded. Writes go to a temporary file in the same directory, are fsynced,
-then renamed over the old one, so a crash mid-write leaves the previous snapshot.
+value as serialized bytes), last ``["end", count, crc32, mac]``, where the checksum
+covers every byte before the end record and ``mac`` is HMAC-SHA256 of those bytes
+under a key derived from the cluster secret (nil for a member without one). A file
+without a valid end record, whose count, checksum or MAC disagrees, or holding an
+entry a peer could not send either (validation.py: a list key, a value that is not
+bytes, an expiry of 1e306, a version from the future), is corrupt: it is reported
+and ignored, never half-loaded. The CRC catches a damaged disk; the MAC catches a
+file someone wrote on purpose, since a member loads it without any peer to ask.
+Writes go to a temporary file in the same directory, are fsynced, then renamed
+over the old one, so a crash mid-write leaves the previous snapshot.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
 import logging
 import os
 import tempfile
@@ -26,32 +33,44 @@ from typing import Any
 
 import msgpack
 
-from .clock import NODE_BITS, NODE_MASK
-from .errors import ShoalError
+from .clock import MAX_HLC, NODE_BITS, NODE_MASK
+from .errors import InvalidEntry, ShoalError
 from .replica import Op
 from .store import NEVER, WRITE, Entry
+from .validation import DEFAULT_MAX_CLOCK_SKEW, check_expiry, check_peer_key, check_version, version_limit
 
 log = logging.getLogger("shoal")
 
 MAGIC = "shoal-snapshot"
-FORMAT = 1
+FORMAT = 2
+_MAC_LABEL = b"shoal snapshot\x00"
 
 
 class CorruptSnapshot(ShoalError):
     pass
 
 
+def snapshot_key(cluster_key: bytes) -> bytes:
+    """The snapshot MAC's key, apart from every handshake key though derived from the same secret."""
+    return hmac.new(cluster_key, _MAC_LABEL, hashlib.sha256).digest()
+
+
 def write(
     path: str | os.PathLike[str],
     caches: Iterable[tuple[str, list[Entry], Callable[[Any], bytes]]],
     now: float,
+    key: bytes | None = None,
 ) -> int:
-    """Write every live entry of the given (name, entries, dumps) caches; returns the count."""
+    """Write every live entry of the given (name, entries, dumps) caches; returns the count.
+
+    With ``key`` (``snapshot_key``) the end record carries a MAC that ``read`` requires.
+    """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent)
     count = 0
     crc = 0
+    mac = hmac.new(key, digestmod=hashlib.sha256) if key is not None else None
     try:
         with os.fdopen(fd, "wb") as out:
             pack = msgpack.Packer(use_bin_type=True).pack
@@ -60,6 +79,8 @@ def write(
                 nonlocal crc
                 data = pack(record)
                 crc = zlib.crc32(data, crc)
+                if mac is not None:
+                    mac.update(data)
                 out.write(data)
 
             emit([MAGIC, FORMAT, now])
@@ -69,7 +90,7 @@ def write(
                         expires = None if e == NEVER else float(e)
                         emit([name, e.key, dumps(e.value), expires, e.version >> NODE_BITS, e.version & NODE_MASK])
                         count += 1
-            out.write(pack(["end", count, crc]))
+            out.write(pack(["end", count, crc, None if mac is None else mac.digest()]))
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, target)
@@ -80,9 +101,16 @@ def write(
     return count
 
 
-def read(path: str | os.PathLike[str], now: float) -> dict[str, list[Op]]:
-    """Unexpired entries by cache; raises CorruptSnapshot for anything but a whole, valid file."""
+def read(
+    path: str | os.PathLike[str], now: float, key: bytes | None = None, max_clock_skew: float = DEFAULT_MAX_CLOCK_SKEW
+) -> dict[str, list[Op]]:
+    """Unexpired entries by cache; raises CorruptSnapshot for anything but a whole, valid file.
+
+    With ``key``, a file whose MAC is missing or wrong is refused. Versions may be at
+    most ``max_clock_skew`` ahead of ``now``, like a peer's.
+    """
     data = Path(path).read_bytes()
+    limit = version_limit(now, max_clock_skew)
     unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, use_list=True, max_buffer_size=len(data) + 1)
     unpacker.feed(data)
     by_cache: dict[str, list[Op]] = {}
@@ -96,19 +124,33 @@ def read(path: str | os.PathLike[str], now: float) -> dict[str, list[Op]]:
         offset = unpacker.tell()
         for record in unpacker:
             end = unpacker.tell()
-            if isinstance(record, list) and len(record) == 3 and record[0] == "end":  # entries have 6 fields
-                if record != ["end", count, crc] or end != len(data):
+            if isinstance(record, list) and len(record) == 4 and record[0] == "end":  # entries have 6 fields
+                mac = record[3]
+                if record[:3] != ["end", count, crc] or end != len(data) or not (mac is None or type(mac) is bytes):
                     raise CorruptSnapshot(f"{path}: count or checksum does not match")
+                if key is not None:
+                    expected = hmac.new(key, data[:offset], hashlib.sha256).digest()
+                    if mac is None or not hmac.compare_digest(mac, expected):
+                        raise CorruptSnapshot(f"{path}: no valid MAC under the cluster secret (written elsewhere?)")
                 return by_cache
             crc = zlib.crc32(data[offset:end], crc)
             offset = end
-            name, key, value, expires, hlc, node = record
+            name, entry_key, value, expires, hlc, node = record
             count += 1
-            exp = NEVER if expires is None else float(expires)
+            if type(name) is not str or type(value) is not bytes:
+                raise InvalidEntry("a cache name is str and a value is bytes")
+            check_peer_key(entry_key)
+            if type(hlc) is not int or type(node) is not int or not 0 <= hlc <= MAX_HLC or not 0 <= node <= NODE_MASK:
+                raise InvalidEntry("a version is two unsigned 64-bit ints")
+            version = (hlc << NODE_BITS) | node
+            check_version(version, limit)
+            exp = NEVER if expires is None else check_expiry(expires, now)
             if exp > now:
-                by_cache.setdefault(name, []).append((WRITE, key, value, exp, (hlc << NODE_BITS) | node))
+                by_cache.setdefault(name, []).append((WRITE, entry_key, value, exp, version))
     except CorruptSnapshot:
         raise
+    except InvalidEntry as exc:
+        raise CorruptSnapshot(f"{path}: {exc}") from None
     except Exception as exc:
         raise CorruptSnapshot(f"{path}: unreadable record ({type(exc).__name__})") from None
     raise CorruptSnapshot(f"{path} is truncated (no end record)")

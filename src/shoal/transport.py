@@ -3,9 +3,15 @@
 One ``Connection`` per socket. It feeds received bytes to ``wire.FrameDecoder``;
 until the HMAC handshake is done the frames go to ``handshake.Handshake`` (with
 a small frame limit and a deadline), afterwards every message goes to its
-``Owner`` (the node). Writes go straight to the transport; ``backlog()`` tells
-how many bytes the peer has not taken yet, and ``drained()`` waits until it
-takes more, which is all the flow control a member needs.
+``Owner`` (the node). From the handshake on, every frame in both directions is
+authenticated under this connection's keys (wire.py's FrameSealer and
+``FrameDecoder.authenticate``), so a relay that passed the handshake through can
+add, replay or reorder nothing. A stranger's refusal is logged through the
+owner's rate-limited ``door``: strangers decide how often it happens.
+
+Writes go straight to the transport; ``backlog()`` tells how many bytes the
+peer has not taken yet, and ``drained()`` waits until it takes more, which is
+all the flow control a member needs.
 """
 
 from __future__ import annotations
@@ -14,12 +20,14 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import time
 from typing import Protocol, cast
 
 from .errors import ProtocolError
 from .handshake import Handshake
+from .limits import LogLimiter
 from .messages import Message, Refused
-from .wire import HANDSHAKE_MAX_FRAME, FrameDecoder, encode
+from .wire import HANDSHAKE_MAX_FRAME, FrameDecoder, FrameSealer, encode
 
 log = logging.getLogger("shoal")
 
@@ -46,6 +54,8 @@ class Owner(Protocol):
     node_id: int
     handshake_timeout: float
     max_frame_size: int
+    max_clock_skew: float
+    door: LogLimiter
 
     @property
     def secret(self) -> bytes: ...
@@ -56,7 +66,9 @@ class Owner(Protocol):
     @property
     def loop(self) -> asyncio.AbstractEventLoop: ...
 
-    def conn_opened(self, conn: Connection) -> None: ...
+    def conn_opened(self, conn: Connection) -> None:
+        """A connection is up and pending its handshake (the owner may close others: max_pending)."""
+        ...
 
     def conn_admitted(self, conn: Connection) -> None: ...
 
@@ -77,12 +89,16 @@ class Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.decoder = FrameDecoder(HANDSHAKE_MAX_FRAME)
         factory = Handshake.initiator if initiator else Handshake.acceptor
-        self.handshake = factory(owner.secret, owner.node_id, owner.address)
+        self.handshake = factory(
+            owner.secret, owner.node_id, owner.address, max_clock_skew=owner.max_clock_skew, wall=time.time
+        )
+        self.sealer: FrameSealer | None = None  # once admitted, every frame we write carries a MAC
         self.peer: int | None = None
         self.observer = False
         self.closed = False
         self.lost = False  # the owner has been told (close() and connection_lost both report)
         self.bytes_in = 0
+        self.opened = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._writable = asyncio.Event()
         self._writable.set()
@@ -92,6 +108,7 @@ class Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # cast, not isinstance: uvloop's transports are not asyncio.Transport subclasses
         self.transport = cast(asyncio.Transport, transport)
+        self.opened = self.owner.loop.time()
         self.owner.conn_opened(self)
         self._timer = self.owner.loop.call_later(self.owner.handshake_timeout, self._handshake_timeout)
         for msg in self.handshake.start():
@@ -104,13 +121,20 @@ class Connection(asyncio.Protocol):
         if self.peer is not None:
             self.owner.conn_bytes(self, len(data))
         try:
+            if self.peer is None:
+                # One frame at a time: the frames behind the last handshake message are
+                # authenticated, and the decoder needs the new key before it reads them.
+                msgs = self.decoder.feed(data, limit=1)
+                while msgs and not self.closed and self.peer is None:
+                    self._handshake(msgs[0])
+                    msgs = self.decoder.feed(b"", limit=1) if self.peer is None else []
+                if self.closed or self.peer is None:
+                    return
+                data = b""
             for msg in self.decoder.feed(data):
                 if self.closed:
                     return
-                if self.peer is None:
-                    self._handshake(msg)
-                else:
-                    self.owner.conn_received(self, msg)
+                self.owner.conn_received(self, msg)
         except ProtocolError as exc:
             self.refuse(str(exc))
         except Exception as exc:  # nothing a peer sends may take the node down
@@ -138,6 +162,8 @@ class Connection(asyncio.Protocol):
         if self.handshake.done:
             if self._timer is not None:
                 self._timer.cancel()
+            self.sealer = FrameSealer(self.handshake.send_key)
+            self.decoder.authenticate(self.handshake.receive_key)
             self.decoder.max_frame_size = self.owner.max_frame_size
             self.peer = self.handshake.peer_id
             self.owner.conn_admitted(self)
@@ -152,8 +178,9 @@ class Connection(asyncio.Protocol):
         self.write(encode(msg, self.owner.max_frame_size))
 
     def write(self, frame: bytes) -> None:
+        """Write a frame made by ``encode``; once admitted it is sealed (one MAC per frame, in order)."""
         if self.transport is not None and not self.closed:
-            self.transport.write(frame)
+            self.transport.write(frame if self.sealer is None else self.sealer.seal(frame))
 
     def backlog(self) -> int:
         return self.transport.get_write_buffer_size() if self.transport is not None else 0
@@ -162,7 +189,10 @@ class Connection(asyncio.Protocol):
         await self._writable.wait()
 
     def refuse(self, reason: str) -> None:
-        log.warning("closing connection %s: %s", self.describe(), reason)
+        if self.peer is None:  # a stranger decides how often this happens: rate-limited
+            self.owner.door.log(logging.WARNING, "closing connection %s: %s", self.describe(), reason)
+        else:
+            log.warning("closing connection %s: %s", self.describe(), reason)
         if self.peer is None:
             with contextlib.suppress(Exception):
                 self.send(Refused(reason[:200]))

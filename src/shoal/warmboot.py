@@ -31,15 +31,21 @@ from typing import Any
 
 from .actions import Action, ReadSnapshot, Send, StreamDump
 from .clock import MAX_HLC, NODE_BITS, NODE_MASK
-from .errors import ProtocolError
+from .errors import FrameTooLarge, ProtocolError
 from .membership import Membership
 from .messages import DumpChunk, DumpEnd, DumpRequest, Message, SizeReply, SizeRequest
 from .replica import Op, ReplicaView
 from .store import Entry, Key
+from .wire import encode
 
 log = logging.getLogger("shoal")
 
 CHUNK = 2000
+CHUNK_BYTES = 4 * 1024 * 1024
+"""What a dump chunk aims at: a count alone does not bound a frame (2,000 values of 8 KB
+made a chunk over the 16 MiB frame limit, and the donor's dump died)."""
+RETRY = 1.0
+"""Seconds before a boot whose every donor failed asks the cluster again (doubling, to 30 s)."""
 _KEY_TYPES = {str, bytes, int}
 SIZE_WAIT = 1.0
 
@@ -118,7 +124,39 @@ def dump_messages(replica: ReplicaView, stream: int, now: Callable[[], float]) -
     yield DumpEnd(replica.name, stream, sent)
 
 
-WAITING, SIZING, STREAMING, DONE = "waiting for peers", "asking sizes", "streaming", "done"
+def dump_frames(replica: ReplicaView, stream: int, now: Callable[[], float], max_frame_size: int) -> Iterator[bytes]:
+    """``dump_messages`` as encoded frames, each chunk bounded in bytes, not only in entries.
+
+    A chunk starts at ``CHUNK`` entries and is resized after each frame to aim at
+    ``CHUNK_BYTES``; one that still comes out over ``max_frame_size`` is cut to a
+    quarter and encoded again (one wasted encode, once per dump of large values). An
+    entry too large for a frame on its own (only if a peer was configured with a larger
+    ``max_value_size`` than our frames allow) is left out and logged.
+    """
+    dumps = None if replica.inline else replica.dumps
+    entries = replica.entries()
+    size, i, sent = CHUNK, 0, 0
+    while i < len(entries):
+        part = entries[i : i + size]
+        keys, values, expires, hlcs, nodes = dump_columns(part, dumps, now())
+        chunk = DumpChunk(replica.name, stream, keys, values, expires, hlcs, nodes, replica.inline)
+        try:
+            frame = encode(chunk, max_frame_size)
+        except FrameTooLarge:
+            if size == 1:
+                log.error("dump of %s: an entry does not fit a %d-byte frame; left out", replica.name, max_frame_size)
+                i += 1
+            else:
+                size = max(1, size // 4)
+            continue
+        i += len(part)
+        sent += len(keys)
+        yield frame
+        size = max(1, min(CHUNK, CHUNK_BYTES * len(part) // max(1, len(frame))))
+    yield encode(DumpEnd(replica.name, stream, sent), max_frame_size)
+
+
+WAITING, SIZING, STREAMING, RETRYING, DONE = "waiting for peers", "asking sizes", "streaming", "retrying", "done"
 
 
 @dataclass
@@ -140,6 +178,9 @@ class _Boot:
     stream_due: float = 0.0
     streamed: int = 0
     wait_until: float = 0.0
+    retries: int = 0
+    retry_at: float = 0.0
+    had_data: bool = False  # some peer reported entries: if none delivered, the boot failed
 
 
 class Booter:
@@ -215,9 +256,10 @@ class Booter:
             boot = self._streams.get(msg.stream)
             if boot is None or boot.donor != peer:
                 return []  # a stream we gave up on
+            # A chunk we refuse (InvalidEntry) raises: the driver closes the connection, the
+            # donor is down for us, and member_down moves the boot on to the next donor.
             keys, values, expires, versions = columns_from_wire(msg)
-            replica = self.replicas[boot.cache]
-            replica.load(keys, values, expires, versions, not msg.inline, wall)
+            self.replicas[boot.cache].load(keys, values, expires, versions, not msg.inline, wall)
             before = boot.streamed
             boot.streamed += len(keys)
             boot.stats.entries += len(keys)  # live: stats() shows a boot's progress
@@ -229,7 +271,10 @@ class Booter:
             if boot is None or boot.donor != peer:
                 return []
             self._end_stream(boot)
-            boot.finished += 1
+            if msg.entries == boot.streamed:
+                boot.finished += 1
+            else:  # the donor's dump failed (it says -1), or chunks went missing: not a whole copy
+                log.warning("warm boot of %s: donor %016x ended its dump early; trying the next", boot.cache, peer)
             return self._step(boot, now)
         raise ProtocolError(f"unexpected {type(msg).__name__}")
 
@@ -263,6 +308,10 @@ class Booter:
     # -- the steps of one boot ---------------------------------------------------------
 
     def _step(self, boot: _Boot, now: float) -> list[Action]:
+        if boot.phase == RETRYING:
+            if now < boot.retry_at:
+                return []
+            boot.phase, boot.wait_until = WAITING, now + self.boot_wait
         if boot.phase == WAITING:
             fresh = [p for p in self.membership.group(boot.cache) if p not in boot.asked]
             if fresh:
@@ -275,6 +324,7 @@ class Booter:
                 return []
             for peer in boot.asked:
                 boot.sizes.setdefault(peer, (0, False))  # no answer: asked, not a donor
+            boot.had_data = boot.had_data or any(entries for entries, _ in boot.sizes.values())
             boot.donors = [p for p in choose_donors(boot.sizes) if boot.sizes[p][0] > 0 and p not in boot.tried]
             return self._next_donor(boot, now)
         if boot.phase == STREAMING:
@@ -307,6 +357,7 @@ class Booter:
             boot.stats.donor = f"{donor:016x}"
             boot.stream = self.rng.getrandbits(62)
             boot.donor = donor
+            boot.streamed = 0  # what this stream brought, checked against its end
             boot.stream_due = now + self.warm_timeout
             self._streams[boot.stream] = boot
             return [Send(donor, DumpRequest(boot.cache, boot.stream))]
@@ -323,10 +374,21 @@ class Booter:
     def _give_up(self, boot: _Boot, now: float) -> list[Action]:
         if not boot.asked:
             boot.stats.state = "no peers"
-        elif not any(entries for entries, _ in boot.sizes.values()):
+        elif not boot.had_data:
             boot.stats.state = "peers empty"
         else:
-            boot.stats.state = "not warmed"
+            # Peers hold data and none could give it: this boot failed. A member that said
+            # ready now would serve misses for everything; it asks again, and stays unready.
+            # (Once those peers are down for good, it has "no peers" and is ready.)
+            boot.retries += 1
+            delay = min(RETRY * 2 ** (boot.retries - 1), 30.0)
+            boot.phase, boot.retry_at = RETRYING, now + delay
+            boot.asked.clear()
+            boot.sizes.clear()
+            boot.tried.clear()
+            boot.stats.state = f"retrying (every donor failed, attempt {boot.retries})"
+            log.warning("warm boot of %s: every donor failed; asking again in %.0f s", boot.cache, delay)
+            return []
         return self._finish(boot, now)
 
     def _end_stream(self, boot: _Boot) -> None:

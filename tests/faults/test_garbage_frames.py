@@ -23,18 +23,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shoal.handshake import Handshake
 from shoal.messages import MESSAGE_TYPES, Digest, Message, Ops, SizeReply, SizeRequest
-from shoal.node import parse_address
 from shoal.replication import BUCKETS
 from shoal.wire import FrameDecoder, encode
 from tests.faults.harness import FAST, record, start_cluster
 from tests.support.cluster import Cluster, Member, wait_until
+from tests.support.peer import RawPeer
 from tests.test_cluster import sees_up
 
 pytestmark = pytest.mark.slow
 
-SECRET = "garbage-secret"
+SECRET = "garbage-frames-secret"
 EXAMPLES = 150
 U64 = 2**64 - 1
 
@@ -132,21 +131,10 @@ _ids = count(0x5EED_0000_0000_0001)
 def send_after_handshake(address: str, payload: bytes, timeout: float = 10.0) -> bool:
     """Sends ``payload`` and a probe, half-closes, reads to the end: True if the probe was answered
     (the member took or ignored the frames), False if it closed the connection first."""
-    host, port = parse_address(address)
-    with socket.create_connection((host, port), timeout=timeout) as sock:
-        decoder = FrameDecoder(1 << 24)
-        hs = Handshake.initiator(SECRET.encode(), next(_ids), "127.0.0.1:1")
-        for msg in hs.start():
-            sock.sendall(encode(msg))
-        while not hs.done:
-            data = sock.recv(65536)
-            assert data, "the member closed the connection during the handshake"
-            for msg in decoder.feed(data):
-                if not hs.done:
-                    for reply in hs.receive(msg):
-                        sock.sendall(encode(reply))
+    with RawPeer(address, SECRET, next(_ids), "127.0.0.1:1", timeout) as peer:
+        sock, decoder = peer.sock, peer.decoder
         try:
-            sock.sendall(payload + encode(SizeRequest("c")))
+            sock.sendall(peer.sealed(payload + encode(SizeRequest("c"))))
             sock.shutdown(socket.SHUT_WR)
         except (BrokenPipeError, ConnectionResetError):
             return False

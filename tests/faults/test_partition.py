@@ -23,7 +23,7 @@ def test_a_partition_with_writes_on_both_sides_heals_to_every_acknowledged_key_o
     for host in hosts:
         seeds = [h.address() for h in hosts if h is not host]
         members.append(
-            start(cluster, listen=host.address(), seeds=seeds, secret="netns-secret", prefix=host.prefix, **FAST)
+            start(cluster, listen=host.address(), seeds=seeds, secret="netns-test-secret", prefix=host.prefix, **FAST)
         )
     for member in members:
         assert member.cmd("ready", timeout=30) is True

@@ -48,7 +48,7 @@ class Member:
     def __init__(
         self,
         seeds: list[str] = (),
-        secret: str = "test-secret",
+        secret: str = "shoal-test-secret",
         listen: str = "127.0.0.1:0",  # type: ignore[assignment]
         cache: str = "c",
         ttl: float | None = None,

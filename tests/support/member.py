@@ -9,6 +9,7 @@ For the fault tests and bench/soak.py: values (the values of a numbered key
 range, None where absent), stamp (set a key to this process's time.time()),
 wait_key (wait on this process until a key holds a value, or the given value; its
 time.time() then, and the value), rss (this process's VmRSS in kB).
+SHOAL_TEST_CLOCK_OFFSET=SECONDS in the environment shifts this member's wall clock.
 Test hooks for warm boot: hold_dumps (the dumps this member serves stop after
 ``after`` chunks in all, until release_dumps), dumps_held (streams waiting now);
 hold_chunks (dump chunks and ends this member receives are kept, as if still in
@@ -22,13 +23,19 @@ import asyncio
 import hashlib
 import json
 import logging
+import os
 import sys
 import time
 from typing import Any
 
-from shoal.messages import DumpChunk, DumpEnd
-from shoal.node import Node
-from shoal.transport import Connection
+_CLOCK_OFFSET = float(os.environ.get("SHOAL_TEST_CLOCK_OFFSET") or 0)
+if _CLOCK_OFFSET:  # a member whose wall clock is off (max_clock_skew tests), set before shoal binds time.time
+    _real_time = time.time
+    time.time = lambda: _real_time() + _CLOCK_OFFSET
+
+from shoal.messages import DumpChunk, DumpEnd  # noqa: E402
+from shoal.node import Node  # noqa: E402
+from shoal.transport import Connection  # noqa: E402
 
 
 class DumpGate:
@@ -133,7 +140,7 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--listen", default="127.0.0.1:0")
     parser.add_argument("--seeds", default="")
-    parser.add_argument("--secret", default="test-secret")
+    parser.add_argument("--secret", default="shoal-test-secret")
     parser.add_argument("--cache", default="c")
     parser.add_argument("--ttl", type=float, default=None)
     parser.add_argument("--max-entries", type=int, default=None)

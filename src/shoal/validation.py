@@ -1,0 +1,143 @@
+"""The one check for what enters a member: keys, values, expiries and versions, from anywhere.
+
+Theory of operation
+-------------------
+An entry reaches a member three ways: the local API (``set``, ``add``, ``touch``),
+a peer's frames (ops, repair, dumps) and a snapshot file at boot. Whatever one of
+them lets in, the others must be able to carry: a key the API accepts but the wire
+cannot encode breaks the flush that carries it, and a version from far in the future
+that a peer or a file slips in pulls every member's clock after it. So each rule is
+written once, here, and each entry point calls it:
+
+- keys are str (strict UTF-8, no lone surrogates), bytes, or an int msgpack carries
+  (-2**63 .. 2**64-1), at most ``MAX_KEY_SIZE`` bytes;
+- values are serialized at ``set`` and refused there: a ``TypeError`` when a peer
+  could not decode them (``{(1, 2): 3}``, nesting the decoder cannot follow), a
+  ``ValueError`` over ``max_value_size`` bytes, so no single value can fill a frame;
+- a ttl is finite and at most ``MAX_TTL`` (ten years); an expiry from a peer or a
+  file is a finite time no further ahead than that;
+- a version is at most ``max_clock_skew`` ahead of the local wall clock (the model is
+  CockroachDB's max-offset rule: the handshake refuses a peer whose clock is further
+  off, so an honest peer never trips this, and a forged op cannot drag the clock).
+
+The local API raises ``TypeError``/``ValueError`` like any Python container; input
+from a peer or a file raises ``InvalidEntry`` (a ``ProtocolError``), whose text names
+the rule and never the data.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+from .clock import COUNTER_BITS, MAX_HLC, NODE_BITS, NODE_MASK
+from .errors import InvalidEntry
+
+MAX_KEY_SIZE = 4096
+"""Bytes of a key (UTF-8 for str): keys travel in every listing and pull, so they stay small."""
+DEFAULT_MAX_VALUE_SIZE = 1024 * 1024
+"""Serialized bytes of one value: far below the 16 MiB frame limit, so batches can be cut by bytes."""
+MAX_TTL = 10 * 365.25 * 86400.0
+"""Ten years: the furthest expiry a member accepts (``float('inf')`` means never, ``None`` in the API)."""
+DEFAULT_MAX_CLOCK_SKEW = 1.0
+"""Seconds two members' wall clocks may differ by; a peer further off is refused at the handshake."""
+INT_KEY_MIN = -(1 << 63)
+INT_KEY_MAX = (1 << 64) - 1
+
+_KEY_TYPES = (str, bytes, int)
+
+
+def check_key(key: object) -> None:
+    """Refuse a key the wire cannot carry: ``TypeError`` for its type, ``ValueError`` for its content."""
+    kind = type(key)
+    if kind is str:
+        text: str = key  # type: ignore[assignment]
+        if text.isascii():
+            size = len(text)
+        else:
+            try:
+                size = len(text.encode("utf-8"))
+            except UnicodeEncodeError:
+                raise ValueError("a str key must be valid UTF-8 (it holds a lone surrogate)") from None
+    elif kind is bytes:
+        size = len(key)  # type: ignore[arg-type]
+    elif kind is int:
+        if not INT_KEY_MIN <= key <= INT_KEY_MAX:  # type: ignore[operator]
+            raise ValueError("an int key must lie within -2**63 .. 2**64-1 (what msgpack carries)")
+        return
+    else:
+        raise TypeError(f"cache keys are str, bytes or int, not {kind.__name__}")
+    if size > MAX_KEY_SIZE:
+        raise ValueError(f"a key is at most {MAX_KEY_SIZE} bytes, this one is {size}")
+
+
+def ttl_seconds(ttl: float | int | timedelta | None) -> float | None:
+    """A ttl as seconds (None: never expires), refusing one no expiry could represent."""
+    if ttl is None:
+        return None
+    if isinstance(ttl, timedelta):
+        seconds = ttl.total_seconds()
+    elif isinstance(ttl, (int, float)) and not isinstance(ttl, bool):
+        try:
+            seconds = float(ttl)
+        except OverflowError:
+            raise ValueError(f"a ttl is at most {MAX_TTL:.0f} seconds (ten years), or None") from None
+    else:
+        raise TypeError(f"a ttl is seconds (int, float), a timedelta or None, not {type(ttl).__name__}")
+    if not 0 <= seconds <= MAX_TTL:  # NaN fails both comparisons
+        raise ValueError(f"a ttl is 0 to {MAX_TTL:.0f} seconds (ten years), or None; got {ttl!r}")
+    return seconds
+
+
+def check_value_size(packed: bytes, max_value_size: int) -> None:
+    if type(packed) is not bytes:
+        raise TypeError(f"a serializer must return bytes, not {type(packed).__name__}")
+    if len(packed) > max_value_size:
+        raise ValueError(f"the value serializes to {len(packed)} bytes, over max_value_size ({max_value_size})")
+
+
+def version_limit(now: float, max_clock_skew: float) -> int:
+    """The newest version a member accepts at wall time ``now``: ``max_clock_skew`` ahead."""
+    hlc = min(int((now + max_clock_skew) * 1000) << COUNTER_BITS | ((1 << COUNTER_BITS) - 1), MAX_HLC)
+    return (hlc << NODE_BITS) | NODE_MASK
+
+
+def check_version(version: object, limit: int) -> None:
+    """Refuse a peer's version that is malformed or ahead of ``limit`` (see ``version_limit``)."""
+    if type(version) is not int or not 0 <= version <= limit:
+        raise InvalidEntry("a version must be unsigned and no further ahead of our clock than max_clock_skew")
+
+
+def check_expiry(expires: object, now: float) -> float:
+    """A peer's absolute expiry as a float (``inf``: never), refusing a non-finite or far one."""
+    if type(expires) is float or type(expires) is int:
+        if math.isinf(expires) and expires > 0:
+            return math.inf
+        if 0 <= expires <= now + MAX_TTL + DEFAULT_MAX_CLOCK_SKEW * 2:  # NaN fails
+            return float(expires)
+    raise InvalidEntry("an expiry must be a time from 1970 to ten years ahead, or never")
+
+
+def check_peer_key(key: object) -> None:
+    try:
+        check_key(key)
+    except (TypeError, ValueError) as exc:
+        raise InvalidEntry(f"peer's key refused: {exc}") from None
+
+
+def check_peer_entries(
+    keys: Sequence[Any], expires: Sequence[Any], versions: Sequence[Any], now: float, max_clock_skew: float
+) -> list[float]:
+    """Check a batch of a peer's (or a snapshot's) entries; returns the expiries as floats.
+
+    The whole batch is checked before any of it is applied (see ``InvalidEntry``).
+    """
+    limit = version_limit(now, max_clock_skew)
+    for key in keys:
+        if type(key) is not str or not key.isascii() or len(key) > MAX_KEY_SIZE:  # the common case, fast
+            check_peer_key(key)
+    for version in versions:
+        check_version(version, limit)
+    return [check_expiry(e, now) for e in expires]

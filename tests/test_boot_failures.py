@@ -1,0 +1,96 @@
+"""Warm boot when donors fail (issue 14), in the simulated network: next donor, and never ready on a failed boot."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sim.network import Sim
+from sim.nodes import SimMember
+
+from shoal.actions import Ready
+from shoal.warmboot import CHUNK
+
+# Failure detection slower than warm_timeout: a frozen donor stays "up" while the booter waits on it.
+SLOW_DETECTOR: dict[str, Any] = {
+    "failure_timeout": 60.0,
+    "heartbeat_interval": 0.2,
+    "boot_wait": 1.0,
+    "warm_timeout": 2.0,
+}
+
+
+def member(sim: Sim, **config: Any) -> int:
+    return sim.add(SimMember.factory(sim, seeds=["sim:1"], interval=1.0, **{**SLOW_DETECTOR, **config}))
+
+
+def node(sim: Sim, node_id: int) -> SimMember:
+    found = sim.nodes[node_id]
+    assert isinstance(found, SimMember)
+    return found
+
+
+def fill(sim: Sim, node_id: int, count: int) -> None:
+    sim.act(node_id, lambda n, now: n.write(lambda c: c.set_many({f"k{i}": f"v{i}" for i in range(count)})))
+
+
+def ready(sim: Sim, node_id: int) -> bool:
+    readiness = [a.ready for _, who, a in sim.effects if who == node_id and isinstance(a, Ready)]
+    return bool(readiness) and readiness[-1]
+
+
+def streaming(sim: Sim, booter: int) -> bool:
+    return node(sim, booter).core.boot_stats("c").entries > 0
+
+
+def test_a_donor_that_stops_mid_stream_times_out_and_the_boot_goes_on_from_the_next() -> None:
+    """Finding: a donor timeout ended the boot (ready, not warmed) instead of trying the next donor."""
+    sim = Sim(seed=11)
+    a = member(sim)
+    c = member(sim)
+    assert sim.run_until(lambda: ready(sim, a) and ready(sim, c), 10)
+    fill(sim, a, 10 * CHUNK)
+    assert sim.run_until(lambda: len(node(sim, c).cache) == 10 * CHUNK, 10)
+    b = member(sim)
+    assert sim.run_until(lambda: streaming(sim, b), 30), "the stream never began"
+    donor = int(node(sim, b).core.boot_stats("c").donor or "0", 16)
+    sim.freeze(donor)  # SIGSTOP: connected, up for the failure detector, silent
+    assert sim.run_until(lambda: ready(sim, b), 30)
+    stats = node(sim, b).core.boot_stats("c")
+    other = c if donor == a else a
+    assert stats.state == "warm" and stats.donors_tried == 2 and stats.donor == f"{other:016x}"
+    assert len(node(sim, b).cache) == 10 * CHUNK
+
+
+def test_a_member_whose_every_donor_failed_is_never_ready_and_asks_again_until_one_delivers() -> None:
+    """Finding: a boot that failed reported ready with what it had (0 entries after a dead dump)."""
+    sim = Sim(seed=12)
+    a = member(sim)
+    assert sim.run_until(lambda: ready(sim, a), 10)
+    fill(sim, a, 10 * CHUNK)
+    sim.run_for(1.0)
+    b = member(sim)
+    assert sim.run_until(lambda: streaming(sim, b), 30), "the stream never began"
+    sim.freeze(a)
+    sim.run_for(15.0)  # warm_timeout is 2 s: the boot failed long ago
+    assert not ready(sim, b)
+    stats = node(sim, b).core.boot_stats("c")
+    assert stats.state.startswith("retrying") and stats.entries < 10 * CHUNK
+    sim.thaw(a)
+    assert sim.run_until(lambda: ready(sim, b), 60)
+    stats = node(sim, b).core.boot_stats("c")
+    assert stats.state == "warm" and stats.donor == f"{a:016x}" and stats.donors_tried >= 2
+    assert dict(node(sim, b).cache.items()) == dict(node(sim, a).cache.items())
+
+
+def test_a_failed_boot_does_not_wait_for_a_donor_that_is_gone() -> None:
+    """Readiness stays bounded: once the only donor is down, the booter is ready (no peers), not retrying."""
+    sim = Sim(seed=13)
+    a = member(sim, failure_timeout=3.0)
+    assert sim.run_until(lambda: ready(sim, a), 10)
+    fill(sim, a, 10 * CHUNK)
+    sim.run_for(1.0)
+    b = member(sim, failure_timeout=3.0)
+    assert sim.run_until(lambda: streaming(sim, b), 30), "the stream never began"
+    sim.crash(a)
+    assert sim.run_until(lambda: ready(sim, b), 60)
+    assert node(sim, b).core.boot_stats("c").state == "no peers"
