@@ -134,12 +134,12 @@ class ChunkWatch:
     """The longest single chunk of donor work (dump_columns + encode), by wrapping them."""
 
     def __init__(self) -> None:
-        from shoal import node, warmboot
+        from shoal import warmboot
 
         self.max = 0.0
         self.chunks = 0
         self._t = 0.0
-        columns, encode = warmboot.dump_columns, node.encode
+        columns, encode = warmboot.dump_columns, warmboot.encode
 
         def timed_columns(*a: Any) -> Any:
             self._t = time.perf_counter()
@@ -154,7 +154,7 @@ class ChunkWatch:
             return frame
 
         warmboot.dump_columns = timed_columns  # type: ignore[assignment]
-        node.encode = timed_encode  # type: ignore[assignment]
+        warmboot.encode = timed_encode  # type: ignore[assignment]
 
     def reset(self) -> None:
         self.max = 0.0
