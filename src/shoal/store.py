@@ -37,15 +37,13 @@ import heapq
 import math
 from collections import OrderedDict, deque
 from itertools import compress, repeat
-from operator import and_, attrgetter, is_, not_
+from operator import and_, is_, not_
 from typing import Any
 
 from .eviction import S3FIFO, SMALL, Policy
 
 Key = str | bytes | int
 NEVER = math.inf
-
-_KEY = attrgetter("key")
 
 # Stale wheel references tolerated before ``sweep`` compacts them away (and, as a
 # backstop when nothing sweeps, the writer itself at twice the live entries).
@@ -89,6 +87,17 @@ class Entry(float):
 
     def __repr__(self) -> str:
         return f"Entry({self.key!r}, {self.value!r}, expires={float(self)}, version={self.version})"
+
+
+def _small_entry(key: Key, value: Any, expires: float, version: int) -> Entry:
+    """An entry already marked as queued in S3FIFO's small FIFO (a warm-boot chunk, see ``load``)."""
+    entry = float.__new__(Entry, expires)
+    entry.key = key
+    entry.value = value
+    entry.version = version
+    entry.freq = 0
+    entry.queue = SMALL
+    return entry
 
 
 class Store:
@@ -246,28 +255,44 @@ class Store:
             return 0
         data = self.data
         if (
-            min(versions) > self.watermark
+            (not self.watermark or min(versions) > self.watermark)
             and (self.max_entries is None or len(data) + n <= self.max_entries)
             and (not self.tombstones or self.tombstones.keys().isdisjoint(keys))
             and (not self.evicted or self.evicted.keys().isdisjoint(keys))
         ):
-            if min(expires) <= now:  # drop what expired on the way
+            first = min(expires)
+            if first <= now:  # drop what expired on the way
                 alive = [exp > now for exp in expires]
                 keys, values = list(compress(keys, alive)), list(compress(values, alive))
                 expires, versions = list(compress(expires, alive)), list(compress(versions, alive))
-            entries = list(map(Entry, keys, values, expires, versions))
+                if not keys:
+                    return 0
+                first = min(expires)
+            # New keys of our own S3FIFO are made already queued in its small FIFO
+            # (no ghost among them): no second pass over the entries to enqueue them.
+            fifo = self._fifo
+            queued = fifo is not None and (not fifo._ghost or fifo._ghost.keys().isdisjoint(keys))
+            entries = list(map(_small_entry if queued else Entry, keys, values, expires, versions))
             # setdefault inserts a key the table lacks and leaves a present one alone:
             # one C-level pass that both files the fresh keys and finds the others.
             placed = list(map(data.setdefault, keys, entries))
             if all(map(is_, placed, entries)):
-                self._file_many(entries, expires)
-                if self.policy is not None:
+                self._file_keys(keys, expires, first, max(expires))
+                if queued:
+                    fifo._small.extend(keys)  # type: ignore[union-attr]
+                    fifo._small_live += len(keys)  # type: ignore[union-attr]
+                elif self.policy is not None:
                     self.policy.insert_many(entries)
                 return len(entries)
             fresh = list(map(is_, placed, entries))
             new = list(compress(entries, fresh))
-            self._file_many(new, [float(e) for e in new])
-            if self.policy is not None:
+            new_keys, new_expires = list(compress(keys, fresh)), [float(e) for e in new]
+            if new:
+                self._file_keys(new_keys, new_expires, min(new_expires), max(new_expires))
+            if queued:
+                fifo._small.extend(new_keys)  # type: ignore[union-attr]
+                fifo._small_live += len(new_keys)  # type: ignore[union-attr]
+            elif self.policy is not None:
                 self.policy.insert_many(new)
             applied = len(new)
             write = self.write
@@ -368,11 +393,8 @@ class Store:
             heapq.heappush(self._wheel_due, second)
         bucket.append(entry.key)
 
-    def _file_many(self, entries: list[Entry], expires: list[float]) -> None:
-        """File a chunk: one ``extend`` when it all expires in one second (the usual warm-boot chunk)."""
-        if not entries:
-            return
-        first, last = min(expires), max(expires)
+    def _file_keys(self, keys: list[Key], expires: list[float], first: float, last: float) -> None:
+        """File a chunk's keys: one ``extend`` when it all expires in one second (the usual warm-boot chunk)."""
         if first == NEVER:
             return
         if last != NEVER and int(first) == int(last):
@@ -381,12 +403,17 @@ class Store:
             if bucket is None:
                 bucket = self._wheel[second] = []
                 heapq.heappush(self._wheel_due, second)
-            bucket.extend(map(_KEY, entries))
+            bucket.extend(keys)
             return
-        file = self._file
-        for entry in entries:
-            if entry != NEVER:
-                file(entry)
+        wheel, due = self._wheel, self._wheel_due
+        for key, exp in zip(keys, expires, strict=True):
+            if exp != NEVER:
+                second = int(exp)
+                bucket = wheel.get(second)
+                if bucket is None:
+                    bucket = wheel[second] = []
+                    heapq.heappush(due, second)
+                bucket.append(key)
 
     def _compact_some(self, budget: int) -> int:
         """Drop stale references from whole buckets until ``budget`` references were examined.
