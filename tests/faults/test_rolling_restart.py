@@ -40,7 +40,9 @@ def test_a_rolling_restart_of_five_members_under_writes_loses_no_acknowledged_ke
             others = [m for m in members if m is not victim]
             reborn = start(cluster, listen=victim.address, seeds=[m.address for m in others], **FAST)
             assert reborn.address == victim.address and reborn.id != victim.id
-            assert reborn.cmd("ready", timeout=30) is True
+            if reborn.cmd("ready", timeout=30) is not True:  # say why, for whoever debugs it next
+                stats = reborn.cmd("stats")
+                raise AssertionError(f"{reborn.address} not ready: {stats}\n{''.join(list(reborn.log)[-40:])}")
             members[i] = reborn
             wait_until(lambda: meshed(members), 20, what=f"the mesh after restarting {victim.address}")
             boot = reborn.cmd("stats")["caches"]["c"]["warm_boot"]
