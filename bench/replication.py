@@ -1,18 +1,26 @@
 #!/usr/bin/env python3
-"""Replication, three members on loopback: shoal side by side with Redis and pysyncobj.
+"""Replication, three members on loopback: shoal side by side with Redis (and pysyncobj).
 
-    PYTHONPATH=src python bench/replication.py [--quick] [--profile] [--no-redis] [--no-pysyncobj]
+    python3 run.py bench replication [--quick] [--profile] [--no-redis] [--no-plain] [--pysyncobj]
+                                     [--shapes str,dict]
+
+What users run: every cache has ``ttl=3600`` and a bound (``max_entries``, above
+what the run writes, so the bookkeeping is paid and nothing is evicted), values
+are short strings or small dicts of four fields, the cyclic GC is on. A shoal
+cluster whose caches have neither TTL nor bound is a second line, not the headline.
 
 1. Throughput: one writer does N writes as fast as it can; the clock stops when
    every member holds all of them. The figure is N / that time: writes applied on
-   every member per second.
+   every member per second, the median [min-max] of 5 bursts per value shape.
    - shoal: three member processes (one writer, two receivers). A receiver notes
      the moment its store reaches N from inside ``Replica.apply`` (wrapped here, in
      the bench's member process only), so nothing polls.
-   - Redis: a master and one replica (``--save "" --appendonly no``); the writer
-     is redis-py with a pipeline of 1,000 SETs, and, as a second row, one SET per
-     round trip; the clock stops when the replica's DBSIZE reaches N.
-   - pysyncobj: ``ReplDict`` on three processes, writes async (no callback) on
+   - Redis: a master and one replica (``--save "" --appendonly no``, ``maxmemory``
+     with ``allkeys-lru`` as the bound); the writer is redis-py with a pipeline of
+     1,000 ``SET key value EX 3600`` (dict values msgpack-packed, as a client caching
+     them stores them), and, as a second row, one SET per round trip; the clock
+     stops when the replica's DBSIZE reaches N.
+   - pysyncobj (``--pysyncobj``): ``ReplDict`` on three processes, writes async on
      the leader. Async writes beyond its command queue (100,000) are dropped
      silently, so the row counts what arrived and divides that by the time.
 2. Lag at 10,000 writes/s: the writer paces its writes and puts ``time.time()``
@@ -26,8 +34,10 @@
    writer's application thread and loop thread, a receiver's loop thread).
 
 Every process is started here and stopped before the next system runs, so the
-systems never compete for the two cores. The default run takes about a minute
-and a half; ``--quick`` is a smoke run of a few seconds per system.
+systems never compete for the two cores. A member's stderr goes to a file and is
+summarized (tracebacks counted by exception, warnings kept), not pasted into the
+results. The default run takes about a minute and a half; ``--quick`` is a smoke
+run of a few seconds per system.
 """
 
 from __future__ import annotations
