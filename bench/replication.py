@@ -476,6 +476,8 @@ def bench_shoal(
 
         for p in procs:
             p.call("full_gcs")
+        watched = ("ops_dropped", "repair_rounds", "keys_repaired", "catchup_ops_sent")
+        before = [{k: p.call("figures").get(k, 0) for k in watched} for p in procs]
         for r in receivers:
             r.call("record_lags", True)
         n = int(LAG_RATE * sizes.lag_seconds)
@@ -484,9 +486,13 @@ def bench_shoal(
         lags = [r.call("record_lags", False) for r in receivers]
         lag = LagRow(label, n, end - start, [x for part in lags for x in part], "lag seen on both receivers", lags)
         pauses = [x for p in procs for x in p.call("full_gcs")]
+        after = [{k: p.call("figures").get(k, 0) for k in watched} for p in procs]
+        moved = {k: sum(a[k] - b[k] for a, b in zip(after, before, strict=True)) for k in watched}
         notes.append(
             f"{label}: members held {procs[1].call('count'):,} entries during the paced run; full (gen 2) "
-            f"garbage collections meanwhile: {len(pauses)}, longest {max(pauses, default=0):.0f} ms"
+            f"garbage collections meanwhile: {len(pauses)}, longest {max(pauses, default=0):.0f} ms; "
+            + ", ".join(f"{k} {v:,}" for k, v in moved.items())
+            + " (all members, during the paced run)"
         )
 
         profiles: dict[str, str] = {}
