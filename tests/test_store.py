@@ -555,3 +555,17 @@ def test_a_bounded_store_keeps_its_queues_and_wheel_consistent_with_its_table(op
     while (victim := policy.victim()) is not None:  # every live entry comes out exactly once
         victims.append(victim.key)
     assert sorted(victims) == sorted(store.data)
+
+
+def test_a_large_bucket_is_compacted_in_bounded_steps() -> None:
+    store = Store()
+    for i in range(40_000):  # one bucket of 40k keys...
+        store.write(i, i, NOW + 100.5, i + 1, NOW)
+    for i in range(40_000):  # ...all rewritten to expire in another second: 40k stale references
+        store.write(i, i, NOW + 200.5, 100_000 + i, NOW)
+    steps = []
+    while store._stale:
+        steps.append(store._compact_some(100))
+    assert max(steps) <= 40_000 // 8 + 1  # no single call examined the whole bucket
+    assert store._wheel[int(NOW + 100.5)] == []
+    assert sorted(store._wheel[int(NOW + 200.5)]) == list(range(40_000))

@@ -48,6 +48,7 @@ NEVER = math.inf
 # Stale wheel references tolerated before ``sweep`` compacts them away (and, as a
 # backstop when nothing sweeps, the writer itself at twice the live entries).
 STALE_BACKSTOP = 1024
+COMPACT_STEPS = 8  # a bucket is compacted in at most this many steps (see Store._compact_some)
 
 # The kinds of mutation a store applies, as they travel between members.
 WRITE, DELETE, CLEAR = 0, 1, 2
@@ -129,6 +130,7 @@ class Store:
         self._wheel_due: list[int] = []
         self._stale = 0  # keys in the wheel whose entry there left the table
         self._compacting: list[int] = []  # buckets left in the current compaction pass
+        self._compact_pos = 0  # where in the last of them it goes on
         self.evictions = 0
         self.expirations = 0
 
@@ -330,6 +332,7 @@ class Store:
         self._wheel_due.clear()
         self._stale = 0
         self._compacting.clear()
+        self._compact_pos = 0
         if self.policy is not None:
             self.policy.clear()
         self.evicted.clear()
@@ -416,29 +419,39 @@ class Store:
                 bucket.append(key)
 
     def _compact_some(self, budget: int) -> int:
-        """Drop stale references from whole buckets until ``budget`` references were examined.
+        """Drop stale references from the buckets until about ``budget`` references were examined.
 
         A pass starts from a list of the buckets as they are and works through it
         over as many calls as it takes; returns the references examined. A key
-        stays once, in the bucket where its current entry expires. The filter runs
-        at C speed (about 50 ns a reference): compaction is what an overwrite
-        costs the wheel, paid later and in bulk.
+        stays once (within a step), in the bucket where its current entry expires.
+        The filter runs at C speed (about 50 ns a reference): compaction is what an
+        overwrite costs the wheel, paid later and in bulk. A large bucket (a second
+        of fast writes) is done in up to ``COMPACT_STEPS`` steps, so no call holds
+        the caller's lock for long.
         """
         data, wheel, todo = self.data, self._wheel, self._compacting
         if not todo:
             todo.extend(wheel)
+            self._compact_pos = 0
         get = data.get
         work = 0
         while todo and work < budget:
-            second = todo.pop()
+            second = todo[-1]
             bucket = wheel.get(second)
-            if bucket:
-                before = len(bucket)
-                expiries = list(map(get, bucket, repeat(-1.0)))  # -1.0: the key left the table
-                keep = map(and_, map(float(second).__le__, expiries), map(float(second + 1).__gt__, expiries))
-                bucket[:] = dict.fromkeys(compress(bucket, keep))
-                self._stale -= before - len(bucket)
-                work += before
+            pos = self._compact_pos
+            if not bucket or pos >= len(bucket):
+                todo.pop()
+                self._compact_pos = 0
+                continue
+            end = min(len(bucket), pos + max(budget - work, len(bucket) // COMPACT_STEPS + 1))
+            part = bucket[pos:end]
+            expiries = list(map(get, part, repeat(-1.0)))  # -1.0: the key left the table
+            keep = map(and_, map(float(second).__le__, expiries), map(float(second + 1).__gt__, expiries))
+            kept = list(dict.fromkeys(compress(part, keep)))
+            bucket[pos:end] = kept
+            self._stale -= len(part) - len(kept)
+            self._compact_pos = pos + len(kept)
+            work += len(part)
         return work
 
     def _unlink(self, entry: Entry) -> None:
