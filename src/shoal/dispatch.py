@@ -54,7 +54,8 @@ from .messages import (
     SizeRequest,
 )
 from .replica import Op, ReplicaView
-from .replication import CATCHUP_LOG_BYTES, Replicator
+from .replication import CATCHUP_LOG_BYTES, SETTLE, Replicator
+from .validation import DEFAULT_MAX_CLOCK_SKEW
 from .warmboot import Booter, BootStats
 
 FLUSH_DELAY = 0.001
@@ -81,6 +82,8 @@ class Config:
     max_peer_backlog: int = 64 * 1024 * 1024
     catchup_log_bytes: int = CATCHUP_LOG_BYTES
     """Recent writes kept per cache for members that reconnect (catch-up); 0 keeps none."""
+    max_clock_skew: float = DEFAULT_MAX_CLOCK_SKEW
+    """Members' clocks agree this closely (the handshake refuses others): catch-ups reach back by it."""
     mesh_wait: float = 5.0
     """How long readiness waits for a gossiped member to connect, or a peer to answer a catch-up."""
 
@@ -120,6 +123,7 @@ class Dispatcher:
             interval=config.anti_entropy_interval,
             rng=self.rng,
             log_bytes=config.catchup_log_bytes,
+            margin=config.max_clock_skew + SETTLE,
         )
         self.booter = Booter(
             self.membership,

@@ -126,6 +126,7 @@ class Node:
             boot_wait=boot_wait,
             max_peer_backlog=max_peer_backlog,
             catchup_log_bytes=catchup_log_bytes,
+            max_clock_skew=max_clock_skew,
         )
         self._resolver = resolver or dns_resolver
         self.dns_interval = dns_interval

@@ -68,8 +68,6 @@ BUCKETS = 1024
 SETTLE = 1.0
 CATCHUP_LOG_BYTES = 64 * 1024 * 1024
 """The recent-writes log of each cache is bounded by this many bytes (estimated)."""
-CATCHUP_MARGIN_MS = 5000
-"""A catch-up reaches this far before the moment asked for: clocks of members differ."""
 LISTING_MAX = 20_000
 """Keys per Listing message (with their versions, well under a megabyte)."""
 PULL_MAX = 10_000
@@ -309,7 +307,10 @@ class Replicator:
         slice_size: int = 4000,
         batch: int = 1000,
         log_bytes: int = CATCHUP_LOG_BYTES,
+        margin: float = 2.0,
     ) -> None:
+        """``margin``: how much further back than "last heard" a catch-up reaches, in seconds
+        (clocks of members differ by up to max_clock_skew; writes settle within SETTLE)."""
         self.membership = membership
         self.replicas = replicas
         self.interval = interval
@@ -318,6 +319,7 @@ class Replicator:
         self.batch = batch
         self.batch_bytes = BATCH_BYTES
         self.log_bytes = log_bytes
+        self.margin_ms = int(margin * 1000)
         self.figures: dict[str, dict[str, Any]] = {}
         self.logs: dict[str, _Log] = {}
         self.started_ms = 0
@@ -457,7 +459,7 @@ class Replicator:
 
     def member_up(self, peer: int, now: float) -> list[Action]:
         """A connection to ``peer`` is up: ask it for what we may have missed, cache by cache."""
-        since = self.heard_ms.get(peer, self.started_ms) - CATCHUP_MARGIN_MS
+        since = self.heard_ms.get(peer, self.started_ms) - self.margin_ms
         actions: list[Action] = []
         for name in self.replicas:
             self.catching_up[(name, peer)] = now
