@@ -193,11 +193,14 @@ def run_donor(args: argparse.Namespace) -> int:
     deadline = time.monotonic() + 60
     while node.stats()["caches"]["c"].get("queue_depth", 0) and time.monotonic() < deadline:
         time.sleep(0.01)
-    try:
-        from shoal.replication import CATCHUP_MARGIN_MS
+    try:  # how far back a catch-up reaches: max_clock_skew plus the settle window
+        from shoal.replication import SETTLE
+        from shoal.validation import DEFAULT_MAX_CLOCK_SKEW
+
+        margin = DEFAULT_MAX_CLOCK_SKEW + SETTLE
     except ImportError:
-        CATCHUP_MARGIN_MS = 0  # a version without a catch-up log
-    settle = time.monotonic() + CATCHUP_MARGIN_MS / 1000 + 0.5
+        margin = 5.0  # older versions: a fixed 5 s
+    settle = time.monotonic() + margin + 0.5
     while time.monotonic() < settle:
         time.sleep(0.05)
     loop = node._loop
