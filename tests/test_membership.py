@@ -19,7 +19,7 @@ from sim.network import Sim
 from sim.nodes import MembershipNode
 
 from shoal.actions import Close, Dial, MemberDown, MemberUp
-from shoal.membership import Membership
+from shoal.membership import FORGET_DOWN, Membership
 from shoal.messages import Gossip, Heartbeat, Message
 from shoal.wire import FrameDecoder, encode
 
@@ -435,3 +435,95 @@ def test_a_seed_reached_under_another_name_is_not_dialed_again_while_connected()
     for second in range(1, 4):
         member.received(7, Heartbeat(0), float(second))
         assert dials(member.tick(float(second))) == []
+
+
+# -- addresses in a pod: wildcards, our own address, addresses that must not be forgotten ------
+
+
+def dials_over(member: Membership, start: float, seconds: float, fail: bool = True) -> list[str]:
+    """Every address dialed over ``seconds`` of ticks; each dial fails (refused) when ``fail``."""
+    dialed: list[str] = []
+    for i in range(int(seconds / 0.05)):
+        now = start + i * 0.05
+        for address in dials(member.tick(now)):
+            dialed.append(address)
+            if fail:
+                member.dial_failed(address, now + 0.001)
+    return dialed
+
+
+def test_two_members_that_both_claim_a_wildcard_address_are_two_members_and_neither_is_dialed_there() -> None:
+    member = Membership(1, "0.0.0.0:7600", rng=random.Random(0))
+    member.connected(7, "0.0.0.0:7600", 0.0)
+    actions = member.connected(8, "0.0.0.0:7600", 0.1)
+    assert not [a for a in actions if isinstance(a, (Close, MemberDown))]
+    assert sorted(member.up_peers()) == [7, 8]
+    member.disconnected(7, 0.2)
+    assert "0.0.0.0:7600" not in dials_over(member, 0.3, 5.0)
+
+
+def test_wildcard_addresses_in_gossip_are_never_dialed() -> None:
+    member = connected_member()
+    gossip = Gossip(
+        [[8, "0.0.0.0:7600", "up", [], 0], [9, "[::]:7600", "up", [], 0], [10, "10.1.0.3:7600", "up", [], 0]]
+    )
+    member.received(7, gossip, 0.5)
+    assert dials(member.tick(0.5)) == ["10.1.0.3:7600"]
+
+
+def test_a_member_on_a_wildcard_that_learns_its_address_advertises_it_and_never_dials_it() -> None:
+    member = Membership(1, "0.0.0.0:7600", rng=random.Random(0))
+    assert member.view() == {1: "0.0.0.0:7600"}
+    member.advertise("10.1.0.1:7600")
+    assert member.view() == {1: "10.1.0.1:7600"}
+    member.discovered(["10.1.0.1:7600", "10.1.0.2:7600"])  # DNS lists this pod too
+    assert sorted(set(dials_over(member, 0.0, 3.0))) == ["10.1.0.2:7600"]
+    member.connected(7, "10.1.0.2:7600", 3.0)
+    member.received(7, Gossip([[8, "10.1.0.1:7600", "up", [], 0]]), 3.1)  # our address under another id
+    assert "10.1.0.1:7600" not in dials_over(member, 3.2, 3.0)
+
+
+def test_an_address_whose_handshake_reached_this_member_is_never_dialed_again() -> None:
+    member = Membership(1, "0.0.0.0:7600", seeds=["pod-a:7600"], rng=random.Random(0))
+    member.discovered(["10.1.0.1:7600", "10.1.0.2:7600"])
+    assert sorted(dials(member.tick(0.0))) == ["10.1.0.1:7600", "10.1.0.2:7600", "pod-a:7600"]
+    member.is_self("10.1.0.1:7600")  # the dial came back to us
+    member.is_self("pod-a:7600")
+    for address in ("10.1.0.1:7600", "10.1.0.2:7600", "pod-a:7600"):
+        member.dial_failed(address, 0.01)
+    member.discovered(["10.1.0.1:7600", "10.1.0.2:7600"])  # the next DNS answer still lists it
+    member.alias("pod-a:7600", 7)
+    dialed = set(dials_over(member, 0.1, 10.0))
+    assert dialed == {"10.1.0.2:7600"}
+
+
+def test_an_address_learned_by_gossip_is_redialed_as_long_as_its_member_is_listed() -> None:
+    member = connected_member(forget_after=3, backoff_cap=0.5)
+    member.received(7, Gossip([[8, "p:8", "up", [], 0]]), 0.0)
+    assert dials(member.tick(0.0)) == ["p:8"]
+    member.connected(8, "p:8", 0.01, dialed="p:8")
+    member.disconnected(8, 0.5)  # partitioned away: down, but still in the table
+    for second in range(1, 60):
+        member.received(7, Heartbeat(0), float(second))
+    dialed = dials_over(member, 0.6, 30.0)
+    assert dialed.count("p:8") > 3 * 3, "forgotten while its member is still listed"
+
+
+def test_an_address_no_longer_listed_by_dns_is_forgotten_after_forget_after_failed_dials() -> None:
+    member = Membership(1, "10.1.0.1:7600", forget_after=3, backoff_cap=0.5, rng=random.Random(0))
+    member.discovered(["10.1.0.2:7600", "10.1.0.9:7600"])
+    member.discovered(["10.1.0.2:7600"])  # the pod at .9 is gone
+    dialed = dials_over(member, 0.0, 30.0)
+    assert dialed.count("10.1.0.9:7600") == 3
+    assert dialed.count("10.1.0.2:7600") > 10, "an address DNS still lists is dialed forever"
+
+
+def test_an_address_whose_member_has_been_down_for_forget_down_is_forgotten_after_forget_after_failed_dials() -> None:
+    member = connected_member(forget_after=3, backoff_cap=0.5)
+    member.received(7, Gossip([[8, "p:8", "up", [], 0]]), 0.0)
+    member.connected(8, "p:8", 0.01, dialed="p:8")
+    member.disconnected(8, 0.5)
+    later = 0.5 + FORGET_DOWN + 1
+    member.received(7, Heartbeat(0), later)
+    dialed = dials_over(member, later, 30.0)
+    assert dialed.count("p:8") <= 3

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import msgpack
 import pytest
@@ -16,7 +17,7 @@ from shoal.cache import Cache, Replica, hosted
 from shoal.clock import HybridClock
 from shoal.errors import ProtocolError
 from shoal.membership import Membership
-from shoal.messages import Digest, Ops, Pull
+from shoal.messages import CatchUp, CaughtUp, Digest, Ops, Pull
 from shoal.replica import Op
 from shoal.replication import (
     BATCH_BYTES,
@@ -203,7 +204,11 @@ def _converged(sim: Sim) -> bool:
 def _cluster(sim: Sim, size: int) -> list[int]:
     factory = SimMember.factory(sim, seeds=["sim:1"], interval=1.0, failure_timeout=2.0)
     ids = [sim.add(factory) for _ in range(size)]
-    sim.run_until(lambda: all(len(sim.nodes[i].membership.group("c")) == size - 1 for i in ids), 30)  # type: ignore[attr-defined]
+    def formed() -> bool:  # every member in every group, and ready (booted, caught up)
+        members = [sim.nodes[i] for i in ids]
+        return all(len(m.membership.group("c")) == size - 1 and m.core.ready for m in members)  # type: ignore[attr-defined]
+
+    assert sim.run_until(formed, 30)
     return ids
 
 
@@ -332,3 +337,20 @@ def test_a_pull_is_answered_with_a_bounded_number_of_bytes() -> None:
     sent = sum(len(op[2]) for send in sends for op in send.msg.ops)
     assert PULL_BYTES <= sent <= PULL_BYTES + 16 * 1_000_000
     assert all(len(encode(send.msg)) < DEFAULT_MAX_FRAME for send in sends)
+
+
+def test_a_catch_up_relays_writes_of_members_the_asker_does_not_ask_itself() -> None:
+    replicator, _, _ = _replicator([2, 3])
+    replicator.start(0.0)
+    by_7 = [[WRITE, f"a{i}", b"\xa1v", None, 1 << 16, 7] for i in range(3)]
+    by_8 = [[WRITE, f"b{i}", b"\xa1v", None, 1 << 16, 8] for i in range(2)]
+    replicator.received(3, Ops("c", by_7 + by_8), 0.0, 100.0)  # logged here as received
+    everything = replicator.received(2, CatchUp("c", 0, []), 0.0, 101.0)
+    only_8 = replicator.received(2, CatchUp("c", 0, [7]), 0.0, 101.0)
+
+    def keys(actions: list[Any]) -> list[str]:
+        return [op[1] for a in actions if isinstance(a.msg, Ops) for op in a.msg.ops]
+
+    assert keys(everything) == ["a0", "a1", "a2", "b0", "b1"]
+    assert keys(only_8) == ["b0", "b1"]
+    assert isinstance(only_8[-1].msg, CaughtUp) and only_8[-1].msg.complete

@@ -1,7 +1,7 @@
 """The ``shoal`` command: ``demo`` (the main job), ``serve``, ``members``, ``stats``, ``secret``.
 
 Every flag of ``serve`` also reads an environment variable (``SHOAL_LISTEN``,
-``SHOAL_SEEDS``, ``SHOAL_DISCOVERY``, ``SHOAL_SECRET`` or ``SHOAL_SECRET_FILE``,
+``SHOAL_ADVERTISE``, ``SHOAL_SEEDS``, ``SHOAL_DISCOVERY``, ``SHOAL_SECRET`` or ``SHOAL_SECRET_FILE``,
 ``SHOAL_CACHES``), the way a Kubernetes pod spec sets them.
 """
 
@@ -77,6 +77,7 @@ async def _serve(args: argparse.Namespace) -> int:
     seeds = [s for s in (args.seeds or "").split(",") if s]
     node = Node(
         listen=args.listen,
+        advertise=args.advertise,
         seeds=seeds,
         secret=read_secret(args.secret, args.secret_file),
         discovery=args.discovery,
@@ -178,6 +179,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--listen",
         default=_env("SHOAL_LISTEN", "127.0.0.1:7600"),
         help="host:port to listen on; port 0 picks one [SHOAL_LISTEN]",
+    )
+    serve.add_argument(
+        "--advertise",
+        default=_env("SHOAL_ADVERTISE"),
+        help="host:port the other members dial to reach this one, e.g. the pod IP (default: the listen "
+        "address, or on 0.0.0.0 one learned from its connections) [SHOAL_ADVERTISE]",
     )
     serve.add_argument("--seeds", default=_env("SHOAL_SEEDS"), help="comma-separated host:port [SHOAL_SEEDS]")
     serve.add_argument("--discovery", default=_env("SHOAL_DISCOVERY"), help="dns:NAME:PORT [SHOAL_DISCOVERY]")

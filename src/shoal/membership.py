@@ -13,10 +13,18 @@ of members it is connected to, with the caches each hosts (the pg2 model: a
 member joins the group of each cache it hosts). Any address we learn and are not
 connected to gets dialed, with exponential backoff and jitter, so one reachable
 seed is enough and two groups that formed apart merge as soon as one member can
-reach another. Seeds and discovered (DNS) addresses are dialed forever; an
-address learned only by gossip is forgotten after ``forget_after`` failed dials
-(the member it named is gone: a restarted member comes back with a new id at
-the same address, and it will be gossiped again).
+reach another. Seeds and the addresses discovery (DNS) lists now are dialed
+forever; an address learned only by gossip, or dropped from DNS, is forgotten
+after ``forget_after`` failed dials, but never while a member at that address is
+still in the table (down members stay 600 s): a partition longer than the
+backoff must not cost the cluster the only address that leads across it.
+
+Identity is the node id, never the address. A member listening on a wildcard
+(``0.0.0.0:7600`` in a pod) has no address of its own to tell until it learns
+one (``advertise``): such an address, or any wildcard one a peer claims, is
+never dialed, never gossiped to be dialed, and never taken as proof that another
+member restarted. Addresses that lead to this member itself (its own, or a seed
+or DNS name whose handshake reached it: ``is_self``) are never dialed again.
 
 This module does no I/O and reads no clock: time comes in as ``now``.
 """
@@ -31,6 +39,8 @@ from .actions import Action, Close, Dial, MemberDown, MemberUp, Send
 from .messages import Gossip, Heartbeat, Leave, Message
 
 UP, DOWN = "up", "down"
+FORGET_DOWN = 600.0
+"""Seconds a member stays in the table once down (and its address is kept for redialing)."""
 
 
 @dataclass
@@ -75,11 +85,16 @@ class Membership:
         self._rumors: dict[int, float] = {}  # members a peer says are up, not connected to us: since when
         self._given_up: dict[int, float] = {}  # rumors that outlived their patience: not waited for again
         self._targets: dict[str, _Target] = {}
+        self._self_addresses: set[str] = set()
+        self._discovered: set[str] = set()
         self._next_gossip = 0.0
         self._now = 0.0
         self._next_heartbeat = 0.0
+        if routable(self.listen):
+            self._self_addresses.add(self.listen)
         for seed in self.seeds:
-            self._want(seed, permanent=True)
+            if seed not in self._self_addresses:
+                self._want(seed, permanent=True)
 
     # -- inputs ------------------------------------------------------------------
 
@@ -91,9 +106,36 @@ class Membership:
         return self._gossip_to(self.up_peers())
 
     def discovered(self, addresses: list[str]) -> None:
-        """Addresses from a discovery source (DNS); dialed like seeds."""
+        """What discovery (DNS) lists now; dialed like seeds while listed.
+
+        An address that is no longer listed (a pod gone in a rolling update) is
+        dialed like one learned by gossip: forgotten once it keeps failing.
+        """
+        listed = set(addresses)
+        seeds = set(self.seeds)
+        for address in self._discovered - listed - seeds:
+            target = self._targets.get(address)
+            if target is not None:
+                target.permanent = False
+        self._discovered = listed
         for address in addresses:
-            self._want(address, permanent=True)
+            if address not in self._self_addresses:  # DNS lists this pod too
+                self._want(address, permanent=True)
+
+    def advertise(self, address: str) -> None:
+        """This member's own address, once learned (listening on a wildcard) or set."""
+        if not routable(address):
+            return
+        self.listen = address
+        self.is_self(address)
+
+    def is_self(self, address: str) -> None:
+        """``address`` leads to this member (a handshake reached itself): never dial it again."""
+        self._self_addresses.add(address)
+        self._targets.pop(address, None)
+
+    def self_addresses(self) -> frozenset[str]:
+        return frozenset(self._self_addresses)
 
     def dial_failed(self, address: str, now: float) -> None:
         target = self._targets.get(address)
@@ -101,7 +143,7 @@ class Membership:
             return
         target.dialing = False
         target.failures += 1
-        if not target.permanent and target.failures >= self.forget_after:
+        if not target.permanent and target.failures >= self.forget_after and not self._listed(address, now):
             del self._targets[address]
             return
         delay = min(self.backoff_cap, self.backoff_base * 2 ** min(target.failures, 16))
@@ -115,6 +157,8 @@ class Membership:
         the address it advertises (a seed named ``localhost:7600``, say).
         """
         for address in {listen, dialed or listen}:
+            if not routable(address) or address in self._self_addresses:
+                continue  # a wildcard leads nowhere; an address of ours leads back here
             target = self._want(address, permanent=False)
             target.dialing = False
             target.failures = 0
@@ -126,15 +170,19 @@ class Membership:
         self._rumors.pop(peer, None)
         self._given_up.pop(peer, None)
         actions: list[Action] = [MemberUp(peer, listen)]
-        # A new id at a known address is a restart: the old incarnation is gone.
-        for other in list(self.members.values()):
-            if other.node_id != peer and other.listen == listen and other.state == UP:
-                actions += self._down(other, "restarted with a new id", now)
+        # A new id at a known address is a restart: the old incarnation is gone. Only a real
+        # address proves it: two members that both claim 0.0.0.0:7600 are two members.
+        if routable(listen):
+            for other in list(self.members.values()):
+                if other.node_id != peer and other.listen == listen and other.state == UP:
+                    actions += self._down(other, "restarted with a new id", now)
         actions += self._gossip_to([peer])
         return actions
 
     def alias(self, address: str, peer: int) -> None:
         """``address`` also leads to ``peer`` (a seed by another name): stop dialing it."""
+        if address in self._self_addresses:
+            return
         target = self._want(address, permanent=False)
         target.dialing = False
         target.failures = 0
@@ -221,6 +269,12 @@ class Membership:
 
     # -- internals ---------------------------------------------------------------
 
+    def _listed(self, address: str, now: float) -> bool:
+        """A member at ``address`` is still in the table: up, or down for less than FORGET_DOWN."""
+        return any(
+            m.listen == address and (m.state == UP or now - m.since <= FORGET_DOWN) for m in self.members.values()
+        )
+
     def _want(self, address: str, permanent: bool) -> _Target:
         target = self._targets.get(address)
         if target is None:
@@ -235,7 +289,7 @@ class Membership:
         actions: list[Action] = [Close(member.node_id, reason)] if close else []
         actions.append(MemberDown(member.node_id, member.listen, reason))
         # Forget long-dead incarnations so the table does not grow with restarts.
-        for other in [m for m in self.members.values() if m.state == DOWN and now - m.since > 600]:
+        for other in [m for m in self.members.values() if m.state == DOWN and now - m.since > FORGET_DOWN]:
             del self.members[other.node_id]
         return actions
 
@@ -263,10 +317,19 @@ class Membership:
             node_id, listen, caches = item[0], item[1], item[3]
             if node_id == sender.node_id:
                 sender.caches = frozenset(caches)
-            elif node_id != self.node_id and listen != self.listen and ":" in listen:
+            elif node_id != self.node_id and listen not in self._self_addresses and routable(listen):
                 member = self.members.get(node_id)
                 if member is None or member.state != UP:
                     self._want(listen, permanent=False)
                     if node_id not in self._given_up:
                         self._rumors.setdefault(node_id, self._now)
         return []
+
+
+WILDCARDS = frozenset({"", "0.0.0.0", "::", "[::]", "*"})
+
+
+def routable(address: str) -> bool:
+    """``address`` is host:port with a host another machine could dial (not a wildcard)."""
+    host, sep, port = address.rpartition(":")
+    return bool(sep) and port.isdigit() and host.strip("[]") not in WILDCARDS and host not in WILDCARDS

@@ -263,10 +263,12 @@ class Pull(Message):
 @message(24)
 class CatchUp(Message):
     """Send me the writes you hold that I may have missed: those you logged from ``since_ms``
-    on (your wall clock, with a margin), answered by Ops batches and a ``CaughtUp``."""
+    on (your wall clock, with a margin), answered by Ops batches and a ``CaughtUp``. Writes made
+    by the members in ``skip`` (ones I am connected to and ask myself) need not be relayed."""
 
     cache: str
     since_ms: int
+    skip: list[Any]
 
 
 @message(25)

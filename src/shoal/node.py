@@ -37,6 +37,7 @@ from .errors import ProtocolError, ShoalError
 from .handshake import check_secret, cluster_key
 from .housekeeping import Collector, Resolver, Snapshots, discover
 from .limits import LogLimiter, PeerQuota, Supervisor
+from .membership import routable
 from .messages import DumpEnd, Message, Ops, Query
 from .queries import Handler, Queries
 from .replica import ReplicaView
@@ -63,6 +64,16 @@ a backoff of at most 2 s, is what reconnects soon after the partition heals."""
 __all__ = ["Node", "parse_address"]
 
 
+def _ends(conn: Connection) -> tuple[tuple[object, ...] | None, tuple[object, ...] | None]:
+    """(local, remote) host and port of a connection's socket."""
+    if conn.transport is None:
+        return None, None
+    here, there = conn.transport.get_extra_info("sockname"), conn.transport.get_extra_info("peername")
+    if not isinstance(here, tuple) or not isinstance(there, tuple):
+        return None, None
+    return tuple(here[:2]), tuple(there[:2])
+
+
 class Node:
     """One member of a shoal cluster: hosts named caches and keeps them replicated."""
 
@@ -72,6 +83,7 @@ class Node:
         seeds: list[str] | tuple[str, ...] = (),
         secret: str | bytes | None = None,
         *,
+        advertise: str | None = None,
         discovery: str | None = None,
         ssl: _ssl.SSLContext | None = None,
         client_ssl: _ssl.SSLContext | None = None,
@@ -101,6 +113,12 @@ class Node:
         if warm_donors not in (1, 2):
             raise ValueError("warm_donors is 1 or 2")
         self._host, self._port = host, port
+        if advertise is not None and not routable(advertise):
+            raise ValueError(f"advertise must be a host:port other members can dial, not {advertise!r}")
+        # What this member tells the others to dial. Unset on a wildcard listen: then
+        # it is learned from connected sockets (see _learn_address).
+        self._advertise = advertise
+        self._learned: str | None = None
         # No secret at all is a loopback-only convenience; a secret given must be strong.
         self._secret = b"" if secret is None else check_secret(secret)
         self.node_id = int.from_bytes(os.urandom(8), "big")
@@ -161,6 +179,11 @@ class Node:
 
     @property
     def address(self) -> str:
+        """The address this member advertises: ``advertise``, else the one it listens on."""
+        if self._advertise is not None:
+            return self._advertise
+        if self._learned is not None:
+            return self._learned
         return f"{self._host}:{self._port}"
 
     @property
@@ -372,6 +395,7 @@ class Node:
         # The core was made before the port was known: give membership the real address.
         assert self._core is not None
         self._core.membership.listen = self.address
+        self._core.membership.advertise(self.address)  # ours: never dialed (unless a wildcard: no-op)
         self._core.membership.seeds = [s for s in self.seeds if s != self.address]
         self._core.wake = functools.partial(loop.call_soon_threadsafe, self._flush_shortly)
         log.info("node %016x listening on %s", self.node_id, self.address)
@@ -464,6 +488,17 @@ class Node:
 
     # -- connections (transport.Owner) ---------------------------------------------------
 
+    def address_on(self, conn: Connection) -> str:
+        """The address to tell the peer of ``conn`` in the handshake.
+
+        Listening on a wildcard without ``advertise``, ``0.0.0.0:7600`` would tell it
+        nothing: the local end of this very connection is an address of ours that the
+        peer can reach, so that is what it gets.
+        """
+        if self._advertise is not None or routable(f"{self._host}:{self._port}"):
+            return self.address
+        return conn.local_address(self._port) or self.address
+
     def conn_opened(self, conn: Connection) -> None:
         pending = self._pending
         if len(pending) >= self.max_pending:
@@ -478,6 +513,46 @@ class Node:
             )
             oldest.close("too many pending connections")
         pending.add(conn)
+        self._reached_self(conn)
+
+    def _learn_address(self, conn: Connection) -> None:
+        """On a wildcard listen without ``advertise``: take an address a member reached us at as ours.
+
+        Only from a member's connection (an operator's probe on 127.0.0.1 proves
+        nothing to the cluster), and a loopback address gives way to a routable one.
+        """
+        if self._advertise is not None or routable(f"{self._host}:{self._port}") or self._core is None:
+            return
+        local = conn.local_address(self._port)
+        if local is None or local == self._learned:
+            return
+        if self._learned is None or (is_loopback(parse_address(self._learned)[0]) and not is_loopback(local)):
+            self._learned = local
+            log.info("node %016x advertises %s (learned from its connections)", self.node_id, local)
+            self._core.membership.advertise(local)
+        else:
+            self._core.membership.is_self(local)  # another address of ours: never dialed either
+
+    def _reached_self(self, conn: Connection) -> None:
+        """A dial of ours that came back to us (DNS lists this pod too): never dial that address again.
+
+        Both ends of such a connection are ours, so each is the other's mirror: the
+        one we accepted came from the socket the one we dialed is bound to. (The
+        handshake refuses our own node id anyway; this also stops the redials.)
+        """
+        here, there = _ends(conn)
+        if here is None or self._core is None:
+            return
+        for other in list(self._pending):
+            if other is conn or other.initiator == conn.initiator or _ends(other) != (there, here):
+                continue
+            dialed = conn.dialed if conn.initiator else other.dialed
+            if dialed is not None:
+                log.info("address %s leads to this member itself: not dialing it again", dialed)
+                self._core.membership.is_self(dialed)
+            other.close("connected to itself")
+            conn.close("connected to itself")
+            return
 
     def conn_admitted(self, conn: Connection) -> None:
         assert self._core is not None
@@ -498,6 +573,7 @@ class Node:
         if not conn.handshake.peer_listen:
             conn.observer = True  # an operator's client: answers only, no membership
             return
+        self._learn_address(conn)
         self._peers[peer] = conn
         log.debug("connected to %016x at %s", peer, conn.handshake.peer_listen)
         self._run(self._core.connected(peer, conn.handshake.peer_listen, time.monotonic(), dialed=conn.dialed))

@@ -68,6 +68,8 @@ BUCKETS = 1024
 SETTLE = 1.0
 CATCHUP_LOG_BYTES = 64 * 1024 * 1024
 """The recent-writes log of each cache is bounded by this many bytes (estimated)."""
+MAX_SKIP = 1024
+"""Members a catch-up request may name as asked directly (a cluster is far smaller)."""
 LISTING_MAX = 20_000
 """Keys per Listing message (with their versions, well under a megabyte)."""
 PULL_MAX = 10_000
@@ -254,7 +256,7 @@ class _Log:
         self.limit = limit
         self.batches: deque[tuple[int, list[Any], int]] = deque()  # (logged at ms, wire ops, size)
         self.size = 0
-        self.dropped_ms = 0  # newest logging time ever dropped: complete after it
+        self.dropped_ms: int | None = None  # newest logging time ever dropped: complete after it
 
     def add(self, wire_ops: list[Any], ms: int) -> None:
         size = _OP_OVERHEAD * len(wire_ops) + sum(len(op[2]) for op in wire_ops if type(op[2]) is bytes)
@@ -268,7 +270,7 @@ class _Log:
     def since(self, ms: int) -> tuple[list[Any], bool]:
         """Ops logged at ``ms`` or later, and whether the log is complete that far back."""
         ops = [op for logged, batch, _ in self.batches if logged >= ms for op in batch]
-        return ops, self.dropped_ms < ms
+        return ops, self.dropped_ms is None or self.dropped_ms < ms
 
 
 @dataclass
@@ -462,8 +464,11 @@ class Replicator:
         since = self.heard_ms.get(peer, self.started_ms) - self.margin_ms
         actions: list[Action] = []
         for name in self.replicas:
+            # The members we are connected to answer for their own writes: only relays of the
+            # others' are wanted from this one (without it, each write came once per member).
+            skip = [p for p in self.membership.group(name) if p != peer][:MAX_SKIP]
             self.catching_up[(name, peer)] = now
-            actions.append(Send(peer, CatchUp(name, max(0, since))))
+            actions.append(Send(peer, CatchUp(name, max(0, since), skip)))
         return actions
 
     def member_down(self, peer: int) -> None:
@@ -481,7 +486,12 @@ class Replicator:
         log_ = self.logs.get(msg.cache)
         if msg.cache not in self.replicas or log_ is None:
             return [Send(peer, CaughtUp(msg.cache, True))]  # nothing logged: nothing was missed
+        if len(msg.skip) > MAX_SKIP or any(type(n) is not int for n in msg.skip):
+            raise ProtocolError(f"a catch-up skips at most {MAX_SKIP} members, named by id")
         ops, complete = log_.since(msg.since_ms)
+        if msg.skip:
+            skip = set(msg.skip)
+            ops = [op for op in ops if op[5] not in skip]
         actions = self._batches(peer, msg.cache, ops)
         if ops:
             self.figures_of(msg.cache)["catchup_ops_sent"] += len(ops)

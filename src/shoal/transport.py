@@ -63,6 +63,10 @@ class Owner(Protocol):
     @property
     def address(self) -> str: ...
 
+    def address_on(self, conn: Connection) -> str:
+        """The address to tell the peer of ``conn`` in the handshake (it may depend on the socket's local end)."""
+        ...
+
     @property
     def loop(self) -> asyncio.AbstractEventLoop: ...
 
@@ -88,10 +92,7 @@ class Connection(asyncio.Protocol):
         self.dialed = dialed
         self.transport: asyncio.Transport | None = None
         self.decoder = FrameDecoder(HANDSHAKE_MAX_FRAME)
-        factory = Handshake.initiator if initiator else Handshake.acceptor
-        self.handshake = factory(
-            owner.secret, owner.node_id, owner.address, max_clock_skew=owner.max_clock_skew, wall=time.time
-        )
+        self.handshake: Handshake  # made in connection_made, once the socket's local end is known
         self.sealer: FrameSealer | None = None  # once admitted, every frame we write carries a MAC
         self.peer: int | None = None
         self.observer = False
@@ -108,6 +109,11 @@ class Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # cast, not isinstance: uvloop's transports are not asyncio.Transport subclasses
         self.transport = cast(asyncio.Transport, transport)
+        owner = self.owner
+        factory = Handshake.initiator if self.initiator else Handshake.acceptor
+        self.handshake = factory(
+            owner.secret, owner.node_id, owner.address_on(self), max_clock_skew=owner.max_clock_skew, wall=time.time
+        )
         self.opened = self.owner.loop.time()
         self.owner.conn_opened(self)
         self._timer = self.owner.loop.call_later(self.owner.handshake_timeout, self._handshake_timeout)
@@ -208,6 +214,14 @@ class Connection(asyncio.Protocol):
         addr = self.transport.get_extra_info("peername") if self.transport else None
         who = f"{self.peer:016x}" if self.peer is not None else "unauthenticated"
         return f"{who} at {addr}"
+
+    def local_address(self, port: int) -> str | None:
+        """This end's IP with ``port`` (the owner's listen port): an address of ours the peer reached."""
+        sock = self.transport.get_extra_info("sockname") if self.transport is not None else None
+        if not isinstance(sock, tuple) or not sock or not isinstance(sock[0], str):
+            return None
+        ip = sock[0].removeprefix("::ffff:")  # an IPv4 peer on a dual-stack socket
+        return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
     def initiator_id(self) -> int:
         assert self.peer is not None

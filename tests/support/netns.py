@@ -8,15 +8,25 @@ nothing is added to the host's own network namespace (each veth pair is created
 directly inside the namespaces), so no real address is ever reached.
 
 A member runs inside its namespace by prefixing its command line with
-``host.prefix`` (``ip netns exec NAME``). ``partition(host)`` drops every packet
+``host.prefix`` (``ip netns exec NAME``). ``partition(host)`` drops every packet on its link
 in and out of that member's namespace with iptables, which is what a pulled
 cable looks like to TCP: no reset, no FIN, just silence; ``heal(host)`` removes
 the rules. Names carry the test process id, so parallel runs do not clash, and
 the namespaces (with their veths, bridge and rules) are deleted at teardown
 whatever the test did.
 
+Names resolve per namespace, as a headless Service does in Kubernetes:
+``publish(name, hosts)`` writes ``/etc/netns/NS/hosts`` for every member
+namespace, listing each host's address under ``name`` (``ip netns exec`` mounts
+that file over ``/etc/hosts``, and the C library reads it at every lookup, so a
+process already running sees the next ``publish``). The files are rewritten in
+place, never replaced: the mount follows the file, not the name. They are
+removed at teardown with the namespaces.
+
 Needs root and the ``ip`` and ``iptables`` commands; the fixture skips otherwise,
 or when the kernel refuses to create namespaces (an unprivileged container).
+Under ``CI=true`` it fails instead: a CI run that cannot build the network has
+not tested what these tests are for.
 """
 
 from __future__ import annotations
@@ -28,11 +38,13 @@ import signal
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 SUBNET = "10.77.0"
 PREFIX_LEN = 24
+ETC_NETNS = Path("/etc/netns")
 
 
 def unavailable() -> str | None:
@@ -80,6 +92,8 @@ class Netns:
         self.hosts: list[Host] = []
         self._created: list[str] = []
         self._partitioned: set[str] = set()
+        self._records: dict[str, list[str]] = {}  # name -> addresses, as last published
+        self._numbers = 0
 
     def open(self) -> None:
         self._add_namespace(self.hub)
@@ -90,8 +104,9 @@ class Netns:
         _run("ip", "-n", self.hub, "link", "del", "probe0")
 
     def add(self) -> Host:
-        """A new member namespace on the bridge, with address 10.77.0.N."""
-        n = len(self.hosts) + 1
+        """A new member namespace on the bridge, with address 10.77.0.N (N never reused: a new pod, a new IP)."""
+        self._numbers += 1
+        n = self._numbers
         if n > 250:
             raise ValueError("the subnet holds 250 hosts")
         host = Host(f"{self.tag}-m{n}", f"{SUBNET}.{n}")
@@ -105,21 +120,49 @@ class Netns:
         _run("ip", "-n", host.name, "link", "set", "eth0", "up")
         _run("ip", "-n", host.name, "link", "set", "lo", "up")
         self.hosts.append(host)
+        self._write_hosts_file(host)
         return host
 
+    def remove(self, host: Host) -> None:
+        """Delete ``host``'s namespace (a deleted pod): its address stops answering at all."""
+        self._kill_inside(host.name)
+        with contextlib.suppress(subprocess.SubprocessError, OSError):
+            _run("ip", "netns", "del", host.name)
+        with contextlib.suppress(ValueError):
+            self._created.remove(host.name)
+        self.hosts.remove(host)
+        self._partitioned.discard(host.name)
+        shutil.rmtree(ETC_NETNS / host.name, ignore_errors=True)
+
+    def publish(self, name: str, hosts: list[Host]) -> None:
+        """Make ``name`` resolve to the addresses of ``hosts`` in every member namespace, now and later."""
+        self._records[name] = [h.ip for h in hosts]
+        for host in self.hosts:
+            self._write_hosts_file(host)
+
+    def _write_hosts_file(self, host: Host) -> None:
+        directory = ETC_NETNS / host.name
+        directory.mkdir(parents=True, exist_ok=True)
+        lines = ["127.0.0.1 localhost", f"{host.ip} {host.name}"]
+        lines += [f"{ip} {name}" for name, ips in sorted(self._records.items()) for ip in ips]
+        # Opened for writing, not replaced: the bind mount of a running process follows the inode.
+        with open(directory / "hosts", "w") as hosts_file:
+            hosts_file.write("\n".join(lines) + "\n")
+
     def partition(self, host: Host) -> None:
-        """Silently drop everything in and out of ``host``'s namespace."""
+        """Silently drop everything in and out of ``host``'s namespace over the bridge (loopback inside it
+        still works, as on a machine whose cable is pulled)."""
         if host.name in self._partitioned:
             return
-        host.run("iptables", "-w", "-A", "INPUT", "-j", "DROP")
-        host.run("iptables", "-w", "-A", "OUTPUT", "-j", "DROP")
+        host.run("iptables", "-w", "-A", "INPUT", "-i", "eth0", "-j", "DROP")
+        host.run("iptables", "-w", "-A", "OUTPUT", "-o", "eth0", "-j", "DROP")
         self._partitioned.add(host.name)
 
     def heal(self, host: Host) -> None:
         if host.name not in self._partitioned:
             return
-        host.run("iptables", "-w", "-D", "INPUT", "-j", "DROP")
-        host.run("iptables", "-w", "-D", "OUTPUT", "-j", "DROP")
+        host.run("iptables", "-w", "-D", "INPUT", "-i", "eth0", "-j", "DROP")
+        host.run("iptables", "-w", "-D", "OUTPUT", "-o", "eth0", "-j", "DROP")
         self._partitioned.discard(host.name)
 
     def close(self) -> None:
@@ -128,9 +171,11 @@ class Netns:
             self._kill_inside(name)
             with contextlib.suppress(subprocess.SubprocessError, OSError):
                 _run("ip", "netns", "del", name)
+            shutil.rmtree(ETC_NETNS / name, ignore_errors=True)
         self._created.clear()
         self.hosts.clear()
         self._partitioned.clear()
+        self._records.clear()
 
     def _add_namespace(self, name: str) -> None:
         # A namespace of this name can only be left over by an earlier run with our pid.
@@ -148,18 +193,26 @@ class Netns:
                     os.kill(int(pid), signal.SIGKILL)
 
 
+def _cannot(reason: str) -> None:
+    """Skip, or under CI=true fail: CI must not pass by not running these tests."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI=true but {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
 @pytest.fixture
 def netns() -> Iterator[Netns]:
-    """A private network of namespaces (see the module docstring); skips when it cannot be built."""
+    """A private network of namespaces (see the module docstring); skips when it cannot be built
+    (fails under CI=true)."""
     reason = unavailable()
     if reason is not None:
-        pytest.skip(reason)
+        _cannot(reason)
     net = Netns()
     try:
         try:
             net.open()
         except subprocess.CalledProcessError as exc:
-            pytest.skip(f"cannot create network namespaces here: {(exc.stderr or '').strip()}")
+            _cannot(f"cannot create network namespaces here: {(exc.stderr or '').strip()}")
         yield net
     finally:
         net.close()
