@@ -368,6 +368,7 @@ def shoal_member(
         "burst": burst,
         "stamped": stamped,
         "record_lags": record_lags,
+        "lag_count": lambda: len(state["lags"] or ()),
         "profile_loop": profile_loop,
         "figures": figures,
         "count": lambda: len(store.data),
@@ -482,7 +483,9 @@ def bench_shoal(
             r.call("record_lags", True)
         n = int(LAG_RATE * sizes.lag_seconds)
         start, end = writer.call("stamped", n, LAG_RATE, timeout=sizes.lag_seconds * 10 + 30)
-        time.sleep(0.5)
+        deadline = time.monotonic() + 60  # every write's lag is counted, however late it arrives
+        while time.monotonic() < deadline and any(r.call("lag_count") < n for r in receivers):
+            time.sleep(0.05)
         lags = [r.call("record_lags", False) for r in receivers]
         lag = LagRow(label, n, end - start, [x for part in lags for x in part], "lag seen on both receivers", lags)
         pauses = [x for p in procs for x in p.call("full_gcs")]
