@@ -5,23 +5,30 @@
 
 Roles:
 
-``donor``     a shoal Node holding N entries, filled in-process (``Cache.load`` in
-              chunks: no replication traffic, seconds even for 1M). A 1 ms asyncio
+``donor``     a shoal Node holding N entries, filled through the public API
+              (``Cache.set_many`` in batches of 10,000, on a cache configured as a
+              user would: ``--ttl`` and ``--bound``; no peer, so no replication
+              traffic; then it waits until the fill is older than the catch-up margin,
+              as in a running cluster). A 1 ms asyncio
               timer task runs on the node's loop and records the longest gap between
               its ticks. Prints ``{"address": ...}`` when filled and listening, then
               answers ``{"op": "stall_reset"}``, ``{"op": "stall"}``, ``{"op": "stats"}``
               and ``{"op": "stop"}``.
-``receiver``  a fresh shoal Node seeded with the donor. Records its RSS before the
-              node exists, starts it, waits for ready and prints one JSON line: the
-              wall time at ready, warm_boot stats, RSS before, VmHWM, RSS after.
+``receiver``  a fresh shoal Node seeded with the donor, its cache configured as the
+              donor's. Records its RSS before the node exists, starts it, waits for
+              ready and prints one JSON line: the wall time at node.start() and at
+              ready, warm_boot stats, RSS before, VmHWM, RSS after.
               Then waits for ``stop`` (EOF). ``--profile PATH`` runs cProfile on the
               node's loop thread for the boot; ``--profile-donor`` does it on the donor.
-``entries``   the memory of N loaded entries: RSS after filling a plain ``Cache``
-              with ``Cache.set`` minus RSS before (same keys and values).
+``memory``    the memory of N items in one container (``--kind``: a plain dict,
+              cachetools.TTLCache, cachebox.VTTLCache, a local shoal.Cache with the
+              TTL and bound): RSS after building the keys and values and filling
+              it, minus RSS before (keys and values included, as in a member).
 ``syncobj``   one pysyncobj member with a ``ReplDict``; answers ``fill``, ``len``,
               ``wait_len`` (prints when the dict holds N entries) and ``stop``.
 
-Keys are ``user:%06d`` and values ``acct-%08d`` for i in range(N).
+Keys are ``user:%06d``; values (``--shape``) ``acct-%08d`` strings, or small dicts
+of four fields as an identity lookup returns (``value(i, "dict")``).
 """
 
 from __future__ import annotations
@@ -41,8 +48,19 @@ def key(i: int) -> str:
     return f"user:{i:06d}"
 
 
-def value(i: int) -> str:
+def value(i: int, shape: str = "str") -> Any:
+    if shape == "dict":
+        return {"id": i, "name": f"User {i}", "email": f"user{i}@example.com", "active": i % 7 != 0}
     return f"acct-{i:08d}"
+
+
+def items(start: int, stop: int, shape: str) -> dict[str, Any]:
+    return {key(i): value(i, shape) for i in range(start, stop)}
+
+
+def cache_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The cache as a user configures it: ``--ttl 0`` means none, ``--bound 0`` unbounded."""
+    return {"ttl": args.ttl or None, "max_entries": args.bound or None}
 
 
 def proc_status(field: str, pid: int | str = "self") -> int:
@@ -121,7 +139,7 @@ class ChunkWatch:
         self.max = 0.0
         self.chunks = 0
         self._t = 0.0
-        columns, encode = warmboot.dump_columns, getattr(warmboot, "encode")  # noqa: B009
+        columns, encode = warmboot.dump_columns, warmboot.encode
 
         def timed_columns(*a: Any) -> Any:
             self._t = time.perf_counter()
@@ -129,12 +147,14 @@ class ChunkWatch:
 
         def timed_encode(*a: Any) -> Any:
             frame = encode(*a)
-            self.max = max(self.max, time.perf_counter() - self._t)
-            self.chunks += 1
+            if self._t:
+                self.max = max(self.max, time.perf_counter() - self._t)
+                self.chunks += 1
+                self._t = 0.0
             return frame
 
         warmboot.dump_columns = timed_columns  # type: ignore[assignment]
-        setattr(warmboot, "encode", timed_encode)  # noqa: B010
+        warmboot.encode = timed_encode  # type: ignore[assignment]
 
     def reset(self) -> None:
         self.max = 0.0
@@ -156,16 +176,33 @@ def on_loop(loop: asyncio.AbstractEventLoop, fn: Any) -> Any:
 
 def run_donor(args: argparse.Namespace) -> int:
     from shoal.node import Node
-    from shoal.store import NEVER
 
     node = Node(listen="127.0.0.1:0", secret=args.secret)
-    cache = node.cache("c")
-    stamp = cache._clock.stamp  # each cache has its own clock
-    step = 20_000
-    for start in range(0, args.n, step):
-        idx = range(start, min(args.n, start + step))
-        cache.load([key(i) for i in idx], [value(i) for i in idx], [NEVER] * len(idx), [stamp() for _ in idx], False)
+    cache = node.cache("c", **cache_options(args))
     node.start()
+    node.wait_ready(10)
+    t_fill = time.perf_counter()
+    step = 10_000
+    for start in range(0, args.n, step):
+        cache.set_many(items(start, min(args.n, start + step), args.shape))
+    fill_s = time.perf_counter() - t_fill
+    # A donor in a running cluster wrote its entries long ago: let the fill leave the
+    # outbox, then let it age past the catch-up margin, or a receiver would replay the
+    # whole fill from the recent-writes log on top of the dump (it would, for real,
+    # if it joined right after such a burst).
+    deadline = time.monotonic() + 60
+    while node.stats()["caches"]["c"].get("queue_depth", 0) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    try:  # how far back a catch-up reaches: max_clock_skew plus the settle window
+        from shoal.replication import SETTLE
+        from shoal.validation import DEFAULT_MAX_CLOCK_SKEW
+
+        margin = DEFAULT_MAX_CLOCK_SKEW + SETTLE
+    except ImportError:
+        margin = 5.0  # older versions: a fixed 5 s
+    settle = time.monotonic() + margin + 0.5
+    while time.monotonic() < settle:
+        time.sleep(0.05)
     loop = node._loop
     stall = Stall()
     ticker = asyncio.run_coroutine_threadsafe(stall.run(), loop)
@@ -175,7 +212,7 @@ def run_donor(args: argparse.Namespace) -> int:
         import cProfile
 
         prof = cProfile.Profile()
-    reply({"address": node.address, "entries": len(cache.store.data)})
+    reply({"address": node.address, "entries": cache.stats()["entries"], "fill_s": fill_s})
     for line in sys.stdin:
         cmd = json.loads(line)
         op = cmd["op"]
@@ -226,7 +263,7 @@ def run_receiver(args: argparse.Namespace) -> int:
     gcw = GcWatch()
     rss_before = proc_status("VmRSS")
     node = Node(listen="127.0.0.1:0", seeds=[args.seed], secret=args.secret)
-    node.cache("c")
+    node.cache("c", **cache_options(args))
     prof = None
     if args.profile:
         import cProfile
@@ -273,15 +310,35 @@ def run_receiver(args: argparse.Namespace) -> int:
 # -- loaded-entries memory --------------------------------------------------------------
 
 
-def run_entries(args: argparse.Namespace) -> int:
-    from shoal import Cache
-
-    cache = Cache()
+def run_memory(args: argparse.Namespace) -> int:
     rss_before = proc_status("VmRSS")
-    for i in range(args.n):
-        cache.set(key(i), value(i))
+    n, shape, kind = args.n, args.shape, args.kind
+    ttl = float(args.ttl or 3600)
+    if kind == "dict":
+        box: Any = {}
+        for start in range(0, n, 10_000):
+            box.update(items(start, min(n, start + 10_000), shape))
+    elif kind == "cachetools":
+        import cachetools
+
+        box = cachetools.TTLCache(maxsize=args.bound or n, ttl=ttl)
+        for start in range(0, n, 10_000):
+            box.update(items(start, min(n, start + 10_000), shape))
+    elif kind == "cachebox":
+        import cachebox
+
+        box = cachebox.VTTLCache(args.bound or n)
+        for start in range(0, n, 10_000):
+            for k, v in items(start, min(n, start + 10_000), shape).items():
+                box.insert(k, v, ttl)
+    else:
+        from shoal import Cache
+
+        box = Cache(**cache_options(args))
+        for start in range(0, n, 10_000):
+            box.set_many(items(start, min(n, start + 10_000), shape))
     rss_after = proc_status("VmRSS")
-    reply({"rss_before": rss_before, "rss_after": rss_after, "entries": len(cache.store.data)})
+    reply({"rss_before": rss_before, "rss_after": rss_after, "entries": len(box)})
     return 0
 
 
@@ -368,9 +425,13 @@ def run_syncobj(args: argparse.Namespace) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("role", choices=["donor", "receiver", "entries", "syncobj"])
+    parser.add_argument("role", choices=["donor", "receiver", "memory", "syncobj"])
     parser.add_argument("--n", type=int, default=0)
     parser.add_argument("--seed", default="")
+    parser.add_argument("--shape", choices=["str", "dict"], default="str")
+    parser.add_argument("--ttl", type=float, default=3600.0, help="cache ttl in seconds; 0: none")
+    parser.add_argument("--bound", type=int, default=0, help="cache max_entries; 0: unbounded")
+    parser.add_argument("--kind", choices=["dict", "cachetools", "cachebox", "shoal"], default="dict")
     parser.add_argument("--secret", default="bench-cluster-secret")
     parser.add_argument("--timeout", type=float, default=60.0)
     parser.add_argument("--profile", default="")
@@ -378,9 +439,7 @@ def main() -> int:
     parser.add_argument("--self-addr", default="")
     parser.add_argument("--partners", default="")
     args = parser.parse_args()
-    return {"donor": run_donor, "receiver": run_receiver, "entries": run_entries, "syncobj": run_syncobj}[args.role](
-        args
-    )
+    return {"donor": run_donor, "receiver": run_receiver, "memory": run_memory, "syncobj": run_syncobj}[args.role](args)
 
 
 if __name__ == "__main__":

@@ -3,19 +3,24 @@
 
     PYTHONPATH=src python bench/local.py [--quick] [--json PATH] [--no-redis]
 
-1. ns/op for get-hit (100k random keys, and 1k hot keys), set and fetch-hit, for
-   ``shoal.Cache``, a plain ``dict``, ``cachetools.TTLCache``, ``cachebox.VTTLCache``
-   and redis-py against a private ``redis-server`` on loopback (when installed).
-2. The SPEC section 7 bars for local ``get``/``set`` and whether they are met.
+1. ns/op for get-hit (100k random keys, and 1k hot keys), set (a short string value,
+   and a small dict of four fields as an identity lookup returns) and fetch-hit, for
+   ``shoal.Cache`` (local, and hosted by a Node with one peer), a plain ``dict``,
+   ``cachetools.TTLCache``, ``cachebox.VTTLCache`` and redis-py against a private
+   ``redis-server`` on loopback (when installed). Every cache has a TTL of 3600 s
+   and a bound (``max_entries``), as users configure them, and is filled through
+   its public API; a ``shoal.Cache`` with neither is a second line, for comparison.
+2. The bars of issue 15 for ``get``/``set``, as ratios from this same run.
 3. Hit ratios of S3-FIFO (shoal's policy) against LRU on a Zipf(0.9) trace, with
    and without a one-off scan, through the real ``shoal.Cache`` and through a
    small simulator over ``shoal.eviction`` policy objects.
 
 Timing: every measurement is a plain ``for`` loop over a pre-generated random key
 sequence, run several rounds (round-robin across implementations, so a noisy
-moment on a shared machine hits them all) and the best round is kept. Nothing is
-subtracted: the empty-loop cost is printed as a row instead. gc is disabled while
-timing, as ``timeit`` does.
+moment on a shared machine hits them all); the table shows the median round and
+the bars use medians, with the min-max range of the rounds beside. Nothing is
+subtracted: the empty-loop cost is printed as a row instead. The cyclic GC stays
+on, as in a service.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import platform
 import random
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -49,14 +55,15 @@ from shoal.eviction import LRU, S3FIFO, Policy
 
 perf_counter_ns = time.perf_counter_ns
 
-TTL = 300
+TTL = 3600
 MAX_ENTRIES = 1_000_000
 ZIPF_S = 0.9
 
-# SPEC section 7 bars for the local cache.
-BAR_GET_VS_CACHEBOX = 1.5  # shoal get <= 1.5x cachebox.VTTLCache.get
+# Bars of issue 15 for the local cache.
+BAR_GET_VS_CACHEBOX = 2.0  # shoal get <= 2x cachebox.VTTLCache.get (aim: 1.5x)
 BAR_GET_VS_CACHETOOLS = 4.0  # shoal get >= 4x faster than cachetools.TTLCache
 BAR_SET_NS = 3000.0  # set on a clustered cache <= 3 us
+BAR_SET_VS_CACHEBOX = 10.0  # ... and <= 10x cachebox.VTTLCache.insert
 
 
 @dataclass(frozen=True)
@@ -83,6 +90,11 @@ def key_of(i: int) -> str:
 
 def value_of(i: int) -> str:
     return f"acct-{i:08d}"
+
+
+def record_of(i: int) -> dict[str, Any]:
+    """A small dict, as an identity lookup returns."""
+    return {"id": i, "name": f"User {i}", "email": f"user{i}@example.com", "active": i % 7 != 0}
 
 
 def load(key: str) -> str:
@@ -257,11 +269,12 @@ class RedisServer:
 
 # -- part 1: micro-benchmarks -----------------------------------------------------
 
-COLUMNS = ["get-hit random", "get-hit hot", "set", "fetch-hit"]
+COLUMNS = ["get-hit random", "get-hit hot", "set", "set dict", "fetch-hit"]
 
 ROW_EMPTY = "empty loop (included in all rows)"
 ROW_SHOAL = "shoal.Cache"
 ROW_SHOAL_REPL = "shoal.Cache in a Node (+1 peer)"
+ROW_SHOAL_PLAIN = "shoal.Cache, no TTL/bound"
 ROW_DICT = "dict"
 ROW_CACHETOOLS = "cachetools.TTLCache"
 ROW_CACHEBOX = "cachebox.VTTLCache"
@@ -274,19 +287,23 @@ class Case:
     column: str
     run: Callable[[], int]
     ops: int
-    best_ns: float = field(default=float("inf"))
+    samples: list[float] = field(default_factory=list)
 
     @property
     def slow(self) -> bool:
         """Sets and redis round trips run sizes.rounds rounds, the rest sizes.get_rounds."""
-        return self.column == COLUMNS[2] or self.row == ROW_REDIS
+        return self.column.startswith("set") or self.row == ROW_REDIS
 
 
-def micro(sizes: Sizes, redis_binary: str | None, info: dict[str, Any]) -> dict[str, dict[str, float]]:
+Results = dict[str, dict[str, list[float]]]
+
+
+def micro(sizes: Sizes, redis_binary: str | None, info: dict[str, Any]) -> Results:
     rng = random.Random(1234)
     n = sizes.keys
     stored_keys = [key_of(i) for i in range(n)]
     values = [value_of(i) for i in range(n)]
+    records = [record_of(i) for i in range(n)]
     # Lookup keys are equal to the stored ones but distinct objects, as when a request
     # builds its key: the dict compares strings instead of taking the identity shortcut.
     lookup = [key_of(i) for i in range(n)]
@@ -298,16 +315,19 @@ def micro(sizes: Sizes, redis_binary: str | None, info: dict[str, Any]) -> dict[
     seq_hot = [lookup[i] for i in idx_hot]
     seq_set = [lookup[i] for i in idx_set]
     seq_set_values = [values[i] for i in idx_set]
+    seq_set_records = [records[i] for i in idx_set]
     seq_fetch = [lookup[i] for i in (rng.randrange(n) for _ in range(sizes.ops))]
     r_ops = sizes.redis_ops
 
     sc = shoal.Cache(ttl=TTL, max_entries=MAX_ENTRIES)
-    # SPEC's set bar is for a clustered cache: a real Node with one peer (both in this
-    # process, on loopback), so set includes enqueueing the op and the node's loop
+    plain = shoal.Cache()
+    # The set bar is for a clustered cache: a real Node with one peer (a shoal serve
+    # process on loopback), so set includes enqueueing the op and the node's loop
     # thread flushing it to the peer meanwhile.
     peer = subprocess.Popen(
         [sys.executable, "-m", "shoal", "serve", "--listen", "127.0.0.1:0", "--caches", f"bench:{TTL}"],
         stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
         text=True,
         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
     )
@@ -318,11 +338,12 @@ def micro(sizes: Sizes, redis_binary: str | None, info: dict[str, Any]) -> dict[
     node_a.start()
     node_a.wait_ready(10)
     info["clustered_cache"] = "Node with 1 peer (a shoal serve process) on loopback"
-    d: dict[str, str] = {}
-    tc: cachetools.TTLCache[str, str] = cachetools.TTLCache(maxsize=MAX_ENTRIES, ttl=TTL)
-    vc: cachebox.VTTLCache[str, str] = cachebox.VTTLCache(MAX_ENTRIES)
+    d: dict[str, Any] = {}
+    tc: cachetools.TTLCache[str, Any] = cachetools.TTLCache(maxsize=MAX_ENTRIES, ttl=TTL)
+    vc: cachebox.VTTLCache[str, Any] = cachebox.VTTLCache(MAX_ENTRIES)
     for k, v in zip(stored_keys, values, strict=True):
         sc.set(k, v)
+        plain.set(k, v)
         sc_repl.set(k, v)
         d[k] = v
         tc[k] = v
@@ -332,22 +353,38 @@ def micro(sizes: Sizes, redis_binary: str | None, info: dict[str, Any]) -> dict[
         Case(ROW_EMPTY, COLUMNS[0], lambda: t_empty(seq_random), sizes.ops),
         Case(ROW_EMPTY, COLUMNS[1], lambda: t_empty(seq_hot), sizes.ops),
         Case(ROW_EMPTY, COLUMNS[2], lambda: t_empty_pairs(seq_set, seq_set_values), sizes.ops),
-        Case(ROW_EMPTY, COLUMNS[3], lambda: t_empty(seq_fetch), sizes.ops),
+        Case(ROW_EMPTY, COLUMNS[3], lambda: t_empty_pairs(seq_set, seq_set_records), sizes.ops),
+        Case(ROW_EMPTY, COLUMNS[4], lambda: t_empty(seq_fetch), sizes.ops),
     ]
-    in_process: list[tuple[str, Any]] = [(ROW_SHOAL, sc), (ROW_DICT, d), (ROW_CACHETOOLS, tc), (ROW_CACHEBOX, vc)]
+    in_process: list[tuple[str, Any]] = [
+        (ROW_SHOAL, sc),
+        (ROW_SHOAL_REPL, sc_repl),
+        (ROW_SHOAL_PLAIN, plain),
+        (ROW_DICT, d),
+        (ROW_CACHETOOLS, tc),
+        (ROW_CACHEBOX, vc),
+    ]
     for row, cache in in_process:
         cases.append(Case(row, COLUMNS[0], functools.partial(t_get, cache.get, seq_random), sizes.ops))
         cases.append(Case(row, COLUMNS[1], functools.partial(t_get, cache.get, seq_hot), sizes.ops))
+    for row, cache in in_process[:3]:
+        cases.append(
+            Case(row, COLUMNS[2], functools.partial(t_call_set, cache.set, seq_set, seq_set_values), sizes.ops)
+        )
+        cases.append(
+            Case(row, COLUMNS[3], functools.partial(t_call_set, cache.set, seq_set, seq_set_records), sizes.ops)
+        )
     cases += [
-        Case(ROW_SHOAL, COLUMNS[2], lambda: t_call_set(sc.set, seq_set, seq_set_values), sizes.ops),
-        Case(ROW_SHOAL_REPL, COLUMNS[2], lambda: t_call_set(sc_repl.set, seq_set, seq_set_values), sizes.ops),
         Case(ROW_DICT, COLUMNS[2], lambda: t_item_set(d, seq_set, seq_set_values), sizes.ops),
+        Case(ROW_DICT, COLUMNS[3], lambda: t_item_set(d, seq_set, seq_set_records), sizes.ops),
         Case(ROW_CACHETOOLS, COLUMNS[2], lambda: t_item_set(tc, seq_set, seq_set_values), sizes.ops),
+        Case(ROW_CACHETOOLS, COLUMNS[3], lambda: t_item_set(tc, seq_set, seq_set_records), sizes.ops),
         Case(ROW_CACHEBOX, COLUMNS[2], lambda: t_insert_ttl(vc.insert, seq_set, seq_set_values), sizes.ops),
-        Case(ROW_SHOAL, COLUMNS[3], lambda: t_shoal_fetch(sc.fetch, seq_fetch), sizes.ops),
-        Case(ROW_DICT, COLUMNS[3], lambda: t_get_or_load_item(d, seq_fetch), sizes.ops),
-        Case(ROW_CACHETOOLS, COLUMNS[3], lambda: t_get_or_load_item(tc, seq_fetch), sizes.ops),
-        Case(ROW_CACHEBOX, COLUMNS[3], lambda: t_get_or_load_insert(vc, seq_fetch), sizes.ops),
+        Case(ROW_CACHEBOX, COLUMNS[3], lambda: t_insert_ttl(vc.insert, seq_set, seq_set_records), sizes.ops),
+        Case(ROW_SHOAL, COLUMNS[4], lambda: t_shoal_fetch(sc.fetch, seq_fetch), sizes.ops),
+        Case(ROW_DICT, COLUMNS[4], lambda: t_get_or_load_item(d, seq_fetch), sizes.ops),
+        Case(ROW_CACHETOOLS, COLUMNS[4], lambda: t_get_or_load_item(tc, seq_fetch), sizes.ops),
+        Case(ROW_CACHEBOX, COLUMNS[4], lambda: t_get_or_load_insert(vc, seq_fetch), sizes.ops),
     ]
 
     # Every get/fetch measured must be a hit.
@@ -381,19 +418,14 @@ def micro(sizes: Sizes, redis_binary: str | None, info: dict[str, Any]) -> dict[
                 Case(
                     ROW_REDIS, COLUMNS[2], lambda: t_redis_set(rc.set, seq_set[:r_ops], seq_set_values[:r_ops]), r_ops
                 ),
-                Case(ROW_REDIS, COLUMNS[3], lambda: t_get_or_load_redis(rc, seq_fetch[:r_ops]), r_ops),
+                Case(ROW_REDIS, COLUMNS[4], lambda: t_get_or_load_redis(rc, seq_fetch[:r_ops]), r_ops),
             ]
 
-        gc.collect()
-        gc.disable()
-        try:
-            for round_no in range(max(sizes.rounds, sizes.get_rounds)):
-                for case in cases:
-                    if round_no < (sizes.rounds if case.slow else sizes.get_rounds):
-                        case.best_ns = min(case.best_ns, case.run() / case.ops)
-                gc.collect()
-        finally:
-            gc.enable()
+        gc.collect()  # start from a clean heap; the collector stays on while timing
+        for round_no in range(max(sizes.rounds, sizes.get_rounds)):
+            for case in cases:
+                if round_no < (sizes.rounds if case.slow else sizes.get_rounds):
+                    case.samples.append(case.run() / case.ops)
         if redis_binary:
             rc.close()
     finally:
@@ -402,22 +434,45 @@ def micro(sizes: Sizes, redis_binary: str | None, info: dict[str, Any]) -> dict[
         node_a.stop()
         peer.terminate()
         peer.wait(10)
+        if peer.stdout is not None:
+            peer.stdout.close()
 
     stats = sc.stats()
     if stats["misses"] or stats["loads"]:
         raise AssertionError(f"shoal missed during a hit benchmark: {stats}")
     info["shoal_hits_counted"] = stats["hits"] - hits_before
 
-    results: dict[str, dict[str, float]] = {}
+    results: Results = {}
     for case in cases:
-        results.setdefault(case.row, {})[case.column] = case.best_ns
+        results.setdefault(case.row, {})[case.column] = case.samples
     return results
 
 
-def print_micro(results: dict[str, dict[str, float]], sizes: Sizes, redis_note: str) -> None:
+def med(samples: list[float] | None) -> float | None:
+    return statistics.median(samples) if samples else None
+
+
+def cell(samples: list[float] | None) -> str:
+    if not samples:
+        return "-"
+    return f"{ns(statistics.median(samples))} ({ns(min(samples))}-{ns(max(samples))})"
+
+
+def print_micro(results: Results, sizes: Sizes, redis_note: str) -> None:
     shoal_ns = results[ROW_SHOAL]
     rows: list[Sequence[object] | None] = []
-    order = [ROW_EMPTY, None, ROW_SHOAL, ROW_SHOAL_REPL, ROW_DICT, ROW_CACHETOOLS, ROW_CACHEBOX, ROW_REDIS]
+    order = [
+        ROW_EMPTY,
+        None,
+        ROW_SHOAL,
+        ROW_SHOAL_REPL,
+        ROW_DICT,
+        ROW_CACHETOOLS,
+        ROW_CACHEBOX,
+        ROW_REDIS,
+        None,
+        ROW_SHOAL_PLAIN,
+    ]
     for name in order:
         if name is None:
             rows.append(None)
@@ -426,55 +481,70 @@ def print_micro(results: dict[str, dict[str, float]], sizes: Sizes, redis_note: 
             continue
         cells: list[object] = [name]
         for col in COLUMNS:
-            value = results[name].get(col)
-            base = shoal_ns.get(col)
-            cells.append(ns(value))
+            samples = results[name].get(col)
+            base = med(shoal_ns.get(col))
+            cells.append(cell(samples))
+            value = med(samples)
             if name == ROW_EMPTY or value is None or base is None:
                 cells.append("")
             else:
                 cells.append(ratio(value / base))
         rows.append(cells)
-    headers = ["implementation"] + ["ns/op", "x shoal"] * len(COLUMNS)
+    headers = ["implementation"] + ["ns/op (min-max)", "x shoal"] * len(COLUMNS)
     groups = [
         ("", 1),
         (f"get-hit, {sizes.keys // 1000}k random keys", 2),
         (f"get-hit, {sizes.hot // 1000}k hot keys", 2),
-        (f"set (overwrite, {sizes.keys // 1000}k keys)", 2),
+        (f"set, str value ({sizes.keys // 1000}k keys)", 2),
+        ("set, dict value", 2),
         ("fetch-hit", 2),
     ]
     title = (
-        f"1. Local operations: ns/op, best of {sizes.get_rounds} rounds (get, fetch) or {sizes.rounds} rounds (set, "
-        f"redis)\n   of {sizes.ops:,} ops ({sizes.redis_ops:,} for redis).\n"
+        f"1. Local operations: ns/op, median of {sizes.get_rounds} rounds (get, fetch) or {sizes.rounds} rounds "
+        f"(set, redis)\n   of {sizes.ops:,} ops ({sizes.redis_ops:,} for redis), with the min-max of the rounds.\n"
         "   Numbers INCLUDE the Python for-loop overhead (row 'empty loop'); nothing is subtracted.\n"
-        "   'x shoal' = ns/op / shoal.Cache's ns/op (above 1.00x: slower than shoal)."
+        "   'x shoal' = median ns/op / shoal.Cache's median ns/op (above 1.00x: slower than shoal)."
     )
     notes = [
         f"shoal.Cache(ttl={TTL}, max_entries={MAX_ENTRIES:_}); cachetools.TTLCache(maxsize={MAX_ENTRIES:_}, "
-        f"ttl={TTL}); cachebox.VTTLCache({MAX_ENTRIES:_}) with insert(k, v, {TTL}).",
-        "Keys 'user:1234', values 'acct-00001234'; lookup keys are equal but distinct str objects.",
+        f"ttl={TTL}); cachebox.VTTLCache({MAX_ENTRIES:_}) with insert(k, v, {TTL}); the last line: shoal.Cache().",
+        "Keys 'user:1234'; str values 'acct-00001234', dict values {id, name, email, active}; lookup keys are",
+        "  equal but distinct str objects. Every cache filled through its public API (set / [] / insert).",
         "get: c.get(k) for all.  set: shoal c.set(k, v); dict/cachetools c[k] = v; cachebox c.insert(k, v, ttl);",
-        f"  redis r.set(k, v, ex={TTL}).  'in a Node': node.cache(...).set on a started Node whose one peer",
+        f"  redis r.set(k, v, ex={TTL}).  'in a Node': node.cache(...) on a started Node whose one peer",
         "  is a shoal serve process (the replication queue and this node's loop thread are included).",
         "fetch-hit: shoal c.fetch(k, loader); others inline 'v = c.get(k); if v is None: v = loader(k); store'.",
         redis_note,
-        "gc disabled while timing (as timeit does); rounds run round-robin across implementations.",
+        "GC on while timing; rounds run round-robin across implementations; the machine is shared and noisy.",
     ]
     print(format_table(headers, rows, title=title, notes=notes, groups=groups))
 
 
-def check_bars(results: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
-    col = COLUMNS[0]
-    shoal_get = results[ROW_SHOAL][col]
-    cachebox_get = results[ROW_CACHEBOX][col]
-    cachetools_get = results[ROW_CACHETOOLS][col]
-    local_set = results[ROW_SHOAL][COLUMNS[2]]
-    repl_set = results[ROW_SHOAL_REPL][COLUMNS[2]]
+def check_bars(results: Results) -> list[dict[str, Any]]:
+    def m(row: str, col: str) -> float:
+        value = med(results[row].get(col))
+        assert value is not None
+        return value
+
+    get_col, set_col = COLUMNS[0], COLUMNS[2]
+    shoal_get, member_get = m(ROW_SHOAL, get_col), m(ROW_SHOAL_REPL, get_col)
+    cachebox_get = m(ROW_CACHEBOX, get_col)
+    cachetools_get = m(ROW_CACHETOOLS, get_col)
+    local_set, repl_set = m(ROW_SHOAL, set_col), m(ROW_SHOAL_REPL, set_col)
+    cachebox_set = m(ROW_CACHEBOX, set_col)
+    repl_set_dict, cachebox_set_dict = m(ROW_SHOAL_REPL, COLUMNS[3]), m(ROW_CACHEBOX, COLUMNS[3])
     bars = [
         {
-            "bar": "get-hit (random keys) <= 1.5x cachebox.VTTLCache.get",
+            "bar": f"get-hit (random keys, local) <= {BAR_GET_VS_CACHEBOX:g}x cachebox get",
             "measured": f"{shoal_get:.1f} / {cachebox_get:.1f} ns = {shoal_get / cachebox_get:.2f}x",
             "target": f"<= {BAR_GET_VS_CACHEBOX:.2f}x",
             "met": shoal_get <= BAR_GET_VS_CACHEBOX * cachebox_get,
+        },
+        {
+            "bar": f"get-hit (random keys, member of a Node) <= {BAR_GET_VS_CACHEBOX:g}x cachebox get",
+            "measured": f"{member_get:.1f} / {cachebox_get:.1f} ns = {member_get / cachebox_get:.2f}x",
+            "target": f"<= {BAR_GET_VS_CACHEBOX:.2f}x",
+            "met": member_get <= BAR_GET_VS_CACHEBOX * cachebox_get,
         },
         {
             "bar": "get-hit (random keys) >= 4x faster than cachetools.TTLCache",
@@ -483,19 +553,31 @@ def check_bars(results: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
             "met": cachetools_get >= BAR_GET_VS_CACHETOOLS * shoal_get,
         },
         {
-            "bar": "set on a clustered cache <= 3 us (a Node with one peer)",
+            "bar": "set (str) on a clustered cache <= 3 us (a Node with one peer)",
             "measured": f"{repl_set:,.0f} ns (local-only cache: {local_set:,.0f} ns)",
             "target": f"<= {BAR_SET_NS:,.0f} ns",
             "met": repl_set <= BAR_SET_NS,
+        },
+        {
+            "bar": f"set (str) on a clustered cache <= {BAR_SET_VS_CACHEBOX:g}x cachebox insert",
+            "measured": f"{repl_set:,.0f} / {cachebox_set:,.0f} ns = {repl_set / cachebox_set:.1f}x",
+            "target": f"<= {BAR_SET_VS_CACHEBOX:.1f}x",
+            "met": repl_set <= BAR_SET_VS_CACHEBOX * cachebox_set,
+        },
+        {
+            "bar": "set (dict value) on a clustered cache <= 3 us, <= 10x cachebox",
+            "measured": f"{repl_set_dict:,.0f} ns = {repl_set_dict / cachebox_set_dict:.1f}x cachebox",
+            "target": f"<= {BAR_SET_NS:,.0f} ns",
+            "met": repl_set_dict <= BAR_SET_NS and repl_set_dict <= BAR_SET_VS_CACHEBOX * cachebox_set_dict,
         },
     ]
     rows = [[b["bar"], b["measured"], b["target"], "MET" if b["met"] else "MISSED"] for b in bars]
     print()
     print(
         format_table(
-            ["SPEC section 7 bar", "measured", "target", "status"],
+            ["bar (issue 15)", "measured (medians, this run)", "target", "status"],
             rows,
-            title="2. SPEC bars (raw ns/op from table 1, loop overhead included in both sides)",
+            title="2. Bars (median ns/op from table 1, loop overhead included in both sides)",
             notes=[
                 "The set bar is for a set on a clustered cache including enqueueing replication: measured",
                 "on a started Node with one peer, whose loop thread flushes to the peer during the run.",
@@ -737,7 +819,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "quick": args.quick,
             "sizes": asdict(sizes),
             "environment": info,
-            "ns_per_op": micro_results,
+            "ns_per_op_rounds": micro_results,
             "bars": bars,
             "hit_ratio": hit_ratios,
             "seconds": elapsed,

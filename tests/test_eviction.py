@@ -260,3 +260,22 @@ def test_overwriting_one_key_many_times_keeps_the_queues_bounded() -> None:
     policy = cache._store.policy  # the queues themselves: white-box on purpose
     assert len(cache) == 1
     assert len(policy._small) + len(policy._main) <= 1024 + 2  # type: ignore[union-attr]
+
+
+def test_insert_many_puts_new_keys_in_small_in_order_like_insert() -> None:
+    policy = S3FIFO(100)
+    items = [Item(i) for i in range(5)]
+    policy.insert_many(items)
+    assert [i.queue for i in items] == [SMALL] * 5
+    assert [policy.victim().key for _ in range(5)] == [0, 1, 2, 3, 4]
+    assert policy.victim() is None
+
+
+def test_insert_many_sends_a_returning_ghost_to_main_like_insert() -> None:
+    table = Table(S3FIFO(2), 2)
+    for key in ("a", "b", "c"):  # "a" is evicted from small and becomes a ghost
+        table.put(key)
+    assert "a" in table.evicted
+    returning, new = Item("a"), Item("z")
+    table.policy.insert_many([returning, new])
+    assert (returning.queue, new.queue) == (MAIN, SMALL)

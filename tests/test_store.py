@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shoal.store import CLEAR, DELETE, NEVER, WRITE, Store
+from shoal.store import CLEAR, DELETE, NEVER, STALE_BACKSTOP, WRITE, Store
 
 NOW = 1_700_000_000.0
 
@@ -391,3 +392,180 @@ def test_entry_is_its_own_expiry() -> None:
     assert entry > NOW and entry <= NOW + 3
     store.write("n", "v", NEVER, 2, NOW)
     assert math.isinf(store.data["n"].expires)
+
+
+# -- warm-boot chunks (load) ------------------------------------------------------------
+
+CHUNK_KEYS = st.sampled_from([f"k{i}" for i in range(6)] + [b"k0", 7])
+CHUNK_EXPIRIES = st.sampled_from([NEVER, NOW + 30, NOW + 30.5, NOW + 31, NOW - 1, NOW])
+
+
+@st.composite
+def chunks(draw: st.DrawFn) -> tuple[list[Any], list[Any], list[Any]]:
+    """Prior ops on the store, then a dump chunk (keys may repeat, expiries may be past)."""
+    prior = draw(st.lists(OP, max_size=6))
+    rows = draw(st.lists(st.tuples(CHUNK_KEYS, st.integers(0, 9), CHUNK_EXPIRIES), min_size=1, max_size=10))
+    versions = draw(
+        st.lists(st.integers(1, 10**6), min_size=len(prior) + len(rows), max_size=len(prior) + len(rows), unique=True)
+    )
+    ops = [(*op, v) for op, v in zip(prior, versions, strict=False)]
+    chunk = [(*row, v) for row, v in zip(rows, versions[len(prior) :], strict=True)]
+    bound = draw(st.sampled_from([None, 3, 20]))
+    return ops, chunk, [bound]
+
+
+@given(chunks())
+def test_loading_a_chunk_ends_in_the_state_of_writing_its_unexpired_entries_one_by_one(case: Any) -> None:
+    prior, chunk, (bound,) = case
+    loaded, written = Store(bound, tombstone_ttl=60), Store(bound, tombstone_ttl=60)
+    for op in prior:
+        apply(loaded, op)
+        apply(written, op)
+    keys, values, expires, versions = (list(col) for col in zip(*chunk, strict=True))
+    applied = loaded.load(keys, values, expires, versions, NOW)
+    expected = sum(written.write(k, v, e, ver, NOW) for k, v, e, ver in chunk if e > NOW)
+    assert applied == expected
+    assert state(loaded) == state(written)
+    assert dict(loaded.evicted) == dict(written.evicted)
+    assert loaded.count_live(NOW + 30.25) == written.count_live(NOW + 30.25)
+
+
+def test_a_chunk_of_fresh_keys_is_swept_and_evicted_like_written_entries() -> None:
+    store = Store(max_entries=100)
+    keys = [f"k{i}" for i in range(60)]
+    expires = [NOW + 10] * 30 + [NOW + 20.5] * 20 + [NEVER] * 10  # spans buckets and NEVER
+    assert store.load(keys, list(range(60)), expires, list(range(1, 61)), NOW) == 60
+    assert store.count_live(NOW + 15) == 30
+    while store.sweep(NOW + 15):
+        pass
+    assert set(store.data) == set(keys[30:])
+    for i in range(100):  # fill past the bound: the loaded entries are eviction candidates too
+        store.write(f"new{i}", i, NEVER, 1000 + i, NOW + 15)
+    assert len(store) == 100
+    assert store.evictions == 30
+    assert set(store.evicted) <= set(keys) | {f"new{i}" for i in range(100)}
+
+
+def test_a_chunk_that_does_not_fit_under_the_bound_still_evicts_down_to_it() -> None:
+    store = Store(max_entries=10)
+    assert store.load([f"k{i}" for i in range(25)], [0] * 25, [NOW + 5] * 25, list(range(1, 26)), NOW) == 25
+    assert len(store) == 10
+    assert store.evictions == 15
+
+
+def test_entries_of_a_chunk_that_expired_on_the_way_are_skipped_without_a_tombstone() -> None:
+    store = Store(tombstone_ttl=60)
+    assert store.load(["a", "b"], [1, 2], [NOW - 1, NOW + 5], [1, 2], NOW) == 1
+    assert set(store.data) == {"b"}
+    assert store.tombstones == {}
+
+
+# -- stale wheel references ---------------------------------------------------------------
+
+
+def wheel_refs(store: Store) -> int:
+    return sum(len(bucket) for bucket in store._wheel.values())
+
+
+def test_overwrites_leave_stale_references_that_sweep_compacts_away() -> None:
+    store = Store()
+    version = 0
+    for _ in range(3):
+        for i in range(3000):
+            version += 1
+            store.write(i, version, NOW + 100 + version / 1000, version, NOW)
+    assert wheel_refs(store) == 9000  # each overwrite left its predecessor's reference behind
+    while store.sweep(NOW):  # nothing is due: the sweep only compacts
+        pass
+    assert wheel_refs(store) <= 2 * 3000  # no more stale references than entries
+    assert [store.data[i].value for i in (0, 2999)] == [6001, 9000]
+
+
+def test_a_compaction_pass_keeps_each_key_once_where_its_entry_expires() -> None:
+    store = Store()
+    for version in range(1, 2001):  # two writes per key within one second, then one much later
+        store.write(version % 1000, version, NOW + 100.5, version, NOW)
+    for key in range(500):
+        store.write(key, 0, NOW + 200.5, 10_000 + key, NOW)
+    store.delete(999, 20_000, NOW)
+    store._compact_some(1 << 30)
+    assert sorted(store._wheel[int(NOW + 100.5)]) == list(range(500, 999))
+    assert sorted(store._wheel[int(NOW + 200.5)]) == list(range(500))
+    assert store._stale == 0
+
+
+def test_a_store_nothing_sweeps_compacts_its_wheel_itself() -> None:
+    store = Store()
+    for version in range(1, 10_001):
+        store.write("k", version, NOW + 100 + version / 1000, version, NOW)
+    assert wheel_refs(store) <= STALE_BACKSTOP + 2 * len(store) + 1
+
+
+def test_evicted_entries_are_not_kept_alive_by_the_wheel() -> None:
+    store = Store(max_entries=100)
+    for i in range(20_000):
+        store.write(i, i, NOW + 3600, i + 1, NOW)
+    assert len(store) == 100
+    assert wheel_refs(store) <= STALE_BACKSTOP + 2 * len(store) + 1
+    while store.sweep(NOW):
+        pass
+    assert wheel_refs(store) <= 100 + STALE_BACKSTOP
+    assert store.count_live(NOW) == 100
+
+
+# -- what the store keeps alive ----------------------------------------------------------
+
+
+def test_a_replaced_or_deleted_entry_is_referenced_by_nothing_in_the_store() -> None:
+    store = Store(max_entries=10, tombstone_ttl=60)
+    store.write("k", "v1", NOW + 30, 1, NOW)
+    old = store.data["k"]
+    store.write("k", "v2", NOW + 31, 2, NOW)  # queue and wheel still name "k", not the old entry
+    assert sys.getrefcount(old) == 2  # ours and getrefcount's argument
+    gone = store.data["k"]
+    store.delete("k", 3, NOW)
+    assert sys.getrefcount(gone) == 2
+
+
+BOUNDED_OP = st.one_of(
+    st.tuples(st.just(WRITE), st.integers(0, 15), st.sampled_from([NEVER, NOW + 30, NOW + 31.5])),
+    st.tuples(st.just(DELETE), st.integers(0, 15), st.just(NEVER)),
+)
+
+
+@given(st.lists(BOUNDED_OP, max_size=80), st.integers(1, 6))
+def test_a_bounded_store_keeps_its_queues_and_wheel_consistent_with_its_table(ops: list[Any], bound: int) -> None:
+    store = Store(bound, tombstone_ttl=60)
+    for version, (kind, key, expires) in enumerate(ops, start=1):
+        if kind == WRITE:
+            store.write(key, version, expires, version, NOW)
+        else:
+            store.delete(key, version, NOW)
+        assert len(store) <= bound
+    policy = store.policy
+    assert policy is not None
+    live = policy._small_live + policy._main_live  # type: ignore[attr-defined]
+    assert live == len(store)
+    queued = set(policy._small) | set(policy._main)  # type: ignore[attr-defined]
+    assert set(store.data) <= queued
+    filed = {k for bucket in store._wheel.values() for k in bucket}
+    assert {k for k, e in store.data.items() if e != NEVER} <= filed
+    assert store.count_live(NOW + 31) == sum(1 for e in store.data.values() if e > NOW + 31)
+    victims = []
+    while (victim := policy.victim()) is not None:  # every live entry comes out exactly once
+        victims.append(victim.key)
+    assert sorted(victims) == sorted(store.data)
+
+
+def test_a_large_bucket_is_compacted_in_bounded_steps() -> None:
+    store = Store()
+    for i in range(40_000):  # one bucket of 40k keys...
+        store.write(i, i, NOW + 100.5, i + 1, NOW)
+    for i in range(40_000):  # ...all rewritten to expire in another second: 40k stale references
+        store.write(i, i, NOW + 200.5, 100_000 + i, NOW)
+    steps = []
+    while store._stale:
+        steps.append(store._compact_some(100))
+    assert max(steps) <= 40_000 // 8 + 1  # no single call examined the whole bucket
+    assert store._wheel[int(NOW + 100.5)] == []
+    assert sorted(store._wheel[int(NOW + 200.5)]) == list(range(40_000))

@@ -337,3 +337,39 @@ def test_every_write_the_api_accepts_crosses_the_wire_and_gives_the_peer_an_equa
         assert peer.get(key, "<absent>") == plain(value)
         mine, theirs = writer.entry(key), peer.entry(key)
         assert (theirs.version, float(theirs)) == (mine.version, float(mine))
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.one_of(st.text(max_size=8), st.binary(max_size=4), st.integers(-(2**70), 2**70)),
+            st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-5, 2**40)),
+            st.integers(-5, 2**130),
+        ),
+        max_size=6,
+    )
+)
+def test_a_batch_checked_a_column_at_a_time_is_refused_exactly_when_one_entry_alone_would_be(
+    rows: list[tuple[Any, Any, int]],
+) -> None:
+    from shoal.validation import check_expiry, check_peer_entries, check_peer_key, check_version, version_limit
+
+    now = 1_700_000_000.0
+    keys, expires, versions = [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
+
+    def one_by_one() -> list[float]:
+        for key in keys:
+            check_peer_key(key)
+        for version in versions:
+            check_version(version, version_limit(now, 1.0))
+        return [check_expiry(e, now) for e in expires]
+
+    try:
+        expected: list[float] | None = one_by_one()
+    except InvalidEntry:
+        expected = None
+    try:
+        got: list[float] | None = check_peer_entries(keys, expires, versions, now, 1.0)
+    except InvalidEntry:
+        got = None
+    assert got == expected

@@ -20,6 +20,7 @@ from .transport import parse_address
 log = logging.getLogger("shoal")
 
 GC_FREEZE_MIN = 50_000
+GROWTH = 1.05
 
 Resolver = Callable[[str, int], Awaitable[list[str]]]
 
@@ -31,8 +32,10 @@ class Collector:
     with every thread stopped, the main cause of replication lag spikes. Entries
     never form cycles, so ``gc.freeze()`` (after a young collection, so recent
     garbage is not frozen with them) moves them out of the collector's sight once
-    the caches have grown by a quarter. While a dump streams in the collector is
-    paused: each collection would walk the entries loaded so far. Process-wide,
+    the caches have grown by ``GROWTH`` (5%: what is not frozen yet, a full
+    collection walks, and on a 2M-entry member a quarter of it was a 100 ms pause).
+    While a dump streams in the collector is paused: each collection would walk the
+    entries loaded so far. Process-wide,
     so ``Node(gc_freeze=False)`` turns both off.
     """
 
@@ -43,7 +46,7 @@ class Collector:
         self._was_enabled = True
 
     def grown(self, total_entries: int) -> None:
-        if self.enabled and total_entries >= GC_FREEZE_MIN and total_entries > self._frozen_at * 1.25:
+        if self.enabled and total_entries >= GC_FREEZE_MIN and total_entries > self._frozen_at * GROWTH:
             gc.collect(1)
             gc.freeze()
             self._frozen_at = total_entries

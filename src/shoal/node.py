@@ -494,7 +494,8 @@ class Node:
 
     def _grown(self) -> None:
         assert self._core is not None
-        self._gc.grown(sum(r.size() for r in self._core.replicas.values()))
+        if not self._core.booting:  # a boot freezes once, at its end (Ready): not every second of it
+            self._gc.grown(sum(r.size() for r in self._core.replicas.values()))
 
     def _tick(self, now: float) -> None:
         assert self._core is not None

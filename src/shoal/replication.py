@@ -249,25 +249,27 @@ def new_figures() -> dict[str, Any]:
 class _Log:
     """Recent writes of one cache, oldest first, bounded in bytes (see the module docstring).
 
-    Kept as the batches they came in (a flush's, a peer's Ops): one append per batch.
+    Kept as the batches they came in (a flush's, a peer's Ops): one append per batch, as
+    tuples of ops, which are tuples of plain values: the cyclic GC stops tracking them, so a
+    log of a few hundred thousand writes adds nothing to a full collection's walk.
     """
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self.batches: deque[tuple[int, list[Any], int]] = deque()  # (logged at ms, wire ops, size)
+        self.batches: deque[tuple[int, tuple[Op, ...], int]] = deque()  # (logged at ms, ops, size)
         self.size = 0
         self.dropped_ms: int | None = None  # newest logging time ever dropped: complete after it
 
-    def add(self, wire_ops: list[Any], ms: int) -> None:
-        size = _OP_OVERHEAD * len(wire_ops) + sum(len(op[2]) for op in wire_ops if type(op[2]) is bytes)
-        self.batches.append((ms, wire_ops, size))
+    def add(self, ops: list[Op], ms: int) -> None:
+        size = _OP_OVERHEAD * len(ops) + sum(len(op[2]) for op in ops if op[2] is not None)
+        self.batches.append((ms, tuple(ops), size))
         self.size += size
         while self.size > self.limit and self.batches:
             old_ms, _, old_size = self.batches.popleft()
             self.size -= old_size
             self.dropped_ms = old_ms
 
-    def since(self, ms: int) -> tuple[list[Any], bool]:
+    def since(self, ms: int) -> tuple[list[Op], bool]:
         """Ops logged at ``ms`` or later, and whether the log is complete that far back."""
         ops = [op for logged, batch, _ in self.batches if logged >= ms for op in batch]
         return ops, self.dropped_ms is None or self.dropped_ms < ms
@@ -356,11 +358,11 @@ class Replicator:
             return []
         peers = tuple(self.membership.group(name))
         if not peers:
-            self._log(name).add([op_to_wire(op) for op in ops], int(wall * 1000))
+            self._log(name).add(ops, int(wall * 1000))
             return []
         figures = self.figures_of(name)
         wire_ops = [op_to_wire(op) for op in ops]
-        self._log(name).add(wire_ops, int(wall * 1000))
+        self._log(name).add(ops, int(wall * 1000))
         actions: list[Broadcast] = []
         for i, j in spans(map(_op_size, wire_ops), self.batch_bytes, self.batch):
             msg = Ops(name, wire_ops[i:j])
@@ -380,9 +382,9 @@ class Replicator:
     def received(self, peer: int, msg: Message, now: float, wall: float) -> list[Action]:
         if isinstance(msg, Ops):
             ops = ops_from_wire(msg.ops)
+            self.apply(msg.cache, ops, wall)  # raises for ops the member refuses: those are not relayed
             if msg.cache in self.replicas:
-                self._log(msg.cache).add(msg.ops, int(wall * 1000))  # checked: a peer's writes are relayed as sent
-            self.apply(msg.cache, ops, wall)
+                self._log(msg.cache).add(ops, int(wall * 1000))
             return []
         if isinstance(msg, CatchUp):
             return self._catch_up(peer, msg)
@@ -491,8 +493,8 @@ class Replicator:
         ops, complete = log_.since(msg.since_ms)
         if msg.skip:
             skip = set(msg.skip)
-            ops = [op for op in ops if op[5] not in skip]
-        actions = self._batches(peer, msg.cache, ops)
+            ops = [op for op in ops if op[4] & NODE_MASK not in skip]
+        actions = self._batches(peer, msg.cache, [op_to_wire(op) for op in ops])
         if ops:
             self.figures_of(msg.cache)["catchup_ops_sent"] += len(ops)
             log.info("catch-up of %s for %016x: %d writes, log complete: %s", msg.cache, peer, len(ops), complete)

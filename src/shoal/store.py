@@ -12,7 +12,20 @@ bring the key back; then it is purged. A local-only cache keeps none.
 
 Expired entries are removed lazily when read and by ``sweep``, which walks a wheel
 of one-second buckets so it touches only what is due and does a bounded amount
-of work per call. Eviction (``max_entries``) is local and recorded in ``evicted``,
+of work per call. A bucket is a plain list of keys (one pointer per entry, an
+append per write): when an entry leaves the table early (overwritten, deleted,
+evicted) its key stays in the bucket as a stale reference, looked up and skipped
+when its second comes due, and the buckets are compacted when stale references
+outnumber the entries. Keys, not entries: a replaced entry is freed at once
+instead of being kept alive into the oldest GC generation. A per-key dict per
+bucket cost 30-60 bytes and a dict
+insert per write; this is one of the reasons a member's memory stays close to a
+plain dict of the same items (``bench/boot.py``).
+
+A warm boot streams thousands of fresh keys per chunk into a store that has
+never seen them; ``load`` recognises such a chunk with a few C-speed set
+operations and files it in bulk (``dict.update``, ``list.extend``) instead of
+entry by entry. Eviction (``max_entries``) is local and recorded in ``evicted``,
 so anti-entropy can tell "evicted on purpose" from "never received".
 
 The store does no locking and no I/O; ``Cache`` serialises writers around it.
@@ -23,12 +36,19 @@ from __future__ import annotations
 import heapq
 import math
 from collections import OrderedDict, deque
+from itertools import compress, repeat
+from operator import and_, is_, not_
 from typing import Any
 
-from .eviction import S3FIFO, Policy
+from .eviction import S3FIFO, SMALL, Policy
 
 Key = str | bytes | int
 NEVER = math.inf
+
+# Stale wheel references tolerated before ``sweep`` compacts them away (and, as a
+# backstop when nothing sweeps, the writer itself at twice the live entries).
+STALE_BACKSTOP = 1024
+COMPACT_STEPS = 8  # a bucket is compacted in at most this many steps (see Store._compact_some)
 
 # The kinds of mutation a store applies, as they travel between members.
 WRITE, DELETE, CLEAR = 0, 1, 2
@@ -70,6 +90,17 @@ class Entry(float):
         return f"Entry({self.key!r}, {self.value!r}, expires={float(self)}, version={self.version})"
 
 
+def _small_entry(key: Key, value: Any, expires: float, version: int) -> Entry:
+    """An entry already marked as queued in S3FIFO's small FIFO (a warm-boot chunk, see ``load``)."""
+    entry = float.__new__(Entry, expires)
+    entry.key = key
+    entry.value = value
+    entry.version = version
+    entry.freq = 0
+    entry.queue = SMALL
+    return entry
+
+
 class Store:
     def __init__(
         self,
@@ -87,12 +118,19 @@ class Store:
         self._tomb_queue: deque[tuple[float, Key, int]] = deque()
         self.watermark = 0
         self.policy: Policy | None = policy
-        if policy is None and max_entries is not None:
-            self.policy = S3FIFO(max_entries)
+        # Our own S3FIFO finds entries through our table: an overwrite needs nothing of
+        # it but the old entry's queue and frequency, which write() copies itself.
+        self._handover = policy is None and max_entries is not None
+        self._fifo: S3FIFO | None = None  # that policy, for write()'s inlined insert
+        if self._handover:
+            self.policy = self._fifo = S3FIFO(max_entries, lookup=self.data.get)  # type: ignore[arg-type]
         # key -> version of entries evicted on purpose, bounded like a ghost queue.
         self.evicted: OrderedDict[Key, int] = OrderedDict()
-        self._wheel: dict[int, dict[Key, Entry]] = {}
+        self._wheel: dict[int, list[Key]] = {}
         self._wheel_due: list[int] = []
+        self._stale = 0  # keys in the wheel whose entry there left the table
+        self._compacting: list[int] = []  # buckets left in the current compaction pass
+        self._compact_pos = 0  # where in the last of them it goes on
         self.evictions = 0
         self.expirations = 0
 
@@ -128,7 +166,8 @@ class Store:
         """Apply a write if it is the newest the store has seen for key."""
         if version <= self.watermark:
             return False
-        old = self.data.get(key)
+        data = self.data
+        old = data.get(key)
         if old is not None:
             if version <= old.version:
                 return False
@@ -136,11 +175,32 @@ class Store:
                 self._unlink(old)
                 self._bury(key, version, now)
                 return True
-            entry = Entry(key, value, expires, version)
-            self.data[key] = entry
-            if self.policy is not None:
-                self.policy.replace(old, entry)
-            self._file(entry, old)
+            entry = float.__new__(Entry, expires)  # Entry(...), inlined: one Python call less per write
+            entry.key = key
+            entry.value = value
+            entry.version = version
+            if self._handover:  # S3FIFO.replace, inlined: queue and frequency pass to the new entry
+                entry.freq = old.freq
+                entry.queue = old.queue
+            else:
+                entry.freq = 0
+                if self.policy is not None:
+                    self.policy.replace(old, entry)
+            data[key] = entry
+            if expires != NEVER:  # _file, inlined; nothing to file if the key's bucket stays the same
+                second = int(expires)
+                if old == NEVER or int(old) != second:
+                    bucket = self._wheel.get(second)
+                    if bucket is None:
+                        bucket = self._wheel[second] = []
+                        heapq.heappush(self._wheel_due, second)
+                    bucket.append(key)
+                    if old != NEVER:
+                        self._stale += 1
+                        if self._stale > STALE_BACKSTOP + 2 * len(data):
+                            self._compact_some(1 << 62)
+            elif old != NEVER:
+                self._stale += 1
             return True
         if self.evicted:
             gone = self.evicted.get(key)
@@ -155,47 +215,100 @@ class Store:
         if expires <= now:
             self._bury(key, version, now)  # newest, but already expired: nothing to hold
             return True
-        entry = Entry(key, value, expires, version)
-        self.data[key] = entry
-        self._file(entry)
+        entry = float.__new__(Entry, expires)
+        entry.key = key
+        entry.value = value
+        entry.version = version
+        entry.freq = 0
         policy = self.policy
         if policy is not None:
             if self.evicted:
                 self.evicted.pop(key, None)
-            policy.insert(entry)
-            if len(self.data) > self.max_entries:  # type: ignore[operator]
-                self._evict()
+            fifo = self._fifo
+            if fifo is not None and key not in fifo._ghost:  # S3FIFO.insert of a new key, inlined
+                entry.queue = SMALL
+                fifo._small.append(key)
+                fifo._small_live += 1
+            else:
+                policy.insert(entry)
+        data[key] = entry
+        if expires != NEVER:  # _file, inlined: write is the hot path
+            second = int(expires)
+            bucket = self._wheel.get(second)
+            if bucket is None:
+                bucket = self._wheel[second] = []
+                heapq.heappush(self._wheel_due, second)
+            bucket.append(key)
+        if policy is not None and len(data) > self.max_entries:  # type: ignore[operator]
+            self._evict()
         return True
 
     def load(self, keys: list[Key], values: list[Any], expires: list[float], versions: list[int], now: float) -> int:
-        """Apply a chunk of a warm-boot dump; the same rule as ``write``, fewer steps per entry.
+        """Apply a chunk of a warm-boot dump; the same rule as ``write``. Returns how many were applied.
 
-        Most dump entries are keys the store has never seen, so that case is inlined;
-        anything else goes through ``write``. Returns how many were applied.
+        An entry that expired on the way is skipped (no tombstone: it is no delete).
+        A chunk with room under the bound, newer than the watermark and naming no
+        tombstone or eviction record is filed in bulk; the few keys the table
+        already holds (a second donor, a live write) then go through ``write``.
+        Anything else goes entry by entry.
         """
-        data, tombstones, evicted, watermark = self.data, self.tombstones, self.evicted, self.watermark
-        policy, wheel = self.policy, self._wheel
+        n = len(keys)
+        if not n:
+            return 0
+        data = self.data
+        if (
+            (not self.watermark or min(versions) > self.watermark)
+            and (self.max_entries is None or len(data) + n <= self.max_entries)
+            and (not self.tombstones or self.tombstones.keys().isdisjoint(keys))
+            and (not self.evicted or self.evicted.keys().isdisjoint(keys))
+        ):
+            first = min(expires)
+            if first <= now:  # drop what expired on the way
+                alive = [exp > now for exp in expires]
+                keys, values = list(compress(keys, alive)), list(compress(values, alive))
+                expires, versions = list(compress(expires, alive)), list(compress(versions, alive))
+                if not keys:
+                    return 0
+                first = min(expires)
+            # New keys of our own S3FIFO are made already queued in its small FIFO
+            # (no ghost among them): no second pass over the entries to enqueue them.
+            fifo = self._fifo
+            queued = fifo is not None and (not fifo._ghost or fifo._ghost.keys().isdisjoint(keys))
+            entries = list(map(_small_entry if queued else Entry, keys, values, expires, versions))
+            # setdefault inserts a key the table lacks and leaves a present one alone:
+            # one C-level pass that both files the fresh keys and finds the others.
+            placed = list(map(data.setdefault, keys, entries))
+            if all(map(is_, placed, entries)):
+                self._file_keys(keys, expires, first, max(expires))
+                if queued:
+                    fifo._small.extend(keys)  # type: ignore[union-attr]
+                    fifo._small_live += len(keys)  # type: ignore[union-attr]
+                elif self.policy is not None:
+                    self.policy.insert_many(entries)
+                return len(entries)
+            fresh = list(map(is_, placed, entries))
+            new = list(compress(entries, fresh))
+            new_keys, new_expires = list(compress(keys, fresh)), [float(e) for e in new]
+            if new:
+                self._file_keys(new_keys, new_expires, min(new_expires), max(new_expires))
+            if queued:
+                fifo._small.extend(new_keys)  # type: ignore[union-attr]
+                fifo._small_live += len(new_keys)  # type: ignore[union-attr]
+            elif self.policy is not None:
+                self.policy.insert_many(new)
+            applied = len(new)
+            write = self.write
+            for key, value, exp, version in compress(
+                zip(keys, values, expires, versions, strict=True), map(not_, fresh)
+            ):
+                applied += write(key, value, exp, version, now)  # a key held already, or twice in the chunk
+            return applied
         applied = 0
+        write = self.write
+        watermark = self.watermark
         for key, value, exp, version in zip(keys, values, expires, versions, strict=True):
-            if exp <= now or version <= watermark:
-                continue
-            if key in data or (tombstones and key in tombstones) or (evicted and key in evicted):
-                applied += self.write(key, value, exp, version, now)
-                continue
-            entry = Entry(key, value, exp, version)
-            data[key] = entry
-            if exp != NEVER:
-                second = int(exp)
-                bucket = wheel.get(second)
-                if bucket is None:
-                    bucket = wheel[second] = {}
-                    heapq.heappush(self._wheel_due, second)
-                bucket[key] = entry
-            if policy is not None:
-                policy.insert(entry)
-                if len(data) > self.max_entries:  # type: ignore[operator]
-                    self._evict()
-            applied += 1
+            if exp > now and version > watermark:
+                applied += write(key, value, exp, version, now)
         return applied
 
     def delete(self, key: Key, version: int, now: float) -> bool:
@@ -217,12 +330,16 @@ class Store:
         self.data.clear()  # in place: readers hold a reference to this dict
         self._wheel.clear()
         self._wheel_due.clear()
+        self._stale = 0
+        self._compacting.clear()
+        self._compact_pos = 0
         if self.policy is not None:
             self.policy.clear()
         self.evicted.clear()
         for entry in survivors:
             self.data[entry.key] = entry
-            self._file(entry)
+            if entry != NEVER:
+                self._file(entry)
             if self.policy is not None:
                 self.policy.insert(entry)
         self.tombstones = {k: v for k, v in self.tombstones.items() if v > version}
@@ -231,21 +348,23 @@ class Store:
     # -- housekeeping ----------------------------------------------------------
 
     def sweep(self, now: float, limit: int = 2000) -> int:
-        """Remove up to ``limit`` due entries and purge old tombstones.
+        """Remove up to ``limit`` due entries (stale references count) and purge old tombstones.
 
         Bounded so a caller can hold its lock for a few milliseconds at most and
-        call again.
+        call again; returns the work done, 0 when nothing is due.
         """
         removed = 0
-        due = self._wheel_due
+        due, wheel, data = self._wheel_due, self._wheel, self.data
         while due and due[0] + 1 <= now and removed < limit:
-            bucket = self._wheel.get(due[0])
+            bucket = wheel.get(due[0])
             if not bucket:
-                self._wheel.pop(heapq.heappop(due), None)
+                wheel.pop(heapq.heappop(due), None)
                 continue
             while bucket and removed < limit:
-                _, entry = bucket.popitem()
-                self._expire(entry, now)
+                entry = data.get(bucket.pop())
+                self._stale -= 1  # the reference is gone either way; _expire counts it again
+                if entry is not None and entry <= now:  # else: stale, the key's entry expires later
+                    self._expire(entry, now)
                 removed += 1
         tombs = self._tomb_queue
         while tombs and tombs[0][0] <= now and removed < limit:
@@ -253,6 +372,8 @@ class Store:
             if self.tombstones.get(key) == version:
                 del self.tombstones[key]
             removed += 1
+        if removed < limit and self._stale > STALE_BACKSTOP and self._stale > len(self.data):
+            removed += self._compact_some(limit - removed)
         return removed
 
     def count_live(self, now: float) -> int:
@@ -260,28 +381,78 @@ class Store:
         while self.sweep(now, limit=1 << 30):
             pass
         current = self._wheel.get(int(now))
-        expired = sum(1 for e in current.values() if e <= now) if current else 0
-        return len(self.data) - expired
+        data = self.data
+        expired = {k for k in current if (e := data.get(k)) is not None and e <= now} if current else ()
+        return len(data) - len(expired)
 
     # -- internals -------------------------------------------------------------
 
-    def _file(self, entry: Entry, old: Entry | None = None) -> None:
-        """Put the entry in the wheel bucket of its expiry second, in place of ``old`` (same key)."""
-        if old is not None and old != NEVER and (entry == NEVER or int(entry) != int(old)):
-            self._unfile(old)
-        if entry != NEVER:
-            second = int(entry)
+    def _file(self, entry: Entry) -> None:
+        """Put an entry with an expiry in the wheel bucket of its expiry second."""
+        second = int(entry)
+        bucket = self._wheel.get(second)
+        if bucket is None:
+            bucket = self._wheel[second] = []
+            heapq.heappush(self._wheel_due, second)
+        bucket.append(entry.key)
+
+    def _file_keys(self, keys: list[Key], expires: list[float], first: float, last: float) -> None:
+        """File a chunk's keys: one ``extend`` when it all expires in one second (the usual warm-boot chunk)."""
+        if first == NEVER:
+            return
+        if last != NEVER and int(first) == int(last):
+            second = int(first)
             bucket = self._wheel.get(second)
             if bucket is None:
-                bucket = self._wheel[second] = {}
+                bucket = self._wheel[second] = []
                 heapq.heappush(self._wheel_due, second)
-            bucket[entry.key] = entry
+            bucket.extend(keys)
+            return
+        wheel, due = self._wheel, self._wheel_due
+        for key, exp in zip(keys, expires, strict=True):
+            if exp != NEVER:
+                second = int(exp)
+                bucket = wheel.get(second)
+                if bucket is None:
+                    bucket = wheel[second] = []
+                    heapq.heappush(due, second)
+                bucket.append(key)
 
-    def _unfile(self, entry: Entry) -> None:
-        if entry != NEVER:
-            bucket = self._wheel.get(int(entry))
-            if bucket is not None and bucket.get(entry.key) is entry:
-                del bucket[entry.key]
+    def _compact_some(self, budget: int) -> int:
+        """Drop stale references from the buckets until about ``budget`` references were examined.
+
+        A pass starts from a list of the buckets as they are and works through it
+        over as many calls as it takes; returns the references examined. A key
+        stays once (within a step), in the bucket where its current entry expires.
+        The filter runs at C speed (about 50 ns a reference): compaction is what an
+        overwrite costs the wheel, paid later and in bulk. A large bucket (a second
+        of fast writes) is done in up to ``COMPACT_STEPS`` steps, so no call holds
+        the caller's lock for long.
+        """
+        data, wheel, todo = self.data, self._wheel, self._compacting
+        if not todo:
+            todo.extend(wheel)
+            self._compact_pos = 0
+        get = data.get
+        work = 0
+        while todo and work < budget:
+            second = todo[-1]
+            bucket = wheel.get(second)
+            pos = self._compact_pos
+            if not bucket or pos >= len(bucket):
+                todo.pop()
+                self._compact_pos = 0
+                continue
+            end = min(len(bucket), pos + max(budget - work, len(bucket) // COMPACT_STEPS + 1))
+            part = bucket[pos:end]
+            expiries = list(map(get, part, repeat(-1.0)))  # -1.0: the key left the table
+            keep = map(and_, map(float(second).__le__, expiries), map(float(second + 1).__gt__, expiries))
+            kept = list(dict.fromkeys(compress(part, keep)))
+            bucket[pos:end] = kept
+            self._stale -= len(part) - len(kept)
+            self._compact_pos = pos + len(kept)
+            work += len(part)
+        return work
 
     def _unlink(self, entry: Entry) -> None:
         if self.policy is not None:
@@ -289,9 +460,12 @@ class Store:
         self._forget(entry)
 
     def _forget(self, entry: Entry) -> None:
-        """Take an entry out of the table and the wheel (not the policy's queues)."""
+        """Take an entry out of the table; its wheel reference goes stale (not the policy's queues)."""
         del self.data[entry.key]
-        self._unfile(entry)
+        if entry != NEVER:
+            self._stale += 1
+            if self._stale > STALE_BACKSTOP + 2 * len(self.data):  # no sweeper: a bare Store
+                self._compact_some(1 << 62)
 
     def _bury(self, key: Key, version: int, now: float) -> None:
         if self.tombstone_ttl <= 0:

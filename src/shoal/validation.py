@@ -135,9 +135,26 @@ def check_peer_entries(
     The whole batch is checked before any of it is applied (see ``InvalidEntry``).
     """
     limit = version_limit(now, max_clock_skew)
-    for key in keys:
-        if type(key) is not str or not key.isascii() or len(key) > MAX_KEY_SIZE:  # the common case, fast
-            check_peer_key(key)
-    for version in versions:
-        check_version(version, limit)
+    # Column at a time first, in C (a warm boot checks a million entries): the common case,
+    # ASCII str keys, int versions, float expiries, passes in a few passes over each column;
+    # only a column that does not is checked entry by entry, for its precise refusal.
+    if not keys:
+        return []
+    if not (
+        set(map(type, keys)) == {str} and all(map(str.isascii, keys)) and max(map(len, keys)) <= MAX_KEY_SIZE
+    ):
+        for key in keys:
+            if type(key) is not str or not key.isascii() or len(key) > MAX_KEY_SIZE:
+                check_peer_key(key)
+    if not (set(map(type, versions)) == {int} and min(versions) >= 0 and max(versions) <= limit):
+        for version in versions:
+            check_version(version, limit)
+    if set(map(type, expires)) == {float}:
+        finite = [e for e in expires if e != math.inf]
+        if not finite or (
+            not any(map(math.isnan, finite))  # min and max would not see a NaN
+            and min(finite) >= 0
+            and max(finite) <= now + MAX_TTL + DEFAULT_MAX_CLOCK_SKEW * 2
+        ):
+            return list(expires)
     return [check_expiry(e, now) for e in expires]

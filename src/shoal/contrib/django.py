@@ -5,7 +5,7 @@ Configure it in ``settings.CACHES``::
     CACHES = {
         "default": {
             "BACKEND": "shoal.contrib.django.ShoalCache",
-            "LOCATION": "0.0.0.0:7600",          # this process's member address (see "Worker processes")
+            "LOCATION": "0.0.0.0:7600",          # where this process's member listens (see "Worker processes")
             "TIMEOUT": 300,                      # Django's default timeout, in seconds; None = never expire
             "KEY_PREFIX": "",                    # Django's key prefix and VERSION work as usual
             "OPTIONS": {
@@ -31,6 +31,12 @@ worker processes on one host give a port range, ``"LOCATION": "0.0.0.0:7600-7603
 each process takes the first free port of the range. List one address per host in
 ``seeds`` (or use ``discovery``): gossip spreads the others. Port 0 picks any free port
 (tests, a single development process).
+
+Addresses. LOCATION is where the member listens; what the other members dial is its
+advertised address. On a wildcard (``0.0.0.0``) the member learns it from its own
+connections, the local IP a peer reached it at plus its port, which suits a port range
+(each worker advertises its own port). With one port per pod you may also say it:
+``"node_options": {"advertise": f"{os.environ['POD_IP']}:7600"}``.
 
 Timeouts follow Django: ``DEFAULT_TIMEOUT`` means the alias's ``TIMEOUT``; ``None``
 never expires; ``0`` (or less) stores nothing and removes what the key held,
