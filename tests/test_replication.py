@@ -7,7 +7,7 @@ from typing import Any
 
 import msgpack
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from sim.network import Sim
 from sim.nodes import SimMember
@@ -260,6 +260,15 @@ fault = st.one_of(
     duplicate=st.floats(0.0, 0.1),
     ops=st.lists(operation, min_size=1, max_size=30),
     faults=st.lists(fault, max_size=3),
+)
+@example(  # a member restarted under drops retried its boot forever: a peer had held data once
+    seed=119,
+    size=5,
+    drop=0.25,
+    duplicate=0.0,
+    ops=[("set", 0, "k0", 0, 0.0)] * 3 + [("set", 1, "k0", 0, 0.0), ("set", 2, "k0", 0, 0.0)]
+    + [("set", 0, "k0", 0, 0.125)] * 2 + [("delete", 0, "k0", 0, 0.0)],
+    faults=[("restart", 3, 0.0)],
 )
 def test_any_faults_leave_every_live_member_with_the_last_writer_wins_contents(
     seed: int, size: int, drop: float, duplicate: float, ops: list[tuple], faults: list[tuple]

@@ -180,6 +180,7 @@ class _Boot:
     wait_until: float = 0.0
     retries: int = 0
     retry_at: float = 0.0
+    answered: set[int] = field(default_factory=set)  # sizes actually received (a silent peer may hold data)
     had_data: bool = False  # some peer reported entries: if none delivered, the boot failed
 
 
@@ -250,6 +251,7 @@ class Booter:
             boot = self.boots.get(msg.cache)
             if boot is not None and boot.phase == SIZING and peer in boot.asked:
                 boot.sizes[peer] = (max(0, msg.entries), msg.ready)
+                boot.answered.add(peer)
                 return self._step(boot, now)
             return []
         if isinstance(msg, DumpChunk):
@@ -374,7 +376,7 @@ class Booter:
     def _give_up(self, boot: _Boot, now: float) -> list[Action]:
         if not boot.asked:
             boot.stats.state = "no peers"
-        elif not boot.had_data:
+        elif not boot.had_data and boot.asked <= boot.answered:
             boot.stats.state = "peers empty"
         else:
             # Peers hold data and none could give it: this boot failed. A member that said
@@ -386,6 +388,8 @@ class Booter:
             boot.asked.clear()
             boot.sizes.clear()
             boot.tried.clear()
+            boot.answered.clear()
+            boot.had_data = False  # what the peers hold now decides the next attempt, not what they held
             boot.stats.state = f"retrying (every donor failed, attempt {boot.retries})"
             log.warning("warm boot of %s: every donor failed; asking again in %.0f s", boot.cache, delay)
             return []
