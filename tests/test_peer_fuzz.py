@@ -59,7 +59,12 @@ PLAIN = st.none() | st.booleans() | INTS | FLOATS | st.text(max_size=5) | st.bin
 CRAFTED: st.SearchStrategy[Message] = st.one_of(
     st.builds(Ops, CACHE, st.lists(OP, max_size=4)),
     st.builds(
-        Digest, CACHE, INTS, st.lists(INTS, min_size=BUCKETS, max_size=BUCKETS) | st.lists(INTS, max_size=3), WATERMARK
+        Digest,
+        CACHE,
+        INTS,
+        st.lists(INTS, min_size=BUCKETS, max_size=BUCKETS) | st.lists(INTS, max_size=3),
+        WATERMARK,
+        INTS,
     ),
     st.builds(
         Listing,
@@ -69,6 +74,7 @@ CRAFTED: st.SearchStrategy[Message] = st.one_of(
         st.lists(KEYS | INTS, max_size=9),
         st.booleans(),
         WATERMARK,
+        INTS,
     ),
     st.builds(Pull, CACHE, st.lists(KEYS, max_size=4)),
     st.builds(SizeReply, CACHE, INTS, st.booleans()),

@@ -169,7 +169,7 @@ def test_ops_dropped_for_a_slow_peer_mark_it_for_the_next_repair_round() -> None
     assert replicator.needs_repair == {2}
     assert replicator.figures_of("c")["ops_dropped"] == 1
     replicator.settled.add("c")
-    replicator.repair_now()
+    replicator.repair_now(0.0)
     assert replicator.needs_repair == set()
 
 
@@ -331,9 +331,9 @@ def test_a_peer_cannot_queue_more_than_a_few_repair_scans_here() -> None:
     for i in range(5000):
         cache.set(i, i)
     for round_ in range(300):
-        replicator.received(2, Digest("c", round_, [round_] * BUCKETS, [0, 0]), 0.0, time.time())
+        replicator.received(2, Digest("c", round_, [round_] * BUCKETS, [0, 0], 0), 0.0, time.time())
     assert sum(1 for scan in replicator._scans if scan.peer == 2) <= MAX_SCANS_PER_PEER
-    replicator.received(3, Digest("c", 1, [1] * BUCKETS, [0, 0]), 0.0, time.time())
+    replicator.received(3, Digest("c", 1, [1] * BUCKETS, [0, 0], 0), 0.0, time.time())
     assert any(scan.peer == 3 for scan in replicator._scans)  # another peer still gets its round
 
 

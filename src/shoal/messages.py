@@ -233,6 +233,9 @@ class Digest(Message):
     round: int
     digests: list[Any]
     watermark: list[Any]
+    settled_ms: int
+    """Entries stamped before this (the opener's wall ms less the settle window) are compared:
+    both sides use the same line, so writes in flight meanwhile make no bucket differ."""
 
 
 @message(22)
@@ -250,6 +253,7 @@ class Listing(Message):
     entries: list[Any]
     reply: bool
     watermark: list[Any]
+    settled_ms: int
 
 
 @message(23)

@@ -147,6 +147,15 @@ def bucket_of(key: Key) -> int:
     return key_hash(key) % BUCKETS
 
 
+def settled_ms(now: float) -> int:
+    """Wall ms of ``SETTLE`` seconds ago: the line a repair round compares entries below."""
+    return int((now - SETTLE) * 1000)
+
+
+def _horizon(ms: int) -> int:
+    return (ms << COUNTER_BITS) << NODE_BITS
+
+
 def settled_before(now: float) -> int:
     """The version of ``SETTLE`` seconds ago: newer writes are still in flight.
 
@@ -157,7 +166,7 @@ def settled_before(now: float) -> int:
     return (int((now - SETTLE) * 1000) << COUNTER_BITS) << NODE_BITS
 
 
-def digests(entries: Iterable[Entry], now: float) -> list[int]:
+def digests(entries: Iterable[Entry], now: float, horizon: int | None = None) -> list[int]:
     """Per-bucket digests of the live, settled entries.
 
     Each entry hashes (key, version, expiry) into 64 bits: both halves of the
@@ -167,7 +176,8 @@ def digests(entries: Iterable[Entry], now: float) -> list[int]:
     sums = [0] * BUCKETS
     crc = zlib.crc32
     mask = _MASK64
-    horizon = settled_before(now)
+    if horizon is None:
+        horizon = settled_before(now)
     for entry in entries:
         if entry > now and entry.version < horizon:
             key = entry.key
@@ -188,11 +198,12 @@ def differing(mine: list[int], theirs: list[Any]) -> list[int]:
     return [b for b in range(BUCKETS) if mine[b] != theirs[b]]
 
 
-def listing(entries: Iterable[Entry], buckets: Iterable[int], now: float) -> list[Any]:
+def listing(entries: Iterable[Entry], buckets: Iterable[int], now: float, horizon: int | None = None) -> list[Any]:
     """Flattened [key, hlc, node, ...] of live entries in the given buckets."""
     wanted = set(buckets)
     flat: list[Any] = []
-    horizon = settled_before(now)
+    if horizon is None:
+        horizon = settled_before(now)
     for entry in entries:
         if entry > now and entry.version < horizon and bucket_of(entry.key) in wanted:
             flat += (entry.key, entry.version >> NODE_BITS, entry.version & NODE_MASK)
@@ -291,6 +302,15 @@ class _Scan:
     sums: list[int] = field(default_factory=lambda: [0] * BUCKETS)
     flat: list[Any] = field(default_factory=list)
     tombs: list[tuple[Key, int]] = field(default_factory=list)  # a listing walks these after the entries
+    settled_ms: int = 0  # the round's line (see ``Digest.settled_ms``), the same for both sides
+
+
+def _their_line(ms: Any, wall: float) -> int:
+    """A peer's ``settled_ms``, never past our own clock (a line from the future would take in
+    writes still in flight here, and nothing more)."""
+    if type(ms) is not int or ms < 0:
+        raise ProtocolError("settled_ms is a time in ms")
+    return min(ms, int(wall * 1000))
 
 
 class Replicator:
@@ -409,7 +429,9 @@ class Replicator:
         if isinstance(msg, Digest):
             if len(msg.digests) != BUCKETS:
                 raise ProtocolError(f"a digest has {BUCKETS} buckets")
-            self._scans.append(_Scan(msg.cache, peer, msg.round, "answer", replica.entries(), theirs=msg.digests))
+            scan = _Scan(msg.cache, peer, msg.round, "answer", replica.entries(), theirs=msg.digests)
+            scan.settled_ms = _their_line(msg.settled_ms, wall)
+            self._scans.append(scan)
             return self._advance(wall)
         if isinstance(msg, Listing):
             if any(type(b) is not int or not 0 <= b < BUCKETS for b in msg.buckets):
@@ -435,6 +457,7 @@ class Replicator:
             if msg.reply:
                 scan = _Scan(msg.cache, peer, msg.round, "listing", replica.entries(), buckets=msg.buckets)
                 scan.tombs = replica.tombstones()
+                scan.settled_ms = _their_line(msg.settled_ms, wall)
                 self._scans.append(scan)
                 actions += self._advance(wall)
             return actions
@@ -543,14 +566,14 @@ class Replicator:
             self._next_round = now + self.interval * self.rng.uniform(0.5, 1.0)
         if now >= self._next_round:
             self._next_round = now + self.interval * self.rng.uniform(0.75, 1.25)
-            self._open_rounds()
+            self._open_rounds(wall)
         return self._advance(wall)
 
-    def repair_now(self) -> None:
+    def repair_now(self, wall: float) -> None:
         """Open a round with every hosted cache at once (a member came back, say)."""
-        self._open_rounds()
+        self._open_rounds(wall)
 
-    def _open_rounds(self) -> None:
+    def _open_rounds(self, wall: float) -> None:
         for name, replica in self.replicas.items():
             group = self.membership.group(name)
             if not group or name not in self.settled:
@@ -561,7 +584,8 @@ class Replicator:
             self._round += 1
             self._opened.append(self._round)
             self.figures_of(name)["repair_rounds"] += 1
-            self._scans.append(_Scan(name, peer, self._round, "digest", replica.entries()))
+            scan = _Scan(name, peer, self._round, "digest", replica.entries(), settled_ms=settled_ms(wall))
+            self._scans.append(scan)
 
     def _advance(self, wall: float) -> list[Action]:
         """One slice of the oldest scan; its message once it is complete."""
@@ -583,37 +607,41 @@ class Replicator:
 
     def _advance_scan(self, scan: _Scan, replica: ReplicaView, wall: float) -> list[Action]:
         part = scan.entries[scan.pos : scan.pos + self.slice_size]
+        horizon = _horizon(scan.settled_ms)
+        out: list[Action] = []
         if scan.then == "listing":
-            scan.flat += listing(part, scan.buckets, wall)
+            scan.flat += listing(part, scan.buckets, wall, horizon)
             if not part:  # the entries are done: then the tombstones, a slice at a time too
                 tomb_pos = scan.pos - len(scan.entries)
                 tombs = scan.tombs[tomb_pos : tomb_pos + self.slice_size]
                 scan.flat += tombstone_listing(tombs, scan.buckets)
                 scan.pos += len(tombs)
+            step = 3 * LISTING_MAX
+            while len(scan.flat) >= step:  # a full part goes now: a large listing is spread over the scan
+                part_flat, scan.flat = scan.flat[:step], scan.flat[step:]
+                mark = _split(replica.watermark())
+                msg = Listing(scan.cache, scan.round, scan.buckets, part_flat, False, mark, scan.settled_ms)
+                out.append(Send(scan.peer, msg))
         else:
-            sums = digests(part, wall)
+            sums = digests(part, wall, horizon)
             scan.sums = [(a + b) & _MASK64 for a, b in zip(scan.sums, sums, strict=True)]
         scan.pos += len(part)
         if scan.pos < len(scan.entries) + len(scan.tombs):
-            return []
+            return out
         self._scans.popleft()
         mark = _split(replica.watermark())
         if scan.then == "digest":
-            return [Send(scan.peer, Digest(scan.cache, scan.round, scan.sums, mark))]
+            return [Send(scan.peer, Digest(scan.cache, scan.round, scan.sums, mark, scan.settled_ms))]
         if scan.then == "answer":
             buckets = differing(scan.sums, scan.theirs)
             if not buckets:
                 return []
             follow = _Scan(scan.cache, scan.peer, scan.round, "listing", scan.entries, buckets=buckets, reply=True)
             follow.tombs = replica.tombstones()
+            follow.settled_ms = scan.settled_ms
             self._scans.appendleft(follow)
             return []
-        # In parts of LISTING_MAX entries (a listing of many differing buckets is large); only
-        # the last asks for the peer's listing in return.
-        step = 3 * LISTING_MAX
-        parts = [scan.flat[i : i + step] for i in range(0, len(scan.flat), step)] or [[]]
-        last = len(parts) - 1
-        return [
-            Send(scan.peer, Listing(scan.cache, scan.round, scan.buckets, part, scan.reply and i == last, mark))
-            for i, part in enumerate(parts)
-        ]
+        # The rest of the listing (full parts went as the scan filled them); only this last part
+        # asks for the peer's listing in return.
+        last = Listing(scan.cache, scan.round, scan.buckets, scan.flat, scan.reply, mark, scan.settled_ms)
+        return [*out, Send(scan.peer, last)]

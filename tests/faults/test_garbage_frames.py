@@ -210,7 +210,7 @@ def test_a_version_too_close_to_2_64_is_refused_so_it_cannot_stop_the_members_re
     value = msgpack.packb("poison", use_bin_type=True)
     poisons = {
         "an op": Ops("c", [[0, "poison", value, None, U64, 7]]),
-        "a clear watermark": Digest("c", 1, [0] * BUCKETS, [U64, 7]),
+        "a clear watermark": Digest("c", 1, [0] * BUCKETS, [U64, 7], 0),
     }
     for i, (name, msg) in enumerate(poisons.items()):
         assert not send_after_handshake(a.address, encode(msg)), f"{name} was taken"
