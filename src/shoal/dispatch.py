@@ -55,7 +55,7 @@ from .messages import (
     SizeRequest,
 )
 from .replica import Op, ReplicaView
-from .replication import CATCHUP_LOG_BYTES, SETTLE, Replicator
+from .replication import CATCHUP_LOG_BYTES, SETTLE, Replicator, op_size
 from .store import Key
 from .validation import DEFAULT_MAX_CLOCK_SKEW
 from .warmboot import Booter, BootStats
@@ -90,11 +90,6 @@ class Config:
     """How long readiness waits for a gossiped member to connect, or a peer to answer a catch-up."""
     load_timeout: float = LEASE_TTL
     """Cluster single flight: a lease holder's loader gets this long before the lease passes on."""
-
-
-def _frame_size(msg: Ops) -> int:
-    """About what the frame of ``msg`` takes (values dominate); encoding it here would do it twice."""
-    return sum(len(op[2]) + 48 for op in msg.ops if type(op[2]) is bytes) + 48 * len(msg.ops)
 
 
 class Dispatcher:
@@ -163,7 +158,7 @@ class Dispatcher:
             connect(functools.partial(self.local_write, name))  # C-level: one Python frame less per write
         if not self.running:
             return []
-        return self._after(self.membership.host(name) + self.booter.start(name, now))
+        return self._after(self.membership.host(name) + self.booter.start(name, now), now)
 
     def start(self, now: float, wall: float) -> list[Action]:
         """The driver is listening: boot every cache hosted so far, send early writes."""
@@ -176,7 +171,7 @@ class Dispatcher:
         if self.outbox:
             self._flush_pending = True
             self.wake()
-        return self._after(actions)
+        return self._after(actions, now)
 
     def stop(self, now: float, wall: float) -> list[Action]:
         """Graceful stop: every queued write goes out, then a goodbye to each peer."""
@@ -216,7 +211,7 @@ class Dispatcher:
                     self.replicator.dropped(peer, msg)
                 if slow:
                     action = Broadcast(tuple(p for p in action.peers if p not in slow), msg)
-                size = _frame_size(msg)
+                size = sum(map(op_size, msg.ops))  # about its frame: encoding it here would do it twice
                 for peer in action.peers:
                     queued[peer] = queued.get(peer, 0) + size
                 actions.append(action)
@@ -296,7 +291,7 @@ class Dispatcher:
 
     # -- internals --------------------------------------------------------------------
 
-    def _after(self, actions: list[Action], now: float = 0.0, membership: bool = False) -> list[Action]:
+    def _after(self, actions: list[Action], now: float, membership: bool = False) -> list[Action]:
         """React to what membership reported, then to a change of readiness."""
         if membership and self.booter.booting:
             actions += self.booter.tick(now)  # a boot waiting for peers need not wait for a tick

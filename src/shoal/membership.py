@@ -88,7 +88,6 @@ class Membership:
         self._self_addresses: set[str] = set()
         self._discovered: set[str] = set()
         self._next_gossip = 0.0
-        self._now = 0.0
         self._next_heartbeat = 0.0
         if routable(self.listen):
             self._self_addresses.add(self.listen)
@@ -204,9 +203,8 @@ class Membership:
         if member is None or member.state != UP:
             return []
         member.last_heard = now
-        self._now = now
         if isinstance(msg, Gossip):
-            return self._on_gossip(member, msg.members)
+            return self._on_gossip(member, msg.members, now)
         if isinstance(msg, Leave):
             return self._down(member, "left", now)
         return []
@@ -303,7 +301,7 @@ class Membership:
         msg = Gossip(view)
         return [Send(peer, msg) for peer in peers]
 
-    def _on_gossip(self, sender: Member, view: list[Any]) -> list[Action]:
+    def _on_gossip(self, sender: Member, view: list[Any], now: float) -> list[Action]:
         for item in view:
             if not (
                 type(item) is list
@@ -322,7 +320,7 @@ class Membership:
                 if member is None or member.state != UP:
                     self._want(listen, permanent=False)
                     if node_id not in self._given_up:
-                        self._rumors.setdefault(node_id, self._now)
+                        self._rumors.setdefault(node_id, now)
         return []
 
 

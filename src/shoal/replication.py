@@ -117,7 +117,7 @@ def ops_from_wire(raw: list[Any]) -> list[Op]:
     return ops
 
 
-def _op_size(wire_op: list[Any]) -> int:
+def op_size(wire_op: list[Any]) -> int:
     """Roughly the bytes of one op on the wire (its value and key dominate)."""
     key, packed = wire_op[1], wire_op[2]
     return _WIRE_OP_OVERHEAD + (len(packed) if packed is not None else 0) + (len(key) if type(key) is not int else 8)
@@ -163,7 +163,7 @@ def settled_before(now: float) -> int:
     not see every bucket differ and list thousands of keys that live replication
     is delivering anyway; a write really lost is repaired a round later.
     """
-    return (int((now - SETTLE) * 1000) << COUNTER_BITS) << NODE_BITS
+    return _horizon(settled_ms(now))
 
 
 def digests(entries: Iterable[Entry], now: float, horizon: int | None = None) -> list[int]:
@@ -384,7 +384,7 @@ class Replicator:
         wire_ops = [op_to_wire(op) for op in ops]
         self._log(name).add(ops, int(wall * 1000))
         actions: list[Broadcast] = []
-        for i, j in spans(map(_op_size, wire_ops), self.batch_bytes, self.batch):
+        for i, j in spans(map(op_size, wire_ops), self.batch_bytes, self.batch):
             msg = Ops(name, wire_ops[i:j])
             actions.append(Broadcast(peers, msg))
             figures["ops_sent"] += len(msg.ops) * len(peers)
@@ -470,7 +470,7 @@ class Replicator:
                 if total > PULL_BYTES:
                     break  # the rest at the next round: one Pull must not cost us unbounded memory
                 more = [op_to_wire(op) for op in replica.ops_for(msg.keys[k : k + _PULL_SLICE], wall)]
-                total += sum(map(_op_size, more))
+                total += sum(map(op_size, more))
                 wire += more
             return self._batches(peer, msg.cache, wire)
         raise ProtocolError(f"unexpected {type(msg).__name__}")
@@ -531,7 +531,7 @@ class Replicator:
 
     def _batches(self, peer: int, cache: str, wire_ops: list[Any]) -> list[Action]:
         """Ops messages to one peer, bounded in bytes as well as in ops."""
-        cuts = spans(map(_op_size, wire_ops), self.batch_bytes, self.batch)
+        cuts = spans(map(op_size, wire_ops), self.batch_bytes, self.batch)
         return [Send(peer, Ops(cache, wire_ops[i:j])) for i, j in cuts]
 
     def _queued_scans(self, peer: int) -> int:
