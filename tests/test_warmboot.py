@@ -17,7 +17,7 @@ from shoal.errors import ProtocolError
 from shoal.messages import DumpChunk, DumpEnd
 from shoal.serializer import MsgpackSerializer
 from shoal.store import DELETE, NEVER, WRITE, Store
-from shoal.warmboot import CHUNK, choose_donors, columns_from_wire, dump_columns, dump_frames, dump_messages
+from shoal.warmboot import CHUNK, choose_donors, columns_from_wire, dump_columns, dump_stream
 from shoal.wire import DEFAULT_MAX_FRAME, FrameDecoder
 from tests.support.cluster import Cluster, Member, cluster, wait_until
 
@@ -148,7 +148,7 @@ def test_an_older_dump_entry_never_overwrites_a_live_write_that_arrived_first() 
     now = time.time()
     donor, donor_view = member_cache(1)
     donor.set_many({f"k{i}": f"old{i}" for i in range(10)})
-    (chunk, _end) = dump_messages(donor_view, 1, time.time)  # encoded by the donor before the writes below
+    (chunk, _), _end = dump_stream(donor_view, 1, time.time, DEFAULT_MAX_FRAME)  # encoded before the writes below
     writer, writer_view = member_cache(2)  # a third member, which has the donor's data
     writer_view.apply(ops_of(donor_view), now)
     writer.set("k3", "live")
@@ -357,7 +357,7 @@ def test_dump_frames_stay_under_the_frame_limit_whatever_the_value_size(value_si
     count = min(3000, (64 * 1024 * 1024) // value_size)
     for i in range(count):
         cache.set(f"k{i}", b"x" * value_size)
-    frames = list(dump_frames(replica, 1, lambda: NOW, DEFAULT_MAX_FRAME))
+    frames = [frame for _, frame in dump_stream(replica, 1, lambda: NOW, DEFAULT_MAX_FRAME)]
     assert all(len(frame) <= DEFAULT_MAX_FRAME + 4 for frame in frames)
     received = [m for frame in frames for m in FrameDecoder().feed(frame)]
     *chunks, end = received

@@ -55,7 +55,7 @@ class MemberDown:
 @dataclass(frozen=True, slots=True)
 class StreamDump:
     """Serve a warm-boot dump of ``cache`` to ``peer``: the driver runs the stream
-    (``warmboot.dump_messages``), pacing it by the connection's back-pressure."""
+    (``warmboot.dump_stream``), pacing it by the connection's back-pressure."""
 
     peer: int
     cache: str

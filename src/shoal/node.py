@@ -748,7 +748,7 @@ class Node:
             return
         stats = self._core.boot_stats(action.cache)
         try:
-            for frame in warmboot.dump_frames(replica, action.stream, time.time, self.max_frame_size):
+            for _, frame in warmboot.dump_stream(replica, action.stream, time.time, self.max_frame_size):
                 if conn.closed:
                     return
                 conn.write(frame)

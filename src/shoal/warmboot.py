@@ -16,7 +16,7 @@ and the merge makes the overlap harmless.
 in (a cache to boot, a size reply, a chunk, the end of a dump, a member down,
 time), actions out (send this, stream a dump to that peer, read the snapshot
 file) and ``done`` callbacks to the dispatcher. The donor's streaming loop and
-the GC pause during a boot belong to the driver; ``dump_messages`` is the pure
+the GC pause during a boot belong to the driver; ``dump_stream`` is the pure
 generator it runs.
 """
 
@@ -108,24 +108,14 @@ def columns_from_wire(msg: DumpChunk) -> tuple[list[Key], list[Any], list[float]
     return msg.keys, msg.values, msg.expires, versions
 
 
-def dump_messages(replica: ReplicaView, stream: int, now: Callable[[], float]) -> Iterator[Message]:
-    """The donor's side of a dump: chunks of ``CHUNK`` entries as columns, then the end.
+def dump_stream(
+    replica: ReplicaView, stream: int, now: Callable[[], float], max_frame_size: int
+) -> Iterator[tuple[Message, bytes]]:
+    """The donor's side of a dump: chunks of columns, then the end, each as (message, frame).
 
-    Taken from a snapshot of references (entries never change, so no lock and no
-    copy); ``now`` is read per chunk, so what expires during a long stream is not sent.
-    """
-    dumps = None if replica.inline else replica.dumps
-    entries = replica.entries()
-    sent = 0
-    for i in range(0, len(entries), CHUNK):
-        keys, values, expires, hlcs, nodes = dump_columns(entries[i : i + CHUNK], dumps, now())
-        sent += len(keys)
-        yield DumpChunk(replica.name, stream, keys, values, expires, hlcs, nodes, replica.inline)
-    yield DumpEnd(replica.name, stream, sent)
-
-
-def dump_frames(replica: ReplicaView, stream: int, now: Callable[[], float], max_frame_size: int) -> Iterator[bytes]:
-    """``dump_messages`` as encoded frames, each chunk bounded in bytes, not only in entries.
+    Taken from a snapshot of references (entries never change, so no lock and no copy);
+    ``now`` is read per chunk, so what expires during a long stream is not sent. The node
+    writes the frames; the simulator sends the messages.
 
     A chunk starts at ``CHUNK`` entries and is resized after each frame to aim at
     ``CHUNK_BYTES``; one that still comes out over ``max_frame_size`` is cut to a
@@ -151,9 +141,10 @@ def dump_frames(replica: ReplicaView, stream: int, now: Callable[[], float], max
             continue
         i += len(part)
         sent += len(keys)
-        yield frame
+        yield chunk, frame
         size = max(1, min(CHUNK, CHUNK_BYTES * len(part) // max(1, len(frame))))
-    yield encode(DumpEnd(replica.name, stream, sent), max_frame_size)
+    end = DumpEnd(replica.name, stream, sent)
+    yield end, encode(end, max_frame_size)
 
 
 WAITING, SIZING, STREAMING, RETRYING, DONE = "waiting for peers", "asking sizes", "streaming", "retrying", "done"

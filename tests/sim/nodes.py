@@ -25,7 +25,8 @@ from shoal.membership import Membership
 from shoal.messages import Message
 from shoal.replica import Op
 from shoal.store import WRITE
-from shoal.warmboot import dump_messages
+from shoal.warmboot import dump_stream
+from shoal.wire import DEFAULT_MAX_FRAME
 
 from .network import NodeFactory, Sim
 
@@ -160,7 +161,8 @@ class SimMember:
             elif isinstance(action, StreamDump):
                 replica = self.core.replicas.get(action.cache)
                 if replica is not None:  # paced, as node.py paces by back-pressure: a chunk per tick
-                    self.dumps.append((action.peer, dump_messages(replica, action.stream, lambda: self.sim.now)))
+                    stream = dump_stream(replica, action.stream, lambda: self.sim.now, DEFAULT_MAX_FRAME)
+                    self.dumps.append((action.peer, (msg for msg, _ in stream)))
             elif isinstance(action, ReadSnapshot):
                 now = self.sim.now
                 out += self.drive(self.core.snapshot_read(action.cache, list(self.snapshot), now, now))
