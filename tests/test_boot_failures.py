@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from sim.network import Sim
-from sim.nodes import SimMember
+from sim.nodes import SimMember, fill
+from sim.nodes import member_of as node
 
 from shoal.actions import Ready
 from shoal.warmboot import CHUNK
@@ -21,16 +22,6 @@ SLOW_DETECTOR: dict[str, Any] = {
 
 def member(sim: Sim, **config: Any) -> int:
     return sim.add(SimMember.factory(sim, seeds=["sim:1"], interval=1.0, **{**SLOW_DETECTOR, **config}))
-
-
-def node(sim: Sim, node_id: int) -> SimMember:
-    found = sim.nodes[node_id]
-    assert isinstance(found, SimMember)
-    return found
-
-
-def fill(sim: Sim, node_id: int, count: int) -> None:
-    sim.act(node_id, lambda n, now: n.write(lambda c: c.set_many({f"k{i}": f"v{i}" for i in range(count)})))
 
 
 def ready(sim: Sim, node_id: int) -> bool:

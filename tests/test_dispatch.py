@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 from sim.network import Sim
-from sim.nodes import SimMember
+from sim.nodes import SimMember, fill
+from sim.nodes import member_of as node
 
 from shoal.actions import Broadcast, Ready
 from shoal.cache import hosted
@@ -26,16 +27,6 @@ FAST: dict[str, Any] = {"failure_timeout": 2.0, "heartbeat_interval": 0.2, "boot
 
 def member(sim: Sim, seeds: tuple[str, ...] = ("sim:1",), **config: Any) -> int:
     return sim.add(SimMember.factory(sim, seeds=seeds, **{"interval": 1.0, **FAST, **config}))
-
-
-def node(sim: Sim, node_id: int) -> SimMember:
-    found = sim.nodes[node_id]
-    assert isinstance(found, SimMember)
-    return found
-
-
-def fill(sim: Sim, node_id: int, count: int) -> None:
-    sim.act(node_id, lambda n, now: n.write(lambda c: c.set_many({f"k{i}": f"v{i}" for i in range(count)})))
 
 
 def became_ready(sim: Sim, node_id: int) -> bool:

@@ -204,3 +204,15 @@ class SimMember:
 
     def on_stop(self, now: float) -> list[Any]:
         return self.drive(self.core.stop(now, now))
+
+
+def member_of(sim: Sim, node_id: int) -> SimMember:
+    """The running ``SimMember`` with this id (a test's handle on a whole member)."""
+    found = sim.nodes[node_id]
+    assert isinstance(found, SimMember)
+    return found
+
+
+def fill(sim: Sim, node_id: int, count: int) -> None:
+    """Write ``count`` keys ``k0..`` with values ``v0..`` on one member."""
+    sim.act(node_id, lambda n, now: n.write(lambda c: c.set_many({f"k{i}": f"v{i}" for i in range(count)})))
