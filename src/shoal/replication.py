@@ -376,13 +376,12 @@ class Replicator:
         and logged for the members that are not connected now (catch-up)."""
         if not ops:
             return []
+        self._log(name).add(ops, int(wall * 1000))
         peers = tuple(self.membership.group(name))
         if not peers:
-            self._log(name).add(ops, int(wall * 1000))
             return []
         figures = self.figures_of(name)
         wire_ops = [op_to_wire(op) for op in ops]
-        self._log(name).add(ops, int(wall * 1000))
         actions: list[Broadcast] = []
         for i, j in spans(map(op_size, wire_ops), self.batch_bytes, self.batch):
             msg = Ops(name, wire_ops[i:j])
