@@ -203,7 +203,7 @@ def run_donor(args: argparse.Namespace) -> int:
     settle = time.monotonic() + margin + 0.5
     while time.monotonic() < settle:
         time.sleep(0.05)
-    loop = node._loop
+    loop = node._driver.loop
     stall = Stall()
     ticker = asyncio.run_coroutine_threadsafe(stall.run(), loop)
     gcw, chunks = GcWatch(), ChunkWatch()
@@ -285,7 +285,7 @@ def run_receiver(args: argparse.Namespace) -> int:
     hwm = proc_status("VmHWM")
     rss_after = proc_status("VmRSS")
     if prof is not None:
-        on_loop(node._loop, prof.disable)
+        on_loop(node._driver.loop, prof.disable)
         prof.dump_stats(args.profile)
     stats = node.stats()["caches"]["c"]
     reply(

@@ -352,7 +352,7 @@ def shoal_member(
         return lags
 
     def profile_loop(on: bool) -> str:
-        node._loop.call_soon_threadsafe(loop_profile.enable if on else loop_profile.disable)
+        node._driver.loop.call_soon_threadsafe(loop_profile.enable if on else loop_profile.disable)
         if on:
             return ""
         time.sleep(0.05)

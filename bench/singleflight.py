@@ -140,8 +140,8 @@ def main() -> int:
         keys = [f"key-{i}" for i in range(count)]
         rows: list[tuple[str, list[float]]] = []
         rows.append(("local (per member)", timed(local.fetch, keys)))
-        owned_here = [k for k in keys if node._core.leases.owner("sf", k) == node.node_id]
-        owned_away = [k for k in keys if node._core.leases.owner("sf", k) != node.node_id]
+        owned_here = [k for k in keys if node._driver.core.leases.owner("sf", k) == node.node_id]
+        owned_away = [k for k in keys if node._driver.core.leases.owner("sf", k) != node.node_id]
         rows.append(("cluster, owned here", timed(cluster.fetch, owned_here)))
         rows.append(("cluster, owned by a peer", timed(cluster.fetch, owned_away)))
         rows.append(("hit (either mode)", timed(cluster.fetch, owned_away[:200])))

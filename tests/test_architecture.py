@@ -93,3 +93,25 @@ def test_the_protocol_core_imports_nothing_that_does_io_or_keeps_time(module: st
     # ... and nothing of the package that does (the driver, the public cache, the threads).
     package_imports = {name for name in _imports(PACKAGE / f"{module}.py") if name.startswith("shoal.")}
     assert not package_imports & {"shoal.node", "shoal.transport", "shoal.housekeeping", "shoal.cache"}
+
+
+def test_a_local_cache_loads_no_networking() -> None:
+    """``import shoal; shoal.Cache()`` is all a process without a cluster pays for: no event loop, no sockets."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, shoal\n"
+        "c = shoal.Cache(ttl=60, max_entries=10); c.set('k', 1); c.fetch('j', str)\n"
+        "print(sorted(m for m in ('asyncio', 'socket', 'ssl', 'selectors') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_naming_node_loads_the_cluster_side() -> None:
+    import shoal
+
+    assert shoal.Node.__module__ == "shoal.node"
+    with pytest.raises(AttributeError, match="no attribute 'Nodes'"):
+        shoal.Nodes  # noqa: B018

@@ -14,11 +14,12 @@ from sim.network import Sim
 from sim.nodes import SimMember, fill
 from sim.nodes import member_of as node
 
-from shoal.actions import Broadcast, Ready
+from shoal.actions import BootStreaming, Broadcast, Ready, StreamDump
 from shoal.cache import hosted
 from shoal.clock import HybridClock
-from shoal.dispatch import Config, Dispatcher
-from shoal.messages import Ops
+from shoal.dispatch import DUMPS_AT_ONCE, DUMPS_QUEUED, Config, Dispatcher
+from shoal.errors import ProtocolError
+from shoal.messages import DumpRequest, Ops
 from shoal.warmboot import CHUNK
 
 IN_FLIGHT = 0.05  # the simulated network's worst delay (0.02 s) and the flush delay, with room
@@ -218,3 +219,46 @@ def test_one_flush_queues_no_more_than_the_backlog_allows_even_in_many_batches()
     assert [a.peers for a in sent if isinstance(a, Broadcast)] == [(2,), (), (), (), ()]
     assert core.replicator.figures_of("c")["ops_dropped"] == 4000
     assert 2 in core.replicator.needs_repair
+
+
+def dump_requests(core: Dispatcher, peer: int, count: int, first: int = 0) -> list[Any]:
+    actions: list[Any] = []
+    for stream in range(first, first + count):
+        actions += core.message(peer, DumpRequest("c", stream), 0.0, 0.0)
+    return [a for a in actions if isinstance(a, StreamDump)]
+
+
+def test_a_peer_gets_two_dumps_at_a_time_and_the_next_when_one_is_done() -> None:
+    core, _, _ = core_with_peers([])
+    core.start(0.0, 0.0)
+    join(core, 2)
+    started = dump_requests(core, 2, 5)
+    assert [a.stream for a in started] == [0, 1]
+    assert [a.stream for a in core.dump_done(2, 0.0)] == [2]
+    assert [a.stream for a in core.dump_done(2, 0.0)] == [3]
+    assert [a.stream for a in core.dump_done(2, 0.0)] == [4]
+    assert core.dump_done(2, 0.0) == [] and core.dump_done(2, 0.0) == []
+    assert [a.stream for a in dump_requests(core, 2, 3, first=5)] == [5, 6]  # both slots free again
+
+
+def test_a_peer_that_asks_for_more_dumps_than_it_could_take_is_refused() -> None:
+    core, _, _ = core_with_peers([])
+    core.start(0.0, 0.0)
+    join(core, 2)
+    dump_requests(core, 2, DUMPS_AT_ONCE + DUMPS_QUEUED)
+    with pytest.raises(ProtocolError, match="dumps requested at once"):
+        dump_requests(core, 2, 1)
+
+
+def test_the_collector_pauses_only_while_a_dump_streams_in_not_while_a_failed_boot_retries() -> None:
+    sim = Sim(seed=11)
+    a = member(sim)
+    assert sim.run_until(lambda: became_ready(sim, a), 5)
+    fill(sim, a, 4 * CHUNK)
+    b = member(sim)
+    assert sim.run_until(lambda: node(sim, b).core.boot_stats("c").entries > 0, 30)
+    sim.crash(a)  # the only donor, mid-stream: the boot fails, and asks the cluster again later
+    assert sim.run_until(lambda: node(sim, b).core.boot_stats("c").state.startswith("retrying"), 30)
+    streaming = [act.active for _, who, act in sim.effects if who == b and isinstance(act, BootStreaming)]
+    assert streaming == [True, False], "paused while the dump streamed in, resumed when it broke off"
+    assert node(sim, b).core.booting and not node(sim, b).core.ready  # retrying, with the collector running

@@ -84,11 +84,11 @@ def test_async_with_runs_the_node_on_the_callers_loop() -> None:
         loop = asyncio.get_running_loop()
         async with Node(secret=SECRET, **FAST) as first:
             a = first.cache("c", ttl=None)
-            assert first._loop is loop
+            assert first._driver.loop is loop
             assert await first.ready(timeout=5)
             async with Node(seeds=[first.address], secret=SECRET, **FAST) as second:
                 b = second.cache("c", ttl=None)
-                assert second._loop is loop
+                assert second._driver.loop is loop
                 assert await second.ready(timeout=5)
                 await a.aset("k", "from first")
                 await until(lambda: b.get("k") is not None, what="the write to replicate")
@@ -249,7 +249,7 @@ def test_a_cache_added_after_start_joins_its_group_and_replicates(nodes: Callabl
     # Keep b's loop busy for a moment (a long scan, say): readiness must not depend on
     # the loop getting round to the new cache before the caller asks.
     release = threading.Event()
-    b._loop.call_soon_threadsafe(release.wait, 5)
+    b._driver.loop.call_soon_threadsafe(release.wait, 5)
     late_b = b.cache("late", ttl=None)
     threading.Timer(0.2, release.set).start()
     # Not ready until the new cache finished its warm boot, which brings what a holds.
@@ -302,3 +302,30 @@ def test_ready_with_a_zero_timeout_answers_true_once_the_node_is_ready() -> None
             return await node.ready(timeout=0)  # a readiness probe asks without waiting
 
     assert asyncio.run(main())
+
+
+def test_the_config_a_node_shows_is_the_one_it_runs_and_cannot_be_changed_under_it() -> None:
+    import dataclasses
+
+    node = Node(mesh_wait=1.5, max_peer_backlog=1 << 20)
+    assert node.config.mesh_wait == 1.5 and node.config.max_peer_backlog == 1 << 20
+    assert node._driver.core.config is node.config
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        node.config.mesh_wait = 9.0  # type: ignore[misc]
+
+
+def test_an_unknown_or_impossible_option_is_refused_at_construction() -> None:
+    with pytest.raises(TypeError, match="mesh_wiat"):
+        Node(mesh_wiat=1.0)
+    with pytest.raises(ValueError, match="warm_donors"):
+        Node(warm_donors=3)
+    with pytest.raises(ValueError, match="failure_timeout"):
+        Node(failure_timeout=0)
+
+
+def test_the_node_s_public_surface_is_small() -> None:
+    public = {name for name in dir(Node(secret=SECRET)) if not name.startswith("_")}
+    assert public == {
+        "address", "answer", "cache", "config", "members", "node_id", "on_member_down", "on_member_up",
+        "ready", "start", "stats", "stop", "wait_ready", "write_snapshot",
+    }  # fmt: skip

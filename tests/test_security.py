@@ -29,7 +29,8 @@ import pytest
 from shoal.client import Client, query
 from shoal.errors import HandshakeError, ShoalError, WeakSecret
 from shoal.messages import DumpRequest, Hello, Message, Ops, Pull, Query, Refused
-from shoal.node import Node, parse_address
+from shoal.node import Node
+from shoal.transport import parse_address
 from shoal.wire import DEFAULT_MAX_FRAME, HANDSHAKE_MAX_FRAME, TAG_SIZE, FrameDecoder, encode
 from tests.support.cluster import Cluster, Member, cluster, wait_until
 from tests.support.peer import RawPeer
@@ -503,7 +504,7 @@ def test_pending_connections_beyond_max_pending_close_the_oldest_and_operators_s
                 sock.sendall(struct.pack(">I", HANDSHAKE_MAX_FRAME) + b"\x00" * 1000)  # a partial frame, held
             except ConnectionError:
                 closed += 1
-        wait_until(lambda: len(a._pending) >= 8, 5, what="eight pending strangers")
+        wait_until(lambda: len(a._driver.pending) >= 8, 5, what="eight pending strangers")
         for sock in socks:
             sock.settimeout(0.2)
             try:
@@ -512,7 +513,7 @@ def test_pending_connections_beyond_max_pending_close_the_oldest_and_operators_s
                 closed += 1
             except TimeoutError:
                 pass
-        assert len(a._pending) <= 8
+        assert len(a._driver.pending) <= 8
         assert closed >= 50  # the oldest were closed as new ones came (a few may still be in the accept queue)
         assert query(a.address, SECRET, "members")["members"][0]["address"] == a.address
         still_serves(a, b)

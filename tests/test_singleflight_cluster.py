@@ -220,7 +220,7 @@ def test_a_holder_cancelled_mid_load_passes_the_lease_on_and_the_other_member_lo
             holder = asyncio.ensure_future(a.cache("u").afetch("k", never))
             await asyncio.wait_for(started.wait(), 10)
             waiter = asyncio.ensure_future(b.cache("u").afetch("k", quick))
-            await wait_for_async(lambda: sum(n._core.leases.waited for n in (a, b)) == 1)  # b waits on a's lease
+            await wait_for_async(lambda: sum(n._driver.core.leases.waited for n in (a, b)) == 1)  # b waits on a's lease
             holder.cancel()
             value = await asyncio.wait_for(waiter, 20)
             return value, calls

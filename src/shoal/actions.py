@@ -2,7 +2,7 @@
 
 Membership, replication and warm boot never touch a socket or a timer: they
 return these through the dispatcher (dispatch.py), and a driver carries them
-out: ``node.py`` over asyncio sockets, the simulated network in the tests. A peer
+out: ``driver.py`` over asyncio sockets, the simulated network in the tests. A peer
 is named by its node id; an address is ``host:port``.
 """
 
@@ -78,6 +78,14 @@ class Ready:
 
 
 @dataclass(frozen=True, slots=True)
+class BootStreaming:
+    """A warm-boot dump started (True) or stopped (False) streaming in. While one does, the
+    driver pauses the cyclic GC: each collection would walk every entry loaded so far."""
+
+    active: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Load:
     """Cluster single flight (leases.py): run the local loader for ``key`` of ``cache``, then
     report how it went (``Leases.loaded`` or ``Leases.failed``)."""
@@ -105,5 +113,17 @@ class Fail:
 
 
 Action = (
-    Send | Broadcast | Dial | Close | MemberUp | MemberDown | StreamDump | ReadSnapshot | Ready | Load | Deliver | Fail
+    Send
+    | Broadcast
+    | Dial
+    | Close
+    | MemberUp
+    | MemberDown
+    | StreamDump
+    | ReadSnapshot
+    | Ready
+    | BootStreaming
+    | Load
+    | Deliver
+    | Fail
 )

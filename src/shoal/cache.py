@@ -7,7 +7,7 @@ of a cache is the ``Replica`` (replica.py), a separate object. Reads take no
 lock: the GIL makes a dict lookup atomic, and entries are only changed under the
 write lock. Everything that must happen at most once per key per process (the
 loader in ``fetch``) goes through ``singleflight``; on a Node, once per key per
-cluster (``singleflight.ClusterFlights``).
+cluster (the node's ``singleflight.Cluster``).
 
 Expired entries go lazily on read; a hosted cache is swept by its node's
 housekeeping, a local one a bounded slice every ``_SWEEP_EVERY`` writes, so a
@@ -16,24 +16,22 @@ plain ``Cache()`` starts no thread.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import functools
 import inspect
 import itertools
 import os
 import threading
 import time
-from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
-from concurrent.futures import TimeoutError as FutureTimeout
+from collections.abc import Callable, Generator, Hashable, Iterable, Iterator, Mapping
 from datetime import timedelta
 from typing import Any, TypeVar, cast
 
+from . import singleflight
 from .clock import HybridClock
-from .errors import InvalidEntry, LoaderError
+from .errors import InvalidEntry
 from .replica import Op
 from .serializer import MsgpackSerializer, Serializer
-from .singleflight import LOAD, ClusterFlights, Flights
+from .singleflight import Cluster, Flights
 from .store import CLEAR, DELETE, NEVER, WRITE, Entry, Key, Store
 from .validation import (
     DEFAULT_MAX_CLOCK_SKEW,
@@ -61,8 +59,7 @@ class _Default:
 DEFAULT: Any = _Default()
 """Use the cache's own ttl."""
 
-_MISSING: Any = object()
-_CLUSTER_ASKS = 3  # a value delivered then deleted before we read it: ask again, this many times in all
+_MISSING: Any = singleflight.MISSING
 TTL = float | int | timedelta | None
 _check_key = check_key  # validation.py: the one check every entry point shares
 _seconds = ttl_seconds
@@ -102,7 +99,7 @@ class Cache:
         self._lock = threading.Lock()
         self._flights = Flights()
         self._replicate: Callable[[Op], None] | None = None
-        self._cluster: ClusterFlights | None = None  # a Node's: single flight across members
+        self._cluster: Cluster | None = None  # a Node's: single flight across members
         self._hosted = False
         # itertools.count: next() is atomic under the GIL and allocates nothing lasting,
         # so the hit path counts exactly without a lock.
@@ -284,33 +281,10 @@ class Cache:
         flight, leader = self._flights.join(key)
         if not leader:
             return flight.result()
+        # Waiting on the node's own loop would stop the answer from coming: local only there.
+        cluster = self._cluster if self._cluster is not None and not self._cluster.on_loop() else None
         try:
-            value = self._peek(key)
-            # Waiting on the node's own loop would stop the answer from coming: local only there.
-            cluster = self._cluster if self._cluster is not None and not self._cluster.on_loop() else None
-            for _ in range(_CLUSTER_ASKS):
-                if value is not _MISSING or cluster is None:
-                    break
-                try:
-                    answer = cluster.begin(self.name, key).result(cluster.limit)
-                except FutureTimeout:
-                    answer = LOAD
-                except LoaderError:
-                    raise
-                except BaseException:  # interrupted while waiting: let another member load
-                    cluster.give_back(self.name, key)
-                    raise
-                value = self._peek(key)
-                if answer == LOAD:
-                    if value is _MISSING:
-                        with self._reporting(cluster, key):
-                            value = self._load(key, loader(key), ttl)
-                    else:  # it arrived meanwhile: nothing to load
-                        cluster.finish(self.name, key)
-                    break
-                # VALUE: delivered; _MISSING here only if deleted since: ask again
-            if value is _MISSING:
-                value = self._load(key, loader(key), ttl)
+            value = singleflight.run(self._lead(key, ttl, cluster), lambda: loader(key), _limit(cluster))
         except BaseException as exc:
             self._load_errors += 1
             self._flights.land(key, flight, error=exc)
@@ -318,21 +292,10 @@ class Cache:
         self._flights.land(key, flight, value)
         return value
 
-    @contextlib.contextmanager
-    def _reporting(self, cluster: ClusterFlights, key: Key) -> Iterator[None]:
-        """Load under the cluster's lease, and tell the cluster how it went."""
-        try:
-            yield
-        except Exception as exc:  # the loader raised: every waiter in the cluster gets it
-            cluster.finish(self.name, key, exc)
-            raise
-        except BaseException:  # cancelled or interrupted, not a failure: pass the lease on
-            cluster.give_back(self.name, key)
-            raise
-        cluster.finish(self.name, key)
-
     async def afetch(self, key: Key, loader: Callable[[Key], Any], ttl: TTL = DEFAULT) -> Any:
         """``fetch`` for asyncio: an async loader is awaited, a sync one runs off the loop."""
+        import asyncio  # here, not at the top: a local Cache loads no asyncio
+
         value = self.get(key, _MISSING)
         if value is not _MISSING:
             return value
@@ -340,38 +303,21 @@ class Cache:
         if not leader:
             # shield: one waiter's cancellation must not cancel the flight for all.
             return await asyncio.shield(asyncio.wrap_future(flight))
+        cluster = self._cluster
         try:
-            value = self._peek(key)
-            cluster = self._cluster
-            for _ in range(_CLUSTER_ASKS):
-                if value is not _MISSING or cluster is None:
-                    break
-                asked = asyncio.wrap_future(cluster.begin(self.name, key))
-                try:
-                    answer = await asyncio.wait_for(asyncio.shield(asked), cluster.limit)
-                except asyncio.TimeoutError:
-                    answer = LOAD
-                except LoaderError:
-                    raise
-                except BaseException:  # cancelled while waiting: let another member load
-                    cluster.give_back(self.name, key)
-                    raise
-                value = self._peek(key)
-                if answer == LOAD:
-                    if value is _MISSING:
-                        with self._reporting(cluster, key):
-                            value = self._load(key, await _call_loader(loader, key), ttl)
-                    else:
-                        cluster.finish(self.name, key)
-                    break
-            if value is _MISSING:
-                value = self._load(key, await _call_loader(loader, key), ttl)
+            value = await singleflight.arun(
+                self._lead(key, ttl, cluster), lambda: _call_loader(loader, key), _limit(cluster)
+            )
         except BaseException as exc:
             self._load_errors += 1
             self._flights.land(key, flight, error=exc)
             raise
         self._flights.land(key, flight, value)
         return value
+
+    def _lead(self, key: Key, ttl: TTL, cluster: Cluster | None) -> Generator[singleflight.Step, Any, Any]:
+        store = functools.partial(self._load, key, ttl=ttl)
+        return singleflight.lead(self.name, key, functools.partial(self._peek, key), store, cluster)
 
     def _peek(self, key: Key) -> Any:
         """A hit that does not count as a read (a leader re-checking before it loads)."""
@@ -380,7 +326,7 @@ class Cache:
             return entry.value
         return _MISSING
 
-    def _load(self, key: Key, value: Any, ttl: TTL) -> Any:
+    def _load(self, key: Key, value: Any, ttl: TTL = DEFAULT) -> Any:
         self.set(key, value, ttl)  # an unserializable result fails the load for all
         self._loads += 1
         return value
@@ -584,7 +530,7 @@ def hosted(
     timer: Callable[[], float] = time.time,
     max_value_size: int = DEFAULT_MAX_VALUE_SIZE,
     max_clock_skew: float = DEFAULT_MAX_CLOCK_SKEW,
-    cluster: ClusterFlights | None = None,
+    cluster: Cluster | None = None,
 ) -> tuple[Cache, Replica]:
     """A cache for a Node: the node's clock stamps its writes, deletes keep tombstones,
     the node's housekeeping sweeps it, and (with ``cluster``) its loads are single-flight
@@ -621,8 +567,14 @@ NOT_GIVEN: Any = _MISSING
 """Default of ``Node.cache`` options, so asking for an existing cache by name alone is no conflict."""
 
 
+def _limit(cluster: Cluster | None) -> float:
+    return cluster.limit if cluster is not None else 0.0
+
+
 async def _call_loader(loader: Callable[[Key], Any], key: Key) -> Any:
     """An async loader awaited; a sync one run off the loop (and awaited if it returned an awaitable)."""
+    import asyncio
+
     if _is_async(loader):
         return await loader(key)
     loaded = await asyncio.get_running_loop().run_in_executor(None, loader, key)

@@ -12,13 +12,13 @@ to know which part said what:
     flush(backlog)                           local writes are waiting in the outbox
     host(name, replica) / stop()             the member's own life
 
-``node.py`` drives it over asyncio sockets; ``tests/sim`` drives it over a
+``driver.py`` drives it over asyncio sockets; ``tests/sim`` drives it over a
 simulated network. Both call exactly this code, so what the simulator shows
 (back-pressure drops, early writes, warm boot, readiness) is what a node does.
 
 Local writes reach the dispatcher from application threads: ``Cache`` appends
 each op to ``outbox`` (a deque: appends are atomic) and the first op after a
-flush calls ``wake``, the driver's hook to call ``flush`` soon (node.py: after
+flush calls ``wake``, the driver's hook to call ``flush`` soon (driver.py: after
 ``FLUSH_DELAY`` on its loop). Everything else runs on the driver's one thread.
 
 Time comes in twice: ``now`` is monotonic (timeouts, schedules), ``wall`` is
@@ -31,11 +31,11 @@ import functools
 import random
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 
-from .actions import Action, Broadcast, MemberDown, MemberUp, Ready
+from .actions import Action, BootStreaming, Broadcast, MemberDown, MemberUp, Ready, StreamDump
+from .config import Config
 from .errors import ProtocolError
-from .leases import LEASE_TTL, Leases, is_lease_message
+from .leases import Leases, is_lease_message
 from .membership import Membership
 from .messages import (
     CatchUp,
@@ -55,9 +55,8 @@ from .messages import (
     SizeRequest,
 )
 from .replica import Op, ReplicaView
-from .replication import CATCHUP_LOG_BYTES, SETTLE, Replicator, op_size
+from .replication import SETTLE, Replicator, op_size
 from .store import Key
-from .validation import DEFAULT_MAX_CLOCK_SKEW
 from .warmboot import Booter, BootStats
 
 FLUSH_DELAY = 0.001
@@ -65,31 +64,15 @@ FLUSH_DELAY = 0.001
 (each costs the writing thread a syscall and a GIL hand-off)."""
 FLUSH_MAX_OPS = 20_000
 """At most this many ops per flush, so one flush never holds the driver's thread long."""
+DUMPS_AT_ONCE = 2
+"""Dumps streaming to one peer at a time; more wait their turn (each holds a list of every entry)."""
+DUMPS_QUEUED = 64
+"""Dumps one peer may have asked for and not yet received: an honest booter asks for one per
+cache it boots; more at once is a peer making us hold entry lists (100 unread dumps: +300 MB)."""
 
 _REPLICATION = (Ops, Digest, Listing, Pull, CatchUp, CaughtUp)
 _WARMBOOT = (SizeRequest, SizeReply, DumpRequest, DumpChunk, DumpEnd)
 _MEMBERSHIP = (Gossip, Heartbeat, Leave)
-
-
-@dataclass
-class Config:
-    """The protocol's timers and limits (``Node`` takes them as keyword arguments)."""
-
-    failure_timeout: float = 5.0
-    heartbeat_interval: float = 0.5
-    anti_entropy_interval: float = 10.0
-    warm_donors: int = 1
-    warm_timeout: float = 30.0
-    boot_wait: float = 2.0
-    max_peer_backlog: int = 64 * 1024 * 1024
-    catchup_log_bytes: int = CATCHUP_LOG_BYTES
-    """Recent writes kept per cache for members that reconnect (catch-up); 0 keeps none."""
-    max_clock_skew: float = DEFAULT_MAX_CLOCK_SKEW
-    """Members' clocks agree this closely (the handshake refuses others): catch-ups reach back by it."""
-    mesh_wait: float = 5.0
-    """How long readiness waits for a gossiped member to connect, or a peer to answer a catch-up."""
-    load_timeout: float = LEASE_TTL
-    """Cluster single flight: a lease holder's loader gets this long before the lease passes on."""
 
 
 class Dispatcher:
@@ -136,8 +119,7 @@ class Dispatcher:
             rng=self.rng,
         )
         self.leases = Leases(node_id, self.membership.group, self._holds, ttl=config.load_timeout)
-        """Cluster single flight; the driver adds the caches that take part to ``leases.caches``
-        and feeds it the local events (a miss, a load done) directly."""
+        """Cluster single flight: ``miss``, ``loaded``, ``load_failed`` and ``abandoned`` feed it."""
         self._wall = 0.0  # the last wall-clock time given: what ``leases`` checks values against
         self.outbox: deque[tuple[str, Op]] = deque()
         self.wake: Callable[[], object] = lambda: None
@@ -145,14 +127,20 @@ class Dispatcher:
         self.running = False
         self._flush_pending = False
         self._booted_caches: set[str] = set()
+        self._streaming_in = False
+        self._dumps_out: dict[int, int] = {}  # per peer: dumps streaming to it now
+        self._dumps_waiting: dict[int, deque[StreamDump]] = {}  # per peer: their turn comes
 
     # -- the member's own life ------------------------------------------------------
 
-    def host(self, name: str, replica: ReplicaView, now: float) -> list[Action]:
-        """Start hosting a cache: its writes replicate, and it boots once running."""
+    def host(self, name: str, replica: ReplicaView, now: float, single_flight: bool = True) -> list[Action]:
+        """Start hosting a cache: its writes replicate, it boots once running, and (with
+        ``single_flight``) its loads take part in the cluster's load leases."""
         if name in self.replicas:
             raise ValueError(f"cache {name!r} is already hosted")
         self.replicas[name] = replica
+        if single_flight:
+            self.leases.caches.add(name)
         connect: Callable[[Callable[[Op], None]], None] | None = getattr(replica, "connect", None)
         if connect is not None:
             connect(functools.partial(self.local_write, name))  # C-level: one Python frame less per write
@@ -236,6 +224,23 @@ class Dispatcher:
         """``address`` also leads to ``peer`` (a duplicate connection was dropped)."""
         self.membership.alias(address, peer)
 
+    def advertise(self, address: str) -> None:
+        """This member's address for the others (given, or learned from its own sockets)."""
+        self.membership.advertise(address)
+
+    def own_address(self, address: str) -> None:
+        """``address`` leads to this member itself: never dial it."""
+        self.membership.is_self(address)
+
+    def discovered(self, addresses: list[str]) -> None:
+        """DNS discovery names these addresses (seeds, re-resolved)."""
+        self.membership.discovered(addresses)
+
+    def received_bytes(self, peer: int, count: int) -> None:
+        """Bytes a peer sent, framing included: a boot's figures count what its donor sent."""
+        if self.booter.booting:
+            self.booter.bytes_received(peer, count)
+
     @staticmethod
     def keep_first(first_initiator: int, second_initiator: int) -> bool:
         """Two connections to one peer (both sides dialed): keep the one the smaller id
@@ -277,6 +282,64 @@ class Dispatcher:
         self.booter.snapshot_read(cache, ops, now, wall)
         return self._after([], now)
 
+    def dump_done(self, peer: int, now: float) -> list[Action]:
+        """The driver finished (or abandoned) one dump to ``peer``: the next waiting one may start."""
+        waiting = self._dumps_waiting.get(peer)
+        if waiting:
+            action = waiting.popleft()
+            if not waiting:
+                del self._dumps_waiting[peer]
+            return [action]
+        out = self._dumps_out.get(peer, 0) - 1
+        if out > 0:
+            self._dumps_out[peer] = out
+        else:
+            self._dumps_out.pop(peer, None)
+        return []
+
+    # -- cluster single flight: a local fetch's events (leases.py) ----------------------
+
+    def miss(self, cache: str, key: Key, now: float) -> list[Action]:
+        """A local fetch of ``key`` missed and no local caller is loading it yet."""
+        return self.leases.miss(cache, key, now)
+
+    def loaded(self, cache: str, key: Key, now: float) -> list[Action]:
+        """The local loader ran after a ``Load`` and its value is set: waiters everywhere get it."""
+        return self.leases.loaded(cache, key, now)
+
+    def load_failed(self, cache: str, key: Key, error_type: str, error_text: str, now: float) -> list[Action]:
+        """The local loader raised after a ``Load``: every waiter in the cluster raises it too."""
+        return self.leases.failed(cache, key, error_type, error_text, now)
+
+    def abandoned(self, cache: str, key: Key, now: float) -> list[Action]:
+        """The local callers went away before loading: the key's lease passes on."""
+        return self.leases.abandoned(cache, key, now)
+
+    # -- what an operator sees ------------------------------------------------------------
+
+    def members(self, now: float) -> list[dict[str, object]]:
+        """Every other member this one knows of, with its state and how long since it was heard."""
+        return [
+            {
+                "id": f"{m.node_id:016x}",
+                "address": m.listen,
+                "state": m.state,
+                "last_heard": round(now - m.last_heard, 3),
+                "caches": sorted(m.caches or ()),
+            }
+            for m in list(self.membership.members.values())
+        ]
+
+    def figures(self, cache: str) -> dict[str, object]:
+        """A cache's replication and warm-boot figures, for ``Node.stats``."""
+        figures: dict[str, object] = dict(self.replicator.figures_of(cache))
+        figures["queue_depth"] = sum(1 for name, _ in list(self.outbox) if name == cache)
+        figures["warm_boot"] = self.boot_stats(cache).as_dict()
+        return figures
+
+    def member_figures(self) -> dict[str, object]:
+        return {"members_up": len(self.membership.up_peers()) if self.running else 0, "leases": self.leases.figures()}
+
     @property
     def busy(self) -> bool:
         """Work is in progress (a repair scan): tick again soon."""
@@ -299,14 +362,37 @@ class Dispatcher:
             if isinstance(action, MemberUp):
                 actions += self.replicator.member_up(action.peer, now)  # what it missed, and what we did
             elif isinstance(action, MemberDown):
+                self._dumps_out.pop(action.peer, None)
+                self._dumps_waiting.pop(action.peer, None)
                 self.replicator.member_down(action.peer)
                 actions += self.booter.member_down(action.peer, now)
                 actions += self.leases.member_down(action.peer, now)
+        if any(isinstance(action, StreamDump) for action in actions):
+            actions = [a for action in actions for a in self._take_turn(action)]
+        streaming = self.booter.receiving
+        if streaming != self._streaming_in:
+            self._streaming_in = streaming
+            actions.append(BootStreaming(streaming))
         ready = self._ready(now)
         if ready != self.ready:
             self.ready = ready
             actions.append(Ready(ready))
         return actions
+
+    def _take_turn(self, action: Action) -> list[Action]:
+        """A dump asked for streams now if the peer has fewer than DUMPS_AT_ONCE out, else waits its turn."""
+        if not isinstance(action, StreamDump):
+            return [action]
+        peer = action.peer
+        out = self._dumps_out.get(peer, 0)
+        if out < DUMPS_AT_ONCE:
+            self._dumps_out[peer] = out + 1
+            return [action]
+        waiting = self._dumps_waiting.setdefault(peer, deque())
+        if len(waiting) >= DUMPS_QUEUED:
+            raise ProtocolError(f"more than {DUMPS_QUEUED} dumps requested at once")
+        waiting.append(action)
+        return []
 
     def _holds(self, cache: str, key: Key) -> bool:
         replica = self.replicas.get(cache)

@@ -156,7 +156,7 @@ def _handler(node: Node) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter
 
 async def serve(node: Node, address: str) -> asyncio.Server:
     """Listen on ``address`` (host:port, port 0 picks one) on the running loop; returns the server."""
-    from .node import parse_address
+    from .transport import parse_address
 
     host, port = parse_address(address)
     server = await asyncio.start_server(_handler(node), host, port, limit=MAX_REQUEST_LINE, reuse_address=True)

@@ -51,14 +51,25 @@ from .messages import LeaseDone, LeaseGrant, LeaseRequest, LeaseReturn, LeaseWai
 from .store import Key
 from .validation import check_peer_key
 
-__all__ = ["Leases", "is_lease_message", "owner_of"]  # its actions (Load, Deliver, Fail) are in actions.py
+# Its actions (Load, Deliver, Fail) are in actions.py.
+__all__ = ["Leases", "is_lease_message", "longest_wait", "owner_of"]
 
-LEASE_TTL = 10.0  # seconds a holder may load before its lease passes to a waiter
+# Every timeout of a cluster fetch is here.
+LEASE_TTL = 10.0  # seconds a holder may load before its lease passes to a waiter (Config.load_timeout)
 ASK_TIMEOUT = 1.0  # no answer from the owner in this long: ask again ...
 MAX_ASKS = 2  # ... and after this many unanswered asks, ask the next owner in the key's ranking
 EXPECT_WAIT = 1.0  # told "loaded" but the value has not arrived: re-ask after this long
 RECENT = EXPECT_WAIT  # an owner answers "loaded" this long after a load, before the value reaches it
 GRACE = 0.5  # a waiter re-asks this long after the lease it waits on should have lapsed
+FETCH_ASKS = 3  # a value delivered, then deleted before the caller read it: a fetch asks again, this often in all
+STUCK = 5.0  # a caller's wait beyond the lease protocol's own worst case: the member's loop is stuck
+
+
+def longest_wait(load_timeout: float) -> float:
+    """How long a fetch waits for the cluster's answer before it loads anyway: a holder's whole
+    lease, every ask unanswered, and STUCK more (a member whose loop hangs must not hang its callers)."""
+    return load_timeout + ASK_TIMEOUT * (MAX_ASKS + 1) + STUCK
+
 MAX_KEYS_PER_MESSAGE = 1000
 MAX_LEASES = 100_000  # leases one owner tracks; past it, requesters just load (as with no owner)
 MAX_ERROR_TYPE = 200

@@ -1,4 +1,4 @@
-"""One load per key at a time, however many callers miss on it together.
+"""One load per key at a time, however many callers miss on it together; on a Node, one per cluster.
 
 Threads and asyncio tasks share one table of flights, so a burst that mixes
 sync views and async handlers in one process still calls the loader once. The
@@ -7,22 +7,23 @@ arrives while it runs waits on the leader's future and gets the same value, or
 the same exception. The flight ends when the leader finishes, after it has
 stored the value, so a caller arriving later finds it in the cache.
 
-On a cache hosted by a Node, the leader first asks the cluster (``ClusterFlights``,
-over the lease protocol of ``leases.py``) so that one member loads for all of them.
+On a cache hosted by a Node, the leader first asks the cluster (a ``Cluster``:
+the node's way to the load leases of leases.py) whether it should load at all.
+What the leader does is written once, in ``lead``: a generator that yields the
+two things it waits for (the cluster's answer, the loader's value) and is driven
+by ``run`` for threads and ``arun`` for asyncio, which differ only in how they wait.
 """
 
 from __future__ import annotations
 
-import asyncio
 import threading
-import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Generator, Hashable
 from concurrent.futures import Future
-from typing import Any
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any, Protocol
 
-from .actions import Deliver, Fail, Load
 from .errors import LoaderError
-from .leases import Leases
+from .leases import FETCH_ASKS
 from .store import Key
 
 
@@ -57,119 +58,128 @@ class Flights:
 
 
 LOAD = "load"
-"""A cluster flight's answer: no member is loading the key (or none can be asked); load it here."""
+"""A cluster's answer: no member is loading the key (or none can be asked); load it here."""
 VALUE = "value"
-"""A cluster flight's answer: the value is in the local cache now (another member loaded it)."""
+"""A cluster's answer: the value is in the local cache now (another member loaded it)."""
 
 
-class ClusterFlights:
-    """The one-leader-per-process flights of a Node's caches, made one per cluster.
+class Cluster(Protocol):
+    """What a fetch asks of its node (driver.ClusterFetches); every call is safe from any thread."""
 
-    The leader of a local flight (``Flights``) asks here before calling its loader:
-    ``begin`` returns a future that says ``LOAD`` (this member holds the key's lease,
-    or nobody can be asked), ``VALUE`` (another member loaded it and the value has
-    arrived), or raises ``LoaderError`` (the loader raised on the member that held
-    the lease). A leader told ``LOAD`` reports with ``finish`` once its loader is
-    done, or ``give_back`` if it was cancelled before.
-
-    This is the thread-safe edge of ``leases.Leases``, which lives on the node's
-    loop: application threads only hand it closures through the loop's
-    ``call_soon_threadsafe``; what the lease machine returns goes to ``perform``
-    (the node's ``_run``), which hands the ``Load``, ``Deliver`` and ``Fail``
-    actions back to ``settle``. Until ``bind`` gives it a running loop (and after
-    the node stops) every caller is told ``LOAD``: a member alone loads for itself.
-    """
-
-    def __init__(
-        self,
-        leases: Leases,
-        perform: Callable[[list[Any]], None],
-        now: Callable[[], float] = time.monotonic,
-        flush: Callable[[], None] = lambda: None,
-    ) -> None:
-        """``flush`` sends the queued writes now: a holder's value goes out before its report."""
-        self.leases = leases
-        self._perform = perform
-        self._flush = flush
-        self._now = now
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._waiting: dict[tuple[str, Key], Future[str]] = {}
-
-    def bind(self, loop: asyncio.AbstractEventLoop | None) -> None:
-        """The node's loop runs (``None``: it stopped, and whoever still waits loads for itself)."""
-        self._loop = loop
-        if loop is None:
-            for cache, key in list(self._waiting):
-                self._answer(cache, key, LOAD)
-
-    @property
-    def limit(self) -> float:
-        """How long a caller waits at most before loading anyway (a stuck loop must not hang callers)."""
-        leases = self.leases
-        return leases.ttl + leases.ask_timeout * (leases.max_asks + 1) + 5.0
+    limit: float
+    """Seconds a caller waits for an answer at most; then it loads anyway."""
 
     def on_loop(self) -> bool:
-        """True when called on the node's loop, which must not block waiting for its own answer."""
-        try:
-            return asyncio.get_running_loop() is self._loop
-        except RuntimeError:
-            return False
+        """Called on the node's own loop, which must not wait for its own answer."""
+        ...
 
-    def begin(self, cache: str, key: Key) -> Future[str]:
-        """Ask the cluster about a local miss (called by the local flight's leader, any thread)."""
-        flight: Future[str] = Future()
-        self._waiting[cache, key] = flight
-        if not self._call(lambda: self._perform(self.leases.miss(cache, key, self._now()))):
-            self._answer(cache, key, LOAD)
-        return flight
+    def ask(self, cache: str, key: Key) -> Future[str]:
+        """A local miss: the future says ``LOAD``, ``VALUE``, or raises ``LoaderError``."""
+        ...
 
-    def finish(self, cache: str, key: Key, error: BaseException | None = None) -> None:
-        """The local loader ran after ``LOAD``: tell the cluster how it went (any thread)."""
-        if error is None:
-
-            def loaded() -> None:
-                # The value is queued for the usual flush delay: send it now, ahead of our
-                # report, so the waiters have it as soon as they hear the load is over.
-                self._flush()
-                self._perform(self.leases.loaded(cache, key, self._now()))
-
-            self._call(loaded)
-        else:
-            kind, text = type(error).__name__, str(error)
-            self._call(lambda: self._perform(self.leases.failed(cache, key, kind, text, self._now())))
+    def report(self, cache: str, key: Key, error: BaseException | None = None) -> None:
+        """The loader ran after ``LOAD`` (and raised ``error``)."""
+        ...
 
     def give_back(self, cache: str, key: Key) -> None:
-        """The local callers went away (cancelled) before loading: pass the key's lease on (any thread)."""
-        self._waiting.pop((cache, key), None)
-        self._call(lambda: self._perform(self.leases.abandoned(cache, key, self._now())))
+        """The callers went away before loading."""
+        ...
 
-    def settle(self, action: Load | Deliver | Fail) -> None:
-        """On the loop: answer the flight the lease machine settled."""
-        if isinstance(action, Load):
-            self._answer(action.cache, action.key, LOAD)
-        elif isinstance(action, Deliver):
-            self._answer(action.cache, action.key, VALUE)
-        else:
-            self._answer(action.cache, action.key, LoaderError(action.error_type, action.error_text))
 
-    def _answer(self, cache: str, key: Key, answer: str | BaseException) -> None:
-        flight = self._waiting.pop((cache, key), None)
-        if flight is None or flight.done():
-            return
-        if isinstance(answer, BaseException):
-            flight.set_exception(answer)
-        else:
-            flight.set_result(answer)
+class LoadNow:
+    """A step of ``lead``: call the loader and send back what it returned."""
 
-    def _call(self, fn: Callable[[], None]) -> bool:
-        loop = self._loop
-        if loop is None:
-            return False
+
+LOAD_NOW = LoadNow()
+Step = Future[str] | LoadNow
+"""What the leader waits for: the cluster's answer (a future) or the loader's value."""
+MISSING: Any = object()
+
+
+def lead(
+    cache: str, key: Key, peek: Callable[[], Any], store: Callable[[Any], Any], cluster: Cluster | None
+) -> Generator[Step, Any, Any]:
+    """The leader of a local flight: ask the cluster (if any), load if told to, return the value.
+
+    ``peek()`` reads the key without counting a hit (``MISSING`` if absent);
+    ``store(value)`` sets it and returns it. The driver sends the cluster's answer
+    (``LOAD`` when it timed out) or the loader's value back into the generator,
+    or throws what waiting raised.
+    """
+    value = peek()
+    for _ in range(FETCH_ASKS):
+        if value is not MISSING or cluster is None:
+            break
         try:
-            loop.call_soon_threadsafe(fn)
-        except RuntimeError:  # the loop is closed: the node is gone
-            return False
-        return True
+            answer = yield cluster.ask(cache, key)
+        except LoaderError:  # the loader raised on the member that held the lease
+            raise
+        except BaseException:  # interrupted or cancelled while waiting: let another member load
+            cluster.give_back(cache, key)
+            raise
+        value = peek()
+        if answer != LOAD:
+            continue  # VALUE: delivered; MISSING here only if deleted since: ask again
+        if value is not MISSING:  # it arrived meanwhile: nothing to load
+            cluster.report(cache, key)
+            return value
+        try:
+            value = store((yield LOAD_NOW))
+        except Exception as exc:  # the loader raised: every waiter in the cluster gets it
+            cluster.report(cache, key, exc)
+            raise
+        except BaseException:  # cancelled or interrupted, not a failure: pass the lease on
+            cluster.give_back(cache, key)
+            raise
+        cluster.report(cache, key)
+        return value
+    if value is MISSING:
+        value = store((yield LOAD_NOW))
+    return value
 
-    def __len__(self) -> int:
-        return len(self._waiting)
+
+def run(steps: Generator[Step, Any, Any], load: Callable[[], Any], limit: float) -> Any:
+    """Drive ``lead`` on a thread: block on the cluster's answer, call the loader here."""
+    reply: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            step = steps.send(reply) if error is None else steps.throw(error)
+        except StopIteration as done:
+            return done.value
+        error = None
+        try:
+            if isinstance(step, LoadNow):
+                reply = load()
+            else:
+                try:
+                    reply = step.result(limit)
+                except FutureTimeout:
+                    reply = LOAD
+        except BaseException as exc:
+            error = exc
+
+
+async def arun(steps: Generator[Step, Any, Any], load: Callable[[], Any], limit: float) -> Any:
+    """Drive ``lead`` in a task: await the cluster's answer and the (awaitable) loader."""
+    import asyncio  # here, not at the top: a local Cache loads no asyncio
+
+    reply: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            step = steps.send(reply) if error is None else steps.throw(error)
+        except StopIteration as done:
+            return done.value
+        error = None
+        try:
+            if isinstance(step, LoadNow):
+                reply = await load()
+            else:
+                try:
+                    # shield: this caller's cancellation must not cancel the answer itself
+                    reply = await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(step)), limit)
+                except asyncio.TimeoutError:
+                    reply = LOAD
+        except BaseException as exc:
+            error = exc

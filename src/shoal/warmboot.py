@@ -214,6 +214,11 @@ class Booter:
     def booting(self) -> bool:
         return bool(self.boots)
 
+    @property
+    def receiving(self) -> bool:
+        """A dump is streaming in (not merely waiting for sizes or a retry)."""
+        return bool(self._streams)
+
     # -- events ------------------------------------------------------------------------
 
     def start(self, cache: str, now: float) -> list[Action]:

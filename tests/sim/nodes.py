@@ -153,16 +153,18 @@ class SimMember:
         sim.call_later(FLUSH_DELAY, flush)
 
     def drive(self, actions: list[Any]) -> list[Any]:
-        """What node.py's ``_run`` does with sockets, done with simulator sends."""
+        """What driver.py's ``_run`` does with sockets, done with simulator sends."""
         out: list[Any] = []
         for action in actions:
             if isinstance(action, Broadcast):
                 out += [Send(peer, action.msg) for peer in action.peers]
             elif isinstance(action, StreamDump):
                 replica = self.core.replicas.get(action.cache)
-                if replica is not None:  # paced, as node.py paces by back-pressure: a chunk per tick
+                if replica is not None:  # paced, as driver.py paces by back-pressure: a chunk per tick
                     stream = dump_stream(replica, action.stream, lambda: self.sim.now, DEFAULT_MAX_FRAME)
                     self.dumps.append((action.peer, (msg for msg, _ in stream)))
+                else:
+                    out += self.drive(self.core.dump_done(action.peer, self.sim.now))
             elif isinstance(action, ReadSnapshot):
                 now = self.sim.now
                 out += self.drive(self.core.snapshot_read(action.cache, list(self.snapshot), now, now))
@@ -183,6 +185,7 @@ class SimMember:
             msg = next(stream, None)
             if msg is None or peer not in self.membership.up_peers():
                 self.dumps.remove((peer, stream))
+                out += self.drive(self.core.dump_done(peer, now))
             else:
                 out.append(Send(peer, msg))
         return out

@@ -129,7 +129,7 @@ def main() -> int:
             failing.clear()
             failing.update(cmd["keys"])
         elif op == "owner":
-            result = f"{node._core.leases.owner('u', cmd['key']):016x}"
+            result = f"{node._driver.core.leases.owner('u', cmd['key']):016x}"
         elif op == "members":
             result = [m for m in node.members() if m["state"] in ("self", "up")]
         elif op == "stats":

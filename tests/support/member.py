@@ -79,7 +79,7 @@ class DumpGate:
                 self._released.set()
                 self._released = None
 
-        self.node.loop.call_soon_threadsafe(wake)
+        self.node._driver.loop.call_soon_threadsafe(wake)
 
 
 class ChunkGate:
@@ -93,7 +93,7 @@ class ChunkGate:
         self.node = node
         self.holding = False
         self.kept: list[tuple[int, Any]] = []
-        core = node._core
+        core = node._driver.core
         assert core is not None
         self._message = core.message
 
@@ -110,9 +110,9 @@ class ChunkGate:
             self.holding = False
             kept, self.kept = self.kept, []
             for peer, msg in kept:
-                self.node._run(self._message(peer, msg, time.monotonic(), time.time()))
+                self.node._driver.run(self._message(peer, msg, time.monotonic(), time.time()))
 
-        self.node.loop.call_soon_threadsafe(deliver)
+        self.node._driver.loop.call_soon_threadsafe(deliver)
 
 
 def _wait_key(cache: Any, key: str, wanted: Any, timeout: float) -> list[Any] | None:

@@ -14,7 +14,7 @@ import time
 
 from shoal.handshake import Handshake
 from shoal.messages import Message
-from shoal.node import parse_address
+from shoal.transport import parse_address
 from shoal.wire import TAG_SIZE, FrameDecoder, FrameSealer, encode
 
 
