@@ -9,7 +9,8 @@ copy of the values, no serialisation up front) in chunks of ``CHUNK`` entries,
 yielding to its loop and to TCP back-pressure between chunks; the receiver
 applies each chunk as it arrives, merging by version, so a live write that
 arrived during the boot is never overwritten by older dump data. If the donor
-goes down mid-stream, the next largest takes over: entries already applied stay,
+goes down, or sends nothing for ``warm_timeout`` (a stall: a healthy dump may
+take far longer), the next largest takes over: entries already applied stay,
 and the merge makes the overlap harmless.
 
 ``Booter`` is a sans-IO state machine, one per member, like membership: events
@@ -166,7 +167,7 @@ class _Boot:
     finished: int = 0
     stream: int | None = None
     donor: int | None = None
-    stream_due: float = 0.0
+    stream_due: float = 0.0  # when the donor has stalled: warm_timeout after its last chunk
     streamed: int = 0
     wait_until: float = 0.0
     retries: int = 0
@@ -255,6 +256,7 @@ class Booter:
             self.replicas[boot.cache].load(keys, values, expires, versions, not msg.inline, wall)
             before = boot.streamed
             boot.streamed += len(keys)
+            boot.stream_due = now + self.warm_timeout  # a stall timeout: a long healthy dump is not cut off
             boot.stats.entries += len(keys)  # live: stats() shows a boot's progress
             if boot.streamed // 100_000 != before // 100_000:
                 log.info("warm boot of %s: %d entries so far", boot.cache, boot.streamed)
