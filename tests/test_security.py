@@ -258,7 +258,7 @@ AUTHENTICATED: dict[str, tuple[str, bytes, str]] = {
     "a member sending an op with a float key": (
         "127.0.0.1:1",
         encode(Ops("c", [[1, 1.5, b"\xc0", None, 1, 1]])),
-        "op key must be str, bytes or int",
+        "a key must be str, bytes or int",
     ),
     "a member sending garbage": ("127.0.0.1:1", frame(b"\xc1"), "undecodable frame (FormatError)"),
     "a member sending a query": ("127.0.0.1:1", encode(Query("stats", [])), "unexpected Query after the handshake"),

@@ -60,6 +60,7 @@ from .membership import Membership
 from .messages import CatchUp, CaughtUp, Digest, Listing, Message, Ops, Pull
 from .replica import Op, ReplicaView
 from .store import CLEAR, DELETE, NEVER, WRITE, Entry, Key
+from .validation import check_key_types
 
 log = logging.getLogger("shoal")
 _scan_errors = LogLimiter(log, burst=5, interval=60.0)
@@ -103,8 +104,6 @@ def ops_from_wire(raw: list[Any]) -> list[Op]:
         kind, key, packed, expires, hlc, node = item
         if kind not in (WRITE, DELETE, CLEAR) or type(kind) is not int:
             raise ProtocolError("unknown op kind")
-        if type(key) not in (str, bytes, int):
-            raise ProtocolError("op key must be str, bytes or int")
         if kind == WRITE and type(packed) is not bytes:
             raise ProtocolError("a write carries its value as bytes")
         if expires is None:
@@ -114,6 +113,7 @@ def ops_from_wire(raw: list[Any]) -> list[Op]:
         if type(hlc) is not int or type(node) is not int or not 0 <= hlc <= MAX_HLC or not 0 <= node <= _MASK64:
             raise ProtocolError("op version must be two unsigned 64-bit ints (hlc below 2**63)")
         ops.append((kind, key, packed, float(expires), (hlc << NODE_BITS) | node))
+    check_key_types(op[1] for op in ops)
     return ops
 
 
@@ -228,10 +228,11 @@ def to_pull(replica: ReplicaView, flat: list[Any]) -> list[Key]:
     """
     if len(flat) % 3:
         raise ProtocolError("a listing is [key, hlc, node] triples")
+    check_key_types(flat[0::3])
     keys: list[Key] = []
     for i in range(0, len(flat), 3):
         key, hlc, node = flat[i], flat[i + 1], flat[i + 2]
-        if type(key) not in (str, bytes, int) or type(hlc) is not int or type(node) is not int:
+        if type(hlc) is not int or type(node) is not int:
             raise ProtocolError("malformed listing entry")
         version = (hlc << NODE_BITS) | node
         if replica.wants(key, version):
@@ -461,8 +462,7 @@ class Replicator:
                 actions += self._advance(wall)
             return actions
         if isinstance(msg, Pull):
-            if any(type(key) not in (str, bytes, int) for key in msg.keys):
-                raise ProtocolError("a pull names a key that is not str, bytes or int")
+            check_key_types(msg.keys)
             wire: list[Any] = []
             total = 0
             for k in range(0, len(msg.keys), _PULL_SLICE):

@@ -28,7 +28,7 @@ the rule and never the data.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -46,7 +46,7 @@ DEFAULT_MAX_CLOCK_SKEW = 1.0
 INT_KEY_MIN = -(1 << 63)
 INT_KEY_MAX = (1 << 64) - 1
 
-_KEY_TYPES = (str, bytes, int)
+KEY_TYPES = frozenset((str, bytes, int))
 
 
 def check_key(key: object) -> None:
@@ -118,6 +118,16 @@ def check_expiry(expires: object, now: float) -> float:
         if 0 <= expires <= now + MAX_TTL + DEFAULT_MAX_CLOCK_SKEW * 2:  # NaN fails
             return float(expires)
     raise InvalidEntry("an expiry must be a time from 1970 to ten years ahead, or never")
+
+
+def check_key_types(keys: Iterable[object]) -> None:
+    """Refuse a peer's message that names a key of a type no cache holds, before it is used.
+
+    The key's content (size, encoding, int range) is ``check_peer_entries``' part, where
+    entries are applied; a key only looked up (a pull, a listing) finds nothing if it is bad.
+    """
+    if not set(map(type, keys)) <= KEY_TYPES:
+        raise InvalidEntry("a key must be str, bytes or int")
 
 
 def check_peer_key(key: object) -> None:

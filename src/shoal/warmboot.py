@@ -37,6 +37,7 @@ from .membership import Membership
 from .messages import DumpChunk, DumpEnd, DumpRequest, Message, SizeReply, SizeRequest
 from .replica import Op, ReplicaView
 from .store import Entry, Key
+from .validation import check_key_types
 from .wire import encode
 
 log = logging.getLogger("shoal")
@@ -47,7 +48,6 @@ CHUNK_BYTES = 4 * 1024 * 1024
 made a chunk over the 16 MiB frame limit, and the donor's dump died)."""
 RETRY = 1.0
 """Seconds before a boot whose every donor failed asks the cluster again (doubling, to 30 s)."""
-_KEY_TYPES = {str, bytes, int}
 SIZE_WAIT = 1.0
 
 
@@ -96,8 +96,7 @@ def columns_from_wire(msg: DumpChunk) -> tuple[list[Key], list[Any], list[float]
     n = len(msg.keys)
     if not len(msg.values) == len(msg.expires) == len(msg.hlcs) == len(msg.nodes) == n:
         raise ProtocolError("dump chunk columns differ in length")
-    if not set(map(type, msg.keys)) <= _KEY_TYPES:
-        raise ProtocolError("dump chunk keys must be str, bytes or int")
+    check_key_types(msg.keys)
     if not msg.inline and not set(map(type, msg.values)) <= {bytes}:
         raise ProtocolError("serialized dump values must be bytes")
     if not set(map(type, msg.expires)) <= {float, int} or any(map(math.isnan, msg.expires)):
