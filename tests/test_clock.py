@@ -86,7 +86,7 @@ def test_node_id_breaks_ties_between_writes_stamped_in_the_same_millisecond(fake
 @pytest.mark.parametrize("node_id", [-1, NODE_MASK + 1])
 def test_node_id_must_fit_in_64_unsigned_bits(node_id: int) -> None:
     with pytest.raises(ValueError):
-        HybridClock(node_id)
+        HybridClock(node_id, lambda: 0.0)
 
 
 def test_concurrent_writers_to_one_cache_get_distinct_increasing_versions(fake_clock: FakeClock) -> None:

@@ -69,7 +69,7 @@ def test_a_malformed_op_fails_the_whole_frame_with_a_protocol_error(bad: list[ob
 
 
 def _hosted(node_id: int = 1, max_entries: int | None = None) -> tuple[Cache, Replica]:
-    return hosted("c", None, max_entries, serializer=None, clock=HybridClock(node_id), tombstone_ttl=60)
+    return hosted("c", None, max_entries, serializer=None, clock=HybridClock(node_id, time.time), tombstone_ttl=60)
 
 
 def _cache_with(items: dict[str, str]) -> tuple[Cache, Replica]:

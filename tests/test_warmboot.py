@@ -167,7 +167,7 @@ def test_an_older_dump_entry_never_overwrites_a_live_write_that_arrived_first() 
 
 
 def member_cache(node_id: int) -> tuple[Cache, Replica]:
-    return hosted("c", None, None, serializer=None, clock=HybridClock(node_id), tombstone_ttl=600.0)
+    return hosted("c", None, None, serializer=None, clock=HybridClock(node_id, time.time), tombstone_ttl=600.0)
 
 
 def ops_of(replica: Replica) -> list[Any]:

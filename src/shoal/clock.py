@@ -10,7 +10,6 @@ back, or a peer whose clock runs ahead of ours).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 COUNTER_BITS = 16
@@ -48,7 +47,8 @@ class HybridClock:
     per write would cost as much as the rest of the stamp.
     """
 
-    def __init__(self, node_id: int, wall: Callable[[], float] = time.time, max_skew: float = 1.0) -> None:
+    def __init__(self, node_id: int, wall: Callable[[], float], max_skew: float = 1.0) -> None:
+        """``wall``: the wall clock in seconds since the epoch (the driver's, or a test's)."""
         if not 0 <= node_id <= NODE_MASK:
             raise ValueError("node_id must be an unsigned 64-bit int")
         if not 0 <= max_skew < 86400:

@@ -147,9 +147,9 @@ class Node:
         self.max_frame_size = max_frame_size
         self.max_pending = max_pending
         self.max_clock_skew = max_clock_skew
-        self.door = LogLimiter(log)  # refusals of strangers: they choose how many there are
-        self._ticks = Supervisor("the node's timer", log)
-        self._chores = LogLimiter(log, burst=5, interval=60.0)
+        self.door = LogLimiter(log, clock=time.monotonic)  # refusals of strangers: they choose how many there are
+        self._ticks = Supervisor("the node's timer", log, time.monotonic)
+        self._chores = LogLimiter(log, burst=5, interval=60.0, clock=time.monotonic)
         self._dumps = PeerQuota(DUMPS_QUEUED)
         self._dump_slots: dict[int, asyncio.Semaphore] = {}
         self._config = Config(
@@ -258,7 +258,7 @@ class Node:
             None if max_entries is NOT_GIVEN else max_entries,
             serializer=None if serializer is NOT_GIVEN else serializer,
             # one clock per cache: only called under that cache's lock
-            clock=HybridClock(self.node_id, max_skew=self.max_clock_skew),
+            clock=HybridClock(self.node_id, time.time, max_skew=self.max_clock_skew),
             tombstone_ttl=tombstone_ttl,
             max_value_size=max_value_size,
             max_clock_skew=self.max_clock_skew,

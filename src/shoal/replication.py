@@ -63,7 +63,6 @@ from .store import CLEAR, DELETE, NEVER, WRITE, Entry, Key
 from .validation import check_key_types
 
 log = logging.getLogger("shoal")
-_scan_errors = LogLimiter(log, burst=5, interval=60.0)
 
 BUCKETS = 1024
 SETTLE = 1.0
@@ -358,6 +357,7 @@ class Replicator:
         self._next_round: float | None = None
         self._round = 0
         self._opened: deque[int] = deque(maxlen=64)  # rounds we opened, recent ones
+        self._scan_errors = LogLimiter(log, burst=5, interval=60.0)  # this member's, on the time it is given
 
     def figures_of(self, cache: str) -> dict[str, Any]:
         figures = self.figures.get(cache)
@@ -601,7 +601,9 @@ class Replicator:
             # Our own entries broke the scan, not the peer: drop this round (the next one
             # starts afresh) rather than fail the tick or the peer's connection every time.
             self._scans.popleft()
-            _scan_errors.log(logging.ERROR, "repair scan of %s failed; round dropped", scan.cache, exc_info=True)
+            self._scan_errors.log(
+                logging.ERROR, "repair scan of %s failed; round dropped", scan.cache, now=wall, exc_info=True
+            )
             return []
 
     def _advance_scan(self, scan: _Scan, replica: ReplicaView, wall: float) -> list[Action]:
