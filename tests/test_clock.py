@@ -8,15 +8,19 @@ import threading
 import pytest
 from conftest import FakeClock, hosted_cache
 
-from shoal.clock import (
-    COUNTER_BITS,
-    NODE_MASK,
-    HybridClock,
-    make_version,
-    version_hlc,
-    version_ms,
-    version_node,
-)
+from shoal.clock import COUNTER_BITS, NODE_BITS, NODE_MASK, HybridClock, version_ms
+
+
+def make_version(hlc: int, node_id: int) -> int:
+    return (hlc << NODE_BITS) | node_id
+
+
+def version_hlc(version: int) -> int:
+    return version >> NODE_BITS
+
+
+def version_node(version: int) -> int:
+    return version & NODE_MASK
 
 
 def test_versions_strictly_increase_while_the_wall_clock_is_frozen(fake_clock: FakeClock) -> None:

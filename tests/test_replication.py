@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from sim.network import Sim
 from sim.nodes import SimMember
 
-from shoal.actions import Broadcast
+from shoal.actions import Broadcast, Send
 from shoal.cache import Cache, Replica, hosted
 from shoal.clock import HybridClock
 from shoal.errors import ProtocolError
@@ -169,7 +169,9 @@ def test_ops_dropped_for_a_slow_peer_mark_it_for_the_next_repair_round() -> None
     assert replicator.needs_repair == {2}
     assert replicator.figures_of("c")["ops_dropped"] == 1
     replicator.settled.add("c")
-    replicator.repair_now(0.0)
+    replicator.tick(0.0, 0.0)  # schedules the first round, at most an interval away
+    opened = replicator.tick(replicator.interval, 0.0)
+    assert [a.peer for a in opened if isinstance(a, Send) and isinstance(a.msg, Digest)] == [2]  # not a random peer
     assert replicator.needs_repair == set()
 
 

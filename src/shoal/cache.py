@@ -413,16 +413,6 @@ class Cache:
 
         return decorate
 
-    def _sweep(self) -> int:
-        """Remove expired entries in bounded rounds; the lock is released between rounds."""
-        total = 0
-        while True:
-            with self._lock:
-                removed = self._store.sweep(self._wall())
-            total += removed
-            if removed < 2000:
-                return total
-
     def stats(self) -> dict[str, Any]:
         store = self._store
         return {

@@ -22,18 +22,6 @@ closer to 2**64 would make our next stamps overflow the 64 bits every version tr
 Version = int
 
 
-def make_version(hlc: int, node_id: int) -> Version:
-    return (hlc << NODE_BITS) | node_id
-
-
-def version_hlc(version: Version) -> int:
-    return version >> NODE_BITS
-
-
-def version_node(version: Version) -> int:
-    return version & NODE_MASK
-
-
 def version_ms(version: Version) -> int:
     """Wall-clock milliseconds at which the version was stamped (lag figures use it)."""
     return version >> (NODE_BITS + COUNTER_BITS)

@@ -568,10 +568,6 @@ class Replicator:
             self._open_rounds(wall)
         return self._advance(wall)
 
-    def repair_now(self, wall: float) -> None:
-        """Open a round with every hosted cache at once (a member came back, say)."""
-        self._open_rounds(wall)
-
     def _open_rounds(self, wall: float) -> None:
         for name, replica in self.replicas.items():
             group = self.membership.group(name)

@@ -357,15 +357,6 @@ class Store:
             removed += self._compact_some(limit - removed)
         return removed
 
-    def count_live(self, now: float) -> int:
-        """Exact number of unexpired entries: sweep what is due, then check this second."""
-        while self.sweep(now, limit=1 << 30):
-            pass
-        current = self._wheel.get(int(now))
-        data = self.data
-        expired = {k for k in current if (e := data.get(k)) is not None and e <= now} if current else ()
-        return len(data) - len(expired)
-
     # -- internals -------------------------------------------------------------
 
     def _file_keys(self, keys: list[Key], expires: list[float], first: float, last: float) -> None:
