@@ -346,7 +346,13 @@ def test_a_node_refuses_to_listen_on_a_non_loopback_address_without_a_secret(lis
 
 @pytest.mark.parametrize("listen", ["127.0.0.1:0", "localhost:0", "[::1]:0", "127.0.0.2:0"])
 def test_a_node_may_listen_on_loopback_without_a_secret(listen: str) -> None:
-    Node(listen=listen)
+    node = Node(listen=listen).start()
+    try:
+        host, _, port = node.address.rpartition(":")
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=5):
+            pass  # accepted: it listens where it was told, with no secret
+    finally:
+        node.stop()
 
 
 # -- TLS ------------------------------------------------------------------------------
