@@ -312,7 +312,7 @@ def test_any_faults_leave_every_live_member_with_the_last_writer_wins_contents(
         assert _contents(sim.nodes[node_id]) == expected  # type: ignore[arg-type]
 
 
-# -- issue 14: bounded in bytes, bounded per peer ------------------------------------------------
+# -- bounded in bytes, bounded per peer ---------------------------------------------------------------
 
 
 def test_writes_of_large_values_flush_in_batches_that_each_fit_a_frame() -> None:

@@ -416,7 +416,7 @@ def test_a_plain_tcp_member_cannot_join_a_tls_one(
     assert any("over the 4096-byte limit" in line for line in refusals), refusals
 
 
-# -- issue 14: what a peer, a relay or a crowd of strangers can no longer do --------------------
+# -- what a peer, a relay or a crowd of strangers cannot do ---------------------------------------
 
 
 class Relay:
@@ -662,7 +662,7 @@ def test_max_value_size_is_bounded_by_the_frame_limit() -> None:
 def test_a_peer_that_pulls_without_reading_cannot_pile_answers_up_past_the_backlog_limit(
     nodes: Callable[..., Node], caplog: pytest.LogCaptureFixture
 ) -> None:
-    """An authenticated peer amplifying with Pulls it never reads (issue 14: amplification by a peer)."""
+    """An authenticated peer amplifying with Pulls it never reads (amplification by a peer)."""
     caplog.set_level(logging.INFO, logger="shoal")
     a = nodes(max_peer_backlog=1 << 20)
     a.cache("c").set_many({f"k{i}": "x" * 60_000 for i in range(200)})  # 12 MB a Pull away

@@ -1,6 +1,6 @@
 """One validation at every entry point: what the API accepts, the wire carries; what a peer sends is bounded.
 
-Each test here stands for a finding of issue 14 reproduced at the level of one
+Each test here stands for an attack or a bug of bad input reproduced at the level of one
 member: the local API refuses what peers could not take, and a peer's batch
 that breaks a rule is refused whole, before it touches the store or the clock.
 """

@@ -318,7 +318,7 @@ def test_a_member_with_no_peers_is_ready_at_once(cluster: Cluster) -> None:
 def test_a_boot_that_outlasts_warm_timeout_never_reports_ready_and_asks_again_while_reads_are_served(
     cluster: Cluster,
 ) -> None:
-    """A member never reports ready with a boot that failed (issue 14): it retries until a donor delivers."""
+    """A member never reports ready with a boot that failed: it retries until a donor delivers."""
     donor = cluster.start(catchup_log_bytes=0, **DETECTORS)  # only the dump may carry the old data
     donor.cmd("set_range", prefix="k", start=0, count=4 * CHUNK)
     donor.cmd("hold_dumps", after=1)  # held until released: the dump stalls after its first chunk
@@ -347,7 +347,7 @@ def test_a_boot_that_outlasts_warm_timeout_never_reports_ready_and_asks_again_wh
     assert booter.cmd("get", key="live") == "written while warming"
 
 
-# -- issue 14: chunks bounded in bytes ---------------------------------------------------------
+# -- chunks bounded in bytes ---------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("value_size", [10, 8 * 1024, 64 * 1024, 900 * 1024])

@@ -54,10 +54,10 @@ class S3FIFO:
 
     The queues hold keys, not entries, and ``lookup`` (the owner's ``dict.get``)
     finds a key's current entry when it reaches the head. So an overwrite only
-    hands queue and frequency to the new entry (the owner does), and the old entry is freed at
-    once: holding replaced entries until a compaction kept them alive into the
-    oldest GC generation, and the full collections that followed cost more than
-    the writes themselves (``bench/local.py``, set on a bounded cache). A key
+    hands queue and frequency to the new entry (the owner does), and the old entry is
+    freed at once: holding replaced entries until a compaction would keep them alive
+    into the oldest GC generation, where the full collections cost more than the
+    writes themselves (``bench/local.py``, set on a bounded cache). A key
     removed and written again may be queued twice; its older position counts.
     """
 

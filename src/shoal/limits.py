@@ -121,7 +121,7 @@ def spans(sizes: Iterable[int], max_bytes: int, max_items: int) -> Iterator[tupl
     A span holds at most ``max_items`` items and at most ``max_bytes`` of their sizes,
     except a single item larger than ``max_bytes``, which gets a span of its own (the
     caller's ``max_value_size`` keeps that below the frame limit). A count alone does
-    not bound a frame: 2,000 values of 8 KB made a 16 MiB dump chunk.
+    not bound a frame: 2,000 values of 8 KB would make a 16 MiB dump chunk.
     """
     start = end = total = 0
     for size in sizes:

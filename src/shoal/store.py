@@ -18,9 +18,9 @@ evicted) its key stays in the bucket as a stale reference, looked up and skipped
 when its second comes due, and the buckets are compacted when stale references
 outnumber the entries. Keys, not entries: a replaced entry is freed at once
 instead of being kept alive into the oldest GC generation. A per-key dict per
-bucket cost 30-60 bytes and a dict
-insert per write; this is one of the reasons a member's memory stays close to a
-plain dict of the same items (``bench/boot.py``).
+bucket would cost 30-60 bytes and a dict insert per write; the list is one of the
+reasons a member's memory stays close to a plain dict of the same items
+(``bench/boot.py``).
 
 A warm boot streams thousands of fresh keys per chunk into a store that has
 never seen them; ``load`` recognises such a chunk with a few C-speed set

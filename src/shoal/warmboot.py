@@ -45,7 +45,7 @@ log = logging.getLogger("shoal")
 CHUNK = 2000
 CHUNK_BYTES = 4 * 1024 * 1024
 """What a dump chunk aims at: a count alone does not bound a frame (2,000 values of 8 KB
-made a chunk over the 16 MiB frame limit, and the donor's dump died)."""
+would make a chunk over the 16 MiB frame limit, which the donor could not send)."""
 RETRY = 1.0
 """Seconds before a boot whose every donor failed asks the cluster again (doubling, to 30 s)."""
 SIZE_WAIT = 1.0
