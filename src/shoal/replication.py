@@ -146,26 +146,26 @@ def bucket_of(key: Key) -> int:
     return key_hash(key) % BUCKETS
 
 
-def settled_ms(now: float) -> int:
+def settled_ms(wall: float) -> int:
     """Wall ms of ``SETTLE`` seconds ago: the line a repair round compares entries below."""
-    return int((now - SETTLE) * 1000)
+    return int((wall - SETTLE) * 1000)
 
 
 def _horizon(ms: int) -> int:
     return (ms << COUNTER_BITS) << NODE_BITS
 
 
-def settled_before(now: float) -> int:
+def settled_before(wall: float) -> int:
     """The version of ``SETTLE`` seconds ago: newer writes are still in flight.
 
     Digests and listings leave them out, so a round run while writes stream does
     not see every bucket differ and list thousands of keys that live replication
     is delivering anyway; a write really lost is repaired a round later.
     """
-    return _horizon(settled_ms(now))
+    return _horizon(settled_ms(wall))
 
 
-def digests(entries: Iterable[Entry], now: float, horizon: int | None = None) -> list[int]:
+def digests(entries: Iterable[Entry], wall: float, horizon: int | None = None) -> list[int]:
     """Per-bucket digests of the live, settled entries.
 
     Each entry hashes (key, version, expiry) into 64 bits: both halves of the
@@ -176,9 +176,9 @@ def digests(entries: Iterable[Entry], now: float, horizon: int | None = None) ->
     crc = zlib.crc32
     mask = _MASK64
     if horizon is None:
-        horizon = settled_before(now)
+        horizon = settled_before(wall)
     for entry in entries:
-        if entry > now and entry.version < horizon:
+        if entry > wall and entry.version < horizon:
             key = entry.key
             khash = crc(key.encode("utf-8", "surrogatepass")) if type(key) is str else key_hash(key)
             exp = 0 if entry == NEVER else int(entry * 1000)
@@ -197,14 +197,14 @@ def differing(mine: list[int], theirs: list[Any]) -> list[int]:
     return [b for b in range(BUCKETS) if mine[b] != theirs[b]]
 
 
-def listing(entries: Iterable[Entry], buckets: Iterable[int], now: float, horizon: int | None = None) -> list[Any]:
+def listing(entries: Iterable[Entry], buckets: Iterable[int], wall: float, horizon: int | None = None) -> list[Any]:
     """Flattened [key, hlc, node, ...] of live entries in the given buckets."""
     wanted = set(buckets)
     flat: list[Any] = []
     if horizon is None:
-        horizon = settled_before(now)
+        horizon = settled_before(wall)
     for entry in entries:
-        if entry > now and entry.version < horizon and bucket_of(entry.key) in wanted:
+        if entry > wall and entry.version < horizon and bucket_of(entry.key) in wanted:
             flat += (entry.key, entry.version >> NODE_BITS, entry.version & NODE_MASK)
     return flat
 

@@ -72,7 +72,7 @@ def choose_donors(sizes: dict[int, tuple[int, bool]]) -> list[int]:
 
 
 def dump_columns(
-    entries: list[Entry], dumps: Callable[[Any], bytes] | None, now: float
+    entries: list[Entry], dumps: Callable[[Any], bytes] | None, wall: float
 ) -> tuple[list[Any], list[Any], list[float], list[int], list[int]]:
     """Columns (keys, values, expires, hlcs, nodes) of the unexpired entries of a snapshot slice.
 
@@ -82,7 +82,7 @@ def dump_columns(
     # An entry replaced or deleted since the snapshot is still sent: the receiver
     # merges by version and holds the delete's tombstone, so it costs nothing, and
     # checking each entry against the table would double the donor's work.
-    live = [e for e in entries if e > now]
+    live = [e for e in entries if e > wall]
     keys = [e.key for e in live]
     values = [e.value for e in live] if dumps is None else [dumps(e.value) for e in live]
     expires = [float(e) for e in live]
@@ -109,12 +109,12 @@ def columns_from_wire(msg: DumpChunk) -> tuple[list[Key], list[Any], list[float]
 
 
 def dump_stream(
-    replica: ReplicaView, stream: int, now: Callable[[], float], max_frame_size: int
+    replica: ReplicaView, stream: int, wall: Callable[[], float], max_frame_size: int
 ) -> Iterator[tuple[Message, bytes]]:
     """The donor's side of a dump: chunks of columns, then the end, each as (message, frame).
 
     Taken from a snapshot of references (entries never change, so no lock and no copy);
-    ``now`` is read per chunk, so what expires during a long stream is not sent. The node
+    the wall clock ``wall`` is read per chunk, so what expires during a long stream is not sent. The node
     writes the frames; the simulator sends the messages.
 
     A chunk starts at ``CHUNK`` entries and is resized after each frame to aim at
@@ -128,7 +128,7 @@ def dump_stream(
     size, i, sent = CHUNK, 0, 0
     while i < len(entries):
         part = entries[i : i + size]
-        keys, values, expires, hlcs, nodes = dump_columns(part, dumps, now())
+        keys, values, expires, hlcs, nodes = dump_columns(part, dumps, wall())
         chunk = DumpChunk(replica.name, stream, keys, values, expires, hlcs, nodes, replica.inline)
         try:
             frame = encode(chunk, max_frame_size)
