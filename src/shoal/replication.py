@@ -53,14 +53,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .actions import Action, Broadcast, Send
-from .clock import COUNTER_BITS, MAX_HLC, NODE_BITS, NODE_MASK, version_ms
+from .clock import COUNTER_BITS, NODE_BITS, NODE_MASK, version_ms
 from .errors import ProtocolError
 from .limits import LogLimiter, spans
 from .membership import Membership
 from .messages import CatchUp, CaughtUp, Digest, Listing, Message, Ops, Pull
 from .replica import Op, ReplicaView
 from .store import CLEAR, DELETE, NEVER, WRITE, Entry, Key
-from .validation import check_key_types
+from .validation import check_key_types, versions_from_wire
 
 log = logging.getLogger("shoal")
 
@@ -96,7 +96,9 @@ def op_to_wire(op: Op) -> list[Any]:
 
 def ops_from_wire(raw: list[Any]) -> list[Op]:
     """Validate a peer's ops; anything malformed fails the whole frame."""
-    ops: list[Op] = []
+    fields: list[tuple[int, Key, bytes | None, float]] = []
+    hlcs: list[Any] = []
+    nodes: list[Any] = []
     for item in raw:
         if type(item) is not list or len(item) != 6:
             raise ProtocolError("an op is a 6-item array")
@@ -109,11 +111,12 @@ def ops_from_wire(raw: list[Any]) -> list[Op]:
             expires = NEVER
         elif type(expires) not in (float, int) or math.isnan(expires):
             raise ProtocolError("op expiry must be a number or nil")
-        if type(hlc) is not int or type(node) is not int or not 0 <= hlc <= MAX_HLC or not 0 <= node <= _MASK64:
-            raise ProtocolError("op version must be two unsigned 64-bit ints (hlc below 2**63)")
-        ops.append((kind, key, packed, float(expires), (hlc << NODE_BITS) | node))
-    check_key_types(op[1] for op in ops)
-    return ops
+        fields.append((kind, key, packed, float(expires)))
+        hlcs.append(hlc)
+        nodes.append(node)
+    check_key_types(op[1] for op in fields)
+    versions = versions_from_wire(hlcs, nodes)
+    return [(*head, version) for head, version in zip(fields, versions, strict=True)]
 
 
 def op_size(wire_op: list[Any]) -> int:
@@ -538,9 +541,9 @@ class Replicator:
 
     def _catch_up_clear(self, name: str, replica: ReplicaView, mark: list[Any], wall: float) -> None:
         """A peer cleared the cache after we last did: apply its clear (lost on the way)."""
-        if len(mark) != 2 or any(type(x) is not int or not 0 <= x <= _MASK64 for x in mark) or mark[0] > MAX_HLC:
+        if len(mark) != 2:
             raise ProtocolError("a watermark is [hlc, node]")
-        version = (mark[0] << NODE_BITS) | mark[1]
+        (version,) = versions_from_wire(mark[:1], mark[1:])
         if version > replica.watermark():
             self.apply(name, [(CLEAR, b"", None, NEVER, version)], wall)
 

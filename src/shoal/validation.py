@@ -130,6 +130,23 @@ def check_key_types(keys: Iterable[object]) -> None:
         raise InvalidEntry("a key must be str, bytes or int")
 
 
+def versions_from_wire(hlcs: Sequence[Any], nodes: Sequence[Any]) -> list[int]:
+    """A peer's versions, which travel as (hlc, node id), joined; refused whole unless each is
+    two unsigned 64-bit ints with the hlc below 2**63 (``clock.MAX_HLC``: observing one closer
+    to 2**64 would make our next stamps overflow the 64 bits a version travels in)."""
+    if len(hlcs) != len(nodes):
+        raise InvalidEntry("a version is an hlc and a node id")
+    if hlcs and not (
+        set(map(type, hlcs)) == {int} == set(map(type, nodes))
+        and min(hlcs) >= 0
+        and max(hlcs) <= MAX_HLC
+        and min(nodes) >= 0
+        and max(nodes) <= NODE_MASK
+    ):
+        raise InvalidEntry("a version is two unsigned 64-bit ints (hlc below 2**63)")
+    return [(hlc << NODE_BITS) | node for hlc, node in zip(hlcs, nodes, strict=True)]
+
+
 def check_peer_key(key: object) -> None:
     try:
         check_key(key)

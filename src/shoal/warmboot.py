@@ -31,13 +31,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .actions import Action, ReadSnapshot, Send, StreamDump
-from .clock import MAX_HLC, NODE_BITS, NODE_MASK
+from .clock import NODE_BITS, NODE_MASK
 from .errors import FrameTooLarge, ProtocolError
 from .membership import Membership
 from .messages import DumpChunk, DumpEnd, DumpRequest, Message, SizeReply, SizeRequest
 from .replica import Op, ReplicaView
 from .store import Entry, Key
-from .validation import check_key_types
+from .validation import check_key_types, versions_from_wire
 from .wire import encode
 
 log = logging.getLogger("shoal")
@@ -101,11 +101,7 @@ def columns_from_wire(msg: DumpChunk) -> tuple[list[Key], list[Any], list[float]
         raise ProtocolError("serialized dump values must be bytes")
     if not set(map(type, msg.expires)) <= {float, int} or any(map(math.isnan, msg.expires)):
         raise ProtocolError("dump chunk expiries must be numbers")
-    for column, top in ((msg.hlcs, MAX_HLC), (msg.nodes, NODE_MASK)):
-        if n and (not set(map(type, column)) <= {int} or min(column) < 0 or max(column) > top):
-            raise ProtocolError("dump chunk versions must be unsigned 64-bit ints")
-    versions = [(h << NODE_BITS) | node for h, node in zip(msg.hlcs, msg.nodes, strict=True)]
-    return msg.keys, msg.values, msg.expires, versions
+    return msg.keys, msg.values, msg.expires, versions_from_wire(msg.hlcs, msg.nodes)
 
 
 def dump_stream(
