@@ -131,7 +131,7 @@ def test_a_chunk_read_from_the_wire_gives_back_the_donors_versions() -> None:
     [
         {"values": ["only one"]},
         {"keys": [("a", "tuple"), "k1", "k2"]},
-        {"expires": [float("nan"), NEVER, NEVER]},
+        {"expires": ["soon", NEVER, NEVER]},  # a NaN is refused where entries are applied (check_peer_entries)
         {"hlcs": [-1, 1, 2]},
         {"nodes": [1 << 64, 1, 2]},
         {"inline": False},  # then values must be serialized bytes

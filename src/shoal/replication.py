@@ -44,12 +44,12 @@ expiry and versions).
 from __future__ import annotations
 
 import logging
-import math
 import random
 import zlib
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from itertools import compress
 from typing import Any
 
 from .actions import Action, Broadcast, Send
@@ -87,6 +87,7 @@ PULL_BYTES = 32 * 1024 * 1024
 _WIRE_OP_OVERHEAD = 40  # msgpack framing of one op besides its key and value
 _PULL_SLICE = 16  # keys looked up between checks of PULL_BYTES
 _MASK64 = (1 << 64) - 1
+_KINDS = frozenset((WRITE, DELETE, CLEAR))
 
 
 def op_to_wire(op: Op) -> list[Any]:
@@ -95,28 +96,32 @@ def op_to_wire(op: Op) -> list[Any]:
 
 
 def ops_from_wire(raw: list[Any]) -> list[Op]:
-    """Validate a peer's ops; anything malformed fails the whole frame."""
-    fields: list[tuple[int, Key, bytes | None, float]] = []
-    hlcs: list[Any] = []
-    nodes: list[Any] = []
-    for item in raw:
-        if type(item) is not list or len(item) != 6:
-            raise ProtocolError("an op is a 6-item array")
-        kind, key, packed, expires, hlc, node = item
-        if kind not in (WRITE, DELETE, CLEAR) or type(kind) is not int:
-            raise ProtocolError("unknown op kind")
-        if kind == WRITE and type(packed) is not bytes:
-            raise ProtocolError("a write carries its value as bytes")
-        if expires is None:
-            expires = NEVER
-        elif type(expires) not in (float, int) or math.isnan(expires):
-            raise ProtocolError("op expiry must be a number or nil")
-        fields.append((kind, key, packed, float(expires)))
-        hlcs.append(hlc)
-        nodes.append(node)
-    check_key_types(op[1] for op in fields)
-    versions = versions_from_wire(hlcs, nodes)
-    return [(*head, version) for head, version in zip(fields, versions, strict=True)]
+    """Read a peer's ops from their wire form; anything malformed fails the whole frame.
+
+    Checked a column at a time (C-speed passes over a batch of up to a thousand ops,
+    on every receiver). Keys, expiries and versions are refused here by type; what
+    their values may be is validation.py's, applied before any op of the batch is.
+    """
+    if not raw:
+        return []
+    try:
+        if set(map(type, raw)) != {list}:
+            raise ValueError
+        kinds, keys, values, expires, hlcs, nodes = zip(*raw, strict=True)  # ValueError: not all 6 long
+    except ValueError:
+        raise ProtocolError("an op is a 6-item array") from None
+    kind_set = set(kinds)
+    if not kind_set <= _KINDS or set(map(type, kinds)) != {int}:
+        raise ProtocolError("unknown op kind")
+    written = values if kind_set == {WRITE} else compress(values, map(WRITE.__eq__, kinds))
+    if not set(map(type, written)) <= {bytes}:
+        raise ProtocolError("a write carries its value as bytes")
+    if None in expires:
+        expires = tuple(NEVER if e is None else e for e in expires)
+    if not set(map(type, expires)) <= {float, int}:
+        raise ProtocolError("op expiry must be a number or nil")
+    check_key_types(keys)
+    return list(zip(kinds, keys, values, map(float, expires), versions_from_wire(hlcs, nodes), strict=True))
 
 
 def op_size(wire_op: list[Any]) -> int:

@@ -30,6 +30,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from datetime import timedelta
+from itertools import repeat
+from operator import lshift, or_
 from typing import Any
 
 from .clock import COUNTER_BITS, MAX_HLC, NODE_BITS, NODE_MASK
@@ -144,7 +146,7 @@ def versions_from_wire(hlcs: Sequence[Any], nodes: Sequence[Any]) -> list[int]:
         and max(nodes) <= NODE_MASK
     ):
         raise InvalidEntry("a version is two unsigned 64-bit ints (hlc below 2**63)")
-    return [(hlc << NODE_BITS) | node for hlc, node in zip(hlcs, nodes, strict=True)]
+    return list(map(or_, map(lshift, hlcs, repeat(NODE_BITS)), nodes))  # C-speed: a dump joins millions
 
 
 def check_peer_key(key: object) -> None:
@@ -167,9 +169,7 @@ def check_peer_entries(
     # only a column that does not is checked entry by entry, for its precise refusal.
     if not keys:
         return []
-    if not (
-        set(map(type, keys)) == {str} and all(map(str.isascii, keys)) and max(map(len, keys)) <= MAX_KEY_SIZE
-    ):
+    if not (set(map(type, keys)) == {str} and all(map(str.isascii, keys)) and max(map(len, keys)) <= MAX_KEY_SIZE):
         for key in keys:
             if type(key) is not str or not key.isascii() or len(key) > MAX_KEY_SIZE:
                 check_peer_key(key)
