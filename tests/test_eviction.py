@@ -262,7 +262,7 @@ def test_insert_many_puts_new_keys_in_small_in_order_like_insert() -> None:
     table = Table(100)
     items = [Item(i) for i in range(5)]
     table.items.update((item.key, item) for item in items)
-    table.policy.insert_many(items)
+    table.policy.insert_many([item.key for item in items], items)
     assert [i.queue for i in items] == [SMALL] * 5
     assert [table.policy.victim().key for _ in range(5)] == [0, 1, 2, 3, 4]
     assert table.policy.victim() is None
@@ -275,5 +275,5 @@ def test_insert_many_sends_a_returning_ghost_to_main_like_insert() -> None:
     assert "a" in table.evicted
     returning, new = Item("a"), Item("z")
     table.items.update(a=returning, z=new)
-    table.policy.insert_many([returning, new])
+    table.policy.insert_many(["a", "z"], [returning, new])
     assert (returning.queue, new.queue) == (MAIN, SMALL)

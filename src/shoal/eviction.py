@@ -24,18 +24,16 @@ from __future__ import annotations
 
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from operator import attrgetter
 from typing import Any, Protocol
 
 SMALL, MAIN, GONE = 0, 1, 2
-_KEY = attrgetter("key")
 MAX_FREQ = 3
 
 
 class Policy(Protocol):
     def insert(self, entry: Any) -> None: ...
 
-    def insert_many(self, entries: list[Any]) -> None: ...
+    def insert_many(self, keys: list[Any], entries: list[Any]) -> None: ...
 
     def hit(self, entry: Any) -> None: ...
 
@@ -86,17 +84,18 @@ class S3FIFO:
             self._small.append(key)
             self._small_live += 1
 
-    def insert_many(self, entries: list[Any]) -> None:
-        """``insert`` for a chunk of new entries (a warm boot): one ``extend`` when no key is a ghost.
+    def insert_many(self, keys: list[Any], entries: list[Any]) -> None:
+        """``insert`` for a chunk of new entries (a warm boot) and their keys, in the same order:
+        one ``extend`` when no key is a ghost.
 
         The entries are as their owner made them (``freq`` and ``queue`` 0, that is, SMALL).
         """
         ghost = self._ghost
-        if ghost and not ghost.keys().isdisjoint(map(_KEY, entries)):
+        if ghost and not ghost.keys().isdisjoint(keys):
             for entry in entries:
                 self.insert(entry)
             return
-        self._small.extend(map(_KEY, entries))
+        self._small.extend(keys)
         self._small_live += len(entries)
 
     def hit(self, entry: Any) -> None:
@@ -199,7 +198,7 @@ class LRU:
         entry.queue = MAIN
         self._order[entry.key] = None
 
-    def insert_many(self, entries: list[Any]) -> None:
+    def insert_many(self, keys: list[Any], entries: list[Any]) -> None:
         for entry in entries:
             self.insert(entry)
 

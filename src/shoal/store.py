@@ -268,7 +268,7 @@ class Store:
             if all(map(is_, placed, entries)):
                 self._file_keys(keys, expires, first, max(expires))
                 if self.policy is not None:
-                    self.policy.insert_many(entries)
+                    self.policy.insert_many(keys, entries)
                 return len(entries)
             fresh = list(map(is_, placed, entries))
             new = list(compress(entries, fresh))
@@ -276,7 +276,7 @@ class Store:
             if new:
                 self._file_keys(new_keys, new_expires, min(new_expires), max(new_expires))
             if self.policy is not None:
-                self.policy.insert_many(new)
+                self.policy.insert_many(new_keys, new)
             applied = len(new)
             write = self.write
             for key, value, exp, version in compress(
