@@ -73,6 +73,7 @@ class S3FIFO:
         self._lookup = lookup
 
     def insert(self, entry: Any) -> None:
+        """A new entry, as its owner made it (``queue`` 0: SMALL already, unless its key is a ghost)."""
         key = entry.key
         if key in self._ghost:
             del self._ghost[key]
@@ -80,7 +81,6 @@ class S3FIFO:
             self._main.append(key)
             self._main_live += 1
         else:
-            entry.queue = SMALL
             self._small.append(key)
             self._small_live += 1
 

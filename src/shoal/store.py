@@ -321,6 +321,7 @@ class Store:
             if entry != NEVER:
                 self._wheel[int(entry)].append(entry.key)
             if self.policy is not None:
+                entry.freq = entry.queue = 0  # the policy starts over: a survivor is a new key to it
                 self.policy.insert(entry)
         self.tombstones = {k: v for k, v in self.tombstones.items() if v > version}
         return True
