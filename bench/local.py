@@ -640,9 +640,10 @@ def replay_shoal(parts: list[list[str]], cap: int) -> list[int]:
     return out
 
 
-def replay_policy(policy: Policy, parts: list[list[str]], cap: int) -> list[int]:
+def replay_policy(make: Callable[[dict[str, SimEntry]], Policy], parts: list[list[str]], cap: int) -> list[int]:
     """Through a policy object, as shoal's Store drives it: hit / insert, then victim when over."""
     table: dict[str, SimEntry] = {}
+    policy = make(table)
     hit, insert, victim = policy.hit, policy.insert, policy.victim
     out = []
     for part in parts:
@@ -692,8 +693,8 @@ def eviction(sizes: Sizes) -> dict[str, dict[str, float]]:
     gen_s = time.perf_counter() - t0
     replayers: list[tuple[str, Callable[[list[list[str]], int], list[int]]]] = [
         ("shoal.Cache (S3-FIFO, real cache)", replay_shoal),
-        (ROW_S3_SIM, lambda t, c: replay_policy(S3FIFO(c), t, c)),
-        (ROW_LRU_SIM, lambda t, c: replay_policy(LRU(c), t, c)),
+        (ROW_S3_SIM, lambda t, c: replay_policy(lambda table: S3FIFO(c, table.get), t, c)),
+        (ROW_LRU_SIM, lambda t, c: replay_policy(lambda table: LRU(c), t, c)),
         ("cachetools.LRUCache", replay_cachetools_lru),
     ]
     columns = [(name, cap) for name in traces for cap in sizes.caps]

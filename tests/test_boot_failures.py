@@ -1,4 +1,4 @@
-"""Warm boot when donors fail (issue 14), in the simulated network: next donor, and never ready on a failed boot."""
+"""Warm boot when donors fail, in the simulated network: next donor, and never ready on a failed boot."""
 
 from __future__ import annotations
 
@@ -85,3 +85,40 @@ def test_a_failed_boot_does_not_wait_for_a_donor_that_is_gone() -> None:
     sim.crash(a)
     assert sim.run_until(lambda: ready(sim, b), 60)
     assert node(sim, b).core.boot_stats("c").state == "no peers"
+
+
+def test_a_dump_that_streams_healthy_chunks_for_longer_than_warm_timeout_completes() -> None:
+    """warm_timeout bounds a stall, not a stream: a large cache or a slow link may take minutes."""
+    sim = Sim(seed=14)
+    a = member(sim, warm_timeout=30.0)
+    assert sim.run_until(lambda: ready(sim, a), 10)
+    fill(sim, a, 20 * CHUNK)
+    node(sim, a).dump_pace = 2.0  # 20 chunks, one every 2 s: a 40 s dump
+    b = member(sim, warm_timeout=30.0)
+    assert sim.run_until(lambda: ready(sim, b), 90)
+    stats = node(sim, b).core.boot_stats("c")
+    assert stats.state == "warm" and stats.donors_tried == 1 and stats.seconds >= 40
+    assert len(node(sim, b).cache) == 20 * CHUNK
+
+
+def test_a_donor_is_replaced_warm_timeout_after_its_last_chunk_not_after_its_first() -> None:
+    sim = Sim(seed=15)
+    a = member(sim)
+    c = member(sim)
+    assert sim.run_until(lambda: ready(sim, a) and ready(sim, c), 10)
+    fill(sim, a, 10 * CHUNK)
+    assert sim.run_until(lambda: len(node(sim, c).cache) == 10 * CHUNK, 10)
+    for donor in (a, c):
+        node(sim, donor).dump_pace = 1.0  # 10 chunks in 10 s, five times warm_timeout (2 s)
+    b = member(sim)
+    assert sim.run_until(lambda: node(sim, b).core.boot_stats("c").entries >= 5 * CHUNK, 30)
+    stalled = sim.now  # the fifth chunk just arrived, 4 s or more into the stream
+    donor = int(node(sim, b).core.boot_stats("c").donor or "0", 16)
+    sim.freeze(donor)
+    assert sim.run_until(lambda: node(sim, b).core.boot_stats("c").donors_tried == 2, 10)
+    assert 2.0 <= sim.now - stalled <= 2.5  # warm_timeout after the last chunk, at the booter's next tick
+    assert sim.run_until(lambda: ready(sim, b), 30)
+    stats = node(sim, b).core.boot_stats("c")
+    other = c if donor == a else a
+    assert stats.state == "warm" and stats.donors_tried == 2 and stats.donor == f"{other:016x}"
+    assert len(node(sim, b).cache) == 10 * CHUNK

@@ -303,7 +303,7 @@ def test_contains_len_keys_and_items_see_only_live_entries(cache: Cache, fake_cl
     assert "long" in cache
     assert len(cache) == 3  # O(1): held until swept (a node sweeps every tick, a local cache as it writes)
     fake_clock.advance(1)
-    cache._sweep()
+    cache._store.sweep(fake_clock())  # what the writes after this would do
     assert len(cache) == 2
     assert sorted(map(str, cache.keys())) == ["3", "long"]
     assert dict(cache.items()) == {"long": 2, 3: 3}
@@ -354,7 +354,7 @@ def test_stats_count_evictions_and_expirations(fake_clock: FakeClock) -> None:
     assert cache.stats()["evictions"] == 3
     assert len(cache) == 5
     fake_clock.advance(2)
-    cache._sweep()
+    cache._store.sweep(fake_clock())  # what the writes after this would do
     stats = cache.stats()
     assert stats["expirations"] == 1
     assert stats["entries"] == len(cache) == 4

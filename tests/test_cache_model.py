@@ -108,7 +108,7 @@ class CacheMatchesModel(RuleBasedStateMachine):
 
     @rule()
     def sweep(self) -> None:
-        self.cache._sweep()
+        self.cache._store.sweep(self.clock())
 
     @invariant()
     def reads_agree_with_the_model(self) -> None:

@@ -8,15 +8,19 @@ import threading
 import pytest
 from conftest import FakeClock, hosted_cache
 
-from shoal.clock import (
-    COUNTER_BITS,
-    NODE_MASK,
-    HybridClock,
-    make_version,
-    version_hlc,
-    version_ms,
-    version_node,
-)
+from shoal.clock import COUNTER_BITS, NODE_BITS, NODE_MASK, HybridClock, version_ms
+
+
+def make_version(hlc: int, node_id: int) -> int:
+    return (hlc << NODE_BITS) | node_id
+
+
+def version_hlc(version: int) -> int:
+    return version >> NODE_BITS
+
+
+def version_node(version: int) -> int:
+    return version & NODE_MASK
 
 
 def test_versions_strictly_increase_while_the_wall_clock_is_frozen(fake_clock: FakeClock) -> None:
@@ -86,7 +90,7 @@ def test_node_id_breaks_ties_between_writes_stamped_in_the_same_millisecond(fake
 @pytest.mark.parametrize("node_id", [-1, NODE_MASK + 1])
 def test_node_id_must_fit_in_64_unsigned_bits(node_id: int) -> None:
     with pytest.raises(ValueError):
-        HybridClock(node_id)
+        HybridClock(node_id, lambda: 0.0)
 
 
 def test_concurrent_writers_to_one_cache_get_distinct_increasing_versions(fake_clock: FakeClock) -> None:

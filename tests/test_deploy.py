@@ -118,7 +118,7 @@ def test_a_member_whose_dns_answer_lists_its_own_address_stops_dialing_it(nodes:
     # Whichever comes first, its own address is known as its own: learned from the peer's
     # connection, or from a dial that reached itself.
     membership = node._driver.core.membership
-    wait_until(lambda: f"127.0.0.1:{port}" in membership.self_addresses(), 10, what="its own address known")
+    wait_until(lambda: f"127.0.0.1:{port}" in membership._self_addresses, 10, what="its own address known")
     more = len(calls) + 10
     wait_until(lambda: len(calls) >= more, 10, what="ten more DNS answers listing it")
     assert f"127.0.0.1:{port}" not in membership._targets, "an address of its own is still to be dialed"
@@ -132,7 +132,7 @@ def test_a_lone_member_seeded_with_its_own_address_recognises_it_and_stops_diali
     port = free_port()
     node = nodes(listen=f"0.0.0.0:{port}", seeds=[f"127.0.0.1:{port}"])
     membership = node._driver.core.membership
-    wait_until(lambda: f"127.0.0.1:{port}" in membership.self_addresses(), 10, what="its own address known")
+    wait_until(lambda: f"127.0.0.1:{port}" in membership._self_addresses, 10, what="its own address known")
     assert f"127.0.0.1:{port}" not in membership._targets
     assert up(node) == {}
 

@@ -7,6 +7,7 @@ the composition a real member carries out, not its parts one by one.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -80,7 +81,7 @@ def test_a_member_is_not_ready_until_every_cache_it_hosts_has_booted() -> None:
 
 def core_with_peers(peers: list[int], **config: Any) -> tuple[Dispatcher, Any, list[int]]:
     core = Dispatcher(1, "sim:1", config=Config(**config))
-    cache, replica = hosted("c", None, None, serializer=None, clock=HybridClock(1), tombstone_ttl=60)
+    cache, replica = hosted("c", None, None, serializer=None, clock=HybridClock(1, time.time), tombstone_ttl=60)
     core.host("c", replica, 0.0)
     wakes: list[int] = []
     core.wake = lambda: wakes.append(1)

@@ -8,32 +8,32 @@ from shoal.eviction import GONE, LRU, MAIN, MAX_FREQ, S3FIFO, SMALL
 
 
 class Item:
-    """The three fields a policy may touch, as on ``store.Entry``."""
+    """The three fields a policy may touch, made as ``store.Entry`` makes them."""
 
     def __init__(self, key: Any) -> None:
         self.key = key
         self.freq = 0
-        self.queue = GONE
+        self.queue = 0
 
     def __repr__(self) -> str:
         return f"Item({self.key!r}, freq={self.freq}, queue={self.queue})"
 
 
 class Table:
-    """A minimal owner of a policy, doing what ``Store`` does around it."""
+    """A minimal owner of a policy, doing what ``Store`` does around it (S3-FIFO unless told)."""
 
-    def __init__(self, policy: Any, capacity: int) -> None:
-        self.policy = policy
+    def __init__(self, capacity: int, policy: type[S3FIFO] | type[LRU] = S3FIFO) -> None:
         self.capacity = capacity
         self.items: dict[Any, Item] = {}
+        self.policy = policy(capacity, self.items.get)
         self.evicted: list[Any] = []
 
     def put(self, key: Any) -> Item:
         item = Item(key)
         old = self.items.get(key)
         self.items[key] = item
-        if old is not None:
-            self.policy.replace(old, item)
+        if old is not None:  # an overwrite: the same key to the policy, where it was
+            item.freq, item.queue = old.freq, old.queue
             return item
         self.policy.insert(item)
         if len(self.items) > self.capacity:
@@ -56,7 +56,7 @@ class Table:
 
 
 def test_one_hit_wonders_leave_before_frequently_hit_entries() -> None:
-    table = Table(S3FIFO(10), 10)
+    table = Table(10)
     for key in range(10):
         table.put(key)
     for key in (2, 5, 7):
@@ -70,7 +70,7 @@ def test_one_hit_wonders_leave_before_frequently_hit_entries() -> None:
 
 
 def test_a_scan_does_not_flush_entries_that_made_it_to_main() -> None:
-    table = Table(S3FIFO(20), 20)
+    table = Table(20)
     hot = list(range(10))
     for key in hot:
         table.put(key)
@@ -84,8 +84,7 @@ def test_a_scan_does_not_flush_entries_that_made_it_to_main() -> None:
 
 
 def test_an_entry_evicted_from_small_is_remembered_and_goes_to_main_when_it_returns() -> None:
-    policy = S3FIFO(10)
-    table = Table(policy, 10)
+    table = Table(10)
     for key in range(11):
         table.put(key)
     assert table.evicted == [0]
@@ -94,12 +93,12 @@ def test_an_entry_evicted_from_small_is_remembered_and_goes_to_main_when_it_retu
 
 
 def test_a_new_key_starts_in_small() -> None:
-    table = Table(S3FIFO(10), 10)
+    table = Table(10)
     assert table.put("k").queue == SMALL
 
 
 def test_a_hit_entry_is_promoted_from_small_to_main_instead_of_evicted() -> None:
-    table = Table(S3FIFO(10), 10)
+    table = Table(10)
     for key in range(10):
         table.put(key)
     table.hit(0)
@@ -110,30 +109,30 @@ def test_a_hit_entry_is_promoted_from_small_to_main_instead_of_evicted() -> None
 
 
 def test_hits_saturate_at_max_freq() -> None:
-    policy = S3FIFO(10)
-    item = Item("k")
-    policy.insert(item)
+    table = Table(10)
+    item = table.put("k")
     for _ in range(10):
-        policy.hit(item)
+        table.hit("k")
     assert item.freq == MAX_FREQ
 
 
-def test_replace_keeps_the_old_entrys_queue_and_frequency() -> None:
-    policy = S3FIFO(10)
-    table = Table(policy, 10)
-    for key in range(11):
-        table.put(key)
-    table.put(0)  # back from the ghost, in main
-    table.hit(0)
-    table.hit(0)
-    old = table.items[0]
-    new = table.put(0)  # a newer write for the same key
-    assert (new.queue, new.freq) == (MAIN, 2)
-    assert old.queue == GONE
+def test_a_stores_overwrite_keeps_the_keys_queue_and_frequency() -> None:
+    from shoal.store import NEVER, Store
+
+    store = Store(10)
+    for version, key in enumerate([*range(11), 0], start=1):  # 0 is evicted, then back from the ghost
+        store.write(key, "v", NEVER, version, 0.0)
+    old = store.data[0]
+    assert store.policy is not None and old.queue == MAIN
+    store.policy.hit(old)
+    store.policy.hit(old)
+    store.write(0, "newer", NEVER, 100, 0.0)
+    new = store.data[0]
+    assert new is not old and (new.queue, new.freq) == (MAIN, 2)
 
 
 def test_replaced_entries_are_never_chosen_as_victims() -> None:
-    table = Table(S3FIFO(5), 5)
+    table = Table(5)
     for round_ in range(50):
         for key in range(5):
             table.put(key)  # overwrites after the first round
@@ -142,7 +141,7 @@ def test_replaced_entries_are_never_chosen_as_victims() -> None:
 
 
 def test_removed_entries_are_skipped_and_the_live_ones_still_evict_in_order() -> None:
-    table = Table(S3FIFO(10), 10)
+    table = Table(10)
     for key in range(10):
         table.put(key)
     for key in (0, 1, 2):
@@ -155,8 +154,8 @@ def test_removed_entries_are_skipped_and_the_live_ones_still_evict_in_order() ->
 
 def test_compaction_of_dead_references_keeps_eviction_working() -> None:
     capacity = 100
-    policy = S3FIFO(capacity)
-    table = Table(policy, capacity)
+    table = Table(capacity)
+    policy = table.policy
     for key in range(capacity):
         table.put(key)
     for round_ in range(30):  # many deletes and overwrites leave dead references behind
@@ -175,41 +174,38 @@ def test_compaction_of_dead_references_keeps_eviction_working() -> None:
 
 
 def test_victim_of_an_empty_policy_is_none() -> None:
-    policy = S3FIFO(3)
-    assert policy.victim() is None
-    item = Item("k")
-    policy.insert(item)
-    policy.remove(item)
-    assert policy.victim() is None
+    table = Table(3)
+    assert table.policy.victim() is None
+    table.put("k")
+    table.delete("k")
+    assert table.policy.victim() is None
 
 
 def test_victim_takes_every_entry_once_and_then_none() -> None:
-    policy = S3FIFO(8)
-    items = [Item(k) for k in range(8)]
-    for item in items:
-        policy.insert(item)
-    for item in items[::2]:
-        policy.hit(item)
-    victims = [policy.victim() for _ in range(8)]
+    table = Table(8)
+    for key in range(8):
+        table.put(key)
+    for key in range(0, 8, 2):
+        table.hit(key)
+    victims = [table.policy.victim() for _ in range(8)]
     assert sorted(v.key for v in victims) == list(range(8))
-    assert policy.victim() is None
+    assert table.policy.victim() is None
 
 
 def test_clear_empties_every_queue_and_forgets_the_ghost() -> None:
-    policy = S3FIFO(4)
-    table = Table(policy, 4)
+    table = Table(4)
+    policy = table.policy
     for key in range(6):
         table.put(key)
     policy.clear()
+    table.items.clear()
     assert policy.victim() is None
-    item = Item(0)  # was a ghost before the clear
-    policy.insert(item)
-    assert item.queue == SMALL
+    assert table.put(0).queue == SMALL  # 0 was a ghost before the clear
 
 
 def test_capacity_must_be_at_least_one() -> None:
     try:
-        S3FIFO(0)
+        S3FIFO(0, {}.get)
     except ValueError:
         return
     raise AssertionError("S3FIFO(0) was accepted")
@@ -219,7 +215,7 @@ def test_capacity_must_be_at_least_one() -> None:
 
 
 def test_lru_evicts_the_least_recently_used_entry() -> None:
-    table = Table(LRU(3), 3)
+    table = Table(3, LRU)
     for key in "abc":
         table.put(key)
     table.hit("a")
@@ -230,19 +226,19 @@ def test_lru_evicts_the_least_recently_used_entry() -> None:
     assert set(table.items) == {"a", "d", "e"}
 
 
-def test_lru_replace_counts_as_a_use() -> None:
-    table = Table(LRU(3), 3)
+def test_an_lru_overwrite_keeps_the_keys_place() -> None:
+    table = Table(3, LRU)
     for key in "abc":
         table.put(key)
     table.put("a")
     table.put("d")
-    assert table.evicted == ["b"]
-    assert table.items["a"].queue == MAIN
+    assert table.evicted == ["a"]
+    assert table.items["d"].queue == MAIN
 
 
 def test_lru_remove_and_clear() -> None:
-    policy = LRU(3)
-    table = Table(policy, 3)
+    table = Table(3, LRU)
+    policy = table.policy
     for key in "abc":
         table.put(key)
     table.delete("a")
@@ -263,19 +259,21 @@ def test_overwriting_one_key_many_times_keeps_the_queues_bounded() -> None:
 
 
 def test_insert_many_puts_new_keys_in_small_in_order_like_insert() -> None:
-    policy = S3FIFO(100)
+    table = Table(100)
     items = [Item(i) for i in range(5)]
-    policy.insert_many(items)
+    table.items.update((item.key, item) for item in items)
+    table.policy.insert_many([item.key for item in items], items)
     assert [i.queue for i in items] == [SMALL] * 5
-    assert [policy.victim().key for _ in range(5)] == [0, 1, 2, 3, 4]
-    assert policy.victim() is None
+    assert [table.policy.victim().key for _ in range(5)] == [0, 1, 2, 3, 4]
+    assert table.policy.victim() is None
 
 
 def test_insert_many_sends_a_returning_ghost_to_main_like_insert() -> None:
-    table = Table(S3FIFO(2), 2)
+    table = Table(2)
     for key in ("a", "b", "c"):  # "a" is evicted from small and becomes a ghost
         table.put(key)
     assert "a" in table.evicted
     returning, new = Item("a"), Item("z")
-    table.policy.insert_many([returning, new])
+    table.items.update(a=returning, z=new)
+    table.policy.insert_many(["a", "z"], [returning, new])
     assert (returning.queue, new.queue) == (MAIN, SMALL)

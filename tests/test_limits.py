@@ -35,7 +35,7 @@ def test_a_flood_of_events_writes_a_burst_then_one_count_per_window(
 def test_a_failing_round_is_logged_with_its_traceback_and_the_next_round_runs(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    supervisor = Supervisor("the ticker", log)
+    supervisor = Supervisor("the ticker", log, FakeClock(0.0))
     results = []
 
     def poisoned() -> None:
@@ -53,7 +53,7 @@ def test_cancellation_is_not_swallowed_by_supervision() -> None:
         raise asyncio.CancelledError
 
     with pytest.raises(asyncio.CancelledError):
-        Supervisor("x", log).run(cancelled)
+        Supervisor("x", log, FakeClock(0.0)).run(cancelled)
 
 
 def test_a_peer_gets_its_quota_and_no_more_and_others_are_unaffected() -> None:
@@ -80,3 +80,20 @@ def test_values_of_8_kb_make_chunks_far_below_the_frame_limit() -> None:
     """Finding: 2,000 values of 8 KB made a dump chunk over the 16 MiB frame limit."""
     cut = list(spans([8 * 1024 + 40] * 10_000, 4 * 1024 * 1024, 2000))
     assert max(b - a for a, b in cut) == (4 * 1024 * 1024) // (8 * 1024 + 40)
+
+
+def test_a_limiter_without_a_clock_keeps_its_windows_on_the_time_each_call_gives_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The protocol core reads no clock: its limiter (one per member) is given the member's time."""
+    caplog.set_level(logging.INFO, logger="shoal.test")
+    limiter = LogLimiter(log, burst=2, interval=60.0)
+    written = [limiter.log(logging.ERROR, "scan %d failed", i, now=1000.0 + i) for i in range(5)]
+    assert written == [True, True, False, False, False]
+    assert limiter.log(logging.ERROR, "scan %d failed", 5, now=1060.0)
+    assert [r.getMessage() for r in caplog.records][-2:] == [
+        "3 more like the last were not logged in 60 s",
+        "scan 5 failed",
+    ]
+    with pytest.raises(TypeError, match="given now"):
+        limiter.log(logging.ERROR, "no time")

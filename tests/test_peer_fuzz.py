@@ -2,7 +2,7 @@
 
 A peer that proved the secret is past every handshake check, so what it may send
 is the protocol core's to judge. Any sequence of messages, well-formed or not, with
-the edge values the findings of issue 14 used (version 2**63-1, clear watermark
+the edge values known attacks use (version 2**63-1, clear watermark
 2**64-1, expiry 1e306, keys msgpack cannot carry back), must end in either nothing
 or ProtocolError (the driver closes that connection), and after it the member's
 timer runs, it heartbeats, it replicates, and nothing it holds is poisoned.

@@ -353,7 +353,7 @@ def test_a_member_stopped_before_its_warm_boot_finished_keeps_the_previous_snaps
     assert path.read_bytes() == before
 
 
-# -- a file is input like a peer's (issue 14) ------------------------------------------------
+# -- a file is input like a peer's ---------------------------------------------------------------
 
 
 def forged_file(path: Path, records: list[list[object]], key: bytes | None = None) -> None:

@@ -131,7 +131,7 @@ def test_a_chunk_read_from_the_wire_gives_back_the_donors_versions() -> None:
     [
         {"values": ["only one"]},
         {"keys": [("a", "tuple"), "k1", "k2"]},
-        {"expires": [float("nan"), NEVER, NEVER]},
+        {"expires": ["soon", NEVER, NEVER]},  # a NaN is refused where entries are applied (check_peer_entries)
         {"hlcs": [-1, 1, 2]},
         {"nodes": [1 << 64, 1, 2]},
         {"inline": False},  # then values must be serialized bytes
@@ -167,7 +167,7 @@ def test_an_older_dump_entry_never_overwrites_a_live_write_that_arrived_first() 
 
 
 def member_cache(node_id: int) -> tuple[Cache, Replica]:
-    return hosted("c", None, None, serializer=None, clock=HybridClock(node_id), tombstone_ttl=600.0)
+    return hosted("c", None, None, serializer=None, clock=HybridClock(node_id, time.time), tombstone_ttl=600.0)
 
 
 def ops_of(replica: Replica) -> list[Any]:
@@ -318,7 +318,7 @@ def test_a_member_with_no_peers_is_ready_at_once(cluster: Cluster) -> None:
 def test_a_boot_that_outlasts_warm_timeout_never_reports_ready_and_asks_again_while_reads_are_served(
     cluster: Cluster,
 ) -> None:
-    """A member never reports ready with a boot that failed (issue 14): it retries until a donor delivers."""
+    """A member never reports ready with a boot that failed: it retries until a donor delivers."""
     donor = cluster.start(catchup_log_bytes=0, **DETECTORS)  # only the dump may carry the old data
     donor.cmd("set_range", prefix="k", start=0, count=4 * CHUNK)
     donor.cmd("hold_dumps", after=1)  # held until released: the dump stalls after its first chunk
@@ -347,7 +347,7 @@ def test_a_boot_that_outlasts_warm_timeout_never_reports_ready_and_asks_again_wh
     assert booter.cmd("get", key="live") == "written while warming"
 
 
-# -- issue 14: chunks bounded in bytes ---------------------------------------------------------
+# -- chunks bounded in bytes ---------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("value_size", [10, 8 * 1024, 64 * 1024, 900 * 1024])

@@ -359,16 +359,6 @@ class Cache:
 
         return decorate
 
-    def _sweep(self) -> int:
-        """Remove expired entries in bounded rounds; the lock is released between rounds."""
-        total = 0
-        while True:
-            with self._lock:
-                removed = self._store.sweep(self._wall())
-            total += removed
-            if removed < 2000:
-                return total
-
     def stats(self) -> dict[str, Any]:
         store = self._store
         return {
@@ -453,22 +443,22 @@ class Replica:
         store = self._store
         return version > store.version_of(key) and version > store.evicted.get(key, 0)
 
-    def holds(self, key: Key, now: float) -> bool:
+    def holds(self, key: Key, wall: float) -> bool:
         entry = self._store.data.get(key)
-        return entry is not None and entry > now
+        return entry is not None and entry > wall
 
-    def ops_for(self, keys: list[Key], now: float) -> list[Op]:
+    def ops_for(self, keys: list[Key], wall: float) -> list[Op]:
         data, tombstones, dumps = self._store.data, self._store.tombstones, self.dumps
         ops: list[Op] = []
         for key in keys:
             entry = data.get(key)
-            if entry is not None and entry > now:
+            if entry is not None and entry > wall:
                 ops.append((WRITE, key, dumps(entry.value), float(entry), entry.version))
             elif entry is None and key in tombstones:  # a delete the peer missed
                 ops.append((DELETE, key, None, NEVER, tombstones[key]))
         return ops
 
-    def apply(self, ops: list[Op], now: float) -> tuple[int, int]:
+    def apply(self, ops: list[Op], wall: float) -> tuple[int, int]:
         """The whole batch is validated and decoded first (InvalidEntry), so a bad op
         applies nothing and cannot leave half a batch behind."""
         applied = ignored = 0
@@ -476,16 +466,16 @@ class Replica:
         if not ops:
             return 0, 0
         keys, expiries, versions = [op[1] for op in ops], [op[3] for op in ops], [op[4] for op in ops]
-        check_peer_entries(keys, expiries, versions, now, cache.max_clock_skew)
+        check_peer_entries(keys, expiries, versions, wall, cache.max_clock_skew)
         values = _decode(cache._serializer, [op[2] for op in ops if op[0] == WRITE])
         with cache._lock:
             store = self._store
             cache._clock.observe(max(versions))
             for kind, key, _, expires, version in ops:
                 if kind == WRITE:
-                    ok = store.write(key, next(values), expires, version, now)
+                    ok = store.write(key, next(values), expires, version, wall)
                 elif kind == DELETE:
-                    ok = store.delete(key, version, now)
+                    ok = store.delete(key, version, wall)
                 else:
                     ok = store.clear(version)
                 if ok:
@@ -495,20 +485,20 @@ class Replica:
         return applied, ignored
 
     def load(
-        self, keys: list[Key], values: list[Any], expires: list[float], versions: list[int], packed: bool, now: float
+        self, keys: list[Key], values: list[Any], expires: list[float], versions: list[int], packed: bool, wall: float
     ) -> int:
         cache = self._cache
-        expires = check_peer_entries(keys, expires, versions, now, cache.max_clock_skew)
+        expires = check_peer_entries(keys, expires, versions, wall, cache.max_clock_skew)
         if packed:
             values = list(_decode(cache._serializer, values))
         with cache._lock:
             if versions:
                 cache._clock.observe(max(versions))
-            return self._store.load(keys, values, expires, versions, now)
+            return self._store.load(keys, values, expires, versions, wall)
 
-    def sweep(self, now: float) -> int:
+    def sweep(self, wall: float) -> int:
         with self._cache._lock:
-            return self._store.sweep(now)
+            return self._store.sweep(wall)
 
 
 def _decode(serializer: Serializer, packed: list[Any]) -> Iterator[Any]:

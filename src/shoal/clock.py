@@ -10,7 +10,6 @@ back, or a peer whose clock runs ahead of ours).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 COUNTER_BITS = 16
@@ -21,18 +20,6 @@ MAX_HLC = (1 << 63) - 1
 closer to 2**64 would make our next stamps overflow the 64 bits every version travels in."""
 
 Version = int
-
-
-def make_version(hlc: int, node_id: int) -> Version:
-    return (hlc << NODE_BITS) | node_id
-
-
-def version_hlc(version: Version) -> int:
-    return version >> NODE_BITS
-
-
-def version_node(version: Version) -> int:
-    return version & NODE_MASK
 
 
 def version_ms(version: Version) -> int:
@@ -48,7 +35,8 @@ class HybridClock:
     per write would cost as much as the rest of the stamp.
     """
 
-    def __init__(self, node_id: int, wall: Callable[[], float] = time.time, max_skew: float = 1.0) -> None:
+    def __init__(self, node_id: int, wall: Callable[[], float], max_skew: float = 1.0) -> None:
+        """``wall``: the wall clock in seconds since the epoch (the driver's, or a test's)."""
         if not 0 <= node_id <= NODE_MASK:
             raise ValueError("node_id must be an unsigned 64-bit int")
         if not 0 <= max_skew < 86400:

@@ -8,11 +8,14 @@ changes it while the member runs, so what ``Node.config`` shows is what runs.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .validation import DEFAULT_MAX_CLOCK_SKEW, DEFAULT_MAX_VALUE_SIZE
 from .wire import DEFAULT_MAX_FRAME
+
+if TYPE_CHECKING:
+    import os
 
 
 @dataclass(frozen=True)

@@ -119,9 +119,9 @@ class Driver:
         self._resolver = resolver
         self._snapshots = snapshots
         self._queries = queries
-        self.door = LogLimiter(log)  # refusals of strangers: they choose how many there are
-        self._ticks = Supervisor("the node's timer", log)
-        self._chores = LogLimiter(log, burst=5, interval=60.0)
+        self.door = LogLimiter(log, clock=time.monotonic)  # refusals of strangers: they choose how many there are
+        self._ticks = Supervisor("the node's timer", log, time.monotonic)
+        self._chores = LogLimiter(log, burst=5, interval=60.0, clock=time.monotonic)
         self._gc = Collector(config.gc_freeze)
         self.fetches = ClusterFetches(self)
         self.on_member_up: list[Callable[[int, str], None]] = []

@@ -7,35 +7,33 @@ keeps one-hit wonders and scans out of the main queue, and a read hit only bumps
 a counter on the entry instead of reordering a list, which keeps ``get`` cheap
 and lock-free.
 
-Removal is lazy: an entry deleted or expired elsewhere is marked (``queue = 0``)
-and its key skipped when it reaches the head of its queue; the queues are
+Removal is lazy: an entry deleted or expired elsewhere is marked (``queue =
+GONE``) and its key skipped when it reaches the head of its queue; the queues are
 compacted when such dead keys outnumber the live ones.
+
+The owner (``store.Store``) drives a policy only through the ``Policy`` methods,
+with entries it has just made: ``freq`` and ``queue`` 0, as ``Entry`` makes them.
+S3-FIFO's SMALL is 0 so that a new entry already stands where a new key goes,
+and a warm-boot chunk of thousands of new keys is queued in one ``extend``. The
+queues hold keys and find entries through the owner's ``lookup``, so a newer
+write for a key needs no call: the owner gives the new entry the old one's
+``freq`` and ``queue``, and to the policy it is the same key, where it was.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from operator import attrgetter
 from typing import Any, Protocol
 
-GONE, SMALL, MAIN = 0, 1, 2
-_KEY = attrgetter("key")
+SMALL, MAIN, GONE = 0, 1, 2
 MAX_FREQ = 3
-
-
-class Evictable(Protocol):
-    key: Any
-    freq: int
-    queue: int
 
 
 class Policy(Protocol):
     def insert(self, entry: Any) -> None: ...
 
-    def insert_many(self, entries: list[Any]) -> None: ...
-
-    def replace(self, old: Any, new: Any) -> None: ...
+    def insert_many(self, keys: list[Any], entries: list[Any]) -> None: ...
 
     def hit(self, entry: Any) -> None: ...
 
@@ -54,16 +52,14 @@ class S3FIFO:
 
     The queues hold keys, not entries, and ``lookup`` (the owner's ``dict.get``)
     finds a key's current entry when it reaches the head. So an overwrite only
-    hands queue and frequency to the new entry, and the old entry is freed at
-    once: holding replaced entries until a compaction kept them alive into the
-    oldest GC generation, and the full collections that followed cost more than
-    the writes themselves (``bench/local.py``, set on a bounded cache). A key
+    hands queue and frequency to the new entry (the owner does), and the old entry is
+    freed at once: holding replaced entries until a compaction would keep them alive
+    into the oldest GC generation, where the full collections cost more than the
+    writes themselves (``bench/local.py``, set on a bounded cache). A key
     removed and written again may be queued twice; its older position counts.
-    Without ``lookup`` the policy keeps its own key -> entry table (tests, the
-    hit-ratio simulator).
     """
 
-    def __init__(self, capacity: int, small_ratio: float = 0.1, lookup: Callable[[Any], Any] | None = None) -> None:
+    def __init__(self, capacity: int, lookup: Callable[[Any], Any], small_ratio: float = 0.1) -> None:
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
         self.capacity = capacity
@@ -74,44 +70,33 @@ class S3FIFO:
         self._main_live = 0
         self._ghost: OrderedDict[Any, None] = OrderedDict()
         self._ghost_cap = max(1, capacity - self._small_target)
-        self._own: dict[Any, Any] | None = None if lookup is not None else {}
-        self._lookup: Callable[[Any], Any] = lookup if lookup is not None else self._own.get  # type: ignore[union-attr]
+        self._lookup = lookup
 
     def insert(self, entry: Any) -> None:
+        """A new entry, as its owner made it (``queue`` 0: SMALL already, unless its key is a ghost)."""
         key = entry.key
-        entry.freq = 0
-        if self._own is not None:
-            self._own[key] = entry
         if key in self._ghost:
             del self._ghost[key]
             entry.queue = MAIN
             self._main.append(key)
             self._main_live += 1
         else:
-            entry.queue = SMALL
             self._small.append(key)
             self._small_live += 1
 
-    def insert_many(self, entries: list[Any]) -> None:
-        """``insert`` for a chunk of new keys (a warm boot): one ``extend`` when no key is a ghost."""
+    def insert_many(self, keys: list[Any], entries: list[Any]) -> None:
+        """``insert`` for a chunk of new entries (a warm boot) and their keys, in the same order:
+        one ``extend`` when no key is a ghost.
+
+        The entries are as their owner made them (``freq`` and ``queue`` 0, that is, SMALL).
+        """
         ghost = self._ghost
-        if self._own is not None or (ghost and not ghost.keys().isdisjoint(map(_KEY, entries))):
+        if ghost and not ghost.keys().isdisjoint(keys):
             for entry in entries:
                 self.insert(entry)
             return
-        for entry in entries:
-            entry.freq = 0
-            entry.queue = SMALL
-        self._small.extend(map(_KEY, entries))
+        self._small.extend(keys)
         self._small_live += len(entries)
-
-    def replace(self, old: Any, new: Any) -> None:
-        """A newer write for the same key takes the old entry's place and history."""
-        new.freq = old.freq
-        new.queue = old.queue
-        old.queue = GONE
-        if self._own is not None:
-            self._own[new.key] = new
 
     def hit(self, entry: Any) -> None:
         if entry.freq < MAX_FREQ:
@@ -123,9 +108,6 @@ class S3FIFO:
         elif entry.queue == MAIN:
             self._main_live -= 1
         entry.queue = GONE
-        key = entry.key
-        if self._own is not None and self._own.get(key) is entry:
-            del self._own[key]
         self._maybe_compact()
 
     def _maybe_compact(self) -> None:
@@ -141,8 +123,6 @@ class S3FIFO:
             else:
                 entry = self._from_main()
             if entry is not None:
-                if self._own is not None:
-                    del self._own[entry.key]
                 return entry
         return None
 
@@ -204,30 +184,23 @@ class S3FIFO:
         self._main.clear()
         self._small_live = self._main_live = 0
         self._ghost.clear()
-        if self._own is not None:
-            self._own.clear()
 
 
 class LRU:
     """Least recently used, for comparison: every hit reorders, so reads need a lock."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, lookup: Callable[[Any], Any]) -> None:
         self.capacity = capacity
-        self._order: OrderedDict[Any, Any] = OrderedDict()
+        self._order: OrderedDict[Any, None] = OrderedDict()
+        self._lookup = lookup
 
     def insert(self, entry: Any) -> None:
         entry.queue = MAIN
-        self._order[entry.key] = entry
+        self._order[entry.key] = None
 
-    def insert_many(self, entries: list[Any]) -> None:
+    def insert_many(self, keys: list[Any], entries: list[Any]) -> None:
         for entry in entries:
             self.insert(entry)
-
-    def replace(self, old: Any, new: Any) -> None:
-        old.queue = GONE
-        new.queue = MAIN
-        self._order[new.key] = new
-        self._order.move_to_end(new.key)  # a write is a use
 
     def hit(self, entry: Any) -> None:
         self._order.move_to_end(entry.key)
@@ -239,7 +212,8 @@ class LRU:
     def victim(self) -> Any:
         if not self._order:
             return None
-        _, entry = self._order.popitem(last=False)
+        key, _ = self._order.popitem(last=False)
+        entry = self._lookup(key)
         entry.queue = GONE
         return entry
 

@@ -247,13 +247,13 @@ class Handshake:
     def send_key(self) -> bytes:
         """Key of the MAC on every frame this side sends from now on (wire.FrameSealer)."""
         self._admitted()
-        return self._frame_key(_FRAMES_C2S if self._initiator else _FRAMES_S2C)
+        return self._mac(_FRAMES_C2S if self._initiator else _FRAMES_S2C)
 
     @property
     def receive_key(self) -> bytes:
         """Key of the MAC on every frame the peer sends from now on (FrameDecoder.authenticate)."""
         self._admitted()
-        return self._frame_key(_FRAMES_S2C if self._initiator else _FRAMES_C2S)
+        return self._mac(_FRAMES_S2C if self._initiator else _FRAMES_C2S)
 
     def _admitted(self) -> _Peer:
         # Withheld until DONE so nothing acts on an identity the peer has not proven.
@@ -328,9 +328,7 @@ class Handshake:
         return transcript(hello, challenge, wall_c)
 
     def _mac(self, label: bytes) -> bytes:
-        return hmac.new(self._key, label + self._transcript, hashlib.sha256).digest()
-
-    def _frame_key(self, label: bytes) -> bytes:
+        """HMAC of the transcript under a label: each side's proof, and each direction's frame key."""
         return hmac.new(self._key, label + self._transcript, hashlib.sha256).digest()
 
     def _verify(self, mac: bytes, label: bytes) -> None:

@@ -1,14 +1,14 @@
 """Bounds on what strangers and peers can make a member spend: log lines, loop rounds, concurrent work.
 
-Every one of these answers a finding of issue 14: 11,170 log lines in 25 s from
-strangers timing out, a timer task that died on one bad entry and never restarted,
-300 digest messages or 100 unread dumps that took a member to hundreds of MB.
+Each is a cost someone else chooses: strangers timing out at the door can write a
+log line each (thousands a second), one bad entry can end a timer task (and with it
+heartbeats and repair), and a peer asking for digests or dumps faster than it reads
+them grows our memory. Time is passed in (a driver's clock, or the core's ``now``).
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -26,8 +26,9 @@ class LogLimiter:
         logger: logging.Logger,
         burst: int = 10,
         interval: float = 10.0,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] | None = None,
     ) -> None:
+        """``clock``: seconds, read at each ``log``; without one, every ``log`` is given ``now``."""
         self.logger = logger
         self.burst = burst
         self.interval = interval
@@ -37,9 +38,12 @@ class LogLimiter:
         self.suppressed = 0
         """Lines counted but not written in the current window."""
 
-    def log(self, level: int, msg: str, *args: Any, **kwargs: Any) -> bool:
+    def log(self, level: int, msg: str, *args: Any, now: float | None = None, **kwargs: Any) -> bool:
         """Log like ``Logger.log`` unless this window's burst is spent; True if written."""
-        now = self._clock()
+        if now is None:
+            if self._clock is None:
+                raise TypeError("a LogLimiter without a clock is given now")
+            now = self._clock()
         if now >= self._window_end:
             if self.suppressed:
                 self.logger.log(
@@ -58,13 +62,13 @@ class LogLimiter:
 class Supervisor:
     """Runs the rounds of a background loop so that one failing round is logged and the loop goes on.
 
-    A round that raises (a bug, or an entry that should never have got in) used to
-    end the node's timer task, and with it heartbeats, failure detection, gossip,
-    re-dialing and repair, silently. Now the exception is logged (rate-limited, with
-    its traceback) and counted, and the next round runs as usual.
+    A round that raises (a bug, or an entry that should never have got in) must not
+    end the node's timer task: with it would go heartbeats, failure detection, gossip,
+    re-dialing and repair, silently. The exception is logged (rate-limited, with its
+    traceback) and counted, and the next round runs as usual.
     """
 
-    def __init__(self, name: str, logger: logging.Logger, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, name: str, logger: logging.Logger, clock: Callable[[], float]) -> None:
         self.name = name
         self.failures = 0
         self._log = LogLimiter(logger, burst=5, interval=60.0, clock=clock)
@@ -117,7 +121,7 @@ def spans(sizes: Iterable[int], max_bytes: int, max_items: int) -> Iterator[tupl
     A span holds at most ``max_items`` items and at most ``max_bytes`` of their sizes,
     except a single item larger than ``max_bytes``, which gets a span of its own (the
     caller's ``max_value_size`` keeps that below the frame limit). A count alone does
-    not bound a frame: 2,000 values of 8 KB made a 16 MiB dump chunk.
+    not bound a frame: 2,000 values of 8 KB would make a 16 MiB dump chunk.
     """
     start = end = total = 0
     for size in sizes:

@@ -133,9 +133,6 @@ class Membership:
         self._self_addresses.add(address)
         self._targets.pop(address, None)
 
-    def self_addresses(self) -> frozenset[str]:
-        return frozenset(self._self_addresses)
-
     def dial_failed(self, address: str, now: float) -> None:
         target = self._targets.get(address)
         if target is None:

@@ -192,7 +192,10 @@ class Gossip(Message):
     """A member's view of the cluster.
 
     Each entry is ``[node_id, listen, state, caches, heartbeat]``; membership
-    validates that shape, since only it knows what a valid view is.
+    validates that shape, since only it knows what a valid view is. ``state`` is
+    always "up" and ``heartbeat`` 0 (a member gossips only those it is connected to)
+    and receivers ignore both: they stay because members of the released version
+    read ``caches`` at index 3, so dropping them would need a protocol version step.
     """
 
     members: list[Any]
@@ -200,7 +203,11 @@ class Gossip(Message):
 
 @message(11)
 class Heartbeat(Message):
-    """Proof of life for the failure detector; ``sent_ms`` is the sender's clock at sending."""
+    """Proof of life for the failure detector, which times arrivals on its own clock.
+
+    ``sent_ms`` (the sender's clock) is ignored; it stays because members of the released
+    version refuse a Heartbeat without it (a protocol version step would drop it).
+    """
 
     sent_ms: int
 

@@ -144,7 +144,7 @@ class Node:
             None if max_entries is NOT_GIVEN else max_entries,
             serializer=None if serializer is NOT_GIVEN else serializer,
             # one clock per cache: only called under that cache's lock
-            clock=HybridClock(self.node_id, max_skew=self._config.max_clock_skew),
+            clock=HybridClock(self.node_id, time.time, max_skew=self._config.max_clock_skew),
             tombstone_ttl=tombstone_ttl,
             max_value_size=max_value_size,
             max_clock_skew=self._config.max_clock_skew,

@@ -2,9 +2,9 @@
 
 A hosted ``Cache`` hands the protocol core a ``Replica``, never itself: the core
 reads entries, versions, tombstones and the clear watermark, and applies writes,
-dump chunks and clears, all through these few calls. Time comes in as ``now``
-(wall-clock seconds, the clock expiry is measured on), so the simulator can pass
-its own. The implementation (``cache.Replica``) takes the cache's write lock
+dump chunks and clears, all through these few calls. Time comes in as ``wall``
+(wall-clock seconds, the clock expiry is measured on; the core's ``now`` is the
+monotonic clock), so the simulator can pass its own. The implementation (``cache.Replica``) takes the cache's write lock
 where it changes or must read a consistent state; everything returned is plain
 data or immutable entries.
 """
@@ -42,26 +42,26 @@ class ReplicaView(Protocol):
         """A write of ``key`` at ``version`` would be news: newer than held, deleted or evicted."""
         ...
 
-    def holds(self, key: Key, now: float) -> bool:
+    def holds(self, key: Key, wall: float) -> bool:
         """A live value of ``key`` is held (cluster single flight: no need to load it)."""
         ...
 
-    def ops_for(self, keys: list[Key], now: float) -> list[Op]:
+    def ops_for(self, keys: list[Key], wall: float) -> list[Op]:
         """What we hold for ``keys`` as ops: live entries as writes, tombstones as deletes."""
         ...
 
     def dumps(self, value: Any) -> bytes: ...
 
-    def apply(self, ops: list[Op], now: float) -> tuple[int, int]:
+    def apply(self, ops: list[Op], wall: float) -> tuple[int, int]:
         """Apply a peer's ops by version; returns (applied, ignored as older)."""
         ...
 
     def load(
-        self, keys: list[Key], values: list[Any], expires: list[float], versions: list[int], packed: bool, now: float
+        self, keys: list[Key], values: list[Any], expires: list[float], versions: list[int], packed: bool, wall: float
     ) -> int:
         """Merge a warm-boot dump chunk by version; returns how many entries were applied."""
         ...
 
-    def sweep(self, now: float) -> int:
+    def sweep(self, wall: float) -> int:
         """Remove a bounded number of expired entries and old tombstones."""
         ...

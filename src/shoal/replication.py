@@ -44,25 +44,25 @@ expiry and versions).
 from __future__ import annotations
 
 import logging
-import math
 import random
 import zlib
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from itertools import compress
 from typing import Any
 
 from .actions import Action, Broadcast, Send
-from .clock import COUNTER_BITS, MAX_HLC, NODE_BITS, NODE_MASK, version_ms
+from .clock import COUNTER_BITS, NODE_BITS, NODE_MASK, version_ms
 from .errors import ProtocolError
 from .limits import LogLimiter, spans
 from .membership import Membership
 from .messages import CatchUp, CaughtUp, Digest, Listing, Message, Ops, Pull
 from .replica import Op, ReplicaView
 from .store import CLEAR, DELETE, NEVER, WRITE, Entry, Key
+from .validation import check_key_types, versions_from_wire
 
 log = logging.getLogger("shoal")
-_scan_errors = LogLimiter(log, burst=5, interval=60.0)
 
 BUCKETS = 1024
 SETTLE = 1.0
@@ -87,6 +87,7 @@ PULL_BYTES = 32 * 1024 * 1024
 _WIRE_OP_OVERHEAD = 40  # msgpack framing of one op besides its key and value
 _PULL_SLICE = 16  # keys looked up between checks of PULL_BYTES
 _MASK64 = (1 << 64) - 1
+_KINDS = frozenset((WRITE, DELETE, CLEAR))
 
 
 def op_to_wire(op: Op) -> list[Any]:
@@ -95,26 +96,32 @@ def op_to_wire(op: Op) -> list[Any]:
 
 
 def ops_from_wire(raw: list[Any]) -> list[Op]:
-    """Validate a peer's ops; anything malformed fails the whole frame."""
-    ops: list[Op] = []
-    for item in raw:
-        if type(item) is not list or len(item) != 6:
-            raise ProtocolError("an op is a 6-item array")
-        kind, key, packed, expires, hlc, node = item
-        if kind not in (WRITE, DELETE, CLEAR) or type(kind) is not int:
-            raise ProtocolError("unknown op kind")
-        if type(key) not in (str, bytes, int):
-            raise ProtocolError("op key must be str, bytes or int")
-        if kind == WRITE and type(packed) is not bytes:
-            raise ProtocolError("a write carries its value as bytes")
-        if expires is None:
-            expires = NEVER
-        elif type(expires) not in (float, int) or math.isnan(expires):
-            raise ProtocolError("op expiry must be a number or nil")
-        if type(hlc) is not int or type(node) is not int or not 0 <= hlc <= MAX_HLC or not 0 <= node <= _MASK64:
-            raise ProtocolError("op version must be two unsigned 64-bit ints (hlc below 2**63)")
-        ops.append((kind, key, packed, float(expires), (hlc << NODE_BITS) | node))
-    return ops
+    """Read a peer's ops from their wire form; anything malformed fails the whole frame.
+
+    Checked a column at a time (C-speed passes over a batch of up to a thousand ops,
+    on every receiver). Keys, expiries and versions are refused here by type; what
+    their values may be is validation.py's, applied before any op of the batch is.
+    """
+    if not raw:
+        return []
+    try:
+        if set(map(type, raw)) != {list}:
+            raise ValueError
+        kinds, keys, values, expires, hlcs, nodes = zip(*raw, strict=True)  # ValueError: not all 6 long
+    except ValueError:
+        raise ProtocolError("an op is a 6-item array") from None
+    kind_set = set(kinds)
+    if not kind_set <= _KINDS or set(map(type, kinds)) != {int}:
+        raise ProtocolError("unknown op kind")
+    written = values if kind_set == {WRITE} else compress(values, map(WRITE.__eq__, kinds))
+    if not set(map(type, written)) <= {bytes}:
+        raise ProtocolError("a write carries its value as bytes")
+    if None in expires:
+        expires = tuple(NEVER if e is None else e for e in expires)
+    if not set(map(type, expires)) <= {float, int}:
+        raise ProtocolError("op expiry must be a number or nil")
+    check_key_types(keys)
+    return list(zip(kinds, keys, values, map(float, expires), versions_from_wire(hlcs, nodes), strict=True))
 
 
 def op_size(wire_op: list[Any]) -> int:
@@ -147,26 +154,26 @@ def bucket_of(key: Key) -> int:
     return key_hash(key) % BUCKETS
 
 
-def settled_ms(now: float) -> int:
+def settled_ms(wall: float) -> int:
     """Wall ms of ``SETTLE`` seconds ago: the line a repair round compares entries below."""
-    return int((now - SETTLE) * 1000)
+    return int((wall - SETTLE) * 1000)
 
 
 def _horizon(ms: int) -> int:
     return (ms << COUNTER_BITS) << NODE_BITS
 
 
-def settled_before(now: float) -> int:
+def settled_before(wall: float) -> int:
     """The version of ``SETTLE`` seconds ago: newer writes are still in flight.
 
     Digests and listings leave them out, so a round run while writes stream does
     not see every bucket differ and list thousands of keys that live replication
     is delivering anyway; a write really lost is repaired a round later.
     """
-    return _horizon(settled_ms(now))
+    return _horizon(settled_ms(wall))
 
 
-def digests(entries: Iterable[Entry], now: float, horizon: int | None = None) -> list[int]:
+def digests(entries: Iterable[Entry], wall: float, horizon: int | None = None) -> list[int]:
     """Per-bucket digests of the live, settled entries.
 
     Each entry hashes (key, version, expiry) into 64 bits: both halves of the
@@ -177,9 +184,9 @@ def digests(entries: Iterable[Entry], now: float, horizon: int | None = None) ->
     crc = zlib.crc32
     mask = _MASK64
     if horizon is None:
-        horizon = settled_before(now)
+        horizon = settled_before(wall)
     for entry in entries:
-        if entry > now and entry.version < horizon:
+        if entry > wall and entry.version < horizon:
             key = entry.key
             khash = crc(key.encode("utf-8", "surrogatepass")) if type(key) is str else key_hash(key)
             exp = 0 if entry == NEVER else int(entry * 1000)
@@ -198,14 +205,14 @@ def differing(mine: list[int], theirs: list[Any]) -> list[int]:
     return [b for b in range(BUCKETS) if mine[b] != theirs[b]]
 
 
-def listing(entries: Iterable[Entry], buckets: Iterable[int], now: float, horizon: int | None = None) -> list[Any]:
+def listing(entries: Iterable[Entry], buckets: Iterable[int], wall: float, horizon: int | None = None) -> list[Any]:
     """Flattened [key, hlc, node, ...] of live entries in the given buckets."""
     wanted = set(buckets)
     flat: list[Any] = []
     if horizon is None:
-        horizon = settled_before(now)
+        horizon = settled_before(wall)
     for entry in entries:
-        if entry > now and entry.version < horizon and bucket_of(entry.key) in wanted:
+        if entry > wall and entry.version < horizon and bucket_of(entry.key) in wanted:
             flat += (entry.key, entry.version >> NODE_BITS, entry.version & NODE_MASK)
     return flat
 
@@ -228,10 +235,11 @@ def to_pull(replica: ReplicaView, flat: list[Any]) -> list[Key]:
     """
     if len(flat) % 3:
         raise ProtocolError("a listing is [key, hlc, node] triples")
+    check_key_types(flat[0::3])
     keys: list[Key] = []
     for i in range(0, len(flat), 3):
         key, hlc, node = flat[i], flat[i + 1], flat[i + 2]
-        if type(key) not in (str, bytes, int) or type(hlc) is not int or type(node) is not int:
+        if type(hlc) is not int or type(node) is not int:
             raise ProtocolError("malformed listing entry")
         version = (hlc << NODE_BITS) | node
         if replica.wants(key, version):
@@ -357,6 +365,7 @@ class Replicator:
         self._next_round: float | None = None
         self._round = 0
         self._opened: deque[int] = deque(maxlen=64)  # rounds we opened, recent ones
+        self._scan_errors = LogLimiter(log, burst=5, interval=60.0)  # this member's, on the time it is given
 
     def figures_of(self, cache: str) -> dict[str, Any]:
         figures = self.figures.get(cache)
@@ -461,8 +470,7 @@ class Replicator:
                 actions += self._advance(wall)
             return actions
         if isinstance(msg, Pull):
-            if any(type(key) not in (str, bytes, int) for key in msg.keys):
-                raise ProtocolError("a pull names a key that is not str, bytes or int")
+            check_key_types(msg.keys)
             wire: list[Any] = []
             total = 0
             for k in range(0, len(msg.keys), _PULL_SLICE):
@@ -538,9 +546,9 @@ class Replicator:
 
     def _catch_up_clear(self, name: str, replica: ReplicaView, mark: list[Any], wall: float) -> None:
         """A peer cleared the cache after we last did: apply its clear (lost on the way)."""
-        if len(mark) != 2 or any(type(x) is not int or not 0 <= x <= _MASK64 for x in mark) or mark[0] > MAX_HLC:
+        if len(mark) != 2:
             raise ProtocolError("a watermark is [hlc, node]")
-        version = (mark[0] << NODE_BITS) | mark[1]
+        (version,) = versions_from_wire(mark[:1], mark[1:])
         if version > replica.watermark():
             self.apply(name, [(CLEAR, b"", None, NEVER, version)], wall)
 
@@ -567,10 +575,6 @@ class Replicator:
             self._next_round = now + self.interval * self.rng.uniform(0.75, 1.25)
             self._open_rounds(wall)
         return self._advance(wall)
-
-    def repair_now(self, wall: float) -> None:
-        """Open a round with every hosted cache at once (a member came back, say)."""
-        self._open_rounds(wall)
 
     def _open_rounds(self, wall: float) -> None:
         for name, replica in self.replicas.items():
@@ -601,7 +605,9 @@ class Replicator:
             # Our own entries broke the scan, not the peer: drop this round (the next one
             # starts afresh) rather than fail the tick or the peer's connection every time.
             self._scans.popleft()
-            _scan_errors.log(logging.ERROR, "repair scan of %s failed; round dropped", scan.cache, exc_info=True)
+            self._scan_errors.log(
+                logging.ERROR, "repair scan of %s failed; round dropped", scan.cache, now=wall, exc_info=True
+            )
             return []
 
     def _advance_scan(self, scan: _Scan, replica: ReplicaView, wall: float) -> list[Action]:

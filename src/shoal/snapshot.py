@@ -1,8 +1,9 @@
 """A snapshot file so a cluster that went down whole comes back warm.
 
-The original Elixir design lost every entry when the last member stopped. A
-member given ``snapshot_path`` writes its caches to that file on a graceful stop
-and periodically, and loads it at boot when no peer could donate.
+Replication keeps data only while some member is up: when the last one stops,
+every entry is gone. A member given ``snapshot_path`` writes its caches to that
+file on a graceful stop and periodically, and loads it at boot when no peer
+could donate.
 
 Format: a stream of msgpack records. First ``["shoal-snapshot", 1, written_at]``,
 then one ``[cache, key, value, expires, hlc, node]`` per entry (the Ops format,

@@ -18,9 +18,9 @@ evicted) its key stays in the bucket as a stale reference, looked up and skipped
 when its second comes due, and the buckets are compacted when stale references
 outnumber the entries. Keys, not entries: a replaced entry is freed at once
 instead of being kept alive into the oldest GC generation. A per-key dict per
-bucket cost 30-60 bytes and a dict
-insert per write; this is one of the reasons a member's memory stays close to a
-plain dict of the same items (``bench/boot.py``).
+bucket would cost 30-60 bytes and a dict insert per write; the list is one of the
+reasons a member's memory stays close to a plain dict of the same items
+(``bench/boot.py``).
 
 A warm boot streams thousands of fresh keys per chunk into a store that has
 never seen them; ``load`` recognises such a chunk with a few C-speed set
@@ -40,7 +40,7 @@ from itertools import compress, repeat
 from operator import and_, is_, not_
 from typing import Any
 
-from .eviction import S3FIFO, SMALL, Policy
+from .eviction import S3FIFO, Policy
 
 Key = str | bytes | int
 NEVER = math.inf
@@ -62,8 +62,9 @@ class Entry(float):
     that is one cache miss less per ``get``. Key, value, version and expiry never
     change after creation (a newer write makes a new entry), so a reader on
     another thread never sees half a write; only the eviction bookkeeping
-    (``freq``, ``queue``) is mutable. ``queue`` is set by the eviction policy when
-    the store has one; its expiry-wheel bucket is ``int(entry)``, derived, not kept.
+    (``freq``, ``queue``) is mutable, and it is the eviction policy's: an entry is
+    made with both 0, as the policy expects a new one. Its expiry-wheel bucket is
+    ``int(entry)``, derived, not kept.
     """
 
     __slots__ = ("key", "value", "version", "freq", "queue")
@@ -75,12 +76,7 @@ class Entry(float):
     queue: int
 
     def __new__(cls, key: Key, value: Any, expires: float, version: int) -> Entry:
-        entry = float.__new__(cls, expires)
-        entry.key = key
-        entry.value = value
-        entry.version = version
-        entry.freq = 0
-        return entry
+        return _new_entry(key, value, expires, version)
 
     @property
     def expires(self) -> float:
@@ -90,15 +86,36 @@ class Entry(float):
         return f"Entry({self.key!r}, {self.value!r}, expires={float(self)}, version={self.version})"
 
 
-def _small_entry(key: Key, value: Any, expires: float, version: int) -> Entry:
-    """An entry already marked as queued in S3FIFO's small FIFO (a warm-boot chunk, see ``load``)."""
+def _new_entry(key: Key, value: Any, expires: float, version: int) -> Entry:
+    """``Entry(...)``; a plain function is the faster call to map over a warm-boot chunk."""
     entry = float.__new__(Entry, expires)
     entry.key = key
     entry.value = value
     entry.version = version
-    entry.freq = 0
-    entry.queue = SMALL
+    entry.freq = entry.queue = 0
     return entry
+
+
+class _Wheel(dict[int, list[Key]]):
+    """Expiry second -> keys due then; ``due`` is a heap of the seconds it holds.
+
+    ``wheel[second].append(key)`` is the one way a key is filed: a missing bucket
+    is made and scheduled here, and a present one costs a C-level dict lookup.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.due: list[int] = []
+
+    def __missing__(self, second: int) -> list[Key]:
+        bucket: list[Key] = []
+        self[second] = bucket
+        heapq.heappush(self.due, second)
+        return bucket
+
+    def clear(self) -> None:
+        super().clear()
+        self.due.clear()
 
 
 class Store:
@@ -107,27 +124,21 @@ class Store:
         max_entries: int | None = None,
         *,
         tombstone_ttl: float = 0.0,
-        policy: Policy | None = None,
     ) -> None:
         if max_entries is not None and max_entries < 1:
             raise ValueError("max_entries must be a positive int or None")
+        # One table for the store's life, emptied in place by clear(): Cache's lock-free
+        # readers and the eviction policy hold its ``get``.
         self.data: dict[Key, Entry] = {}
         self.max_entries = max_entries
         self.tombstone_ttl = tombstone_ttl
         self.tombstones: dict[Key, int] = {}
         self._tomb_queue: deque[tuple[float, Key, int]] = deque()
         self.watermark = 0
-        self.policy: Policy | None = policy
-        # Our own S3FIFO finds entries through our table: an overwrite needs nothing of
-        # it but the old entry's queue and frequency, which write() copies itself.
-        self._handover = policy is None and max_entries is not None
-        self._fifo: S3FIFO | None = None  # that policy, for write()'s inlined insert
-        if self._handover:
-            self.policy = self._fifo = S3FIFO(max_entries, lookup=self.data.get)  # type: ignore[arg-type]
+        self.policy: Policy | None = S3FIFO(max_entries, self.data.get) if max_entries is not None else None
         # key -> version of entries evicted on purpose, bounded like a ghost queue.
         self.evicted: OrderedDict[Key, int] = OrderedDict()
-        self._wheel: dict[int, list[Key]] = {}
-        self._wheel_due: list[int] = []
+        self._wheel = _Wheel()
         self._stale = 0  # keys in the wheel whose entry there left the table
         self._compacting: list[int] = []  # buckets left in the current compaction pass
         self._compact_pos = 0  # where in the last of them it goes on
@@ -179,22 +190,13 @@ class Store:
             entry.key = key
             entry.value = value
             entry.version = version
-            if self._handover:  # S3FIFO.replace, inlined: queue and frequency pass to the new entry
-                entry.freq = old.freq
-                entry.queue = old.queue
-            else:
-                entry.freq = 0
-                if self.policy is not None:
-                    self.policy.replace(old, entry)
+            entry.freq = old.freq  # the key's eviction history passes to its new entry
+            entry.queue = old.queue
             data[key] = entry
-            if expires != NEVER:  # _file, inlined; nothing to file if the key's bucket stays the same
+            if expires != NEVER:  # nothing to file if the key's bucket stays the same
                 second = int(expires)
                 if old == NEVER or int(old) != second:
-                    bucket = self._wheel.get(second)
-                    if bucket is None:
-                        bucket = self._wheel[second] = []
-                        heapq.heappush(self._wheel_due, second)
-                    bucket.append(key)
+                    self._wheel[second].append(key)
                     if old != NEVER:
                         self._stale += 1
                         if self._stale > STALE_BACKSTOP + 2 * len(data):
@@ -219,28 +221,17 @@ class Store:
         entry.key = key
         entry.value = value
         entry.version = version
-        entry.freq = 0
+        entry.freq = entry.queue = 0
+        data[key] = entry
+        if expires != NEVER:
+            self._wheel[int(expires)].append(key)
         policy = self.policy
         if policy is not None:
             if self.evicted:
                 self.evicted.pop(key, None)
-            fifo = self._fifo
-            if fifo is not None and key not in fifo._ghost:  # S3FIFO.insert of a new key, inlined
-                entry.queue = SMALL
-                fifo._small.append(key)
-                fifo._small_live += 1
-            else:
-                policy.insert(entry)
-        data[key] = entry
-        if expires != NEVER:  # _file, inlined: write is the hot path
-            second = int(expires)
-            bucket = self._wheel.get(second)
-            if bucket is None:
-                bucket = self._wheel[second] = []
-                heapq.heappush(self._wheel_due, second)
-            bucket.append(key)
-        if policy is not None and len(data) > self.max_entries:  # type: ignore[operator]
-            self._evict()
+            policy.insert(entry)
+            if len(data) > self.max_entries:  # type: ignore[operator]
+                self._evict()
         return True
 
     def load(self, keys: list[Key], values: list[Any], expires: list[float], versions: list[int], now: float) -> int:
@@ -270,32 +261,22 @@ class Store:
                 if not keys:
                     return 0
                 first = min(expires)
-            # New keys of our own S3FIFO are made already queued in its small FIFO
-            # (no ghost among them): no second pass over the entries to enqueue them.
-            fifo = self._fifo
-            queued = fifo is not None and (not fifo._ghost or fifo._ghost.keys().isdisjoint(keys))
-            entries = list(map(_small_entry if queued else Entry, keys, values, expires, versions))
+            entries = list(map(_new_entry, keys, values, expires, versions))
             # setdefault inserts a key the table lacks and leaves a present one alone:
             # one C-level pass that both files the fresh keys and finds the others.
             placed = list(map(data.setdefault, keys, entries))
             if all(map(is_, placed, entries)):
                 self._file_keys(keys, expires, first, max(expires))
-                if queued:
-                    fifo._small.extend(keys)  # type: ignore[union-attr]
-                    fifo._small_live += len(keys)  # type: ignore[union-attr]
-                elif self.policy is not None:
-                    self.policy.insert_many(entries)
+                if self.policy is not None:
+                    self.policy.insert_many(keys, entries)
                 return len(entries)
             fresh = list(map(is_, placed, entries))
             new = list(compress(entries, fresh))
             new_keys, new_expires = list(compress(keys, fresh)), [float(e) for e in new]
             if new:
                 self._file_keys(new_keys, new_expires, min(new_expires), max(new_expires))
-            if queued:
-                fifo._small.extend(new_keys)  # type: ignore[union-attr]
-                fifo._small_live += len(new_keys)  # type: ignore[union-attr]
-            elif self.policy is not None:
-                self.policy.insert_many(new)
+            if self.policy is not None:
+                self.policy.insert_many(new_keys, new)
             applied = len(new)
             write = self.write
             for key, value, exp, version in compress(
@@ -329,7 +310,6 @@ class Store:
         survivors = [e for e in self.data.values() if e.version > version]
         self.data.clear()  # in place: readers hold a reference to this dict
         self._wheel.clear()
-        self._wheel_due.clear()
         self._stale = 0
         self._compacting.clear()
         self._compact_pos = 0
@@ -339,8 +319,9 @@ class Store:
         for entry in survivors:
             self.data[entry.key] = entry
             if entry != NEVER:
-                self._file(entry)
+                self._wheel[int(entry)].append(entry.key)
             if self.policy is not None:
+                entry.freq = entry.queue = 0  # the policy starts over: a survivor is a new key to it
                 self.policy.insert(entry)
         self.tombstones = {k: v for k, v in self.tombstones.items() if v > version}
         return True
@@ -354,7 +335,8 @@ class Store:
         call again; returns the work done, 0 when nothing is due.
         """
         removed = 0
-        due, wheel, data = self._wheel_due, self._wheel, self.data
+        wheel, data = self._wheel, self.data
+        due = wheel.due
         while due and due[0] + 1 <= now and removed < limit:
             bucket = wheel.get(due[0])
             if not bucket:
@@ -376,47 +358,19 @@ class Store:
             removed += self._compact_some(limit - removed)
         return removed
 
-    def count_live(self, now: float) -> int:
-        """Exact number of unexpired entries: sweep what is due, then check this second."""
-        while self.sweep(now, limit=1 << 30):
-            pass
-        current = self._wheel.get(int(now))
-        data = self.data
-        expired = {k for k in current if (e := data.get(k)) is not None and e <= now} if current else ()
-        return len(data) - len(expired)
-
     # -- internals -------------------------------------------------------------
-
-    def _file(self, entry: Entry) -> None:
-        """Put an entry with an expiry in the wheel bucket of its expiry second."""
-        second = int(entry)
-        bucket = self._wheel.get(second)
-        if bucket is None:
-            bucket = self._wheel[second] = []
-            heapq.heappush(self._wheel_due, second)
-        bucket.append(entry.key)
 
     def _file_keys(self, keys: list[Key], expires: list[float], first: float, last: float) -> None:
         """File a chunk's keys: one ``extend`` when it all expires in one second (the usual warm-boot chunk)."""
         if first == NEVER:
             return
+        wheel = self._wheel
         if last != NEVER and int(first) == int(last):
-            second = int(first)
-            bucket = self._wheel.get(second)
-            if bucket is None:
-                bucket = self._wheel[second] = []
-                heapq.heappush(self._wheel_due, second)
-            bucket.extend(keys)
+            wheel[int(first)].extend(keys)
             return
-        wheel, due = self._wheel, self._wheel_due
         for key, exp in zip(keys, expires, strict=True):
             if exp != NEVER:
-                second = int(exp)
-                bucket = wheel.get(second)
-                if bucket is None:
-                    bucket = wheel[second] = []
-                    heapq.heappush(due, second)
-                bucket.append(key)
+                wheel[int(exp)].append(key)
 
     def _compact_some(self, budget: int) -> int:
         """Drop stale references from the buckets until about ``budget`` references were examined.

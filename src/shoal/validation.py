@@ -28,8 +28,10 @@ the rule and never the data.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import timedelta
+from itertools import repeat
+from operator import lshift, or_
 from typing import Any
 
 from .clock import COUNTER_BITS, MAX_HLC, NODE_BITS, NODE_MASK
@@ -46,7 +48,7 @@ DEFAULT_MAX_CLOCK_SKEW = 1.0
 INT_KEY_MIN = -(1 << 63)
 INT_KEY_MAX = (1 << 64) - 1
 
-_KEY_TYPES = (str, bytes, int)
+KEY_TYPES = frozenset((str, bytes, int))
 
 
 def check_key(key: object) -> None:
@@ -120,6 +122,33 @@ def check_expiry(expires: object, now: float) -> float:
     raise InvalidEntry("an expiry must be a time from 1970 to ten years ahead, or never")
 
 
+def check_key_types(keys: Iterable[object]) -> None:
+    """Refuse a peer's message that names a key of a type no cache holds, before it is used.
+
+    The key's content (size, encoding, int range) is ``check_peer_entries``' part, where
+    entries are applied; a key only looked up (a pull, a listing) finds nothing if it is bad.
+    """
+    if not set(map(type, keys)) <= KEY_TYPES:
+        raise InvalidEntry("a key must be str, bytes or int")
+
+
+def versions_from_wire(hlcs: Sequence[Any], nodes: Sequence[Any]) -> list[int]:
+    """A peer's versions, which travel as (hlc, node id), joined; refused whole unless each is
+    two unsigned 64-bit ints with the hlc below 2**63 (``clock.MAX_HLC``: observing one closer
+    to 2**64 would make our next stamps overflow the 64 bits a version travels in)."""
+    if len(hlcs) != len(nodes):
+        raise InvalidEntry("a version is an hlc and a node id")
+    if hlcs and not (
+        set(map(type, hlcs)) == {int} == set(map(type, nodes))
+        and min(hlcs) >= 0
+        and max(hlcs) <= MAX_HLC
+        and min(nodes) >= 0
+        and max(nodes) <= NODE_MASK
+    ):
+        raise InvalidEntry("a version is two unsigned 64-bit ints (hlc below 2**63)")
+    return list(map(or_, map(lshift, hlcs, repeat(NODE_BITS)), nodes))  # C-speed: a dump joins millions
+
+
 def check_peer_key(key: object) -> None:
     try:
         check_key(key)
@@ -140,9 +169,7 @@ def check_peer_entries(
     # only a column that does not is checked entry by entry, for its precise refusal.
     if not keys:
         return []
-    if not (
-        set(map(type, keys)) == {str} and all(map(str.isascii, keys)) and max(map(len, keys)) <= MAX_KEY_SIZE
-    ):
+    if not (set(map(type, keys)) == {str} and all(map(str.isascii, keys)) and max(map(len, keys)) <= MAX_KEY_SIZE):
         for key in keys:
             if type(key) is not str or not key.isascii() or len(key) > MAX_KEY_SIZE:
                 check_peer_key(key)

@@ -9,7 +9,8 @@ copy of the values, no serialisation up front) in chunks of ``CHUNK`` entries,
 yielding to its loop and to TCP back-pressure between chunks; the receiver
 applies each chunk as it arrives, merging by version, so a live write that
 arrived during the boot is never overwritten by older dump data. If the donor
-goes down mid-stream, the next largest takes over: entries already applied stay,
+goes down, or sends nothing for ``warm_timeout`` (a stall: a healthy dump may
+take far longer), the next largest takes over: entries already applied stay,
 and the merge makes the overlap harmless.
 
 ``Booter`` is a sans-IO state machine, one per member, like membership: events
@@ -23,19 +24,19 @@ generator it runs.
 from __future__ import annotations
 
 import logging
-import math
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .actions import Action, ReadSnapshot, Send, StreamDump
-from .clock import MAX_HLC, NODE_BITS, NODE_MASK
+from .clock import NODE_BITS, NODE_MASK
 from .errors import FrameTooLarge, ProtocolError
 from .membership import Membership
 from .messages import DumpChunk, DumpEnd, DumpRequest, Message, SizeReply, SizeRequest
 from .replica import Op, ReplicaView
 from .store import Entry, Key
+from .validation import check_key_types, versions_from_wire
 from .wire import encode
 
 log = logging.getLogger("shoal")
@@ -43,10 +44,9 @@ log = logging.getLogger("shoal")
 CHUNK = 2000
 CHUNK_BYTES = 4 * 1024 * 1024
 """What a dump chunk aims at: a count alone does not bound a frame (2,000 values of 8 KB
-made a chunk over the 16 MiB frame limit, and the donor's dump died)."""
+would make a chunk over the 16 MiB frame limit, which the donor could not send)."""
 RETRY = 1.0
 """Seconds before a boot whose every donor failed asks the cluster again (doubling, to 30 s)."""
-_KEY_TYPES = {str, bytes, int}
 SIZE_WAIT = 1.0
 
 
@@ -71,7 +71,7 @@ def choose_donors(sizes: dict[int, tuple[int, bool]]) -> list[int]:
 
 
 def dump_columns(
-    entries: list[Entry], dumps: Callable[[Any], bytes] | None, now: float
+    entries: list[Entry], dumps: Callable[[Any], bytes] | None, wall: float
 ) -> tuple[list[Any], list[Any], list[float], list[int], list[int]]:
     """Columns (keys, values, expires, hlcs, nodes) of the unexpired entries of a snapshot slice.
 
@@ -81,7 +81,7 @@ def dump_columns(
     # An entry replaced or deleted since the snapshot is still sent: the receiver
     # merges by version and holds the delete's tombstone, so it costs nothing, and
     # checking each entry against the table would double the donor's work.
-    live = [e for e in entries if e > now]
+    live = [e for e in entries if e > wall]
     keys = [e.key for e in live]
     values = [e.value for e in live] if dumps is None else [dumps(e.value) for e in live]
     expires = [float(e) for e in live]
@@ -95,26 +95,21 @@ def columns_from_wire(msg: DumpChunk) -> tuple[list[Key], list[Any], list[float]
     n = len(msg.keys)
     if not len(msg.values) == len(msg.expires) == len(msg.hlcs) == len(msg.nodes) == n:
         raise ProtocolError("dump chunk columns differ in length")
-    if not set(map(type, msg.keys)) <= _KEY_TYPES:
-        raise ProtocolError("dump chunk keys must be str, bytes or int")
+    check_key_types(msg.keys)
     if not msg.inline and not set(map(type, msg.values)) <= {bytes}:
         raise ProtocolError("serialized dump values must be bytes")
-    if not set(map(type, msg.expires)) <= {float, int} or any(map(math.isnan, msg.expires)):
-        raise ProtocolError("dump chunk expiries must be numbers")
-    for column, top in ((msg.hlcs, MAX_HLC), (msg.nodes, NODE_MASK)):
-        if n and (not set(map(type, column)) <= {int} or min(column) < 0 or max(column) > top):
-            raise ProtocolError("dump chunk versions must be unsigned 64-bit ints")
-    versions = [(h << NODE_BITS) | node for h, node in zip(msg.hlcs, msg.nodes, strict=True)]
-    return msg.keys, msg.values, msg.expires, versions
+    if not set(map(type, msg.expires)) <= {float, int}:
+        raise ProtocolError("dump chunk expiries must be numbers")  # which ones: check_peer_entries
+    return msg.keys, msg.values, msg.expires, versions_from_wire(msg.hlcs, msg.nodes)
 
 
 def dump_stream(
-    replica: ReplicaView, stream: int, now: Callable[[], float], max_frame_size: int
+    replica: ReplicaView, stream: int, wall: Callable[[], float], max_frame_size: int
 ) -> Iterator[tuple[Message, bytes]]:
     """The donor's side of a dump: chunks of columns, then the end, each as (message, frame).
 
     Taken from a snapshot of references (entries never change, so no lock and no copy);
-    ``now`` is read per chunk, so what expires during a long stream is not sent. The node
+    the wall clock ``wall`` is read per chunk, so what expires during a long stream is not sent. The node
     writes the frames; the simulator sends the messages.
 
     A chunk starts at ``CHUNK`` entries and is resized after each frame to aim at
@@ -128,7 +123,7 @@ def dump_stream(
     size, i, sent = CHUNK, 0, 0
     while i < len(entries):
         part = entries[i : i + size]
-        keys, values, expires, hlcs, nodes = dump_columns(part, dumps, now())
+        keys, values, expires, hlcs, nodes = dump_columns(part, dumps, wall())
         chunk = DumpChunk(replica.name, stream, keys, values, expires, hlcs, nodes, replica.inline)
         try:
             frame = encode(chunk, max_frame_size)
@@ -166,7 +161,7 @@ class _Boot:
     finished: int = 0
     stream: int | None = None
     donor: int | None = None
-    stream_due: float = 0.0
+    stream_due: float = 0.0  # when the donor has stalled: warm_timeout after its last chunk
     streamed: int = 0
     wait_until: float = 0.0
     retries: int = 0
@@ -260,6 +255,7 @@ class Booter:
             self.replicas[boot.cache].load(keys, values, expires, versions, not msg.inline, wall)
             before = boot.streamed
             boot.streamed += len(keys)
+            boot.stream_due = now + self.warm_timeout  # a stall timeout: a long healthy dump is not cut off
             boot.stats.entries += len(keys)  # live: stats() shows a boot's progress
             if boot.streamed // 100_000 != before // 100_000:
                 log.info("warm boot of %s: %d entries so far", boot.cache, boot.streamed)

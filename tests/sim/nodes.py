@@ -81,6 +81,8 @@ class SimMember:
         self.log: list[Op] = []
         self.snapshot: list[Op] = []
         self.dumps: list[tuple[int, Iterator[Message]]] = []  # streams being served, a chunk per tick
+        self.dump_pace = 0.0  # seconds between the chunks of a dump this member serves (0: one per tick)
+        self._next_chunk = 0.0
         now = lambda: sim.now  # noqa: E731
         self.cache, replica = hosted(
             "c",
@@ -181,6 +183,9 @@ class SimMember:
 
     def on_tick(self, now: float) -> list[Any]:
         out = self.drive(self.core.tick(now, now))
+        if now < self._next_chunk:
+            return out
+        self._next_chunk = now + self.dump_pace
         for peer, stream in list(self.dumps):
             msg = next(stream, None)
             if msg is None or peer not in self.membership.up_peers():
