@@ -166,8 +166,16 @@ def _ready(args: argparse.Namespace) -> int:
 # -- argument parsing -------------------------------------------------------------------
 
 
+SECRET_ON_COMMAND_LINE = (
+    "warning: --secret puts the cluster secret in the process list, where every user of this "
+    "machine can read it; put it in a file and pass --secret-file or SHOAL_SECRET_FILE instead"
+)
+
+
 def _add_secret(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--secret", default=_env("SHOAL_SECRET"), help="cluster secret [SHOAL_SECRET]")
+    # No default here: a secret given on the command line is warned about (main), one from
+    # the environment is not.
+    p.add_argument("--secret", help="cluster secret [SHOAL_SECRET]; prefer --secret-file")
     p.add_argument(
         "--secret-file", default=_env("SHOAL_SECRET_FILE"), help="file holding the cluster secret [SHOAL_SECRET_FILE]"
     )
@@ -232,6 +240,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "secret", None) is not None:
+        print(SECRET_ON_COMMAND_LINE, file=sys.stderr)
+    elif hasattr(args, "secret"):
+        args.secret = _env("SHOAL_SECRET")
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         if args.command == "serve":
