@@ -542,4 +542,4 @@ class Store:
 
 
 def _tomb_cost(key: Key) -> int:
-    return TOMBSTONE_OVERHEAD + (len(key) if type(key) is not int else 8)
+    return TOMBSTONE_OVERHEAD + (8 if isinstance(key, int) else len(key))
