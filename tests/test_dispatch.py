@@ -14,11 +14,11 @@ from sim.network import Sim
 from sim.nodes import SimMember, fill
 from sim.nodes import member_of as node
 
-from shoal.actions import Broadcast, Ready
+from shoal.actions import Broadcast, Ready, Send
 from shoal.cache import hosted
 from shoal.clock import HybridClock
 from shoal.dispatch import Config, Dispatcher
-from shoal.messages import Ops
+from shoal.messages import CatchUp, CaughtUp, DumpEnd, DumpRequest, Ops, SizeReply, SizeRequest
 from shoal.warmboot import CHUNK
 
 IN_FLIGHT = 0.05  # the simulated network's worst delay (0.02 s) and the flush delay, with room
@@ -218,3 +218,23 @@ def test_one_flush_queues_no_more_than_the_backlog_allows_even_in_many_batches()
     assert [a.peers for a in sent if isinstance(a, Broadcast)] == [(2,), (), (), (), ()]
     assert core.replicator.figures_of("c")["ops_dropped"] == 4000
     assert 2 in core.replicator.needs_repair
+
+
+def test_a_message_about_a_cache_the_member_does_not_host_gets_no_work_only_the_fixed_answer_a_request_needs() -> None:
+    """Issue 20: a name a member does not host is refused before any work (no op is validated or logged)."""
+    core = Dispatcher(1, "sim:1", config=Config(boot_wait=0.0))
+    core.start(0.0, 1000.0)
+    core.connected(2, "sim:2", 0.0)
+    bad_ops = [["not an op"]] * 1000  # a hosted cache's batch like this would be refused
+    assert core.message(2, Ops("elsewhere", bad_ops), 0.1, 1000.0) == []
+    assert core.replicator.logs == {} and core.replicator.figures == {}
+    answers = [
+        core.message(2, SizeRequest("elsewhere"), 0.2, 1000.0),
+        core.message(2, DumpRequest("elsewhere", 7), 0.2, 1000.0),
+        core.message(2, CatchUp("elsewhere", 0, []), 0.2, 1000.0),
+    ]
+    assert [[(a.peer, a.msg) for a in actions if isinstance(a, Send)] for actions in answers] == [
+        [(2, SizeReply("elsewhere", 0, False))],
+        [(2, DumpEnd("elsewhere", 7, 0))],
+        [(2, CaughtUp("elsewhere", True))],
+    ]
