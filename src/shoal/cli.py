@@ -172,10 +172,21 @@ SECRET_ON_COMMAND_LINE = (
 )
 
 
+class _OnCommandLine(argparse.Action):
+    """Stores the value and notes that it came from the command line (main warns), not the environment."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: Any, values: Any, option: str | None = None) -> None:
+        setattr(namespace, self.dest, values)
+        namespace.secret_on_command_line = True
+
+
 def _add_secret(p: argparse.ArgumentParser) -> None:
-    # No default here: a secret given on the command line is warned about (main), one from
-    # the environment is not.
-    p.add_argument("--secret", help="cluster secret [SHOAL_SECRET]; prefer --secret-file")
+    p.add_argument(
+        "--secret",
+        default=_env("SHOAL_SECRET"),
+        action=_OnCommandLine,
+        help="cluster secret [SHOAL_SECRET]; prefer --secret-file",
+    )
     p.add_argument(
         "--secret-file", default=_env("SHOAL_SECRET_FILE"), help="file holding the cluster secret [SHOAL_SECRET_FILE]"
     )
@@ -240,10 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if getattr(args, "secret", None) is not None:
+    if getattr(args, "secret_on_command_line", False):
         print(SECRET_ON_COMMAND_LINE, file=sys.stderr)
-    elif hasattr(args, "secret"):
-        args.secret = _env("SHOAL_SECRET")
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         if args.command == "serve":

@@ -115,7 +115,7 @@ _TEXT = 8192  # an error text of 2,000 characters in UTF-8
 def _bounds() -> dict[int, Bounds]:
     from . import messages as m  # every kind by name; the table is keyed by code
 
-    handshake = Bounds(HANDSHAKE_MAX_FRAME, text=_ADDRESS, binary=64, items=16, pairs=0)
+    handshake = Bounds(HANDSHAKE_MAX_FRAME, text=1024, binary=64, items=16, pairs=0)  # a Refused reason
     control = Bounds(CONTROL_MAX_FRAME, text=MAX_NAME_SIZE * 4, binary=0, items=16, pairs=0)
     lease = Bounds(LEASE_MAX_FRAME, text=_TEXT, binary=MAX_KEY_SIZE, items=1024, pairs=0)
     keys = Bounds(None, text=MAX_KEY_SIZE, binary=MAX_KEY_SIZE, items=None, pairs=0, per_container=1 << 20)
