@@ -125,7 +125,7 @@ def _bounds() -> dict[int, Bounds]:
         m.Challenge: handshake,
         m.Proof: handshake,
         m.Welcome: handshake,
-        m.Gossip: Bounds(GOSSIP_MAX_FRAME, text=_ADDRESS, binary=64, items=4096, pairs=0, per_container=8),
+        m.Gossip: Bounds(GOSSIP_MAX_FRAME, text=_ADDRESS, binary=64, items=4096, pairs=64, per_container=8),
         m.Heartbeat: control,
         m.Leave: control,
         # An op (one array) is at least 15 bytes; values are bin, str keys bounded.
