@@ -213,7 +213,7 @@ STRANGERS: dict[str, tuple[bytes, str]] = {
         frame(b"\x92\x0a\x91" + msgpack.packb(msgpack.ExtType(5, b"code"))),
         "exceeds max_ext_len(0)",
     ),
-    "a map instead of a message": (frame(msgpack.packb({"op": "set"})), "a message is a msgpack array of 1 to 15 items"),
+    "a map instead of a message": (frame(msgpack.packb({"op": "set"})), "a msgpack array of 1 to 15 items"),
     "a code that is no int": (frame(msgpack.packb(["Hello", 1])), "a message code is an unsigned int"),
     "an unknown message code": (frame(msgpack.packb([9999, 1, 2])), "unknown message code 9999"),
     "a Hello with too few fields": (frame(msgpack.packb([1, 1])), "Hello has 5 fields, got 1"),
