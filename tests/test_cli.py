@@ -15,7 +15,7 @@ from typing import IO, Any
 
 import pytest
 
-from tests.support.cluster import ROOT, _env
+from tests.support.cluster import ROOT, _env, wait_until
 
 pytestmark = pytest.mark.slow
 SECRET = "the cli tests' cluster secret"
@@ -161,7 +161,8 @@ def test_a_wrong_secret_makes_members_exit_1_with_a_clear_message(member: tuple[
     out = shoal("members", address, "--secret", "a wrong secret, long enough")
     assert out.returncode == 1
     assert out.stdout == ""
-    assert out.stderr.startswith("shoal members: ") and "secret" in out.stderr and address in out.stderr
+    error = out.stderr.splitlines()[-1]  # after the warning about --secret
+    assert error.startswith("shoal members: ") and "secret" in error and address in error
     assert "Traceback" not in out.stderr
 
 
@@ -171,7 +172,7 @@ def test_members_of_an_address_where_nothing_listens_exits_1(member: tuple[Serve
     assert s.proc.wait(timeout=5) == 0
     out = shoal("members", address, "--secret", SECRET)
     assert out.returncode == 1
-    assert out.stderr.startswith("shoal members: ") and "Traceback" not in out.stderr
+    assert out.stderr.splitlines()[-1].startswith("shoal members: ") and "Traceback" not in out.stderr
 
 
 def test_shoal_secret_prints_a_fresh_secret_of_32_random_bytes_each_time() -> None:
@@ -195,3 +196,17 @@ def test_members_refuses_a_short_secret_before_connecting(member: tuple[Serve, s
     _, address = member
     out = shoal("members", address, "--secret", "s")
     assert out.returncode == 1 and "at least 16" in out.stderr
+
+
+def test_a_secret_on_the_command_line_prints_a_warning_pointing_to_shoal_secret_file(serve: Any) -> None:
+    """Row 13 of issue 20: --secret S is readable by anyone in the process list."""
+    flagged = serve("--listen", "127.0.0.1:0", "--secret", SECRET)
+    flagged.started()
+    wait_until(lambda: any("SHOAL_SECRET_FILE" in line for line in flagged.stderr), what="the warning")
+    warning = next(line for line in flagged.stderr if "SHOAL_SECRET_FILE" in line)
+    assert "--secret" in warning and "process list" in warning and SECRET not in warning
+    from_env = serve("--listen", "127.0.0.1:0", env={"SHOAL_SECRET": SECRET})
+    from_env.started()
+    from_env.proc.send_signal(signal.SIGTERM)
+    assert from_env.proc.wait(10) == 0
+    assert not any("SHOAL_SECRET_FILE" in line for line in from_env.stderr)

@@ -15,12 +15,12 @@ from sim.network import Sim
 from sim.nodes import SimMember, fill
 from sim.nodes import member_of as node
 
-from shoal.actions import BootStreaming, Broadcast, Ready, StreamDump
+from shoal.actions import BootStreaming, Broadcast, Ready, Send, StreamDump
 from shoal.cache import hosted
 from shoal.clock import HybridClock
 from shoal.dispatch import DUMPS_AT_ONCE, DUMPS_QUEUED, Config, Dispatcher
 from shoal.errors import ProtocolError
-from shoal.messages import DumpRequest, Ops
+from shoal.messages import CatchUp, CaughtUp, DumpEnd, DumpRequest, Ops, SizeReply, SizeRequest
 from shoal.warmboot import CHUNK
 
 IN_FLIGHT = 0.05  # the simulated network's worst delay (0.02 s) and the flush delay, with room
@@ -263,3 +263,23 @@ def test_the_collector_pauses_only_while_a_dump_streams_in_not_while_a_failed_bo
     streaming = [act.active for _, who, act in sim.effects if who == b and isinstance(act, BootStreaming)]
     assert streaming == [True, False], "paused while the dump streamed in, resumed when it broke off"
     assert node(sim, b).core.booting and not node(sim, b).core.ready  # retrying, with the collector running
+
+
+def test_a_message_about_a_cache_the_member_does_not_host_gets_no_work_only_the_fixed_answer_a_request_needs() -> None:
+    """A name a member does not host is refused before any work (no op is validated or logged)."""
+    core = Dispatcher(1, "sim:1", config=Config(boot_wait=0.0))
+    core.start(0.0, 1000.0)
+    core.connected(2, "sim:2", 0.0)
+    bad_ops = [["not an op"]] * 1000  # a hosted cache's batch like this would be refused
+    assert core.message(2, Ops("elsewhere", bad_ops), 0.1, 1000.0) == []
+    assert core.replicator.logs == {} and core.replicator.figures == {}
+    answers = [
+        core.message(2, SizeRequest("elsewhere"), 0.2, 1000.0),
+        core.message(2, DumpRequest("elsewhere", 7), 0.2, 1000.0),
+        core.message(2, CatchUp("elsewhere", 0, []), 0.2, 1000.0),
+    ]
+    assert [[(a.peer, a.msg) for a in actions if isinstance(a, Send)] for actions in answers] == [
+        [(2, SizeReply("elsewhere", 0, False))],
+        [(2, DumpEnd("elsewhere", 7, 0))],
+        [(2, CaughtUp("elsewhere", True))],
+    ]

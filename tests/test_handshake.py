@@ -131,6 +131,31 @@ def test_both_sides_derive_the_same_frame_keys_one_per_direction_and_per_session
     assert again_c.send_key != client.send_key  # the initiator's nonce is fresh
 
 
+def _reachable_bytes(obj: object) -> list[bytes]:
+    """Every bytes value held by ``obj``'s attributes, one level of containers deep."""
+    found: list[bytes] = []
+    for value in vars(obj).values() if hasattr(obj, "__dict__") else []:
+        items = value if isinstance(value, (tuple, list)) else [value]
+        for item in items:
+            if isinstance(item, (bytes, bytearray)):
+                found.append(bytes(item))
+            elif hasattr(item, "_fields"):  # a NamedTuple or message
+                found += [v for v in item if isinstance(v, bytes)]
+    return found
+
+
+def test_a_finished_handshake_keeps_the_frame_keys_and_neither_the_secret_nor_the_scrypt_key() -> None:
+    """Row 13 of issue 20: conn.handshake kept the scrypt key, which alone admits a peer."""
+    client, server = initiator(), acceptor()
+    run(client, server)
+    key = hashlib.scrypt(SECRET, salt=b"shoal cluster key v2", n=2**14, r=8, p=1, dklen=32)
+    for side in (client, server):
+        held = _reachable_bytes(side)
+        assert key not in held and SECRET not in held
+        assert side.send_key in held and side.receive_key in held
+    assert client.send_key == server.receive_key and server.send_key == client.receive_key
+
+
 def test_frame_keys_are_withheld_until_the_handshake_is_done() -> None:
     client = initiator()
     client.start()

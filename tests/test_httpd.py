@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import select
 import signal
 import socket
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -15,6 +17,7 @@ import pytest
 
 from shoal import httpd
 from shoal.node import Node
+from tests.support.cluster import wait_until
 from tests.test_cli import SECRET, Serve, serve  # noqa: F401  (the fixture)
 
 
@@ -164,36 +167,108 @@ async def live_once_slots_free(address: str, timeout: float = 10.0) -> int:
             await asyncio.sleep(0.01)
 
 
-def test_connections_over_the_cap_are_closed_unanswered_and_probes_work_again_once_they_go(
+def test_a_probe_over_the_cap_closes_the_oldest_idle_connection_and_is_answered(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(httpd, "MAX_CONNECTIONS", 3)
 
-    async def main() -> tuple[bytes, int]:
+    async def main() -> tuple[bytes, list[bytes]]:
         async with Node() as node:
             server = await httpd.serve(node, "127.0.0.1:0")
-            address = httpd.bound_address(server)
-            host, port = address.rsplit(":", 1)
+            host, port = httpd.bound_address(server).rsplit(":", 1)
             try:
-                idle = [await asyncio.open_connection(host, int(port)) for _ in range(3)]
-                # Accepted in order, so the three idle ones hold every slot when this one arrives.
+                idle = []
+                for _ in range(3):  # accepted in order: the first is the oldest
+                    idle.append(await asyncio.open_connection(host, int(port)))
+                    idle[-1][1].write(b"G")
+                    await idle[-1][1].drain()
                 reader, writer = await asyncio.open_connection(host, int(port))
                 writer.write(b"GET /live HTTP/1.1\r\n\r\n")
-                try:
-                    over_cap = await reader.read()
-                except ConnectionResetError:  # closed with our request unread: a reset, no answer
-                    over_cap = b""
+                answer = await asyncio.wait_for(reader.read(), 5)
                 writer.close()
-                for _, idle_writer in idle:
+                left = []
+                for idle_reader, idle_writer in idle:  # the oldest was closed, the others still wait
+                    try:
+                        left.append(await asyncio.wait_for(idle_reader.read(), 0.2))
+                    except asyncio.TimeoutError:
+                        left.append(b"open")
                     idle_writer.close()
-                return over_cap, await live_once_slots_free(address)
+                return answer, left
             finally:
                 server.close()
                 await server.wait_closed()
 
-    over_cap, live = asyncio.run(main())
-    assert over_cap == b""  # closed without an answer
-    assert live == 200
+    answer, left = asyncio.run(main())
+    assert answer.startswith(b"HTTP/1.1 200 OK") and answer.endswith(b"live\n")
+    assert left == [b"", b"open", b"open"]
+
+
+class Stallers:
+    """Connections that each send one byte and then nothing, reopened as soon as the server closes one."""
+
+    def __init__(self, address: str, count: int) -> None:
+        host, port = address.rsplit(":", 1)
+        self.target = (host, int(port))
+        self.stop = threading.Event()
+        self.opened = 0
+        self.socks: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._run, args=(count,), daemon=True)
+        self.thread.start()
+
+    def _open(self) -> socket.socket:
+        sock = socket.create_connection(self.target, timeout=5)
+        sock.sendall(b"G")
+        sock.setblocking(False)
+        self.opened += 1
+        return sock
+
+    def _run(self, count: int) -> None:
+        self.socks = [self._open() for _ in range(count)]
+        while not self.stop.is_set():
+            readable, _, _ = select.select(self.socks, [], [], 0.05)
+            for sock in readable:
+                try:
+                    closed = sock.recv(4096) == b""
+                except OSError:
+                    closed = True
+                if closed:
+                    sock.close()
+                    self.socks[self.socks.index(sock)] = self._open()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(10)
+        for sock in self.socks:
+            sock.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stallers", [64, 200])
+def test_shoal_serve_http_answers_every_probe_while_connections_that_sent_one_byte_stall(
+    serve: Serve,  # noqa: F811
+    stallers: int,
+) -> None:
+    """Row 7 of issue 20: 64 such connections left 0 of 40 /live probes answered in 20 s."""
+    member = serve("--listen", "127.0.0.1:0", "--caches", "acc:60", "--http", "127.0.0.1:0")
+    assert member.line().startswith("listening on ")
+    address = member.line().removeprefix("http on ")
+    assert member.line() == "ready=True"
+    attack = Stallers(address, stallers)
+    try:
+        wait_until(lambda: attack.opened >= stallers, what="every stalling connection opened")
+        answered = 0
+        started = time.monotonic()
+        for _ in range(40):
+            try:
+                with urllib.request.urlopen(f"http://{address}/live", timeout=2) as response:
+                    answered += response.status == 200
+            except (OSError, urllib.error.URLError):
+                pass
+        elapsed = time.monotonic() - started
+    finally:
+        attack.close()
+    assert answered == 40, f"{answered} of 40 probes answered in {elapsed:.1f} s"
+    assert elapsed < 20
 
 
 @pytest.mark.slow

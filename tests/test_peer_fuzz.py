@@ -13,6 +13,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import os
+import struct
 import types
 import typing
 from typing import Any
@@ -37,9 +39,11 @@ from shoal.messages import (
     Ops,
     Pull,
     SizeReply,
+    to_array,
 )
 from shoal.replication import BUCKETS
 from shoal.validation import MAX_TTL
+from shoal.wire import DEFAULT_MAX_FRAME, FrameDecoder
 
 WALL = 1_700_000_000.0
 PEER = 2
@@ -164,3 +168,77 @@ def test_any_messages_from_an_admitted_peer_are_refused_or_harmless_and_the_memb
         assert entry == math.inf or float(entry) <= WALL + MAX_TTL + 2
         assert version_ms(entry.version) <= int((WALL + cache.max_clock_skew) * 1000)
     assert version_ms(cache._clock.stamp()) <= int((WALL + cache.max_clock_skew) * 1000)
+
+
+# -- every kind, with oversized and repeated fields, through the wire (issue 20) -----------------
+
+BIG_TEXT = st.sampled_from(["n" * 256, "é" * 200, "x" * 5000, "k" * (64 * 1024)])
+BIG_BYTES = st.sampled_from([b"x" * 65, b"x" * 5000, b"\x90" * (64 * 1024)])
+OVERSIZED: dict[Any, st.SearchStrategy[Any]] = {
+    int: INTS,
+    float: FLOATS,
+    str: st.text(max_size=8) | st.just("c") | BIG_TEXT,
+    bytes: st.binary(max_size=8) | BIG_BYTES,
+    bool: st.booleans(),
+    list[Any]: (
+        st.lists(PLAIN | st.lists(PLAIN, max_size=6), max_size=6)
+        | st.tuples(PLAIN | BIG_TEXT | OP, st.integers(0, 20_000)).map(lambda t: [t[0]] * t[1])  # one item, repeated
+        | st.integers(0, 70_000).map(lambda n: [[]] * n)  # empty arrays, one per byte
+        | st.lists(BIG_TEXT | BIG_BYTES, max_size=3)
+    ),
+    dict[Any, Any]: st.dictionaries(st.text(max_size=3), PLAIN, max_size=2)
+    | st.integers(0, 5000).map(lambda n: {i: [] for i in range(n)}),
+}
+
+
+def _oversized(hint: Any) -> st.SearchStrategy[Any]:
+    if isinstance(hint, types.UnionType):
+        return st.one_of([st.none() if o is type(None) else OVERSIZED[o] for o in typing.get_args(hint)])
+    return OVERSIZED[hint]
+
+
+EVERY_KIND_OVERSIZED = st.one_of(
+    [
+        st.builds(cls, *[_oversized(typing.get_type_hints(cls)[f.name]) for f in dataclasses.fields(cls)])
+        for _, cls in sorted(MESSAGE_TYPES.items())
+        if cls.__module__ == "shoal.messages"
+    ]
+)
+RSS_BOUND_MB = 64
+"""What a storm of these frames may add to the member's resident memory (each frame is at most 16 MiB)."""
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.lists(EVERY_KIND_OVERSIZED, min_size=1, max_size=6))
+def test_frames_of_every_kind_with_oversized_or_repeated_fields_are_refused_or_harmless_within_a_memory_bound(
+    msgs: list[Message],
+) -> None:
+    core, cache = booted_member()
+    core.connected(HONEST, "sim:3", 0.0)  # an honest peer, connected all along
+    core.membership.members[HONEST].caches = frozenset({"c"})
+    rss = _rss_mb()
+    now = 0.0
+    for msg in msgs:
+        now += 0.05
+        body = msgpack.packb(to_array(msg), use_bin_type=True)  # as a peer would send it: no sender check
+        try:
+            for decoded in FrameDecoder(DEFAULT_MAX_FRAME).feed(struct.pack(">I", len(body)) + body):
+                core.message(PEER, decoded, now, WALL)
+        except ProtocolError:  # the driver closes that connection, the reason logged
+            core.disconnected(PEER, now)
+            core.connected(PEER, "sim:2", now)
+            core.membership.members[PEER].caches = frozenset({"c"})
+        assert _rss_mb() - rss < RSS_BOUND_MB
+    beats = []
+    for _ in range(20):  # the timer runs and heartbeats keep flowing
+        now += 0.05
+        beats += core.tick(now, WALL)
+    assert any(isinstance(a, Send) and a.peer == HONEST and isinstance(a.msg, Heartbeat) for a in beats)
+    cache.set("after", "the storm")
+    assert any(isinstance(a, Broadcast) and HONEST in a.peers for a in core.flush(lambda peer: 0, WALL))
+    assert _rss_mb() - rss < RSS_BOUND_MB

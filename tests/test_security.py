@@ -204,12 +204,18 @@ STRANGERS: dict[str, tuple[bytes, str]] = {
     "an HTTP request": (b"GET / HTTP/1.1\r\n\r\n", "1195725856-byte frame, over the 4096-byte limit"),
     "a length prefix of 2**31": (struct.pack(">I", 2**31), "2147483648-byte frame, over the 4096-byte limit"),
     "a length prefix one over the handshake limit": (struct.pack(">I", 65537), "over the 4096-byte limit"),
-    "a frame of text": (frame(b"garbage!"), "undecodable frame (ExtraData)"),
-    "a frame of a never-used msgpack byte": (frame(b"\xc1"), "undecodable frame (FormatError)"),
-    "a frame nested 4000 deep": (frame(b"\x91" * 4000 + b"\x90"), "undecodable frame (StackError)"),
-    "a msgpack Timestamp": (frame(TIMESTAMP), "exceeds max_ext_len(0)"),
-    "a msgpack ext type": (frame(msgpack.packb(msgpack.ExtType(5, b"code"))), "exceeds max_ext_len(0)"),
-    "a map instead of a message": (frame(msgpack.packb({"op": "set"})), "a message is a non-empty array, got dict"),
+    "a frame of text": (frame(b"garbage!"), "a message is a msgpack array of 1 to 15 items"),
+    "a frame of a never-used msgpack byte": (frame(b"\xc1\xc1"), "a message is a msgpack array of 1 to 15 items"),
+    "a frame of one byte": (frame(b"\x91"), "a frame is too short to hold a message"),
+    "a frame of text after a message's first bytes": (frame(b"\x92\x0agarbage!"), "undecodable frame (ExtraData)"),
+    "a frame nested 4000 deep": (frame(b"\x92\x0a" + b"\x91" * 4000 + b"\x90"), "undecodable frame (StackError)"),
+    "a msgpack Timestamp": (frame(b"\x92\x0a\x91" + TIMESTAMP), "exceeds max_ext_len(0)"),
+    "a msgpack ext type": (
+        frame(b"\x92\x0a\x91" + msgpack.packb(msgpack.ExtType(5, b"code"))),
+        "exceeds max_ext_len(0)",
+    ),
+    "a map instead of a message": (frame(msgpack.packb({"op": "set"})), "a msgpack array of 1 to 15 items"),
+    "a code that is no int": (frame(msgpack.packb(["Hello", 1])), "a message code is an unsigned int"),
     "an unknown message code": (frame(msgpack.packb([9999, 1, 2])), "unknown message code 9999"),
     "a Hello with too few fields": (frame(msgpack.packb([1, 1])), "Hello has 5 fields, got 1"),
     "a Hello with a field of the wrong type": (
@@ -221,7 +227,7 @@ STRANGERS: dict[str, tuple[bytes, str]] = {
     "cache ops before the handshake": (encode(Ops("c", [])), "unexpected Ops in handshake"),
     "a query before the handshake": (encode(Query("stats", [])), "unexpected Query in handshake"),
     "nothing at all": (b"", "handshake did not finish in time"),
-    "half a frame": (struct.pack(">I", 100) + b"\x00" * 10, "handshake did not finish in time"),
+    "half a frame": (struct.pack(">I", 100) + b"\x92\x0b" + b"\x00" * 8, "handshake did not finish in time"),
     "a Hello, then silence": (encode(Hello(2, 2, 7, b"x" * 32, "")), "handshake did not finish in time"),
 }
 
@@ -261,7 +267,7 @@ AUTHENTICATED: dict[str, tuple[str, bytes, str]] = {
         encode(Ops("c", [[1, 1.5, b"\xc0", None, 1, 1]])),
         "a key must be str, bytes or int",
     ),
-    "a member sending garbage": ("127.0.0.1:1", frame(b"\xc1"), "undecodable frame (FormatError)"),
+    "a member sending garbage": ("127.0.0.1:1", frame(b"\x92\x0b\xc1"), "undecodable frame (FormatError)"),
     "a member sending a query": ("127.0.0.1:1", encode(Query("stats", [])), "unexpected Query after the handshake"),
 }
 
@@ -391,7 +397,7 @@ def test_members_replicate_over_tls(nodes: Callable[..., Node], tls: Tls) -> Non
     b.cache("c").set("k2", "back over tls")
     wait_until(lambda: b.cache("c").get("k") == "over tls" and a.cache("c").get("k2") == "back over tls", 10)
     for node, peer in ((a, b), (b, a)):
-        conn = node._peers.get(peer.node_id)  # white-box: the socket under the member
+        conn = node._driver.peers.get(peer.node_id)  # white-box: the socket under the member
         assert conn is not None and conn.transport is not None
         assert conn.transport.get_extra_info("ssl_object") is not None
     assert query(a.address, SECRET, "members", ssl=tls.client)["members"][0]["address"] == a.address
@@ -507,7 +513,7 @@ def test_pending_connections_beyond_max_pending_close_the_oldest_and_operators_s
             sock = socket.create_connection(parse_address(a.address), timeout=5)
             socks.append(sock)
             try:
-                sock.sendall(struct.pack(">I", HANDSHAKE_MAX_FRAME) + b"\x00" * 1000)  # a partial frame, held
+                sock.sendall(struct.pack(">I", HANDSHAKE_MAX_FRAME) + b"\x96\x01" + b"\x00" * 998)  # a partial Hello
             except ConnectionError:
                 closed += 1
         wait_until(lambda: len(a._driver.pending) >= 8, 5, what="eight pending strangers")
@@ -595,7 +601,8 @@ def test_a_peer_asking_for_dumps_it_never_reads_is_cut_off_before_it_costs_more_
             10,
             what="the greedy peer to be refused",
         )
-    wait_until(lambda: not a._dumps.held(0x2B), 10, what="its queued dumps to be dropped")
+    core = a._driver.core
+    wait_until(lambda: 0x2B not in core._dumps_waiting, 10, what="its queued dumps to be dropped")
     still_serves(a, b)
 
 

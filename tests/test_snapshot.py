@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import math
+import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -20,6 +22,7 @@ from shoal.handshake import cluster_key
 from shoal.serializer import MsgpackSerializer
 from shoal.store import NEVER, WRITE, Entry
 from tests.support.cluster import ROOT, Cluster, Member, _env, cluster, wait_until
+from tests.test_cli import Serve
 
 __all__ = ["cluster"]  # the fixture, imported for the tests below
 
@@ -400,3 +403,44 @@ def test_with_the_cluster_key_a_file_is_read_only_if_its_mac_matches(tmp_path: P
     forged_file(path, [GOOD], key=other)
     with pytest.raises(snapshot.CorruptSnapshot, match="MAC"):
         snapshot.read(path, NOW, key=key)
+
+
+# -- what may sit at the snapshot path (issue 20, row 14) -----------------------------------
+
+
+def test_a_fifo_a_link_a_directory_or_an_oversized_file_at_the_path_is_refused_without_waiting(
+    tmp_path: Path,
+) -> None:
+    good = tmp_path / "good.snap"
+    write_cache(good, "c", entries(3))
+    fifo = tmp_path / "fifo.snap"
+    os.mkfifo(fifo)
+    link = tmp_path / "link.snap"
+    link.symlink_to(good)
+    refused = {
+        fifo: "not a regular file",
+        link: "symbolic link",
+        tmp_path: "not a regular file",
+    }
+    for path, reason in refused.items():
+        with pytest.raises(snapshot.CorruptSnapshot, match=reason):
+            snapshot.read(path, NOW, key=MEMBER_KEY)
+    with pytest.raises(snapshot.CorruptSnapshot, match="over the 100-byte snapshot limit"):
+        snapshot.read(good, NOW, key=MEMBER_KEY, max_bytes=100)
+    assert len(snapshot.read(good, NOW, key=MEMBER_KEY)["c"]) == 3
+
+
+@pytest.mark.slow
+def test_shoal_serve_with_a_fifo_at_the_snapshot_path_becomes_ready_and_exits_on_sigterm(tmp_path: Path) -> None:
+    """Row 14 of issue 20: the member was never ready and its process never exited."""
+    fifo = tmp_path / "snapshot"
+    os.mkfifo(fifo)
+    member = Serve("--listen", "127.0.0.1:0", "--snapshot-path", str(fifo))
+    try:
+        assert member.line().startswith("listening on ")
+        assert member.line(timeout=15) == "ready=True"
+        member.proc.send_signal(signal.SIGTERM)
+        assert member.proc.wait(15) == 0
+        wait_until(lambda: any("not a regular file" in line for line in member.stderr), what="the logged reason")
+    finally:
+        member.kill()

@@ -576,3 +576,64 @@ def test_a_large_bucket_is_compacted_in_bounded_steps() -> None:
     assert max(steps) <= 40_000 // 8 + 1  # no single call examined the whole bucket
     assert store._wheel[int(NOW + 100.5)] == []
     assert sorted(store._wheel[int(NOW + 200.5)]) == list(range(40_000))
+
+
+# -- tombstones are bounded (issue 20, row 10) ----------------------------------------------
+
+
+def test_a_million_deletes_of_absent_keys_keep_at_most_max_entries_tombstones() -> None:
+    """Row 10: 1M deletes of absent keys kept 1M tombstones for 600 s (+320 MB) in a 1,000-entry cache."""
+    store = Store(max_entries=1000, tombstone_ttl=600.0)
+    for i in range(1_000_000):
+        store.delete(f"absent-{i}", i + 1, NOW)
+    assert len(store.tombstones) <= 1024 and len(store._tomb_queue) <= 1024
+    assert store.tombstones_dropped == 1_000_000 - len(store.tombstones)
+    # No dropped tombstone lets an older write back, and a newer write still lands.
+    assert not store.write("absent-5", "old", NEVER, 6, NOW)
+    assert "absent-5" not in store.data
+    assert store.write("absent-5", "new", NEVER, 2_000_000, NOW)
+
+
+def test_tombstones_are_bounded_in_bytes_counting_their_keys() -> None:
+    store = Store(tombstone_ttl=600.0, tombstone_bytes=1024 * 1024)
+    for i in range(10_000):
+        store.delete(f"{i:04096d}", i + 1, NOW)  # 4 KiB keys
+    assert len(store.tombstones) * 4096 <= 1024 * 1024
+    assert not store.write(f"{7:04096d}", "old", NEVER, 1, NOW)
+
+
+def bounded_histories() -> st.SearchStrategy[list[tuple[str, Any, int, float]]]:
+    step = st.tuples(
+        st.sampled_from(["write", "delete", "clear", "tick"]),
+        st.integers(0, 12),  # few keys: tombstones are dropped and keys come back often
+        st.integers(1, 60),  # versions: late (older) writes are common
+        st.sampled_from([NEVER, NOW + 5, NOW + 50]),
+    )
+    return st.lists(step, max_size=80)
+
+
+@given(bounded_histories(), st.integers(1, 4))
+def test_a_store_with_few_tombstones_never_holds_a_key_the_unbounded_store_deleted(
+    history: list[tuple[str, Any, int, float]], cap: int
+) -> None:
+    """Against the model with no bound: what the bounded store holds, the unbounded one holds too."""
+    bounded = Store(tombstone_ttl=30.0, max_tombstones=cap)
+    unbounded = Store(tombstone_ttl=30.0, max_tombstones=10**9)
+    now = NOW
+    for kind, key, version, expires in history:
+        for store in (bounded, unbounded):
+            if kind == "write":
+                store.write(key, f"v{version}", expires, version, now)
+            elif kind == "delete":
+                store.delete(key, version, now)
+            elif kind == "clear":
+                store.clear(version // 4)
+            else:
+                store.sweep(now + 1)
+        if kind == "tick":
+            now += 10
+        assert len(bounded.tombstones) <= cap
+        for k in range(13):
+            held = bounded.live(k, now)
+            model = unbounded.live(k, now)
+            assert held is None or (model is not None and (held.value, held.version) == (model.value, model.version))

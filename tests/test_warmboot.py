@@ -11,10 +11,12 @@ from typing import Any
 import pytest
 from conftest import FakeClock, hosted_cache
 
+from shoal.actions import Send
 from shoal.cache import Cache, Replica, hosted
 from shoal.clock import NODE_BITS, HybridClock
+from shoal.dispatch import Config, Dispatcher
 from shoal.errors import ProtocolError
-from shoal.messages import DumpChunk, DumpEnd
+from shoal.messages import DumpChunk, DumpEnd, DumpRequest, SizeReply, SizeRequest
 from shoal.serializer import MsgpackSerializer
 from shoal.store import DELETE, NEVER, WRITE, Store
 from shoal.warmboot import CHUNK, choose_donors, columns_from_wire, dump_columns, dump_stream
@@ -363,3 +365,56 @@ def test_dump_frames_stay_under_the_frame_limit_whatever_the_value_size(value_si
     *chunks, end = received
     assert isinstance(end, DumpEnd) and end.entries == count
     assert sorted(k for m in chunks for k in m.keys) == sorted(f"k{i}" for i in range(count))  # type: ignore[attr-defined]
+
+
+# -- a donor that claims entries and sends none (issue 20, row 15) ------------------------
+
+
+def test_a_donor_that_claims_entries_and_dumps_none_is_passed_over_and_the_member_stays_unready() -> None:
+    """Row 15: SizeReply(10**9) then an empty dump made the member ready, "warm", with 0 entries."""
+    liar, honest = 2, 3
+    core = Dispatcher(1, "sim:1", seeds=["sim:2"], config=Config(boot_wait=5.0, mesh_wait=0.0))
+    cache, replica = member_cache(1)
+    core.host("c", replica, 0.0)
+    for peer in (liar, honest):  # both known before the boot starts: both are asked their size
+        core.connected(peer, f"sim:{peer}", 0.0)
+        core.membership.members[peer].caches = frozenset({"c"})
+    sent = core.start(0.0, 1000.0) + core.tick(0.1, 1000.0)
+    asked = {a.peer for a in sent if isinstance(a, Send) and isinstance(a.msg, SizeRequest)}
+    assert asked == {liar, honest}
+    sent = core.message(liar, SizeReply("c", 10**9, True), 0.2, 1000.0)
+    sent += core.message(honest, SizeReply("c", 3, True), 0.2, 1000.0)
+    request = next(a for a in sent if isinstance(a, Send) and isinstance(a.msg, DumpRequest))
+    assert request.peer == liar  # the largest claim goes first
+    sent = core.message(liar, DumpEnd("c", request.msg.stream, 0), 0.3, 1000.0)
+    assert not core.ready and len(cache) == 0
+    second = next(a for a in sent if isinstance(a, Send) and isinstance(a.msg, DumpRequest))
+    assert second.peer == honest
+    donor = store_with(3)
+    keys, values, expires, hlcs, nodes = dump_columns(donor.entries(), None, 1000.0)
+    chunk = DumpChunk("c", second.msg.stream, keys, values, expires, hlcs, nodes, True)
+    core.message(honest, chunk, 0.4, 1000.0)
+    core.message(honest, DumpEnd("c", second.msg.stream, 3), 0.5, 1000.0)
+    stats = core.boot_stats("c")
+    assert stats.state == "warm" and stats.entries == 3 and stats.donors_tried == 2
+    assert len(cache) == 3 and core.ready
+
+
+def test_a_boot_whose_only_donor_claims_entries_and_dumps_none_stays_unready_and_asks_again() -> None:
+    core = Dispatcher(1, "sim:1", seeds=["sim:2"], config=Config(boot_wait=0.5, mesh_wait=0.0))
+    cache, replica = member_cache(1)
+    core.host("c", replica, 0.0)
+    core.start(0.0, 1000.0)
+    core.connected(2, "sim:2", 0.0)
+    core.membership.members[2].caches = frozenset({"c"})
+    core.tick(0.1, 1000.0)
+    sent = core.message(2, SizeReply("c", 10**9, True), 0.2, 1000.0)
+    request = next(a for a in sent if isinstance(a, Send) and isinstance(a.msg, DumpRequest))
+    core.message(2, DumpEnd("c", request.msg.stream, 0), 0.3, 1000.0)
+    asked_again = []
+    now = 0.3
+    while now < 5.0 and not asked_again:
+        now += 0.1
+        asked_again = [a for a in core.tick(now, 1000.0) if isinstance(a, Send) and isinstance(a.msg, SizeRequest)]
+        assert not core.ready
+    assert asked_again and core.boot_stats("c").state.startswith("retrying") and len(cache) == 0

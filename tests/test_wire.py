@@ -23,12 +23,26 @@ from shoal.messages import (
     Hello,
     Leave,
     Message,
+    Ops,
     Proof,
+    Pull,
     Refused,
+    SizeRequest,
     Welcome,
     message,
+    to_array,
 )
-from shoal.wire import DEFAULT_MAX_FRAME, TAG_SIZE, FrameDecoder, FrameSealer, encode
+from shoal.validation import MAX_NAME_SIZE
+from shoal.wire import (
+    DEFAULT_MAX_FRAME,
+    TAG_SIZE,
+    Bounds,
+    FrameDecoder,
+    FrameSealer,
+    bounds_of,
+    encode,
+    frame_limit,
+)
 
 
 @message(60_001)  # far from every real range; exists to exercise float and optional fields
@@ -172,7 +186,7 @@ def test_malformed_input_is_a_protocol_error(data: bytes) -> None:
 
 def test_a_protocol_error_names_the_field_but_never_echoes_the_peers_data() -> None:
     with pytest.raises(ProtocolError) as caught:
-        FrameDecoder().feed(framed([Proof.code, "A" * 10_000, 0]))
+        FrameDecoder().feed(framed([Proof.code, "A" * 400, 0]))
     assert "Proof.mac must be bytes, got str" in str(caught.value)
     assert "AAAA" not in str(caught.value)
 
@@ -219,9 +233,43 @@ def _messages_of(cls: type[Message]) -> st.SearchStrategy[Message]:
 any_message = st.one_of([_messages_of(cls) for _, cls in sorted(MESSAGE_TYPES.items())])
 
 
+def _within(obj: Any, bounds: Bounds, size: int) -> bool:
+    """Whether every item of ``obj`` keeps to ``bounds`` (what the decoder enforces for a frame of ``size``)."""
+    limit = {
+        str: (bounds.text, size),
+        bytes: (bounds.binary, size),
+        list: (bounds.items, size),
+        dict: (bounds.pairs, size // 2),
+    }
+    kind = type(obj)
+    if kind in limit:
+        bound, most = limit[kind]
+        length = len(obj.encode()) if kind is str else len(obj)
+        if length > (most if bound is None else min(bound, most)):
+            return False
+    if kind is list:
+        return all(_within(item, bounds, size) for item in obj)
+    if kind is dict:
+        return all(_within(k, bounds, size) and _within(v, bounds, size) for k, v in obj.items())
+    return True
+
+
 @given(any_message)
-def test_any_registered_message_with_any_field_values_survives_a_round_trip(msg: Message) -> None:
-    assert decode_one(encode(msg)) == msg
+def test_any_registered_message_within_its_kinds_bounds_survives_a_round_trip_and_any_other_is_refused(
+    msg: Message,
+) -> None:
+    try:
+        data = encode(msg)
+    except FrameTooLarge:
+        assert len(msgpack.packb(to_array(msg))) > frame_limit(msg.code, DEFAULT_MAX_FRAME)
+        return
+    array = to_array(msg)
+    name = getattr(msg, "cache", "")
+    if _within(array, bounds_of(msg.code), len(data) - 4) and len(name.encode()) <= MAX_NAME_SIZE:
+        assert decode_one(data) == msg
+    else:
+        with pytest.raises(ProtocolError):
+            decode_one(data)
 
 
 def _feed_expecting_only_protocol_errors(chunks: list[bytes]) -> None:
@@ -340,3 +388,54 @@ def test_random_bytes_after_the_handshake_only_ever_raise_protocol_errors(chunks
             decoder.feed(chunk)
     except ProtocolError:
         pass
+
+
+# --- limits per kind (issue 20) --------------------------------------------------
+
+
+def test_a_16_mib_gossip_frame_is_refused_when_its_first_six_bytes_arrive() -> None:
+    """Row 4: 16M empty arrays in one Gossip stalled a member 12.2 s at 1.2 GB; now nothing is decoded."""
+    decoder = FrameDecoder(DEFAULT_MAX_FRAME)
+    head = struct.pack(">I", DEFAULT_MAX_FRAME) + b"\x92\x0a\xdd" + (DEFAULT_MAX_FRAME - 7).to_bytes(4, "big")
+    assert decoder.feed(head[:5]) == []  # the kind is not known yet: nothing refused, nothing decoded
+    with pytest.raises(FrameTooLarge, match="Gossip frame, over the 1048576-byte limit"):
+        decoder.feed(head[5:6])
+
+
+def test_a_size_request_naming_a_4_mib_cache_is_refused_by_its_kinds_limit() -> None:
+    """Row 2: a 4 MiB name, answered by a reply echoing it, for a peer that never reads."""
+    data = framed([SizeRequest.code, "n" * (4 << 20)])
+    with pytest.raises(FrameTooLarge, match="SizeRequest frame, over the 1024-byte limit"):
+        FrameDecoder().feed(data[:6])
+
+
+def test_every_message_naming_a_cache_refuses_a_name_over_255_bytes() -> None:
+    for msg in (SizeRequest("n" * 256), Ops("é" * 128, []), Pull("n" * 4000, [])):
+        with pytest.raises(ProtocolError, match="cache name is at most 255 bytes"):
+            decode_one(encode(msg))
+    assert decode_one(encode(SizeRequest("n" * 255))) == SizeRequest("n" * 255)
+
+
+def test_a_small_kind_cannot_claim_a_long_array_even_within_its_frame_limit() -> None:
+    body = b"\x92\x0a\xdd" + (2000 * 1024).to_bytes(4, "big") + b"\x90" * 4097
+    with pytest.raises(ProtocolError, match="max_array_len"):
+        FrameDecoder().feed(frame(body))
+
+
+def test_a_bulk_frame_holding_more_arrays_than_its_size_allows_is_stopped_while_decoding() -> None:
+    count = 200_000  # 16 bytes per op-shaped array of 15 empty arrays: 16 arrays per 16 bytes
+    body = b"\x93\x14\xa1c\xdd" + count.to_bytes(4, "big") + (b"\x9f" + b"\x90" * 15) * count
+    with pytest.raises(ProtocolError, match="more arrays and maps than its size allows"):
+        FrameDecoder().feed(frame(body))
+
+
+def test_an_honest_ops_frame_of_the_smallest_ops_decodes() -> None:
+    ops = [[1, 0, None, None, 2**40, 1]] * 10_000  # 15 bytes each: a delete of key 0 by node 1
+    msg = Ops("c", ops)
+    assert len(encode(msg)) > 64 * 1024
+    assert decode_one(encode(msg)) == msg
+
+
+def test_a_frame_whose_body_is_no_message_array_is_refused_at_its_first_byte() -> None:
+    with pytest.raises(ProtocolError, match="msgpack array of 1 to 15 items"):
+        FrameDecoder().feed(struct.pack(">I", 1 << 20) + b"\xdc")

@@ -166,8 +166,27 @@ def _ready(args: argparse.Namespace) -> int:
 # -- argument parsing -------------------------------------------------------------------
 
 
+SECRET_ON_COMMAND_LINE = (
+    "warning: --secret puts the cluster secret in the process list, where every user of this "
+    "machine can read it; put it in a file and pass --secret-file or SHOAL_SECRET_FILE instead"
+)
+
+
+class _OnCommandLine(argparse.Action):
+    """Stores the value and notes that it came from the command line (main warns), not the environment."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: Any, values: Any, option: str | None = None) -> None:
+        setattr(namespace, self.dest, values)
+        namespace.secret_on_command_line = True
+
+
 def _add_secret(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--secret", default=_env("SHOAL_SECRET"), help="cluster secret [SHOAL_SECRET]")
+    p.add_argument(
+        "--secret",
+        default=_env("SHOAL_SECRET"),
+        action=_OnCommandLine,
+        help="cluster secret [SHOAL_SECRET]; prefer --secret-file",
+    )
     p.add_argument(
         "--secret-file", default=_env("SHOAL_SECRET_FILE"), help="file holding the cluster secret [SHOAL_SECRET_FILE]"
     )
@@ -232,6 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "secret_on_command_line", False):
+        print(SECRET_ON_COMMAND_LINE, file=sys.stderr)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         if args.command == "serve":

@@ -32,7 +32,7 @@ import random
 from collections import deque
 from collections.abc import Callable
 
-from .actions import Action, BootStreaming, Broadcast, MemberDown, MemberUp, Ready, StreamDump
+from .actions import Action, BootStreaming, Broadcast, MemberDown, MemberUp, Ready, Send, StreamDump
 from .config import Config
 from .errors import ProtocolError
 from .leases import Leases, is_lease_message
@@ -73,6 +73,18 @@ cache it boots; more at once is a peer making us hold entry lists (100 unread du
 _REPLICATION = (Ops, Digest, Listing, Pull, CatchUp, CaughtUp)
 _WARMBOOT = (SizeRequest, SizeReply, DumpRequest, DumpChunk, DumpEnd)
 _MEMBERSHIP = (Gossip, Heartbeat, Leave)
+
+
+def _unhosted(peer: int, msg: Message) -> list[Action]:
+    """A message about a cache this member does not host: no work, and the fixed answer a
+    request needs so the asker does not wait (its name is at most 255 bytes, wire.py)."""
+    if isinstance(msg, SizeRequest):
+        return [Send(peer, SizeReply(msg.cache, 0, False))]
+    if isinstance(msg, DumpRequest):
+        return [Send(peer, DumpEnd(msg.cache, msg.stream, 0))]
+    if isinstance(msg, CatchUp):
+        return [Send(peer, CaughtUp(msg.cache, True))]  # nothing logged: nothing was missed
+    return []
 
 
 class Dispatcher:
@@ -256,6 +268,8 @@ class Dispatcher:
             return self._after(self.membership.received(peer, msg, now), now, membership=isinstance(msg, Gossip))
         self.membership.heard(peer, now)
         self._wall = wall
+        if isinstance(msg, _REPLICATION + _WARMBOOT) and msg.cache not in self.replicas:
+            return _unhosted(peer, msg)
         if isinstance(msg, _REPLICATION):
             actions = self._after(self.replicator.received(peer, msg, now, wall), now)
             if isinstance(msg, Ops) and self.leases.wants:  # callers here may be waiting for these keys

@@ -49,6 +49,9 @@ then its UTF-8 (lengths as 4 bytes). Each property rests on one ingredient:
 
 The acceptor picks the highest version both ranges share.
 
+Once done, a Handshake holds the two frame keys and nothing derived from the
+secret that would admit a peer: the scrypt key and the transcript are dropped.
+
 What the driver owns: the socket, the wall clock (``wall``, read when a Challenge
 or Proof is made or checked) and the reaction to failure. It bounds the whole
 handshake with a timeout, keeps the FrameDecoder at HANDSHAKE_MAX_FRAME until
@@ -150,7 +153,8 @@ class Handshake:
         if len(nonce) != NONCE_SIZE:
             raise ValueError(f"a nonce is {NONCE_SIZE} bytes, got {len(nonce)}")
         self._initiator = initiator
-        self._key = cluster_key(secret)
+        self._key: bytes | None = cluster_key(secret)  # dropped once the frame keys are made
+        self._frame_keys: tuple[bytes, bytes] | None = None  # (send, receive), once DONE
         self._node_id = node_id
         self._listen = listen
         self._nonce = nonce
@@ -247,13 +251,27 @@ class Handshake:
     def send_key(self) -> bytes:
         """Key of the MAC on every frame this side sends from now on (wire.FrameSealer)."""
         self._admitted()
-        return self._mac(_FRAMES_C2S if self._initiator else _FRAMES_S2C)
+        assert self._frame_keys is not None
+        return self._frame_keys[0]
 
     @property
     def receive_key(self) -> bytes:
         """Key of the MAC on every frame the peer sends from now on (FrameDecoder.authenticate)."""
         self._admitted()
-        return self._mac(_FRAMES_S2C if self._initiator else _FRAMES_C2S)
+        assert self._frame_keys is not None
+        return self._frame_keys[1]
+
+    def _finish(self) -> None:
+        """DONE: derive the frame keys, then forget the cluster key and the transcript.
+
+        A connection lives for days; the cluster key alone would admit anyone, so an
+        admitted connection holds only what authenticates its own frames.
+        """
+        c2s, s2c = self._mac(_FRAMES_C2S), self._mac(_FRAMES_S2C)
+        self._frame_keys = (c2s, s2c) if self._initiator else (s2c, c2s)
+        self._key = None
+        self._transcript = b""
+        self._state = _State.DONE
 
     def _admitted(self) -> _Peer:
         # Withheld until DONE so nothing acts on an identity the peer has not proven.
@@ -298,13 +316,14 @@ class Handshake:
         self._verify(proof.mac, _INITIATOR_LABEL)
         self._skew = proof.wall_ms - self._now_ms()
         self._check_skew()
-        self._state = _State.DONE
-        return [Welcome(self._mac(_ACCEPTOR_LABEL))]
+        welcome = Welcome(self._mac(_ACCEPTOR_LABEL))
+        self._finish()
+        return [welcome]
 
     def _on_welcome(self, welcome: Welcome) -> list[Message]:
         self._verify(welcome.mac, _ACCEPTOR_LABEL)
         self._check_skew()
-        self._state = _State.DONE
+        self._finish()
         return []
 
     def _check_peer(self, node_id: int, nonce: bytes) -> None:
@@ -329,6 +348,7 @@ class Handshake:
 
     def _mac(self, label: bytes) -> bytes:
         """HMAC of the transcript under a label: each side's proof, and each direction's frame key."""
+        assert self._key is not None, "the handshake is over"
         return hmac.new(self._key, label + self._transcript, hashlib.sha256).digest()
 
     def _verify(self, mac: bytes, label: bytes) -> None:

@@ -18,10 +18,13 @@ where it is kept, without locks.
   what a pod cannot run without) and ``/metrics`` answers 501 saying what to
   install, rather than a hand-written copy of the exposition format.
 
-Only GET and HEAD of those three paths; a request line is bounded in size and
-time, headers are read and ignored, one request per connection, and at most
-``MAX_CONNECTIONS`` are open at once (a prober needs one). The address is
-not meant for the internet: put it on the pod network only.
+Only GET and HEAD of those three paths; the request line and headers are bounded
+in size and must arrive within ``REQUEST_TIMEOUT``, headers are read and ignored,
+one request per connection. At most ``MAX_CONNECTIONS`` are open at once; a new
+one past that closes the oldest that has not sent its request yet, so connections
+that send a byte and stall (64 of them answered 0 of 40 probes in 20 s) cannot
+keep a prober out: a probe sends its request at once and is answered. The address
+is not meant for the internet: put it on the pod network only.
 """
 
 from __future__ import annotations
@@ -41,8 +44,9 @@ log = logging.getLogger("shoal")
 
 MAX_REQUEST_LINE = 2048
 MAX_HEADERS = 64
-READ_TIMEOUT = 5.0  # to send a request; as long again to take the answer
-MAX_CONNECTIONS = 64  # open at once; more are closed unanswered, so nobody can take every descriptor
+REQUEST_TIMEOUT = 2.0  # to send the request line and headers (a kubelet sends them at once)
+READ_TIMEOUT = 5.0  # to take the answer
+MAX_CONNECTIONS = 64  # open at once; past it the oldest still sending its request is closed (else the oldest)
 
 _REASONS = {
     200: "OK",
@@ -105,25 +109,30 @@ async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str] | None:
 
 def _handler(node: Node) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
     pages = _pages(node)
-    open_now = 0
+    # Open connections, oldest first; the value says whether its request is still being read.
+    waiting: dict[asyncio.StreamWriter, bool] = {}
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal open_now
-        if open_now >= MAX_CONNECTIONS:
-            writer.close()
-            return
-        open_now += 1
+        if len(waiting) >= MAX_CONNECTIONS:
+            # The oldest still sending its request; if none is, the oldest not taking its answer.
+            idle = next((w for w, reading in waiting.items() if reading), next(iter(waiting)))
+            del waiting[idle]
+            idle.transport.abort()  # its handler sees the connection lost and ends
+        waiting[writer] = True
         try:
             await answer(reader, writer)
         finally:
-            open_now -= 1
+            waiting.pop(writer, None)
 
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             try:
-                request = await asyncio.wait_for(_read_request(reader), READ_TIMEOUT)
+                request = await asyncio.wait_for(_read_request(reader), REQUEST_TIMEOUT)
             except (asyncio.TimeoutError, ValueError, ConnectionError):  # ValueError: line over the limit
                 request = None
+            if writer not in waiting:
+                return  # evicted meanwhile
+            waiting[writer] = False  # answering now: evicted only after every idle one
             if request is None:
                 status, kind, body = 400, _TEXT, b"bad request\n"
                 method = "GET"
@@ -159,7 +168,11 @@ async def serve(node: Node, address: str) -> asyncio.Server:
     from .transport import parse_address
 
     host, port = parse_address(address)
-    server = await asyncio.start_server(_handler(node), host, port, limit=MAX_REQUEST_LINE, reuse_address=True)
+    # backlog is also how many connections asyncio accepts per turn of the loop: a probe accepted
+    # with a burst of others must have its request read before MAX_CONNECTIONS newer ones evict it.
+    server = await asyncio.start_server(
+        _handler(node), host, port, limit=MAX_REQUEST_LINE, reuse_address=True, backlog=max(4, MAX_CONNECTIONS // 4)
+    )
     bound = server.sockets[0].getsockname()
     log.info("HTTP endpoints on %s:%d", bound[0], bound[1])
     return server

@@ -17,15 +17,21 @@ and ignored, never half-loaded. The CRC catches a damaged disk; the MAC catches 
 file someone wrote on purpose, since a member loads it without any peer to ask.
 Writes go to a temporary file in the same directory, are fsynced, then renamed
 over the old one, so a crash mid-write leaves the previous snapshot.
+
+The path is read only if it is a regular file of at most ``MAX_SNAPSHOT_BYTES``,
+opened without following a symbolic link and without blocking: a FIFO there once
+kept a member unready and its process from ever exiting (the read never returned).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import hmac
 import logging
 import os
+import stat
 import tempfile
 import zlib
 from collections.abc import Callable, Iterable
@@ -42,6 +48,8 @@ from .validation import DEFAULT_MAX_CLOCK_SKEW, check_expiry, check_peer_key, ch
 
 log = logging.getLogger("shoal")
 
+MAX_SNAPSHOT_BYTES = 8 * 1024**3
+"""The largest snapshot file read (it is read whole, then applied): far above any cache that fits."""
 MAGIC = "shoal-snapshot"
 FORMAT = 2
 _MAC_LABEL = b"shoal snapshot\x00"
@@ -102,15 +110,49 @@ def write(
     return count
 
 
+def read_file(path: str | os.PathLike[str], max_bytes: int = MAX_SNAPSHOT_BYTES) -> bytes:
+    """The bytes of ``path`` if it is a regular file of at most ``max_bytes`` (see the module docstring).
+
+    FileNotFoundError if there is none; CorruptSnapshot for a link, a FIFO, a device, a
+    directory or a file over the cap, so nothing but a plain file is ever waited on or read.
+    """
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise CorruptSnapshot(f"{path} is a symbolic link; a snapshot path must name a regular file") from None
+        raise
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise CorruptSnapshot(f"{path} is not a regular file; a snapshot path must name one")
+    with os.fdopen(fd, "rb", buffering=0) as file:
+        if info.st_size > max_bytes:
+            raise CorruptSnapshot(f"{path} is {info.st_size} bytes, over the {max_bytes}-byte snapshot limit")
+        chunks: list[bytes] = []
+        total = 0
+        while chunk := file.read(min(1 << 24, max_bytes + 1 - total)):
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > max_bytes:  # it grew since fstat
+                raise CorruptSnapshot(f"{path} is over the {max_bytes}-byte snapshot limit")
+        return b"".join(chunks)
+
+
 def read(
-    path: str | os.PathLike[str], now: float, key: bytes | None = None, max_clock_skew: float = DEFAULT_MAX_CLOCK_SKEW
+    path: str | os.PathLike[str],
+    now: float,
+    key: bytes | None = None,
+    max_clock_skew: float = DEFAULT_MAX_CLOCK_SKEW,
+    max_bytes: int = MAX_SNAPSHOT_BYTES,
 ) -> dict[str, list[Op]]:
     """Unexpired entries by cache; raises CorruptSnapshot for anything but a whole, valid file.
 
     With ``key``, a file whose MAC is missing or wrong is refused. Versions may be at
     most ``max_clock_skew`` ahead of ``now``, like a peer's.
     """
-    data = Path(path).read_bytes()
+    data = read_file(path, max_bytes)
     limit = version_limit(now, max_clock_skew)
     unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, use_list=True, max_buffer_size=len(data) + 1)
     unpacker.feed(data)

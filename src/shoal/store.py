@@ -28,6 +28,18 @@ operations and files it in bulk (``dict.update``, ``list.extend``) instead of
 entry by entry. Eviction (``max_entries``) is local and recorded in ``evicted``,
 so anti-entropy can tell "evicted on purpose" from "never received".
 
+Tombstones are bounded per cache: at most ``max_tombstones`` (by default
+``max_entries``, at least ``MIN_TOMBSTONES``) and ``TOMBSTONE_BYTES`` counted with
+their keys, oldest dropped first (a million deletes of absent keys once kept a
+million tombstones, +320 MB, for ten minutes). A dropped tombstone must not let
+an older write bring its key back, so its version raises a floor: the key hashes
+to one of ``FLOOR_SLOTS`` slots, and a write for an absent key whose slot's floor
+is at or above its version is refused, like one a tombstone refuses. Older than
+a dropped delete or not, such a write is already old (the floor trails the
+oldest tombstones kept), and a slot is shared by 1/4096 of the keys, so little
+else is refused; anti-entropy sees the floor as the key's version and does not
+pull what it would refuse.
+
 The store does no locking and no I/O; ``Cache`` serialises writers around it.
 """
 
@@ -49,6 +61,12 @@ NEVER = math.inf
 # backstop when nothing sweeps, the writer itself at twice the live entries).
 STALE_BACKSTOP = 1024
 COMPACT_STEPS = 8  # a bucket is compacted in at most this many steps (see Store._compact_some)
+
+MIN_TOMBSTONES = 1024
+TOMBSTONE_BYTES = 32 * 1024 * 1024
+"""Bytes of tombstones per cache, each counted as its key's length plus ``TOMBSTONE_OVERHEAD``."""
+TOMBSTONE_OVERHEAD = 250  # a dict slot, the version, the queue's record: what a tombstone costs past its key
+FLOOR_SLOTS = 4096  # a power of two
 
 # The kinds of mutation a store applies, as they travel between members.
 WRITE, DELETE, CLEAR = 0, 1, 2
@@ -124,6 +142,8 @@ class Store:
         max_entries: int | None = None,
         *,
         tombstone_ttl: float = 0.0,
+        max_tombstones: int | None = None,
+        tombstone_bytes: int = TOMBSTONE_BYTES,
     ) -> None:
         if max_entries is not None and max_entries < 1:
             raise ValueError("max_entries must be a positive int or None")
@@ -134,6 +154,11 @@ class Store:
         self.tombstone_ttl = tombstone_ttl
         self.tombstones: dict[Key, int] = {}
         self._tomb_queue: deque[tuple[float, Key, int]] = deque()
+        self.max_tombstones = max_tombstones or (max(max_entries, MIN_TOMBSTONES) if max_entries else None)
+        self.tombstone_bytes = tombstone_bytes
+        self._tomb_size = 0  # bytes of the records in _tomb_queue (see TOMBSTONE_OVERHEAD)
+        self._floors: list[int] | None = None  # per key slot: versions of dropped tombstones (see above)
+        self.tombstones_dropped = 0
         self.watermark = 0
         self.policy: Policy | None = S3FIFO(max_entries, self.data.get) if max_entries is not None else None
         # key -> version of entries evicted on purpose, bounded like a ghost queue.
@@ -165,7 +190,8 @@ class Store:
         entry = self.data.get(key)
         if entry is not None:
             return entry.version
-        return max(self.tombstones.get(key, 0), self.watermark)
+        floor = 0 if self._floors is None else self._floors[hash(key) & (FLOOR_SLOTS - 1)]
+        return max(self.tombstones.get(key, 0), self.watermark, floor)
 
     def entries(self) -> list[Entry]:
         """A cheap snapshot (references, no copies) of the current entries."""
@@ -214,6 +240,8 @@ class Store:
                 if version <= dead:
                     return False
                 del self.tombstones[key]
+        if self._floors is not None and version <= self._floors[hash(key) & (FLOOR_SLOTS - 1)]:
+            return False  # its tombstone may have been dropped (see the module docstring)
         if expires <= now:
             self._bury(key, version, now)  # newest, but already expired: nothing to hold
             return True
@@ -252,6 +280,7 @@ class Store:
             and (self.max_entries is None or len(data) + n <= self.max_entries)
             and (not self.tombstones or self.tombstones.keys().isdisjoint(keys))
             and (not self.evicted or self.evicted.keys().isdisjoint(keys))
+            and self._floors is None
         ):
             first = min(expires)
             if first <= now:  # drop what expired on the way
@@ -351,6 +380,7 @@ class Store:
         tombs = self._tomb_queue
         while tombs and tombs[0][0] <= now and removed < limit:
             _, key, version = tombs.popleft()
+            self._tomb_size -= _tomb_cost(key)
             if self.tombstones.get(key) == version:
                 del self.tombstones[key]
             removed += 1
@@ -425,7 +455,27 @@ class Store:
         if self.tombstone_ttl <= 0:
             return
         self.tombstones[key] = version
-        self._tomb_queue.append((now + self.tombstone_ttl, key, version))
+        tombs = self._tomb_queue
+        tombs.append((now + self.tombstone_ttl, key, version))
+        self._tomb_size += _tomb_cost(key)
+        cap = self.max_tombstones
+        while (cap is not None and len(tombs) > cap) or self._tomb_size > self.tombstone_bytes:
+            self._drop_oldest_tombstone()
+
+    def _drop_oldest_tombstone(self) -> None:
+        """Over the bound: the oldest record goes, and a live tombstone's version raises its key's floor."""
+        _, key, version = self._tomb_queue.popleft()
+        self._tomb_size -= _tomb_cost(key)
+        if self.tombstones.get(key) != version:
+            return  # stale: the key was written or buried again since
+        del self.tombstones[key]
+        self.tombstones_dropped += 1
+        floors = self._floors
+        if floors is None:
+            floors = self._floors = [0] * FLOOR_SLOTS
+        slot = hash(key) & (FLOOR_SLOTS - 1)
+        if version > floors[slot]:
+            floors[slot] = version
 
     def _expire(self, entry: Entry, now: float) -> None:
         if self.data.get(entry.key) is not entry:
@@ -443,3 +493,7 @@ class Store:
         if len(self.evicted) > self.max_entries:  # type: ignore[operator]
             self.evicted.popitem(last=False)
         self.evictions += 1
+
+
+def _tomb_cost(key: Key) -> int:
+    return TOMBSTONE_OVERHEAD + (8 if isinstance(key, int) else len(key))

@@ -11,6 +11,8 @@ written once, here, and each entry point calls it:
 
 - keys are str (strict UTF-8, no lone surrogates), bytes, or an int msgpack carries
   (-2**63 .. 2**64-1), at most ``MAX_KEY_SIZE`` bytes;
+- a cache name is a str of at most ``MAX_NAME_SIZE`` bytes of UTF-8 (a peer's is
+  refused while its frame is decoded, wire.py);
 - values are serialized at ``set`` and refused there: a ``TypeError`` when a peer
   could not decode them (``{(1, 2): 3}``, nesting the decoder cannot follow), a
   ``ValueError`` over ``max_value_size`` bytes, so no single value can fill a frame;
@@ -39,6 +41,8 @@ from .errors import InvalidEntry
 
 MAX_KEY_SIZE = 4096
 """Bytes of a key (UTF-8 for str): keys travel in every listing and pull, so they stay small."""
+MAX_NAME_SIZE = 255
+"""Bytes of a cache name (UTF-8): names travel in every message about a cache and in gossip."""
 DEFAULT_MAX_VALUE_SIZE = 1024 * 1024
 """Serialized bytes of one value: far below the 16 MiB frame limit, so batches can be cut by bytes."""
 MAX_TTL = 10 * 365.25 * 86400.0
@@ -73,6 +77,18 @@ def check_key(key: object) -> None:
         raise TypeError(f"cache keys are str, bytes or int, not {kind.__name__}")
     if size > MAX_KEY_SIZE:
         raise ValueError(f"a key is at most {MAX_KEY_SIZE} bytes, this one is {size}")
+
+
+def check_cache_name(name: object) -> None:
+    """Refuse a cache name that is not a str of 1 to ``MAX_NAME_SIZE`` UTF-8 bytes."""
+    if type(name) is not str:
+        raise TypeError(f"a cache name is a str, not {type(name).__name__}")
+    try:
+        size = len(name) if name.isascii() else len(name.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ValueError("a cache name must be valid UTF-8 (it holds a lone surrogate)") from None
+    if not 0 < size <= MAX_NAME_SIZE:
+        raise ValueError(f"a cache name is 1 to {MAX_NAME_SIZE} bytes, this one is {size}")
 
 
 def ttl_seconds(ttl: float | int | timedelta | None) -> float | None:

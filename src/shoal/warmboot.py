@@ -47,6 +47,9 @@ CHUNK_BYTES = 4 * 1024 * 1024
 would make a chunk over the 16 MiB frame limit, which the donor could not send)."""
 RETRY = 1.0
 """Seconds before a boot whose every donor failed asks the cluster again (doubling, to 30 s)."""
+SHORT_DUMP = 0.5
+"""A dump that brought less than this share of the entries its donor claimed is no warm copy
+(a donor answered SizeReply(10**9) and then an empty dump, and the member said "warm" with 0)."""
 SIZE_WAIT = 1.0
 
 
@@ -265,10 +268,22 @@ class Booter:
             if boot is None or boot.donor != peer:
                 return []
             self._end_stream(boot)
-            if msg.entries == boot.streamed:
-                boot.finished += 1
-            else:  # the donor's dump failed (it says -1), or chunks went missing: not a whole copy
+            claimed = boot.sizes.get(peer, (0, False))[0]
+            if msg.entries != boot.streamed:  # the donor's dump failed (it says -1), or chunks went missing
                 log.warning("warm boot of %s: donor %016x ended its dump early; trying the next", boot.cache, peer)
+            elif boot.streamed < claimed * SHORT_DUMP:
+                # It claimed entries and sent (next to) none: a donor that lies, or lost its data
+                # meanwhile. Either way this is no warm copy; if every donor does so, the boot
+                # asks the cluster again and the member stays unready.
+                log.warning(
+                    "warm boot of %s: donor %016x claimed %d entries and sent %d; trying the next",
+                    boot.cache,
+                    peer,
+                    claimed,
+                    boot.streamed,
+                )
+            else:
+                boot.finished += 1
             return self._step(boot, now)
         raise ProtocolError(f"unexpected {type(msg).__name__}")
 
