@@ -90,6 +90,9 @@ class Config:
     """How long readiness waits for a gossiped member to connect, or a peer to answer a catch-up."""
     load_timeout: float = LEASE_TTL
     """Cluster single flight: a lease holder's loader gets this long before the lease passes on."""
+    tick_interval: float = 0.1
+    """How often the driver calls ``tick``: a longer gap is this member's own loop running late,
+    and widens its failure detector's allowances instead of accusing its peers."""
 
 
 class Dispatcher:
@@ -114,6 +117,7 @@ class Dispatcher:
             seeds=[s for s in seeds if s != listen],
             failure_timeout=config.failure_timeout,
             heartbeat_interval=config.heartbeat_interval,
+            tick_interval=config.tick_interval,
             rng=self.rng,
         )
         self.replicator = Replicator(
@@ -232,6 +236,12 @@ class Dispatcher:
         self.membership.dial_failed(address, now)
         return []
 
+    def admits(self, peer: int, now: float) -> str | None:
+        """Before taking a newly admitted connection claiming ``peer``: the reason to refuse it
+        (log it as an error and close that connection), or None to go on as before (the
+        ``keep_first`` rule for two connections dialed at once)."""
+        return self.membership.admits(peer, now)
+
     def alias(self, address: str, peer: int) -> None:
         """``address`` also leads to ``peer`` (a duplicate connection was dropped)."""
         self.membership.alias(address, peer)
@@ -317,6 +327,8 @@ class Dispatcher:
         up and caught up from each. The last two are bounded by ``mesh_wait``, so a member that
         is gossiped but dead, or one that never answers, cannot hold readiness back for long."""
         if not self.running or not all(name in self._booted_caches for name in self.replicas):
+            return False
+        if self.membership.conflicts:  # another member advertises our address: logged, never ready
             return False
         patience = self.config.mesh_wait
         return not self.membership.unmet(now, patience) and not self.replicator.waiting_for(now, patience)

@@ -30,8 +30,10 @@ seed is enough and two groups that formed apart merge as soon as one member can
 reach another. Seeds and the addresses discovery (DNS) lists now are dialed
 forever; an address learned only by gossip, or dropped from DNS, is forgotten
 after ``forget_after`` failed dials, but never while a member at that address is
-still in the table (down members stay 600 s): a partition longer than the
-backoff must not cost the cluster the only address that leads across it.
+still in the table (down members stay 600 s) after having been up for at least
+``failure_timeout``: a partition longer than the backoff must not cost the cluster
+the only address that leads across it, while thousands of connections that came
+and went must not leave thousands of addresses redialed for ten minutes.
 
 Identity is the node id, never the address. A member listening on a wildcard
 (``0.0.0.0:7600`` in a pod) has no address of its own to tell until it learns
@@ -84,8 +86,9 @@ MAX_RUMORS = 256
 MAX_RUMORS_PER_SENDER = 64
 MISLED_LIMIT = 3
 """A sender whose rumors came to nothing this many times in a row holds readiness no more."""
-MAX_CACHES = 256
-"""Caches per member taken from gossip (and told in ours)."""
+MAX_CACHES = 64
+"""Caches per member taken from gossip (and told in ours): with MAX_CACHE_NAME, an entry of
+at most some 13 KB, so a gossip always carries several."""
 MAX_CACHE_NAME = 200
 """Characters of a cache name in gossip; a longer name is not taken."""
 MAX_GOSSIP_ENTRIES = MAX_MEMBERS
@@ -153,6 +156,9 @@ class Member:
     last_heard: float = 0.0
     since: float = 0.0
     """When it last came up or went down."""
+    settled: bool = False
+    """It was up for at least ``failure_timeout`` before it went down: a member of the cluster
+    (its address outlives failed dials while it is listed), not a passer-by."""
     suspected: bool = False
     beats: Arrivals = field(default_factory=Arrivals)
     entry: list[Any] | None = None  # its gossip entry, made once per change
@@ -507,7 +513,7 @@ class Membership:
     def _listed(self, address: str, now: float) -> bool:
         """A member at ``address`` is still in the table: up, or down for less than FORGET_DOWN."""
         member = self.members.get(self._at.get(address, -1))
-        return member is not None and (member.state == UP or now - member.since <= FORGET_DOWN)
+        return member is not None and (member.state == UP or (member.settled and now - member.since <= FORGET_DOWN))
 
     def _room(self, now: float) -> bool:
         """Make room for one more member: forget the one down longest; False if every one is up."""
@@ -562,6 +568,7 @@ class Membership:
 
     def _down(self, member: Member, reason: str, now: float, close: bool = True) -> list[Action]:
         member.state = DOWN
+        member.settled = now - member.since >= self.failure_timeout
         member.since = now
         member.suspected = False
         self._changed()
@@ -580,7 +587,7 @@ class Membership:
     def _gossip_to(self, peers: list[int]) -> list[Action]:
         if not peers:
             return []
-        own = sorted(self.caches)[:MAX_CACHES]
+        own = sorted(c for c in self.caches if len(c) <= MAX_CACHE_NAME)[:MAX_CACHES]
         view: list[Any] = [[self.node_id, self.listen, UP, own, 0]]
         budget = GOSSIP_BYTES - _entry_bytes(self.listen, own)
         up = self.up_peers()
@@ -664,8 +671,8 @@ class Membership:
 
 
 def _entry_bytes(listen: str, caches: list[str]) -> int:
-    """An upper bound on a gossip entry's msgpack size (strings counted at 4 bytes a character)."""
-    return 32 + 4 * len(listen) + sum(5 + 4 * len(c) for c in caches)
+    """An upper bound on a gossip entry's msgpack size."""
+    return 32 + len(listen.encode()) + sum(5 + len(c.encode()) for c in caches)
 
 
 WILDCARDS = frozenset({"", "0.0.0.0", "::", "[::]", "*"})
