@@ -336,4 +336,3 @@ class Dispatcher:
     def _booted(self, cache: str, stats: BootStats) -> None:
         self._booted_caches.add(cache)
         self.replicator.settled.add(cache)
-

@@ -11,10 +11,11 @@ Telling slow from dead (phi accrual, as in Akka and Cassandra): each peer's hear
 inter-arrival times are kept in a window (``WINDOW``, running sums: O(1) per beat).
 A peer silent for longer than it usually is becomes *suspected* (phi over
 ``SUSPECT_PHI``); it is declared down only once its silence is both past
-``failure_timeout`` (the floor: a calm cluster behaves as before) and past what its
-own history makes implausible (phi over ``PHI_THRESHOLD``), so a peer whose beats
-have been arriving late and irregular gets a longer rope than one that was
-punctual. Any frame counts as hearing from a peer, so a connection that delivers
+``failure_timeout`` (the floor: a calm cluster behaves as before), stretched by how
+far apart its latest beats came (a slow loop's timer fires late: ``STRETCH_CAP``),
+and past what its whole history makes implausible (phi over ``PHI_THRESHOLD``), so
+a peer whose beats have been arriving late and irregular gets a longer rope than
+one that was punctual. Any frame counts as hearing from a peer, so a connection that delivers
 frames is never declared down because its heartbeats are late. A member whose own
 loop runs late measures it from the ``now`` of its ticks (gap over
 ``tick_interval``) and widens every allowance by its recent lateness; right after
@@ -61,6 +62,7 @@ This module does no I/O and reads no clock: time comes in as ``now``.
 from __future__ import annotations
 
 import heapq
+import itertools
 import logging
 import math
 import random
@@ -104,6 +106,12 @@ MIN_SAMPLES = 5
 PHI_THRESHOLD = 8.0
 """Declared down above this phi (Akka's and Cassandra's default), and only past failure_timeout."""
 SUSPECT_PHI = 3.0
+STRETCH_CAP = 4.0
+"""A peer whose latest beats came k times further apart than ``heartbeat_interval`` gets k times
+``failure_timeout`` (at most this many) before it is declared down: its loop is slow, and a slow
+loop's beats are as far apart as its timer fires."""
+RECENT = 4
+"""Beats that count as a peer's latest (for the stretch above)."""
 LATENESS_MEMORY = 60.0
 """Seconds a late tick of ours keeps widening our allowances."""
 
@@ -117,8 +125,9 @@ class Arrivals:
     squares: float = 0.0
     last: float | None = None
 
-    def beat(self, now: float) -> None:
-        if self.last is not None:
+    def beat(self, now: float, measure: bool = True) -> None:
+        """A heartbeat arrived; ``measure`` False when the gap says more about our loop than the peer's."""
+        if self.last is not None and measure:
             gap = max(0.0, now - self.last)
             if len(self.intervals) == WINDOW:
                 old = self.intervals[0]
@@ -128,6 +137,10 @@ class Arrivals:
             self.total += gap
             self.squares += gap * gap
         self.last = now
+
+    def recent(self) -> float:
+        """The longest of the latest RECENT intervals (0 before any)."""
+        return max(itertools.islice(reversed(self.intervals), RECENT), default=0.0)
 
     def phi(self, silence: float, min_std: float) -> float:
         """-log10 of the chance that a beat still comes after ``silence`` (normal model,
@@ -391,7 +404,7 @@ class Membership:
         member.last_heard = now
         member.suspected = False
         if isinstance(msg, Heartbeat):
-            member.beats.beat(now)
+            member.beats.beat(now, measure=now >= self._grace_until)
         elif isinstance(msg, Gossip):
             return self._on_gossip(member, msg.members, now)
         elif isinstance(msg, Leave):
@@ -416,8 +429,9 @@ class Membership:
                 silence = now - member.last_heard
                 if silence <= floor / 2:
                     continue
+                stretch = min(STRETCH_CAP, max(1.0, member.beats.recent() / self.heartbeat_interval))
                 phi = member.beats.phi(silence, self.heartbeat_interval / 4)
-                if silence > floor and phi > PHI_THRESHOLD:
+                if silence > floor * stretch and phi > PHI_THRESHOLD:
                     actions += self._down(member, f"silent for {silence:.1f}s", now)
                 else:
                     member.suspected = member.suspected or phi > SUSPECT_PHI or silence > floor

@@ -140,9 +140,7 @@ def check_peer_entries(
     # only a column that does not is checked entry by entry, for its precise refusal.
     if not keys:
         return []
-    if not (
-        set(map(type, keys)) == {str} and all(map(str.isascii, keys)) and max(map(len, keys)) <= MAX_KEY_SIZE
-    ):
+    if not (set(map(type, keys)) == {str} and all(map(str.isascii, keys)) and max(map(len, keys)) <= MAX_KEY_SIZE):
         for key in keys:
             if type(key) is not str or not key.isascii() or len(key) > MAX_KEY_SIZE:
                 check_peer_key(key)
