@@ -218,3 +218,23 @@ def test_one_flush_queues_no_more_than_the_backlog_allows_even_in_many_batches()
     assert [a.peers for a in sent if isinstance(a, Broadcast)] == [(2,), (), (), (), ()]
     assert core.replicator.figures_of("c")["ops_dropped"] == 4000
     assert 2 in core.replicator.needs_repair
+
+
+def test_every_kind_of_message_a_member_may_send_counts_as_proof_of_life() -> None:
+    import contextlib
+    import dataclasses
+
+    from shoal.errors import ProtocolError
+    from shoal.messages import MESSAGE_TYPES
+
+    blank = {int: 0, float: 0.0, str: "c", bytes: b"", bool: False}
+    kinds = [k for code, k in sorted(MESSAGE_TYPES.items()) if code >= 10 and not 60 <= code < 70]
+    assert len(kinds) > 15  # membership, replication, warm boot, leases
+    for kind in kinds:
+        core = Dispatcher(1, "me:1", config=Config())
+        core.connected(7, "p:7", 0.0)
+        values = [blank.get(f.type, []) for f in dataclasses.fields(kind)]  # type: ignore[call-overload]
+        with contextlib.suppress(ProtocolError, TypeError, ValueError, KeyError, IndexError):
+            core.message(7, kind(*values), 3.0, 3.0)  # a blank it refuses is heard all the same
+        member = core.membership.members[7]
+        assert member.last_heard == 3.0, kind.__name__
