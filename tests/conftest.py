@@ -54,7 +54,6 @@ def hosted_cache(
     )
 
 
-
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, None]:
     """Under CI=true a test that cannot run fails instead of skipping: a green CI means every test ran."""

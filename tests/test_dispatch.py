@@ -283,3 +283,23 @@ def test_a_message_about_a_cache_the_member_does_not_host_gets_no_work_only_the_
         [(2, DumpEnd("elsewhere", 7, 0))],
         [(2, CaughtUp("elsewhere", True))],
     ]
+
+
+def test_every_kind_of_message_a_member_may_send_counts_as_proof_of_life() -> None:
+    import contextlib
+    import dataclasses
+
+    from shoal.errors import ProtocolError
+    from shoal.messages import MESSAGE_TYPES
+
+    blank = {int: 0, float: 0.0, str: "c", bytes: b"", bool: False}
+    kinds = [k for code, k in sorted(MESSAGE_TYPES.items()) if code >= 10 and not 60 <= code < 70]
+    assert len(kinds) > 15  # membership, replication, warm boot, leases
+    for kind in kinds:
+        core = Dispatcher(1, "me:1", config=Config())
+        core.connected(7, "p:7", 0.0)
+        values = [blank.get(f.type, []) for f in dataclasses.fields(kind)]  # type: ignore[call-overload]
+        with contextlib.suppress(ProtocolError, TypeError, ValueError, KeyError, IndexError):
+            core.message(7, kind(*values), 3.0, 3.0)  # a blank it refuses is heard all the same
+        member = core.membership.members[7]
+        assert member.last_heard == 3.0, kind.__name__

@@ -20,7 +20,7 @@ from sim.nodes import MembershipNode
 
 from shoal.actions import Close, Dial, MemberDown, MemberUp
 from shoal.membership import FORGET_DOWN, Membership
-from shoal.messages import Gossip, Heartbeat, Message
+from shoal.messages import Gossip, Heartbeat, Message, Ops
 from shoal.wire import FrameDecoder, encode
 
 FAILURE_TIMEOUT = 5.0
@@ -369,13 +369,22 @@ def test_gossip_from_a_member_that_is_not_up_is_ignored() -> None:
     assert "new:8" not in dials(member.tick(2.0))
 
 
+def ticks(member: Membership, start: float, end: float) -> list[Any]:
+    """Tick on time (every TICK) from ``start`` to ``end``; what the ticks returned."""
+    actions: list[Any] = []
+    for i in range(round((end - start) / TICK) + 1):
+        actions += member.tick(start + i * TICK)
+    return actions
+
+
 def test_any_frame_from_a_peer_counts_as_proof_of_life() -> None:
     member = connected_member()
-    for second in range(1, 20):
-        member.received(7, Heartbeat(second * 1000), float(second))
-        assert not [a for a in member.tick(second + 0.01) if isinstance(a, (Close, MemberDown))]
-    actions = member.tick(19 + FAILURE_TIMEOUT + 0.01)
-    assert Close(7, "silent for 5.0s") in actions
+    last = beat_every(member, [HEARTBEAT_INTERVAL] * 20)
+    for second in range(1, 20):  # no heartbeat for 19 s, but other frames (Ops, say) keep coming
+        member.received(7, Ops("c", []), last + second)
+        assert closes(ticks(member, last + second - 1 + TICK, last + second)) == []
+    actions = ticks(member, last + 19 + TICK, last + 19 + FAILURE_TIMEOUT + 2 * TICK)
+    assert [a.reason[:12] for a in closes(actions)] == ["silent for 5"]
     assert 7 not in member.view()
 
 
@@ -502,10 +511,10 @@ def test_an_address_learned_by_gossip_is_redialed_as_long_as_its_member_is_liste
     member.received(7, Gossip([[8, "p:8", "up", [], 0]]), 0.0)
     assert dials(member.tick(0.0)) == ["p:8"]
     member.connected(8, "p:8", 0.01, dialed="p:8")
-    member.disconnected(8, 0.5)  # partitioned away: down, but still in the table
+    member.disconnected(8, FAILURE_TIMEOUT + 0.5)  # a member for a while, partitioned away: still in the table
     for second in range(1, 60):
         member.received(7, Heartbeat(0), float(second))
-    dialed = dials_over(member, 0.6, 30.0)
+    dialed = dials_over(member, FAILURE_TIMEOUT + 0.6, 30.0)
     assert dialed.count("p:8") > 3 * 3, "forgotten while its member is still listed"
 
 
@@ -527,3 +536,148 @@ def test_an_address_whose_member_has_been_down_for_forget_down_is_forgotten_afte
     member.received(7, Heartbeat(0), later)
     dialed = dials_over(member, later, 30.0)
     assert dialed.count("p:8") <= 3
+
+
+# -- telling slow from dead ---------------------------------------------------------------
+
+
+def beat_every(member: Membership, gaps: list[float], start: float = 0.0) -> float:
+    """Heartbeats from peer 7 after each of ``gaps``, ticking on time throughout; the last beat's time."""
+    now = start
+    for gap in gaps:
+        ticks(member, now + TICK, now + gap)
+        now += gap
+        member.received(7, Heartbeat(int(now * 1000)), now)
+    return now
+
+
+def closes(actions: list[Any]) -> list[Close]:
+    return [a for a in actions if isinstance(a, Close)]
+
+
+def test_a_peer_whose_heartbeats_come_late_and_irregular_is_given_longer_than_failure_timeout() -> None:
+    member = connected_member()
+    last = beat_every(member, [0.5, 4.5] * 20)  # a slow peer: beats 0.5 s and 4.5 s apart
+    # 6 s of silence is past failure_timeout but within this peer's history: suspected, not down.
+    assert closes(ticks(member, last + TICK, last + 6.0)) == []
+    assert member.suspects() == [7] and member.up_peers() == [7]
+    member.received(7, Heartbeat(0), last + 6.0)
+    assert member.suspects() == []
+    # A peer that stops for good is still declared down, once its silence is implausible.
+    actions = ticks(member, last + 6.0 + TICK, last + 6.0 + 30.0)
+    assert [c.reason.startswith("silent") for c in closes(actions)] == [True]
+
+
+def test_a_punctual_peer_that_falls_silent_is_declared_down_at_failure_timeout_as_before() -> None:
+    member = connected_member()
+    last = beat_every(member, [HEARTBEAT_INTERVAL] * 40)
+    actions = ticks(member, last + TICK, last + FAILURE_TIMEOUT - TICK)
+    assert closes(actions) == [] and member.suspects() == [7]
+    assert [c.peer for c in closes(ticks(member, last + FAILURE_TIMEOUT, last + FAILURE_TIMEOUT + 2 * TICK))] == [7]
+
+
+def test_a_member_whose_own_tick_comes_late_accuses_no_peer_until_it_has_read_what_arrived() -> None:
+    member = connected_member()
+    last = beat_every(member, [HEARTBEAT_INTERVAL] * 10)
+    # Our loop stalls 8 s (a GC pause, a CPU-throttled pod): the peer's beats wait unread in the socket.
+    stalled = last + 8.0
+    assert closes(member.tick(stalled)) == []
+    member.received(7, Heartbeat(0), stalled + 0.01)  # the loop reads them now
+    assert member.lateness(stalled) > 7.0
+    assert closes(ticks(member, stalled + TICK, stalled + 3.0)) == []
+    # And a peer that really is gone is still declared down, later by what our lateness allows.
+    actions = ticks(member, stalled + 3.0 + TICK, stalled + 30.0)
+    assert [c.peer for c in closes(actions)] == [7]
+
+
+# -- bounded tables: what gossip and connections can make a member hold ---------------------
+
+
+def test_gossip_naming_members_that_never_answer_stops_holding_readiness_once_their_dials_fail() -> None:
+    member = connected_member()
+    now, held = 0.0, []
+    for round_ in range(20):  # 5 new fake ids every 4 s, as a buggy or hostile peer might
+        fakes = [[1000 + 5 * round_ + i, f"10.9.{round_}.{i}:7600", "up", [], 0] for i in range(5)]
+        member.received(7, Gossip(fakes), now)
+        for _ in range(40):
+            now += TICK
+            member.received(7, Heartbeat(0), now)
+            for address in dials(member.tick(now)):
+                member.dial_failed(address, now + 0.01)  # nothing listens there
+            held.append(member.unmet(now, 5.0) > 0)
+    # A rumor holds readiness until its dial fails; a sender whose rumors keep failing, not at all.
+    assert sum(held[-200:]) == 0
+    assert sum(held) < 10
+
+
+def test_gossip_tables_stay_bounded_whatever_a_peer_names() -> None:
+    member = connected_member()
+    fakes = [[2000 + i, f"10.8.{i // 250}.{i % 250}:7600", "up", [], 0] for i in range(3000)]
+    for start in range(0, 3000, 500):
+        member.received(7, Gossip(fakes[start : start + 500]), 0.1)
+    from shoal.membership import MAX_RUMORS_PER_SENDER, MAX_TARGETS
+
+    assert len(member._rumors) <= MAX_RUMORS_PER_SENDER
+    assert len(member._targets) <= MAX_TARGETS + 1
+    assert len(set(dials_over(member, 0.2, 1.0, fail=True))) <= MAX_TARGETS
+
+
+def test_our_gossip_stays_within_its_frame_budget_however_many_caches_peers_claim() -> None:
+    from shoal.membership import GOSSIP_BYTES
+
+    member = connected_member()
+    huge = ["x" * (1 << 20) + str(i) for i in range(9)]  # 1 MiB names: never taken
+    member.connected(8, "p:8", 0.1)
+    member.received(8, Gossip([[8, "p:8", "up", huge, 0]]), 0.2)
+    many = [f"cache-{i:04d}-" + "n" * 90 for i in range(20)]
+    for peer in range(100, 400):
+        member.connected(peer, f"p:{peer}", 0.3)
+        member.received(peer, Gossip([[peer, f"p:{peer}", "up", many, 0]]), 0.3)
+    seen: set[int] = set()
+    for second in range(1, 60):
+        for action in member.tick(float(second)):
+            if isinstance(action.msg if hasattr(action, "msg") else None, Gossip):
+                frame = encode(action.msg)
+                assert len(frame) <= GOSSIP_BYTES
+                seen.update(entry[0] for entry in action.msg.members)
+    assert member.members[8].caches is None  # its claim was refused whole: it counts as hosting anything
+    assert set(range(100, 400)) <= seen, "a view too large for one gossip goes out a part at a time"
+
+
+def test_a_node_id_held_by_a_live_connection_keeps_it_and_a_newcomer_claiming_it_is_refused() -> None:
+    member = connected_member()
+    assert member.admits(7, 0.2) is None  # both ends dialing at once: keep_first decides
+    beat_every(member, [HEARTBEAT_INTERVAL] * 20)
+    assert member.admits(7, 10.1) == "node id already held by a live connection"
+    assert member.admits(8, 10.1) is None
+    ticks(member, 10.1, 10.1 + FAILURE_TIMEOUT + 1)  # the holder went silent: the id is free again
+    assert member.admits(7, 16.5) is None
+
+
+def test_members_given_our_own_advertise_address_are_a_conflict_not_restarts_and_we_are_not_ready() -> None:
+    member = Membership(1, "10.0.0.1:7600", rng=random.Random(0))
+    actions = member.connected(8, "10.0.0.1:7600", 0.1) + member.connected(9, "10.0.0.1:7600", 0.2)
+    assert not [a for a in actions if isinstance(a, (Close, MemberDown))]
+    assert member.conflicts == {8, 9}
+    member.disconnected(8, 1.0)
+    member.disconnected(9, 1.0)
+    assert member.conflicts == set()
+
+
+def test_thousands_of_connections_with_fresh_ids_leave_bounded_tables_and_no_addresses_redialed() -> None:
+    from shoal.membership import MAX_MEMBERS
+
+    member = connected_member(forget_after=3, backoff_cap=0.5)
+    now = 0.0
+    for i in range(3000):
+        now += 0.001
+        member.connected(10_000 + i, f"10.7.{i // 250}.{i % 250}:7600", now)
+        member.disconnected(10_000 + i, now + 0.0005)
+    assert len(member.members) <= MAX_MEMBERS
+    for second in range(1, 30):
+        member.received(7, Heartbeat(0), now + second)
+    first = dials_over(member, now + 1.0, 20.0)
+    assert len(first) <= 3 * 3000  # forget_after dials each, then forgotten
+    late = dials_over(member, now + 21.0, 10.0)
+    assert late == [], f"{len(set(late))} dead addresses still redialed"
+    assert len(member._targets) <= 1

@@ -331,3 +331,15 @@ def test_the_node_s_public_surface_is_small() -> None:
         "address", "answer", "cache", "config", "members", "node_id", "on_member_down", "on_member_up",
         "ready", "start", "stats", "stop", "wait_ready", "write_snapshot",
     }  # fmt: skip
+
+
+def test_a_cache_name_the_wire_or_gossip_could_not_carry_is_refused_when_the_cache_is_made() -> None:
+    node = Node(secret=SECRET)
+    with pytest.raises(ValueError, match="255"):
+        node.cache("n" * 256)
+    with pytest.raises(TypeError):
+        node.cache(b"bytes")  # type: ignore[arg-type]
+    for i in range(64):
+        node.cache(f"c{i}")
+    with pytest.raises(ValueError, match="at most 64 caches"):
+        node.cache("one-too-many")

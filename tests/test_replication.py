@@ -208,6 +208,7 @@ def _converged(sim: Sim) -> bool:
 def _cluster(sim: Sim, size: int) -> list[int]:
     factory = SimMember.factory(sim, seeds=["sim:1"], interval=1.0, failure_timeout=2.0)
     ids = [sim.add(factory) for _ in range(size)]
+
     def formed() -> bool:  # every member in every group, and ready (booted, caught up)
         members = [sim.nodes[i] for i in ids]
         return all(len(m.membership.group("c")) == size - 1 and m.core.ready for m in members)  # type: ignore[attr-defined]
@@ -270,8 +271,10 @@ fault = st.one_of(
     size=5,
     drop=0.25,
     duplicate=0.0,
-    ops=[("set", 0, "k0", 0, 0.0)] * 3 + [("set", 1, "k0", 0, 0.0), ("set", 2, "k0", 0, 0.0)]
-    + [("set", 0, "k0", 0, 0.125)] * 2 + [("delete", 0, "k0", 0, 0.0)],
+    ops=[("set", 0, "k0", 0, 0.0)] * 3
+    + [("set", 1, "k0", 0, 0.0), ("set", 2, "k0", 0, 0.0)]
+    + [("set", 0, "k0", 0, 0.125)] * 2
+    + [("delete", 0, "k0", 0, 0.0)],
     faults=[("restart", 3, 0.0)],
 )
 def test_any_faults_leave_every_live_member_with_the_last_writer_wins_contents(

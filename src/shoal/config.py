@@ -30,6 +30,9 @@ class Config:
     """How long readiness waits for a gossiped member to connect, or a peer to answer a catch-up."""
     max_clock_skew: float = DEFAULT_MAX_CLOCK_SKEW
     """Members' clocks agree this closely; the handshake refuses a peer off by more."""
+    tick_interval: float = 0.1
+    """How often the driver calls ``tick``: a longer gap is this member's own loop running late,
+    and widens its failure detector's allowances instead of accusing its peers."""
 
     # -- replication and repair
     anti_entropy_interval: float = 10.0
@@ -65,7 +68,8 @@ class Config:
             raise ValueError("warm_donors is 1 or 2")
         if self.max_frame_size < DEFAULT_MAX_VALUE_SIZE * 2:
             raise ValueError(f"max_frame_size must be at least {DEFAULT_MAX_VALUE_SIZE * 2} (twice max_value_size)")
-        for name in ("failure_timeout", "heartbeat_interval", "handshake_timeout", "load_timeout", "warm_timeout"):
+        positive = ("failure_timeout", "heartbeat_interval", "tick_interval", "handshake_timeout", "load_timeout")
+        for name in (*positive, "warm_timeout"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive")
         for name in ("max_peer_backlog", "catchup_log_bytes", "max_pending", "mesh_wait", "boot_wait"):

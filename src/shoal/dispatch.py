@@ -109,6 +109,7 @@ class Dispatcher:
             seeds=[s for s in seeds if s != listen],
             failure_timeout=config.failure_timeout,
             heartbeat_interval=config.heartbeat_interval,
+            tick_interval=config.tick_interval,
             rng=self.rng,
         )
         self.replicator = Replicator(
@@ -231,6 +232,12 @@ class Dispatcher:
     def dial_failed(self, address: str, now: float) -> list[Action]:
         self.membership.dial_failed(address, now)
         return []
+
+    def admits(self, peer: int, now: float) -> str | None:
+        """Before taking a newly admitted connection claiming ``peer``: the reason to refuse it
+        (log it as an error and close that connection), or None to go on as before (the
+        ``keep_first`` rule for two connections dialed at once)."""
+        return self.membership.admits(peer, now)
 
     def alias(self, address: str, peer: int) -> None:
         """``address`` also leads to ``peer`` (a duplicate connection was dropped)."""
@@ -418,10 +425,11 @@ class Dispatcher:
         is gossiped but dead, or one that never answers, cannot hold readiness back for long."""
         if not self.running or not all(name in self._booted_caches for name in self.replicas):
             return False
+        if self.membership.conflicts:  # another member advertises our address: logged, never ready
+            return False
         patience = self.config.mesh_wait
         return not self.membership.unmet(now, patience) and not self.replicator.waiting_for(now, patience)
 
     def _booted(self, cache: str, stats: BootStats) -> None:
         self._booted_caches.add(cache)
         self.replicator.settled.add(cache)
-

@@ -63,7 +63,6 @@ from .wire import encode
 
 log = logging.getLogger("shoal")
 
-TICK = 0.1
 SCAN_PAUSE = 0.002
 CONNECT_TIMEOUT = 3.0
 """A dial gives up after this (a member behind a partition drops the SYN): the next one, after
@@ -322,7 +321,7 @@ class Driver:
             # A scan in progress (anti-entropy) goes on a slice at a time, with a short
             # pause between slices: spread out, a round never takes a core away from
             # replication in one burst (a burst showed as lag spikes on a busy machine).
-            await asyncio.sleep(SCAN_PAUSE if self.core.busy else TICK)
+            await asyncio.sleep(SCAN_PAUSE if self.core.busy else self.config.tick_interval)
 
     def _grown(self) -> None:
         if not self.core.booting:  # a boot freezes once, at its end (Ready): not every second of it
@@ -428,6 +427,12 @@ class Driver:
         self.pending.discard(conn)
         peer = conn.peer
         assert peer is not None
+        if conn.handshake.peer_listen:
+            refused = self.core.admits(peer, time.monotonic())
+            if refused is not None:  # an id a live connection holds: the newcomer goes, the holder stays
+                log.error("refusing a connection from %s: %s", conn.describe(), refused)
+                conn.close(refused)
+                return
         existing = self.peers.get(peer)
         if existing is not None and not existing.closed:
             # Both sides dialed: keep one connection, the same one on both ends.

@@ -107,9 +107,7 @@ class Snapshots:
         return self._read.pop(name, [])
 
 
-async def discover(
-    discovery: str, resolver: Resolver, interval: float, found: Callable[[list[str]], None]
-) -> None:
+async def discover(discovery: str, resolver: Resolver, interval: float, found: Callable[[list[str]], None]) -> None:
     """Re-resolve ``dns:NAME:PORT`` every ``interval`` and report what it names."""
     kind, _, rest = discovery.partition(":")
     if kind != "dns":

@@ -23,12 +23,12 @@ from .driver import Driver
 from .errors import ShoalError
 from .handshake import check_secret, cluster_key
 from .housekeeping import Resolver, Snapshots
-from .membership import routable
+from .membership import MAX_CACHES, routable
 from .queries import Handler, Queries
 from .serializer import Serializer
 from .snapshot import snapshot_key
 from .transport import dns_resolver, is_loopback, parse_address
-from .validation import DEFAULT_MAX_VALUE_SIZE
+from .validation import DEFAULT_MAX_VALUE_SIZE, check_cache_name
 
 __all__ = ["Node"]
 
@@ -135,6 +135,9 @@ class Node:
             if wrong:
                 raise ValueError(f"cache {name!r} already exists with other options: {', '.join(wrong)}")
             return existing
+        check_cache_name(name)
+        if len(self._caches) >= MAX_CACHES:
+            raise ValueError(f"a node hosts at most {MAX_CACHES} caches (what its gossip can tell the others)")
         if not 0 < max_value_size <= self._config.max_frame_size // 2:
             raise ValueError(f"max_value_size is 1 to max_frame_size / 2 ({self._config.max_frame_size // 2}) bytes")
         cluster = single_flight != "local"

@@ -41,9 +41,7 @@ class Flights:
             flight = self._flights[key] = Future()
             return flight, True
 
-    def land(
-        self, key: Hashable, flight: Future[Any], value: Any = None, error: BaseException | None = None
-    ) -> None:
+    def land(self, key: Hashable, flight: Future[Any], value: Any = None, error: BaseException | None = None) -> None:
         """End the leader's flight: every waiter gets value, or error raised."""
         with self._lock:
             if self._flights.get(key) is flight:

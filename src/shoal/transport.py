@@ -9,9 +9,17 @@ authenticated under this connection's keys (wire.py's FrameSealer and
 add, replay or reorder nothing. A stranger's refusal is logged through the
 owner's rate-limited ``door``: strangers decide how often it happens.
 
-Writes go straight to the transport; ``backlog()`` tells how many bytes the
-peer has not taken yet, and ``drained()`` waits until it takes more, which is
-all the flow control a member needs.
+Membership frames never wait behind bulk data. Heartbeats and gossip (``URGENT``)
+go straight into the socket's buffer; every other frame after the handshake waits
+in the connection's own queue and moves into the buffer only while it holds less
+than ``BULK_HIGH_WATER`` (asyncio's pause/resume_writing say when), so a heartbeat
+queues behind at most that plus one frame, never behind megabytes of Ops. Frames
+are sealed (their sequence number and MAC) as they enter the socket's buffer, so
+the peer sees them in sealed order whatever overtook what. Only heartbeats and
+gossip overtake: the order of everything else (Ops before the CaughtUp that ends
+them, dump chunks before their DumpEnd, a Leave after the last Ops) is kept.
+``backlog()`` counts both the queue and the buffer; ``drained()`` waits until
+both have room, which is all the flow control a member needs.
 """
 
 from __future__ import annotations
@@ -21,15 +29,21 @@ import contextlib
 import ipaddress
 import logging
 import time
+from collections import deque
 from typing import Protocol, cast
 
 from .errors import ProtocolError
 from .handshake import Handshake
 from .limits import LogLimiter
-from .messages import Message, Refused
+from .messages import Gossip, Heartbeat, Message, Refused
 from .wire import HANDSHAKE_MAX_FRAME, FrameDecoder, FrameSealer, encode
 
 log = logging.getLogger("shoal")
+
+URGENT = (Heartbeat, Gossip)
+"""Frames that go ahead of queued bulk data: what a peer's failure detector waits for."""
+BULK_HIGH_WATER = 256 * 1024
+"""Bulk frames move into the socket's buffer while it holds less than this."""
 
 
 def parse_address(address: str) -> tuple[str, int]:
@@ -103,12 +117,16 @@ class Connection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._writable = asyncio.Event()
         self._writable.set()
+        self._paused = False  # the socket's buffer is over BULK_HIGH_WATER
+        self._bulk: deque[bytes] = deque()  # frames waiting for room, not yet sealed
+        self._bulk_bytes = 0
 
     # asyncio callbacks
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # cast, not isinstance: uvloop's transports are not asyncio.Transport subclasses
         self.transport = cast(asyncio.Transport, transport)
+        self.transport.set_write_buffer_limits(high=BULK_HIGH_WATER)
         owner = self.owner
         factory = Handshake.initiator if self.initiator else Handshake.acceptor
         self.handshake = factory(
@@ -149,16 +167,20 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self._bulk.clear()
+        self._bulk_bytes = 0
         self._writable.set()
         if self._timer is not None:
             self._timer.cancel()
         self.owner.conn_lost(self)
 
     def pause_writing(self) -> None:
+        self._paused = True
         self._writable.clear()
 
     def resume_writing(self) -> None:
-        self._writable.set()
+        self._paused = False
+        self._pump()
 
     # handshake
 
@@ -181,15 +203,44 @@ class Connection(asyncio.Protocol):
     # sending
 
     def send(self, msg: Message) -> None:
-        self.write(encode(msg, self.owner.max_frame_size))
+        frame = encode(msg, self.owner.max_frame_size)
+        if isinstance(msg, URGENT):
+            self._put(frame)
+        else:
+            self.write(frame)
 
     def write(self, frame: bytes) -> None:
-        """Write a frame made by ``encode``; once admitted it is sealed (one MAC per frame, in order)."""
+        """Queue a frame made by ``encode`` behind the other bulk frames (see the module docstring)."""
+        if self.transport is None or self.closed:
+            return
+        if self.sealer is None:  # the handshake: nothing to overtake
+            self._put(frame)
+            return
+        self._bulk.append(frame)
+        self._bulk_bytes += len(frame)
+        self._pump()
+
+    def _put(self, frame: bytes) -> None:
+        """Into the socket's buffer now; sealed here, so sequence numbers follow the buffer's order."""
         if self.transport is not None and not self.closed:
             self.transport.write(frame if self.sealer is None else self.sealer.seal(frame))
 
+    def _pump(self) -> None:
+        """Move queued bulk frames into the socket's buffer while it has room."""
+        bulk = self._bulk
+        while bulk and not self._paused and not self.closed:
+            frame = bulk.popleft()
+            self._bulk_bytes -= len(frame)
+            self._put(frame)  # may call pause_writing, which ends the loop
+        if bulk or self._paused:
+            self._writable.clear()
+        else:
+            self._writable.set()
+
     def backlog(self) -> int:
-        return self.transport.get_write_buffer_size() if self.transport is not None else 0
+        """Bytes the peer has not taken yet: our queue and the socket's buffer."""
+        buffered = self.transport.get_write_buffer_size() if self.transport is not None else 0
+        return buffered + self._bulk_bytes
 
     async def drained(self) -> None:
         await self._writable.wait()
@@ -206,6 +257,9 @@ class Connection(asyncio.Protocol):
 
     def close(self, reason: str) -> None:
         if not self.closed and self.transport is not None:
+            while self._bulk:  # what was queued goes out before the close, as it would have unqueued
+                self._put(self._bulk.popleft())
+            self._bulk_bytes = 0
             self.closed = True
             self.transport.close()
             self.owner.conn_lost(self)

@@ -24,7 +24,9 @@ new id, as a real process does. The model of the wire, kept close to TCP and to
 - A message arrives after a random delay in ``delay``. With ``reorder`` messages
   on a link may overtake each other; without it each end delivers in order.
   ``drop`` and ``duplicate`` are per-message probabilities (fault injection: TCP
-  itself neither drops nor duplicates).
+  itself neither drops nor duplicates). ``loss`` is packet loss as TCP sees it: a
+  lost message is retransmitted after ``rto`` (doubling while it keeps being lost),
+  so it arrives late, and without ``reorder`` everything behind it waits too.
 - A dial succeeds after a delay if the address has a running node, reachable and
   not frozen; the handshake is instantaneous and both sides get ``on_connected``.
   A refused dial fails after a delay; one into a partition or to a frozen node
@@ -42,6 +44,12 @@ new id, as a real process does. The model of the wire, kept close to TCP and to
   again). A frozen node (SIGSTOP) neither ticks nor handles
   anything; what reaches it waits, in order, until it thaws, and its links stay
   open.
+- A slow node (``slow``: a CPU-throttled pod, a loop under load) is alive but late:
+  its loop handles one thing at a time, each costing ``factor`` times the nominal
+  ``work`` (per event, plus per byte of a frame), so what reaches it waits its turn
+  in order, and its timer fires ``factor`` times less often. Its links stay open and
+  everything it sends still goes out, late. When the window ends it works off
+  what is queued at normal speed. Nodes that are not slow handle everything at once.
 """
 
 from __future__ import annotations
@@ -105,6 +113,9 @@ class Sim:
         tick_interval: float = 0.1,
         dial_timeout: float = 1.0,
         start: float = 1000.0,
+        work: tuple[float, float] = (50e-6, 50e-9),
+        loss: float = 0.0,
+        rto: float = 0.2,
     ) -> None:
         self.rng = random.Random(seed)
         self.now = start
@@ -114,6 +125,10 @@ class Sim:
         self.reorder = reorder
         self.tick_interval = tick_interval
         self.dial_timeout = dial_timeout
+        self.work = work
+        self.loss = loss
+        self.rto = rto
+        """Nominal cost of one event on a node's loop: seconds per event and per frame byte (``slow``)."""
         self.nodes: dict[int, SimNode] = {}
         """Running nodes by id, frozen ones included."""
         self.address_of: dict[int, str] = {}
@@ -132,6 +147,8 @@ class Sim:
         self._dark: set[str] = set()  # addresses whose host lost power: nothing answers there
         self._ends: dict[tuple[int, int], _End] = {}  # (owner, peer) -> owner's end
         self._side: dict[str, int] = {}  # address -> partition side; unlisted ones share a side
+        self._slow: dict[int, tuple[float, float]] = {}  # node -> (factor, until)
+        self._busy: dict[int, float] = {}  # node -> when its loop is free again
 
     # -- the cluster ---------------------------------------------------------------
 
@@ -197,6 +214,14 @@ class Sim:
             if node_id not in self.nodes or node_id in self._frozen:
                 break
             held()
+
+    def slow(self, node_id: int, factor: float, seconds: float) -> None:
+        """Make the node's loop ``factor`` times slower for ``seconds`` (see the module docstring)."""
+        self._slow[node_id] = (factor, self.now + seconds)
+
+    def late(self, node_id: int) -> float:
+        """How far behind the node's loop is now (0 when it keeps up)."""
+        return max(0.0, self._busy.get(node_id, self.now) - self.now)
 
     def partition(self, *sides: Iterable[int | str]) -> None:
         """Split the network: nodes on different sides cannot reach each other.
@@ -270,7 +295,28 @@ class Sim:
     def _schedule(self, when: float, event: Callable[[], None]) -> None:
         heapq.heappush(self._queue, (when, next(self._order), event))
 
-    def _to(self, node_id: int, event: Callable[[], None]) -> None:
+    def _factor(self, node_id: int) -> float:
+        slow = self._slow.get(node_id)
+        if slow is None:
+            return 1.0
+        if self.now >= slow[1]:
+            del self._slow[node_id]
+            return 1.0
+        return slow[0]
+
+    def _to(self, node_id: int, event: Callable[[], None], size: int = 0) -> None:
+        """Run ``event`` on a node's loop: at once, or after what a slow loop has queued."""
+        busy = self._busy.get(node_id)
+        factor = self._factor(node_id)
+        if factor == 1.0 and (busy is None or busy <= self.now):
+            self._busy.pop(node_id, None)
+            self._handle(node_id, event)
+            return
+        start = max(self.now, busy or self.now)
+        self._busy[node_id] = start + factor * (self.work[0] + self.work[1] * size)
+        self._schedule(start, lambda: self._handle(node_id, event))
+
+    def _handle(self, node_id: int, event: Callable[[], None]) -> None:
         """Run ``event`` on a node now: dropped if it is gone, held if it is frozen."""
         if node_id not in self.nodes:
             return
@@ -291,8 +337,13 @@ class Sim:
         if node is None:
             return
         if node_id not in self._frozen and node_id not in self._stopping:
+            self._to(node_id, lambda: self._ticked(node_id))
+        self._schedule(self.now + self.tick_interval * self._factor(node_id), lambda: self._tick(node_id))
+
+    def _ticked(self, node_id: int) -> None:
+        node = self.nodes.get(node_id)
+        if node is not None and node_id not in self._frozen and node_id not in self._stopping:
             self._perform(node_id, node.on_tick(self.now))
-        self._schedule(self.now + self.tick_interval, lambda: self._tick(node_id))
 
     def _perform(self, node_id: int, actions: list[Any]) -> None:
         for action in actions:
@@ -327,6 +378,11 @@ class Sim:
 
     def _arrival(self, end: _End) -> float:
         arrival = self.now + self._latency()
+        rto = self.rto
+        while self.loss and self.rng.random() < self.loss:  # lost on the wire: TCP sends it again
+            self.stats["retransmitted"] += 1
+            arrival += rto
+            rto *= 2
         if not self.reorder:
             arrival = end.last_arrival = max(arrival, end.last_arrival)
         return arrival
@@ -340,7 +396,7 @@ class Sim:
             else:
                 self._reset(src, dst, link)
         else:
-            self._to(dst, lambda: self._receive(src, dst, link, frame))
+            self._to(dst, lambda: self._receive(src, dst, link, frame), len(frame))
 
     def _receive(self, src: int, dst: int, link: int, frame: bytes) -> None:
         end = self._ends.get((dst, src))
