@@ -383,6 +383,7 @@ class Replicator:
         self.settled: set[str] = set()
         self._due: set[str] = set()  # caches just settled: ask every peer to resume
         self._live_from: dict[tuple[str, int], int] = {}  # while booting: where each live stream began
+        self._resume_at: dict[tuple[str, int], int] = {}  # booted: where the dump ended, before a live stream
         self._flushing: dict[int, int] = {}  # bytes a flush adds per peer, before the driver writes any
         self._scans: deque[_Scan] = deque()
         self._next_round: float | None = None
@@ -431,7 +432,7 @@ class Replicator:
             for peer, feed in follows.items():
                 if feed.queued or feed.cursor != first + i:
                     continue  # behind: its feed sends these from the log
-                if backlog(peer) + queued.get(peer, 0) + size > self.max_backlog:
+                if backlog(peer) + queued.get(peer, 0) > self.max_backlog:
                     figures["ops_deferred"] += len(ops) - i
                     self._enqueue(peer, feed)
                     continue
@@ -549,8 +550,8 @@ class Replicator:
         for (name, origin), live_from in list(self._live_from.items()):
             if name == cache:
                 del self._live_from[(name, origin)]
-                if positions.get(origin, 0) < live_from:  # writes between the dump and the live stream
-                    self.needs_repair.add(origin)
+                if positions.get(origin, 0) < live_from:  # writes between the dump and the live stream:
+                    self._resume_at[(cache, origin)] = positions.get(origin, 0)  # from the dump's end
         self.settled.add(cache)
         self._due.add(cache)
 
@@ -573,7 +574,8 @@ class Replicator:
         are down for us and asked of no one else (relays), each once."""
         log_ = self._log(cache)
         up = set(self.membership.up_peers())
-        positions = {peer: log_.end(peer)}
+        at = self._resume_at.pop((cache, peer), None)
+        positions = {peer: log_.end(peer) if at is None else at}
         for origin, end in log_.vector().items():
             if len(positions) >= MAX_ORIGINS:
                 break
@@ -587,10 +589,9 @@ class Replicator:
 
     def _resume(self, peer: int, msg: Resume, wall: float) -> list[Action]:
         positions = vector_from_wire(msg.positions)
-        log_ = self.logs.get(msg.cache)
-        if msg.cache not in self.replicas or log_ is None:
-            # Nothing logged here: nothing was missed.
-            return [Send(peer, Resumed(msg.cache, o, p, True)) for o, p in positions.items()]
+        if msg.cache not in self.replicas:  # not hosted here: nothing to send, nothing missed
+            return [Send(peer, Resumed(msg.cache, o, max(p, 0), True)) for o, p in positions.items()]
+        log_ = self._log(msg.cache)
         for origin, position in positions.items():
             if origin == self.node_id:
                 if position == LIVE:
@@ -637,7 +638,9 @@ class Replicator:
         seen = log_.end(msg.origin) - msg.start
         if seen > 0:
             self.figures_of(msg.cache)["ops_duplicate"] += min(seen, len(ops))
-        self.apply(msg.cache, ops[max(0, seen) :], wall)  # raises for ops the member refuses: those are not logged
+        # All of them: positions say what is news to the log, versions what is news to the cache
+        # (a stream that lost its order is still applied whole). Raises for ops the member refuses.
+        self.apply(msg.cache, ops, wall)
         if msg.cache not in self.settled:  # booting: the live stream starts where it starts
             self._live_from.setdefault((msg.cache, msg.origin), msg.start)
             log_.add(msg.origin, msg.start, ops)
