@@ -236,15 +236,3 @@ def test_when_the_log_no_longer_reaches_back_a_digest_comparison_repairs_instead
     sim.heal()
     assert sim.run_until(lambda: len(node(sim, b).cache) == 300, 20)
     assert node(sim, b).core.replicator.figures_of("c")["repair_rounds"] >= 1
-
-
-def test_one_flush_queues_no_more_than_the_backlog_allows_even_in_many_batches() -> None:
-    core, cache, _ = core_with_peers([], max_peer_backlog=100_000)
-    core.start(0.0, 0.0)
-    join(core, 2)
-    for i in range(5000):  # five batches of 1000 ops, 100 bytes a value: ~0.1 MB each for a 0.1 MB budget
-        cache.set(i, "x" * 100)
-    sent = core.flush(lambda peer: 0, 0.0)
-    assert [a.peers for a in sent if isinstance(a, Broadcast)] == [(2,), (), (), (), ()]
-    assert core.replicator.figures_of("c")["ops_dropped"] == 4000
-    assert 2 in core.replicator.needs_repair
