@@ -642,8 +642,9 @@ class Replicator:
         # (a stream that lost its order is still applied whole). Raises for ops the member refuses.
         self.apply(msg.cache, ops, wall)
         if msg.cache not in self.settled:  # booting: the live stream starts where it starts
-            self._live_from.setdefault((msg.cache, msg.origin), msg.start)
-            log_.add(msg.origin, msg.start, ops)
+            _, gap = log_.add(msg.origin, msg.start, ops)
+            if gap:  # the dump must reach this far, or the catch-up starts where the dump ends
+                self._live_from[(msg.cache, msg.origin)] = msg.start
             return
         _, gap = log_.add(msg.origin, msg.start, ops)
         if gap:  # writes of this origin went missing on the way: compare digests with the sender
