@@ -191,7 +191,7 @@ class Dispatcher:
 
     def stop(self, now: float, wall: float) -> list[Action]:
         """Graceful stop: every queued write goes out, then a goodbye to each peer."""
-        actions = self.flush(lambda peer: 0, wall, everything=True)
+        actions = self.flush(None, wall, everything=True)
         self.running = False
         return actions + self.membership.leave()
 
@@ -207,10 +207,12 @@ class Dispatcher:
     def flush(self, backlog: Callable[[int], int] | None, wall: float, everything: bool = False) -> list[Action]:
         """Queued writes as Stream broadcasts to the peers whose streams are live; a peer over
         ``max_peer_backlog`` falls behind and gets them from the log as it drains. ``backlog``,
-        if given, is used for this flush instead of ``self.backlog``."""
+        if given, becomes ``self.backlog`` (a driver that passes it here need not set it)."""
         # Clear the flag before draining: an op queued after this point wakes the
         # driver again instead of being stranded.
         self._flush_pending = False
+        if backlog is not None:
+            self.backlog = backlog
         outbox = self.outbox
         budget = len(outbox) if everything else min(len(outbox), FLUSH_MAX_OPS)
         batches: dict[str, list[Op]] = {}
@@ -219,7 +221,7 @@ class Dispatcher:
             batches.setdefault(name, []).append(op)
         actions: list[Action] = []
         for name, ops in batches.items():
-            actions += self.replicator.outgoing(name, ops, wall, backlog)
+            actions += self.replicator.outgoing(name, ops, wall)
         self.replicator.flushed()
         if outbox and not self._flush_pending and self.running:
             self._flush_pending = True

@@ -406,13 +406,10 @@ class Replicator:
 
     # -- outgoing --------------------------------------------------------------
 
-    def outgoing(
-        self, name: str, ops: list[Op], wall: float, backlog: Callable[[int], int] | None = None
-    ) -> list[Broadcast]:
+    def outgoing(self, name: str, ops: list[Op], wall: float) -> list[Broadcast]:
         """Local writes of one cache: logged at their positions, and broadcast to every peer whose
         stream is live and has room; a peer over its backlog falls behind, and its feed sends
-        them from the log as it drains. ``backlog`` overrides the driver's count (a graceful
-        stop sends everything)."""
+        them from the log as it drains."""
         if not ops:
             return []
         log_ = self._log(name)
@@ -421,7 +418,7 @@ class Replicator:
         follows = self.follows.get(name)
         if not follows:
             return []
-        backlog = backlog or self.backlog
+        backlog = self.backlog
         figures = self.figures_of(name)
         wire_ops = [op_to_wire(op) for op in ops]
         actions: list[Broadcast] = []
