@@ -65,6 +65,8 @@ class _Origin:
         return self.batches[self.head][0] if self.head < len(self.batches) else self.end
 
     def evict_oldest(self) -> None:
+        start, _ = self.batches[self.head]
+        self.batches[self.head] = (start, ())  # its ops go now, the slot with the list's compaction
         self.head += 1
         if self.head > 64 and self.head * 2 > len(self.batches):
             del self.batches[: self.head]
