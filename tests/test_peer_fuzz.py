@@ -38,9 +38,11 @@ from shoal.messages import (
     Message,
     Ops,
     Pull,
+    Resume,
     SizeReply,
     to_array,
 )
+from shoal.positions import LIVE
 from shoal.replication import BUCKETS
 from shoal.validation import MAX_TTL
 from shoal.wire import DEFAULT_MAX_FRAME, FrameDecoder
@@ -156,6 +158,7 @@ def test_any_messages_from_an_admitted_peer_are_refused_or_harmless_and_the_memb
         core.tick(now, WALL)
     core.connected(HONEST, "sim:3", now)  # whatever the bad peer did, an honest one is served
     core.membership.members[HONEST].caches = frozenset({"c"})
+    core.message(HONEST, Resume("c", [1, LIVE]), now, WALL)  # it asks for our writes from now on
     beats = []
     for _ in range(20):
         now += 0.05

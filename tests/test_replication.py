@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import msgpack
 import pytest
@@ -12,18 +11,19 @@ from hypothesis import strategies as st
 from sim.network import Sim
 from sim.nodes import SimMember
 
-from shoal.actions import Broadcast, Send
+from shoal.actions import Broadcast
 from shoal.cache import Cache, Replica, hosted
 from shoal.clock import HybridClock
 from shoal.errors import ProtocolError
 from shoal.membership import Membership
-from shoal.messages import CatchUp, CaughtUp, Digest, Ops, Pull
+from shoal.messages import CatchUp, CaughtUp, Digest, Listing, Pull, Resume, Resumed, Stream
+from shoal.positions import WriteLog, op_bytes
 from shoal.replica import Op
 from shoal.replication import (
     BATCH_BYTES,
     BUCKETS,
     MAX_SCANS_PER_PEER,
-    PULL_BYTES,
+    PUMP_BYTES,
     SETTLE,
     Replicator,
     bucket_of,
@@ -140,18 +140,20 @@ def _replicator(peers: list[int]) -> tuple[Replicator, Cache, list[Op]]:
         membership.members[peer].caches = frozenset({"c"})
     cache, replica = _hosted()
     replicator = Replicator(membership, {"c": replica})
+    for peer in peers:  # each asks for our stream from its start
+        replicator.received(peer, Resume("c", [1, 0]), 0.0, 0.0)
     queued: list[Op] = []
     replica.connect(queued.append)
     return replicator, cache, queued
 
 
-def test_outgoing_writes_are_one_message_per_batch_broadcast_to_every_peer_of_the_cache() -> None:
+def test_outgoing_writes_are_one_message_per_batch_broadcast_to_every_peer_that_asked_for_them() -> None:
     replicator, cache, queued = _replicator([2, 3])
     for i in range(5):
         cache.set(f"k{i}", i)
     actions = replicator.outgoing("c", queued, 0.0)
     assert len(actions) == 1 and isinstance(actions[0], Broadcast)
-    assert actions[0].peers == (2, 3) and isinstance(actions[0].msg, Ops) and len(actions[0].msg.ops) == 5
+    assert actions[0].peers == (2, 3) and isinstance(actions[0].msg, Stream) and len(actions[0].msg.ops) == 5
     assert replicator.outgoing("c", [], 0.0) == []
 
 
@@ -163,18 +165,17 @@ def test_a_batch_is_split_at_the_batch_size() -> None:
     assert [len(a.msg.ops) for a in replicator.outgoing("c", queued, 0.0)] == [2, 2, 1]
 
 
-def test_ops_dropped_for_a_slow_peer_mark_it_for_the_next_repair_round() -> None:
+def test_writes_a_slow_peer_could_not_take_are_sent_from_the_log_once_it_drains() -> None:
     replicator, cache, queued = _replicator([2, 3])
+    backlog = {2: 10**9}
+    replicator.backlog = lambda peer: backlog.get(peer, 0)
     cache.set("k", 1)
-    send = replicator.outgoing("c", queued, 0.0)[0]
-    replicator.dropped(2, send.msg)
-    assert replicator.needs_repair == {2}
-    assert replicator.figures_of("c")["ops_dropped"] == 1
-    replicator.settled.add("c")
-    replicator.tick(0.0, 0.0)  # schedules the first round, at most an interval away
-    opened = replicator.tick(replicator.interval, 0.0)
-    assert [a.peer for a in opened if isinstance(a, Send) and isinstance(a.msg, Digest)] == [2]  # not a random peer
-    assert replicator.needs_repair == set()
+    (live,) = replicator.outgoing("c", queued, 0.0)
+    assert live.peers == (3,)
+    assert replicator.figures_of("c")["ops_deferred"] == 1 and replicator.pump(2, 0.0) == []
+    del backlog[2]
+    (later,) = replicator.pump(2, 0.0)
+    assert isinstance(later.msg, Stream) and later.msg.start == 0 and [op[1] for op in later.msg.ops] == ["k"]
 
 
 # -- convergence in the simulated network --------------------------------------------------
@@ -344,29 +345,126 @@ def test_a_peer_cannot_queue_more_than_a_few_repair_scans_here() -> None:
     assert any(scan.peer == 3 for scan in replicator._scans)  # another peer still gets its round
 
 
-def test_a_pull_is_answered_with_a_bounded_number_of_bytes() -> None:
+def test_a_pull_is_answered_a_slice_at_a_time_as_the_peer_drains() -> None:
     replicator, cache, _ = _replicator([2])
     replicator.settled.add("c")
     for i in range(60):
         cache.set(i, b"x" * 1_000_000)
+    backlog = [0]
+    replicator.backlog = lambda peer: backlog[0]
     sends = replicator.received(2, Pull("c", list(range(60))), 0.0, time.time())
     sent = sum(len(op[2]) for send in sends for op in send.msg.ops)
-    assert PULL_BYTES <= sent <= PULL_BYTES + 16 * 1_000_000
+    assert 0 < sent <= PUMP_BYTES + 16 * 1_000_000  # a slice, not the whole answer
     assert all(len(encode(send.msg)) < DEFAULT_MAX_FRAME for send in sends)
+    backlog[0] = 10**9
+    assert replicator.pump(2, time.time()) == []  # not reading: nothing more is built
+    backlog[0] = 0
+    while replicator.work.get(2):
+        sends += replicator.pump(2, time.time())
+    assert sorted(op[1] for send in sends for op in send.msg.ops) == list(range(60))  # each key once
 
 
-def test_a_catch_up_relays_writes_of_members_the_asker_does_not_ask_itself() -> None:
+def test_a_pull_naming_a_key_twice_is_refused() -> None:
+    """Finding: a Pull of one key 5,000 times was answered with 32 MB (1,676x)."""
+    replicator, cache, _ = _replicator([2])
+    replicator.settled.add("c")
+    cache.set("k", b"x" * 6000)
+    with pytest.raises(ProtocolError, match="each key once"):
+        replicator.received(2, Pull("c", ["k"] * 5000), 0.0, time.time())
+
+
+def test_a_listing_naming_buckets_twice_or_more_than_exist_is_refused_before_any_work() -> None:
+    """Finding: a Listing with 4M bucket numbers cost 7.9 s of CPU."""
+    replicator, _, _ = _replicator([2])
+    replicator.settled.add("c")
+    started = time.process_time()
+    for buckets in ([1, 1], list(range(BUCKETS)) * 4096):
+        with pytest.raises(ProtocolError, match="bucket"):
+            replicator.received(2, Listing("c", 1, buckets, [], True, [0, 0], 0), 0.0, time.time())
+    assert time.process_time() - started < 1.0
+
+
+def test_digests_from_a_peer_that_does_not_read_queue_nothing_for_it() -> None:
+    """Finding: 40 unread Digest answers queued 142 MB (115.9 MB here before the fix)."""
+    replicator, cache, _ = _replicator([2])
+    replicator.settled.add("c")
+    for i in range(20_000):
+        cache.set(i, "x" * 100)
+    replicator.backlog = lambda peer: 10**9
+    actions = []
+    for round_ in range(40):
+        actions += replicator.received(2, Digest("c", round_, [round_] * BUCKETS, [0, 0], 0), 0.0, time.time() + 5)
+        for _ in range(50):
+            actions += replicator.tick(0.0, time.time() + 5)
+    assert actions == []
+    assert sum(1 for scan in replicator._scans if scan.peer == 2) <= MAX_SCANS_PER_PEER
+
+
+def test_the_log_bound_counts_keys_as_well_as_values() -> None:
+    """Finding: 150k sets with 4 KiB keys grew a member by 621 MB under a 64 MiB bound."""
+    log = WriteLog(1 << 20)
+    for i in range(2000):
+        key = f"{i:04d}" + "k" * 4092
+        log.add(1, i, [(WRITE, key, b"\xa1v", NEVER, i)])
+    held = [op for _, batch in log.origins[1].batches[log.origins[1].head :] for op in batch]
+    assert sum(len(op[1]) for op in held) <= 1 << 20
+    assert log.size == sum(map(op_bytes, held)) <= 1 << 20
+    assert log.end(1) == 2000
+
+
+def test_a_reconnect_asks_each_peer_from_where_it_left_off_and_is_sent_only_what_follows() -> None:
+    replicator, cache, queued = _replicator([2])
+    for i in range(10):
+        cache.set(f"k{i}", i)
+    replicator.outgoing("c", queued, 0.0)
+    queued.clear()
+    replicator.member_down(2)
+    for i in range(10, 15):
+        cache.set(f"k{i}", i)
+    replicator.outgoing("c", queued, 0.0)
+    answer = replicator.received(2, Resume("c", [1, 10]), 0.0, 0.0)
+    assert [op[1] for a in answer if isinstance(a.msg, Stream) for op in a.msg.ops] == [f"k{i}" for i in range(10, 15)]
+    assert answer[-1].msg == Resumed("c", 1, 15, True)
+
+
+def test_the_writes_of_a_member_that_is_down_are_relayed_from_the_position_asked() -> None:
     replicator, _, _ = _replicator([2, 3])
-    replicator.start(0.0)
-    by_7 = [[WRITE, f"a{i}", b"\xa1v", None, 1 << 16, 7] for i in range(3)]
-    by_8 = [[WRITE, f"b{i}", b"\xa1v", None, 1 << 16, 8] for i in range(2)]
-    replicator.received(3, Ops("c", by_7 + by_8), 0.0, 100.0)  # logged here as received
-    everything = replicator.received(2, CatchUp("c", 0, []), 0.0, 101.0)
-    only_8 = replicator.received(2, CatchUp("c", 0, [7]), 0.0, 101.0)
+    by_7 = [[WRITE, f"a{i}", b"\xa1v", None, 1 << 16, 7] for i in range(5)]
+    replicator.received(3, Stream("c", 7, 0, by_7), 0.0, 100.0)  # member 7's stream, as 3 relayed it
+    answer = replicator.received(2, Resume("c", [1, 0, 7, 3]), 0.0, 101.0)
+    assert [op[1] for a in answer if isinstance(a.msg, Stream) for op in a.msg.ops] == ["a3", "a4"]
+    assert Resumed("c", 7, 5, True) in [a.msg for a in answer]
 
-    def keys(actions: list[Any]) -> list[str]:
-        return [op[1] for a in actions if isinstance(a.msg, Ops) for op in a.msg.ops]
 
-    assert keys(everything) == ["a0", "a1", "a2", "b0", "b1"]
-    assert keys(only_8) == ["b0", "b1"]
-    assert isinstance(only_8[-1].msg, CaughtUp) and only_8[-1].msg.complete
+def test_a_resume_from_a_position_the_log_no_longer_holds_is_answered_incomplete() -> None:
+    replicator, cache, queued = _replicator([])
+    replicator.logs["c"] = WriteLog(2000)  # a dozen writes
+    for i in range(100):
+        cache.set(f"k{i}", i)
+    replicator.outgoing("c", queued, 0.0)
+    answer = replicator.received(2, Resume("c", [1, 0]), 0.0, 0.0)
+    assert answer[-1].msg == Resumed("c", 1, 100, False)
+    assert replicator.figures_of("c")["ops_dropped"] > 0  # the core knows what it could not send
+
+
+def test_a_member_of_the_previous_protocol_asking_a_time_window_is_told_to_compare_digests() -> None:
+    replicator, _, _ = _replicator([2])
+    assert [a.msg for a in replicator.received(2, CatchUp("c", 0, []), 0.0, 1.0)] == [CaughtUp("c", False)]
+
+
+def test_the_memory_the_log_holds_stays_within_its_bound_as_writes_flow_through() -> None:
+    """Finding: evicted batches stayed referenced until the list was compacted (+111 MiB on a
+    writer whose peer was frozen, with a 4 MiB log)."""
+    import tracemalloc
+
+    log = WriteLog(4 << 20)
+    tracemalloc.start()
+    try:
+        for n in range(100):
+            ops = [(WRITE, f"big{i}", (f"{n:06d}" + "x" * 4090).encode(), NEVER, n * 1000 + i) for i in range(256)]
+            log.add(1, n * 256, ops)
+            del ops
+            held = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert held < 2 * (4 << 20)

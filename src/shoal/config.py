@@ -37,9 +37,11 @@ class Config:
     # -- replication and repair
     anti_entropy_interval: float = 10.0
     max_peer_backlog: int = 64 * 1024 * 1024
-    """Bytes a peer may leave unread before it gets no more writes (and is marked for repair)."""
+    """Bytes a peer may leave unread; past it nothing more is produced for it (its writes wait in
+    the log, answers and repair scans wait their turn) until it drains."""
     catchup_log_bytes: int = 64 * 1024 * 1024
-    """Recent writes kept per cache for members that reconnect (catch-up); 0 keeps none."""
+    """Recent writes kept per cache for members that reconnect (catch-up), keys and per-op overhead
+    counted; 0 keeps none."""
 
     # -- warm boot
     warm_donors: int = 1

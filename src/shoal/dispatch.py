@@ -10,6 +10,7 @@ to know which part said what:
     message(peer, msg)                       a frame arrived from an admitted peer
     tick(now, wall)                          time passed
     flush(backlog)                           local writes are waiting in the outbox
+    drained(peer)                            a peer's unsent bytes fell below the low-water mark
     host(name, replica) / stop()             the member's own life
 
 ``driver.py`` drives it over asyncio sockets; ``tests/sim`` drives it over a
@@ -20,6 +21,12 @@ Local writes reach the dispatcher from application threads: ``Cache`` appends
 each op to ``outbox`` (a deque: appends are atomic) and the first op after a
 flush calls ``wake``, the driver's hook to call ``flush`` soon (driver.py: after
 ``FLUSH_DELAY`` on its loop). Everything else runs on the driver's one thread.
+
+Flow control: ``backlog(peer)`` is the driver's count of bytes queued to a peer and
+not yet written (set by the driver, like ``wake``). Answers to a peer (catch-ups,
+relays, pulls, repair listings) are produced a slice at a time while that count is
+below ``max_peer_backlog``: when the peer asks, on ``drained`` and on every tick. So
+every Send the core returns is one the driver carries out; it never has to drop one.
 
 Time comes in twice: ``now`` is monotonic (timeouts, schedules), ``wall`` is
 wall-clock seconds (expiry and versions, which travel between members).
@@ -32,7 +39,7 @@ import random
 from collections import deque
 from collections.abc import Callable
 
-from .actions import Action, BootStreaming, Broadcast, MemberDown, MemberUp, Ready, Send, StreamDump
+from .actions import Action, BootStreaming, MemberDown, MemberUp, Ready, Send, StreamDump
 from .config import Config
 from .errors import ProtocolError
 from .leases import Leases, is_lease_message
@@ -43,6 +50,7 @@ from .messages import (
     Digest,
     DumpChunk,
     DumpEnd,
+    DumpFrom,
     DumpRequest,
     Gossip,
     Heartbeat,
@@ -51,11 +59,14 @@ from .messages import (
     Message,
     Ops,
     Pull,
+    Resume,
+    Resumed,
     SizeReply,
     SizeRequest,
+    Stream,
 )
 from .replica import Op, ReplicaView
-from .replication import SETTLE, Replicator, op_size
+from .replication import Replicator
 from .store import Key
 from .warmboot import Booter, BootStats
 
@@ -70,8 +81,8 @@ DUMPS_QUEUED = 64
 """Dumps one peer may have asked for and not yet received: an honest booter asks for one per
 cache it boots; more at once is a peer making us hold entry lists (100 unread dumps: +300 MB)."""
 
-_REPLICATION = (Ops, Digest, Listing, Pull, CatchUp, CaughtUp)
-_WARMBOOT = (SizeRequest, SizeReply, DumpRequest, DumpChunk, DumpEnd)
+_REPLICATION = (Stream, Resume, Resumed, Ops, Digest, Listing, Pull, CatchUp, CaughtUp)
+_WARMBOOT = (SizeRequest, SizeReply, DumpRequest, DumpFrom, DumpChunk, DumpEnd)
 _MEMBERSHIP = (Gossip, Heartbeat, Leave)
 
 
@@ -118,7 +129,8 @@ class Dispatcher:
             interval=config.anti_entropy_interval,
             rng=self.rng,
             log_bytes=config.catchup_log_bytes,
-            margin=config.max_clock_skew + SETTLE,
+            max_backlog=config.max_peer_backlog,
+            backlog=lambda peer: self.backlog(peer),
         )
         self.booter = Booter(
             self.membership,
@@ -130,12 +142,15 @@ class Dispatcher:
             warm_timeout=config.warm_timeout,
             patience=config.mesh_wait,
             rng=self.rng,
+            positions=self.replicator.positions,
         )
         self.leases = Leases(node_id, self.membership.group, self._holds, ttl=config.load_timeout)
         """Cluster single flight: ``miss``, ``loaded``, ``load_failed`` and ``abandoned`` feed it."""
         self._wall = 0.0  # the last wall-clock time given: what ``leases`` checks values against
         self.outbox: deque[tuple[str, Op]] = deque()
         self.wake: Callable[[], object] = lambda: None
+        self.backlog: Callable[[int], int] = lambda peer: 0
+        """The driver's count of bytes queued to ``peer`` and not yet written (flow control)."""
         self.ready = False
         self.running = False
         self._flush_pending = False
@@ -159,12 +174,12 @@ class Dispatcher:
             connect(functools.partial(self.local_write, name))  # C-level: one Python frame less per write
         if not self.running:
             return []
-        return self._after(self.membership.host(name) + self.booter.start(name, now), now)
+        actions = self.membership.host(name) + self.replicator.hosting(name) + self.booter.start(name, now)
+        return self._after(actions, now)
 
     def start(self, now: float, wall: float) -> list[Action]:
         """The driver is listening: boot every cache hosted so far, send early writes."""
         self.running = True
-        self.replicator.start(wall)
         actions: list[Action] = []
         for name in self.replicas:
             actions += self.membership.host(name)
@@ -176,7 +191,7 @@ class Dispatcher:
 
     def stop(self, now: float, wall: float) -> list[Action]:
         """Graceful stop: every queued write goes out, then a goodbye to each peer."""
-        actions = self.flush(lambda peer: 0, wall, everything=True)
+        actions = self.flush(None, wall, everything=True)
         self.running = False
         return actions + self.membership.leave()
 
@@ -189,12 +204,15 @@ class Dispatcher:
             self._flush_pending = True
             self.wake()
 
-    def flush(self, backlog: Callable[[int], int], wall: float, everything: bool = False) -> list[Action]:
-        """Queued writes as Ops broadcasts; a peer whose unsent bytes (``backlog``) are over
-        ``max_peer_backlog`` gets none of them and is marked for repair instead."""
+    def flush(self, backlog: Callable[[int], int] | None, wall: float, everything: bool = False) -> list[Action]:
+        """Queued writes as Stream broadcasts to the peers whose streams are live; a peer over
+        ``max_peer_backlog`` falls behind and gets them from the log as it drains. ``backlog``,
+        if given, becomes ``self.backlog`` (a driver that passes it here need not set it)."""
         # Clear the flag before draining: an op queued after this point wakes the
         # driver again instead of being stranded.
         self._flush_pending = False
+        if backlog is not None:
+            self.backlog = backlog
         outbox = self.outbox
         budget = len(outbox) if everything else min(len(outbox), FLUSH_MAX_OPS)
         batches: dict[str, list[Op]] = {}
@@ -202,24 +220,18 @@ class Dispatcher:
             name, op = outbox.popleft()
             batches.setdefault(name, []).append(op)
         actions: list[Action] = []
-        limit = self.config.max_peer_backlog
-        queued: dict[int, int] = {}  # bytes this flush adds per peer, before the driver writes any
         for name, ops in batches.items():
-            for action in self.replicator.outgoing(name, ops, wall):
-                msg = action.msg
-                slow = [peer for peer in action.peers if backlog(peer) + queued.get(peer, 0) > limit]
-                for peer in slow:
-                    self.replicator.dropped(peer, msg)
-                if slow:
-                    action = Broadcast(tuple(p for p in action.peers if p not in slow), msg)
-                size = sum(map(op_size, msg.ops))  # about its frame: encoding it here would do it twice
-                for peer in action.peers:
-                    queued[peer] = queued.get(peer, 0) + size
-                actions.append(action)
+            actions += self.replicator.outgoing(name, ops, wall)
+        self.replicator.flushed()
         if outbox and not self._flush_pending and self.running:
             self._flush_pending = True
             self.wake()
         return actions
+
+    def drained(self, peer: int, now: float, wall: float) -> list[Action]:
+        """The driver's queue to ``peer`` fell below its low-water mark: the next slices of
+        what is pending for it (nothing if none is)."""
+        return self._after(self.replicator.pump(peer, wall), now)
 
     # -- connections ----------------------------------------------------------------
 
@@ -270,7 +282,6 @@ class Dispatcher:
 
     def message(self, peer: int, msg: Message, now: float, wall: float) -> list[Action]:
         """A message from an admitted peer; raises ProtocolError for one it may not send."""
-        self.replicator.heard(peer, wall)
         if isinstance(msg, _MEMBERSHIP):
             return self._after(self.membership.received(peer, msg, now), now, membership=isinstance(msg, Gossip))
         self.membership.heard(peer, now)
@@ -279,7 +290,7 @@ class Dispatcher:
             return _unhosted(peer, msg)
         if isinstance(msg, _REPLICATION):
             actions = self._after(self.replicator.received(peer, msg, now, wall), now)
-            if isinstance(msg, Ops) and self.leases.wants:  # callers here may be waiting for these keys
+            if isinstance(msg, (Stream, Ops)) and self.leases.wants:  # callers here may be waiting for these keys
                 actions += self.leases.arrived(msg.cache, [op[1] for op in msg.ops], now)
             return actions
         if isinstance(msg, _WARMBOOT):
@@ -379,6 +390,7 @@ class Dispatcher:
         """React to what membership reported, then to a change of readiness."""
         if membership and self.booter.booting:
             actions += self.booter.tick(now)  # a boot waiting for peers need not wait for a tick
+        actions += self.replicator.due(now)  # caches that just booted catch up from their dump's positions
         for action in list(actions):
             if isinstance(action, MemberUp):
                 actions += self.replicator.member_up(action.peer, now)  # what it missed, and what we did
@@ -432,4 +444,4 @@ class Dispatcher:
 
     def _booted(self, cache: str, stats: BootStats) -> None:
         self._booted_caches.add(cache)
-        self.replicator.settled.add(cache)
+        self.replicator.settle(cache, self.booter.positions.pop(cache, {}))

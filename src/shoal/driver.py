@@ -54,7 +54,7 @@ from .housekeeping import Collector, Resolver, Snapshots, discover
 from .leases import longest_wait
 from .limits import LogLimiter, Supervisor
 from .membership import routable
-from .messages import DumpEnd, Message, Ops, Query
+from .messages import DumpEnd, Message, Query
 from .queries import Queries
 from .singleflight import LOAD, VALUE
 from .store import Key
@@ -267,6 +267,7 @@ class Driver:
         core.advertise(self.address)  # ours: never dialed (unless a wildcard: no-op)
         core.membership.seeds = [s for s in self._seeds if s != self.address]
         core.wake = functools.partial(loop.call_soon_threadsafe, self._flush_shortly)
+        core.backlog = self._backlog  # the core produces answers only while a peer has room
         log.info("node %016x listening on %s", self.node_id, self.address)
         self._run(core.start(time.monotonic(), time.time()))
         self._spawn(self._ticker())
@@ -463,6 +464,10 @@ class Driver:
         elif conn.peer is None and conn.dialed and not self.stopping:
             self._run(self.core.dial_failed(conn.dialed, time.monotonic()))
 
+    def conn_drained(self, conn: Connection) -> None:
+        if conn.peer is not None and self.peers.get(conn.peer) is conn and not self.stopping:
+            self._run(self.core.drained(conn.peer, time.monotonic(), time.time()))
+
     def conn_bytes(self, conn: Connection, count: int) -> None:
         if conn.peer is not None:
             self.core.received_bytes(conn.peer, count)
@@ -531,14 +536,8 @@ class Driver:
 
     def _send(self, action: Send) -> None:
         conn = self.peers.get(action.peer)
-        if conn is None:
-            return
-        if isinstance(action.msg, Ops) and conn.backlog() > self.config.max_peer_backlog:
-            # Answers to its Pulls and catch-ups that a peer does not read would pile up
-            # here without bound; what it asked for and never took, it can ask again.
-            self._chores.log(logging.WARNING, "%016x is not reading: answer dropped", action.peer)
-            return
-        conn.send(action.msg)
+        if conn is not None:
+            conn.send(action.msg)
 
     def _dial_action(self, action: Dial) -> None:
         if not self.stopping:

@@ -291,6 +291,44 @@ class CaughtUp(Message):
     complete: bool
 
 
+# CatchUp and CaughtUp asked for a time window of everything logged (the same writes again on
+# every reconnect); positions replace them. A member still answers a CatchUp, as incomplete.
+
+
+@message(26)
+class Stream(Message):
+    """Writes of ``origin`` (a node id) to one cache, at positions ``start``, ``start + 1``, ...
+    of its stream: sent live by the origin, or by a catch-up (the origin's, or another member's
+    relay of it). Each op is ``[kind, key, value, expires, hlc, node]`` as in ``Ops``."""
+
+    cache: str
+    origin: int
+    start: int
+    ops: list[Any]
+
+
+@message(27)
+class Resume(Message):
+    """Send me the writes of this cache from these positions on: ``positions`` is
+    ``[origin, position, ...]``. The receiver's own stream then continues live; any other
+    origin (one down for the asker) is relayed as far as the receiver holds it."""
+
+    cache: str
+    positions: list[Any]
+
+
+@message(28)
+class Resumed(Message):
+    """A catch-up of ``origin``'s writes reached ``position`` (the receiver's own stream: it is
+    live from here). ``complete`` is false when the log no longer held what was asked: the asker
+    compares digests with the sender."""
+
+    cache: str
+    origin: int
+    position: int
+    complete: bool
+
+
 # --- warm boot (warmboot.py) ----------------------------------------------------
 
 
@@ -339,6 +377,16 @@ class DumpEnd(Message):
     cache: str
     stream: int
     entries: int
+
+
+@message(45)
+class DumpFrom(Message):
+    """Ahead of a dump's chunks: the donor's positions (``[origin, position, ...]``) when it took
+    the snapshot; the booting member's catch-up starts there, where the dump ends."""
+
+    cache: str
+    stream: int
+    positions: list[Any]
 
 
 # --- operator queries (client.py) -------------------------------------------------

@@ -25,16 +25,28 @@ of a deleted key is a delete op. Without that, a delete lost to a partition woul
 never reach the other side, and once the tombstone was purged the old value would
 even be pulled back.
 
-Catch-up. Anti-entropy repairs anything, but slowly and at the cost of a scan,
-so the common losses are covered first by a bounded log of recent writes per
-cache (every write a member applied, its own and its peers', with the wall time
-it was logged), as Redis's replication backlog covers a replica that
-reconnects. When two members connect (the first time, or again after a loss)
-each asks the other for the writes it logged since the asker last heard from
-it (a member it never heard of: since the asker started), less a margin for
-clock skew; the answer is Ops batches then ``CaughtUp``. If the log no longer
-reaches back that far, ``CaughtUp(complete=False)`` makes the asker open a
-repair round with that peer at once. Replays are harmless: ops apply by version.
+Catch-up (positions.py has the theory). Anti-entropy repairs anything, but slowly
+and at the cost of a scan, so the common losses are covered first by exact
+catch-up. Each member numbers its writes to a cache (positions) and logs what it
+received of every member's stream, bounded in bytes. A member streams its writes
+only to the peers that asked (``Resume``) from the position they hold: from its log
+until the peer has them all, live (one broadcast per batch) from then on. So when two
+members connect, each asks the other for the writes that followed the last one it
+received, and gets each missed write once. Writes of a member that is down for the
+asker are asked, by the same numbers, of one peer that holds them (a relay), one
+relay per origin at a time. A catch-up ends with ``Resumed``; ``complete`` false
+(the log no longer held a position asked for, or a stream arrived with a gap) makes
+the asker open a repair round with that peer at once.
+
+Flow control. Nothing that answers a peer is built whole: a catch-up, a relay, a
+pull's answer and a repair scan's listing are pending work kept per peer (one feed
+per origin, a few pulls, two scans) and produced a slice at a time while the peer's
+unsent bytes (``backlog``, the driver's count) are below ``max_backlog``: when the
+peer asks, when its driver reports it drained (``pump``) and on every tick. A batch
+of live writes for a peer over its limit is not dropped: its stream falls behind,
+and its feed sends the same writes from the log as the peer drains. So the core
+never hands its driver a send the driver would have to drop, and a ``Resumed``
+says complete only when every write it covers was sent.
 
 Everything here is pure: a cache is seen only through ``replica.ReplicaView``,
 and time comes in as arguments (``now`` monotonic for scheduling, ``wall`` for
@@ -47,7 +59,7 @@ import logging
 import random
 import zlib
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from itertools import compress
 from typing import Any
@@ -57,7 +69,8 @@ from .clock import COUNTER_BITS, NODE_BITS, NODE_MASK, version_ms
 from .errors import ProtocolError
 from .limits import LogLimiter, spans
 from .membership import Membership
-from .messages import CatchUp, CaughtUp, Digest, Listing, Message, Ops, Pull
+from .messages import CatchUp, CaughtUp, Digest, Listing, Message, Ops, Pull, Resume, Resumed, Stream
+from .positions import LIVE, MAX_ORIGINS, WriteLog, vector_from_wire, vector_to_wire
 from .replica import Op, ReplicaView
 from .store import CLEAR, DELETE, NEVER, WRITE, Entry, Key
 from .validation import check_key_types, versions_from_wire
@@ -67,14 +80,13 @@ log = logging.getLogger("shoal")
 BUCKETS = 1024
 SETTLE = 1.0
 CATCHUP_LOG_BYTES = 64 * 1024 * 1024
-"""The recent-writes log of each cache is bounded by this many bytes (estimated)."""
-MAX_SKIP = 1024
-"""Members a catch-up request may name as asked directly (a cluster is far smaller)."""
+"""The write log of each cache (positions.py) is bounded by this many bytes, keys included."""
 LISTING_MAX = 20_000
 """Keys per Listing message (with their versions, well under a megabyte)."""
 PULL_MAX = 10_000
 """Keys per Pull message."""
-_OP_OVERHEAD = 120  # bytes a logged op costs beyond its key and value, roughly
+PULLS_PENDING = 8
+"""Pulls one peer may have waiting for their answer here; more are refused (the round repeats)."""
 MAX_SCANS_PER_PEER = 2
 """Scans a peer's digests and listings may have queued here: each holds a list of every
 entry, so 300 digests in a row once took a member from 104 to 566 MB. An honest peer
@@ -82,10 +94,11 @@ runs one round at a time with us; what is over the limit is dropped (a later rou
 BATCH_BYTES = 4 * 1024 * 1024
 """Bytes of values and keys per Ops frame: with ``max_value_size`` (1 MiB by default) far
 below the 16 MiB frame limit, no batch of writes can grow into a frame a peer refuses."""
-PULL_BYTES = 32 * 1024 * 1024
-"""Bytes one Pull is answered with at most; the puller pulls the rest in its next round."""
+PUMP_BYTES = 2 * BATCH_BYTES
+"""Bytes of pending answers produced for one peer in one call: a peer that drains at once
+still gets its answers spread over calls, so no call holds the loop long."""
 _WIRE_OP_OVERHEAD = 40  # msgpack framing of one op besides its key and value
-_PULL_SLICE = 16  # keys looked up between checks of PULL_BYTES
+_PULL_SLICE = 16  # keys looked up between checks of the byte budget
 _MASK64 = (1 << 64) - 1
 _KINDS = frozenset((WRITE, DELETE, CLEAR))
 
@@ -217,6 +230,17 @@ def listing(entries: Iterable[Entry], buckets: Iterable[int], wall: float, horiz
     return flat
 
 
+def _check_listing(msg: Listing) -> None:
+    """Bounds of a peer's listing, checked before any work: each bucket once, keys in triples."""
+    buckets = msg.buckets
+    if len(buckets) > BUCKETS or any(type(b) is not int or not 0 <= b < BUCKETS for b in buckets):
+        raise ProtocolError("a listing names buckets that do not exist")
+    if len(set(buckets)) != len(buckets):
+        raise ProtocolError("a listing names each bucket once")
+    if len(msg.entries) > 3 * LISTING_MAX:
+        raise ProtocolError(f"a listing holds at most {LISTING_MAX} keys")
+
+
 def tombstone_listing(tombstones: Iterable[tuple[Key, int]], buckets: Iterable[int]) -> list[Any]:
     """Flattened [key, hlc, node, ...] of the tombstones in the given buckets (see the module docstring)."""
     wanted = set(buckets)
@@ -257,6 +281,8 @@ def new_figures() -> dict[str, Any]:
         "ops_applied": 0,
         "ops_ignored": 0,
         "ops_dropped": 0,
+        "ops_deferred": 0,
+        "ops_duplicate": 0,
         "repair_rounds": 0,
         "keys_repaired": 0,
         "catchup_ops_sent": 0,
@@ -265,33 +291,31 @@ def new_figures() -> dict[str, Any]:
     }
 
 
-class _Log:
-    """Recent writes of one cache, oldest first, bounded in bytes (see the module docstring).
+@dataclass
+class _Feed:
+    """A catch-up of one origin's writes to one peer, sent from the log a batch at a time.
 
-    Kept as the batches they came in (a flush's, a peer's Ops): one append per batch, as
-    tuples of ops, which are tuples of plain values: the cyclic GC stops tracking them, so a
-    log of a few hundred thousand writes adds nothing to a full collection's walk.
+    The feed of our own stream to a peer lives as long as the peer's subscription: when its
+    cursor reaches the end of our log the peer is live (flushes broadcast to it); when a flush
+    finds the peer over its backlog, the feed takes over again from where it fell behind.
     """
 
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.batches: deque[tuple[int, tuple[Op, ...], int]] = deque()  # (logged at ms, ops, size)
-        self.size = 0
-        self.dropped_ms: int | None = None  # newest logging time ever dropped: complete after it
+    cache: str
+    origin: int
+    cursor: int
+    live: bool  # our own stream: live once caught up (a relay ends there instead)
+    report: bool = True  # asked for by a Resume: end with a Resumed
+    complete: bool = True  # false once the log no longer held a position this feed had to send
+    queued: bool = False  # in the peer's work queue now
 
-    def add(self, ops: list[Op], ms: int) -> None:
-        size = _OP_OVERHEAD * len(ops) + sum(len(op[2]) for op in ops if op[2] is not None)
-        self.batches.append((ms, tuple(ops), size))
-        self.size += size
-        while self.size > self.limit and self.batches:
-            old_ms, _, old_size = self.batches.popleft()
-            self.size -= old_size
-            self.dropped_ms = old_ms
 
-    def since(self, ms: int) -> tuple[list[Op], bool]:
-        """Ops logged at ``ms`` or later, and whether the log is complete that far back."""
-        ops = [op for logged, batch, _ in self.batches if logged >= ms for op in batch]
-        return ops, self.dropped_ms is None or self.dropped_ms < ms
+@dataclass
+class _PullAnswer:
+    """A peer's Pull, answered a slice of keys at a time."""
+
+    cache: str
+    keys: list[Key]
+    pos: int = 0
 
 
 @dataclass
@@ -322,11 +346,12 @@ def _their_line(ms: Any, wall: float) -> int:
 
 
 class Replicator:
-    """Outgoing batches, incoming ops and anti-entropy rounds for every hosted cache.
+    """Outgoing batches, incoming ops, catch-ups and anti-entropy rounds for every hosted cache.
 
-    Feed it local writes (``outgoing``), peers' messages (``received``) and time
-    (``tick``); it returns actions. Caches are the ``replicas`` mapping the
-    dispatcher shares with warm boot (one registry of hosted caches).
+    Feed it local writes (``outgoing``), peers' messages (``received``), drained peers
+    (``pump``) and time (``tick``); it returns actions. Caches are the ``replicas``
+    mapping the dispatcher shares with warm boot (one registry of hosted caches);
+    ``backlog(peer)`` is the driver's count of bytes queued to a peer and not yet sent.
     """
 
     def __init__(
@@ -339,11 +364,11 @@ class Replicator:
         slice_size: int = 4000,
         batch: int = 1000,
         log_bytes: int = CATCHUP_LOG_BYTES,
-        margin: float = 2.0,
+        max_backlog: int = 64 * 1024 * 1024,
+        backlog: Callable[[int], int] = lambda peer: 0,
     ) -> None:
-        """``margin``: how much further back than "last heard" a catch-up reaches, in seconds
-        (clocks of members differ by up to max_clock_skew; writes settle within SETTLE)."""
         self.membership = membership
+        self.node_id = membership.node_id
         self.replicas = replicas
         self.interval = interval
         self.rng = rng or random.Random()
@@ -351,21 +376,28 @@ class Replicator:
         self.batch = batch
         self.batch_bytes = BATCH_BYTES
         self.log_bytes = log_bytes
-        self.margin_ms = int(margin * 1000)
+        self.max_backlog = max_backlog
+        self.backlog = backlog
         self.figures: dict[str, dict[str, Any]] = {}
-        self.logs: dict[str, _Log] = {}
-        self.started_ms = 0
-        self.heard_ms: dict[int, int] = {}  # wall ms of the last message from each peer
-        self.catching_up: dict[tuple[str, int], float] = {}  # (cache, peer) -> when we asked (monotonic)
+        self.logs: dict[str, WriteLog] = {}
+        self.follows: dict[str, dict[int, _Feed]] = {}  # cache -> peer -> the feed of our own stream
+        self.relays: dict[tuple[int, str, int], _Feed] = {}  # (peer, cache, origin) -> a relay feed
+        self.work: dict[int, deque[_Feed | _PullAnswer]] = {}  # answers pending per peer, oldest first
+        self.catching_up: dict[tuple[str, int], tuple[int, float]] = {}  # (cache, origin) -> (asked, when)
         self.needs_repair: set[int] = set()
-        # Caches whose warm boot is over: only they take part in repair rounds
-        # (a booting cache is incomplete by design, and its scan would slow the boot).
+        # Caches whose warm boot is over: only they catch up and take part in repair rounds
+        # (a booting cache is incomplete by design; its dump's positions say where to start).
         self.settled: set[str] = set()
+        self._due: set[str] = set()  # caches just settled: ask every peer to resume
+        self._live_from: dict[tuple[str, int], int] = {}  # while booting: where each live stream began
+        self._resume_at: dict[tuple[str, int], int] = {}  # booted: where the dump ended, before a live stream
+        self._flushing: dict[int, int] = {}  # bytes a flush adds per peer, before the driver writes any
         self._scans: deque[_Scan] = deque()
         self._next_round: float | None = None
         self._round = 0
         self._opened: deque[int] = deque(maxlen=64)  # rounds we opened, recent ones
         self._scan_errors = LogLimiter(log, burst=5, interval=60.0)  # this member's, on the time it is given
+        self._refusals = LogLimiter(log, burst=5, interval=60.0)
 
     def figures_of(self, cache: str) -> dict[str, Any]:
         figures = self.figures.get(cache)
@@ -375,59 +407,80 @@ class Replicator:
 
     @property
     def busy(self) -> bool:
-        """True while a scan is in progress: tick again soon."""
-        return bool(self._scans)
+        """True while a scan that may go on is in progress: tick again soon."""
+        return any(self._room(scan.peer) > 0 for scan in self._scans)
+
+    def _room(self, peer: int) -> int:
+        return self.max_backlog - self.backlog(peer)
 
     # -- outgoing --------------------------------------------------------------
 
     def outgoing(self, name: str, ops: list[Op], wall: float) -> list[Broadcast]:
-        """Local writes of one cache as Ops messages, each broadcast to the cache's group,
-        and logged for the members that are not connected now (catch-up)."""
+        """Local writes of one cache: logged at their positions, and broadcast to every peer whose
+        stream is live and has room; a peer over its backlog falls behind, and its feed sends
+        them from the log as it drains."""
         if not ops:
             return []
-        self._log(name).add(ops, int(wall * 1000))
-        peers = tuple(self.membership.group(name))
-        if not peers:
+        log_ = self._log(name)
+        first = log_.end(self.node_id)
+        log_.add(self.node_id, first, ops)
+        follows = self.follows.get(name)
+        if not follows:
             return []
+        backlog = self.backlog
         figures = self.figures_of(name)
         wire_ops = [op_to_wire(op) for op in ops]
         actions: list[Broadcast] = []
+        queued = self._flushing
         for i, j in spans(map(op_size, wire_ops), self.batch_bytes, self.batch):
-            msg = Ops(name, wire_ops[i:j])
-            actions.append(Broadcast(peers, msg))
-            figures["ops_sent"] += len(msg.ops) * len(peers)
+            size = sum(map(op_size, wire_ops[i:j]))
+            peers: list[int] = []
+            for peer, feed in follows.items():
+                if feed.queued or feed.cursor != first + i:
+                    continue  # behind: its feed sends these from the log
+                if backlog(peer) + queued.get(peer, 0) > self.max_backlog:
+                    figures["ops_deferred"] += len(ops) - i
+                    self._enqueue(peer, feed)
+                    continue
+                feed.cursor = first + j
+                queued[peer] = queued.get(peer, 0) + size
+                peers.append(peer)
+            if peers:
+                actions.append(Broadcast(tuple(peers), Stream(name, self.node_id, first + i, wire_ops[i:j])))
+                figures["ops_sent"] += (j - i) * len(peers)
         return actions
 
-    def dropped(self, peer: int, msg: Ops) -> None:
-        """The driver could not queue ``msg`` for ``peer`` (it is not reading): repair it later."""
-        figures = self.figures_of(msg.cache)
-        figures["ops_sent"] -= len(msg.ops)
-        figures["ops_dropped"] += len(msg.ops)
-        self.needs_repair.add(peer)
+    def flushed(self) -> None:
+        """A flush is over: the driver has queued its broadcasts (``backlog`` counts them now)."""
+        self._flushing.clear()
 
     # -- incoming --------------------------------------------------------------
 
     def received(self, peer: int, msg: Message, now: float, wall: float) -> list[Action]:
-        if isinstance(msg, Ops):
-            ops = ops_from_wire(msg.ops)
-            self.apply(msg.cache, ops, wall)  # raises for ops the member refuses: those are not relayed
-            if msg.cache in self.replicas:
-                self._log(msg.cache).add(ops, int(wall * 1000))
+        if isinstance(msg, Stream):
+            self._stream(peer, msg, now, wall)
             return []
-        if isinstance(msg, CatchUp):
-            return self._catch_up(peer, msg)
+        if isinstance(msg, Ops):  # the answer to a Pull
+            self.apply(msg.cache, ops_from_wire(msg.ops), wall)
+            return []
+        if isinstance(msg, Resume):
+            return self._resume(peer, msg, wall)
+        if isinstance(msg, Resumed):
+            self._resumed(peer, msg, now)
+            return []
+        if isinstance(msg, CatchUp):  # a time window (the previous protocol): digests instead
+            return [Send(peer, CaughtUp(msg.cache, False))]
         if isinstance(msg, CaughtUp):
-            if self.catching_up.pop((msg.cache, peer), None) is not None and not msg.complete:
-                log.info("catch-up of %s from %016x: its log does not reach back; comparing digests", msg.cache, peer)
-                self.figures_of(msg.cache)["catchups_incomplete"] += 1
-                self.needs_repair.add(peer)
-                self._next_round = now  # now, not in a full interval
             return []
         replica = self.replicas.get(getattr(msg, "cache", ""))
         if replica is None:
             return []  # a cache we do not host
         if msg.cache not in self.settled:  # type: ignore[attr-defined]
             return []
+        if isinstance(msg, Digest) and (len(msg.digests) != BUCKETS or any(type(d) is not int for d in msg.digests)):
+            raise ProtocolError(f"a digest has {BUCKETS} ints")
+        if isinstance(msg, Listing):
+            _check_listing(msg)
         if isinstance(msg, (Digest, Listing)):
             self._catch_up_clear(msg.cache, replica, msg.watermark, wall)
         wants_scan = isinstance(msg, Digest) or (isinstance(msg, Listing) and msg.reply)
@@ -435,15 +488,11 @@ class Replicator:
             log.debug("%016x has %d repair scans queued here: dropping another", peer, MAX_SCANS_PER_PEER)
             return []
         if isinstance(msg, Digest):
-            if len(msg.digests) != BUCKETS:
-                raise ProtocolError(f"a digest has {BUCKETS} buckets")
             scan = _Scan(msg.cache, peer, msg.round, "answer", replica.entries(), theirs=msg.digests)
             scan.settled_ms = _their_line(msg.settled_ms, wall)
             self._scans.append(scan)
             return self._advance(wall)
         if isinstance(msg, Listing):
-            if any(type(b) is not int or not 0 <= b < BUCKETS for b in msg.buckets):
-                raise ProtocolError("a listing names buckets that do not exist")
             actions: list[Action] = []
             wanted = to_pull(replica, msg.entries)
             log.log(
@@ -471,75 +520,259 @@ class Replicator:
             return actions
         if isinstance(msg, Pull):
             check_key_types(msg.keys)
-            wire: list[Any] = []
-            total = 0
-            for k in range(0, len(msg.keys), _PULL_SLICE):
-                if total > PULL_BYTES:
-                    break  # the rest at the next round: one Pull must not cost us unbounded memory
-                more = [op_to_wire(op) for op in replica.ops_for(msg.keys[k : k + _PULL_SLICE], wall)]
-                total += sum(map(op_size, more))
-                wire += more
-            return self._batches(peer, msg.cache, wire)
+            if len(msg.keys) > PULL_MAX:
+                raise ProtocolError(f"a pull names at most {PULL_MAX} keys")
+            if len(set(msg.keys)) != len(msg.keys):
+                raise ProtocolError("a pull names each key once")
+            pending = self.work.get(peer, ())
+            if sum(1 for job in pending if isinstance(job, _PullAnswer)) >= PULLS_PENDING:
+                self._refusals.log(
+                    logging.WARNING,
+                    "%016x has %d pulls unanswered here: refusing another",
+                    peer,
+                    PULLS_PENDING,
+                    now=wall,
+                )
+                return []  # its repair round asks again
+            self.work.setdefault(peer, deque()).append(_PullAnswer(msg.cache, msg.keys))
+            return self.pump(peer, wall)
         raise ProtocolError(f"unexpected {type(msg).__name__}")
 
     # -- catch-up ----------------------------------------------------------------
 
-    def start(self, wall: float) -> None:
-        self.started_ms = int(wall * 1000)
-
-    def heard(self, peer: int, wall: float) -> None:
-        """Any message from ``peer``: what it sent until now has reached us (catch-up starts there)."""
-        self.heard_ms[peer] = int(wall * 1000)
-
     def member_up(self, peer: int, now: float) -> list[Action]:
-        """A connection to ``peer`` is up: ask it for what we may have missed, cache by cache."""
-        since = self.heard_ms.get(peer, self.started_ms) - self.margin_ms
-        actions: list[Action] = []
-        for name in self.replicas:
-            # The members we are connected to answer for their own writes: only relays of the
-            # others' are wanted from this one (without it, each write came once per member).
-            skip = [p for p in self.membership.group(name) if p != peer][:MAX_SKIP]
-            self.catching_up[(name, peer)] = now
-            actions.append(Send(peer, CatchUp(name, max(0, since), skip)))
+        """A connection to ``peer`` is up: ask it to resume its stream of every settled cache (a
+        cache still booting takes its writes live from now: its dump brings the older ones)."""
+        actions: list[Action] = [self._ask(name, peer, now) for name in self.replicas if self._asks(name, peer)]
+        actions += [Send(peer, Resume(name, [peer, LIVE])) for name in self.replicas if name not in self.settled]
         return actions
 
-    def member_down(self, peer: int) -> None:
-        for key in [k for k in self.catching_up if k[1] == peer]:
+    def hosting(self, cache: str) -> list[Action]:
+        """A cache starts booting: its writes from every peer up, live from now."""
+        return [Send(peer, Resume(cache, [peer, LIVE])) for peer in self.membership.up_peers()]
+
+    def settle(self, cache: str, positions: Mapping[int, int]) -> None:
+        """The boot of ``cache`` is over, with what it holds of each origin's stream (a dump's
+        positions): from now it catches up, from there (``due`` asks every peer)."""
+        log_ = self._log(cache)
+        for origin, position in positions.items():
+            if origin != self.node_id:
+                log_.advance(origin, position)
+        for (name, origin), live_from in list(self._live_from.items()):
+            if name == cache:
+                del self._live_from[(name, origin)]
+                if positions.get(origin, 0) < live_from:  # writes between the dump and the live stream:
+                    self._resume_at[(cache, origin)] = positions.get(origin, 0)  # from the dump's end
+        self.settled.add(cache)
+        self._due.add(cache)
+
+    def due(self, now: float) -> list[Action]:
+        """Catch-ups of caches that settled since the last call, from every peer up."""
+        actions: list[Action] = []
+        for name in sorted(self._due):
+            if name in self.replicas:
+                actions += [self._ask(name, peer, now) for peer in self.membership.up_peers() if self._asks(name, peer)]
+        self._due.clear()
+        return actions
+
+    def _asks(self, cache: str, peer: int) -> bool:
+        """A settled cache whose stream from ``peer`` is not asked for already (on this connection)."""
+        asked = self.catching_up.get((cache, peer))
+        return cache in self.settled and (asked is None or asked[0] != peer)
+
+    def _ask(self, cache: str, peer: int, now: float) -> Send:
+        """A Resume for ``peer``'s stream from where we are, and for the streams of origins that
+        are down for us and asked of no one else (relays), each once."""
+        log_ = self._log(cache)
+        up = set(self.membership.up_peers())
+        at = self._resume_at.pop((cache, peer), None)
+        positions = {peer: log_.end(peer) if at is None else at}
+        for origin, end in log_.vector().items():
+            if len(positions) >= MAX_ORIGINS:
+                break
+            if origin not in up and origin != self.node_id and origin != peer:
+                asked = self.catching_up.get((cache, origin))
+                if asked is None or asked[0] not in up:
+                    positions[origin] = end
+        for origin in positions:
+            self.catching_up[(cache, origin)] = (peer, now)
+        return Send(peer, Resume(cache, vector_to_wire(positions)))
+
+    def _resume(self, peer: int, msg: Resume, wall: float) -> list[Action]:
+        positions = vector_from_wire(msg.positions)
+        if msg.cache not in self.replicas:  # not hosted here: nothing to send, nothing missed
+            return [Send(peer, Resumed(msg.cache, o, max(p, 0), True)) for o, p in positions.items()]
+        log_ = self._log(msg.cache)
+        for origin, position in positions.items():
+            if origin == self.node_id:
+                if position == LIVE:
+                    position = log_.end(origin)
+                if position > log_.end(origin):
+                    raise ProtocolError("a resume asks for positions past the end of our stream")
+                follows = self.follows.setdefault(msg.cache, {})
+                feed = follows.get(peer)
+                if feed is None:
+                    feed = follows[peer] = _Feed(msg.cache, origin, position, live=True)
+                feed.cursor, feed.report, feed.complete = position, True, True
+            elif position == LIVE:
+                raise ProtocolError("only our own stream starts live")
+            else:  # a relay: a second ask for the same origin takes the place of the first
+                key = (peer, msg.cache, origin)
+                feed = self.relays.get(key) or _Feed(msg.cache, origin, position, live=False)
+                self.relays[key] = feed
+                feed.cursor, feed.report, feed.complete = position, True, True
+            self._enqueue(peer, feed)
+        return self.pump(peer, wall)
+
+    def _resumed(self, peer: int, msg: Resumed, now: float) -> None:
+        key = (msg.cache, msg.origin)
+        asked = self.catching_up.get(key)
+        if asked is not None and asked[0] == peer:
             del self.catching_up[key]
-        if len(self.heard_ms) > 1000:  # incarnations long gone: keep the recent ones
-            for old in sorted(self.heard_ms, key=self.heard_ms.__getitem__)[:500]:
-                del self.heard_ms[old]
+        if not msg.complete:
+            log.info(
+                "catch-up of %s from %016x: its log did not hold every write asked for; comparing digests",
+                msg.cache,
+                peer,
+            )
+            self.figures_of(msg.cache)["catchups_incomplete"] += 1
+            self.needs_repair.add(peer)
+            self._next_round = now  # now, not in a full interval
+
+    def _stream(self, peer: int, msg: Stream, now: float, wall: float) -> None:
+        if type(msg.origin) is not int or not 0 <= msg.origin <= _MASK64 or msg.start < 0:
+            raise ProtocolError("a stream names its origin by id and starts at a position")
+        ops = ops_from_wire(msg.ops)
+        if msg.cache not in self.replicas:
+            return
+        log_ = self._log(msg.cache)
+        seen = log_.end(msg.origin) - msg.start
+        if seen > 0:
+            self.figures_of(msg.cache)["ops_duplicate"] += min(seen, len(ops))
+        # All of them: positions say what is news to the log, versions what is news to the cache
+        # (a stream that lost its order is still applied whole). Raises for ops the member refuses.
+        self.apply(msg.cache, ops, wall)
+        if msg.cache not in self.settled:  # booting: the live stream starts where it starts
+            _, gap = log_.add(msg.origin, msg.start, ops)
+            if gap:  # the dump must reach this far, or the catch-up starts where the dump ends
+                self._live_from[(msg.cache, msg.origin)] = msg.start
+            return
+        _, gap = log_.add(msg.origin, msg.start, ops)
+        if gap:  # writes of this origin went missing on the way: compare digests with the sender
+            log.info("stream of %s from %016x skipped writes of %016x; comparing digests", msg.cache, peer, msg.origin)
+            self.figures_of(msg.cache)["catchups_incomplete"] += 1
+            self.needs_repair.add(peer)
+            self._next_round = now
+        if len(log_.origins) > MAX_ORIGINS:
+            log_.forget([self.node_id, *self.membership.up_peers()])
+
+    def member_down(self, peer: int) -> None:
+        for follows in self.follows.values():
+            follows.pop(peer, None)
+        for key in [k for k in self.relays if k[0] == peer]:
+            del self.relays[key]
+        self.work.pop(peer, None)
+        for caught in [k for k, (asked, _) in self.catching_up.items() if asked == peer]:
+            del self.catching_up[caught]
+        if any(scan.peer == peer for scan in self._scans):
+            self._scans = deque(scan for scan in self._scans if scan.peer != peer)
 
     def waiting_for(self, now: float, patience: float) -> list[tuple[str, int]]:
-        """Catch-ups asked for less than ``patience`` ago and not answered yet."""
-        return [key for key, asked in self.catching_up.items() if now - asked < patience]
+        """Catch-ups (cache, origin) asked for less than ``patience`` ago and not over yet."""
+        return [key for key, (_, asked) in self.catching_up.items() if now - asked < patience]
 
-    def _catch_up(self, peer: int, msg: CatchUp) -> list[Action]:
-        log_ = self.logs.get(msg.cache)
-        if msg.cache not in self.replicas or log_ is None:
-            return [Send(peer, CaughtUp(msg.cache, True))]  # nothing logged: nothing was missed
-        if len(msg.skip) > MAX_SKIP or any(type(n) is not int for n in msg.skip):
-            raise ProtocolError(f"a catch-up skips at most {MAX_SKIP} members, named by id")
-        ops, complete = log_.since(msg.since_ms)
-        if msg.skip:
-            skip = set(msg.skip)
-            ops = [op for op in ops if op[4] & NODE_MASK not in skip]
-        actions = self._batches(peer, msg.cache, [op_to_wire(op) for op in ops])
-        if ops:
-            self.figures_of(msg.cache)["catchup_ops_sent"] += len(ops)
-            log.info("catch-up of %s for %016x: %d writes, log complete: %s", msg.cache, peer, len(ops), complete)
-        return [*actions, Send(peer, CaughtUp(msg.cache, complete))]
+    def positions(self, cache: str) -> dict[int, int]:
+        """How far this member has received each origin's stream of ``cache`` (a dump carries it)."""
+        log_ = self.logs.get(cache)
+        return log_.vector() if log_ is not None else {}
 
-    def _log(self, name: str) -> _Log:
+    def _log(self, name: str) -> WriteLog:
         found = self.logs.get(name)
         if found is None:
-            found = self.logs[name] = _Log(self.log_bytes)
+            found = self.logs[name] = WriteLog(self.log_bytes)
         return found
 
-    def _batches(self, peer: int, cache: str, wire_ops: list[Any]) -> list[Action]:
-        """Ops messages to one peer, bounded in bytes as well as in ops."""
-        cuts = spans(map(op_size, wire_ops), self.batch_bytes, self.batch)
-        return [Send(peer, Ops(cache, wire_ops[i:j])) for i, j in cuts]
+    # -- answers, as the peer drains ---------------------------------------------------
+
+    def _enqueue(self, peer: int, job: _Feed) -> None:
+        if not job.queued:
+            job.queued = True
+            self.work.setdefault(peer, deque()).append(job)
+
+    def pump(self, peer: int, wall: float) -> list[Action]:
+        """The next slices of ``peer``'s pending answers, as far as its backlog has room
+        (and at most ``PUMP_BYTES``); the rest waits for the next call."""
+        jobs = self.work.get(peer)
+        if not jobs:
+            return []
+        room = min(self._room(peer), PUMP_BYTES)
+        actions: list[Action] = []
+        while jobs and room > 0:
+            job = jobs[0]
+            if isinstance(job, _Feed):
+                sent, done = self._feed(peer, job, room, actions)
+            else:
+                sent, done = self._pull(peer, job, room, wall, actions)
+            room -= sent
+            if done:
+                jobs.popleft()
+                if isinstance(job, _Feed):
+                    job.queued = False
+        if not jobs:
+            self.work.pop(peer, None)
+        return actions
+
+    def pump_all(self, wall: float) -> list[Action]:
+        actions: list[Action] = []
+        for peer in list(self.work):
+            actions += self.pump(peer, wall)
+        return actions
+
+    def _feed(self, peer: int, feed: _Feed, room: int, out: list[Action]) -> tuple[int, bool]:
+        """One batch of a feed (bytes sent, whether it is over)."""
+        log_ = self.logs.get(feed.cache)
+        end = log_.end(feed.origin) if log_ is not None else feed.cursor
+        sent = 0
+        if log_ is not None and feed.cursor < end:
+            start, ops = log_.read(feed.origin, feed.cursor, min(room, self.batch_bytes), self.batch)
+            figures = self.figures_of(feed.cache)
+            if start > feed.cursor:  # the log no longer holds these: the peer compares digests
+                figures["ops_dropped"] += start - feed.cursor
+                feed.complete = False
+            feed.cursor = start + len(ops)
+            if ops:
+                wire = [op_to_wire(op) for op in ops]
+                sent = sum(map(op_size, wire))
+                out.append(Send(peer, Stream(feed.cache, feed.origin, start, wire)))
+                figures["catchup_ops_sent"] += len(ops)
+                figures["ops_sent"] += len(ops)
+        if feed.cursor < end:
+            return sent, False
+        if feed.report or not feed.complete:
+            out.append(Send(peer, Resumed(feed.cache, feed.origin, feed.cursor, feed.complete)))
+            if not feed.complete:
+                log.info("catch-up of %s for %016x: the log no longer held every write", feed.cache, peer)
+        feed.report, feed.complete = False, True
+        if not feed.live:
+            self.relays.pop((peer, feed.cache, feed.origin), None)
+        return sent, True
+
+    def _pull(self, peer: int, job: _PullAnswer, room: int, wall: float, out: list[Action]) -> tuple[int, bool]:
+        """One Ops batch of a Pull's answer (bytes sent, whether it is over)."""
+        replica = self.replicas.get(job.cache)
+        if replica is None:
+            return 0, True
+        wire: list[Any] = []
+        size = 0
+        budget = min(room, self.batch_bytes)
+        while job.pos < len(job.keys) and size < budget and len(wire) < self.batch:
+            more = [op_to_wire(op) for op in replica.ops_for(job.keys[job.pos : job.pos + _PULL_SLICE], wall)]
+            job.pos += _PULL_SLICE
+            size += sum(map(op_size, more))
+            wire += more
+        if wire:
+            out.append(Send(peer, Ops(job.cache, wire)))
+        return max(size, 1), job.pos >= len(job.keys)
 
     def _queued_scans(self, peer: int) -> int:
         return sum(1 for scan in self._scans if scan.peer == peer and scan.then != "digest")
@@ -574,7 +807,7 @@ class Replicator:
         if now >= self._next_round:
             self._next_round = now + self.interval * self.rng.uniform(0.75, 1.25)
             self._open_rounds(wall)
-        return self._advance(wall)
+        return self._advance(wall) + self.pump_all(wall)
 
     def _open_rounds(self, wall: float) -> None:
         for name, replica in self.replicas.items():
@@ -591,10 +824,14 @@ class Replicator:
             self._scans.append(scan)
 
     def _advance(self, wall: float) -> list[Action]:
-        """One slice of the oldest scan; its message once it is complete."""
-        if not self._scans:
+        """One slice of the oldest scan whose peer has room for what it sends; its message once
+        it is complete. A peer that does not read holds back its own scans, not the others'."""
+        for i, scan in enumerate(self._scans):
+            if self._room(scan.peer) > 0:
+                self._scans.rotate(-i)  # to the front: the scan steps below work on the first
+                break
+        else:
             return []
-        scan = self._scans[0]
         replica = self.replicas.get(scan.cache)
         if replica is None:
             self._scans.popleft()

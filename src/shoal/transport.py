@@ -96,6 +96,10 @@ class Owner(Protocol):
 
     def conn_lost(self, conn: Connection) -> None: ...
 
+    def conn_drained(self, conn: Connection) -> None:
+        """The peer took what was queued for it: there is room for more."""
+        ...
+
 
 class Connection(asyncio.Protocol):
     """One TCP connection: framing, handshake, then hands messages to its owner."""
@@ -181,6 +185,8 @@ class Connection(asyncio.Protocol):
     def resume_writing(self) -> None:
         self._paused = False
         self._pump()
+        if not self._paused and not self._bulk and self.peer is not None and not self.closed:
+            self.owner.conn_drained(self)
 
     # handshake
 

@@ -33,7 +33,8 @@ from .actions import Action, ReadSnapshot, Send, StreamDump
 from .clock import NODE_BITS, NODE_MASK
 from .errors import FrameTooLarge, ProtocolError
 from .membership import Membership
-from .messages import DumpChunk, DumpEnd, DumpRequest, Message, SizeReply, SizeRequest
+from .messages import DumpChunk, DumpEnd, DumpFrom, DumpRequest, Message, SizeReply, SizeRequest
+from .positions import vector_from_wire, vector_to_wire
 from .replica import Op, ReplicaView
 from .store import Entry, Key
 from .validation import check_key_types, versions_from_wire
@@ -170,6 +171,8 @@ class _Boot:
     retries: int = 0
     retry_at: float = 0.0
     answered: set[int] = field(default_factory=set)  # sizes actually received (a silent peer may hold data)
+    stream_from: dict[int, int] = field(default_factory=dict)  # the current donor's positions (DumpFrom)
+    positions: dict[int, int] = field(default_factory=dict)  # what the finished dumps hold of each stream
     had_data: bool = False  # some peer reported entries: if none delivered, the boot failed
 
 
@@ -193,7 +196,10 @@ class Booter:
         size_wait: float = SIZE_WAIT,
         patience: float = 5.0,
         rng: random.Random | None = None,
+        positions: Callable[[str], dict[int, int]] = lambda cache: {},
     ) -> None:
+        """``positions(cache)``: how far this member has received each member's stream (a dump
+        we serve starts with them)."""
         self.membership = membership
         self.replicas = replicas
         self.on_done = on_done
@@ -204,6 +210,9 @@ class Booter:
         self.size_wait = size_wait
         self.patience = patience  # how long a member that gossip names may take to connect
         self.rng = rng or random.Random()
+        self.positions_of = positions
+        self.positions: dict[str, dict[int, int]] = {}
+        """Per cache whose warm boot is over: the positions its dumps ended at (the catch-up's start)."""
         self.boots: dict[str, _Boot] = {}
         self.stats: dict[str, BootStats] = {}
         self._streams: dict[int, _Boot] = {}
@@ -240,7 +249,15 @@ class Booter:
             if msg.cache not in self.replicas:
                 return [Send(peer, DumpEnd(msg.cache, msg.stream, 0))]
             self.stats.setdefault(msg.cache, BootStats()).dumps_served += 1
-            return [StreamDump(peer, msg.cache, msg.stream)]
+            # Positions taken before the driver's snapshot of the entries: a write in between is in
+            # both the dump and the catch-up (merged by version), never in neither.
+            start = DumpFrom(msg.cache, msg.stream, vector_to_wire(self.positions_of(msg.cache)))
+            return [Send(peer, start), StreamDump(peer, msg.cache, msg.stream)]
+        if isinstance(msg, DumpFrom):
+            boot = self._streams.get(msg.stream)
+            if boot is not None and boot.donor == peer:
+                boot.stream_from = vector_from_wire(msg.positions)
+            return []
         if isinstance(msg, SizeReply):
             boot = self.boots.get(msg.cache)
             if boot is not None and boot.phase == SIZING and peer in boot.asked:
@@ -284,6 +301,8 @@ class Booter:
                 )
             else:
                 boot.finished += 1
+                for origin, position in boot.stream_from.items():
+                    boot.positions[origin] = max(position, boot.positions.get(origin, 0))
             return self._step(boot, now)
         raise ProtocolError(f"unexpected {type(msg).__name__}")
 
@@ -406,6 +425,7 @@ class Booter:
         if boot.stream is not None:
             self._streams.pop(boot.stream, None)
         boot.stream = boot.donor = None
+        boot.stream_from = {}
 
     def _finish(self, boot: _Boot, now: float) -> list[Action]:
         boot.phase = DONE
@@ -416,6 +436,7 @@ class Booter:
 
     def _done(self, boot: _Boot, now: float) -> None:
         self.boots.pop(boot.cache, None)
+        self.positions[boot.cache] = boot.positions
         self._end_stream(boot)
         boot.stats.seconds = round(now - boot.started, 3)
         log.info(

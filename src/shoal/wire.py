@@ -65,10 +65,11 @@ from .errors import FrameTooLarge, ProtocolError
 from .messages import MESSAGE_TYPES, Message, from_array, to_array
 from .validation import MAX_KEY_SIZE, MAX_NAME_SIZE
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 """The newest protocol this release speaks (2: the initiator proves first, clocks are
-compared at the handshake, every later frame is authenticated)."""
-PROTOCOL_MIN = 2
+compared at the handshake, every later frame is authenticated; 3: writes travel with their
+positions in the writer's stream, Stream/Resume/Resumed/DumpFrom, and catch-up is by position)."""
+PROTOCOL_MIN = 3
 """The oldest protocol this release still speaks."""
 
 DEFAULT_MAX_FRAME = 16 * 1024 * 1024

@@ -136,6 +136,8 @@ class Sim:
         self.effects: list[tuple[float, int, Any]] = []
         """(time, node id, action) for every action that is not transport."""
         self.stats: Counter[str] = Counter()
+        self.on_lost: Callable[[Message], None] = lambda msg: None
+        """Called with every message the network lost (a partition, a fault, a peer gone)."""
         self._queue: list[tuple[float, int, Callable[[], None]]] = []
         self._order = itertools.count()
         self._ids = itertools.count(1)
@@ -367,14 +369,16 @@ class Sim:
         self.stats["sent"] += 1
         if not self.reachable(src, dst):
             self.stats["partitioned"] += 1
+            self.on_lost(msg)
             return
         copies = 2 if self.rng.random() < self.duplicate else 1
         for _ in range(copies):
             if self.rng.random() < self.drop:
                 self.stats["dropped"] += 1
+                self.on_lost(msg)
                 continue
             arrival = self._arrival(end)
-            self._schedule(arrival, lambda: self._arrive(src, dst, end.link, frame))
+            self._schedule(arrival, lambda: self._arrive(src, dst, end.link, frame, msg))
 
     def _arrival(self, end: _End) -> float:
         arrival = self.now + self._latency()
@@ -387,10 +391,12 @@ class Sim:
             arrival = end.last_arrival = max(arrival, end.last_arrival)
         return arrival
 
-    def _arrive(self, src: int, dst: int, link: int, frame: bytes) -> None:
+    def _arrive(self, src: int, dst: int, link: int, frame: bytes, msg: Message) -> None:
         if not self.reachable(src, dst):
             self.stats["partitioned"] += 1
+            self.on_lost(msg)
         elif dst not in self.nodes:
+            self.on_lost(msg)
             if self.address_of[dst] in self._dark:
                 self.stats["unanswered"] += 1
             else:

@@ -5,7 +5,9 @@ the same ``Dispatcher`` a ``Node`` runs, hosting one cache "c", with this file a
 its driver instead of asyncio: it expands broadcasts and dump streams into
 sends, answers snapshot reads (there is no file), and schedules the flush a
 write wakes ``FLUSH_DELAY`` later on the simulator's clock, as node.py does on
-its loop.
+its loop. A test can hold a peer's backlog high (``hold``: a peer that does not
+read) and let it drain (``release``); meanwhile the driver drops an answer sent to
+it as node.py does, and counts it in ``Sim.stats["driver dropped"]``.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from shoal.clock import HybridClock
 from shoal.dispatch import FLUSH_DELAY, Config, Dispatcher
 from shoal.errors import ProtocolError
 from shoal.membership import Membership
-from shoal.messages import Message
+from shoal.messages import Message, Ops, Stream
 from shoal.replica import Op
 from shoal.store import WRITE
 from shoal.warmboot import dump_stream
@@ -83,6 +85,7 @@ class SimMember:
         self.dumps: list[tuple[int, Iterator[Message]]] = []  # streams being served, a chunk per tick
         self.dump_pace = 0.0  # seconds between the chunks of a dump this member serves (0: one per tick)
         self._next_chunk = 0.0
+        self.held: dict[int, int] = {}  # unsent bytes per peer, as a test sets them (0 unless held)
         now = lambda: sim.now  # noqa: E731
         self.cache, replica = hosted(
             "c",
@@ -112,6 +115,7 @@ class SimMember:
         core.host("c", replica, sim.now)
         replica.connect(self._local_write)
         core.wake = self._wake
+        core.backlog = lambda peer: self.held.get(peer, 0)
 
     @classmethod
     def factory(cls, sim: Sim, seeds: Iterable[str] = (), interval: float = 1.0, **config: Any) -> NodeFactory:
@@ -150,7 +154,7 @@ class SimMember:
 
         def flush() -> None:
             if node_id in sim.nodes:
-                sim.act(node_id, lambda node, now: node.drive(node.core.flush(lambda peer: 0, now)))
+                sim.act(node_id, lambda node, now: node.drive(node.core.flush(None, now)))
 
         sim.call_later(FLUSH_DELAY, flush)
 
@@ -167,12 +171,29 @@ class SimMember:
                     self.dumps.append((action.peer, (msg for msg, _ in stream)))
                 else:
                     out += self.drive(self.core.dump_done(action.peer, self.sim.now))
+            elif (
+                isinstance(action, Send)
+                and isinstance(action.msg, (Ops, Stream))
+                and self.held.get(action.peer, 0) > self.core.config.max_peer_backlog
+            ):
+                self.sim.stats["driver dropped"] += 1  # the old driver rule: a test checks it never fires
             elif isinstance(action, ReadSnapshot):
                 now = self.sim.now
                 out += self.drive(self.core.snapshot_read(action.cache, list(self.snapshot), now, now))
             else:
                 out.append(action)
         return out
+
+    def hold(self, peer: int, backlog: int) -> list[Any]:
+        """``peer`` stops reading: ``backlog`` bytes wait to be sent to it."""
+        self.held[peer] = backlog
+        return []
+
+    def release(self, peer: int) -> list[Any]:
+        """``peer`` reads again and drains: the driver says so to the core."""
+        self.held.pop(peer, None)
+        now = self.sim.now
+        return self.drive(self.core.drained(peer, now, now))
 
     def write(self, call: Callable[[Cache], Any]) -> list[Any]:
         """Run a cache call on this member (the flush it wakes follows FLUSH_DELAY later)."""
