@@ -27,6 +27,7 @@ SANS_IO = [
     "limits",
     "membership",
     "messages",
+    "positions",
     "queries",
     "replica",
     "replication",

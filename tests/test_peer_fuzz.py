@@ -224,6 +224,7 @@ def test_frames_of_every_kind_with_oversized_or_repeated_fields_are_refused_or_h
     core, cache = booted_member()
     core.connected(HONEST, "sim:3", 0.0)  # an honest peer, connected all along
     core.membership.members[HONEST].caches = frozenset({"c"})
+    core.message(HONEST, Resume("c", [1, LIVE]), 0.0, WALL)  # it asks for our writes from now on
     rss = _rss_mb()
     now = 0.0
     for msg in msgs:

@@ -439,3 +439,12 @@ def test_an_honest_ops_frame_of_the_smallest_ops_decodes() -> None:
 def test_a_frame_whose_body_is_no_message_array_is_refused_at_its_first_byte() -> None:
     with pytest.raises(ProtocolError, match="msgpack array of 1 to 15 items"):
         FrameDecoder().feed(struct.pack(">I", 1 << 20) + b"\xdc")
+
+
+def test_every_registered_kind_has_its_own_size_bounds() -> None:
+    """A kind left out of BOUNDS gets 64 KiB: a new bulk kind would fail in production, not here."""
+    from shoal.messages import MESSAGE_TYPES
+    from shoal.wire import BOUNDS
+
+    unbounded = {cls.__name__ for code, cls in MESSAGE_TYPES.items() if code not in BOUNDS}
+    assert unbounded <= {name for name in unbounded if name.startswith("_")}, unbounded

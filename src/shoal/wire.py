@@ -119,6 +119,7 @@ def _bounds() -> dict[int, Bounds]:
     handshake = Bounds(HANDSHAKE_MAX_FRAME, text=1024, binary=64, items=16, pairs=0)  # a Refused reason
     control = Bounds(CONTROL_MAX_FRAME, text=MAX_NAME_SIZE * 4, binary=0, items=16, pairs=0)
     lease = Bounds(LEASE_MAX_FRAME, text=_TEXT, binary=MAX_KEY_SIZE, items=1024, pairs=0)
+    positions = Bounds(64 * 1024, text=MAX_NAME_SIZE * 4, binary=0, items=2 * 1024, pairs=0)
     keys = Bounds(None, text=MAX_KEY_SIZE, binary=MAX_KEY_SIZE, items=None, pairs=0, per_container=1 << 20)
     table: dict[type[Message], Bounds] = {
         m.Hello: handshake,
@@ -131,6 +132,11 @@ def _bounds() -> dict[int, Bounds]:
         m.Leave: control,
         # An op (one array) is at least 15 bytes; values are bin, str keys bounded.
         m.Ops: Bounds(None, text=MAX_KEY_SIZE, binary=None, items=None, pairs=0, per_container=12),
+        m.Stream: Bounds(None, text=MAX_KEY_SIZE, binary=None, items=None, pairs=0, per_container=12),
+        # [origin, position, ...] for at most positions.MAX_ORIGINS origins
+        m.Resume: positions,
+        m.Resumed: control,
+        m.DumpFrom: positions,
         m.Digest: Bounds(64 * 1024, text=MAX_NAME_SIZE * 4, binary=0, items=1024, pairs=0),
         m.Listing: keys,
         m.Pull: keys,
