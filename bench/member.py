@@ -26,7 +26,8 @@ Roles:
               it, minus RSS before (keys and values included, as in a member).
 ``syncobj``   one pysyncobj member with a ``ReplDict``; answers ``fill``, ``len``,
               ``wait_len`` (answers when the dict holds N entries) and ``compact``.
-``fleet``     a member of bench/fleet.py's cluster (cache ``c`` with ``--ttl`` and
+``fleet``     a member of bench/fleet.py's cluster, or a plain peer for the other
+              benchmarks (cache ``--cache`` with ``--ttl`` and
               ``--bound``, seeded with ``--seed``): ``peers_up``, ``write`` (``set_many``
               of K keys at a given wall-clock moment), ``wait_held`` (the moment it
               held every key), ``missing``, and ``figures``: the replication figures of
@@ -435,13 +436,13 @@ def run_fleet(args: argparse.Namespace) -> int:
     shoal_log.setLevel(logging.INFO)
     shoal_log.addHandler(downs)
     shoal_log.propagate = False  # counted, not printed: forty members' logs would drown the output
-    node = Node(listen="127.0.0.1:0", seeds=[args.seed] if args.seed else [], secret=args.secret)
-    cache = node.cache("c", **cache_options(args))
+    node = Node(listen="127.0.0.1:0", seeds=[args.seed] if args.seed else [], secret=args.secret or None)
+    cache = node.cache(args.cache, **cache_options(args))
     node.start()
     watch = {"min_up": None, "watching": False}
 
     def peers_up() -> int:
-        return sum(1 for m in node.members() if m["state"] == "up" and "c" in m["caches"])
+        return sum(1 for m in node.members() if m["state"] == "up" and args.cache in m["caches"])
 
     def watch_peers() -> None:
         """The fewest peers this member saw up while the writes spread (sampled every 0.1 s)."""
@@ -474,7 +475,7 @@ def run_fleet(args: argparse.Namespace) -> int:
     def figures() -> dict[str, Any]:
         watch["watching"] = False
         stats = node.stats()
-        figures = {k: v for k, v in stats["caches"]["c"].items() if isinstance(v, (int, float)) or v is None}
+        figures = {k: v for k, v in stats["caches"][args.cache].items() if isinstance(v, (int, float)) or v is None}
         return {**figures, "downs": downs.count, "min_up": watch["min_up"], "members_up": stats["members_up"]}
 
     handlers = {"peers_up": peers_up, "write": write, "wait_held": wait_held, "missing": missing, "figures": figures}
@@ -492,7 +493,8 @@ def main() -> int:
     parser.add_argument("--ttl", type=float, default=3600.0, help="cache ttl in seconds; 0: none")
     parser.add_argument("--bound", type=int, default=0, help="cache max_entries; 0: unbounded")
     parser.add_argument("--kind", choices=["dict", "cachetools", "cachebox", "shoal"], default="dict")
-    parser.add_argument("--secret", default="bench-cluster-secret")
+    parser.add_argument("--secret", default="bench-cluster-secret", help="fleet: '' for none (loopback)")
+    parser.add_argument("--cache", default="c", help="fleet: the cache's name")
     parser.add_argument("--timeout", type=float, default=60.0)
     parser.add_argument("--profile", default="")
     parser.add_argument("--gc", choices=["on", "off"], default="on", help="receiver: off disables the cyclic GC")
