@@ -136,6 +136,19 @@ def serve(hello: Any, handlers: dict[str, Callable[..., Any]]) -> None:
             reply({"error": f"{op}: {type(exc).__name__}: {exc}"})
 
 
+def child(script: str, target: Callable[..., None], **args: Any) -> Member:
+    """Run ``target(**args)`` (a function of ``script``, which calls ``as_child`` first) as a Member."""
+    return Member(script, "--member", target.__name__, json.dumps(args))
+
+
+def as_child(namespace: dict[str, Any]) -> bool:
+    """In a process started by ``child``: run the function named on the command line; True if this was one."""
+    if sys.argv[1:2] != ["--member"]:
+        return False
+    namespace[sys.argv[2]](**json.loads(sys.argv[3]))
+    return True
+
+
 def reply(obj: Any) -> None:
     print(json.dumps(obj), flush=True)
 
