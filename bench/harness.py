@@ -136,9 +136,9 @@ def serve(hello: Any, handlers: dict[str, Callable[..., Any]]) -> None:
             reply({"error": f"{op}: {type(exc).__name__}: {exc}"})
 
 
-def child(script: str, target: Callable[..., None], **args: Any) -> Member:
+def child(script: str, target: Callable[..., None], prefix: Sequence[str] = (), **args: Any) -> Member:
     """Run ``target(**args)`` (a function of ``script``, which calls ``as_child`` first) as a Member."""
-    return Member(script, "--member", target.__name__, json.dumps(args))
+    return Member(script, "--member", target.__name__, json.dumps(args), prefix=prefix)
 
 
 def as_child(namespace: dict[str, Any]) -> bool:
