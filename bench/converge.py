@@ -41,7 +41,6 @@ import contextlib
 import signal
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -150,12 +149,15 @@ def lacking(member: SharedMember, start: int, count: int, value: str, stop_at_fi
 def run_shoal(net: Netns, n: int, partition: float, cap: float) -> Row:
     hosts = [net.add() for _ in range(3)]
     members: list[SharedMember] = []
-    try:
+    with Cleanup() as run:
+        run.callback(lambda: [net.remove(host) for host in hosts])
         for host in hosts:
             count_bytes(host)
             seeds = [h.address(PORT) for h in hosts if h is not host]
             # SharedMember reads the member's log all along: a full pipe would stall it.
-            members.append(SharedMember(listen=host.address(PORT), seeds=seeds, secret=SECRET, prefix=host.prefix))
+            member = SharedMember(listen=host.address(PORT), seeds=seeds, secret=SECRET, prefix=host.prefix)
+            members.append(member)
+            run.callback(stop_member, member)
         for member in members:
             assert member.cmd("ready", timeout=60) is True
         wait_for(lambda: all(member_up_peers(m) == 2 for m in members), 30, "a full mesh")
@@ -204,15 +206,15 @@ def run_shoal(net: Netns, n: int, partition: float, cap: float) -> Row:
             left = sum(lacking(members[i], ranges[r][0], tenth, ranges[r][1], stop_at_first=False) for i, r in pending)
             note = f"at the cap, {left:,} (member, key) pairs still lack a write made while cut"
         return Row("shoal", n, f"{tenth:,} + {tenth:,}", seconds, sent, note, reconnected)
-    finally:
-        for member in members:
-            with contextlib.suppress(Exception):
-                member.stop()
-            with contextlib.suppress(Exception):
-                member.proc.kill()
-                member.proc.wait(10)
-        for host in hosts:
-            net.remove(host)
+
+
+def stop_member(member: SharedMember) -> None:
+    """Gracefully if it still answers, else killed."""
+    with contextlib.suppress(Exception):
+        member.stop()
+    with contextlib.suppress(Exception):
+        member.proc.kill()
+        member.proc.wait(10)
 
 
 # -- redis ---------------------------------------------------------------------------------
@@ -313,16 +315,6 @@ def run_redis(net: Netns, binary: str, n: int, partition: float, cap: float) -> 
 # -- main ----------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def network() -> Iterator[Netns]:
-    net = Netns()
-    try:
-        net.open()
-        yield net
-    finally:
-        net.close()
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="20,000 entries, a 60 s cap")
@@ -351,7 +343,10 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, stop)
     rows: list[Row] = []
-    with network() as net:
+    with Cleanup() as run:
+        net = Netns()
+        run.callback(net.close)
+        net.open()
         for n in sizes:
             for system in systems:
                 began = time.monotonic()

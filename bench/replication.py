@@ -69,6 +69,7 @@ from harness import (
     pct,
     redis_binary,
     serve,
+    spread,
     wait_for,
 )
 from harness import child as _child
@@ -332,8 +333,9 @@ def bench_shoal(
     label = "shoal, 3 members" + (", gc.freeze() between phases" if freeze else "")
     label += ", no TTL/bound" if plain else f", ttl={TTL} bound={BOUND:,}"
     with Cleanup() as run:
-        first = run.add(child(shoal_member, seeds=[], freeze=freeze, plain=plain))
-        procs = [first] + [run.add(child(shoal_member, seeds=[first.hello], freeze=freeze, plain=plain)) for _ in "ab"]
+        options = {"freeze": freeze, "plain": plain}
+        first = run.add(child(shoal_member, seeds=[], **options))
+        procs = [first, *(run.add(child(shoal_member, seeds=[first.hello], **options)) for _ in range(2))]
         writer, receivers = procs[0], procs[1:]
         for p in procs:
             p.send("meshed", peers=2, timeout=30.0)
@@ -793,13 +795,6 @@ def main(argv: list[str] | None = None) -> int:
     breakdown_no_gc = stages(sizes.micro, collect=False)
     print()
 
-    def spread(xs: list[float]) -> str:
-        if not xs:
-            return "-"
-        if len(xs) == 1:
-            return rate_text(xs[0])
-        return f"{rate_text(statistics.median(xs))} [{rate_text(min(xs))}-{rate_text(max(xs))}]"
-
     print(
         format_table(
             ["system", "writes x rounds", "applied everywhere", "writes/s applied on every member", "writer writes/s"],
@@ -810,8 +805,8 @@ def main(argv: list[str] | None = None) -> int:
                     "all"
                     if min(r.arrived) == r.writes
                     else f"{min(r.arrived):,} ({pct(1 - min(r.arrived) / r.writes)} lost)",
-                    spread(r.rates),
-                    spread(r.writer_rate),
+                    spread(r.rates, ",.0f"),
+                    spread(r.writer_rate, ",.0f"),
                 ]
                 for r in rates
             ],
@@ -889,7 +884,7 @@ def main(argv: list[str] | None = None) -> int:
             [
                 f"{row.system}: writes/s applied on every member",
                 f">= {BAR_RATE:,}",
-                f"{rate_text(row.rate)} [{rate_text(min(row.rates))}-{rate_text(max(row.rates))}]",
+                spread(row.rates, ",.0f"),
                 "MET" if row.rate >= BAR_RATE else "MISSED",
             ]
         )
