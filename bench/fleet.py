@@ -87,7 +87,11 @@ def run_shoal(n: int, k: int, bound: int, timeout: float) -> Row:
     argv = ["bench/member.py", "fleet", "--ttl", str(TTL), "--bound", str(bound)]
     with Cleanup() as run:
         first = run.add(Member(*argv))
-        members = [first] + [run.add(Member(*argv, "--seed", first.hello["address"])) for _ in range(n - 1)]
+        members = [first] + [
+            run.add(Member(*argv, "--seed", first.hello["address"], hello=False)) for _ in range(n - 1)
+        ]
+        for m in members[1:]:
+            m.greeted()
 
         def meshed() -> bool:
             for m in members:
@@ -100,7 +104,7 @@ def run_shoal(n: int, k: int, bound: int, timeout: float) -> Row:
         for m, prefix in zip(members, prefixes, strict=True):
             m.send("write", at=at, prefix=prefix, k=k)
         for m in members:
-            m.result(START_IN + 60)
+            m.result(START_IN + timeout)
         for m in members:
             m.send("wait_held", total=n * k, deadline=at + timeout)
         done = [m.result(timeout + 30) for m in members]

@@ -52,8 +52,9 @@ def child_env() -> dict[str, str]:
 class Member:
     """A child process driven by JSON lines: ``Member("bench/member.py", "donor", "--n", "10")``.
 
-    The first line it prints is ``hello``. ``call`` sends a command and waits for its
-    answer; ``send`` and ``result`` split the two, so many children work at once.
+    The first line it prints is ``hello`` (with ``hello=False``, read later by ``greeted``, so
+    many children start at once). ``call`` sends a command and waits for its answer; ``send``
+    and ``result`` split the two, so many children work at once.
     """
 
     def __init__(self, *argv: str, prefix: Sequence[str] = (), hello: bool = True, timeout: float = 120.0) -> None:
@@ -70,7 +71,11 @@ class Member:
             bufsize=0,
         )
         self._buffer = b""
-        self.hello: Any = self._line(timeout) if hello else None
+        self.hello: Any = self.greeted(timeout) if hello else None
+
+    def greeted(self, timeout: float = 120.0) -> Any:
+        self.hello = self._line(timeout)
+        return self.hello
 
     @property
     def pid(self) -> int:

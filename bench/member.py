@@ -439,7 +439,7 @@ def run_fleet(args: argparse.Namespace) -> int:
     node = Node(listen="127.0.0.1:0", seeds=[args.seed] if args.seed else [], secret=args.secret or None)
     cache = node.cache(args.cache, **cache_options(args))
     node.start()
-    watch = {"min_up": None, "watching": False}
+    watch: dict[str, Any] = {"min_up": None, "watching": False}
 
     def peers_up() -> int:
         return sum(1 for m in node.members() if m["state"] == "up" and args.cache in m["caches"])
@@ -453,7 +453,7 @@ def run_fleet(args: argparse.Namespace) -> int:
 
     def write(at: float, prefix: str, k: int) -> list[float]:
         """``set_many`` of K keys at the wall-clock moment ``at``: [when it began, when it returned]."""
-        batch = {f"{prefix}:{i}": value(i) for i in range(k)}
+        batch: dict[str | bytes | int, Any] = {f"{prefix}:{i}": value(i) for i in range(k)}
         watch["watching"] = True
         threading.Thread(target=watch_peers, daemon=True).start()
         time.sleep(max(0.0, at - time.time()))
@@ -478,7 +478,13 @@ def run_fleet(args: argparse.Namespace) -> int:
         figures = {k: v for k, v in stats["caches"][args.cache].items() if isinstance(v, (int, float)) or v is None}
         return {**figures, "downs": downs.count, "min_up": watch["min_up"], "members_up": stats["members_up"]}
 
-    handlers = {"peers_up": peers_up, "write": write, "wait_held": wait_held, "missing": missing, "figures": figures}
+    handlers: dict[str, Any] = {
+        "peers_up": peers_up,
+        "write": write,
+        "wait_held": wait_held,
+        "missing": missing,
+        "figures": figures,
+    }
     serve({"address": node.address}, handlers)
     node.stop()
     return 0
