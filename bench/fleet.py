@@ -8,6 +8,9 @@ machine is quiet):
 
     python3 run.py bench fleet --members 10,20,30,40 --keys 5000 --timeout 120 --save
 
+(``--save`` appends the table to bench/results/fleet.txt, headed by the date and
+the commit; ``--label TEXT`` adds a line above it, e.g. "before" or "after".)
+
 shoal   N member processes (bench/member.py fleet), all in one cluster seeded
         from the first, each cache ``ttl=3600`` and ``max_entries=--bound``, Node
         defaults otherwise. Once every member lists all the others up, each one
@@ -43,6 +46,7 @@ from dataclasses import dataclass, field
 
 from harness import (
     MB,
+    ROOT,
     STDERR_NOTES,
     Cleanup,
     Member,
@@ -264,7 +268,8 @@ def main() -> int:
     for line in STDERR_NOTES:
         print(line)
     if args.save:
-        print(f"appended to {save('fleet', (args.label + chr(10) if args.label else '') + text, append=True)}")
+        saved = save("fleet", (args.label + "\n" if args.label else "") + text, append=True)
+        print(f"appended to {saved.relative_to(ROOT)}")
     return 0
 
 
