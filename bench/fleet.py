@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """A fleet under a write burst: N members each write K keys at once; when does every member hold every write?
 
-    python3 run.py bench fleet [--members 10,20,30,40] [--keys 5000] [--timeout 120] [--no-redis] [--save]
+    python3 run.py bench fleet [--members 10,20,30,40] [--keys 5000] [--timeout 120] [--rounds 1]
+                               [--no-redis] [--save [--label TEXT]]
 
 The full run (issue 19's figures; about 15-25 minutes on 2 cores, run it when the
 machine is quiet):
@@ -80,11 +81,6 @@ class Row:
     peak_mb: list[float] = field(default_factory=list)
     note: str = ""
 
-    def held(self, timeout: float) -> str:
-        if self.seconds is not None:
-            return f"{self.seconds:.1f}"
-        return f"never ({self.missing:,} missing at {timeout:.0f} s)"
-
 
 def run_shoal(n: int, k: int, bound: int, timeout: float) -> Row:
     row = Row("shoal", n, k)
@@ -108,7 +104,7 @@ def run_shoal(n: int, k: int, bound: int, timeout: float) -> Row:
         for m, prefix in zip(members, prefixes, strict=True):
             m.send("write", at=at, prefix=prefix, k=k)
         for m in members:
-            m.result(START_IN + timeout)
+            m.result(START_IN + 60 + timeout)
         for m in members:
             m.send("wait_held", total=n * k, deadline=at + timeout)
         done = [m.result(timeout + 30) for m in members]
@@ -188,27 +184,37 @@ def run_redis(binary: str, n: int, k: int, timeout: float) -> Row:
     return row
 
 
-def table(rows: list[Row], timeout: float) -> str:
-    def num(x: int | None) -> str:
-        return "-" if x is None else f"{x:,}"
+def held(rows: list[Row], timeout: float) -> str:
+    """Seconds, median [min-max] over the rounds; the rounds that never got there, with what was missing."""
+    done = spread([r.seconds for r in rows], ".1f") if any(r.seconds is not None for r in rows) else ""
+    never = [r.missing for r in rows if r.seconds is None]
+    if not never:
+        return done
+    many = f" in {len(never)} of {len(rows)}" if len(rows) > 1 else ""
+    return f"{done + '; ' if done else ''}never{many} ({max(never):,} missing after {timeout:.0f} s)"
 
+
+def table(rows: list[Row], timeout: float) -> str:
+    def figure(runs: list[Row], name: str) -> str:
+        values = [getattr(r, name) for r in runs]
+        return "-" if None in values else spread(values, ",.0f")
+
+    runs: dict[tuple[str, int], list[Row]] = {}
+    for r in rows:
+        runs.setdefault((r.system, r.members), []).append(r)
     body: list[list[object] | None] = []
-    for i, r in enumerate(rows):
-        if i and r.members != rows[i - 1].members:
+    for (system, n), same in runs.items():
+        if body and body[-1] is not None and body[-1][1] != n:
             body.append(None)
         body.append(
             [
-                r.system,
-                r.members,
-                f"{r.members * r.keys:,}",
-                r.held(timeout),
-                r.downs,
-                num(r.fewest_up),
-                num(r.catchup),
-                num(r.dropped),
-                num(r.redundant),
-                spread(r.peak_mb, ".0f"),
-                r.note,
+                system,
+                n,
+                f"{n * same[0].keys:,}",
+                held(same, timeout),
+                *(figure(same, name) for name in ("downs", "fewest_up", "catchup", "dropped", "redundant")),
+                spread([mb for r in same for mb in r.peak_mb], ".0f"),
+                "; ".join(sorted({r.note for r in same})),
             ]
         )
     return format_table(
@@ -228,7 +234,8 @@ def table(rows: list[Row], timeout: float) -> str:
         body,
         title="A fleet under a write burst: every member writes K keys at once; until every member holds every write",
         notes=[
-            "all held after s: from the moment of the writes until every member (redis: every replica) holds all.",
+            "all held after s: from the moment of the writes until every member (redis: every replica) holds all;",
+            "  with --rounds, this and the next five columns are median [min-max] over the rounds.",
             "down: peers marked down, summed over the members (redis: resyncs after the initial sync).",
             "fewest up: the fewest peers one member saw up while the writes spread (redis: replicas linked at the end)",
             "catch-up ops / ops dropped / redundant: catchup_ops_sent, ops_dropped, ops_ignored summed over members;",
@@ -244,6 +251,7 @@ def main() -> int:
     parser.add_argument("--keys", type=int, default=5000, help="keys each member writes")
     parser.add_argument("--bound", type=int, default=1_000_000, help="max_entries of every cache")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds before a run is 'never'")
+    parser.add_argument("--rounds", type=int, default=1, help="runs per member count (median [min-max])")
     parser.add_argument("--no-redis", action="store_true")
     parser.add_argument("--save", action="store_true", help="append the table to bench/results/fleet.txt")
     parser.add_argument("--label", default="", help="a line saved above the table (e.g. 'smoke run')")
@@ -254,13 +262,16 @@ def main() -> int:
     for n in (int(x) for x in args.members.split(",")):
         if n * args.keys > args.bound:
             parser.error(f"--bound {args.bound:,} is below the {n * args.keys:,} keys of {n} members")
-        began = time.monotonic()
-        rows.append(run_shoal(n, args.keys, args.bound, args.timeout))
-        print(f"  shoal {n} members: {rows[-1].held(args.timeout)} ({time.monotonic() - began:.0f} s)", flush=True)
-        if binary:
+        for _ in range(args.rounds):
             began = time.monotonic()
-            rows.append(run_redis(binary, n, args.keys, args.timeout))
-            print(f"  redis {n} nodes: {rows[-1].held(args.timeout)} ({time.monotonic() - began:.0f} s)", flush=True)
+            rows.append(run_shoal(n, args.keys, args.bound, args.timeout))
+            print(
+                f"  shoal {n} members: {held(rows[-1:], args.timeout)} ({time.monotonic() - began:.0f} s)", flush=True
+            )
+            if binary:
+                began = time.monotonic()
+                rows.append(run_redis(binary, n, args.keys, args.timeout))
+                print(f"  redis {n}: {held(rows[-1:], args.timeout)} ({time.monotonic() - began:.0f} s)", flush=True)
     text = table(rows, args.timeout)
     versions = f"redis-server {redis_version(binary)}" if binary else "redis: skipped"
     text += f"\n{environment()}; {versions}; K = {args.keys:,}, bound {args.bound:,}, timeout {args.timeout:.0f} s"
