@@ -120,6 +120,8 @@ class Member:
             with contextlib.suppress(OSError):
                 assert self.proc.stdin is not None
                 self.proc.stdin.close()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout)
         end(self.proc, timeout)
         with contextlib.suppress(ValueError, OSError):
             self._err.seek(0)
