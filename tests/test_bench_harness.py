@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
-from harness import Cleanup, Member, format_table, spread  # noqa: E402
+from harness import Cleanup, Member, format_table, spread
 
 CHILD = "from harness import serve; serve('hello', {'echo': lambda x: x, 'fail': lambda: 1 / 0})"
 
