@@ -46,30 +46,34 @@ import argparse
 import io
 import json
 import os
-import platform
-import pstats
 import shutil
-import socket
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from report import format_table
+from harness import (
+    MB,
+    RESULTS,
+    Cleanup,
+    Member,
+    RedisServer,
+    environment,
+    format_table,
+    free_port,
+    median,
+    redis_binary,
+    redis_version,
+    rss,
+    spread,
+    wait_for,
+)
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-MEMBER = HERE / "boot_member.py"
-RESULTS = HERE / "results"
-
+MEMBER = "bench/member.py"
 TTL = 3600
 REDIS_FLAGS = [
-    "--save", "", "--appendonly", "no",
     "--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0", "--repl-diskless-load", "on-empty-db",
 ]  # fmt: skip
 
@@ -78,8 +82,6 @@ BAR_VS_REDIS = 1.2  # warm boot of 1M with TTLs <= 1.2x the Redis full sync
 BAR_MEMORY_VS_DICT = 1.6  # member memory <= 1.6x a plain dict of the same items
 BAR_SCALE = 1.2  # time per entry at 5M <= 1.2x that at 1M
 BAR_STALL_MS = 5.0  # donor loop stall while streaming 1M
-
-MB = 1e6
 
 
 def key(i: int) -> str:
@@ -90,36 +92,6 @@ def value(i: int, shape: str) -> Any:
     if shape == "dict":
         return {"id": i, "name": f"User {i}", "email": f"user{i}@example.com", "active": i % 7 != 0}
     return f"acct-{i:08d}"
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def proc_status(field: str, pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise KeyError(field)
-
-
-def spread(xs: Sequence[float | None], spec: str = ".3f") -> str:
-    """Median [min-max] of the values measured; a dash when none was."""
-    got = [x for x in xs if x is not None]
-    if not got:
-        return "-"
-    mid = format(statistics.median(got), spec)
-    if len(got) == 1:
-        return mid
-    return f"{mid} [{format(min(got), spec)}-{format(max(got), spec)}]"
-
-
-def median(xs: Sequence[float | None]) -> float | None:
-    got = [x for x in xs if x is not None]
-    return statistics.median(got) if got else None
 
 
 @dataclass
@@ -140,54 +112,6 @@ class Row:
         return None if m is None else m / self.n * 1e6
 
 
-class Member:
-    """A bench/boot_member.py process spoken to in JSON lines; its stderr is kept for the diagnosis."""
-
-    def __init__(self, *argv: str) -> None:
-        self.role = argv[0]
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
-        self.err = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - closed in stop()
-        self.t_launch = time.time()
-        self.proc = subprocess.Popen(
-            [sys.executable, str(MEMBER), *argv],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self.err,
-            text=True,
-            env=env,
-        )
-
-    def read(self) -> dict[str, Any]:
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line:
-            code = self.proc.wait()
-            raise RuntimeError(f"{self.role} member exited ({code}): {self.stderr_tail()}")
-        return json.loads(line)  # type: ignore[no-any-return]
-
-    def ask(self, **cmd: Any) -> dict[str, Any]:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps(cmd) + "\n")
-        self.proc.stdin.flush()
-        return self.read()
-
-    def stderr_tail(self, lines: int = 5) -> str:
-        self.err.seek(0)
-        return " | ".join(self.err.read().strip().splitlines()[-lines:])
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                assert self.proc.stdin is not None
-                self.proc.stdin.write('{"op": "stop"}\n')
-                self.proc.stdin.close()
-                self.proc.wait(20)
-            except (BrokenPipeError, subprocess.TimeoutExpired, OSError):
-                self.proc.kill()
-                self.proc.wait()
-        self.err.close()
-
-
 def cache_args(ttl: bool, n: int) -> list[str]:
     return ["--ttl", str(TTL if ttl else 0), "--bound", str(n if ttl else 0)]
 
@@ -196,23 +120,18 @@ def cache_args(ttl: bool, n: int) -> list[str]:
 
 
 def run_shoal(n: int, shape: str, rounds: int, ttl: bool, timeout: float) -> Row:
-    system = "shoal" if ttl else "shoal, no TTL/bound"
-    row = Row(n, shape, system)
-    donor = Member("donor", "--n", str(n), "--shape", shape, *cache_args(ttl, n))
-    try:
-        hello = donor.read()
-        address = hello["address"]
-        row.extra["donor_fill_s"] = hello["fill_s"]
-        row.extra["donor_idle_stall_ms"] = donor.ask(op="idle_stall", seconds=1.0)["max_gap_ms"]
+    row = Row(n, shape, "shoal" if ttl else "shoal, no TTL/bound")
+    with Cleanup() as run:
+        donor = run.add(Member(MEMBER, "donor", "--n", str(n), "--shape", shape, *cache_args(ttl, n), timeout=600))
+        row.extra["donor_fill_s"] = donor.hello["fill_s"]
+        row.extra["donor_idle_stall_ms"] = donor.call("idle_stall", seconds=1.0)["max_gap_ms"]
         runs = []
         for _ in range(rounds):
-            donor.ask(op="stall_reset")
-            receiver = Member("receiver", "--seed", address, "--timeout", str(timeout), *cache_args(ttl, n))
-            try:
-                out = receiver.read()
-            finally:
-                receiver.stop()
-            stall = donor.ask(op="stall")
+            donor.call("stall_reset")
+            seed = ["--seed", donor.hello["address"], "--timeout", str(timeout)]
+            receiver = Member(MEMBER, "receiver", *seed, *cache_args(ttl, n), timeout=timeout + 60)
+            receiver.stop()
+            out, stall = receiver.hello, donor.call("stall")
             wb = out["warm_boot"]
             ok = out["ready"] and out["entries"] == n and wb["state"] == "warm"
             if not ok:
@@ -231,60 +150,13 @@ def run_shoal(n: int, shape: str, rounds: int, ttl: bool, timeout: float) -> Row
                 }
             )
         row.extra["runs"] = runs
-        return row
-    finally:
-        donor.stop()
+    return row
 
 
 def run_memory(n: int, shape: str, kind: str) -> float:
-    m = Member("memory", "--n", str(n), "--shape", shape, "--kind", kind, *cache_args(True, n))
-    try:
-        out = m.read()
-    finally:
-        m.stop()
-    return float(out["rss_after"] - out["rss_before"]) / MB
-
-
-# -- redis ------------------------------------------------------------------------------
-
-
-class Redis:
-    def __init__(self, binary: str) -> None:
-        import redis
-
-        self.port = free_port()
-        self.dir = tempfile.TemporaryDirectory(prefix="shoal-bench-boot-")
-        argv = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir.name]
-        argv += ["--daemonize", "no", "--loglevel", "warning", *REDIS_FLAGS]
-        self.t_launch = time.time()
-        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.2)
-
-    def wait_up(self, timeout: float = 10) -> None:
-        import redis
-
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
-            try:
-                self.client.ping()
-                return
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.001)
-
-    def stop(self) -> None:
-        self.client.close()
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.dir.cleanup()
+    m = Member(MEMBER, "memory", "--n", str(n), "--shape", shape, "--kind", kind, *cache_args(True, n), timeout=600)
+    m.stop()
+    return float(m.hello["rss_after"] - m.hello["rss_before"]) / MB
 
 
 def run_redis(binary: str, n: int, shape: str, rounds: int, timeout: float) -> Row:
@@ -292,107 +164,85 @@ def run_redis(binary: str, n: int, shape: str, rounds: int, timeout: float) -> R
     import redis
 
     row = Row(n, shape, "redis")
-    master = Redis(binary)
-    try:
-        master.wait_up()
-        pipe = master.client.pipeline(transaction=False)
+    with Cleanup() as run:
+        master = run.add(RedisServer(binary, *REDIS_FLAGS))
+        pipe = master.client().pipeline(transaction=False)
         for i in range(n):
             v = value(i, shape)
             pipe.set(key(i), msgpack.packb(v) if shape == "dict" else v, ex=TTL)
             if len(pipe) >= 10_000:
                 pipe.execute()
         pipe.execute()
-        assert master.client.dbsize() == n
         for _ in range(rounds):
-            replica = Redis(binary)
-            try:
-                replica.wait_up()
-                empty = proc_status("VmRSS", replica.proc.pid)
+            with Cleanup() as one:
+                replica = one.add(RedisServer(binary, *REDIS_FLAGS))
+                client = replica.client()
+                empty = rss(replica.pid)
                 t_sync = time.time()
-                replica.client.replicaof("127.0.0.1", str(master.port))
-                deadline = time.monotonic() + timeout
-                done = None
-                while time.monotonic() < deadline:
+                client.replicaof("127.0.0.1", str(master.port))
+
+                def synced(client: Any = client) -> float | None:
                     try:
-                        info = replica.client.info("replication")
-                        if info.get("master_link_status") == "up" and replica.client.dbsize() == n:
-                            done = time.time()
-                            break
+                        info = client.info("replication")
+                        return time.time() if info.get("master_link_status") == "up" and client.dbsize() == n else None
                     except (redis.ConnectionError, redis.ResponseError):  # LOADING while it reads the RDB
-                        pass
-                    time.sleep(0.001)
-                if done is None:
-                    row.note = "timeout"
+                        return None
+
+                try:
+                    done: float | None = wait_for(synced, timeout, "the replica", 0.001)
+                except TimeoutError:
+                    done, row.note = None, "timeout"
                 row.sync_s.append(None if done is None else done - t_sync)
                 row.launch_s.append(None if done is None else done - replica.t_launch)
-                row.member_mb.append((proc_status("VmRSS", replica.proc.pid) - empty) / MB)
-                row.peak_mb.append((proc_status("VmHWM", replica.proc.pid) - empty) / MB)
-            finally:
-                replica.stop()
-        return row
-    finally:
-        master.stop()
-
-
-# -- pysyncobj (opt-in) -----------------------------------------------------------------
+                row.member_mb.append((rss(replica.pid) - empty) / MB)
+                row.peak_mb.append((rss(replica.pid, "VmHWM") - empty) / MB)
+    return row
 
 
 def run_syncobj(n: int, timeout: float) -> Row:
+    """pysyncobj (opt-in): two members filled, a third joins and receives a dump."""
     addrs = [f"127.0.0.1:{free_port()}" for _ in range(3)]
     row = Row(n, "str", "pysyncobj")
+    with Cleanup() as run:
 
-    def start(i: int) -> Member:
-        partners = ",".join(a for a in addrs if a != addrs[i])
-        m = Member("syncobj", "--self-addr", addrs[i], "--partners", partners)
-        m.read()
-        return m
+        def start(i: int) -> Member:
+            partners = ",".join(a for a in addrs if a != addrs[i])
+            return run.add(Member(MEMBER, "syncobj", "--self-addr", addrs[i], "--partners", partners))
 
-    members = [start(0), start(1)]
-    try:
-        members[0].ask(op="wait_leader")
-        fill = members[0].ask(op="fill", n=n)
+        members = [start(0), start(1)]
+        members[0].call("wait_leader")
+        fill = members[0].call("fill", n=n, wait=600)
         if fill["len"] != n:
             row.note = f"fill failed ({fill['len']} of {n})"
             return row
         for m in members:
-            m.ask(op="compact")
+            m.call("compact")
         new = start(2)
-        members.append(new)
-        out = new.ask(op="wait_len", n=n, timeout=timeout)
+        out = new.call("wait_len", n=n, timeout=timeout, wait=timeout + 60)
         ok = out["len"] == n
         row.sync_s.append(out["t_done"] - out["t_start"] if ok else None)
         row.launch_s.append(out["t_done"] - new.t_launch if ok else None)
         row.member_mb.append((out["rss_after"] - out["rss_before"]) / MB)
         row.peak_mb.append((out["hwm"] - out["rss_before"]) / MB)
         row.note = "" if ok else f"timeout ({timeout:.0f} s, {out['len']} of {n})"
-        return row
-    finally:
-        for m in members:
-            m.stop()
-
-
-# -- profile ------------------------------------------------------------------------------
+    return row
 
 
 def profile_shoal(n: int, shape: str, timeout: float, top: int) -> None:
     """cProfile the loop threads of a receiver and its donor (TTL and bound, as measured)."""
+    import pstats
+
     tmp = Path(tempfile.mkdtemp(prefix="shoal-boot-prof-"))
     rprof, dprof = tmp / "receiver.prof", tmp / "donor.prof"
-    donor = Member("donor", "--n", str(n), "--shape", shape, "--profile", str(dprof), *cache_args(True, n))
-    try:
-        address = donor.read()["address"]
-        donor.ask(op="stall_reset")
-        receiver = Member(
-            "receiver", "--seed", address, "--timeout", str(timeout), "--profile", str(rprof), *cache_args(True, n)
-        )
-        try:
-            out = receiver.read()
-        finally:
-            receiver.stop()
-        donor.ask(op="stall")
-    finally:
-        donor.stop()
-    print(f"\ncProfile of a {n:,}-entry boot ({shape} values; profiled: {out['warm_boot']['seconds']} s)")
+    with Cleanup() as run:
+        options = ["--shape", shape, *cache_args(True, n)]
+        donor = run.add(Member(MEMBER, "donor", "--n", str(n), "--profile", str(dprof), *options, timeout=600))
+        donor.call("stall_reset")
+        seed = ["--seed", donor.hello["address"], "--timeout", str(timeout), "--profile", str(rprof)]
+        receiver = Member(MEMBER, "receiver", *seed, *cache_args(True, n), timeout=timeout + 60)
+        receiver.stop()
+        donor.call("stall")
+    print(f"\ncProfile of a {n:,}-entry boot ({shape} values; profiled: {receiver.hello['warm_boot']['seconds']} s)")
     for label, path in (("receiver (node loop thread)", rprof), ("donor (node loop thread, during the dump)", dprof)):
         print(f"\n--- {label}: top {top} by own time")
         out = io.StringIO()
@@ -461,7 +311,7 @@ def main() -> int:
     if args.profile_only:
         profile_shoal(sizes[-1], shapes[0], timeout=timeout, top=25)
         return 0
-    redis_binary = None if args.no_redis else shutil.which("redis-server")
+    binary = redis_binary(args.no_redis)
     rows: list[Row] = []
     load_before = os.getloadavg()[0]
     t0 = time.monotonic()
@@ -473,8 +323,8 @@ def main() -> int:
         for shape in shapes:
             rows.append(run_shoal(n, shape, args.rounds, ttl=True, timeout=timeout))
             progress(f"{n:,} {shape} shoal")
-            if redis_binary:
-                rows.append(run_redis(redis_binary, n, shape, args.rounds, timeout=timeout))
+            if binary:
+                rows.append(run_redis(binary, n, shape, args.rounds, timeout=timeout))
                 progress(f"{n:,} {shape} redis")
             if shape == "str" and not args.no_plain:
                 rows.append(run_shoal(n, shape, args.rounds, ttl=False, timeout=timeout))
@@ -609,14 +459,9 @@ def main() -> int:
     if bars:
         print(format_table(["bar (issue 15)", "measured, same run", "status"], bars, title="Bars"))
 
-    redis_version = ""
-    if redis_binary:
-        out = subprocess.run([redis_binary, "--version"], capture_output=True, text=True).stdout
-        redis_version = out.split("v=")[1].split()[0] if "v=" in out else out.strip()
     print(
-        f"\npython {platform.python_version()}, redis-server {redis_version or '-'}, "
-        f"{os.cpu_count()} CPUs shared with other work (noisy: compare ratios from the same run), "
-        f"load average {load_before:.2f} before / {os.getloadavg()[0]:.2f} after, total {time.monotonic() - t0:.0f} s"
+        f"\n{environment()}; load {load_before:.2f} before; redis-server {redis_version(binary) if binary else '-'}; "
+        f"compare ratios from the same run; total {time.monotonic() - t0:.0f} s"
     )
     if args.json:
         path = Path(args.json)

@@ -38,25 +38,28 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
-import shutil
-import subprocess
+import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-RESULTS = HERE / "results" / "converge.txt"
+from harness import (
+    ROOT,
+    Cleanup,
+    RedisServer,
+    as_child,
+    child,
+    format_table,
+    redis_binary,
+    save,
+    serve,
+    wait_for,
+)
+
 sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
 
-from report import format_table  # noqa: E402
-
 from tests.faults.harness import SharedMember  # noqa: E402
-from tests.support.cluster import Member  # noqa: E402
 from tests.support.netns import Host, Netns, unavailable  # noqa: E402
 
 PORT = 7600
@@ -96,15 +99,6 @@ def step(what: str) -> None:
     print(f"    {time.strftime('%H:%M:%S')} {what}", file=sys.stderr, flush=True)
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
-    return value
-
-
 # -- byte counters: one iptables rule per namespace --------------------------------------
 
 
@@ -131,16 +125,16 @@ def bytes_out(hosts: list[Host]) -> int:
 # -- shoal ---------------------------------------------------------------------------------
 
 
-def member_up_peers(member: Member) -> int:
+def member_up_peers(member: SharedMember) -> int:
     return sum(1 for m in member.cmd("members") if m["state"] == "up")
 
 
-def fill(member: Member, prefix: str, start: int, count: int, value: str) -> None:
+def fill(member: SharedMember, prefix: str, start: int, count: int, value: str) -> None:
     for first in range(start, start + count, 50_000):
         member.cmd("set_range", prefix=prefix, start=first, count=min(50_000, start + count - first), value=value)
 
 
-def lacking(member: Member, start: int, count: int, value: str, stop_at_first: bool = True) -> int:
+def lacking(member: SharedMember, start: int, count: int, value: str, stop_at_first: bool = True) -> int:
     """Keys ``k{start}``.. that do not hold the value written while cut (0 or 1 with ``stop_at_first``)."""
     missing = 0
     for first in range(start, start + count, CHUNK):
@@ -154,13 +148,16 @@ def lacking(member: Member, start: int, count: int, value: str, stop_at_first: b
 
 def run_shoal(net: Netns, n: int, partition: float, cap: float) -> Row:
     hosts = [net.add() for _ in range(3)]
-    members: list[Member] = []
-    try:
+    members: list[SharedMember] = []
+    with Cleanup() as run:
+        run.callback(lambda: [net.remove(host) for host in hosts])
         for host in hosts:
             count_bytes(host)
             seeds = [h.address(PORT) for h in hosts if h is not host]
             # SharedMember reads the member's log all along: a full pipe would stall it.
-            members.append(SharedMember(listen=host.address(PORT), seeds=seeds, secret=SECRET, prefix=host.prefix))
+            member = SharedMember(listen=host.address(PORT), seeds=seeds, secret=SECRET, prefix=host.prefix)
+            members.append(member)
+            run.callback(stop_member, member)
         for member in members:
             assert member.cmd("ready", timeout=60) is True
         wait_for(lambda: all(member_up_peers(m) == 2 for m in members), 30, "a full mesh")
@@ -209,88 +206,43 @@ def run_shoal(net: Netns, n: int, partition: float, cap: float) -> Row:
             left = sum(lacking(members[i], ranges[r][0], tenth, ranges[r][1], stop_at_first=False) for i, r in pending)
             note = f"at the cap, {left:,} (member, key) pairs still lack a write made while cut"
         return Row("shoal", n, f"{tenth:,} + {tenth:,}", seconds, sent, note, reconnected)
-    finally:
-        for member in members:
-            with contextlib.suppress(Exception):
-                member.stop()
-            with contextlib.suppress(Exception):
-                member.proc.kill()
-                member.proc.wait(10)
-        for host in hosts:
-            net.remove(host)
+
+
+def stop_member(member: SharedMember) -> None:
+    """Gracefully if it still answers, else killed."""
+    with contextlib.suppress(Exception):
+        member.stop()
+    with contextlib.suppress(Exception):
+        member.proc.kill()
+        member.proc.wait(10)
 
 
 # -- redis ---------------------------------------------------------------------------------
 
 
-class Agent:
-    """A redis-py client living in one namespace (the bench process cannot reach 10.77.0.x)."""
-
-    def __init__(self, host: Host) -> None:
-        self.proc = subprocess.Popen(
-            [*host.prefix, sys.executable, str(Path(__file__).resolve()), "--agent"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            cwd=ROOT,
-        )
-
-    def cmd(self, op: str, **args: Any) -> Any:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(json.dumps({"op": op, **args}) + "\n")
-        self.proc.stdin.flush()
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError("redis agent exited")
-        answer = json.loads(line)
-        if "error" in answer:
-            raise RuntimeError(answer["error"])
-        return answer["result"]
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            if self.proc.stdin is not None:
-                self.proc.stdin.close()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
-
-
-def agent() -> int:
-    """``--agent``: JSON commands on stdin for the redis-server on 127.0.0.1 of this namespace."""
+def agent() -> None:
+    """A redis-py client in one namespace (the bench process cannot reach 10.77.0.x), for the server there."""
     import redis
 
     client = redis.Redis("127.0.0.1", REDIS_PORT, socket_timeout=30)
-    for line in sys.stdin:
-        cmd = json.loads(line)
-        op = cmd.pop("op")
-        try:
-            result: Any = None
-            if op == "wait_up":
-                wait_for(lambda: _pings(client), 30, "redis-server")
-            elif op == "fill":
-                pipe = client.pipeline(transaction=False)
-                for first in range(cmd["start"], cmd["start"] + cmd["count"], 1000):
-                    last = min(first + 1000, cmd["start"] + cmd["count"])
-                    pipe.mset({f"k{i}": f"{cmd['value']}{i}" for i in range(first, last)})
-                    if len(pipe) >= 50:
-                        pipe.execute()
+
+    def fill(start: int, count: int, value: str) -> None:
+        pipe = client.pipeline(transaction=False)
+        for first in range(start, start + count, 1000):
+            pipe.mset({f"k{i}": f"{value}{i}" for i in range(first, min(first + 1000, start + count))})
+            if len(pipe) >= 50:
                 pipe.execute()
-            elif op == "info":
-                result = {k: v for k, v in client.info(cmd.get("section", "replication")).items() if _plain(v)}
-            elif op == "dbsize":
-                result = client.dbsize()
-            elif op == "get":
-                value = client.get(cmd["key"])
-                result = None if value is None else value.decode()
-            else:
-                raise ValueError(f"unknown op {op!r}")
-            print(json.dumps({"result": result}), flush=True)
-        except Exception as exc:  # reported to the bench, which stops
-            print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}), flush=True)
-    return 0
+        pipe.execute()
+
+    def info(section: str = "replication") -> dict[str, Any]:
+        return {k: v for k, v in client.info(section).items() if isinstance(v, (str, int, float))}
+
+    def get(key: str) -> str | None:
+        value = client.get(key)
+        return None if value is None else value.decode()
+
+    wait_for(lambda: _pings(client), 30, "redis-server")
+    serve(None, {"fill": fill, "info": info, "dbsize": client.dbsize, "get": get})
 
 
 def _pings(client: Any) -> bool:
@@ -300,78 +252,40 @@ def _pings(client: Any) -> bool:
         return False
 
 
-def _plain(value: Any) -> bool:
-    return isinstance(value, (str, int, float))
+def redis_server(host: Host, binary: str, *extra: str) -> RedisServer:
+    flags = ["--protected-mode", "no", "--repl-timeout", "5", "--repl-ping-replica-period", "1"]
+    flags += ["--repl-backlog-size", "256mb", "--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0"]
+    return RedisServer(binary, *flags, *extra, port=REDIS_PORT, bind=("127.0.0.1", host.ip), prefix=host.prefix)
 
 
-def redis_server(host: Host, binary: str, workdir: Path, *extra: str) -> subprocess.Popen[bytes]:
-    argv = [
-        *host.prefix,
-        binary,
-        "--port",
-        str(REDIS_PORT),
-        "--bind",
-        "127.0.0.1",
-        host.ip,
-        "--protected-mode",
-        "no",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--dir",
-        str(workdir),
-        "--repl-timeout",
-        "5",
-        "--repl-ping-replica-period",
-        "1",
-        "--repl-backlog-size",
-        "256mb",
-        "--repl-diskless-sync",
-        "yes",
-        "--repl-diskless-sync-delay",
-        "0",
-        *extra,
-    ]
-    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
-def run_redis(net: Netns, binary: str, n: int, partition: float, cap: float, workdir: Path) -> Row:
+def run_redis(net: Netns, binary: str, n: int, partition: float, cap: float) -> Row:
     master_host, replica_host = net.add(), net.add()
-    procs: list[subprocess.Popen[bytes]] = []
-    agents: list[Agent] = []
-    try:
+    with Cleanup() as run:
+        run.callback(lambda: [net.remove(host) for host in (master_host, replica_host)])
         for host in (master_host, replica_host):
             count_bytes(host)
-            (workdir / host.name).mkdir()
-        procs.append(redis_server(master_host, binary, workdir / master_host.name))
-        procs.append(
-            redis_server(
-                replica_host, binary, workdir / replica_host.name, "--replicaof", master_host.ip, str(REDIS_PORT)
-            )
-        )
-        master, replica = Agent(master_host), Agent(replica_host)
-        agents += [master, replica]
-        master.cmd("wait_up")
-        replica.cmd("wait_up")
+        run.add(redis_server(master_host, binary))
+        run.add(redis_server(replica_host, binary, "--replicaof", master_host.ip, str(REDIS_PORT)))
+        master = run.add(child("bench/converge.py", agent, prefix=master_host.prefix))
+        replica = run.add(child("bench/converge.py", agent, prefix=replica_host.prefix))
         step(f"redis: filling the master with {n:,} keys")
-        master.cmd("fill", start=0, count=n, value="v")
+        master.call("fill", start=0, count=n, value="v")
 
         def synced() -> bool:
-            info = replica.cmd("info")
-            return info.get("master_link_status") == "up" and replica.cmd("dbsize") == n
+            info = replica.call("info")
+            return info.get("master_link_status") == "up" and replica.call("dbsize") == n
 
         wait_for(synced, 300, f"the replica to hold {n:,} keys", 0.2)
         tenth = n // 10
         step(f"redis: replica cut off for {partition:.0f} s")
         net.partition(replica_host)
         cut = time.monotonic()
-        master.cmd("fill", start=0, count=tenth, value="a")
+        master.call("fill", start=0, count=tenth, value="a")
         time.sleep(max(0.0, partition - (time.monotonic() - cut)))
-        link = replica.cmd("info").get("master_link_status")
-        before = master.cmd("info")
+        link = replica.call("info").get("master_link_status")
+        before = master.call("info")
         target = int(before["master_repl_offset"])
-        syncs = master.cmd("info", section="stats")
+        syncs = master.call("info", section="stats")
         zero_bytes([master_host, replica_host])
         net.heal(replica_host)
         healed = time.monotonic()
@@ -379,7 +293,7 @@ def run_redis(net: Netns, binary: str, n: int, partition: float, cap: float, wor
         seconds: float | None = None
         reconnected: float | None = None
         while time.monotonic() - healed < cap:
-            info = replica.cmd("info")
+            info = replica.call("info")
             offset = int(info.get("slave_repl_offset", info.get("master_repl_offset", 0)))
             if reconnected is None and info.get("master_link_status") == "up":
                 reconnected = time.monotonic() - healed
@@ -388,52 +302,17 @@ def run_redis(net: Netns, binary: str, n: int, partition: float, cap: float, wor
                 break
             time.sleep(0.05)
         sent = bytes_out([master_host, replica_host])
-        after = master.cmd("info", section="stats")
+        after = master.call("info", section="stats")
         partial = int(after.get("sync_partial_ok", 0)) - int(syncs.get("sync_partial_ok", 0))
         full = int(after.get("sync_full", 0)) - int(syncs.get("sync_full", 0))
-        correct = replica.cmd("get", key=f"k{tenth - 1}") == f"a{tenth - 1}"
+        correct = replica.call("get", key=f"k{tenth - 1}") == f"a{tenth - 1}"
         note = f"link {link} at the heal; then {partial} partial resync(s), {full} full"
         if seconds is not None and not correct:
             note += "; replica lacks the last write"
         return Row("redis", n, f"{tenth:,} (master)", seconds, sent, note, reconnected)
-    finally:
-        for a in agents:
-            a.close()
-        for proc in procs:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(10)
-        for host in (master_host, replica_host):
-            net.remove(host)
-
-
-def commit() -> str:
-    """The commit the code under test is at (with ``+`` for uncommitted changes)."""
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "src"], cwd=ROOT, capture_output=True, text=True)
-        return sha + ("+" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 # -- main ----------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def network() -> Iterator[Netns]:
-    net = Netns()
-    try:
-        net.open()
-        yield net
-    finally:
-        net.close()
 
 
 def main() -> int:
@@ -443,40 +322,39 @@ def main() -> int:
     parser.add_argument("--cap", type=float, default=None, help="give up waiting after this many seconds (300)")
     parser.add_argument("--partition", type=float, default=10.0, help="seconds the member is cut off (10)")
     parser.add_argument("--systems", default="shoal,redis")
-    parser.add_argument("--no-save", action="store_true", help=f"do not write {RESULTS.relative_to(ROOT)}")
+    parser.add_argument("--no-save", action="store_true", help="do not write bench/results/converge.txt")
     parser.add_argument("--append", action="store_true", help="add this run to the results file (before/after)")
-    parser.add_argument("--agent", action="store_true", help=argparse.SUPPRESS)
+    if as_child(globals()):
+        return 0
     args = parser.parse_args()
-    if args.agent:
-        return agent()
     sizes = [int(s) for s in (args.entries or ("20000" if args.quick else "200000,1000000")).split(",")]
     cap = args.cap if args.cap is not None else (60.0 if args.quick else 300.0)
     reason = unavailable()
-    redis_binary = shutil.which("redis-server")
+    binary = redis_binary()
     systems = args.systems.split(",")
-    if reason is None and "redis" in systems and redis_binary is None:
+    if reason is None and "redis" in systems and binary is None:
         reason = "redis-server is not installed"
     if reason is not None:
         print(f"converge: {reason}", file=sys.stderr)
         return 1
-
-    import signal
-    import tempfile
 
     def stop(signum: int, frame: Any) -> None:
         raise SystemExit(f"converge: stopped by signal {signum}")  # the finally blocks clean up
 
     signal.signal(signal.SIGTERM, stop)
     rows: list[Row] = []
-    with network() as net, tempfile.TemporaryDirectory(prefix="shoal-converge-") as tmp:
+    with Cleanup() as run:
+        net = Netns()
+        run.callback(net.close)
+        net.open()
         for n in sizes:
             for system in systems:
                 began = time.monotonic()
                 if system == "shoal":
                     row = run_shoal(net, n, args.partition, cap)
                 else:
-                    assert redis_binary is not None
-                    row = run_redis(net, redis_binary, n, args.partition, cap, Path(tmp))
+                    assert binary is not None
+                    row = run_redis(net, binary, n, args.partition, cap)
                 rows.append(row)
                 print(
                     f"  {n:>9,} {system:<5} converged in {fmt_seconds(row.seconds, cap)} s "
@@ -498,7 +376,7 @@ def main() -> int:
                 fmt_bytes(row.bytes_sent),
             ]
         )
-    text = f"# {time.strftime('%Y-%m-%d')}, shoal at commit {commit()}\n\n" + format_table(
+    text = format_table(
         ["entries", "system", "written while cut", "reconnect s", "converge s", "bytes sent"],
         table_rows,
         title=f"Repair after a {args.partition:.0f} s partition (iptables DROP in one namespace), then the heal",
@@ -517,12 +395,7 @@ def main() -> int:
     print()
     print(text)
     if not args.no_save:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        if args.append and RESULTS.exists():
-            RESULTS.write_text(RESULTS.read_text() + "\n\n" + text + "\n")
-        else:
-            RESULTS.write_text(text + "\n")
-        print(f"\nwritten to {RESULTS.relative_to(ROOT)}")
+        print(f"\nwritten to {save('converge', text, append=args.append).relative_to(ROOT)}")
     return 0
 
 

@@ -33,12 +33,7 @@ import json
 import os
 import platform
 import random
-import shutil
-import socket
-import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -48,7 +43,7 @@ from typing import Any
 
 import cachebox
 import cachetools
-from report import format_table, ns, pct, ratio
+from harness import Cleanup, Member, RedisServer, format_table, median, ns, pct, ratio, redis_binary, redis_version
 
 import shoal
 from shoal.eviction import LRU, S3FIFO, Policy
@@ -205,68 +200,6 @@ def t_get_or_load_redis(client: Any, keys: list[str]) -> int:
     return perf_counter_ns() - t0
 
 
-# -- redis -----------------------------------------------------------------------
-
-
-class RedisServer:
-    """A throwaway redis-server on a free loopback port, no persistence."""
-
-    def __init__(self, binary: str) -> None:
-        self.binary = binary
-        self.port = 0
-        self.proc: subprocess.Popen[bytes] | None = None
-        self._dir = tempfile.TemporaryDirectory(prefix="shoal-bench-redis-")
-
-    def start(self) -> None:
-        import redis
-
-        # redis refuses port 0: find a free one by binding to it, then hand it over.
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        argv = [
-            self.binary,
-            "--port", str(self.port),
-            "--bind", "127.0.0.1",
-            "--save", "",
-            "--appendonly", "no",
-            "--dir", self._dir.name,
-            "--daemonize", "no",
-            "--loglevel", "warning",
-        ]  # fmt: skip
-        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.2)
-        deadline = time.monotonic() + 10
-        while True:
-            if self.proc.poll() is not None:
-                err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
-                raise RuntimeError(f"redis-server exited with {self.proc.returncode}: {err.strip()}")
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-        client.close()
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.proc is not None and self.proc.stderr:
-            self.proc.stderr.close()
-        self._dir.cleanup()
-
-    def version(self) -> str:
-        out = subprocess.run([self.binary, "--version"], capture_output=True, text=True).stdout
-        return out.split("v=")[1].split()[0] if "v=" in out else out.strip()
-
-
 # -- part 1: micro-benchmarks -----------------------------------------------------
 
 COLUMNS = ["get-hit random", "get-hit hot", "set", "set dict", "fetch-hit"]
@@ -298,7 +231,7 @@ class Case:
 Results = dict[str, dict[str, list[float]]]
 
 
-def micro(sizes: Sizes, redis_binary: str | None, info: dict[str, Any]) -> Results:
+def micro(sizes: Sizes, binary: str | None, info: dict[str, Any]) -> Results:
     rng = random.Random(1234)
     n = sizes.keys
     stored_keys = [key_of(i) for i in range(n)]
@@ -321,23 +254,17 @@ def micro(sizes: Sizes, redis_binary: str | None, info: dict[str, Any]) -> Resul
 
     sc = shoal.Cache(ttl=TTL, max_entries=MAX_ENTRIES)
     plain = shoal.Cache()
-    # The set bar is for a clustered cache: a real Node with one peer (a shoal serve
-    # process on loopback), so set includes enqueueing the op and the node's loop
-    # thread flushing it to the peer meanwhile.
-    peer = subprocess.Popen(
-        [sys.executable, "-m", "shoal", "serve", "--listen", "127.0.0.1:0", "--caches", f"bench:{TTL}"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
-    )
-    assert peer.stdout is not None
-    peer_address = peer.stdout.readline().split()[2]
-    node_a = shoal.Node(seeds=[peer_address])
+    # The set bar is for a clustered cache: a real Node with one peer (a member process
+    # on loopback), so set includes enqueueing the op and the node's loop thread
+    # flushing it to the peer meanwhile.
+    run = Cleanup()
+    peer = run.add(Member("bench/member.py", "fleet", "--cache", "bench", "--ttl", str(TTL), "--secret", ""))
+    node_a = shoal.Node(seeds=[peer.hello["address"]])
     sc_repl = node_a.cache("bench", ttl=TTL, max_entries=MAX_ENTRIES)
     node_a.start()
+    run.callback(node_a.stop)
     node_a.wait_ready(10)
-    info["clustered_cache"] = "Node with 1 peer (a shoal serve process) on loopback"
+    info["clustered_cache"] = "Node with 1 peer (a bench/member.py process) on loopback"
     d: dict[str, Any] = {}
     tc: cachetools.TTLCache[str, Any] = cachetools.TTLCache(maxsize=MAX_ENTRIES, ttl=TTL)
     vc: cachebox.VTTLCache[str, Any] = cachebox.VTTLCache(MAX_ENTRIES)
@@ -395,15 +322,11 @@ def micro(sizes: Sizes, redis_binary: str | None, info: dict[str, Any]) -> Resul
                 raise AssertionError(f"{row}: {missing} misses in a hit benchmark")
     hits_before = sc.stats()["hits"]
 
-    server: RedisServer | None = None
-    try:
-        if redis_binary:
-            import redis
-
-            server = RedisServer(redis_binary)
-            server.start()
-            info["redis_server"] = server.version()
-            rc = redis.Redis(host="127.0.0.1", port=server.port, decode_responses=True)
+    with run:
+        if binary:
+            server = run.add(RedisServer(binary))
+            info["redis_server"] = redis_version(binary)
+            rc = server.client(decode_responses=True)
             pipe = rc.pipeline(transaction=False)
             for i, (k, v) in enumerate(zip(stored_keys, values, strict=True)):
                 pipe.set(k, v, ex=TTL)
@@ -426,16 +349,6 @@ def micro(sizes: Sizes, redis_binary: str | None, info: dict[str, Any]) -> Resul
             for case in cases:
                 if round_no < (sizes.rounds if case.slow else sizes.get_rounds):
                     case.samples.append(case.run() / case.ops)
-        if redis_binary:
-            rc.close()
-    finally:
-        if server is not None:
-            server.stop()
-        node_a.stop()
-        peer.terminate()
-        peer.wait(10)
-        if peer.stdout is not None:
-            peer.stdout.close()
 
     stats = sc.stats()
     if stats["misses"] or stats["loads"]:
@@ -448,14 +361,10 @@ def micro(sizes: Sizes, redis_binary: str | None, info: dict[str, Any]) -> Resul
     return results
 
 
-def med(samples: list[float] | None) -> float | None:
-    return statistics.median(samples) if samples else None
-
-
 def cell(samples: list[float] | None) -> str:
     if not samples:
         return "-"
-    return f"{ns(statistics.median(samples))} ({ns(min(samples))}-{ns(max(samples))})"
+    return f"{ns(median(samples))} ({ns(min(samples))}-{ns(max(samples))})"
 
 
 def print_micro(results: Results, sizes: Sizes, redis_note: str) -> None:
@@ -482,9 +391,9 @@ def print_micro(results: Results, sizes: Sizes, redis_note: str) -> None:
         cells: list[object] = [name]
         for col in COLUMNS:
             samples = results[name].get(col)
-            base = med(shoal_ns.get(col))
+            base = median(shoal_ns.get(col))
             cells.append(cell(samples))
-            value = med(samples)
+            value = median(samples)
             if name == ROW_EMPTY or value is None or base is None:
                 cells.append("")
             else:
@@ -512,7 +421,7 @@ def print_micro(results: Results, sizes: Sizes, redis_note: str) -> None:
         "  equal but distinct str objects. Every cache filled through its public API (set / [] / insert).",
         "get: c.get(k) for all.  set: shoal c.set(k, v); dict/cachetools c[k] = v; cachebox c.insert(k, v, ttl);",
         f"  redis r.set(k, v, ex={TTL}).  'in a Node': node.cache(...) on a started Node whose one peer",
-        "  is a shoal serve process (the replication queue and this node's loop thread are included).",
+        "  is a member process (the replication queue and this node's loop thread are included).",
         "fetch-hit: shoal c.fetch(k, loader); others inline 'v = c.get(k); if v is None: v = loader(k); store'.",
         redis_note,
         "GC on while timing; rounds run round-robin across implementations; the machine is shared and noisy.",
@@ -522,7 +431,7 @@ def print_micro(results: Results, sizes: Sizes, redis_note: str) -> None:
 
 def check_bars(results: Results) -> list[dict[str, Any]]:
     def m(row: str, col: str) -> float:
-        value = med(results[row].get(col))
+        value = median(results[row].get(col))
         assert value is not None
         return value
 
@@ -785,8 +694,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
 
     info = environment()
-    redis_binary = None if args.no_redis else shutil.which("redis-server")
-    if redis_binary:
+    binary = redis_binary(args.no_redis)
+    if binary:
         redis_note = "redis: private redis-server on a free 127.0.0.1 port, --save '' --appendonly no."
     else:
         redis_note = "redis: skipped (" + ("--no-redis" if args.no_redis else "no redis-server binary") + ")."
@@ -803,7 +712,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     print()
 
-    micro_results = micro(sizes, redis_binary, info)
+    micro_results = micro(sizes, binary, info)
     micro_s = time.perf_counter() - started
     if "redis_server" in info:
         redis_note = redis_note[:-1] + f" (redis-server {info['redis_server']})."

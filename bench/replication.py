@@ -43,29 +43,37 @@ run of a few seconds per system.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import cProfile
 import gc
 import io
 import json
-import multiprocessing
-import multiprocessing.connection
 import os
-import platform
 import pstats
-import shutil
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from report import format_table, pct
+from harness import (
+    STDERR_NOTES,
+    Cleanup,
+    Member,
+    RedisServer,
+    as_child,
+    environment,
+    format_table,
+    free_port,
+    pct,
+    redis_binary,
+    serve,
+    spread,
+    wait_for,
+)
+from harness import child as _child
+from harness import quantile as _quantile
 
 CACHE = "bench"
 LAG_RATE = 10_000  # writes/s for the lag measurement
@@ -107,119 +115,12 @@ QUICK = Sizes(20_000, 5_000, 1.0, 20_000, 2)
 Handlers = dict[str, Callable[..., Any]]
 
 
-def serve(conn: multiprocessing.connection.Connection, hello: Any, handlers: Handlers) -> None:
-    """A member process's command loop: (name, args) in, result out, until "exit"."""
-    conn.send(hello)
-    while True:
-        try:
-            name, args = conn.recv()
-        except EOFError:
-            return
-        if name == "exit":
-            conn.send(None)
-            return
-        try:
-            conn.send(("ok", handlers[name](*args)))
-        except Exception as exc:
-            conn.send(("error", f"{type(exc).__name__}: {exc}"))
+def child(target: Callable[..., None], **args: Any) -> Member:
+    return _child("bench/replication.py", target, **args)
 
 
-def _child(target: Callable[..., None], err_path: str, conn: multiprocessing.connection.Connection, *args: Any) -> None:
-    """Run a member with its stderr in a file: the driver reports a summary, not pages of a peer's tracebacks."""
-    fd = os.open(err_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.dup2(fd, 2)
-    os.close(fd)
-    target(conn, *args)
-
-
-STDERR_NOTES: list[str] = []  # one line per member whose stderr held tracebacks or errors
-
-
-def summarize_stderr(label: str, text: str) -> None:
-    """Keep warnings, count tracebacks by their exception line."""
-    lines = text.splitlines()
-    tracebacks = sum(1 for line in lines if line.startswith("Traceback"))
-    if not tracebacks and not lines:
-        return
-    kinds: dict[str, int] = {}
-    for i, line in enumerate(lines):
-        if line.startswith("Traceback"):
-            end = next((j for j in range(i + 1, len(lines)) if lines[j] and not lines[j].startswith(" ")), None)
-            kind = lines[end].split(":")[0] if end is not None else "?"
-            kinds[kind] = kinds.get(kind, 0) + 1
-    warnings = sorted({line.strip()[:120] for line in lines if "warn" in line.lower()})
-    parts = [f"{n} x {k}" for k, n in sorted(kinds.items())]
-    if tracebacks or warnings:
-        STDERR_NOTES.append(
-            f"{label}: stderr held {tracebacks} traceback(s)"
-            + (f" ({', '.join(parts)})" if parts else "")
-            + (f"; warnings: {'; '.join(warnings[:3])}" if warnings else "")
-        )
-
-
-class Proc:
-    """A child process driven through a pipe (the driver's side of ``serve``)."""
-
-    def __init__(self, target: Callable[..., None], *args: Any, timeout: float = 60.0) -> None:
-        ctx = multiprocessing.get_context("spawn")
-        self.conn, child = ctx.Pipe()
-        self.label = target.__name__
-        self._err = tempfile.NamedTemporaryFile(prefix="shoal-bench-", suffix=".err", delete=False)  # noqa: SIM115
-        self._err.close()
-        self.proc = ctx.Process(target=_child, args=(target, self._err.name, child, *args), daemon=True)
-        self.proc.start()
-        child.close()
-        if not self.conn.poll(timeout):
-            raise RuntimeError(f"{target.__name__} did not start")
-        self.hello = self.conn.recv()
-
-    def send(self, name: str, *args: Any) -> None:
-        self.conn.send((name, args))
-
-    def result(self, timeout: float = 120.0) -> Any:
-        if not self.conn.poll(timeout):
-            raise RuntimeError("member did not answer in time")
-        status, value = self.conn.recv()
-        if status != "ok":
-            raise RuntimeError(value)
-        return value
-
-    def call(self, name: str, *args: Any, timeout: float = 120.0) -> Any:
-        self.send(name, *args)
-        return self.result(timeout)
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError, EOFError, BrokenPipeError):
-            self.conn.send(("exit", ()))
-            self.conn.poll(5)
-        self.proc.join(5)
-        if self.proc.is_alive():
-            self.proc.kill()
-            self.proc.join(5)
-        self.conn.close()
-        with contextlib.suppress(OSError):
-            with open(self._err.name, errors="replace") as f:
-                summarize_stderr(self.label, f.read())
-            os.unlink(self._err.name)
-
-
-@contextlib.contextmanager
-def processes(procs: list[Proc]) -> Iterator[list[Proc]]:
-    try:
-        yield procs
-    finally:
-        for proc in procs:
-            proc.close()
-
-
-def all_results(procs: list[Proc], timeout: float = 120.0) -> list[Any]:
+def all_results(procs: list[Member], timeout: float = 120.0) -> list[Any]:
     return [p.result(timeout) for p in procs]
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def paced(n: int, rate: float, write: Callable[[int], object]) -> tuple[float, float]:
@@ -245,9 +146,7 @@ def profile_text(profile: cProfile.Profile, top: int = 14) -> str:
 # -- shoal member ------------------------------------------------------------------------------
 
 
-def shoal_member(
-    conn: multiprocessing.connection.Connection, seeds: list[str], freeze: bool, plain: bool = False
-) -> None:
+def shoal_member(seeds: list[str], freeze: bool, plain: bool = False) -> None:
     """One member (``plain``: a cache with no TTL and no bound); ``freeze``: gc.freeze() before each phase."""
     from shoal.node import Node
 
@@ -376,7 +275,7 @@ def shoal_member(
         "full_gcs": take_full_gcs,
     }
     try:
-        serve(conn, node.address, handlers)
+        serve(node.address, handlers)
     finally:
         node.stop()
 
@@ -423,10 +322,9 @@ class LagRow:
 
 
 def quantile(xs: list[float], q: float) -> float | None:
-    if not xs:
-        return None
-    ordered = sorted(xs)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+    """In milliseconds, of samples in seconds."""
+    value = _quantile(xs, q)
+    return None if value is None else value * 1000
 
 
 def bench_shoal(
@@ -434,21 +332,22 @@ def bench_shoal(
 ) -> tuple[list[RateRow], LagRow | None, dict[str, str], list[str]]:
     label = "shoal, 3 members" + (", gc.freeze() between phases" if freeze else "")
     label += ", no TTL/bound" if plain else f", ttl={TTL} bound={BOUND:,}"
-    first = Proc(shoal_member, [], freeze, plain)
-    with processes([first]) as procs:
-        procs += [Proc(shoal_member, [first.hello], freeze, plain) for _ in range(2)]
+    with Cleanup() as run:
+        options = {"freeze": freeze, "plain": plain}
+        first = run.add(child(shoal_member, seeds=[], **options))
+        procs = [first, *(run.add(child(shoal_member, seeds=[first.hello], **options)) for _ in range(2))]
         writer, receivers = procs[0], procs[1:]
         for p in procs:
-            p.send("meshed", 2, 30.0)
+            p.send("meshed", peers=2, timeout=30.0)
         if not all(all_results(procs)):
             raise RuntimeError("shoal members did not form a full mesh")
 
         def burst(prefix: str, n: int, prof: bool = False, shape: str = "str") -> tuple[float, float, float, str]:
             for r in receivers:
-                r.call("expect", n)
-            start, end, text = writer.call("burst", prefix, n, prof, shape)
+                r.call("expect", n=n)
+            start, end, text = writer.call("burst", prefix=prefix, n=n, profile=prof, shape=shape)
             for r in receivers:
-                r.send("wait_reached", 120.0)
+                r.send("wait_reached", timeout=120.0)
             done = all_results(receivers, 130.0)
             if any(t is None for t in done):
                 raise RuntimeError(f"receivers did not get all {n} writes: {[r.call('count') for r in receivers]}")
@@ -480,13 +379,13 @@ def bench_shoal(
         watched = ("ops_dropped", "repair_rounds", "keys_repaired", "catchup_ops_sent")
         before = [{k: p.call("figures").get(k, 0) for k in watched} for p in procs]
         for r in receivers:
-            r.call("record_lags", True)
+            r.call("record_lags", on=True)
         n = int(LAG_RATE * sizes.lag_seconds)
-        start, end = writer.call("stamped", n, LAG_RATE, timeout=sizes.lag_seconds * 10 + 30)
+        start, end = writer.call("stamped", n=n, rate=LAG_RATE, wait=sizes.lag_seconds * 10 + 30)
         deadline = time.monotonic() + 60  # every write's lag is counted, however late it arrives
         while time.monotonic() < deadline and any(r.call("lag_count") < n for r in receivers):
             time.sleep(0.05)
-        lags = [r.call("record_lags", False) for r in receivers]
+        lags = [r.call("record_lags", on=False) for r in receivers]
         lag = LagRow(label, n, end - start, [x for part in lags for x in part], "lag seen on both receivers", lags)
         pauses = [x for p in procs for x in p.call("full_gcs")]
         after = [{k: p.call("figures").get(k, 0) for k in watched} for p in procs]
@@ -501,52 +400,18 @@ def bench_shoal(
         profiles: dict[str, str] = {}
         if profile:
             for p in (writer, receivers[0]):
-                p.call("profile_loop", True)
+                p.call("profile_loop", on=True)
             _, _, _, profiles["writer: application thread (Cache.set loop)"] = burst("prof", sizes.burst // 3, True)
-            profiles["writer: node loop thread (flush, encode, send)"] = writer.call("profile_loop", False)
-            profiles["receiver: node loop thread (decode, validate, apply)"] = receivers[0].call("profile_loop", False)
+            profiles["writer: node loop thread (flush, encode, send)"] = writer.call("profile_loop", on=False)
+            receiver_loop = receivers[0].call("profile_loop", on=False)
+            profiles["receiver: node loop thread (decode, validate, apply)"] = receiver_loop
         return rates, lag, profiles, notes
 
 
 # -- redis -------------------------------------------------------------------------------------
 
 
-class RedisServer:
-    """A throwaway redis-server on a free loopback port, no persistence."""
-
-    def __init__(self, binary: str, *extra: str) -> None:
-        self.port = free_port()
-        self._dir = tempfile.TemporaryDirectory(prefix="shoal-bench-redis-")
-        argv = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-        argv += ["--dir", self._dir.name, "--daemonize", "no", *extra]
-        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-    def client(self) -> Any:
-        import redis
-
-        client = redis.Redis(port=self.port)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                return client
-            except redis.ConnectionError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self._dir.cleanup()
-
-
-def redis_writer(conn: multiprocessing.connection.Connection, port: int) -> None:
+def redis_writer(port: int) -> None:
     import redis
 
     client = redis.Redis(port=port)
@@ -555,11 +420,11 @@ def redis_writer(conn: multiprocessing.connection.Connection, port: int) -> None
         set_ = client.set
         return paced(n, rate, lambda i: set_(f"lag:{i}:{time.time()!r}", VALUE, ex=TTL))
 
-    serve(conn, None, {"stamped": stamped})
+    serve(None, {"stamped": stamped})
     client.close()
 
 
-def redis_reader(conn: multiprocessing.connection.Connection, port: int) -> None:
+def redis_reader(port: int) -> None:
     """Subscribes to the replica's keyspace notifications; a key carries its write's timestamp."""
     import redis
 
@@ -587,16 +452,16 @@ def redis_reader(conn: multiprocessing.connection.Connection, port: int) -> None
         thread.join(5)
         return lags
 
-    serve(conn, None, {"collect": collect})
+    serve(None, {"collect": collect})
 
 
 def bench_redis(binary: str, sizes: Sizes, shapes: tuple[str, ...]) -> tuple[list[RateRow], LagRow, str]:
     import msgpack
 
     bound = ["--maxmemory", "4gb", "--maxmemory-policy", "allkeys-lru"]  # a bound, as the shoal caches have
-    master = RedisServer(binary, *bound)
-    replica = RedisServer(binary, *bound, "--replicaof", "127.0.0.1", str(master.port))
-    try:
+    with Cleanup() as run:
+        master = run.add(RedisServer(binary, *bound))
+        replica = run.add(RedisServer(binary, *bound, "--replicaof", "127.0.0.1", str(master.port)))
         m, r = master.client(), replica.client()
         deadline = time.monotonic() + 20
         while r.info("replication").get("master_link_status") != "up":
@@ -650,26 +515,20 @@ def bench_redis(binary: str, sizes: Sizes, shapes: tuple[str, ...]) -> tuple[lis
         )
 
         m.flushall()
-        reader = Proc(redis_reader, replica.port)
-        writer = Proc(redis_writer, master.port)
-        with processes([reader, writer]):
-            n = int(LAG_RATE * sizes.lag_seconds)
-            start, end = writer.call("stamped", n, LAG_RATE, timeout=sizes.lag_seconds * 10 + 30)
-            time.sleep(0.5)
-            lags = reader.call("collect")
+        reader = run.add(child(redis_reader, port=replica.port))
+        writer = run.add(child(redis_writer, port=master.port))
+        n = int(LAG_RATE * sizes.lag_seconds)
+        start, end = writer.call("stamped", n=n, rate=LAG_RATE, wait=sizes.lag_seconds * 10 + 30)
+        time.sleep(0.5)
+        lags = reader.call("collect")
         lag = LagRow("redis, master -> replica", n, end - start, lags, "keyspace notification from the replica")
-        m.close()
-        r.close()
         return rows, lag, version
-    finally:
-        replica.stop()
-        master.stop()
 
 
 # -- pysyncobj ---------------------------------------------------------------------------------
 
 
-def pysyncobj_member(conn: multiprocessing.connection.Connection, me: str, partners: list[str]) -> None:
+def pysyncobj_member(me: str, partners: list[str]) -> None:
     from pysyncobj import SyncObj, SyncObjConf, replicated
     from pysyncobj.batteries import ReplDict
 
@@ -731,37 +590,34 @@ def pysyncobj_member(conn: multiprocessing.connection.Connection, me: str, partn
         "count": lambda: len(d),
     }
     try:
-        serve(conn, me, handlers)
+        serve(me, handlers)
     finally:
         obj.destroy()
 
 
 def bench_pysyncobj(sizes: Sizes) -> tuple[RateRow, LagRow]:
     addresses = [f"127.0.0.1:{free_port()}" for _ in range(3)]
-    procs = [Proc(pysyncobj_member, a, [b for b in addresses if b != a]) for a in addresses]
-    with processes(procs):
-        deadline = time.monotonic() + 30
-        while True:
+    with Cleanup() as run:
+        procs = [run.add(child(pysyncobj_member, me=a, partners=[b for b in addresses if b != a])) for a in addresses]
+
+        def one_leader() -> set[str | None] | None:
             leaders = {p.call("leader") for p in procs}
-            if len(leaders) == 1 and None not in leaders:
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"pysyncobj elected no leader: {leaders}")
-            time.sleep(0.1)
-        (leader,) = leaders
+            return leaders if len(leaders) == 1 and None not in leaders else None
+
+        (leader,) = wait_for(one_leader, 30, "pysyncobj to elect a leader", 0.1)
         writer = next(p for p in procs if p.hello == leader)
         followers = [p for p in procs if p is not writer]
 
         # The paced run comes first: after the burst, pysyncobj spends a long time
         # working off its queue, and the lag would measure that backlog instead.
         for p in followers:
-            p.call("record_lags", True)
+            p.call("record_lags", on=True)
         n = int(LAG_RATE * sizes.lag_seconds)
-        start, end = writer.call("stamped", n, LAG_RATE, timeout=sizes.lag_seconds * 10 + 30)
+        start, end = writer.call("stamped", n=n, rate=LAG_RATE, wait=sizes.lag_seconds * 10 + 30)
         for p in procs:
-            p.send("wait_count", n, 5.0)
+            p.send("wait_count", n=n, idle=5.0)
         all_results(procs, 300.0)
-        lags = [x for p in followers for x in p.call("record_lags", False)]
+        lags = [x for p in followers for x in p.call("record_lags", on=False)]
         got = len(lags) // len(followers)
         lag = LagRow(
             "pysyncobj ReplDict, leader -> followers",
@@ -773,9 +629,9 @@ def bench_pysyncobj(sizes: Sizes) -> tuple[RateRow, LagRow]:
 
         base = min(p.call("count") for p in procs)
         n = sizes.burst
-        start, end = writer.call("burst", n)
+        start, end = writer.call("burst", n=n)
         for p in procs:
-            p.send("wait_count", base + n, 5.0)
+            p.send("wait_count", n=base + n, idle=5.0)
         arrived = all_results(procs, 300.0)
         count = min(c for c, _ in arrived) - base
         last = max(t for _, t in arrived)
@@ -863,6 +719,8 @@ def rate_text(value: float | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if as_child(globals()):
+        return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="a smoke run of a few seconds per system")
     parser.add_argument("--profile", action="store_true", help="also cProfile the live shoal members")
@@ -876,12 +734,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
     began = time.perf_counter()
-    print(
-        f"python {platform.python_version()}, {platform.machine()}, {os.cpu_count()} cpus, "
-        f"load average {os.getloadavg()[0]:.2f} (other work shares these cores); "
-        f"{'quick' if args.quick else 'full'} run",
-        flush=True,
-    )
+    print(f"{environment()}; {'quick' if args.quick else 'full'} run", flush=True)
 
     rates: list[RateRow] = []
     lags: list[LagRow] = []
@@ -903,8 +756,8 @@ def main(argv: list[str] | None = None) -> int:
         rate_notes += frozen_notes[:-1]
         lag_notes += frozen_notes[-1:]
 
-    binary = shutil.which("redis-server")
-    if args.no_redis or binary is None:
+    binary = redis_binary(args.no_redis)
+    if binary is None:
         notes.append("redis: skipped" + ("" if args.no_redis else " (no redis-server on PATH)"))
     else:
         print("redis: master + replica ...", flush=True)
@@ -942,13 +795,6 @@ def main(argv: list[str] | None = None) -> int:
     breakdown_no_gc = stages(sizes.micro, collect=False)
     print()
 
-    def spread(xs: list[float]) -> str:
-        if not xs:
-            return "-"
-        if len(xs) == 1:
-            return rate_text(xs[0])
-        return f"{rate_text(statistics.median(xs))} [{rate_text(min(xs))}-{rate_text(max(xs))}]"
-
     print(
         format_table(
             ["system", "writes x rounds", "applied everywhere", "writes/s applied on every member", "writer writes/s"],
@@ -959,8 +805,8 @@ def main(argv: list[str] | None = None) -> int:
                     "all"
                     if min(r.arrived) == r.writes
                     else f"{min(r.arrived):,} ({pct(1 - min(r.arrived) / r.writes)} lost)",
-                    spread(r.rates),
-                    spread(r.writer_rate),
+                    spread(r.rates, ",.0f"),
+                    spread(r.writer_rate, ",.0f"),
                 ]
                 for r in rates
             ],
@@ -1038,7 +884,7 @@ def main(argv: list[str] | None = None) -> int:
             [
                 f"{row.system}: writes/s applied on every member",
                 f">= {BAR_RATE:,}",
-                f"{rate_text(row.rate)} [{rate_text(min(row.rates))}-{rate_text(max(row.rates))}]",
+                spread(row.rates, ",.0f"),
                 "MET" if row.rate >= BAR_RATE else "MISSED",
             ]
         )

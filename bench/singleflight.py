@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """What cluster single flight costs a miss: ``fetch`` latency with ``single_flight="cluster"`` and ``"local"``.
 
-    PYTHONPATH=src python bench/singleflight.py [--keys 2000] [--quick]
+    python3 run.py bench singleflight [--keys 2000] [--quick]
 
 Three members on loopback: this process (the measuring member, a Node on its
-background thread) and two ``shoal serve`` processes. One caller fetches new keys
+background thread) and two member processes (bench/member.py). One caller fetches new keys
 one after the other with a loader that returns at once, so what is timed is the
 cache's own path on a miss, not an upstream:
 
@@ -28,40 +28,21 @@ replicating, or the owner's word), and how many times the waiter loaded itself
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
-import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
+from collections.abc import Callable
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+from harness import Cleanup, Member, environment, format_table, quantile, wait_for
 
-from shoal import Cache, Node  # noqa: E402
-
-
-def percentile(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+from shoal import Cache, Node
 
 
-def start_peer(seed: str) -> tuple[subprocess.Popen[str], str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "shoal", "serve", "--listen", "127.0.0.1:0", "--seeds", seed, "--caches", "sf"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env=env,
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if not line.startswith("listening on "):
-        raise RuntimeError(f"shoal serve did not start: {line!r}")
-    return proc, line.split()[2]
+def p(samples: list[float], q: float) -> float:
+    value = quantile(samples, q)
+    assert value is not None
+    return value
 
 
 def waiter_delays(holder: Node, holder_cache: Cache, count: int) -> tuple[list[float], int]:
@@ -69,10 +50,7 @@ def waiter_delays(holder: Node, holder_cache: Cache, count: int) -> tuple[list[f
     waiter = Node(seeds=[holder.address], gc_freeze=False).start()
     try:
         cache = waiter.cache("sf", ttl=600)
-        deadline = time.monotonic() + 30
-        while not waiter.wait_ready(0.05) or sum(1 for m in waiter.members() if m["state"] == "up") < 2:
-            if time.monotonic() > deadline:
-                raise RuntimeError("the waiter did not join")
+        wait_for(lambda: waiter.wait_ready(0.05) and sum(m["state"] == "up" for m in waiter.members()) >= 2, 30, "join")
         delays: list[float] = []
         own_loads = 0
         for i in range(count):
@@ -108,29 +86,28 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="200 keys: a smoke run")
     args = parser.parse_args()
     count = 200 if args.quick else args.keys
-    load = os.getloadavg()[0]
-    print(f"python {platform.python_version()}, {platform.machine()}, {os.cpu_count()} cpus, load average {load:.2f}")
+    print(environment())
 
-    node = Node(gc_freeze=False).start()
-    cluster = node.cache("sf", ttl=600)
-    local = node.cache("sf_local", ttl=600, single_flight="local")
-    peers = [start_peer(node.address) for _ in range(2)]
-    try:
-        deadline = time.monotonic() + 30
-        while sum(1 for m in node.members() if m["state"] == "up" and "sf" in m["caches"]) < 2:
-            if time.monotonic() > deadline:
-                raise RuntimeError("the peers did not join")
-            time.sleep(0.01)
+    with Cleanup() as run:
+        node = Node(gc_freeze=False).start()
+        run.callback(node.stop)
+        cluster = node.cache("sf", ttl=600)
+        local = node.cache("sf_local", ttl=600, single_flight="local")
+        peer = ["bench/member.py", "fleet", "--cache", "sf", "--ttl", "0", "--secret", "", "--seed", node.address]
+        for _ in range(2):
+            run.add(Member(*peer))
+        up = lambda: sum(m["state"] == "up" and "sf" in m["caches"] for m in node.members()) >= 2  # noqa: E731
+        wait_for(up, 30, "the peers to join", 0.01)
         node.wait_ready(30)
 
         def instant(key: str) -> str:
             return key
 
-        def timed(cache_fetch: object, keys: list[str]) -> list[float]:
+        def timed(cache_fetch: Callable[..., object], keys: list[str]) -> list[float]:
             samples = []
             for key in keys:
                 started = time.perf_counter()
-                cache_fetch(key, instant)  # type: ignore[operator]
+                cache_fetch(key, instant)
                 samples.append((time.perf_counter() - started) * 1e6)
             return samples
 
@@ -147,29 +124,26 @@ def main() -> int:
         rows.append(("hit (either mode)", timed(cluster.fetch, owned_away[:200])))
         waits, waiter_loads = waiter_delays(node, cluster, count // 4)
         leases = node.stats()["leases"]
-    finally:
-        node.stop()
-        for proc, _ in peers:
-            proc.terminate()
-            proc.wait(10)
 
-    print(f"\nsequential fetch of new keys, loader returns at once; 3 members on loopback; {count} keys per mode")
-    print(f"{'mode':<28}{'misses':>8}{'p50 us':>10}{'p90 us':>10}{'p99 us':>10}{'mean us':>10}")
-    for name, samples in rows:
-        print(
-            f"{name:<28}{len(samples):>8}{percentile(samples, 0.5):>10.0f}{percentile(samples, 0.9):>10.0f}"
-            f"{percentile(samples, 0.99):>10.0f}{statistics.fmean(samples):>10.0f}"
+    print()
+    print(
+        format_table(
+            ["mode", "misses", "p50 us", "p90 us", "p99 us", "mean us"],
+            [
+                [name, len(xs), *(f"{p(xs, q):.0f}" for q in (0.5, 0.9, 0.99)), f"{statistics.fmean(xs):.0f}"]
+                for name, xs in rows
+            ],
+            title=f"sequential fetch of new keys, loader returns at once; 3 members on loopback; {count} keys per mode",
         )
+    )
     base, away = rows[0][1], rows[2][1]
     print(
         f"\nadded by a cluster-wide miss (owned by a peer, minus local): "
-        f"p50 {percentile(away, 0.5) - percentile(base, 0.5):.0f} us, "
-        f"p99 {percentile(away, 0.99) - percentile(base, 0.99):.0f} us"
+        f"p50 {p(away, 0.5) - p(base, 0.5):.0f} us, p99 {p(away, 0.99) - p(base, 0.99):.0f} us"
     )
     print(
         f"\na waiter on another member, after the holder's loader returned ({len(waits)} keys): "
-        f"p50 {percentile(waits, 0.5):.0f} us, p99 {percentile(waits, 0.99):.0f} us; "
-        f"the waiter loaded {waiter_loads} times itself"
+        f"p50 {p(waits, 0.5):.0f} us, p99 {p(waits, 0.99):.0f} us; the waiter loaded {waiter_loads} times itself"
     )
     print(f"lease figures of the measuring member: {leases}")
     return 0

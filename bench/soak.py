@@ -41,10 +41,10 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+from harness import ROOT, format_table, quantile
+
 sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
 
 from tests.faults.harness import SharedMember, Writer, meshed  # noqa: E402
@@ -56,10 +56,8 @@ READ_WINDOW = 500
 
 
 def percentile(values: list[float], p: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+    found = quantile(values, p / 100)
+    return float("nan") if found is None else found
 
 
 @dataclass
@@ -306,17 +304,11 @@ class Soak:
 
     def summary(self, acked: int, lost: dict[str, int], settle_s: float) -> None:
         seconds = self.args.minutes * 60
-        print("\n== restarts ==")
-        print(f"{'t s':>5} {'member':>6} {'how':>9} {'back s':>7} {'boot':>6} {'boot s':>7} {'entries':>8}")
-        for r in self.restarts:
-            print(
-                f"{r['t']:>5} {r['member']:>6} {r['how']:>9} {r['back s']:>7} {r['boot']:>6} "
-                f"{r['boot s']:>7} {r['entries']:>8}"
-            )
-        print("\n== RSS over time (MB; * = a restarted process) ==")
-        print(f"{'t s':>6} " + " ".join(f"{f'm{i}':>7}" for i in range(len(self.slots))))
-        for t, row in self.rss:
-            print(f"{t:>6.0f} " + " ".join(f"{cell:>7}" for cell in row))
+        columns = ["t", "member", "how", "back s", "boot", "boot s", "entries"]
+        print("\n" + format_table(columns, [[r[c] for c in columns] for r in self.restarts], title="restarts"))
+        headers = ["t s", *(f"m{i}" for i in range(len(self.slots)))]
+        rows = [[f"{t:.0f}", *row] for t, row in self.rss]
+        print("\n" + format_table(headers, rows, title="RSS over time (MB; * = a restarted process)"))
         print("\n== totals ==")
         lags = self.lags
         print(f"writes acknowledged  {acked} ({acked / seconds:.0f}/s) over {self.args.keys} keys")

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""Member processes for bench/boot.py, one role per process, driven by JSON lines.
+"""Member processes for the benchmarks, one role per process, driven by JSON lines (harness.serve).
 
-    PYTHONPATH=src python bench/boot_member.py ROLE [options]
+    python bench/member.py ROLE [options]     (started by harness.Member)
 
 Roles:
 
@@ -13,19 +13,26 @@ Roles:
               timer task runs on the node's loop and records the longest gap between
               its ticks. Prints ``{"address": ...}`` when filled and listening, then
               answers ``{"op": "stall_reset"}``, ``{"op": "stall"}``, ``{"op": "stats"}``
-              and ``{"op": "stop"}``.
+              (EOF on stdin stops it).
 ``receiver``  a fresh shoal Node seeded with the donor, its cache configured as the
               donor's. Records its RSS before the node exists, starts it, waits for
               ready and prints one JSON line: the wall time at node.start() and at
               ready, warm_boot stats, RSS before, VmHWM, RSS after.
-              Then waits for ``stop`` (EOF). ``--profile PATH`` runs cProfile on the
+              Then waits for EOF. ``--profile PATH`` runs cProfile on the
               node's loop thread for the boot; ``--profile-donor`` does it on the donor.
 ``memory``    the memory of N items in one container (``--kind``: a plain dict,
               cachetools.TTLCache, cachebox.VTTLCache, a local shoal.Cache with the
               TTL and bound): RSS after building the keys and values and filling
               it, minus RSS before (keys and values included, as in a member).
 ``syncobj``   one pysyncobj member with a ``ReplDict``; answers ``fill``, ``len``,
-              ``wait_len`` (prints when the dict holds N entries) and ``stop``.
+              ``wait_len`` (answers when the dict holds N entries) and ``compact``.
+``fleet``     a member of bench/fleet.py's cluster, or a plain peer for the other
+              benchmarks (cache ``--cache`` with ``--ttl`` and
+              ``--bound``, seeded with ``--seed``): ``peers_up``, ``write`` (``set_many``
+              of K keys at a given wall-clock moment), ``wait_held`` (the moment it
+              held every key), ``missing``, and ``figures``: the replication figures of
+              ``stats()``, members marked down (counted from the node's log) and the
+              fewest peers it saw up.
 
 Keys are ``user:%06d``; values (``--shape``) ``acct-%08d`` strings, or small dicts
 of four fields as an identity lookup returns (``value(i, "dict")``).
@@ -36,12 +43,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import json
+import logging
 import os
+import re
 import sys
 import threading
 import time
 from typing import Any
+
+from harness import reply, rss, serve
 
 
 def key(i: int) -> str:
@@ -61,19 +71,6 @@ def items(start: int, stop: int, shape: str) -> dict[str, Any]:
 def cache_options(args: argparse.Namespace) -> dict[str, Any]:
     """The cache as a user configures it: ``--ttl 0`` means none, ``--bound 0`` unbounded."""
     return {"ttl": args.ttl or None, "max_entries": args.bound or None}
-
-
-def proc_status(field: str, pid: int | str = "self") -> int:
-    """A /proc/PID/status memory field (VmRSS, VmHWM) in bytes."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise KeyError(field)
-
-
-def reply(obj: Any) -> None:
-    print(json.dumps(obj), flush=True)
 
 
 # -- shoal donor ----------------------------------------------------------------------
@@ -212,41 +209,37 @@ def run_donor(args: argparse.Namespace) -> int:
         import cProfile
 
         prof = cProfile.Profile()
-    reply({"address": node.address, "entries": cache.stats()["entries"], "fill_s": fill_s})
-    for line in sys.stdin:
-        cmd = json.loads(line)
-        op = cmd["op"]
-        if op == "idle_stall":
-            # The same timer with no dump going on: the machine's own scheduling noise.
-            on_loop(loop, stall.reset)
-            time.sleep(cmd.get("seconds", 1.0))
-            reply({"max_gap_ms": stall.max_gap * 1000, "ticks": stall.ticks})
-        elif op == "stall_reset":
-            on_loop(loop, stall.reset)
-            gcw.reset()
-            chunks.reset()
-            if prof is not None:
-                on_loop(loop, prof.enable)
-            reply({"ok": True})
-        elif op == "stall":
-            if prof is not None:
-                on_loop(loop, prof.disable)
-                prof.dump_stats(args.profile)
-            served = node.stats()["caches"]["c"]["warm_boot"]
-            reply(
-                {
-                    "max_gap_ms": stall.max_gap * 1000,
-                    "ticks": stall.ticks,
-                    "served": served,
-                    "max_chunk_ms": chunks.max * 1000,
-                    "chunks": chunks.chunks,
-                    **gcw.as_dict(),
-                }
-            )
-        elif op == "stats":
-            reply(node.stats())
-        elif op == "stop":
-            break
+
+    def idle_stall(seconds: float = 1.0) -> dict[str, Any]:
+        """The same timer with no dump going on: the machine's own scheduling noise."""
+        on_loop(loop, stall.reset)
+        time.sleep(seconds)
+        return {"max_gap_ms": stall.max_gap * 1000, "ticks": stall.ticks}
+
+    def stall_reset() -> bool:
+        on_loop(loop, stall.reset)
+        gcw.reset()
+        chunks.reset()
+        if prof is not None:
+            on_loop(loop, prof.enable)
+        return True
+
+    def stalled() -> dict[str, Any]:
+        if prof is not None:
+            on_loop(loop, prof.disable)
+            prof.dump_stats(args.profile)
+        served = node.stats()["caches"]["c"]["warm_boot"]
+        return {
+            "max_gap_ms": stall.max_gap * 1000,
+            "ticks": stall.ticks,
+            "served": served,
+            "max_chunk_ms": chunks.max * 1000,
+            "chunks": chunks.chunks,
+            **gcw.as_dict(),
+        }
+
+    hello = {"address": node.address, "entries": cache.stats()["entries"], "fill_s": fill_s}
+    serve(hello, {"idle_stall": idle_stall, "stall_reset": stall_reset, "stall": stalled, "stats": node.stats})
     ticker.cancel()
     node.stop()
     return 0
@@ -261,7 +254,7 @@ def run_receiver(args: argparse.Namespace) -> int:
     if args.gc == "off":  # diagnosis only: how much of the boot is the cyclic GC
         gc.disable()
     gcw = GcWatch()
-    rss_before = proc_status("VmRSS")
+    rss_before = rss()
     node = Node(listen="127.0.0.1:0", seeds=[args.seed], secret=args.secret)
     node.cache("c", **cache_options(args))
     prof = None
@@ -282,13 +275,13 @@ def run_receiver(args: argparse.Namespace) -> int:
     node.start()
     ok = node.wait_ready(args.timeout)
     t_ready = time.time()
-    hwm = proc_status("VmHWM")
-    rss_after = proc_status("VmRSS")
+    hwm = rss(field="VmHWM")
+    rss_after = rss()
     if prof is not None:
         on_loop(node._driver.loop, prof.disable)
         prof.dump_stats(args.profile)
     stats = node.stats()["caches"]["c"]
-    reply(
+    serve(
         {
             "ready": ok,
             "t_node_start": t_start,
@@ -299,10 +292,9 @@ def run_receiver(args: argparse.Namespace) -> int:
             "hwm": hwm,
             "rss_after": rss_after,
             **gcw.as_dict(),
-        }
+        },
+        {},
     )
-    for _ in sys.stdin:
-        break
     node.stop()
     return 0
 
@@ -311,7 +303,7 @@ def run_receiver(args: argparse.Namespace) -> int:
 
 
 def run_memory(args: argparse.Namespace) -> int:
-    rss_before = proc_status("VmRSS")
+    rss_before = rss()
     n, shape, kind = args.n, args.shape, args.kind
     ttl = float(args.ttl or 3600)
     if kind == "dict":
@@ -337,7 +329,7 @@ def run_memory(args: argparse.Namespace) -> int:
         box = Cache(**cache_options(args))
         for start in range(0, n, 10_000):
             box.set_many(items(start, min(n, start + 10_000), shape))
-    rss_after = proc_status("VmRSS")
+    rss_after = rss()
     reply({"rss_before": rss_before, "rss_after": rss_after, "entries": len(box)})
     return 0
 
@@ -349,7 +341,7 @@ def run_syncobj(args: argparse.Namespace) -> int:
     from pysyncobj import SyncObj, SyncObjConf
     from pysyncobj.batteries import ReplDict
 
-    rss_before = proc_status("VmRSS")
+    rss_before = rss()
     t_start = time.time()
     d = ReplDict()
     conf = SyncObjConf(
@@ -365,81 +357,158 @@ def run_syncobj(args: argparse.Namespace) -> int:
         connectionRetryTime=0.05,
     )
     obj = SyncObj(args.self_addr, [p for p in args.partners.split(",") if p], consumers=[d], conf=conf)
-    reply({"started": True})
-    for line in sys.stdin:
-        cmd = json.loads(line)
-        op = cmd["op"]
-        if op == "wait_leader":
-            deadline = time.monotonic() + cmd.get("timeout", 20)
-            while obj._getLeader() is None and time.monotonic() < deadline:
-                time.sleep(0.01)
-            reply({"leader": str(obj._getLeader())})
-        elif op == "fill":
-            # ReplDict.update in batches: one raft entry per batch keeps the fill quick.
-            n, batch = cmd["n"], cmd.get("batch", 5000)
-            t0 = time.perf_counter()
-            pending: list[threading.Event] = []
-            for start in range(0, n, batch):
-                ev = threading.Event()
-                pending.append(ev)
-                part = {key(i): value(i) for i in range(start, min(n, start + batch))}
-                d.update(part, callback=lambda res, err, ev=ev: ev.set())
-                if len(pending) >= 16:
-                    pending.pop(0).wait(60)
-            for ev in pending:
-                ev.wait(60)
-            deadline = time.monotonic() + 60
-            while len(d) < n and time.monotonic() < deadline:
-                time.sleep(0.01)
-            reply({"len": len(d), "seconds": time.perf_counter() - t0})
-        elif op == "wait_len":
-            n = cmd["n"]
-            deadline = time.monotonic() + cmd["timeout"]
-            while len(d) < n and time.monotonic() < deadline:
-                time.sleep(0.002)
-            t_done = time.time()
-            reply(
-                {
-                    "len": len(d),
-                    "t_start": t_start,
-                    "t_done": t_done,
-                    "rss_before": rss_before,
-                    "hwm": proc_status("VmHWM"),
-                    "rss_after": proc_status("VmRSS"),
-                }
-            )
-        elif op == "compact":
-            before = obj.getStatus()["log_len"]
-            obj.forceLogCompaction()
-            deadline = time.monotonic() + cmd.get("timeout", 60)
-            while obj.getStatus()["log_len"] >= before and time.monotonic() < deadline:
-                time.sleep(0.01)
-            reply({"log_len_before": before, "log_len": obj.getStatus()["log_len"]})
-        elif op == "len":
-            reply({"len": len(d)})
-        elif op == "stop":
-            break
+
+    def wait_leader(timeout: float = 20) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while obj._getLeader() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return {"leader": str(obj._getLeader())}
+
+    def fill(n: int, batch: int = 5000) -> dict[str, Any]:
+        """ReplDict.update in batches: one raft entry per batch keeps the fill quick."""
+        t0 = time.perf_counter()
+        pending: list[threading.Event] = []
+        for start in range(0, n, batch):
+            ev = threading.Event()
+            pending.append(ev)
+            part = {key(i): value(i) for i in range(start, min(n, start + batch))}
+            d.update(part, callback=lambda res, err, ev=ev: ev.set())
+            if len(pending) >= 16:
+                pending.pop(0).wait(60)
+        for ev in pending:
+            ev.wait(60)
+        deadline = time.monotonic() + 60
+        while len(d) < n and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return {"len": len(d), "seconds": time.perf_counter() - t0}
+
+    def wait_len(n: int, timeout: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while len(d) < n and time.monotonic() < deadline:
+            time.sleep(0.002)
+        t_done = time.time()
+        hwm, after = rss(field="VmHWM"), rss()
+        return {
+            "len": len(d),
+            "t_start": t_start,
+            "t_done": t_done,
+            "rss_before": rss_before,
+            "hwm": hwm,
+            "rss_after": after,
+        }
+
+    def compact(timeout: float = 60) -> dict[str, Any]:
+        before = obj.getStatus()["log_len"]
+        obj.forceLogCompaction()
+        deadline = time.monotonic() + timeout
+        while obj.getStatus()["log_len"] >= before and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return {"log_len_before": before, "log_len": obj.getStatus()["log_len"]}
+
+    handlers = {"wait_leader": wait_leader, "fill": fill, "wait_len": wait_len, "compact": compact, "len": d.__len__}
+    serve({"started": True}, handlers)
     obj.destroy()
     os._exit(0)  # pysyncobj's threads can linger; the bench only needs the process gone
 
 
+# -- a fleet member ---------------------------------------------------------------------
+
+
+class Downs(logging.Handler):
+    """Counts the node's "member ... down" log lines: every time this member marked a peer down."""
+
+    PATTERN = re.compile(r"^member [0-9a-f]+ down")
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.PATTERN.match(record.getMessage()):
+            self.count += 1
+
+
+def run_fleet(args: argparse.Namespace) -> int:
+    from shoal import Node
+
+    downs = Downs()
+    shoal_log = logging.getLogger("shoal")
+    shoal_log.setLevel(logging.INFO)
+    shoal_log.addHandler(downs)
+    shoal_log.propagate = False  # counted, not printed: forty members' logs would drown the output
+    node = Node(listen="127.0.0.1:0", seeds=[args.seed] if args.seed else [], secret=args.secret or None)
+    cache = node.cache(args.cache, **cache_options(args))
+    node.start()
+    watch: dict[str, Any] = {"min_up": None, "watching": False}
+
+    def peers_up() -> int:
+        return sum(1 for m in node.members() if m["state"] == "up" and args.cache in m["caches"])
+
+    def watch_peers() -> None:
+        """The fewest peers this member saw up while the writes spread (sampled every 0.1 s)."""
+        while watch["watching"]:
+            up = peers_up()
+            watch["min_up"] = up if watch["min_up"] is None else min(watch["min_up"], up)
+            time.sleep(0.1)
+
+    def write(at: float, prefix: str, k: int) -> list[float]:
+        """``set_many`` of K keys at the wall-clock moment ``at``: [when it began, when it returned]."""
+        batch: dict[str | bytes | int, Any] = {f"{prefix}:{i}": value(i) for i in range(k)}
+        watch["watching"] = True
+        threading.Thread(target=watch_peers, daemon=True).start()
+        time.sleep(max(0.0, at - time.time()))
+        began = time.time()
+        cache.set_many(batch)
+        return [began, time.time()]
+
+    def wait_held(total: int, deadline: float) -> float | None:
+        """The wall-clock moment this member held ``total`` entries (polled every 10 ms); None at the deadline."""
+        while len(cache) < total:
+            if time.time() > deadline:
+                return None
+            time.sleep(0.01)
+        return time.time()
+
+    def missing(prefixes: list[str], k: int) -> int:
+        return sum(1 for p in prefixes for i in range(k) if f"{p}:{i}" not in cache)
+
+    def figures() -> dict[str, Any]:
+        watch["watching"] = False
+        stats = node.stats()
+        figures = {k: v for k, v in stats["caches"][args.cache].items() if isinstance(v, (int, float)) or v is None}
+        return {**figures, "downs": downs.count, "min_up": watch["min_up"], "members_up": stats["members_up"]}
+
+    handlers: dict[str, Any] = {
+        "peers_up": peers_up,
+        "write": write,
+        "wait_held": wait_held,
+        "missing": missing,
+        "figures": figures,
+    }
+    serve({"address": node.address}, handlers)
+    node.stop()
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("role", choices=["donor", "receiver", "memory", "syncobj"])
+    parser.add_argument("role", choices=["donor", "receiver", "memory", "syncobj", "fleet"])
     parser.add_argument("--n", type=int, default=0)
     parser.add_argument("--seed", default="")
     parser.add_argument("--shape", choices=["str", "dict"], default="str")
     parser.add_argument("--ttl", type=float, default=3600.0, help="cache ttl in seconds; 0: none")
     parser.add_argument("--bound", type=int, default=0, help="cache max_entries; 0: unbounded")
     parser.add_argument("--kind", choices=["dict", "cachetools", "cachebox", "shoal"], default="dict")
-    parser.add_argument("--secret", default="bench-cluster-secret")
+    parser.add_argument("--secret", default="bench-cluster-secret", help="fleet: '' for none (loopback)")
+    parser.add_argument("--cache", default="c", help="fleet: the cache's name")
     parser.add_argument("--timeout", type=float, default=60.0)
     parser.add_argument("--profile", default="")
     parser.add_argument("--gc", choices=["on", "off"], default="on", help="receiver: off disables the cyclic GC")
     parser.add_argument("--self-addr", default="")
     parser.add_argument("--partners", default="")
     args = parser.parse_args()
-    return {"donor": run_donor, "receiver": run_receiver, "memory": run_memory, "syncobj": run_syncobj}[args.role](args)
+    roles = {"donor": run_donor, "receiver": run_receiver, "memory": run_memory, "syncobj": run_syncobj}
+    return {**roles, "fleet": run_fleet}[args.role](args)
 
 
 if __name__ == "__main__":
