@@ -264,13 +264,13 @@ def run_receiver(args: argparse.Namespace) -> int:
         prof = profiler = cProfile.Profile()
         # The boot runs on the node's loop thread; cProfile profiles the thread that
         # enables it, so enable it from the loop as its first callback.
-        orig_open = node._open
+        orig_open = node._driver.open
 
         async def profiled_open() -> None:
             profiler.enable()
             await orig_open()
 
-        node._open = profiled_open  # type: ignore[method-assign]
+        node._driver.open = profiled_open  # type: ignore[method-assign]
     t_start = time.time()
     node.start()
     ok = node.wait_ready(args.timeout)
