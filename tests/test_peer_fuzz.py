@@ -211,6 +211,10 @@ RSS_BOUND_MB = 64
 """What a storm of these frames may add to the member's resident memory (each frame is at most 16 MiB)."""
 
 
+def _framed(body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + body
+
+
 def _rss_mb() -> float:
     with open("/proc/self/statm") as statm:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
@@ -225,13 +229,15 @@ def test_frames_of_every_kind_with_oversized_or_repeated_fields_are_refused_or_h
     core.connected(HONEST, "sim:3", 0.0)  # an honest peer, connected all along
     core.membership.members[HONEST].caches = frozenset({"c"})
     core.message(HONEST, Resume("c", [1, LIVE]), 0.0, WALL)  # it asks for our writes from now on
+    # As a peer would send them (no sender check), packed before measuring: the test's own
+    # bytes are not the member's memory.
+    frames = [_framed(msgpack.packb(to_array(msg), use_bin_type=True)) for msg in msgs]
     rss = _rss_mb()
     now = 0.0
-    for msg in msgs:
+    for frame in frames:
         now += 0.05
-        body = msgpack.packb(to_array(msg), use_bin_type=True)  # as a peer would send it: no sender check
         try:
-            for decoded in FrameDecoder(DEFAULT_MAX_FRAME).feed(struct.pack(">I", len(body)) + body):
+            for decoded in FrameDecoder(DEFAULT_MAX_FRAME).feed(frame):
                 core.message(PEER, decoded, now, WALL)
         except ProtocolError:  # the driver closes that connection, the reason logged
             core.disconnected(PEER, now)
