@@ -394,6 +394,7 @@ class Dispatcher:
         for action in list(actions):
             if isinstance(action, MemberUp):
                 actions += self.replicator.member_up(action.peer, now)  # what it missed, and what we did
+                actions += self.booter.member_up(action.peer, now)
             elif isinstance(action, MemberDown):
                 self._dumps_out.pop(action.peer, None)
                 self._dumps_waiting.pop(action.peer, None)

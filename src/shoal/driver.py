@@ -583,7 +583,12 @@ class Driver:
             stats = self.core.boot_stats(action.cache)
             try:
                 for _, frame in warmboot.dump_stream(replica, action.stream, time.time, self.max_frame_size):
-                    if conn.closed:
+                    current = self.peers.get(action.peer)
+                    if current is not conn:
+                        # The connection was replaced (both sides dialed) or lost: chunks went with
+                        # it, so tell the booter on the new one, if any, that this dump failed.
+                        if current is not None:
+                            current.send(DumpEnd(action.cache, action.stream, -1))
                         return
                     conn.write(frame)
                     stats.bytes_served += len(frame)

@@ -306,14 +306,19 @@ class Booter:
             return self._step(boot, now)
         raise ProtocolError(f"unexpected {type(msg).__name__}")
 
-    def member_down(self, peer: int, now: float) -> list[Action]:
+    def member_down(self, peer: int, now: float, why: str = "went down mid-stream") -> list[Action]:
         actions: list[Action] = []
         for boot in list(self.boots.values()):
             if boot.donor == peer:
-                log.warning("warm boot donor %016x went down mid-stream; trying the next", peer)
+                log.warning("warm boot donor %016x %s; trying the next", peer, why)
                 self._end_stream(boot)
                 actions += self._step(boot, now)
         return actions
+
+    def member_up(self, peer: int, now: float) -> list[Action]:
+        """A member came up. If it is a donor already, its connection was replaced (both sides
+        dialed, one connection kept): the request or the stream may have gone with the old one."""
+        return self.member_down(peer, now, why="reconnected mid-stream")
 
     def snapshot_read(self, cache: str, ops: list[Op], now: float, wall: float) -> None:
         """The driver read the snapshot file (``ReadSnapshot``): apply what it held, finish."""
