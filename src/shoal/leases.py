@@ -83,6 +83,7 @@ MAX_ERROR_TEXT = 2000
 MAX_TTL_MS = 3_600_000
 
 _LEASE_MESSAGES = (LeaseRequest, LeaseGrant, LeaseWait, LeaseDone, LeaseReturn)
+_LeaseMessage = LeaseRequest | LeaseGrant | LeaseWait | LeaseDone | LeaseReturn
 
 
 def owner_of(key: Key, members: Iterable[int]) -> int:
@@ -217,9 +218,9 @@ class Leases:
         keys = _checked_keys(msg.keys)
         return _grouped(self._received(peer, msg, keys, now))
 
-    def _received(self, peer: int, msg: Message, keys: list[Key], now: float) -> list[Any]:
+    def _received(self, peer: int, msg: _LeaseMessage, keys: list[Key], now: float) -> list[Any]:
         """The answers, one action per key: received() groups them into one message per kind."""
-        cache = msg.cache  # type: ignore[attr-defined]  # every lease message names its cache
+        cache = msg.cache
         actions: list[Any] = []
         if isinstance(msg, LeaseRequest):
             for key in keys:
