@@ -28,6 +28,15 @@ one arbiter, and since each member ranks itself too, the fallback ends with an
 answer, never a stuck caller. (A member cut off from all others is its own
 arbiter: it loads for itself.)
 
+What a peer sends is answered once per message and kind: the keys of one
+message get at most one ``LeaseGrant``, one ``LeaseDone`` and one ``LeaseWait``
+per holder (the group's shortest ttl), cut to fit the lease frame. A member
+arbitrates only keys it ranks first or second (the fallback above); for any
+other key, or past a bound (leases per peer, their key bytes, the table's size
+and bytes), it answers "load it yourself" and records nothing. Answers about a
+key count only from the member asked for it, and a wait is never longer than
+the local ``ttl``.
+
 This module does no I/O and keeps no clock: the driver feeds it misses, peer
 messages, finished loads, member-down news, arrived keys and time, and carries
 out what it returns: ``Send`` (actions.py), ``Load`` (run the local loader,
