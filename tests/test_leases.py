@@ -20,9 +20,10 @@ from hypothesis import strategies as st
 from sim.network import Sim
 from sim.nodes import SimMember
 
+from shoal import leases as leases_module
 from shoal.actions import Deliver, Fail, Load, Send
 from shoal.errors import ProtocolError
-from shoal.leases import Leases, owner_of
+from shoal.leases import MAX_LEASE_BYTES_PER_PEER, MAX_LEASES_PER_PEER, Leases, owner_of
 from shoal.messages import (
     LeaseDone,
     LeaseGrant,
@@ -34,6 +35,7 @@ from shoal.messages import (
     to_array,
 )
 from shoal.store import Key
+from shoal.wire import LEASE_MAX_FRAME, encode
 
 # -- the state machine by hand ----------------------------------------------------------------
 
@@ -305,6 +307,135 @@ def test_a_peer_that_holds_no_lease_cannot_end_one() -> None:
     m.deliver_all()
     m.do(C, m.leases[C].received(B, LeaseDone("c", [key], "Forged", "x"), 0.1))
     assert ("c", key) in m.leases[C].leases and not m.inbox
+
+
+def owned_keys(owner: int, count: int, size: int = 8, members: Iterable[int] = (A, B, C)) -> list[str]:
+    """``count`` distinct keys of ``size`` characters that ``owner`` owns among ``members``."""
+    keys: list[str] = []
+    i = 0
+    while len(keys) < count:
+        key = f"{i:08d}".ljust(size, "x")
+        if owner_of(key, list(members)) == owner:
+            keys.append(key)
+        i += 1
+    return keys
+
+
+def sends(actions: list[Any]) -> list[Send]:
+    return [a for a in actions if isinstance(a, Send)]
+
+
+def test_a_request_naming_many_keys_is_answered_once_per_kind_in_no_more_bytes_than_it_took() -> None:
+    m = Members()
+    name = "n" * 255
+    m.leases[C].caches.add(name)
+    keys = owned_keys(C, 1000, size=200)
+    done, waiting = keys[:300], keys[300:600]
+    m.values[C].update(done)  # the owner holds these: "done"
+    m.leases[C].received(B, LeaseRequest(name, waiting), 0.0)  # B holds these: "wait"
+    request = LeaseRequest(name, keys)
+    replies = sends(m.leases[C].received(A, request, 0.1))
+    assert sorted(type(s.msg).__name__ for s in replies) == ["LeaseDone", "LeaseGrant", "LeaseWait"]
+    assert all(s.peer == A for s in replies)
+    assert sorted(key for s in replies for key in s.msg.keys) == sorted(keys)
+    wait = next(s.msg for s in replies if isinstance(s.msg, LeaseWait))
+    assert wait.holder == B and sorted(wait.keys) == sorted(waiting)
+    sent = sum(len(encode(s.msg)) for s in replies)
+    assert sent <= len(encode(request)) + 1024  # a name and a header per kind; was 1,000 frames, each with the name
+
+
+def test_replies_to_a_request_at_the_lease_frame_limit_are_cut_to_fit_it() -> None:
+    m = Members()
+    keys = owned_keys(C, 999, size=258)
+    length = LEASE_MAX_FRAME - 4 - len(encode(LeaseRequest("c", keys))) - 3  # one more key (str16) fills it
+    keys.append(next(k for k in (f"last{i}".ljust(length, "y") for i in range(100)) if owner_of(k, [A, B, C]) == C))
+    request = LeaseRequest("c", keys)
+    assert LEASE_MAX_FRAME - 8 <= len(encode(request)) <= LEASE_MAX_FRAME
+    m.leases[C].received(B, LeaseRequest("c", keys), 0.0)
+    replies = sends(m.leases[C].received(A, request, 0.1))  # every key waits on B: a Wait is longer
+    assert all(len(encode(s.msg)) <= LEASE_MAX_FRAME for s in replies)  # FrameTooLarge otherwise
+    assert len(replies) == 2 and sorted(k for s in replies for k in s.msg.keys) == sorted(keys)
+
+
+def test_a_grant_naming_many_keys_nobody_asked_for_is_given_back_in_one_message() -> None:
+    m = Members()
+    keys = owned_keys(C, 1000)
+    replies = sends(m.leases[A].received(C, LeaseGrant("c", keys, 10_000), 0.0))
+    assert [type(s.msg) for s in replies] == [LeaseReturn] and replies[0].msg.keys == keys
+
+
+def test_a_key_named_twice_in_one_request_is_answered_once() -> None:
+    m = Members()
+    key = m.key_owned_by(C)
+    replies = sends(m.leases[C].received(A, LeaseRequest("c", [key] * 1000), 0.0))
+    assert [s.msg.keys for s in replies] == [[key]]
+
+
+def test_a_request_for_a_key_another_member_owns_is_granted_without_a_record() -> None:
+    m = Members()
+    key = next(k for k in owned_keys(A, 100) if owner_of(k, [B, C]) == B)  # C ranks last
+    replies = sends(m.leases[C].received(B, LeaseRequest("c", [key]), 0.0))
+    assert [type(s.msg) for s in replies] == [LeaseGrant]  # the requester loads for itself ...
+    assert m.leases[C].leases == {}  # ... and C keeps nothing for a key it does not arbitrate
+    second = next(k for k in owned_keys(A, 100) if owner_of(k, [B, C]) == C)  # C is next in rank
+    m.leases[C].received(B, LeaseRequest("c", [second]), 0.0)
+    assert ("c", second) in m.leases[C].leases  # the fallback arbiter still records it
+
+
+def test_lease_answers_from_a_member_that_is_not_the_keys_owner_are_ignored() -> None:
+    m = Members()
+    key = m.key_owned_by(C)
+    m.do(A, m.leases[A].miss("c", key, 0.0))
+    for forged in (LeaseDone("c", [key], "LoaderError", "forged"), LeaseWait("c", [key], 3_600_000, B)):
+        assert m.leases[A].received(B, forged, 0.1) == []
+    assert m.leases[A].wants[("c", key)].state == "asking"
+    assert m.leases[A].received(B, LeaseGrant("c", [key], 10_000), 0.1) == [Send(B, LeaseReturn("c", [key]))]
+    assert loads(m, A) == []
+
+
+def test_a_wait_the_owner_sends_is_never_longer_than_the_local_load_timeout() -> None:
+    m = Members(ttl=5.0)
+    key = m.key_owned_by(C)
+    m.do(A, m.leases[A].miss("c", key, 0.0))
+    m.inbox.clear()
+    assert m.leases[A].received(C, LeaseWait("c", [key], 3_600_000, B), 0.1) == []
+    assert m.leases[A].tick(5.0) == []
+    asked = sends(m.leases[A].tick(5.7))  # 5 s ttl and the grace: A asks again, not after an hour
+    assert [(s.peer, type(s.msg)) for s in asked] == [(C, LeaseRequest)]
+
+
+def test_leases_one_peer_holds_are_bounded_in_count_and_over_it_the_peer_loads_without_a_record() -> None:
+    owner = Members().leases[C]
+    keys = owned_keys(C, MAX_LEASES_PER_PEER + 1000)
+    granted = 0
+    for start in range(0, len(keys), 1000):
+        replies = sends(owner.received(B, LeaseRequest("c", keys[start : start + 1000]), 0.0))
+        granted += sum(len(s.msg.keys) for s in replies if isinstance(s.msg, LeaseGrant))
+    assert granted == len(keys)  # every key answered "load it"
+    assert len(owner.leases) == MAX_LEASES_PER_PEER  # was one lease per key
+    owner.received(A, LeaseRequest("c", keys[-10:]), 0.0)  # another peer is not held back by B's use
+    assert len(owner.leases) == MAX_LEASES_PER_PEER + 10
+
+
+def test_leases_one_peer_holds_are_bounded_in_bytes_of_keys() -> None:
+    owner = Members().leases[C]
+    keys = owned_keys(C, 1200, size=4096)
+    for start in range(0, len(keys), 60):  # 60 keys of 4 KiB: a full lease frame
+        owner.received(B, LeaseRequest("c", keys[start : start + 60]), 0.0)
+    held = sum(len(key) for _, key in owner.leases)
+    assert 0.9 * MAX_LEASE_BYTES_PER_PEER < held <= MAX_LEASE_BYTES_PER_PEER  # was all 4.9 MB
+
+
+def test_the_lease_table_is_bounded_in_bytes_over_every_peer(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(leases_module, "MAX_LEASE_BYTES", 1024 * 1024)
+    owner = Members().leases[C]
+    keys = owned_keys(C, 600, size=4096)
+    for peer in range(100, 110):  # ten peers, each under its own bound
+        owner.received(peer, LeaseRequest("c", keys[(peer - 100) * 60 : (peer - 99) * 60]), 0.0)
+    assert sum(len(key) for _, key in owner.leases) < 1024 * 1024 and owner.lease_bytes <= 1024 * 1024
+    for (cache, key), lease in list(owner.leases.items()):  # every release gives its bytes back
+        owner.received(lease.holder, LeaseDone(cache, [key], None, None), 1.0)
+    assert owner.lease_bytes == 0 and owner.leases == {}
 
 
 @pytest.mark.parametrize(

@@ -28,6 +28,15 @@ one arbiter, and since each member ranks itself too, the fallback ends with an
 answer, never a stuck caller. (A member cut off from all others is its own
 arbiter: it loads for itself.)
 
+What a peer sends is answered once per message and kind: the keys of one
+message get at most one ``LeaseGrant``, one ``LeaseDone`` and one ``LeaseWait``
+per holder (the group's shortest ttl), cut to fit the lease frame. A member
+arbitrates only keys it ranks first or second (the fallback above); for any
+other key, or past a bound (leases per peer, their key bytes, the table's size
+and bytes), it answers "load it yourself" and records nothing. Answers about a
+key count only from the member asked for it, and a wait is never longer than
+the local ``ttl``.
+
 This module does no I/O and keeps no clock: the driver feeds it misses, peer
 messages, finished loads, member-down news, arrived keys and time, and carries
 out what it returns: ``Send`` (actions.py), ``Load`` (run the local loader,
@@ -50,6 +59,7 @@ from .errors import ProtocolError
 from .messages import LeaseDone, LeaseGrant, LeaseRequest, LeaseReturn, LeaseWait, Message
 from .store import Key
 from .validation import check_peer_key
+from .wire import LEASE_MAX_FRAME
 
 # Its actions (Load, Deliver, Fail) are in actions.py.
 __all__ = ["Leases", "is_lease_message", "longest_wait", "owner_of"]
@@ -72,11 +82,17 @@ def longest_wait(load_timeout: float) -> float:
 
 MAX_KEYS_PER_MESSAGE = 1000
 MAX_LEASES = 100_000  # leases one owner tracks; past it, requesters just load (as with no owner)
+MAX_LEASE_BYTES = 32 * 1024 * 1024  # bytes of keys (plus ENTRY_COST each) in the lease table; the same for `recent`
+MAX_LEASES_PER_PEER = 10_000  # leases one peer may hold here at once; past it, it loads without a record
+MAX_LEASE_BYTES_PER_PEER = 4 * 1024 * 1024  # ... and bytes of their keys
+ENTRY_COST = 200  # bytes a table entry costs beyond its key (dict slot, tuple, record)
+ARBITER_RANKS = 2  # a member arbitrates keys it ranks first (owner) or second (the fallback for a silent owner)
 MAX_ERROR_TYPE = 200
 MAX_ERROR_TEXT = 2000
 MAX_TTL_MS = 3_600_000
 
 _LEASE_MESSAGES = (LeaseRequest, LeaseGrant, LeaseWait, LeaseDone, LeaseReturn)
+_LeaseMessage = LeaseRequest | LeaseGrant | LeaseWait | LeaseDone | LeaseReturn
 
 
 def owner_of(key: Key, members: Iterable[int]) -> int:
@@ -153,6 +169,9 @@ class Leases:
         """Keys loaded lately, until when: the holder's word can overtake its value (the
         value waits for a flush), and a request in between must not start a second load."""
         self.caches: set[str] = set()  # caches that take part (single_flight="cluster")
+        self.lease_bytes = 0  # what ``leases`` holds, counted as _entry_size
+        self.recent_bytes = 0  # what ``recent`` holds
+        self._held: dict[int, tuple[int, int]] = {}  # holder -> (leases, bytes) it holds here
         self.granted = self.waited = self.handed_over = self.fallbacks = 0
 
     def owner(self, cache: str, key: Key, silent: tuple[int, ...] = ()) -> int:
@@ -183,7 +202,7 @@ class Leases:
         return self._give_back(want.owner, cache, key, now)
 
     def _give_back(self, owner: int, cache: str, key: Key, now: float) -> list[Any]:
-        if owner != self.node_id:
+        if owner != self.node_id:  # one message per peer message: received() groups these
             return [Send(owner, LeaseReturn(cache, [key]))]
         lease = self.leases.get((cache, key))
         if lease is not None and lease.holder == self.node_id:
@@ -206,6 +225,10 @@ class Leases:
         if not isinstance(msg, _LEASE_MESSAGES):
             raise ProtocolError(f"unexpected {type(msg).__name__}")
         keys = _checked_keys(msg.keys)
+        return _grouped(self._received(peer, msg, keys, now))
+
+    def _received(self, peer: int, msg: _LeaseMessage, keys: list[Key], now: float) -> list[Any]:
+        """The answers, one action per key: received() groups them into one message per kind."""
         cache = msg.cache
         actions: list[Any] = []
         if isinstance(msg, LeaseRequest):
@@ -221,7 +244,7 @@ class Leases:
                 if lease is not None and lease.holder == peer:
                     actions += self._lapse(cache, key, lease, now)
         elif isinstance(msg, LeaseWait):
-            ttl = _checked_ttl(msg.ttl_ms)
+            ttl = min(_checked_ttl(msg.ttl_ms), self.ttl)  # never wait longer than our own callers would
             for key in keys:
                 want = self.wants.get((cache, key))
                 if want is not None and want.owner == peer and want.state in (ASKING, WAITING):
@@ -252,7 +275,7 @@ class Leases:
             if self._adopts(cache, key, want, peer):
                 # We own the key now and know who loads it: keep the lease there, and wait.
                 assert want.holder is not None
-                self.leases[cache, key] = _Lease(want.holder, now + self.ttl, {self.node_id: None})
+                self._record(cache, key, want.holder, now + self.ttl).waiters[self.node_id] = None
             actions += self._ask(cache, key, now, asks=want.asks, silent=want.silent)
         return actions
 
@@ -271,7 +294,7 @@ class Leases:
         if want.owner != self.node_id:
             return [Send(want.owner, LeaseRequest(cache, [key]))]  # granted to us: we keep loading
         if (cache, key) not in self.leases:
-            self.leases[cache, key] = _Lease(self.node_id, now + self.ttl)
+            self._record(cache, key, self.node_id, now + self.ttl)
         return []
 
     def tick(self, now: float) -> list[Any]:
@@ -282,6 +305,7 @@ class Leases:
         for loaded, until in list(self.recent.items()):
             if until <= now:
                 del self.recent[loaded]
+                self.recent_bytes -= _entry_size(loaded[1])
         for (cache, key), want in list(self.wants.items()):
             if want.state == LOADING or want.deadline > now:
                 continue
@@ -365,6 +389,11 @@ class Leases:
         """The owner's answer: ("grant" | "wait" | "done", seconds left on the lease, its holder)."""
         if cache not in self.caches:  # a cache we run no leases for: nothing to arbitrate
             return "grant", self.ttl, requester
+        if requester != self.node_id and not self._arbiter(cache, key):
+            # Not ours to arbitrate (by our view, another member owns the key and is not the
+            # one ranked above us): the requester loads without a record here. An honest one
+            # asked us from a different view; a forger gains nothing it could not do alone.
+            return "grant", self.ttl, requester
         if self._holds(cache, key) or self.recent.get((cache, key), 0.0) > now:
             return "done", 0.0, 0  # already loaded: the value is on its way to the requester
         lease = self.leases.get((cache, key))
@@ -372,11 +401,13 @@ class Leases:
             mine = self.wants.get((cache, key))
             if mine is not None and mine.state == LOADING and requester != self.node_id:
                 # We load it ourselves (we became its owner mid-load): that is the lease.
-                lease = self.leases[cache, key] = _Lease(self.node_id, now + self.ttl)
+                lease = self._record(cache, key, self.node_id, now + self.ttl)
         if lease is None or lease.expires <= now:
-            if lease is None and len(self.leases) >= MAX_LEASES:
-                return "grant", self.ttl, requester  # over the bound: let it load, keep no record
-            self.leases[cache, key] = _Lease(requester, now + self.ttl)
+            if lease is not None:
+                self._drop(cache, key)
+            if not self._has_room(requester, key):
+                return "grant", self.ttl, requester  # over a bound: let it load, keep no record
+            self._record(cache, key, requester, now + self.ttl)
             self.granted += 1
             return "grant", self.ttl, requester
         if lease.holder == requester:  # our grant was lost, or it asks again: it still holds it
@@ -396,7 +427,7 @@ class Leases:
 
     def _release(self, cache: str, key: Key, lease: _Lease, error: tuple[str, str] | None, now: float) -> list[Any]:
         """The holder reported: the lease ends and every waiter hears how the load went."""
-        del self.leases[cache, key]
+        self._drop(cache, key)
         actions: list[Any] = []
         for waiter in lease.waiters:
             if waiter == self.node_id:
@@ -409,7 +440,11 @@ class Leases:
     def _reported(self, cache: str, key: Key, lease: _Lease, error: tuple[str, str] | None, now: float) -> list[Any]:
         """The holder says how its load went."""
         if error is None:
-            self.recent[cache, key] = now + RECENT
+            if (cache, key) in self.recent:
+                self.recent[cache, key] = now + RECENT
+            elif len(self.recent) < MAX_LEASES and self.recent_bytes + _entry_size(key) <= MAX_LEASE_BYTES:
+                self.recent[cache, key] = now + RECENT  # over the bound a late request may load again
+                self.recent_bytes += _entry_size(key)
         return self._release(cache, key, lease, error, now)
 
     def _lapse(self, cache: str, key: Key, lease: _Lease, now: float) -> list[Any]:
@@ -418,11 +453,54 @@ class Leases:
             return self._release(cache, key, lease, None, now)
         waiter = next(iter(lease.waiters))
         del lease.waiters[waiter]
+        self._count(lease.holder, key, -1)
         lease.holder, lease.expires = waiter, now + self.ttl
+        self._count(waiter, key, 1)
         self.handed_over += 1
         if waiter == self.node_id:
             return self._granted(self.node_id, cache, key, now)
         return [Send(waiter, LeaseGrant(cache, [key], round(self.ttl * 1000)))]
+
+    # -- the lease table and its bounds ------------------------------------------------------
+
+    def _arbiter(self, cache: str, key: Key) -> bool:
+        """We rank first or second for the key: its owner, or the next in rank whom a member
+        that finds the owner silent asks (a third in rank would need two silent owners)."""
+        passed: tuple[int, ...] = ()
+        for _ in range(ARBITER_RANKS):
+            owner = self.owner(cache, key, passed)
+            if owner == self.node_id:
+                return True
+            passed = (*passed, owner)
+        return False
+
+    def _has_room(self, holder: int, key: Key) -> bool:
+        size = _entry_size(key)
+        if len(self.leases) >= MAX_LEASES or self.lease_bytes + size > MAX_LEASE_BYTES:
+            return False
+        if holder == self.node_id:  # our own callers' leases: bounded by the table alone
+            return True
+        count, used = self._held.get(holder, (0, 0))
+        return count < MAX_LEASES_PER_PEER and used + size <= MAX_LEASE_BYTES_PER_PEER
+
+    def _record(self, cache: str, key: Key, holder: int, expires: float) -> _Lease:
+        if (cache, key) in self.leases:
+            self._drop(cache, key)
+        lease = self.leases[cache, key] = _Lease(holder, expires)
+        self._count(holder, key, 1)
+        return lease
+
+    def _drop(self, cache: str, key: Key) -> None:
+        self._count(self.leases.pop((cache, key)).holder, key, -1)
+
+    def _count(self, holder: int, key: Key, sign: int) -> None:
+        size = sign * _entry_size(key)
+        self.lease_bytes += size
+        count, used = self._held.get(holder, (0, 0))
+        if count + sign:
+            self._held[holder] = (count + sign, used + size)
+        else:
+            self._held.pop(holder, None)
 
     def figures(self) -> dict[str, int]:
         return {
@@ -432,6 +510,70 @@ class Leases:
             "leases_handed_over": self.handed_over,
             "owner_fallbacks": self.fallbacks,
         }
+
+
+def _entry_size(key: Key) -> int:
+    return len(_key_bytes(key)) + ENTRY_COST
+
+
+_BATCH_BYTES = LEASE_MAX_FRAME - 16 * 1024  # room for the name, the error texts (8 KiB in UTF-8) and the header
+_KEY_HEADER = 8  # msgpack's type and length bytes ahead of a key, at most (an int: 9 in all, under _key_bytes's count)
+
+
+def _grouped(actions: list[Any]) -> list[Any]:
+    """One lease message per (peer, kind, cache, outcome) instead of one per key, cut by
+    bytes and count so that each fits the lease frame limit; a Grant or Wait group takes
+    its shortest ttl. Other actions keep their place; a group takes its first key's."""
+    heads: dict[tuple[Any, ...], list[Any]] = {}
+    order: list[Any] = []
+    for action in actions:
+        if not (isinstance(action, Send) and isinstance(action.msg, _LEASE_MESSAGES)):
+            order.append(action)
+            continue
+        msg = action.msg
+        if isinstance(msg, LeaseWait):
+            head: tuple[Any, ...] = (action.peer, LeaseWait, msg.cache, msg.holder)
+        elif isinstance(msg, LeaseDone):
+            head = (action.peer, LeaseDone, msg.cache, msg.error_type, msg.error_text)
+        else:
+            head = (action.peer, type(msg), msg.cache)
+        group = heads.get(head)
+        if group is None:
+            group = heads[head] = [[], MAX_TTL_MS]
+            order.append(head)
+        group[0].extend(msg.keys)
+        if isinstance(msg, (LeaseGrant, LeaseWait)):
+            group[1] = min(group[1], msg.ttl_ms)
+    out: list[Any] = []
+    for item in order:
+        if type(item) is not tuple:
+            out.append(item)
+            continue
+        peer, kind, cache, *rest = item
+        keys, ttl_ms = heads[item]
+        for batch in _batches(keys):
+            if kind is LeaseWait:
+                out.append(Send(peer, LeaseWait(cache, batch, ttl_ms, rest[0])))
+            elif kind is LeaseDone:
+                out.append(Send(peer, LeaseDone(cache, batch, rest[0], rest[1])))
+            elif kind is LeaseGrant:
+                out.append(Send(peer, LeaseGrant(cache, batch, ttl_ms)))
+            else:
+                out.append(Send(peer, kind(cache, batch)))
+    return out
+
+
+def _batches(keys: list[Key]) -> list[list[Key]]:
+    batches: list[list[Key]] = [[]]
+    used = 0
+    for key in keys:
+        size = len(_key_bytes(key)) + _KEY_HEADER
+        if batches[-1] and (used + size > _BATCH_BYTES or len(batches[-1]) >= MAX_KEYS_PER_MESSAGE):
+            batches.append([])
+            used = 0
+        batches[-1].append(key)
+        used += size
+    return batches
 
 
 def is_lease_message(msg: Message) -> bool:
@@ -446,7 +588,7 @@ def _checked_keys(keys: list[Any]) -> list[Key]:
         raise ProtocolError(f"a lease message names at most {MAX_KEYS_PER_MESSAGE} keys")
     for key in keys:
         check_peer_key(key)  # validation.py: the rule every entry point shares
-    return keys
+    return list(dict.fromkeys(keys))  # a key named twice is answered once
 
 
 def _checked_ttl(ttl_ms: int) -> float:
