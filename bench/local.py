@@ -603,7 +603,7 @@ def eviction(sizes: Sizes) -> dict[str, dict[str, float]]:
     replayers: list[tuple[str, Callable[[list[list[str]], int], list[int]]]] = [
         ("shoal.Cache (S3-FIFO, real cache)", replay_shoal),
         (ROW_S3_SIM, lambda t, c: replay_policy(lambda table: S3FIFO(c, table.get), t, c)),
-        (ROW_LRU_SIM, lambda t, c: replay_policy(lambda table: LRU(c), t, c)),
+        (ROW_LRU_SIM, lambda t, c: replay_policy(lambda table: LRU(c, table.get), t, c)),
         ("cachetools.LRUCache", replay_cachetools_lru),
     ]
     columns = [(name, cap) for name in traces for cap in sizes.caps]
