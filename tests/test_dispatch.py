@@ -321,3 +321,18 @@ def test_every_kind_of_message_a_member_may_send_counts_as_proof_of_life() -> No
             core.message(7, kind(*values), 3.0, 3.0)  # a blank it refuses is heard all the same
         member = core.membership.members[7]
         assert member.last_heard == 3.0, kind.__name__
+
+
+def test_a_member_warm_booted_from_a_dump_is_sent_none_of_the_writes_the_dump_held() -> None:
+    """The dump carries the donor's positions, so the boot's catch-up starts where the dump ended
+    (it once restarted from 0: every write the dump held came again as catch-up)."""
+    sim = Sim(seed=13)
+    a = member(sim)
+    assert sim.run_until(lambda: became_ready(sim, a), 5)
+    fill(sim, a, 3 * CHUNK)
+    sim.run_for(0.5)
+    b = member(sim)
+    assert sim.run_until(lambda: became_ready(sim, b), 30)
+    sim.run_for(1.0)
+    assert len(node(sim, b).cache) == 3 * CHUNK
+    assert node(sim, a).core.replicator.figures_of("c")["catchup_ops_sent"] == 0

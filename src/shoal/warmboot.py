@@ -284,6 +284,7 @@ class Booter:
             boot = self._streams.get(msg.stream)
             if boot is None or boot.donor != peer:
                 return []
+            stream_from = boot.stream_from  # the donor's positions: _end_stream forgets them
             self._end_stream(boot)
             claimed = boot.sizes.get(peer, (0, False))[0]
             if msg.entries != boot.streamed:  # the donor's dump failed (it says -1), or chunks went missing
@@ -301,7 +302,7 @@ class Booter:
                 )
             else:
                 boot.finished += 1
-                for origin, position in boot.stream_from.items():
+                for origin, position in stream_from.items():
                     boot.positions[origin] = max(position, boot.positions.get(origin, 0))
             return self._step(boot, now)
         raise ProtocolError(f"unexpected {type(msg).__name__}")
