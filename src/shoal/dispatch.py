@@ -255,6 +255,14 @@ class Dispatcher:
         """``address`` also leads to ``peer`` (a duplicate connection was dropped)."""
         self.membership.alias(address, peer)
 
+    def listening(self, address: str) -> None:
+        """The driver listens now, at ``address`` (the port is known): the address membership
+        tells the others, never dials, and leaves out of its seeds."""
+        membership = self.membership
+        membership.listen = address
+        membership.advertise(address)  # a wildcard address is not routable: not taken as ours
+        membership.seeds = [s for s in membership.seeds if s != address]
+
     def advertise(self, address: str) -> None:
         """This member's address for the others (given, or learned from its own sockets)."""
         self.membership.advertise(address)

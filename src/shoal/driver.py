@@ -91,7 +91,6 @@ class Driver:
         port: int,
         advertise: str | None,
         secret: bytes,
-        seeds: list[str],
         discovery: str | None,
         ssl: _ssl.SSLContext | None,
         client_ssl: _ssl.SSLContext | None,
@@ -111,7 +110,6 @@ class Driver:
         self._advertise = advertise
         self._learned: str | None = None
         self._secret = secret
-        self._seeds = seeds
         self._discovery = discovery
         self._ssl = ssl
         self._client_ssl = client_ssl or ssl
@@ -155,10 +153,6 @@ class Driver:
         assert self._loop is not None, "node not running"
         return self._loop
 
-    @property
-    def running(self) -> bool:
-        return self._loop is not None and not self.stopping
-
     def call(self, fn: Callable[[], None]) -> bool:
         """Run ``fn`` on the loop soon (from any thread); False if the loop is not running."""
         loop = self._loop
@@ -173,13 +167,13 @@ class Driver:
     def host(self, name: str, replica: Any, single_flight: bool) -> None:
         """Host a cache: now if the loop does not run yet, else on the loop (and not ready until it booted)."""
         if self._loop is None:
-            self._run(self.core.host(name, replica, time.monotonic(), single_flight))
+            self.run(self.core.host(name, replica, time.monotonic(), single_flight))
             return
         # Not ready from this moment, not from when the loop gets to it: a caller
         # that asks right away must wait for this cache's warm boot.
         self._set_ready(False)
         self._loop.call_soon_threadsafe(
-            lambda: self._run(self.core.host(name, replica, time.monotonic(), single_flight))
+            lambda: self.run(self.core.host(name, replica, time.monotonic(), single_flight))
         )
 
     def start_thread(self, timeout: float) -> None:
@@ -262,14 +256,11 @@ class Driver:
         )
         self._port = self._server.sockets[0].getsockname()[1]
         core = self.core
-        # The core was made before the port was known: give it the real address.
-        core.membership.listen = self.address
-        core.advertise(self.address)  # ours: never dialed (unless a wildcard: no-op)
-        core.membership.seeds = [s for s in self._seeds if s != self.address]
+        core.listening(self.address)  # the core was made before the port was known
         core.wake = functools.partial(loop.call_soon_threadsafe, self._flush_shortly)
         core.backlog = self._backlog  # the core produces answers only while a peer has room
         log.info("node %016x listening on %s", self.node_id, self.address)
-        self._run(core.start(time.monotonic(), time.time()))
+        self.run(core.start(time.monotonic(), time.time()))
         self._spawn(self._ticker())
         if self._discovery:
             self._spawn(discover(self._discovery, self._resolver, self.config.dns_interval, self._discovered))
@@ -283,7 +274,7 @@ class Driver:
         self.fetches.stopped()  # from now on a miss loads here, without asking the cluster
         if self._snapshots is not None:
             await self.write_snapshot()
-        self._run(self.core.stop(time.monotonic(), time.time()))
+        self.run(self.core.stop(time.monotonic(), time.time()))
         deadline = time.monotonic() + 2.0
         while time.monotonic() < deadline and any(c.backlog() for c in self.peers.values()):
             await asyncio.sleep(0.01)
@@ -332,7 +323,7 @@ class Driver:
         return sum(r.size() for r in self.core.replicas.values())
 
     def _tick(self, now: float) -> None:
-        self._run(self.core.tick(now, time.time()))
+        self.run(self.core.tick(now, time.time()))
 
     def _discovered(self, addresses: list[str]) -> None:
         self.core.discovered([a for a in addresses if a != self.address])
@@ -451,7 +442,7 @@ class Driver:
         self._learn_address(conn)
         self.peers[peer] = conn
         log.debug("connected to %016x at %s", peer, conn.handshake.peer_listen)
-        self._run(self.core.connected(peer, conn.handshake.peer_listen, time.monotonic(), dialed=conn.dialed))
+        self.run(self.core.connected(peer, conn.handshake.peer_listen, time.monotonic(), dialed=conn.dialed))
 
     def conn_lost(self, conn: Connection) -> None:
         if conn.lost:
@@ -460,13 +451,13 @@ class Driver:
         self.pending.discard(conn)
         if conn.peer is not None and self.peers.get(conn.peer) is conn:
             del self.peers[conn.peer]
-            self._run(self.core.disconnected(conn.peer, time.monotonic()))
+            self.run(self.core.disconnected(conn.peer, time.monotonic()))
         elif conn.peer is None and conn.dialed and not self.stopping:
-            self._run(self.core.dial_failed(conn.dialed, time.monotonic()))
+            self.run(self.core.dial_failed(conn.dialed, time.monotonic()))
 
     def conn_drained(self, conn: Connection) -> None:
         if conn.peer is not None and self.peers.get(conn.peer) is conn and not self.stopping:
-            self._run(self.core.drained(conn.peer, time.monotonic(), time.time()))
+            self.run(self.core.drained(conn.peer, time.monotonic(), time.time()))
 
     def conn_bytes(self, conn: Connection, count: int) -> None:
         if conn.peer is not None:
@@ -479,7 +470,7 @@ class Driver:
                 raise ProtocolError(f"a client may only send queries, not {type(msg).__name__}")
             conn.send(self._queries.answer(msg))
             return
-        self._run(self.core.message(conn.peer, msg, time.monotonic(), time.time()))
+        self.run(self.core.message(conn.peer, msg, time.monotonic(), time.time()))
 
     async def _dial(self, address: str) -> None:
         try:
@@ -498,7 +489,7 @@ class Driver:
         except (OSError, asyncio.TimeoutError, ValueError) as exc:
             log.debug("dial %s failed: %s", address, exc)
             if not self.stopping:
-                self._run(self.core.dial_failed(address, time.monotonic()))
+                self.run(self.core.dial_failed(address, time.monotonic()))
 
     # -- carrying out actions ----------------------------------------------------------------
 
@@ -508,18 +499,14 @@ class Driver:
     def flush(self) -> None:
         """Send the queued writes now."""
         if not self.stopping:
-            self._run(self.core.flush(self._backlog, time.time()))
+            self.run(self.core.flush(None, time.time()))  # core.backlog is ours since open()
 
     def _backlog(self, peer: int) -> int:
         conn = self.peers.get(peer)
         return conn.backlog() if conn is not None else 0
 
     def run(self, actions: list[Action]) -> None:
-        """Carry out ``actions`` (on the loop)."""
-        self._run(actions)
-
-    def _run(self, actions: list[Action]) -> None:
-        """Carry out every action; one that raises is logged (rate-limited) and the rest still run."""
+        """Carry out every action (on the loop); one that raises is logged (rate-limited) and the rest still run."""
         for action in actions:
             try:
                 _ACTIONS[type(action)](self, action)
@@ -601,11 +588,11 @@ class Driver:
                 conn.send(DumpEnd(action.cache, action.stream, -1))
         finally:
             if not self.stopping:
-                self._run(self.core.dump_done(action.peer, time.monotonic()))
+                self.run(self.core.dump_done(action.peer, time.monotonic()))
 
     async def _snapshot_read(self, cache: str) -> None:
         ops = await self._snapshots.read(cache) if self._snapshots is not None else []
-        self._run(self.core.snapshot_read(cache, ops, time.monotonic(), time.time()))
+        self.run(self.core.snapshot_read(cache, ops, time.monotonic(), time.time()))
 
 
 class ClusterFetches:

@@ -82,7 +82,6 @@ class Node:
             port=port,
             advertise=advertise,
             secret=key,
-            seeds=list(seeds),
             discovery=discovery,
             ssl=ssl,
             client_ssl=client_ssl,
