@@ -387,3 +387,36 @@ def test_a_misconfigured_side_fails_at_construction(kwargs: dict[str, object]) -
     args: dict[str, object] = {"secret": SECRET, "node_id": 1, "listen": "x", "wall": WALL, **kwargs}
     with pytest.raises(ValueError):
         Handshake.initiator(**args)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("late", [1.5, 4.0])
+def test_a_peer_whose_answer_arrives_late_is_not_taken_for_one_whose_clock_is_off(late: float) -> None:
+    """Finding: on a loaded host a Proof that took 1.26 s to arrive was refused as a clock
+    1.26 s behind. Both clocks read the same; the answer was late. The peer read its clock
+    somewhere between our question and its answer, and is refused only if no point of that
+    span is within ``max_clock_skew``."""
+    clock = FakeClock(WALL.now)
+    client = Handshake.initiator(SECRET, CLIENT_ID, "c", wall=clock, max_clock_skew=1.0)
+    server = Handshake.acceptor(SECRET, SERVER_ID, "s", NONCE_S, wall=clock, max_clock_skew=1.0)
+    (hello,) = client.start()
+    (challenge,) = server.receive(hello)
+    clock.advance(late)  # the challenge took this long to reach the client
+    (proof,) = client.receive(challenge)
+    clock.advance(late)  # and the proof as long again
+    (welcome,) = server.receive(proof)
+    assert client.receive(welcome) == []
+    assert client.done and server.done
+    assert abs(server.clock_skew) <= late and abs(client.clock_skew) <= late
+
+
+def test_a_late_answer_does_not_hide_a_clock_that_is_off_beyond_the_round_trip() -> None:
+    ours, theirs = FakeClock(WALL.now), FakeClock(WALL.now - 3.0)
+    client = Handshake.initiator(SECRET, CLIENT_ID, "c", wall=theirs, max_clock_skew=1.0)
+    server = Handshake.acceptor(SECRET, SERVER_ID, "s", NONCE_S, wall=ours, max_clock_skew=1.0)
+    (hello,) = client.start()
+    (challenge,) = server.receive(hello)
+    ours.advance(1.5)
+    theirs.advance(1.5)  # 1.5 s in flight, but 3 s behind: more than the span explains
+    (proof,) = client.receive(challenge)
+    with pytest.raises(ClockSkewError, match=r"-1\.500 s from ours"):
+        server.receive(proof)

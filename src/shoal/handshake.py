@@ -166,7 +166,8 @@ class Handshake:
         self._peer: _Peer | None = None  # as claimed, until DONE
         self._hello: Hello | None = None
         self._challenge: Challenge | None = None
-        self._skew = 0  # ms: the peer's wall clock minus ours, as measured on arrival
+        self._skew = (0, 0)  # ms: the peer's wall clock minus ours, at least and at most
+        self._asked_ms = 0  # our wall clock when we sent what the peer's clock reading answers
         self._transcript = b""  # what both MACs sign, once both walls are known
 
     @classmethod
@@ -206,6 +207,7 @@ class Handshake:
         if self._state is not _State.START:
             return []
         self._state = _State.AWAIT_CHALLENGE
+        self._asked_ms = self._now_ms()
         self._hello = Hello(self._min, self._max, self._node_id, self._nonce, self._listen)
         return [self._hello]
 
@@ -243,9 +245,10 @@ class Handshake:
 
     @property
     def clock_skew(self) -> float:
-        """Seconds the admitted peer's wall clock was ahead of ours (negative: behind)."""
+        """Seconds the admitted peer's wall clock was ahead of ours (negative: behind), the middle
+        of what the round trip allows."""
         self._admitted()
-        return self._skew / 1000
+        return (self._skew[0] + self._skew[1]) / 2000
 
     @property
     def send_key(self) -> bytes:
@@ -293,7 +296,8 @@ class Handshake:
             )
         self._hello = hello
         self._peer = _Peer(hello.node_id, hello.listen, high)
-        self._challenge = Challenge(high, self._node_id, self._nonce, self._listen, self._now_ms())
+        self._asked_ms = self._now_ms()
+        self._challenge = Challenge(high, self._node_id, self._nonce, self._listen, self._asked_ms)
         self._state = _State.AWAIT_PROOF
         return [self._challenge]
 
@@ -303,7 +307,7 @@ class Handshake:
             raise HandshakeError(f"peer chose protocol {challenge.protocol}, outside ours {self._min}..{self._max}")
         now = self._now_ms()
         _check_wall(challenge.wall_ms)
-        self._skew = challenge.wall_ms - now  # checked once the peer has proven the secret
+        self._skew = _skew_between(challenge.wall_ms, self._asked_ms, now)  # checked once the peer proves the secret
         self._challenge = challenge
         self._peer = _Peer(challenge.node_id, challenge.listen, challenge.protocol)
         self._transcript = self._sign(now)
@@ -314,7 +318,7 @@ class Handshake:
         _check_wall(proof.wall_ms)
         self._transcript = self._sign(proof.wall_ms)
         self._verify(proof.mac, _INITIATOR_LABEL)
-        self._skew = proof.wall_ms - self._now_ms()
+        self._skew = _skew_between(proof.wall_ms, self._asked_ms, self._now_ms())
         self._check_skew()
         welcome = Welcome(self._mac(_ACCEPTOR_LABEL))
         self._finish()
@@ -335,9 +339,11 @@ class Handshake:
             raise HandshakeError(f"connected to itself (node id {node_id})")
 
     def _check_skew(self) -> None:
-        if abs(self._skew) > self._skew_ms:
+        least, most = self._skew
+        if least > self._skew_ms or most < -self._skew_ms:
+            off = least if least > 0 else most
             raise ClockSkewError(
-                f"peer's wall clock is {self._skew / 1000:+.3f} s from ours, more than "
+                f"peer's wall clock is {off / 1000:+.3f} s from ours, more than "
                 f"max_clock_skew ({self._skew_ms / 1000:g} s): fix its time sync (NTP) before it may join"
             )
 
@@ -377,6 +383,13 @@ def transcript(hello: Hello, challenge: Challenge, wall_c: int) -> bytes:
             listen_s,
         )
     )
+
+
+def _skew_between(theirs: int, asked: int, now: int) -> tuple[int, int]:
+    """The peer read its clock (``theirs``) after we sent at ``asked`` and before its answer
+    arrived ``now``: its offset from ours lies between these two (as NTP reasons). A loaded
+    host that took a second to answer is late, not off by a second."""
+    return theirs - now, theirs - asked
 
 
 def _check_wall(wall_ms: int) -> None:
