@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import signal
 import sys
 import time
@@ -199,12 +200,25 @@ def run_shoal(net: Netns, n: int, partition: float, cap: float) -> Row:
                     break
             time.sleep(0.05)
         sent = bytes_out(hosts)
+        catchup = repaired = 0
+        for name, member in zip("ABC", members, strict=True):
+            figures = member.cmd("stats")["caches"]["c"]
+            catchup += figures["catchup_ops_sent"]
+            repaired += figures["keys_repaired"]
+            wanted = ("ops_sent", "catchup_ops_sent", "ops_duplicate", "ops_dropped", "repair_rounds", "keys_repaired")
+            step(f"shoal: {name} " + " ".join(f"{k}={figures.get(k)}" for k in wanted))
+            if os.environ.get("CONVERGE_LOGS"):  # what each member said, to see where the time went
+                for line in list(member.log)[-200:]:
+                    print(f"      {name}| {line.rstrip()}", file=sys.stderr)
+        # Missed while cut: C missed A's writes, A and B missed C's.
+        work = f"; catch-up ops sent {catchup:,} for {3 * tenth:,} writes missed, {repaired:,} keys repaired"
         if seconds is not None:
             digests = {tuple(m.cmd("keys_digest")) for m in members}
             note = "identical caches" if len(digests) == 1 else "members still differ outside the writes"
+            note += work
         else:
             left = sum(lacking(members[i], ranges[r][0], tenth, ranges[r][1], stop_at_first=False) for i, r in pending)
-            note = f"at the cap, {left:,} (member, key) pairs still lack a write made while cut"
+            note = f"at the cap, {left:,} (member, key) pairs still lack a write made while cut{work}"
         return Row("shoal", n, f"{tenth:,} + {tenth:,}", seconds, sent, note, reconnected)
 
 
