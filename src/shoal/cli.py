@@ -193,7 +193,10 @@ def _add_secret(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="shoal", description="A replicated in-memory cache for Python services.")
+    parser.add_argument("--version", action="version", version=f"shoal {__version__}")
     parser.add_argument("--log-level", default=_env("SHOAL_LOG_LEVEL", "WARNING"))
     sub = parser.add_subparsers(dest="command", required=True)
 
