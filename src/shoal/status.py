@@ -39,6 +39,7 @@ table { border-collapse: collapse; background: #fff; }
 th, td { padding: .3em .8em; border-bottom: 1px solid #e1e4e8; text-align: left; white-space: nowrap; }
 th { background: #f0f2f5; font-weight: 600; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.peer { white-space: normal; max-width: 13em; }
 .state-self, .state-up, .ok { color: #17803d; font-weight: 600; }
 .state-suspect, .warn { color: #b26a00; font-weight: 600; }
 .state-down { color: #c62828; font-weight: 600; }
@@ -104,7 +105,7 @@ def _members(members: list[dict[str, Any]]) -> Iterable[str]:
 
 
 def _caches(caches: dict[str, dict[str, Any]], addresses: dict[Any, Any], wall: float) -> Iterable[str]:
-    yield f"<h2>Caches ({len(caches)})</h2>"
+    yield f"<h2>Caches on this member ({len(caches)})</h2>"
     yield (
         "<table id=caches><tr><th>cache<th>entries<th>memory (est.)<th>replication lag<th>queued"
         "<th>last repair<th>repair rounds / keys<th>warm boot<th>donor<th>boot entries<th>boot seconds</tr>"
@@ -117,9 +118,9 @@ def _caches(caches: dict[str, dict[str, Any]], addresses: dict[Any, Any], wall: 
             f"<tr><td><b>{_e(name)}</b><td class=num>{_e(_count(c.get('entries')))}"
             f"<td class=num>{_e(_bytes(c.get('approx_bytes')))}"
             f"<td class=num>{_e('-' if lag is None else f'{lag} ms')}<td class=num>{_e(_count(c.get('queue_depth')))}"
-            f"<td>{_e(_repair(c, addresses, wall))}"
+            f"<td class=peer>{_e(_repair(c, addresses, wall))}"
             f"<td class=num>{_e(_count(c.get('repair_rounds')))} / {_e(_count(c.get('keys_repaired')))}"
-            f"<td>{_e(boot.get('state', '?'))}<td>{_e(_peer(boot.get('donor'), addresses))}"
+            f"<td>{_e(boot.get('state', '?'))}<td class=peer>{_e(_peer(boot.get('donor'), addresses))}"
             f"<td class=num>{_e(_count(boot.get('entries')))}<td class=num>{_e(_seconds(boot.get('seconds')))}</tr>"
         )
     yield "</table>"
