@@ -84,9 +84,10 @@ def test_every_member_is_a_row_with_its_state_address_release_and_protocol() -> 
 
 
 def test_a_member_whose_release_and_protocol_are_not_known_shows_a_question_mark() -> None:
-    page = Tables(status.render(stats(), [member(2)], wall=WALL, rss=None))
-    assert page.column("members", "release") == ["?"]
-    assert page.column("members", "protocol") == ["?"]
+    members = [member(2), {**member(3), "version": None, "protocol": 0}]
+    page = Tables(status.render(stats(), members, wall=WALL, rss=None))
+    assert page.column("members", "release") == ["?", "?"]
+    assert page.column("members", "protocol") == ["?", "?"]
 
 
 def test_each_cache_shows_entries_memory_lag_last_repair_and_last_warm_boot() -> None:

@@ -92,11 +92,11 @@ def _members(members: list[dict[str, Any]]) -> Iterable[str]:
         state = str(m.get("state", "?"))
         caches = m.get("caches") or []
         if state == "self":  # this process's own release and newest protocol, when members() leaves them out
-            m = {"version": __version__, "protocol": PROTOCOL_VERSION, **m}
+            m = {**m, "version": m.get("version") or __version__, "protocol": m.get("protocol") or PROTOCOL_VERSION}
         yield (
             f"<tr><td><code>{_e(m.get('id'))}</code><td>{_e(m.get('address'))}"
             f'<td class="state-{_e(state)}">{_e(state)}'
-            f"<td>{_e(m.get('version', '?'))}<td class=num>{_e(m.get('protocol', '?'))}"
+            f"<td>{_e(_known(m.get('version')))}<td class=num>{_e(_known(m.get('protocol') or None))}"
             f"<td class=num>{_e(_ago(m.get('last_heard')))}<td>{_e(', '.join(map(str, caches[:20])))}"
             f"{' …' if len(caches) > 20 else ''}</tr>"
         )
@@ -146,6 +146,11 @@ def _peer(node_id: Any, addresses: dict[Any, Any]) -> str:
         return "-"
     address = addresses.get(node_id)
     return f"{node_id} ({address})" if address else str(node_id)
+
+
+def _known(value: Any) -> Any:
+    """A release or protocol, or "?" for one not known (a peer not yet connected says protocol 0)."""
+    return "?" if value is None else value
 
 
 def _e(value: Any) -> str:
