@@ -18,7 +18,10 @@ from typing import Any
 
 import pytest
 
+from shoal import __version__
+from shoal.client import query
 from shoal.node import Node
+from shoal.wire import PROTOCOL_VERSION
 from tests.support.cluster import wait_until
 from tests.test_cli import SECRET, Serve, serve  # noqa: F401  (the fixture)
 from tests.test_status import Tables
@@ -101,6 +104,16 @@ def test_chromium_shows_every_member_and_cache_on_each_members_status_page(
         shown = dict(zip(dom.column("members", "address"), dom.column("members", "state"), strict=True))
         assert shown == {a: ("self" if a == address else "up") for a in addresses}
         assert dom.column("members", "id")[0] == ident  # its own row first
+        # release and protocol as the member reports them (a "?" where it does not know them)
+        told = {m["address"]: m for m in query(address, SECRET, "members")["members"]}
+        expected = [
+            (
+                str(told[a].get("version") or (__version__ if a == address else "?")),
+                str(told[a].get("protocol") or (PROTOCOL_VERSION if a == address else "?")),
+            )
+            for a in dom.column("members", "address")
+        ]
+        assert list(zip(dom.column("members", "release"), dom.column("members", "protocol"), strict=True)) == expected
         table = dom.tables["caches"]
         assert sorted(dom.column("caches", "cache")) == sorted(CACHES)
         users = dict(zip(table[0], next(row for row in table[1:] if row[0] == "users"), strict=True))
