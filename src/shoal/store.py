@@ -210,7 +210,8 @@ class Store:
         A figure for the operator at a bounded cost per call (a status page or a scrape must
         not walk a million entries), not an account: entries much larger or smaller than the
         sampled ones skew it. ``list(islice(...))`` takes the sample in one C call, so a writer
-        on another thread cannot change the table in the middle of it.
+        on another thread cannot change the table in the middle of it; it skips the slots of
+        removed entries at the table's front at C speed (2 ms with 999,000 of 1,000,000 removed).
         """
         sample = list(islice(self.data.values(), SIZE_SAMPLE))
         if not sample:
