@@ -240,6 +240,19 @@ def test_when_the_log_no_longer_reaches_back_a_digest_comparison_repairs_instead
     assert node(sim, b).core.replicator.figures_of("c")["repair_rounds"] >= 1
 
 
+def test_a_repair_round_records_when_it_opened_and_with_which_peer_for_the_status_page() -> None:
+    sim = Sim(seed=23)
+    a, b = (member(sim, seeds=("sim:1", "sim:2"), interval=1.0) for _ in range(2))
+    assert sim.run_until(lambda: node(sim, a).core.ready and node(sim, b).core.ready, 10)
+    figures = node(sim, a).core.figures("c")
+    assert figures["last_repair_at"] is None and figures["last_repair_peer"] is None  # no round yet
+    before = sim.now
+    assert sim.run_until(lambda: node(sim, a).core.figures("c")["repair_rounds"] >= 1, 10)
+    figures = node(sim, a).core.figures("c")
+    assert before < figures["last_repair_at"] <= sim.now  # type: ignore[operator]
+    assert figures["last_repair_peer"] == f"{b:016x}"
+
+
 def dump_requests(core: Dispatcher, peer: int, count: int, first: int = 0) -> list[Any]:
     actions: list[Any] = []
     for stream in range(first, first + count):

@@ -120,6 +120,29 @@ def test_without_prometheus_client_metrics_answer_501_and_the_probes_still_work(
     assert ready[0] == 200
 
 
+def test_the_status_page_at_root_is_html_that_may_load_nothing_and_names_the_members_caches() -> None:
+    async def main() -> tuple[str, str, str, str]:
+        async with Node() as node:
+            node.cache("users").set("a", 1)
+            assert await node.ready(timeout=10)
+            server = await httpd.serve(node, "127.0.0.1:0")
+            address = httpd.bound_address(server)
+            try:
+                response = await asyncio.to_thread(urllib.request.urlopen, f"http://{address}/", timeout=10)
+                with response:
+                    headers, body = response.headers, response.read().decode()
+                return headers["Content-Type"], headers["Content-Security-Policy"], body, node.address
+            finally:
+                server.close()
+                await server.wait_closed()
+
+    kind, policy, body, node_address = asyncio.run(main())
+    assert kind == "text/html; charset=utf-8"
+    assert policy == "default-src 'none'; style-src 'unsafe-inline'"  # no script, nothing fetched
+    assert body.startswith("<!DOCTYPE html>")
+    assert "<b>users</b>" in body and node_address in body
+
+
 def test_unknown_paths_other_methods_and_garbage_get_4xx_and_the_server_keeps_answering() -> None:
     async def main() -> tuple[int, int, bytes, bytes, tuple[int, str, str]]:
         async with Node() as node:

@@ -13,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families  # noqa: E40
 
 import shoal  # noqa: E402
 from shoal.contrib.prometheus import ShoalCollector, register  # noqa: E402
+from shoal.store import ENTRY_BYTES  # noqa: E402
 from tests.support.cluster import wait_until  # noqa: E402
 
 NODE_METRICS = {
@@ -24,6 +25,7 @@ NODE_METRICS = {
     "shoal_cache_expirations_total",
     "shoal_cache_entries",
     "shoal_cache_tombstones",
+    "shoal_cache_approx_bytes",
     "shoal_cache_loads_total",
     "shoal_cache_load_errors_total",
     "shoal_replication_ops_sent_total",
@@ -94,6 +96,7 @@ def test_a_bare_cache_exports_its_cache_figures_only() -> None:
     assert samples[("shoal_cache_loads_total", "local")] == 1
     assert samples[("shoal_cache_load_errors_total", "local")] == 0
     assert samples[("shoal_cache_entries", "local")] == 2
+    assert samples[("shoal_cache_approx_bytes", "local")] > 2 * ENTRY_BYTES  # two entries, their keys and values
     assert not any(name.startswith(("shoal_replication", "shoal_ready")) for name, _ in samples)
 
 

@@ -637,3 +637,35 @@ def test_a_store_with_few_tombstones_never_holds_a_key_the_unbounded_store_delet
             held = bounded.live(k, now)
             model = unbounded.live(k, now)
             assert held is None or (model is not None and (held.value, held.version) == (model.value, model.version))
+
+
+def _traced_bytes_of_writes(store: Store, items: list[tuple[str, Any]]) -> int:
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i, (key, value) in enumerate(items):
+            store.write(key, value, 1e12 + i // 1000, (1 << 80) + i, 0.0)
+        return tracemalloc.get_traced_memory()[0] - before + sum(sys.getsizeof(k) for k, _ in items)
+    finally:
+        tracemalloc.stop()
+
+
+def test_approx_bytes_of_string_entries_is_within_a_fifth_of_what_tracemalloc_measures() -> None:
+    store = Store()
+    assert store.approx_bytes() == 0
+    items = [(f"user:{i:08d}", f"acct-{i:010d}") for i in range(20_000)]
+    measured = _traced_bytes_of_writes(store, items) + sum(sys.getsizeof(v) for _, v in items)
+    assert 0.8 * measured < store.approx_bytes() < 1.2 * measured
+
+
+def test_approx_bytes_counts_what_a_value_holds_but_walks_a_bounded_part_of_it() -> None:
+    small, nested = Store(), Store()
+    small.write("k", [1], NEVER, 1, 0.0)
+    nested.write("k", [["x" * 1000] * 3], NEVER, 1, 0.0)
+    assert nested.approx_bytes() > small.approx_bytes() + 3000  # the strings inside the inner list
+    huge = Store()
+    huge.write("k", [[i] for i in range(100_000)], NEVER, 1, 0.0)
+    # the outer list's pointers and 64 of the million inner objects, not all of them
+    assert huge.approx_bytes() < sys.getsizeof(huge.data["k"].value) + 64 * 100 + 10_000

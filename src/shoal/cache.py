@@ -369,6 +369,7 @@ class Cache:
             "evictions": store.evictions,
             "expirations": store.expirations,
             "entries": len(store.data),
+            "approx_bytes": store.approx_bytes(),
             "tombstones": len(store.tombstones),
             "loads": self._loads,
             "load_errors": self._load_errors,

@@ -193,7 +193,10 @@ def _add_secret(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="shoal", description="A replicated in-memory cache for Python services.")
+    parser.add_argument("--version", action="version", version=f"shoal {__version__}")
     parser.add_argument("--log-level", default=_env("SHOAL_LOG_LEVEL", "WARNING"))
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -229,7 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--http",
         default=_env("SHOAL_HTTP"),
-        help="host:port for /metrics, /ready and /live (Kubernetes httpGet probes) [SHOAL_HTTP]",
+        help="host:port for the status page at /, /metrics, and /ready and /live (Kubernetes httpGet probes) "
+        "[SHOAL_HTTP]",
     )
     serve.add_argument("--failure-timeout", type=float, default=float(_env("SHOAL_FAILURE_TIMEOUT", "5") or 5))
     serve.add_argument("--ready-timeout", type=float, default=60.0)

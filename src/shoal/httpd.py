@@ -1,4 +1,4 @@
-"""The operator's HTTP endpoints: ``/metrics``, ``/ready`` and ``/live`` for Kubernetes probes.
+"""The operator's HTTP endpoints: a status page, ``/metrics``, and ``/ready`` and ``/live`` for Kubernetes probes.
 
     server = await httpd.serve(node, "0.0.0.0:9100")   # on the node's own loop
     ...
@@ -9,6 +9,8 @@ the proof that the loop still turns (a loop stuck in a handler or a GC storm
 answers nothing, and the kubelet restarts the pod), and every figure is read
 where it is kept, without locks.
 
+- ``/``: the status page (``status.py``): members, and per cache its figures, in plain
+  HTML that reloads itself every few seconds.
 - ``/live``: 200 whenever the loop answers.
 - ``/ready``: 200 once every hosted cache finished its warm boot
   (``Node.wait_ready``), 503 until then, for an ``httpGet`` readiness probe.
@@ -18,7 +20,7 @@ where it is kept, without locks.
   what a pod cannot run without) and ``/metrics`` answers 501 saying what to
   install, rather than a hand-written copy of the exposition format.
 
-Only GET and HEAD of those three paths; the request line and headers are bounded
+Only GET and HEAD of those four paths; the request line and headers are bounded
 in size and must arrive within ``REQUEST_TIMEOUT``, headers are read and ignored,
 one request per connection. At most ``MAX_CONNECTIONS`` are open at once; a new
 one past that closes the oldest that has not sent its request yet, so connections
@@ -32,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
@@ -57,6 +60,10 @@ _REASONS = {
     503: "Service Unavailable",
 }
 _TEXT = "text/plain; charset=utf-8"
+_HTML = "text/html; charset=utf-8"
+# The status page needs nothing but itself and its inline style: a name that got past the
+# escaping still could not run a script or load anything.
+_HTML_HEADERS = "Content-Security-Policy: default-src 'none'; style-src 'unsafe-inline'\r\n"
 
 Page = tuple[int, str, bytes]
 
@@ -84,7 +91,13 @@ def _pages(node: Node) -> dict[str, Callable[[], Page]]:
             return 200, _TEXT, b"ready\n"
         return 503, _TEXT, b"warming\n"
 
+    def status_page() -> Page:
+        from . import status
+
+        return 200, _HTML, status.render(node.stats(), node.members(), wall=time.time(), rss=status.rss_bytes())
+
     return {
+        "/": status_page,
         "/live": lambda: (200, _TEXT, b"live\n"),
         "/ready": ready,
         "/metrics": _metrics_page(node),
@@ -140,14 +153,14 @@ def _handler(node: Node) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter
                 method, path = request
                 page = pages.get(path)
                 if page is None:
-                    status, kind, body = 404, _TEXT, b"not found: try /metrics, /ready or /live\n"
+                    status, kind, body = 404, _TEXT, b"not found: try /, /metrics, /ready or /live\n"
                 elif method not in ("GET", "HEAD"):
                     status, kind, body = 405, _TEXT, b"GET or HEAD only\n"
                 else:
                     status, kind, body = page()
             head = (
                 f"HTTP/1.1 {status} {_REASONS[status]}\r\nContent-Type: {kind}\r\n"
-                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n{_HTML_HEADERS if kind == _HTML else ''}\r\n"
             )
             writer.write(head.encode("latin-1") + (b"" if method == "HEAD" else body))
             await asyncio.wait_for(writer.drain(), READ_TIMEOUT)

@@ -289,6 +289,8 @@ def new_figures() -> dict[str, Any]:
         "ops_duplicate": 0,
         "repair_rounds": 0,
         "keys_repaired": 0,
+        "last_repair_at": None,  # wall seconds when the last repair round opened, and with whom
+        "last_repair_peer": None,
         "catchup_ops_sent": 0,
         "catchups_incomplete": 0,
         "last_lag_ms": None,
@@ -840,7 +842,9 @@ class Replicator:
             self.needs_repair.discard(peer)
             self._round += 1
             self._opened.append(self._round)
-            self.figures_of(name)["repair_rounds"] += 1
+            figures = self.figures_of(name)
+            figures["repair_rounds"] += 1
+            figures["last_repair_at"], figures["last_repair_peer"] = wall, f"{peer:016x}"
             scan = _Scan(name, peer, self._round, "digest", replica.entries(), settled_ms=settled_ms(wall))
             self._scans.append(scan)
 

@@ -48,8 +48,9 @@ from __future__ import annotations
 import heapq
 import math
 from collections import OrderedDict, deque
-from itertools import compress, repeat
+from itertools import chain, compress, islice, repeat
 from operator import and_, is_, not_
+from sys import getsizeof
 from typing import Any
 
 from .eviction import S3FIFO, Policy
@@ -67,6 +68,12 @@ TOMBSTONE_BYTES = 32 * 1024 * 1024
 """Bytes of tombstones per cache, each counted as its key's length plus ``TOMBSTONE_OVERHEAD``."""
 TOMBSTONE_OVERHEAD = 250  # a dict slot, the version, the queue's record: what a tombstone costs past its key
 FLOOR_SLOTS = 4096  # a power of two
+
+ENTRY_BYTES = 170
+"""What an entry costs past its key and value objects: the entry, its version, a table slot and
+its wheel reference (tracemalloc over 100,000 writes; an eviction queue slot adds about 8)."""
+SIZE_SAMPLE = 32  # entries looked at by ``approx_bytes``
+VALUE_WALK = 64  # objects of one value looked at by ``approx_bytes``
 
 # The kinds of mutation a store applies, as they travel between members.
 WRITE, DELETE, CLEAR = 0, 1, 2
@@ -196,6 +203,21 @@ class Store:
     def entries(self) -> list[Entry]:
         """A cheap snapshot (references, no copies) of the current entries."""
         return list(self.data.values())
+
+    def approx_bytes(self) -> int:
+        """Memory the entries hold, estimated from the oldest ``SIZE_SAMPLE`` of them.
+
+        A figure for the operator at a bounded cost per call (a status page or a scrape must
+        not walk a million entries), not an account: entries much larger or smaller than the
+        sampled ones skew it. ``list(islice(...))`` takes the sample in one C call, so a writer
+        on another thread cannot change the table in the middle of it; it skips the slots of
+        removed entries at the table's front at C speed (2 ms with 999,000 of 1,000,000 removed).
+        """
+        sample = list(islice(self.data.values(), SIZE_SAMPLE))
+        if not sample:
+            return 0
+        per_entry = sum(getsizeof(e.key) + _value_bytes(e.value) for e in sample) / len(sample)
+        return int(len(self.data) * (ENTRY_BYTES + per_entry))
 
     # -- writing ---------------------------------------------------------------
 
@@ -493,6 +515,20 @@ class Store:
         if len(self.evicted) > self.max_entries:  # type: ignore[operator]
             self.evicted.popitem(last=False)
         self.evictions += 1
+
+
+def _value_bytes(value: Any) -> int:
+    """``getsizeof`` of a value and what it holds, the first ``VALUE_WALK`` objects of it."""
+    total, todo, seen = 0, [value], 0
+    while todo and seen < VALUE_WALK:
+        item = todo.pop()
+        seen += 1
+        total += getsizeof(item)
+        if isinstance(item, dict):
+            todo.extend(islice(chain.from_iterable(item.items()), VALUE_WALK))
+        elif isinstance(item, (list, tuple)):
+            todo.extend(islice(item, VALUE_WALK))
+    return total
 
 
 def _tomb_cost(key: Key) -> int:

@@ -10,9 +10,11 @@ A bare ``Cache`` (no node) has only the ``shoal_cache_*`` families.
 Counters (``_total``): ``shoal_cache_{hits,misses,sets,deletes,evictions,expirations,loads,load_errors}``,
 ``shoal_replication_ops_{sent,received,applied,ignored,dropped}``, ``shoal_repair_rounds``,
 ``shoal_repair_keys``. Gauges: ``shoal_cache_entries``, ``shoal_cache_tombstones``,
-``shoal_replication_queue_depth``, ``shoal_replication_lag_ms`` (of the last batch applied;
-absent until one is), ``shoal_members_up`` (up peers hosting the cache), ``shoal_warm_boot_seconds``,
-``shoal_warm_boot_entries``, ``shoal_ready`` (1 once the cache's warm boot is over). Member-wide,
+``shoal_cache_approx_bytes`` (estimated from a sample of entries), ``shoal_replication_queue_depth``,
+``shoal_replication_lag_ms`` (of the last batch applied; absent until one is),
+``shoal_repair_last_timestamp_seconds`` (when the last repair round opened; absent until one did),
+``shoal_members_up`` (up peers hosting the cache), ``shoal_warm_boot_seconds``, ``shoal_warm_boot_entries``,
+``shoal_ready`` (1 once the cache's warm boot is over). Member-wide,
 cluster single flight: ``shoal_{leases_granted,lease_waits,leases_handed_over,lease_owner_fallbacks}_total``
 and the gauge ``shoal_leases_held``.
 """
@@ -44,6 +46,7 @@ _CACHE_COUNTERS = [
 _CACHE_GAUGES = [
     ("shoal_cache_entries", "entries", "Entries held (expired ones not yet swept included)."),
     ("shoal_cache_tombstones", "tombstones", "Tombstones kept so older writes cannot resurrect deleted keys."),
+    ("shoal_cache_approx_bytes", "approx_bytes", "Memory the entries hold, estimated from a sample of them."),
 ]
 _REPLICATION_COUNTERS = [
     ("shoal_replication_ops_sent", "ops_sent", "Ops sent to peers (one per op per peer)."),
@@ -96,6 +99,13 @@ def _node_families(caches: dict[str, dict[str, Any]], members: list[dict[str, An
         "Milliseconds from a write to its apply here, for the last batch received.",
         caches,
         "last_lag_ms",
+    )
+    yield _family(
+        GaugeMetricFamily,
+        "shoal_repair_last_timestamp_seconds",
+        "Unix time the last anti-entropy round opened.",
+        caches,
+        "last_repair_at",
     )
 
     up = [m for m in members if m["state"] == "up"]
