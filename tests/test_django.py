@@ -349,10 +349,25 @@ def test_bad_configuration_is_refused() -> None:
         _backend(cache="badser", serializer="os.path.join").get("k")
 
 
-def test_a_port_range_takes_the_first_free_port() -> None:
-    with socket.socket() as taken:
+def _taken_port_before_a_free_one() -> socket.socket:
+    """A listening socket on a port whose successor was free a moment ago (other processes
+    on the host take ports too: a port picked blindly had a taken successor under load)."""
+    for _ in range(50):
+        taken = socket.socket()
         taken.bind(("127.0.0.1", 0))
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", taken.getsockname()[1] + 1))
+            except OSError:
+                taken.close()
+                continue
         taken.listen()
+        return taken
+    raise AssertionError("no port with a free successor in 50 tries")
+
+
+def test_a_port_range_takes_the_first_free_port() -> None:
+    with _taken_port_before_a_free_one() as taken:
         port = taken.getsockname()[1]
         location = f"127.0.0.1:{port}-{port + 1}"
         cache = _backend(location)
