@@ -54,7 +54,7 @@ from redis.cluster import RedisCluster
 from redis.retry import Retry
 
 from .errors import BackingError
-from .singleflight import Cluster
+from .singleflight import VALUE, Cluster
 from .store import Key
 
 __all__ = ["Backing", "connect"]
@@ -100,7 +100,7 @@ class Backing:
         self._lock = threading.Lock()
         self._trackers: dict[str, _Tracker] = {}
         self._awaiting: dict[str, int] = {}  # key -> announcements heard while another member loads it
-        self._lost = True  # until every primary is tracked: what arrives before cannot be vouched for
+        self._lost = False  # a tracker went down (or never came up) since all were last up
         self._closed = threading.Event()
         self.reads = self.hits = self.writes = self.errors = self.invalidations = self.resets = 0
 
@@ -197,6 +197,11 @@ class Backing:
         """``cluster`` with this tier told which keys wait on another member's load (see the docstring)."""
         return _Awaiting(cluster, self._awaiting)
 
+    def settled(self, key: Key) -> None:
+        """A fetch of key ended on this member: it waits for no one's value any more."""
+        if isinstance(key, str):
+            self._awaiting.pop(key, None)
+
     # -- tracking (listener threads) -----------------------------------------------------
 
     def start(self) -> None:
@@ -206,6 +211,9 @@ class Backing:
             tracker.start()
         for tracker in self._trackers.values():
             tracker.established.wait(CONNECT_TIMEOUT)
+        with self._lock:
+            if not self.vouched:  # what peers send before tracking starts cannot be vouched for
+                self._lost = True
 
     def _primaries(self) -> list[tuple[str, redis.ConnectionPool]]:
         if not self._cluster:
@@ -402,11 +410,18 @@ class _Awaiting:
         return self._cluster.on_loop()
 
     def ask(self, cache: str, key: Key) -> Future[str]:
+        """Until the fetch ends (``Backing.settled``): told VALUE, the value may still be on its way,
+        after the holder's announcement; told to load, this member reads for itself and is not waiting."""
         awaiting = self._awaiting
         if isinstance(key, str):
-            awaiting[key] = 0
+            awaiting.setdefault(key, 0)
         answer = self._cluster.ask(cache, key)
-        answer.add_done_callback(lambda _: awaiting.pop(key, None))  # type: ignore[arg-type]
+
+        def answered(done: Future[str]) -> None:
+            if done.exception() is not None or done.result() != VALUE:
+                awaiting.pop(key, None)  # type: ignore[arg-type]
+
+        answer.add_done_callback(answered)
         return answer
 
     def report(self, cache: str, key: Key, error: BaseException | None = None) -> None:

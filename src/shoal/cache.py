@@ -298,7 +298,8 @@ class Cache:
         other members wait for the value to replicate, and a loader that raised there
         raises ``errors.LoaderError`` here (its type name and text).
         """
-        value = self.get(key, _MISSING)
+        # with a backing store, a local miss is read from it once for the cluster, by the flight
+        value = self.get(key, _MISSING) if self._backing is None else self._held(key)
         if value is not _MISSING:
             return value
         flight, leader = self._flights.join(key)
@@ -313,6 +314,9 @@ class Cache:
             self._load_errors += 1
             self._flights.land(key, flight, error=exc)
             raise
+        finally:
+            if self._backing is not None:
+                self._backing.settled(key)
         self._flights.land(key, flight, value)
         return value
 
@@ -320,7 +324,8 @@ class Cache:
         """``fetch`` for asyncio: an async loader is awaited, a sync one runs off the loop."""
         import asyncio  # here, not at the top: a local Cache loads no asyncio
 
-        value = self.get(key, _MISSING)
+        # with a backing store, a local miss is read from it once for the cluster, by the flight
+        value = self.get(key, _MISSING) if self._backing is None else self._held(key)
         if value is not _MISSING:
             return value
         flight, leader = self._flights.join(key)
@@ -338,6 +343,9 @@ class Cache:
             self._load_errors += 1
             self._flights.land(key, flight, error=exc)
             raise
+        finally:
+            if self._backing is not None:
+                self._backing.settled(key)
         self._flights.land(key, flight, value)
         return value
 
@@ -369,6 +377,14 @@ class Cache:
         self._backing = backing
         if self._cluster is not None:
             self._cluster = backing.awaiting(self._cluster)
+
+    def _held(self, key: Key) -> Any:
+        """``get`` of the local copy only: a hit, or a miss counted and MISSING."""
+        value = self._peek(key)
+        if value is _MISSING:
+            self._misses += 1
+            return value
+        return self.get(key, _MISSING)
 
     def _read_through(self, key: Key, default: Any) -> Any:
         backing = self._backing
@@ -455,13 +471,13 @@ class Cache:
 
     def _invalidated(self, key: str) -> None:
         """The backing store announced a change of key: drop it here only (every member hears it)."""
-        with self._lock:
-            self._store.delete(key, self._clock.stamp(), self._wall())
+        with self._lock:  # past this millisecond: outranks a copy any member read before the change
+            self._store.delete(key, self._clock.stamp_past(), self._wall())
 
     def _untrusted(self) -> None:
         """Announcements may have been lost: drop the whole local copy, here only."""
         with self._lock:
-            self._store.clear(self._clock.stamp())
+            self._store.clear(self._clock.stamp_past())
 
     def memoize(self, ttl: TTL = DEFAULT, key: Callable[..., Key] | None = None) -> Callable[[F], F]:
         """Cache a function's results through ``fetch`` (``afetch`` for async functions).
