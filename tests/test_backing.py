@@ -482,3 +482,59 @@ def test_in_a_redis_cluster_a_write_on_any_primary_and_a_migrated_key_are_invali
     assert [c.get(keys[0]) for c in caches] == ["moved", "moved"]
     caches[0].set(keys[0], "ours")  # a write to the key's new primary
     assert target.client().get(name) == msgpack.packb("ours")
+
+
+# -- the asyncio API and the figures ------------------------------------------------------------
+
+
+def test_the_async_api_of_a_backed_cache_reaches_redis_off_the_event_loop(server: RedisServer) -> None:
+    import asyncio
+
+    node = Node()
+    cache = node.cache("acc", backing=url(server))
+    backing = cache._backing
+    assert backing is not None
+    threads: list[threading.Thread] = []
+    for name in ("read", "write", "delete"):
+        command = getattr(backing, name)
+
+        def recorded(*args: Any, command: Callable[..., Any] = command) -> Any:
+            threads.append(threading.current_thread())
+            return command(*args)
+
+        setattr(backing, name, recorded)
+
+    async def load(key: str) -> str:
+        return f"loaded {key}"
+
+    async def main() -> tuple[threading.Thread, list[Any]]:
+        async with node:
+            loop_thread = threading.current_thread()
+            await cache.aset("k", 1)
+            got = [await cache.aget("absent"), await cache.afetch("new", load), await cache.adelete("k")]
+            return loop_thread, got
+
+    loop_thread, got = asyncio.run(main())
+    assert got == [None, "loaded new", True]
+    assert len(threads) == 5 and loop_thread not in threads  # set, get, fetch's read and write, delete
+
+
+def test_node_stats_and_prometheus_show_backing_reads_errors_invalidations_and_resets(
+    server: RedisServer, members: Callable[..., list[tuple[Node, Cache]]]
+) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from shoal.contrib.prometheus import register
+
+    ((node, cache),) = members(url(server), 1)
+    server.client().set(f"{PREFIX}k", msgpack.packb(1))
+    wait_until(lambda: cache.stats()["invalidations"] == 1, 10, what="the announcement")
+    assert cache.get("k") == 1
+    figures = node.stats()["caches"]["acc"]
+    assert figures["backing_reads"] == 1 and figures["backing_hits"] == 1 and figures["tracking"] is True
+    registry = CollectorRegistry()
+    register(node, registry)
+    text = generate_latest(registry).decode()
+    assert 'shoal_backing_reads_total{cache="acc"} 1.0' in text
+    assert 'shoal_backing_invalidations_total{cache="acc"} 1.0' in text
+    assert 'shoal_backing_tracking_resets_total{cache="acc"} 0.0' in text
