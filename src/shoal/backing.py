@@ -81,7 +81,7 @@ def connect(target: Any, prefix: str, on_key: Callable[[str], None], on_reset: C
     else:
         kind = type(target).__name__
         raise TypeError(f"backing is a redis:// or redis+cluster:// URL or a redis-py client, not {kind}")
-    tier = Backing(client, prefix, on_key, on_reset)
+    tier = Backing(client, prefix, on_key, on_reset, owns_client=isinstance(target, str))
     tier.start()
     return tier
 
@@ -89,7 +89,14 @@ def connect(target: Any, prefix: str, on_key: Callable[[str], None], on_reset: C
 class Backing:
     """One cache's way to its backing store: key mapping, reads, writes, and the tracking of every primary."""
 
-    def __init__(self, client: Any, prefix: str, on_key: Callable[[str], None], on_reset: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        client: Any,
+        prefix: str,
+        on_key: Callable[[str], None],
+        on_reset: Callable[[], None],
+        owns_client: bool = False,
+    ) -> None:
         if not prefix:
             raise ValueError("a backing prefix must not be empty (tracking would announce every key of the store)")
         self.client = client
@@ -101,7 +108,8 @@ class Backing:
         self._trackers: dict[str, _Tracker] = {}
         self._awaiting: dict[str, int] = {}  # key -> announcements heard while another member loads it
         self._lost = False  # a tracker went down (or never came up) since all were last up
-        self._closed = threading.Event()
+        self._owns_client = owns_client  # made from a URL: closed with the cache; a caller's client is theirs
+        self._counted = threading.Lock()  # figures counted from application and listener threads
         self.reads = self.hits = self.writes = self.errors = self.invalidations = self.resets = 0
 
     # -- keys ----------------------------------------------------------------------
@@ -130,10 +138,12 @@ class Backing:
             packed, left = pipe.execute()
         except redis.RedisError as exc:
             raise self._failed("read", exc) from exc
-        self.reads += 1
-        if packed is None or left == -2:
+        found = packed is not None and left != -2
+        with self._counted:
+            self.reads += 1
+            self.hits += found
+        if not found:
             return None
-        self.hits += 1
         return packed, None if left < 0 else left / 1000.0
 
     def write(self, key: Key, packed: bytes, ttl: float | None) -> None:
@@ -173,7 +183,8 @@ class Backing:
         except redis.RedisError as exc:
             raise self._failed(what, exc) from exc
         if what != "read":
-            self.writes += 1
+            with self._counted:
+                self.writes += 1
         return reply
 
     def _tracker_for(self, name: bytes) -> _Tracker | None:
@@ -188,7 +199,8 @@ class Backing:
         return tracker if tracker is not None and tracker.up else None
 
     def _failed(self, what: str, exc: Exception) -> BackingError:
-        self.errors += 1
+        with self._counted:
+            self.errors += 1
         return BackingError(f"the backing store could not {what} ({type(exc).__name__}); the local copy is unchanged")
 
     # -- a cluster fetch waiting on another member's load ------------------------------
@@ -229,14 +241,16 @@ class Backing:
     def announced(self, names: list[bytes] | None) -> None:
         """Keys changed in the store (None: all of them, a FLUSHALL): drop them here."""
         if names is None:
-            self.invalidations += 1
+            with self._counted:
+                self.invalidations += 1
             self._on_reset()
             return
         prefix, cut = self.prefix, len(self.prefix)
         for name in names:
             if not name.startswith(prefix):
                 continue
-            self.invalidations += 1
+            with self._counted:
+                self.invalidations += 1
             try:
                 key = name[cut:].decode()
             except UnicodeDecodeError:
@@ -256,10 +270,9 @@ class Backing:
 
     def tracking_down(self) -> None:
         with self._lock:
-            first = not self._lost
+            if not self._lost:
+                self.resets += 1
             self._lost = True
-        if first:
-            self.resets += 1
         self._on_reset()
 
     def stats(self) -> dict[str, Any]:
@@ -274,15 +287,12 @@ class Backing:
         }
 
     def close(self) -> None:
-        self._closed.set()
         for tracker in self._trackers.values():
             tracker.stop()
         for tracker in self._trackers.values():
             tracker.join(CONNECT_TIMEOUT + SOCKET_TIMEOUT)
-        if isinstance(self.client, RedisCluster):
+        if self._owns_client:
             self.client.close()
-        else:
-            self.client.connection_pool.disconnect()
 
 
 class _Tracker(threading.Thread):
