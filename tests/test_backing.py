@@ -538,3 +538,17 @@ def test_node_stats_and_prometheus_show_backing_reads_errors_invalidations_and_r
     assert 'shoal_backing_reads_total{cache="acc"} 1.0' in text
     assert 'shoal_backing_invalidations_total{cache="acc"} 1.0' in text
     assert 'shoal_backing_tracking_resets_total{cache="acc"} 0.0' in text
+
+
+def test_a_members_write_is_never_shadowed_by_a_copy_a_peer_stamped_later_but_read_before_it(
+    server: RedisServer, members: Callable[..., list[tuple[Node, Cache]]]
+) -> None:
+    ((_, cache),) = members(url(server), 1)
+    # a peer's fill of the old value, replicated here, stamped a little later than our next stamp
+    # (the peer's clock a few milliseconds ahead, within the skew the members allow)
+    ahead = cache._clock.stamp() + (5 << 16 << 64)
+    cache._keep("k", "old", msgpack.packb("old"), time.time() + 60, ahead)
+    assert held(cache, "k") == "old"
+    cache.set("k", "new")
+    assert held(cache, "k") != "old"
+    assert cache.get("k") == "new"

@@ -425,16 +425,20 @@ class Cache:
                 return False
         else:
             backing.write(key, packed, left)
-        self._keep(key, value, packed, expires, version)
+        if not self._keep(key, value, packed, expires, version):
+            # something stamped later is held (a peer's copy read before our write, say): the store
+            # has ours now, and no announcement of it will come here (NOLOOP), so hold nothing
+            self._invalidated(key)
         return True
 
-    def _keep(self, key: Key, value: Any, packed: bytes, expires: float, version: int) -> None:
+    def _keep(self, key: Key, value: Any, packed: bytes, expires: float, version: int) -> bool:
         """Hold and replicate a value at ``version``, unless something newer (an announcement) is held."""
         with self._lock:
             kept = self._store.write(key, value, expires, version, self._wall())
             self._sets += kept
         if kept and self._replicate is not None:
             self._replicate((WRITE, key, packed, expires, version))
+        return kept
 
     def _load_through(self, key: Key, loader: Callable[[Key], Any], ttl: TTL) -> Any:
         """A fetch's load with a backing store: its value if it has one, else the loader's, written to both."""
@@ -469,15 +473,18 @@ class Cache:
         self._write_through(key, value, packed, ttl)
         return value
 
-    def _invalidated(self, key: str) -> None:
+    def _invalidated(self, key: Key) -> None:
         """The backing store announced a change of key: drop it here only (every member hears it)."""
         with self._lock:  # past this millisecond: outranks a copy any member read before the change
-            self._store.delete(key, self._clock.stamp_past(), self._wall())
+            store = self._store
+            store.delete(key, max(self._clock.stamp_past(), store.version_of(key) + 1), self._wall())
 
     def _untrusted(self) -> None:
         """Announcements may have been lost: drop the whole local copy, here only."""
-        with self._lock:
-            self._store.clear(self._clock.stamp_past())
+        with self._lock:  # everything held goes, a copy stamped by a clock running ahead included
+            store = self._store
+            newest = max((entry.version for entry in store.data.values()), default=0)
+            store.clear(max(self._clock.stamp_past(), newest + 1))
 
     def memoize(self, ttl: TTL = DEFAULT, key: Callable[..., Key] | None = None) -> Callable[[F], F]:
         """Cache a function's results through ``fetch`` (``afetch`` for async functions).
