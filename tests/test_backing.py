@@ -398,29 +398,44 @@ def test_a_rolling_restart_of_the_members_keeps_the_local_tier_warm(
 # -- Redis Cluster --------------------------------------------------------------------------
 
 
-@pytest.fixture
-def redis_cluster() -> Iterator[list[RedisServer]]:
+@contextlib.contextmanager
+def _cluster(replicas: int = 0) -> Iterator[list[RedisServer]]:
+    """Three primaries (each with ``replicas`` replicas) made by ``redis-cli --cluster create``."""
     binary = _need_redis()
-    options = ("--cluster-enabled", "yes", "--cluster-node-timeout", "5000")
-    servers = [RedisServer(binary, *options, port=_cluster_port()) for _ in range(3)]
+    options = ("--cluster-enabled", "yes", "--cluster-node-timeout", "1000")
+    servers = [RedisServer(binary, *options, port=_cluster_port()) for _ in range(3 * (1 + replicas))]
     try:
         for s in servers:
             s.client()
         assert CLI is not None
         subprocess.run(
-            [CLI, "--cluster", "create", *(f"127.0.0.1:{s.port}" for s in servers), "--cluster-yes"],
+            [CLI, "--cluster", "create", *(f"127.0.0.1:{s.port}" for s in servers), *_replicas(replicas)],
             check=True,
             capture_output=True,
             timeout=60,
         )
         clients = [s.client() for s in servers]
-        wait_until(
-            lambda: all(b"cluster_state:ok" in c.execute_command("CLUSTER", "INFO") for c in clients), 30, what="ok"
-        )
+        wait_until(lambda: all(_cluster_ok(c) for c in clients), 30, what="the cluster to be ok")
+        synced = lambda c: c.info("replication").get("master_link_status", "up") == "up"  # noqa: E731
+        wait_until(lambda: all(synced(c) for c in clients), 30, what="replicas in sync (else none fails over)")
         yield servers
     finally:
         for s in servers:
             s.stop()
+
+
+def _replicas(count: int) -> list[str]:
+    return ["--cluster-replicas", str(count), "--cluster-yes"]
+
+
+def _cluster_ok(client: Any) -> bool:
+    return b"cluster_state:ok" in client.execute_command("CLUSTER", "INFO")
+
+
+@pytest.fixture
+def redis_cluster() -> Iterator[list[RedisServer]]:
+    with _cluster() as servers:
+        yield servers
 
 
 def _cluster_port() -> int:
@@ -436,16 +451,20 @@ def _cluster_port() -> int:
             return port
 
 
-def _slot_owner(servers: list[RedisServer], name: str) -> tuple[RedisServer, str]:
-    """The primary that serves name's slot, as the first server sees it, and its node id."""
-    client = servers[0].client()
+def _slot_server(servers: list[RedisServer], name: str) -> RedisServer:
+    """The primary that serves name's slot, as the first server still running sees it."""
+    client = next(s for s in servers if s.proc.poll() is None).client()
     slot = client.execute_command("CLUSTER", "KEYSLOT", name)
     for start, end, owner, *_ in client.execute_command("CLUSTER", "SLOTS"):
         if start <= slot <= end:
-            port = int(owner[1])
-            found = next(s for s in servers if s.port == port)
-            return found, found.client().execute_command("CLUSTER", "MYID").decode()
+            return next(s for s in servers if s.port == int(owner[1]))
     raise AssertionError("no owner for the slot")
+
+
+def _slot_owner(servers: list[RedisServer], name: str) -> tuple[RedisServer, str]:
+    """``_slot_server`` and its cluster node id."""
+    found = _slot_server(servers, name)
+    return found, found.client().execute_command("CLUSTER", "MYID").decode()
 
 
 def test_in_a_redis_cluster_a_write_on_any_primary_and_a_migrated_key_are_invalidated(
@@ -552,3 +571,30 @@ def test_a_members_write_is_never_shadowed_by_a_copy_a_peer_stamped_later_but_re
     cache.set("k", "new")
     assert held(cache, "k") != "old"
     assert cache.get("k") == "new"
+
+
+def test_after_a_redis_cluster_failover_the_members_track_the_new_primary_and_its_writes_invalidate(
+    members: Callable[..., list[tuple[Node, Cache]]],
+) -> None:
+    with _cluster(replicas=1) as servers:
+        primary = next(s for s in servers if s.client().info("replication")["role"] == "master")
+        caches = [c for _, c in members(f"redis+cluster://127.0.0.1:{primary.port}", 2)]
+        key = next(f"k{i}" for i in range(1000) if _slot_server(servers, f"{PREFIX}k{i}") is primary)
+        caches[0].set(key, "old")
+        read_back(caches, key, "old")
+        primary.proc.kill()  # its replica takes over its slots
+        primary.proc.wait()
+        alive = [s for s in servers if s is not primary]
+        wait_until(
+            lambda: _slot_server(servers, f"{PREFIX}{key}") is not primary and _cluster_ok(alive[0].client()),
+            30,
+            what="the failover",
+        )
+        wait_until(lambda: all(c.stats()["tracking_resets"] >= 1 for c in caches), 30, what="every member reset")
+        assert not any(key in c for c in caches)
+        wait_until(lambda: all(c.stats()["tracking"] for c in caches), 30, what="the new primary tracked")
+        read_back(caches, key, "old")  # the replica had it
+        new_primary = _slot_server(alive, f"{PREFIX}{key}")
+        new_primary.client().set(f"{PREFIX}{key}", msgpack.packb("new"))
+        wait_gone(caches, key, 5)
+        assert [c.get(key) for c in caches] == ["new", "new"]

@@ -110,6 +110,7 @@ class Backing:
         self._lost = False  # a tracker went down (or never came up) since all were last up
         self._owns_client = owns_client  # made from a URL: closed with the cache; a caller's client is theirs
         self._counted = threading.Lock()  # figures counted from application and listener threads
+        self._closing = False
         self.reads = self.hits = self.writes = self.errors = self.invalidations = self.resets = 0
 
     # -- keys ----------------------------------------------------------------------
@@ -217,8 +218,7 @@ class Backing:
     # -- tracking (listener threads) -----------------------------------------------------
 
     def start(self) -> None:
-        for name, pool in self._primaries():
-            self._trackers[name] = _Tracker(self, name, pool)
+        self._trackers = {name: _Tracker(self, name, pool) for name, pool in self._primaries()}
         for tracker in self._trackers.values():
             tracker.start()
         for tracker in self._trackers.values():
@@ -226,6 +226,30 @@ class Backing:
         with self._lock:
             if not self.vouched:  # what peers send before tracking starts cannot be vouched for
                 self._lost = True
+
+    def refresh(self) -> None:
+        """A primary cannot be reached (a cluster failover, a resharding): ask the cluster who the
+        primaries are now, track the new ones, stop tracking the ones that are not any more."""
+        if not self._cluster or self._closing:
+            return
+        with self._lock:
+            try:
+                self.client.nodes_manager.initialize()
+                primaries = dict(self._primaries())
+            except (redis.RedisError, BackingError):
+                return
+            old = self._trackers
+            if set(primaries) == set(old):
+                return
+            kept = {name: tracker for name, tracker in old.items() if name in primaries}
+            new = {name: _Tracker(self, name, pool) for name, pool in primaries.items() if name not in old}
+            self._trackers = {**kept, **new}  # replaced whole: readers iterate it without the lock
+            self._lost = True  # keys that moved were announced where no one listened
+        for name, tracker in old.items():
+            if name not in primaries:
+                tracker.stop()
+        for tracker in new.values():
+            tracker.start()
 
     def _primaries(self) -> list[tuple[str, redis.ConnectionPool]]:
         if not self._cluster:
@@ -287,6 +311,7 @@ class Backing:
         }
 
     def close(self) -> None:
+        self._closing = True
         for tracker in self._trackers.values():
             tracker.stop()
         for tracker in self._trackers.values():
@@ -338,6 +363,8 @@ class _Tracker(threading.Thread):
                 self._down()
             if self._stopping.wait(wait):
                 break
+            if wait >= RETRY_MAX / 4:  # a few attempts failed: is this still a primary?
+                self._tier.refresh()
             wait = min(wait * 2, RETRY_MAX)
 
     def _establish(self) -> None:
