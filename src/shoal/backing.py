@@ -35,7 +35,9 @@ KILL``), announcements may have been lost: the member drops its whole local tier
 (``tracking_resets``), reads through without keeping values until it is tracking
 again, and drops the tier once more then (what peers sent meanwhile, it could not
 vouch for). A tracker is checked with PING every ``HEALTH_INTERVAL``, so one that
-died silently is noticed within that. Blocking redis-py calls run on the caller's
+died silently is noticed within that. In a Redis Cluster, a primary that cannot be
+reached for a few attempts makes the member ask the cluster for its primaries again (a
+failover, a new node) and track the new ones. Blocking redis-py calls run on the caller's
 thread (the cache API is called from application threads; ``aget`` and friends move
 them off the loop) and on one listener thread per primary, never on the node's loop.
 """
