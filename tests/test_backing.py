@@ -598,3 +598,21 @@ def test_after_a_redis_cluster_failover_the_members_track_the_new_primary_and_it
         new_primary.client().set(f"{PREFIX}{key}", msgpack.packb("new"))
         wait_gone(caches, key, 5)
         assert [c.get(key) for c in caches] == ["new", "new"]
+
+
+def test_a_backing_store_that_cannot_be_reached_is_a_backing_error_at_first_use_not_a_hang() -> None:
+    _need_redis()
+    port = free_port()  # nothing listens there
+    with pytest.raises(BackingError, match="Cluster could not be reached"):
+        Node().cache("c", backing=f"redis+cluster://127.0.0.1:{port}")
+    node = Node()
+    try:
+        cache = node.cache("d", backing=f"redis://127.0.0.1:{port}/0")  # tracking keeps trying meanwhile
+        assert cache.stats()["tracking"] is False
+        with pytest.raises(BackingError, match="could not read"):
+            cache.get("k")
+        with pytest.raises(BackingError, match="could not write"):
+            cache.set("k", 1)
+        assert "k" not in cache
+    finally:
+        node.stop()

@@ -53,6 +53,7 @@ from typing import Any
 import redis
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
+from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 
 from .errors import BackingError
@@ -73,7 +74,10 @@ def connect(target: Any, prefix: str, on_key: Callable[[str], None], on_reset: C
     or a redis-py ``Redis``/``RedisCluster`` client; tracking is started and waited for (bounded)."""
     if isinstance(target, str):
         if target.startswith(("redis+cluster://", "rediss+cluster://")):
-            client: Any = RedisCluster.from_url(target.replace("+cluster", "", 1))
+            try:  # it asks a node for the slots at once
+                client: Any = RedisCluster.from_url(target.replace("+cluster", "", 1))
+            except (redis.RedisError, RedisClusterException) as exc:
+                raise BackingError(f"the backing Redis Cluster could not be reached ({type(exc).__name__})") from exc
         else:
             client = redis.Redis.from_url(target)
     elif isinstance(target, (redis.Redis, RedisCluster)):
