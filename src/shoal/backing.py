@@ -23,12 +23,22 @@ writer keeps what it wrote; other members drop the key and read it again when as
 
 Versions decide what an announcement overrides. A fill (a value read from the store)
 is stamped before the read and a write before the store command, and a dropped key
-leaves a tombstone stamped when the announcement arrived; the store rule (newer
-wins) then refuses a value read before a change whose announcement came first, here
-and, within the members' clock skew, on every peer the value replicates to. One
-exception keeps a cluster fetch at one read: a key this member waits for (another
-member holds its load lease) ignores the first announcement, the holder's own write,
-so the value it replicates is kept; a second one drops it.
+leaves a tombstone past the millisecond the announcement arrived in
+(``HybridClock.stamp_past``: above whatever counter another member reached in it);
+the store rule (newer wins) then refuses a value read before a change whose
+announcement came first, here and, within the members' clock skew, on every peer the
+value replicates to. The price: a value read within that millisecond is returned but
+not kept. A writer whose copy is refused (a peer's copy stamped later but read
+earlier is held) drops the key rather than keep the older value. Another member's
+write reaches a peer as a drop: its replicated copy is older than the announcement.
+
+One exception keeps a cluster fetch at one read: while this member waits for a key
+another member loads (``awaiting``, from the ask to the end of the fetch), the first
+announcement of the key is taken for the holder's own write and does not drop the
+value it replicates; a second one does. If the holder read the value from the store
+instead (nothing written, nothing announced), one outside write announced during that
+wait is taken for the holder's and the waiting members keep the value read before it:
+the one known gap, a few milliseconds wide, until the key is written again or expires.
 
 When a listener or tracker connection fails (a restart, a failover, ``CLIENT
 KILL``), announcements may have been lost: the member drops its whole local tier
