@@ -15,6 +15,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from typing import Any
 
 import msgpack
@@ -25,6 +26,7 @@ from bench.harness import RedisServer, free_port
 from shoal import BackingError
 from shoal.cache import Cache
 from shoal.node import Node
+from shoal.singleflight import LOAD, VALUE
 from tests.support.cluster import wait_until
 
 pytestmark = pytest.mark.slow
@@ -616,3 +618,64 @@ def test_a_backing_store_that_cannot_be_reached_is_a_backing_error_at_first_use_
         assert "k" not in cache
     finally:
         node.stop()
+
+
+# -- which announcements a waiting member lets through (no server needed) ---------------------
+
+
+class _Answers:
+    """A singleflight.Cluster whose answers the test gives."""
+
+    limit = 1.0
+
+    def __init__(self) -> None:
+        self.asked: list[Future[str]] = []
+
+    def on_loop(self) -> bool:
+        return False
+
+    def ask(self, cache: str, key: Any) -> Future[str]:
+        self.asked.append(Future())
+        return self.asked[-1]
+
+    def report(self, cache: str, key: Any, error: BaseException | None = None) -> None:
+        pass
+
+    def give_back(self, cache: str, key: Any) -> None:
+        pass
+
+
+def _tier() -> tuple[Any, list[str], _Answers, Any]:
+    from shoal.backing import Backing
+
+    dropped: list[str] = []
+    tier = Backing(redis.Redis(port=1), PREFIX, dropped.append, lambda: dropped.append("*"))  # never connected
+    answers = _Answers()
+    return tier, dropped, answers, tier.awaiting(answers)
+
+
+def test_while_waiting_for_another_members_load_only_the_first_announcement_is_taken_for_its_write() -> None:
+    tier, dropped, answers, cluster = _tier()
+    cluster.ask("acc", "k")
+    answers.asked[-1].set_result(VALUE)  # told it is loaded before the holder's write is announced here
+    tier.announced([f"{PREFIX}k".encode()])
+    assert dropped == []  # the holder's write: its value is on its way here
+    cluster.ask("acc", "k")  # the value had not arrived: it asks again, still the same wait
+    tier.announced([f"{PREFIX}k".encode()])
+    assert dropped == ["k"]  # a second change: whatever arrives for it is dropped
+    tier.settled("k")
+    tier.announced([f"{PREFIX}k".encode()])
+    assert dropped == ["k", "k"]
+
+
+def test_a_member_told_to_load_itself_or_done_waiting_lets_every_announcement_through() -> None:
+    tier, dropped, answers, cluster = _tier()
+    cluster.ask("acc", "a")
+    answers.asked[-1].set_result(LOAD)  # it reads the store itself: its fill is stamped before the read
+    tier.announced([f"{PREFIX}a".encode()])
+    cluster.ask("acc", "b")
+    tier.settled("b")  # the fetch ended (the value came)
+    tier.announced([f"{PREFIX}b".encode(), b"other:b", f"{PREFIX}\xff".encode("latin-1")])
+    tier.announced(None)  # FLUSHALL
+    assert dropped == ["a", "b", "*"]
+    assert tier.stats()["invalidations"] == 4  # a, b, the undecodable name under our prefix, the flush
