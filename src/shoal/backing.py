@@ -432,8 +432,6 @@ class _Tracker(threading.Thread):
                 raise
 
     def _down(self) -> None:
-        if self._stopping.is_set():
-            return  # closing: the node is stopping, nothing to vouch for any more
         with self._lock:
             was_up = self.up or self._tracker is not None
             for connection in (self._tracker, self._listener):
@@ -441,6 +439,8 @@ class _Tracker(threading.Thread):
                     connection.disconnect()
             self._tracker = self._listener = None
             self.up = False
+        if self._stopping.is_set():
+            return  # closing: the node is stopping, nothing to vouch for any more
         if was_up or self.established.is_set():
             self._tier.tracking_down()
 
