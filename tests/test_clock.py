@@ -87,6 +87,25 @@ def test_node_id_breaks_ties_between_writes_stamped_in_the_same_millisecond(fake
     assert (version_node(a), version_node(b)) == (1, 2)
 
 
+def test_a_version_stamped_past_now_outranks_every_version_any_member_stamps_in_this_millisecond(
+    fake_clock: FakeClock,
+) -> None:
+    busy, other = HybridClock(NODE_MASK, wall=fake_clock), HybridClock(1, wall=fake_clock)
+    stamped = [busy.stamp() for _ in range(1000)]  # a member that stamped a lot in this millisecond
+    past = other.stamp_past()
+    assert past > max(stamped)
+    fake_clock.advance(0.001)
+    assert busy.stamp() > past  # the next millisecond outranks it again
+
+
+def test_stamping_past_now_does_not_move_the_clock_ahead(fake_clock: FakeClock) -> None:
+    clock = HybridClock(1, wall=fake_clock)
+    past = clock.stamp_past()
+    later = clock.stamp()
+    assert later < past  # else this member's next reads would outrank the others' announcements
+    assert version_ms(later) == int(fake_clock.now * 1000)
+
+
 @pytest.mark.parametrize("node_id", [-1, NODE_MASK + 1])
 def test_node_id_must_fit_in_64_unsigned_bits(node_id: int) -> None:
     with pytest.raises(ValueError):

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .cache import DEFAULT, Cache
-from .errors import LoaderError, ProtocolError, ShoalError, WeakSecret
+from .errors import BackingError, LoaderError, ProtocolError, ShoalError, WeakSecret
 from .serializer import MsgpackSerializer, Serializer
 
 if TYPE_CHECKING:
@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT",
+    "BackingError",
     "Cache",
     "LoaderError",
     "MsgpackSerializer",

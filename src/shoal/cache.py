@@ -24,11 +24,11 @@ import threading
 import time
 from collections.abc import Callable, Generator, Hashable, Iterable, Iterator, Mapping
 from datetime import timedelta
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from . import singleflight
 from .clock import HybridClock
-from .errors import InvalidEntry
+from .errors import BackingError, InvalidEntry
 from .replica import Op
 from .serializer import MsgpackSerializer, Serializer
 from .singleflight import Cluster, Flights
@@ -42,6 +42,9 @@ from .validation import (
     check_value_size,
     ttl_seconds,
 )
+
+if TYPE_CHECKING:
+    from .backing import Backing
 
 __all__ = ["DEFAULT", "Cache"]
 
@@ -100,6 +103,7 @@ class Cache:
         self._flights = Flights()
         self._replicate: Callable[[Op], None] | None = None
         self._cluster: Cluster | None = None  # a Node's: single flight across members
+        self._backing: Backing | None = None  # a Node's shared tier (backing.py): Redis behind the local copy
         self._hosted = False
         # itertools.count: next() is atomic under the GIL and allocates nothing lasting,
         # so the hit path counts exactly without a lock.
@@ -144,6 +148,8 @@ class Cache:
                 next(self._hits)
                 return entry.value
             self._misses += 1
+        if self._backing is not None:
+            return self._read_through(key, default)
         return default
 
     def get_many(self, keys: Iterable[Key]) -> dict[Key, Any]:
@@ -191,6 +197,9 @@ class Cache:
         packed = self._serializer.dumps(value)
         if type(packed) is not bytes or len(packed) > self.max_value_size:
             check_value_size(packed, self.max_value_size)
+        if self._backing is not None:
+            self._write_through(key, value, packed, ttl)
+            return
         with self._lock:
             now = self._wall()
             if ttl is DEFAULT:
@@ -210,6 +219,8 @@ class Cache:
         _check_key(key)
         packed = self._serializer.dumps(value)
         check_value_size(packed, self.max_value_size)
+        if self._backing is not None:  # absent in the shared store, not just here
+            return self._write_through(key, value, packed, ttl, only_new=True)
         with self._lock:
             now = self._wall()
             if self._store.live(key, now) is not None:
@@ -229,27 +240,38 @@ class Cache:
     def delete(self, key: Key) -> bool:
         """Delete everywhere; True if this member held a live value."""
         _check_key(key)  # the delete travels to every member
+        stored = False
+        if self._backing is not None:
+            with self._lock:
+                version = self._clock.stamp()  # before the store: a change announced after it wins
+            stored = self._backing.delete(key)
         with self._lock:
             now = self._wall()
             removed = self._store.live(key, now) is not None
-            version = self._clock.stamp()
+            if self._backing is None:
+                version = self._clock.stamp()
             self._store.delete(key, version, now)
             if removed:
                 self._deletes += 1
         if self._replicate is not None:
             self._replicate((DELETE, key, None, NEVER, version))
-        return removed
+        return removed or stored
 
     def delete_many(self, keys: Iterable[Key]) -> int:
         return sum(self.delete(key) for key in keys)
 
     def touch(self, key: Key, ttl: TTL = DEFAULT) -> bool:
         """Give a live entry a new expiry, everywhere; False if there is none."""
+        if self._backing is not None:
+            now = self._wall()
+            expires = self._expires(ttl, now)
+            if not self._backing.expire(key, None if expires == NEVER else expires - now):
+                return False
         with self._lock:
             now = self._wall()
             entry = self._store.live(key, now)
             if entry is None:
-                return False
+                return self._backing is not None  # touched in the store, not held here
             value = entry.value
             expires = self._expires(ttl, now)
             version = self._clock.stamp()
@@ -259,7 +281,8 @@ class Cache:
         return True
 
     def clear(self) -> None:
-        """Remove every entry older than now, on every member."""
+        """Remove every entry older than now, on every member (the local tier only: a backing
+        store is shared with others and is not shoal's to empty)."""
         with self._lock:
             version = self._clock.stamp()
             self._store.clear(version)
@@ -275,7 +298,8 @@ class Cache:
         other members wait for the value to replicate, and a loader that raised there
         raises ``errors.LoaderError`` here (its type name and text).
         """
-        value = self.get(key, _MISSING)
+        # with a backing store, a local miss is read from it once for the cluster, by the flight
+        value = self.get(key, _MISSING) if self._backing is None else self._held(key)
         if value is not _MISSING:
             return value
         flight, leader = self._flights.join(key)
@@ -283,12 +307,16 @@ class Cache:
             return flight.result()
         # Waiting on the node's own loop would stop the answer from coming: local only there.
         cluster = self._cluster if self._cluster is not None and not self._cluster.on_loop() else None
+        load = (lambda: loader(key)) if self._backing is None else (lambda: self._load_through(key, loader, ttl))
         try:
-            value = singleflight.run(self._lead(key, ttl, cluster), lambda: loader(key), _limit(cluster))
+            value = singleflight.run(self._lead(key, ttl, cluster), load, _limit(cluster))
         except BaseException as exc:
             self._load_errors += 1
             self._flights.land(key, flight, error=exc)
             raise
+        finally:
+            if self._backing is not None:
+                self._backing.settled(key)
         self._flights.land(key, flight, value)
         return value
 
@@ -296,7 +324,8 @@ class Cache:
         """``fetch`` for asyncio: an async loader is awaited, a sync one runs off the loop."""
         import asyncio  # here, not at the top: a local Cache loads no asyncio
 
-        value = self.get(key, _MISSING)
+        # with a backing store, a local miss is read from it once for the cluster, by the flight
+        value = self.get(key, _MISSING) if self._backing is None else self._held(key)
         if value is not _MISSING:
             return value
         flight, leader = self._flights.join(key)
@@ -304,19 +333,25 @@ class Cache:
             # shield: one waiter's cancellation must not cancel the flight for all.
             return await asyncio.shield(asyncio.wrap_future(flight))
         cluster = self._cluster
+        if self._backing is None:
+            load = lambda: _call_loader(loader, key)  # noqa: E731
+        else:
+            load = lambda: self._aload_through(key, loader, ttl)  # noqa: E731
         try:
-            value = await singleflight.arun(
-                self._lead(key, ttl, cluster), lambda: _call_loader(loader, key), _limit(cluster)
-            )
+            value = await singleflight.arun(self._lead(key, ttl, cluster), load, _limit(cluster))
         except BaseException as exc:
             self._load_errors += 1
             self._flights.land(key, flight, error=exc)
             raise
+        finally:
+            if self._backing is not None:
+                self._backing.settled(key)
         self._flights.land(key, flight, value)
         return value
 
     def _lead(self, key: Key, ttl: TTL, cluster: Cluster | None) -> Generator[singleflight.Step, Any, Any]:
-        store = functools.partial(self._load, key, ttl=ttl)
+        # with a backing store the load step stored the value itself (in both tiers)
+        store = functools.partial(self._load, key, ttl=ttl) if self._backing is None else self._loaded
         return singleflight.lead(self.name, key, functools.partial(self._peek, key), store, cluster)
 
     def _peek(self, key: Key) -> Any:
@@ -330,6 +365,126 @@ class Cache:
         self.set(key, value, ttl)  # an unserializable result fails the load for all
         self._loads += 1
         return value
+
+    def _loaded(self, value: Any) -> Any:
+        self._loads += 1
+        return value
+
+    # -- the shared tier (backing.py): a store behind the local copy ----------------------
+
+    def _attach(self, backing: Backing) -> None:
+        """Put ``backing`` behind this cache (a Node does, before the cache is used)."""
+        self._backing = backing
+        if self._cluster is not None:
+            self._cluster = backing.awaiting(self._cluster)
+
+    def _held(self, key: Key) -> Any:
+        """``get`` of the local copy only: a hit, or a miss counted and MISSING."""
+        value = self._peek(key)
+        if value is _MISSING:
+            self._misses += 1
+            return value
+        return self.get(key, _MISSING)
+
+    def _read_through(self, key: Key, default: Any) -> Any:
+        backing = self._backing
+        assert backing is not None
+        vouched = backing.vouched
+        with self._lock:
+            version = self._clock.stamp()  # before the read: a change announced during it is newer
+        found = backing.read(key)
+        if found is None:
+            return default
+        return self._fill(key, found, version, vouched)
+
+    def _fill(self, key: Key, found: tuple[bytes, float | None], version: int, vouched: bool) -> Any:
+        packed, left = found
+        try:
+            value = self._serializer.loads(packed)
+        except Exception as exc:
+            raise BackingError(
+                f"a value in the backing store is not in this cache's serializer format ({type(exc).__name__})"
+            ) from None
+        if vouched:  # else tracking is down: an announcement could be missed, so nothing is kept
+            now = self._wall()
+            expires = self._expires(DEFAULT, now) if left is None else now + left
+            self._keep(key, value, packed, expires, version)
+        return value
+
+    def _write_through(self, key: Key, value: Any, packed: bytes, ttl: TTL, only_new: bool = False) -> bool:
+        """The backing store first (a failure raises and changes nothing here), then this copy and the peers."""
+        backing = self._backing
+        assert backing is not None
+        now = self._wall()
+        with self._lock:
+            expires = self._expires(ttl, now)
+            version = self._clock.stamp()  # before the store: a change announced after it wins
+        left = None if expires == NEVER else expires - now
+        if only_new:
+            if not backing.add(key, packed, left):
+                return False
+        else:
+            backing.write(key, packed, left)
+        if not self._keep(key, value, packed, expires, version):
+            # something stamped later is held (a peer's copy read before our write, say): the store
+            # has ours now, and no announcement of it will come here (NOLOOP), so hold nothing
+            self._invalidated(key)
+        return True
+
+    def _keep(self, key: Key, value: Any, packed: bytes, expires: float, version: int) -> bool:
+        """Hold and replicate a value at ``version``, unless something newer (an announcement) is held."""
+        with self._lock:
+            kept = self._store.write(key, value, expires, version, self._wall())
+            self._sets += kept
+        if kept and self._replicate is not None:
+            self._replicate((WRITE, key, packed, expires, version))
+        return kept
+
+    def _load_through(self, key: Key, loader: Callable[[Key], Any], ttl: TTL) -> Any:
+        """A fetch's load with a backing store: its value if it has one, else the loader's, written to both."""
+        backing = self._backing
+        assert backing is not None
+        vouched = backing.vouched
+        with self._lock:
+            version = self._clock.stamp()
+        found = backing.read(key)
+        if found is not None:
+            return self._fill(key, found, version, vouched)
+        return self._store_loaded(key, loader(key), ttl)
+
+    async def _aload_through(self, key: Key, loader: Callable[[Key], Any], ttl: TTL) -> Any:
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        backing = self._backing
+        assert backing is not None
+        vouched = backing.vouched
+        with self._lock:
+            version = self._clock.stamp()
+        found = await loop.run_in_executor(None, backing.read, key)
+        if found is not None:
+            return self._fill(key, found, version, vouched)
+        value = await _call_loader(loader, key)
+        return await loop.run_in_executor(None, self._store_loaded, key, value, ttl)
+
+    def _store_loaded(self, key: Key, value: Any, ttl: TTL) -> Any:
+        packed = self._serializer.dumps(value)  # an unserializable result fails the load for all
+        check_value_size(packed, self.max_value_size)
+        self._write_through(key, value, packed, ttl)
+        return value
+
+    def _invalidated(self, key: Key) -> None:
+        """The backing store announced a change of key: drop it here only (every member hears it)."""
+        with self._lock:  # past this millisecond: outranks a copy any member read before the change
+            store = self._store
+            store.delete(key, max(self._clock.stamp_past(), store.version_of(key) + 1), self._wall())
+
+    def _untrusted(self) -> None:
+        """Announcements may have been lost: drop the whole local copy, here only."""
+        with self._lock:  # everything held goes, a copy stamped by a clock running ahead included
+            store = self._store
+            newest = max((entry.version for entry in store.data.values()), default=0)
+            store.clear(max(self._clock.stamp_past(), newest + 1))
 
     def memoize(self, ttl: TTL = DEFAULT, key: Callable[..., Key] | None = None) -> Callable[[F], F]:
         """Cache a function's results through ``fetch`` (``afetch`` for async functions).
@@ -374,34 +529,45 @@ class Cache:
             "loads": self._loads,
             "load_errors": self._load_errors,
             "loading": len(self._flights),
+            **({} if self._backing is None else self._backing.stats()),
         }
 
     # -- async twins -------------------------------------------------------------
-    # Local operations never wait on the network, so the twins run inline.
+    # Local operations never wait on the network, so the twins run inline; with a
+    # backing store, what may reach it runs off the loop (redis-py blocks).
+
+    async def _off_loop(self, fn: Callable[..., Any], *args: Any) -> Any:
+        if self._backing is None:
+            return fn(*args)
+        import asyncio
+
+        return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
 
     async def aget(self, key: Key, default: Any = None) -> Any:
-        return self.get(key, default)
+        if self._backing is None or self._peek(key) is not _MISSING:
+            return self.get(key, default)
+        return await self._off_loop(self.get, key, default)
 
     async def aset(self, key: Key, value: Any, ttl: TTL = DEFAULT) -> None:
-        self.set(key, value, ttl)
+        await self._off_loop(self.set, key, value, ttl)
 
     async def aadd(self, key: Key, value: Any, ttl: TTL = DEFAULT) -> bool:
-        return self.add(key, value, ttl)
+        return bool(await self._off_loop(self.add, key, value, ttl))
 
     async def adelete(self, key: Key) -> bool:
-        return self.delete(key)
+        return bool(await self._off_loop(self.delete, key))
 
     async def aget_many(self, keys: Iterable[Key]) -> dict[Key, Any]:
-        return self.get_many(keys)
+        return cast("dict[Key, Any]", await self._off_loop(self.get_many, list(keys)))
 
     async def aset_many(self, mapping: Mapping[Key, Any], ttl: TTL = DEFAULT) -> None:
-        self.set_many(mapping, ttl)
+        await self._off_loop(self.set_many, mapping, ttl)
 
     async def adelete_many(self, keys: Iterable[Key]) -> int:
-        return self.delete_many(keys)
+        return int(await self._off_loop(self.delete_many, list(keys)))
 
     async def atouch(self, key: Key, ttl: TTL = DEFAULT) -> bool:
-        return self.touch(key, ttl)
+        return bool(await self._off_loop(self.touch, key, ttl))
 
     async def attl(self, key: Key) -> float | None:
         return self.ttl(key)

@@ -54,6 +54,14 @@ class HybridClock:
         self._last = hlc
         return (hlc << NODE_BITS) | self.node_id
 
+    def stamp_past(self) -> Version:
+        """A version newer than every version stamped by now on any member (clocks in sync): past
+        this millisecond, whatever counter another member reached in it. For what must outrank
+        all that came before it in real time (a change announced by a backing store). The clock
+        does not move to it: our next stamps must not outrank what other members stamp after now."""
+        hlc = max((int(self._wall() * 1000) + 1) << COUNTER_BITS, self._last + 1)
+        return (hlc << NODE_BITS) | self.node_id
+
     def observe(self, version: Version) -> None:
         """Move past a remote version, so our next write orders after it.
 

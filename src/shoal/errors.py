@@ -36,6 +36,14 @@ class LoaderError(ShoalError):
         self.text = text
 
 
+class BackingError(ShoalError):
+    """A cache's backing store (Redis, Valkey) could not be read or written.
+
+    Raised before the local copy is touched: a write that fails in the store is not
+    kept locally either, so the members never hold what the store does not.
+    """
+
+
 class InvalidEntry(ProtocolError):
     """A peer or a snapshot file offered an entry the local API would have refused.
 

@@ -114,6 +114,8 @@ class Node:
         tombstone_ttl: float = 600.0,
         max_value_size: int = DEFAULT_MAX_VALUE_SIZE,
         single_flight: str = NOT_GIVEN,
+        backing: Any = None,
+        backing_prefix: str | None = None,
     ) -> Cache:
         """The named cache on this node, created on first use; every member hosting it shares it.
 
@@ -123,12 +125,20 @@ class Node:
         ``single_flight="cluster"`` (the default) makes ``fetch``/``afetch``/``memoize``
         call the loader once per key for the whole cluster (leases.py); ``"local"``,
         once per member.
+
+        ``backing`` (``redis://...``, ``redis+cluster://...`` or a redis-py client; the
+        ``shoal[redis]`` extra) puts Redis or Valkey behind the cache: the local copy is
+        the hot part, the store holds everything, writes by other clients of the store
+        drop the key on every member (backing.py). Keys are then str, stored as
+        ``backing_prefix + key`` (``shoal:<name>:`` by default).
         """
         if single_flight is not NOT_GIVEN and single_flight not in ("cluster", "local"):
             raise ValueError(f"single_flight is 'cluster' or 'local', not {single_flight!r}")
         existing = self._caches.get(name)
         if existing is not None:
             wrong = conflicting_options(existing, ttl, max_entries, serializer)
+            if backing is not None and existing._backing is None:
+                wrong.append("backing (it has none)")
             if single_flight is not NOT_GIVEN and single_flight != self._single_flight[name]:
                 wrong.append(f"single_flight={single_flight!r} (it has {self._single_flight[name]!r})")
             if wrong:
@@ -152,6 +162,11 @@ class Node:
             max_clock_skew=self._config.max_clock_skew,
             cluster=self._driver.fetches if cluster else None,
         )
+        if backing is not None:
+            from . import backing as shared  # redis-py: only for a cache that asks for it
+
+            prefix = f"shoal:{name}:" if backing_prefix is None else backing_prefix
+            cache._attach(shared.connect(backing, prefix, cache._invalidated, cache._untrusted))
         self._caches[name] = cache
         self._single_flight[name] = "cluster" if cluster else "local"
         self._driver.host(name, replica, single_flight=cluster)
@@ -169,6 +184,7 @@ class Node:
     def stop(self, timeout: float = 10.0) -> None:
         """Graceful stop: flush queued writes, say goodbye, close."""
         self._driver.stop_thread(timeout)
+        self._close_backings()
 
     def wait_ready(self, timeout: float | None = None) -> bool:
         """True once the member can serve the cluster (a readiness probe): every cache booted,
@@ -187,6 +203,12 @@ class Node:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self._driver.close()
+        self._close_backings()
+
+    def _close_backings(self) -> None:
+        for cache in self._caches.values():
+            if cache._backing is not None:
+                cache._backing.close()
 
     def members(self) -> list[dict[str, Any]]:
         """Every member this node knows, itself included."""

@@ -16,7 +16,8 @@ Counters (``_total``): ``shoal_cache_{hits,misses,sets,deletes,evictions,expirat
 ``shoal_members_up`` (up peers hosting the cache), ``shoal_warm_boot_seconds``, ``shoal_warm_boot_entries``,
 ``shoal_ready`` (1 once the cache's warm boot is over). Member-wide,
 cluster single flight: ``shoal_{leases_granted,lease_waits,leases_handed_over,lease_owner_fallbacks}_total``
-and the gauge ``shoal_leases_held``.
+and the gauge ``shoal_leases_held``. A cache with a backing store (backing.py) adds the counters
+``shoal_backing_{reads,writes,errors,invalidations,tracking_resets}_total``.
 """
 
 from __future__ import annotations
@@ -42,6 +43,11 @@ _CACHE_COUNTERS = [
     ("shoal_cache_expirations", "expirations", "Entries removed because their TTL ran out."),
     ("shoal_cache_loads", "loads", "Values loaded by fetch/memoize (single-flight leaders)."),
     ("shoal_cache_load_errors", "load_errors", "fetch/memoize loads that raised."),
+    ("shoal_backing_reads", "backing_reads", "Reads of the backing store (Redis) after a local miss."),
+    ("shoal_backing_writes", "backing_writes", "Writes to the backing store (set, add, delete, touch, loads)."),
+    ("shoal_backing_errors", "backing_errors", "Backing store commands that failed (BackingError raised)."),
+    ("shoal_backing_invalidations", "invalidations", "Keys the backing store announced changed (dropped here)."),
+    ("shoal_backing_tracking_resets", "tracking_resets", "Tracking connections lost: the local tier was dropped."),
 ]
 _CACHE_GAUGES = [
     ("shoal_cache_entries", "entries", "Entries held (expired ones not yet swept included)."),
