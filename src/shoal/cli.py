@@ -2,7 +2,7 @@
 
 Every flag of ``serve`` also reads an environment variable (``SHOAL_LISTEN``,
 ``SHOAL_ADVERTISE``, ``SHOAL_SEEDS``, ``SHOAL_DISCOVERY``, ``SHOAL_SECRET`` or ``SHOAL_SECRET_FILE``,
-``SHOAL_CACHES``, ``SHOAL_HTTP``), the way a Kubernetes pod spec sets them.
+``SHOAL_CACHES``, ``SHOAL_HTTP``, ``SHOAL_PROTOCOL_MAX``), the way a Kubernetes pod spec sets them.
 """
 
 from __future__ import annotations
@@ -83,6 +83,7 @@ async def _serve(args: argparse.Namespace) -> int:
         discovery=args.discovery,
         failure_timeout=args.failure_timeout,
         snapshot_path=args.snapshot_path,
+        **({} if args.protocol_max is None else {"protocol_max": args.protocol_max}),
     )
     for spec in [s for s in (args.caches or "").split(",") if s]:
         name, ttl, max_entries = parse_cache_spec(spec)
@@ -233,6 +234,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--failure-timeout", type=float, default=float(_env("SHOAL_FAILURE_TIMEOUT", "5") or 5))
     serve.add_argument("--ready-timeout", type=float, default=60.0)
+    serve.add_argument(
+        "--protocol-max",
+        type=int,
+        default=int(_env("SHOAL_PROTOCOL_MAX", "0") or 0) or None,
+        help="newest protocol to offer peers (a rollout knob; default: this release's newest) [SHOAL_PROTOCOL_MAX]",
+    )
     _add_secret(serve)
 
     sub.add_parser("secret", help="print a fresh, strong cluster secret")
