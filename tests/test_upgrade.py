@@ -106,7 +106,11 @@ def roll(
     reborn = launch(cluster, release, listen=victim.address, seeds=[m.address for m in others])
     runs[reborn.id] = release
     if reborn.cmd("ready", timeout=60) is not True:
-        raise AssertionError(f"{release.name} at {reborn.address} never ready:\n{''.join(list(reborn.log)[-40:])}")
+        refusals = [f"{m.address}: {line}" for m in others for line in list(m.log) if "closing connection" in line]
+        raise AssertionError(
+            f"{release.name} at {reborn.address} never ready; its log ends:\n{''.join(list(reborn.log)[-10:])}"
+            f"{len(refusals)} connections refused by the others, the last:\n{''.join(refusals[-3:])}"
+        )
     missing = lost(reborn, before)  # at ready, before anything else: the boot's own doing
     boot = reborn.cmd("stats")["caches"]["c"]["warm_boot"]
     assert missing == 0, f"{release.name} at {reborn.address}: {missing} of {before.keys} acknowledged writes missing"
