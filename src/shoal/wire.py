@@ -282,11 +282,11 @@ class FrameDecoder:
                 code = _peek_code(buffer, start + _LENGTH.size, min(end - overhead, len(buffer)), key is not None)
                 if code is None:
                     break
-                known = code in MESSAGE_TYPES
+                known = code in MESSAGE_TYPES  # if not, the frame limit above is its only one
                 kind_limit = frame_limit(code, self.max_frame_size) if known else self.max_frame_size
                 if size - overhead > kind_limit:
                     raise FrameTooLarge(
-                        f"peer announced a {size - overhead}-byte {_kind_name(code)} frame, "
+                        f"peer announced a {size - overhead}-byte {MESSAGE_TYPES[code].__name__} frame, "
                         f"over the {kind_limit}-byte limit for that kind"
                     )
                 self._checked = start
@@ -341,11 +341,6 @@ def _peek_code(buffer: bytearray, start: int, end: int, admitted: bool = False) 
     if head - 0x90 != len(cls.__dataclass_fields__) + 1:
         raise ProtocolError(f"{cls.__name__} has {len(cls.__dataclass_fields__)} fields, got {head - 0x91}")
     return code
-
-
-def _kind_name(code: int) -> str:
-    cls = MESSAGE_TYPES.get(code)
-    return f"kind-{code}" if cls is None else cls.__name__
 
 
 class _Counter:
