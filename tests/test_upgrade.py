@@ -2,7 +2,7 @@
 
 N-1 is the previous release recorded in RELEASES, built from this repository's history
 (tests/support/releases.py); N is the working tree. Each test also runs against the working
-tree with its newest protocol switched off (``protocol_max=3``), so the negotiation and the
+tree with its newer protocols switched off (``protocol_max=PROTOCOL_MIN``), so the negotiation and the
 features gated by it (versions.py) are exercised whatever N-1 is.
 
 The rolling test is an orchestrator's: three members of N-1 take writes throughout; each in
@@ -26,7 +26,8 @@ import pytest
 
 from shoal.handshake import cluster_key
 from shoal.snapshot import read, snapshot_key
-from shoal.versions import UNKNOWN_RELEASE
+from shoal.versions import UNKNOWN_RELEASE, speaks
+from shoal.wire import PROTOCOL_MIN
 from tests.faults.harness import FAST, SharedMember, Writer, lost, meshed, settle, start
 from tests.support.cluster import ROOT, Cluster, Member, cluster, wait_until
 from tests.support.releases import Release, previous, self_at
@@ -43,9 +44,9 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> Release:
     return previous(tmp_path_factory.mktemp("releases"))
 
 
-@pytest.fixture(params=["recorded release", "this tree at protocol 3"])
+@pytest.fixture(params=["recorded release", "this tree at its oldest protocol"])
 def old(request: pytest.FixtureRequest) -> Iterator[Release]:
-    yield request.getfixturevalue("recorded") if request.param == "recorded release" else self_at(3)
+    yield request.getfixturevalue("recorded") if request.param == "recorded release" else self_at(PROTOCOL_MIN)
 
 
 def _read(root: Path, module: str, name: str) -> str:
@@ -88,14 +89,15 @@ def check_versions(member: Member, runs: dict[str, Release], mine: Release) -> N
             continue
         theirs = runs[peer["id"]]
         protocol = min(protocol_max(mine), protocol_max(theirs))
-        release = version_of(theirs) if protocol >= 4 else UNKNOWN_RELEASE
+        release = version_of(theirs) if speaks(protocol, "release") else UNKNOWN_RELEASE
         assert (peer["protocol"], peer["version"]) == (protocol, release), (peer, theirs.name)
 
 
 def roll(
     cluster: Cluster, members: list[SharedMember], i: int, release: Release, writer: Writer, runs: dict[str, Release]
-) -> tuple[SharedMember, Release]:
-    """Replace member ``i`` by a member of ``release`` on its address, as an orchestrator would."""
+) -> tuple[SharedMember, Release, str]:
+    """Replace member ``i`` by a member of ``release`` on its address, as an orchestrator would;
+    the new member, the release of its donor and what its boot took."""
     victim, survivor = members[i], members[(i + 1) % len(members)]
     writer.through(survivor)
     writer.flushed_from(victim, witness=survivor)
@@ -103,6 +105,7 @@ def roll(
     writer.wait_for(50)  # writes the stopped member cannot see live
     before = Upto(writer.prefix, writer.acked, writer)
     others = [m for m in members if m is not victim]
+    started = time.monotonic()
     reborn = launch(cluster, release, listen=victim.address, seeds=[m.address for m in others])
     runs[reborn.id] = release
     if reborn.cmd("ready", timeout=60) is not True:
@@ -111,13 +114,14 @@ def roll(
             f"{release.name} at {reborn.address} never ready; its log ends:\n{''.join(list(reborn.log)[-10:])}"
             f"{len(refusals)} connections refused by the others, the last:\n{''.join(refusals[-3:])}"
         )
+    took = time.monotonic() - started
     missing = lost(reborn, before)  # at ready, before anything else: the boot's own doing
     boot = reborn.cmd("stats")["caches"]["c"]["warm_boot"]
     assert missing == 0, f"{release.name} at {reborn.address}: {missing} of {before.keys} acknowledged writes missing"
     donors = {m.id: runs[m.id] for m in others}
     assert boot["state"] == "warm" and boot["donor"] in donors, boot
     check_versions(reborn, runs, release)
-    return reborn, donors[boot["donor"]]
+    return reborn, donors[boot["donor"]], f"ready in {took:.1f} s, {boot['entries']} entries"
 
 
 def test_a_rolling_upgrade_from_the_previous_release_and_its_rollback_keep_every_acknowledged_write(
@@ -135,8 +139,8 @@ def test_a_rolling_upgrade_from_the_previous_release_and_its_rollback_keep_every
     try:
         for way, release in (("upgrade", NEW), ("rollback", old)):
             for i in range(len(members)):
-                members[i], donor = roll(cluster, members, i, release, writer, runs)
-                steps.append(f"{way} {i + 1}: {release.name} booted warm from {donor.name}, at {writer.acked} writes")
+                members[i], donor, boot = roll(cluster, members, i, release, writer, runs)
+                steps.append(f"{way} {i + 1}: {release.name} {boot} warm from {donor.name}")
                 if i == 0:  # both others run the release it replaces
                     assert donor is not release, steps[-1]
     finally:

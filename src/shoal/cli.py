@@ -120,8 +120,13 @@ def _members(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(data, indent=2))
         return 0
-    rows = [(m["id"], m["address"], m["state"], m["last_heard"], ",".join(m["caches"])) for m in data["members"]]
-    print(_table(rows, ("id", "address", "state", "last heard (s)", "caches")))
+    # A member of 0.1 lists neither version nor protocol.
+    rows = [
+        (m["id"], m["address"], m["state"], m.get("version", "?"), m.get("protocol", "?"), m["last_heard"], caches)
+        for m in data["members"]
+        for caches in [",".join(m["caches"])]
+    ]
+    print(_table(rows, ("id", "address", "state", "version", "protocol", "last heard (s)", "caches")))
     return 0
 
 
