@@ -8,7 +8,9 @@ order (framing is wire.py's job). Adding a message takes three lines::
         sent_ms: int
 
 Codes are part of the wire format, so a code is never reused or renumbered, and
-a new field goes at the end of a new message rather than into an old one.
+a new field goes at the end of a new message rather than into an old one. A peer of the
+previous protocol closes the connection on a kind it does not know, so a new kind is
+sent only where ``Dispatcher.speaks`` says the peer's protocol has it (versions.py).
 Ranges keep each module's messages together:
 
     1-9    handshake        20-39  replication      60-69  operator queries

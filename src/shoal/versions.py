@@ -25,12 +25,11 @@ from .wire import PROTOCOL_MIN, PROTOCOL_VERSION
 log = logging.getLogger("shoal")
 
 FEATURES: dict[str, int] = {
-    "stream_positions": 3,  # Stream, Resume, Resumed, DumpFrom: catch-up by stream positions
-    "release": 4,  # Version: the peer's release string, right after the handshake
-    "skips_unknown_kinds": 4,  # a frame of an unknown kind is refused alone, logged; the connection stays
+    "release": 4,  # Version: the sender's release string, right after the handshake
 }
-"""Each feature and the first protocol that has it. A feature at or below PROTOCOL_MIN is
-spoken by every peer this release admits, and the check may go when PROTOCOL_MIN passes it."""
+"""Each feature a peer may lack and the first protocol that has it. Once PROTOCOL_MIN reaches a
+feature's protocol every admitted peer speaks it: its entry and its checks go (wire.py's
+PROTOCOL_VERSION says what each protocol brought)."""
 
 UNKNOWN_RELEASE = "unknown"
 """The release listed for a peer whose protocol does not say it (protocol 3: 0.1.x)."""
