@@ -76,21 +76,36 @@ class Upto:
         return self.writer.expected(i)
 
 
+BOOT = {**FAST, "boot_wait": 5.0}
+"""A member given seeds waits this long for its first peer before it boots alone, ready and empty:
+ample on a loaded machine, where FAST's one second may not be."""
+
+
 def launch(cluster: Cluster, release: Release, **kw: Any) -> SharedMember:
-    return start(cluster, root=release.root, secret=SECRET, **FAST, **release.options, **kw)
+    return start(cluster, root=release.root, secret=SECRET, **BOOT, **release.options, **kw)
 
 
 def check_versions(member: Member, runs: dict[str, Release], mine: Release) -> None:
-    """A member of this tree lists, for each peer up, the protocol both speak and the peer's release."""
+    """A member of this tree lists, for each peer up, the protocol both speak and the peer's release
+    (which the peer says right after the handshake: it may arrive a moment after the ready)."""
     if mine.root != ROOT:
         return  # N-1's member list is N-1's business (0.1 has neither field)
-    for peer in member.cmd("members"):
-        if peer["state"] != "up":
-            continue
-        theirs = runs[peer["id"]]
-        protocol = min(protocol_max(mine), protocol_max(theirs))
-        release = version_of(theirs) if speaks(protocol, "release") else UNKNOWN_RELEASE
-        assert (peer["protocol"], peer["version"]) == (protocol, release), (peer, theirs.name)
+
+    def wrong() -> list[tuple[object, ...]]:
+        found = []
+        for peer in member.cmd("members"):
+            if peer["state"] == "up":
+                theirs = runs[peer["id"]]
+                protocol = min(protocol_max(mine), protocol_max(theirs))
+                release = version_of(theirs) if speaks(protocol, "release") else UNKNOWN_RELEASE
+                if (peer["protocol"], peer["version"]) != (protocol, release):
+                    found.append((peer, theirs.name, protocol, release))
+        return found
+
+    try:
+        wait_until(lambda: not wrong(), 10)
+    except AssertionError:
+        raise AssertionError(f"{member.address} lists (peer, its release, protocol, release): {wrong()}") from None
 
 
 def roll(
@@ -117,7 +132,10 @@ def roll(
     took = time.monotonic() - started
     missing = lost(reborn, before)  # at ready, before anything else: the boot's own doing
     boot = reborn.cmd("stats")["caches"]["c"]["warm_boot"]
-    assert missing == 0, f"{release.name} at {reborn.address}: {missing} of {before.keys} acknowledged writes missing"
+    assert missing == 0, (
+        f"{release.name} at {reborn.address}: {missing} of {before.keys} acknowledged writes missing at ready; "
+        f"warm boot {boot}; its log ends:\n{''.join(list(reborn.log)[-15:])}"
+    )
     donors = {m.id: runs[m.id] for m in others}
     assert boot["state"] == "warm" and boot["donor"] in donors, boot
     check_versions(reborn, runs, release)
