@@ -33,6 +33,7 @@ SANS_IO = [
     "replication",
     "store",
     "validation",
+    "versions",
     "warmboot",
     "wire",
 ]

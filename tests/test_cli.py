@@ -15,6 +15,9 @@ from typing import IO, Any
 
 import pytest
 
+from shoal import __version__
+from shoal.versions import UNKNOWN_RELEASE
+from shoal.wire import PROTOCOL_VERSION
 from tests.support.cluster import ROOT, _env, wait_until
 
 pytestmark = pytest.mark.slow
@@ -118,6 +121,25 @@ def test_members_lists_a_second_member_that_joined(serve: Any, member: tuple[Ser
     assert out.returncode == 0, out.stderr
     rows = {m["address"]: m["state"] for m in json.loads(out.stdout)["members"]}
     assert rows == {second: "self", first: "up"}
+
+
+def test_members_shows_each_members_release_and_protocol_and_serve_takes_protocol_max(
+    serve: Any, member: tuple[Serve, str]
+) -> None:
+    _, first = member
+    env = {"SHOAL_PROTOCOL_MAX": "3"}
+    second = serve("--listen", "127.0.0.1:0", "--secret", SECRET, "--caches", "acc:60", "--seeds", first, env=env)
+    old = second.started()
+
+    def listed() -> dict[str, tuple[str, int, str]]:
+        out = shoal("members", first, "--secret", SECRET, "--json")
+        assert out.returncode == 0, out.stderr
+        return {m["address"]: (m["state"], m["protocol"], m["version"]) for m in json.loads(out.stdout)["members"]}
+
+    want = {first: ("self", PROTOCOL_VERSION, __version__), old: ("up", 3, UNKNOWN_RELEASE)}
+    wait_until(lambda: listed() == want, 10, what=f"members {want}")
+    header = shoal("members", first, "--secret", SECRET).stdout.splitlines()[0]
+    assert header.split()[:5] == ["id", "address", "state", "version", "protocol"]
 
 
 def test_stats_json_is_valid_json_with_each_cache(member: tuple[Serve, str]) -> None:

@@ -359,9 +359,12 @@ def test_a_member_stopped_before_its_warm_boot_finished_keeps_the_previous_snaps
 # -- a file is input like a peer's ---------------------------------------------------------------
 
 
-def forged_file(path: Path, records: list[list[object]], key: bytes | None = None) -> None:
+def forged_file(
+    path: Path, records: list[list[object]], key: bytes | None = None, header: list[object] | None = None
+) -> None:
     """A file with a valid CRC (and MAC, given the key) around records of the forger's choice."""
-    data = b"".join(msgpack.packb(r, use_bin_type=True) for r in [[snapshot.MAGIC, snapshot.FORMAT, NOW], *records])
+    header = [snapshot.MAGIC, snapshot.FORMAT, NOW] if header is None else header
+    data = b"".join(msgpack.packb(r, use_bin_type=True) for r in [header, *records])
     mac = None if key is None else hmac.new(key, data, hashlib.sha256).digest()
     path.write_bytes(data + msgpack.packb(["end", len(records), zlib.crc32(data), mac], use_bin_type=True))
 
@@ -444,3 +447,24 @@ def test_shoal_serve_with_a_fifo_at_the_snapshot_path_becomes_ready_and_exits_on
         wait_until(lambda: any("not a regular file" in line for line in member.stderr), what="the logged reason")
     finally:
         member.kill()
+
+
+# -- formats: N reads N-1's files; another format is refused by its number -----------------------
+
+
+@pytest.mark.parametrize(("format_", "by"), [(snapshot.FORMAT + 1, "a newer release"), (1, "an older release")])
+def test_a_snapshot_in_a_format_this_release_does_not_read_is_refused_by_its_number(
+    tmp_path: Path, format_: int, by: str
+) -> None:
+    path = tmp_path / "snap"
+    forged_file(path, [GOOD], header=[snapshot.MAGIC, format_, NOW])
+    with pytest.raises(snapshot.SnapshotFormat) as refused:
+        snapshot.read(path, NOW)
+    assert f"is snapshot format {format_}, written by {by}; this release reads format 2" in str(refused.value)
+
+
+def test_a_header_with_more_items_than_this_release_knows_still_reads(tmp_path: Path) -> None:
+    """Items after the third may be added to the header without a format change (and N-1 reads them too)."""
+    path = tmp_path / "snap"
+    forged_file(path, [GOOD], header=[snapshot.MAGIC, snapshot.FORMAT, NOW, "0.3.0", {"later": 1}])
+    assert snapshot.read(path, NOW) == {"c": [(WRITE, "k", PACK("v"), NEVER, version(5))]}

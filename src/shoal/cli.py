@@ -2,7 +2,7 @@
 
 Every flag of ``serve`` also reads an environment variable (``SHOAL_LISTEN``,
 ``SHOAL_ADVERTISE``, ``SHOAL_SEEDS``, ``SHOAL_DISCOVERY``, ``SHOAL_SECRET`` or ``SHOAL_SECRET_FILE``,
-``SHOAL_CACHES``, ``SHOAL_HTTP``), the way a Kubernetes pod spec sets them.
+``SHOAL_CACHES``, ``SHOAL_HTTP``, ``SHOAL_PROTOCOL_MAX``), the way a Kubernetes pod spec sets them.
 """
 
 from __future__ import annotations
@@ -83,6 +83,7 @@ async def _serve(args: argparse.Namespace) -> int:
         discovery=args.discovery,
         failure_timeout=args.failure_timeout,
         snapshot_path=args.snapshot_path,
+        **({} if args.protocol_max is None else {"protocol_max": args.protocol_max}),
     )
     for spec in [s for s in (args.caches or "").split(",") if s]:
         name, ttl, max_entries = parse_cache_spec(spec)
@@ -119,8 +120,13 @@ def _members(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(data, indent=2))
         return 0
-    rows = [(m["id"], m["address"], m["state"], m["last_heard"], ",".join(m["caches"])) for m in data["members"]]
-    print(_table(rows, ("id", "address", "state", "last heard (s)", "caches")))
+    # A member of 0.1 lists neither version nor protocol.
+    rows = [
+        (m["id"], m["address"], m["state"], m.get("version", "?"), m.get("protocol", "?"), m["last_heard"], caches)
+        for m in data["members"]
+        for caches in [",".join(m["caches"])]
+    ]
+    print(_table(rows, ("id", "address", "state", "version", "protocol", "last heard (s)", "caches")))
     return 0
 
 
@@ -237,6 +243,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--failure-timeout", type=float, default=float(_env("SHOAL_FAILURE_TIMEOUT", "5") or 5))
     serve.add_argument("--ready-timeout", type=float, default=60.0)
+    serve.add_argument(
+        "--protocol-max",
+        type=int,
+        default=int(_env("SHOAL_PROTOCOL_MAX", "0") or 0) or None,
+        help="newest protocol to offer peers (a rollout knob; default: this release's newest) [SHOAL_PROTOCOL_MAX]",
+    )
     _add_secret(serve)
 
     sub.add_parser("secret", help="print a fresh, strong cluster secret")

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .validation import DEFAULT_MAX_CLOCK_SKEW, DEFAULT_MAX_VALUE_SIZE
-from .wire import DEFAULT_MAX_FRAME
+from .versions import check_protocol_max
+from .wire import DEFAULT_MAX_FRAME, PROTOCOL_VERSION
 
 if TYPE_CHECKING:
     import os
@@ -56,6 +57,10 @@ class Config:
 
     # -- the driver: connections, files, chores
     handshake_timeout: float = 5.0
+    protocol_max: int = PROTOCOL_VERSION
+    """The newest protocol this member offers in its handshakes: a rollout and test knob. Lowered
+    to the previous release's (3), the member talks like one, with this release's newest protocol
+    features switched off (versions.py); the compatibility test runs it that way."""
     max_frame_size: int = DEFAULT_MAX_FRAME
     max_pending: int = 128
     """Connections still in their handshake; past it the oldest is closed."""
@@ -66,6 +71,7 @@ class Config:
     """Freeze the cached entries out of the cyclic GC's sight (housekeeping.Collector)."""
 
     def __post_init__(self) -> None:
+        check_protocol_max(self.protocol_max)
         if self.warm_donors not in (1, 2):
             raise ValueError("warm_donors is 1 or 2")
         if self.max_frame_size < DEFAULT_MAX_VALUE_SIZE * 2:

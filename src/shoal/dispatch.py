@@ -64,11 +64,15 @@ from .messages import (
     SizeReply,
     SizeRequest,
     Stream,
+    Unknown,
+    Version,
 )
 from .replica import Op, ReplicaView
 from .replication import Replicator
 from .store import Key
+from .versions import UNKNOWN_RELEASE, Refusals, speaks
 from .warmboot import Booter, BootStats
+from .wire import PROTOCOL_VERSION
 
 FLUSH_DELAY = 0.001
 """Writes gather this long before a flush: fewer, larger frames, and far fewer wake-ups
@@ -80,6 +84,9 @@ DUMPS_AT_ONCE = 2
 DUMPS_QUEUED = 64
 """Dumps one peer may have asked for and not yet received: an honest booter asks for one per
 cache it boots; more at once is a peer making us hold entry lists (100 unread dumps: +300 MB)."""
+
+MAX_RELEASE = 64
+"""The longest release string a peer may tell (a version like 0.2.0.dev0+g1a2b3c4 fits)."""
 
 _REPLICATION = (Stream, Resume, Resumed, Ops, Digest, Listing, Pull, CatchUp, CaughtUp)
 _WARMBOOT = (SizeRequest, SizeReply, DumpRequest, DumpFrom, DumpChunk, DumpEnd)
@@ -108,8 +115,13 @@ class Dispatcher:
         discovery: bool = False,
         config: Config | None = None,
         rng: random.Random | None = None,
+        release: str = UNKNOWN_RELEASE,
     ) -> None:
         self.node_id = node_id
+        self.release = release
+        """This member's release (``shoal.__version__``), told to peers whose protocol has it."""
+        self.refusals = Refusals()
+        """Frames of kinds this release does not know, logged and dropped (versions.py)."""
         self.config = config = config or Config()
         self.rng = rng or random.Random()
         self.replicas: dict[str, ReplicaView] = {}
@@ -235,8 +247,23 @@ class Dispatcher:
 
     # -- connections ----------------------------------------------------------------
 
-    def connected(self, peer: int, listen: str, now: float, dialed: str | None = None) -> list[Action]:
-        return self._after(self.membership.connected(peer, listen, now, dialed=dialed), now, membership=True)
+    def connected(
+        self, peer: int, listen: str, now: float, dialed: str | None = None, protocol: int = PROTOCOL_VERSION
+    ) -> list[Action]:
+        """A handshake with ``peer`` finished on ``protocol``: what may be sent to it depends on it."""
+        actions = self.membership.connected(peer, listen, now, dialed=dialed)
+        member = self.membership.members.get(peer)
+        if member is not None:  # None: refused (the member table is full)
+            member.protocol, member.release = protocol, UNKNOWN_RELEASE
+            if self.speaks(peer, "release"):
+                actions.insert(0, Send(peer, Version(self.release)))
+        return self._after(actions, now, membership=True)
+
+    def speaks(self, peer: int, feature: str) -> bool:
+        """Does the connection to ``peer`` have ``feature`` (versions.FEATURES)? Ask before sending
+        a message kind an older protocol does not know: such a peer would close the connection."""
+        member = self.membership.members.get(peer)
+        return member is not None and speaks(member.protocol, feature)
 
     def disconnected(self, peer: int, now: float) -> list[Action]:
         return self._after(self.membership.disconnected(peer, now), now)
@@ -293,6 +320,9 @@ class Dispatcher:
         if isinstance(msg, _MEMBERSHIP):
             return self._after(self.membership.received(peer, msg, now), now, membership=isinstance(msg, Gossip))
         self.membership.heard(peer, now)
+        if isinstance(msg, (Version, Unknown)):
+            self._versions(peer, msg, now)
+            return []
         self._wall = wall
         if isinstance(msg, _REPLICATION + _WARMBOOT) and msg.cache not in self.replicas:
             return _unhosted(peer, msg)
@@ -306,6 +336,17 @@ class Dispatcher:
         if is_lease_message(msg):
             return self.leases.received(peer, msg, now)
         raise ProtocolError(f"unexpected {type(msg).__name__} after the handshake")
+
+    def _versions(self, peer: int, msg: Version | Unknown, now: float) -> None:
+        member = self.membership.members.get(peer)
+        if isinstance(msg, Unknown):
+            self.refusals.refuse(peer, msg.kind, None if member is None else member.protocol, now)
+            return
+        release = msg.release
+        if not (0 < len(release) <= MAX_RELEASE and release.isascii() and release.isprintable()):
+            raise ProtocolError(f"a release is 1 to {MAX_RELEASE} printable ASCII characters")
+        if member is not None:
+            member.release = release
 
     def tick(self, now: float, wall: float) -> list[Action]:
         """Timers: heartbeats, failure detection, dials, boots, repair; a bounded sweep."""
@@ -358,7 +399,8 @@ class Dispatcher:
     # -- what an operator sees ------------------------------------------------------------
 
     def members(self, now: float) -> list[dict[str, object]]:
-        """Every other member this one knows of, with its state and how long since it was heard."""
+        """Every other member this one knows of: its state, how long since it was heard, its release
+        (``version``) and the protocol its connection speaks (``protocol``, 0 before it ever connected)."""
         return [
             {
                 "id": f"{m.node_id:016x}",
@@ -366,6 +408,8 @@ class Dispatcher:
                 "state": m.state,
                 "last_heard": round(now - m.last_heard, 3),
                 "caches": sorted(m.caches or ()),
+                "version": m.release,
+                "protocol": m.protocol,
             }
             for m in list(self.membership.members.values())
         ]

@@ -104,6 +104,7 @@ class Driver:
         self.handshake_timeout = config.handshake_timeout
         self.max_frame_size = config.max_frame_size
         self.max_clock_skew = config.max_clock_skew
+        self.protocol_max = config.protocol_max
         self._host, self._port = host, port
         # What this member tells the others to dial. Unset on a wildcard listen: then
         # it is learned from connected sockets (see _learn_address).
@@ -442,7 +443,11 @@ class Driver:
         self._learn_address(conn)
         self.peers[peer] = conn
         log.debug("connected to %016x at %s", peer, conn.handshake.peer_listen)
-        self.run(self.core.connected(peer, conn.handshake.peer_listen, time.monotonic(), dialed=conn.dialed))
+        self.run(
+            self.core.connected(
+                peer, conn.handshake.peer_listen, time.monotonic(), dialed=conn.dialed, protocol=conn.handshake.protocol
+            )
+        )
 
     def conn_lost(self, conn: Connection) -> None:
         if conn.lost:

@@ -177,6 +177,10 @@ class Member:
     beats: Arrivals = field(default_factory=Arrivals)
     entry: list[Any] | None = None  # its gossip entry, made once per change
     entry_bytes: int = 0
+    protocol: int = 0
+    """The protocol its connection speaks (versions.py), set by the dispatcher on each connect."""
+    release: str = ""
+    """Its shoal release, as it said (versions.UNKNOWN_RELEASE until it does)."""
 
 
 @dataclass

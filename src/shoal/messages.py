@@ -8,7 +8,9 @@ order (framing is wire.py's job). Adding a message takes three lines::
         sent_ms: int
 
 Codes are part of the wire format, so a code is never reused or renumbered, and
-a new field goes at the end of a new message rather than into an old one.
+a new field goes at the end of a new message rather than into an old one. A peer of the
+previous protocol closes the connection on a kind it does not know, so a new kind is
+sent only where ``Dispatcher.speaks`` says the peer's protocol has it (versions.py).
 Ranges keep each module's messages together:
 
     1-9    handshake        20-39  replication      60-69  operator queries
@@ -133,6 +135,16 @@ def from_array(obj: Any) -> Message:
     return cls(*values)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Unknown(Message):
+    """Stands for an authenticated frame of a kind this release does not know (a newer peer's):
+    the decoder skips its body unread and hands this on, for the dispatcher to log and drop
+    (versions.py). It is never sent and has no code of its own."""
+
+    kind: int
+    code: ClassVar[int] = 0
+
+
 # --- handshake (handshake.py) -------------------------------------------------
 
 
@@ -215,6 +227,14 @@ class Heartbeat(Message):
 @message(12)
 class Leave(Message):
     """A graceful goodbye, so peers mark the member gone without waiting for timeouts."""
+
+
+@message(13)
+class Version(Message):
+    """The sender's release (``shoal.__version__``), sent once right after the handshake, and
+    only on a connection whose protocol has it (versions.py: "release", protocol 4)."""
+
+    release: str
 
 
 # --- replication (replication.py) ---------------------------------------------

@@ -15,6 +15,7 @@ from datetime import timedelta
 from types import TracebackType
 from typing import Any
 
+from . import __version__
 from .cache import NOT_GIVEN, Cache, conflicting_options, hosted
 from .clock import HybridClock
 from .config import Config
@@ -73,7 +74,12 @@ class Node:
         self._single_flight: dict[str, str] = {}
         self._queries = Queries(self.members, self.stats)
         core = Dispatcher(
-            self.node_id, advertise or f"{host}:{port}", seeds=list(seeds), discovery=bool(discovery), config=config
+            self.node_id,
+            advertise or f"{host}:{port}",
+            seeds=list(seeds),
+            discovery=bool(discovery),
+            config=config,
+            release=__version__,
         )
         self._driver = Driver(
             core,
@@ -213,7 +219,9 @@ class Node:
     def members(self) -> list[dict[str, Any]]:
         """Every member this node knows, itself included."""
         me = {"id": f"{self.node_id:016x}", "address": self.address, "state": "self", "last_heard": 0.0}
-        return [{**me, "caches": sorted(self._caches)}, *self._driver.core.members(time.monotonic())]
+        # Its own protocol is the newest it speaks; a peer's is what their connection speaks.
+        mine = {"caches": sorted(self._caches), "version": __version__, "protocol": self._config.protocol_max}
+        return [{**me, **mine}, *self._driver.core.members(time.monotonic())]
 
     def stats(self) -> dict[str, Any]:
         """Per cache: its own figures, replication and warm boot; for the member: readiness and peers."""

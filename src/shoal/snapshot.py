@@ -5,7 +5,7 @@ every entry is gone. A member given ``snapshot_path`` writes its caches to that
 file on a graceful stop and periodically, and loads it at boot when no peer
 could donate.
 
-Format: a stream of msgpack records. First ``["shoal-snapshot", 1, written_at]``,
+Format: a stream of msgpack records. First ``["shoal-snapshot", FORMAT, written_at]``,
 then one ``[cache, key, value, expires, hlc, node]`` per entry (the Ops format,
 value as serialized bytes), last ``["end", count, crc32, mac]``, where the checksum
 covers every byte before the end record and ``mac`` is HMAC-SHA256 of those bytes
@@ -15,7 +15,12 @@ entry a peer could not send either (validation.py: a list key, a value that is n
 bytes, an expiry of 1e306, a version from the future), is corrupt: it is reported
 and ignored, never half-loaded. The CRC catches a damaged disk; the MAC catches a
 file someone wrote on purpose, since a member loads it without any peer to ask.
-Writes go to a temporary file in the same directory, are fsynced, then renamed
+The format number changes only when a reader of the previous format could not read the new
+one; a release reads the formats in ``READS`` (its own and the previous release's), and a
+file in any other format is refused by name (``SnapshotFormat``: the member boots from its
+peers instead), so a rollback past a format change costs that file, never a wrong load.
+Extra trailing items in the header are ignored, so the header may carry more without a
+format change. Writes go to a temporary file in the same directory, are fsynced, then renamed
 over the old one, so a crash mid-write leaves the previous snapshot.
 
 The path is read only if it is a regular file of at most ``MAX_SNAPSHOT_BYTES``,
@@ -52,11 +57,18 @@ MAX_SNAPSHOT_BYTES = 8 * 1024**3
 """The largest snapshot file read (it is read whole, then applied): far above any cache that fits."""
 MAGIC = "shoal-snapshot"
 FORMAT = 2
+"""The format this release writes (1: before the entries were validated and signed)."""
+READS = frozenset({2})
+"""The formats this release reads: its own and the previous release's (0.1.x wrote 2)."""
 _MAC_LABEL = b"shoal snapshot\x00"
 
 
 class CorruptSnapshot(ShoalError):
     pass
+
+
+class SnapshotFormat(CorruptSnapshot):
+    """A whole snapshot in a format this release does not read (a newer release's, or a retired one)."""
 
 
 def snapshot_key(cluster_key: bytes) -> bytes:
@@ -161,8 +173,14 @@ def read(
     offset = 0
     try:
         header = next(unpacker)
-        if not (isinstance(header, list) and header[:2] == [MAGIC, FORMAT]):
-            raise CorruptSnapshot(f"{path} is not a shoal snapshot (format {FORMAT})")
+        if not (isinstance(header, list) and len(header) >= 3 and header[0] == MAGIC and type(header[1]) is int):
+            raise CorruptSnapshot(f"{path} is not a shoal snapshot")
+        if header[1] not in READS:
+            newer = "a newer release" if header[1] > FORMAT else "an older release"
+            raise SnapshotFormat(
+                f"{path} is snapshot format {header[1]}, written by {newer}; this release reads format "
+                f"{', '.join(map(str, sorted(READS)))}"
+            )
         crc = zlib.crc32(data[: unpacker.tell()])
         offset = unpacker.tell()
         for record in unpacker:

@@ -69,6 +69,7 @@ class Owner(Protocol):
     handshake_timeout: float
     max_frame_size: int
     max_clock_skew: float
+    protocol_max: int
     door: LogLimiter
 
     @property
@@ -134,7 +135,12 @@ class Connection(asyncio.Protocol):
         owner = self.owner
         factory = Handshake.initiator if self.initiator else Handshake.acceptor
         self.handshake = factory(
-            owner.secret, owner.node_id, owner.address_on(self), max_clock_skew=owner.max_clock_skew, wall=time.time
+            owner.secret,
+            owner.node_id,
+            owner.address_on(self),
+            max_clock_skew=owner.max_clock_skew,
+            protocol_max=owner.protocol_max,
+            wall=time.time,
         )
         self.opened = self.owner.loop.time()
         self.owner.conn_opened(self)

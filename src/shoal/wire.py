@@ -28,6 +28,14 @@ wire format is unchanged; only a longer spelling of the same array (array16 for 
 short array) is refused now. So a frame over its kind's limit is refused when its
 first 6 bytes arrive, and a kind that is not registered before its body is read.
 
+Unknown kinds
+-------------
+Before the handshake is done a frame of a kind this release does not know is refused like any
+other malformation. Once it is (``authenticate``), such a frame is a newer peer's: its tag is
+checked, its body is skipped unread (up to ``max_frame_size``), and ``feed`` returns an
+``Unknown(kind)`` in its place, which the dispatcher logs and drops (versions.py), so one frame
+an older member cannot read does not cut it off from the cluster.
+
 Each kind also bounds msgpack itself (``Bounds``): the longest str, bin, array and
 map any one item may claim, and how many arrays and maps a frame may hold (one per
 ``per_container`` bytes), counted while decoding so that the count stops it.
@@ -62,15 +70,17 @@ from typing import Any, NamedTuple, NoReturn
 import msgpack
 
 from .errors import FrameTooLarge, ProtocolError
-from .messages import MESSAGE_TYPES, Message, from_array, to_array
+from .messages import MESSAGE_TYPES, Message, Unknown, from_array, to_array
 from .validation import MAX_KEY_SIZE, MAX_NAME_SIZE
 
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 """The newest protocol this release speaks (2: the initiator proves first, clocks are
 compared at the handshake, every later frame is authenticated; 3: writes travel with their
-positions in the writer's stream, Stream/Resume/Resumed/DumpFrom, and catch-up is by position)."""
+positions in the writer's stream, Stream/Resume/Resumed/DumpFrom, and catch-up is by position;
+4: members say their release (Version), and an authenticated frame of an unknown kind is
+dropped and logged instead of closing the connection). versions.py lists what each added."""
 PROTOCOL_MIN = 3
-"""The oldest protocol this release still speaks."""
+"""The oldest protocol this release still speaks: the previous release's (0.1.x speaks only 3)."""
 
 DEFAULT_MAX_FRAME = 16 * 1024 * 1024
 HANDSHAKE_MAX_FRAME = 4 * 1024
@@ -130,6 +140,7 @@ def _bounds() -> dict[int, Bounds]:
         m.Gossip: Bounds(GOSSIP_MAX_FRAME, text=_ADDRESS, binary=64, items=4096, pairs=64, per_container=8),
         m.Heartbeat: control,
         m.Leave: control,
+        m.Version: control,
         # An op (one array) is at least 15 bytes; values are bin, str keys bounded.
         m.Ops: Bounds(None, text=MAX_KEY_SIZE, binary=None, items=None, pairs=0, per_container=12),
         m.Stream: Bounds(None, text=MAX_KEY_SIZE, binary=None, items=None, pairs=0, per_container=12),
@@ -229,6 +240,7 @@ class FrameDecoder:
         self._key: bytes | None = None
         self._seq = 0
         self._checked = -1  # offset in the buffer of the frame whose kind passed its limit
+        self._unknown: int | None = None  # that frame's kind, when this release does not know it
 
     @property
     def buffered(self) -> int:
@@ -267,16 +279,18 @@ class FrameDecoder:
                 raise ProtocolError("a frame is too short to hold a message")
             end = start + _LENGTH.size + size
             if self._checked != start:  # the kind's own limit, as soon as the body's first bytes are in
-                code = _peek_code(buffer, start + _LENGTH.size, min(end - overhead, len(buffer)))
+                code = _peek_code(buffer, start + _LENGTH.size, min(end - overhead, len(buffer)), key is not None)
                 if code is None:
                     break
-                kind_limit = frame_limit(code, self.max_frame_size)
+                known = code in MESSAGE_TYPES  # if not, the frame limit above is its only one
+                kind_limit = frame_limit(code, self.max_frame_size) if known else self.max_frame_size
                 if size - overhead > kind_limit:
                     raise FrameTooLarge(
                         f"peer announced a {size - overhead}-byte {MESSAGE_TYPES[code].__name__} frame, "
                         f"over the {kind_limit}-byte limit for that kind"
                     )
                 self._checked = start
+                self._unknown = None if known else code
             if end > len(buffer):
                 break
             if key is None:
@@ -286,9 +300,10 @@ class FrameDecoder:
                 if not hmac.compare_digest(_tag(key, self._seq, body), buffer[end - TAG_SIZE : end]):
                     raise ProtocolError("a frame failed authentication (forged, replayed, reordered or damaged)")
                 self._seq += 1
-                messages.append(_decode(body))
+                messages.append(_decode(body) if self._unknown is None else Unknown(self._unknown))
             start = end
             self._checked = -1
+            self._unknown = None
         # Consumed frames go once per feed, not once per frame. What stays is the
         # start of a single frame, which the next deletion consumes, so every byte
         # is moved at most once however the stream is chopped up.
@@ -298,9 +313,10 @@ class FrameDecoder:
         return messages
 
 
-def _peek_code(buffer: bytearray, start: int, end: int) -> int | None:
+def _peek_code(buffer: bytearray, start: int, end: int, admitted: bool = False) -> int | None:
     """The message code at the start of a body (``buffer[start:end]`` has arrived), None until
-    enough has; ProtocolError if the body is no message array or the code is not registered."""
+    enough has; ProtocolError if the body is no message array or (before ``admitted``) the code
+    is not registered. An admitted peer's unknown code is returned as it is, unchecked."""
     if end - start < 2:
         if end - start == 1 and not 0x91 <= buffer[start] <= 0x9F:
             raise ProtocolError("a message is a msgpack array of 1 to 15 items")
@@ -319,6 +335,8 @@ def _peek_code(buffer: bytearray, start: int, end: int) -> int | None:
         code = int.from_bytes(buffer[start + 2 : start + 2 + width], "big")
     cls = MESSAGE_TYPES.get(code)
     if cls is None:
+        if admitted:
+            return code
         raise ProtocolError(f"unknown message code {code}")
     if head - 0x90 != len(cls.__dataclass_fields__) + 1:
         raise ProtocolError(f"{cls.__name__} has {len(cls.__dataclass_fields__)} fields, got {head - 0x91}")

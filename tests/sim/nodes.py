@@ -28,7 +28,7 @@ from shoal.messages import Message, Ops, Stream
 from shoal.replica import Op
 from shoal.store import WRITE
 from shoal.warmboot import dump_stream
-from shoal.wire import DEFAULT_MAX_FRAME
+from shoal.wire import DEFAULT_MAX_FRAME, PROTOCOL_VERSION
 
 from .network import NodeFactory, Sim
 
@@ -217,7 +217,11 @@ class SimMember:
         return out
 
     def on_connected(self, peer: int, listen: str, now: float, dialed: str | None) -> list[Any]:
-        return self.drive(self.core.connected(peer, listen, now, dialed=dialed))
+        # The handshake's choice: the newest protocol both offer (Config.protocol_max).
+        other = self.sim.nodes.get(peer)
+        theirs = other.core.config.protocol_max if isinstance(other, SimMember) else PROTOCOL_VERSION
+        protocol = min(self.core.config.protocol_max, theirs)
+        return self.drive(self.core.connected(peer, listen, now, dialed=dialed, protocol=protocol))
 
     def on_disconnected(self, peer: int, now: float) -> list[Any]:
         return self.drive(self.core.disconnected(peer, now))

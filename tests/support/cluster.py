@@ -36,14 +36,19 @@ def wait_until(predicate: Callable[[], T], timeout: float = 15.0, interval: floa
         time.sleep(interval)
 
 
-def _env() -> dict[str, str]:
+def _env(root: Path = ROOT) -> dict[str, str]:
+    """The environment of a process running shoal (and its tests/support) from the tree at ``root``."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT / "src"), str(ROOT), env.get("PYTHONPATH")) if p)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root / "src"), str(root), env.get("PYTHONPATH")) if p)
     return env
 
 
 class Member:
-    """One member process, driven by JSON commands (tests/support/member.py)."""
+    """One member process, driven by JSON commands (tests/support/member.py).
+
+    ``root`` is the source tree it runs, this one by default: the compatibility test runs a
+    previous release's tree (its own shoal and its own tests/support/member.py) beside it.
+    """
 
     def __init__(
         self,
@@ -54,6 +59,7 @@ class Member:
         ttl: float | None = None,
         max_entries: int | None = None,
         prefix: list[str] = (),
+        root: Path = ROOT,
         **node_options: Any,
     ) -> None:  # type: ignore[assignment]
         argv = [
@@ -77,7 +83,13 @@ class Member:
         if max_entries is not None:
             argv += ["--max-entries", str(max_entries)]
         self.proc = subprocess.Popen(
-            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=_env()
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=root,
+            env=_env(root),
         )
         assert self.proc.stdout is not None
         first = self.proc.stdout.readline()
