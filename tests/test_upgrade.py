@@ -50,9 +50,10 @@ def old(request: pytest.FixtureRequest) -> Iterator[Release]:
 
 
 def _read(root: Path, module: str, name: str) -> str:
-    found = re.search(rf"^{name}\s*=\s*(.+)$", (root / "src" / "shoal" / module).read_text(), re.M)
+    """A module-level constant of a tree, as written (a string literal or a number; a comment may follow)."""
+    found = re.search(rf"^{name}\s*=\s*(\"[^\"]*\"|'[^']*'|\d+)", (root / "src" / "shoal" / module).read_text(), re.M)
     assert found, f"{name} in {root}/src/shoal/{module}"
-    return found.group(1).strip().strip("\"'")
+    return found.group(1).strip("\"'")
 
 
 def protocol_max(release: Release) -> int:
