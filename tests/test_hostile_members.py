@@ -1,0 +1,92 @@
+"""What an authenticated peer can do to real member processes (issue 20, the rows the probe ran with processes).
+
+Each test plays the probe's hostile or misconfigured peer against member processes on
+127.0.0.1 (tests/support/member.py), with ``RawPeer`` / ``FakeMember`` speaking the
+protocol after a real handshake, and checks what the member does: which connection it
+keeps, what it dials, what it reports, how ready it says it is, what it costs.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from shoal.messages import Message
+from tests.support.cluster import Cluster, Member, cluster, wait_until
+from tests.support.peer import FakeMember
+
+__all__ = ["cluster"]  # the fixture
+
+pytestmark = pytest.mark.slow
+
+SECRET = "shoal-test-secret"  # tests/support/member.py's default
+FAST = {"failure_timeout": 1.0, "heartbeat_interval": 0.1, "boot_wait": 0.3}
+
+
+def logs(member: Member) -> str:
+    """Everything the member logged, once it has stopped."""
+    member.stop()
+    assert member.proc.stderr is not None
+    return member.proc.stderr.read()
+
+
+def written_keys(received: list[Message]) -> list[object]:
+    """The keys of the writes (Stream or Ops) among the messages a fake member received."""
+    return [op[1] for msg in received for op in getattr(msg, "ops", ())]
+
+
+def stay_up_together(a: Member, b: Member, seconds: float) -> None:
+    """a and b see each other up for ``seconds`` without a break."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert b.address in a.peers_up() and a.address in b.peers_up()
+        time.sleep(0.05)
+
+
+# -- row 8: a peer that claims a live member's id and address -------------------------------
+
+
+def pair_whose_dialer_has_the_larger_id(cluster: Cluster) -> tuple[Member, Member]:
+    """(dialer, dialed): the dialer's id is the larger one.
+
+    The hardest case for the id: both ends keep the connection the smaller id initiated
+    when two exist, so an impostor claiming the dialed member's (smaller) id at the dialer
+    is the one a bare tie-break would keep.
+    """
+    for _ in range(20):  # ids are random: one in the lower half, then a dialer above it
+        dialed = cluster.start(**FAST)
+        if int(dialed.id, 16) < 1 << 63:
+            break
+        dialed.stop()
+    for _ in range(20):
+        dialer = cluster.start(seeds=[dialed.address], **FAST)
+        if int(dialer.id, 16) > int(dialed.id, 16):
+            break
+        dialer.stop()
+    assert int(dialer.id, 16) > int(dialed.id, 16), "twenty members in a row drew a smaller id"
+    wait_until(lambda: dialed.address in dialer.peers_up() and dialer.address in dialed.peers_up(), 10, what="pair")
+    return dialer, dialed
+
+
+def test_a_peer_claiming_a_live_members_id_and_address_is_refused_and_the_member_keeps_its_connection_and_traffic(
+    cluster: Cluster,
+) -> None:
+    """Row 8. Before: the real member was dropped and its redials refused (128 in 20 s); the writes for it went
+    to the impostor."""
+    a, b = pair_whose_dialer_has_the_larger_id(cluster)
+    stay_up_together(a, b, 1.5 * FAST["failure_timeout"])  # b's connection is live, not one just made
+    impostor = FakeMember(a.address, SECRET, int(b.id, 16), b.address)
+    try:
+        wait_until(impostor.closed.is_set, 10, what="a to close the impostor's connection")
+        a.cmd("set", key="after", value="for the real member")
+        wait_until(lambda: b.cmd("get", key="after") == "for the real member", 10, what="the write to reach b")
+        stay_up_together(a, b, 1.0)
+        assert "after" not in written_keys(impostor.received)
+    finally:
+        impostor.close()
+    b_logs, a_logs = logs(b), logs(a)  # b first: a's goodbye is no loss
+    refusals = [line for line in a_logs.splitlines() if "node id already held by a live connection" in line]
+    assert refusals and all(" ERROR " in line for line in refusals), a_logs[-3000:]
+    downs = b_logs.count(f"member {a.id} down")
+    assert downs == 0, f"b lost its connection to a {downs} times"
