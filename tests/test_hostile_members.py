@@ -13,7 +13,7 @@ import time
 import pytest
 
 from shoal.messages import Message
-from tests.support.cluster import Cluster, Member, cluster, wait_until
+from tests.support.cluster import Cluster, Member, cluster, free_port, wait_until
 from tests.support.peer import FakeMember
 
 __all__ = ["cluster"]  # the fixture
@@ -90,3 +90,29 @@ def test_a_peer_claiming_a_live_members_id_and_address_is_refused_and_the_member
     assert refusals and all(" ERROR " in line for line in refusals), a_logs[-3000:]
     downs = b_logs.count(f"member {a.id} down")
     assert downs == 0, f"b lost its connection to a {downs} times"
+
+
+# -- row 12: members given one advertise address -----------------------------------------
+
+
+def test_members_given_the_same_advertise_address_say_so_in_an_error_log_report_no_restarts_and_none_is_ready(
+    cluster: Cluster,
+) -> None:
+    """Row 12. Before: 516 "restarted with a new id" downs in 20 s, the mesh never formed, all three ready."""
+    ports = [free_port() for _ in range(3)]
+    shared = f"127.0.0.1:{free_port()}"  # one address for all three (copied from one member's settings, say)
+    addresses = [f"127.0.0.1:{port}" for port in ports]
+    members = [
+        cluster.start(listen=address, seeds=[a for a in addresses if a != address], advertise=shared, **FAST)
+        for address in addresses
+    ]
+    wait_until(lambda: all(m.cmd("tables")["up"] == 2 for m in members), 10, what="each to connect to the others")
+    for member in members:
+        assert member.cmd("ready", timeout=1.0) is False
+    assert all(m.cmd("tables")["up"] == 2 for m in members)  # still connected: nobody took another for a restart
+    for member in members:
+        text = logs(member)
+        conflicts = [line for line in text.splitlines() if "advertises this member's own address" in line]
+        assert conflicts and all(" ERROR " in line for line in conflicts), text[-3000:]
+        restarts = text.count("restarted with a new id")
+        assert restarts == 0, f"{restarts} members taken for restarts"
