@@ -8,13 +8,17 @@ keeps, what it dials, what it reports, how ready it says it is, what it costs.
 
 from __future__ import annotations
 
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
+from shoal.membership import MAX_MEMBERS, MAX_TARGETS
 from shoal.messages import Message
 from tests.support.cluster import Cluster, Member, cluster, free_port, wait_until
-from tests.support.peer import FakeMember
+from tests.support.peer import FakeMember, RawPeer
 
 __all__ = ["cluster"]  # the fixture
 
@@ -27,6 +31,8 @@ FAST = {"failure_timeout": 1.0, "heartbeat_interval": 0.1, "boot_wait": 0.3}
 def logs(member: Member) -> str:
     """Everything the member logged, once it has stopped."""
     member.stop()
+    if member.log_to is not None:
+        return member.log_to.read_text()
     assert member.proc.stderr is not None
     return member.proc.stderr.read()
 
@@ -116,3 +122,56 @@ def test_members_given_the_same_advertise_address_say_so_in_an_error_log_report_
         assert conflicts and all(" ERROR " in line for line in conflicts), text[-3000:]
         restarts = text.count("restarted with a new id")
         assert restarts == 0, f"{restarts} members taken for restarts"
+
+
+# -- row 11: thousands of connections, each with a fresh node id ------------------------------
+
+
+def cpu_seconds(member: Member) -> float:
+    """CPU time (user and system) the member's process has used so far."""
+    with open(f"/proc/{member.proc.pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def dead_address(i: int) -> str:
+    """An address of the loopback network where nothing listens (a connection there is refused)."""
+    return f"127.1.{i // 250}.{i % 250 + 1}:9"
+
+
+def connect_once(address: str, node_id: int, listen: str) -> None:
+    RawPeer(address, SECRET, node_id, listen).close()
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="reads a process's CPU time from /proc")
+def test_three_thousand_connections_with_fresh_ids_leave_bounded_tables_an_idle_member_and_heartbeats_flowing(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """Row 11. Before: 19 CPU-s, then 3,001 members and 2,001 dead dial targets kept and redialed for 600 s:
+    0.62 CPU-s/s while idle."""
+    options = {"failure_timeout": 2.0, "heartbeat_interval": 0.2, "boot_wait": 0.3}
+    a = cluster.start(log_to=tmp_path / "a.log", **options)  # two lines per connection: more than a pipe holds
+    honest = cluster.start(seeds=[a.address], **options)
+    wait_until(lambda: honest.address in a.peers_up() and a.address in honest.peers_up(), 10, what="the pair")
+    most = {"members": 0, "targets": 0}
+    with ThreadPoolExecutor(8) as pool:
+        for start in range(0, 3000, 250):
+            batch = [pool.submit(connect_once, a.address, 1 << 40 | i, dead_address(i)) for i in range(start, start + 250)]
+            for future in batch:
+                future.result()
+            tables = a.cmd("tables")
+            tables["targets"] -= tables["up"]  # those of members connected now (the honest one among them)
+            most = {name: max(most[name], tables[name]) for name in most}
+    assert most["members"] <= MAX_MEMBERS and most["targets"] <= MAX_TARGETS, most
+    # What the fake ids left behind is forgotten once their addresses fail a few dials.
+    wait_until(lambda: a.cmd("tables")["targets"] <= 1, 20, what="the dead addresses to be forgotten")
+    used = cpu_seconds(a)
+    started = time.monotonic()
+    dials = a.cmd("tables")["dials"]
+    time.sleep(2.0)  # the window the idle cost is measured over
+    idle = (cpu_seconds(a) - used) / (time.monotonic() - started)
+    assert a.cmd("tables")["dials"] == dials, "dead addresses still redialed"
+    assert idle < 0.2, f"{idle:.2f} CPU-s/s while idle"
+    assert honest.address in a.peers_up() and a.address in honest.peers_up()
+    honest_logs = logs(honest)
+    assert f"member {a.id} down" not in honest_logs, honest_logs[-2000:]

@@ -62,8 +62,11 @@ class Member:
         ttl: float | None = None,
         max_entries: int | None = None,
         prefix: list[str] = (),
+        log_to: Path | None = None,
         **node_options: Any,
     ) -> None:  # type: ignore[assignment]
+        """``log_to``: a file for the member's log instead of a pipe (a member that logs more than a
+        pipe holds before the test reads it would block on its next line)."""
         argv = [
             *prefix,
             sys.executable,
@@ -84,9 +87,13 @@ class Member:
             argv += ["--ttl", str(ttl)]
         if max_entries is not None:
             argv += ["--max-entries", str(max_entries)]
+        self.log_to = log_to
+        stderr = subprocess.PIPE if log_to is None else log_to.open("w")
         self.proc = subprocess.Popen(
-            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=_env()
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, text=True, cwd=ROOT, env=_env()
         )
+        if log_to is not None:
+            stderr.close()  # the member holds it
         assert self.proc.stdout is not None
         first = self.proc.stdout.readline()
         if not first:
