@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from shoal.membership import MAX_MEMBERS, MAX_TARGETS
-from shoal.messages import Message
+from shoal.messages import DumpEnd, DumpRequest, Message, SizeReply, SizeRequest
 from tests.support.cluster import Cluster, Member, cluster, free_port, wait_until
 from tests.support.peer import FakeMember, RawPeer
 
@@ -175,3 +175,41 @@ def test_three_thousand_connections_with_fresh_ids_leave_bounded_tables_an_idle_
     assert honest.address in a.peers_up() and a.address in honest.peers_up()
     honest_logs = logs(honest)
     assert f"member {a.id} down" not in honest_logs, honest_logs[-2000:]
+
+
+# -- row 15: a donor that claims entries and sends none ----------------------------------------
+
+
+def lying_donor(msg: Message) -> list[Message]:
+    """Claims a billion entries, then streams none."""
+    if isinstance(msg, SizeRequest):
+        return [SizeReply(msg.cache, 10**9, True)]
+    if isinstance(msg, DumpRequest):
+        return [DumpEnd(msg.cache, msg.stream, 0)]
+    return []
+
+
+def boot_state(member: Member) -> str:
+    return str(member.cmd("stats")["caches"]["c"]["warm_boot"]["state"])
+
+
+def test_a_booting_member_whose_first_donor_claims_entries_and_dumps_none_stays_unready_and_boots_from_the_next(
+    cluster: Cluster,
+) -> None:
+    """Row 15. Before: ready, "warm", with 0 of 20,000 entries (repaired ~5 s later)."""
+    donor_address = f"127.0.0.1:{free_port()}"  # the honest donor comes later, at this address
+    booting = cluster.start(seeds=[donor_address], boot_wait=1.0, failure_timeout=2.0, heartbeat_interval=0.2)
+    liar = FakeMember(booting.address, SECRET, 0x5EED, dead_address(0), answer=lying_donor)
+    try:
+        wait_until(lambda: liar.kinds["DumpRequest"] >= 1, 10, what="the booting member to ask the liar for a dump")
+        wait_until(lambda: boot_state(booting) != "booting", 10, what="the boot to get past the liar's empty dump")
+        assert boot_state(booting).startswith("retrying")
+        assert booting.cmd("ready", timeout=0.5) is False and booting.cmd("len") == 0
+        donor = cluster.start(listen=donor_address, failure_timeout=2.0, heartbeat_interval=0.2)
+        for start in range(0, 20_000, 5_000):
+            donor.cmd("set_range", prefix="k", start=start, count=5_000)
+        assert booting.cmd("ready", timeout=20) is True
+        assert booting.cmd("len") == 20_000
+        assert boot_state(booting) == "warm"
+    finally:
+        liar.close()
