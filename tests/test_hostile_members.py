@@ -8,15 +8,19 @@ keeps, what it dials, what it reports, how ready it says it is, what it costs.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import struct
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import msgpack
 import pytest
 
-from shoal.membership import MAX_MEMBERS, MAX_TARGETS
-from shoal.messages import DumpEnd, DumpRequest, Message, SizeReply, SizeRequest
+from shoal.membership import MAX_CACHE_NAME, MAX_CACHES, MAX_MEMBERS, MAX_RUMORS_PER_SENDER, MAX_TARGETS
+from shoal.messages import DumpEnd, DumpRequest, Gossip, Message, SizeReply, SizeRequest, to_array
+from shoal.wire import encode
 from tests.support.cluster import Cluster, Member, cluster, free_port, wait_until
 from tests.support.peer import FakeMember, RawPeer
 
@@ -213,3 +217,76 @@ def test_a_booting_member_whose_first_donor_claims_entries_and_dumps_none_stays_
         assert boot_state(booting) == "warm"
     finally:
         liar.close()
+
+
+# -- rows 5 and 6: gossip about members that do not exist, and caches nobody could host ---------------
+
+
+def fake_entries(ids: range, first_address: int, caches: list[str] = ()) -> list[list[object]]:  # type: ignore[assignment]
+    """Gossip entries for members that do not exist, at dead addresses from ``first_address`` on (2,000 of them)."""
+    return [[node_id, dead_address((first_address + i) % 2000), "up", list(caches), 0] for i, node_id in enumerate(ids)]
+
+
+def test_gossip_naming_members_that_do_not_exist_holds_no_readiness_and_fills_no_table_past_its_bound(
+    cluster: Cluster,
+) -> None:
+    """Row 5. Before: never ready (readiness waited on rumors: 5 new ids every 4 s); 2,000 fake addresses
+    dialed; 300k fake ids x 3 kept 902k table entries 600 s."""
+    a = cluster.start(boot_wait=0.3, failure_timeout=2.0, heartbeat_interval=0.2)
+    liar = FakeMember(a.address, SECRET, 0xFA4E, dead_address(2999))
+    try:
+        for batch in range(20):  # 20,000 ids that do not exist, at 2,000 addresses where nothing listens
+            liar.send(encode(Gossip(fake_entries(range((1 << 41) + batch * 1000, (1 << 41) + (batch + 1) * 1000), 0))))
+        sizes = []
+        ready: list[bool] = []
+        fresh = 1 << 42
+        deadline = time.monotonic() + 15.0  # a rumor holds readiness mesh_wait (5 s) at most
+        while time.monotonic() < deadline and not ready[-10:] == [True] * 10:
+            liar.send(encode(Gossip(fake_entries(range(fresh, fresh + 5), fresh))))  # and 5 new ones, on and on
+            fresh += 5
+            ready.append(a.cmd("ready", timeout=0.2))
+            sizes.append(a.cmd("tables"))
+        assert ready[-10:] == [True] * 10, f"ready in {sum(ready)} of {len(ready)} looks"
+        assert max(s["rumors"] for s in sizes) <= MAX_RUMORS_PER_SENDER, max(s["rumors"] for s in sizes)
+        assert max(s["targets"] - s["up"] for s in sizes) <= MAX_TARGETS, max(s["targets"] for s in sizes)
+        assert max(s["members"] for s in sizes) == 1  # only the liar: nobody it named ever answered
+    finally:
+        liar.close()
+
+
+def unchecked_frame(msg: Message) -> bytes:
+    """``msg`` as a frame, whatever its size (``encode`` refuses one over its kind's limit)."""
+    body = msgpack.packb(to_array(msg), use_bin_type=True)
+    return struct.pack(">I", len(body)) + body
+
+
+def test_fake_members_claiming_caches_nobody_could_host_leave_our_gossip_sendable_and_a_restarted_member_rejoins(
+    cluster: Cluster,
+) -> None:
+    """Row 6. Before: two fakes claiming 9 caches with 1 MiB names each put our gossip over the frame limit
+    (FrameTooLarge every tick); an honest member that restarted was admitted and closed ~8 times a second."""
+    a = cluster.start(**FAST)
+    b = cluster.start(seeds=[a.address], **FAST)
+    wait_until(lambda: b.address in a.peers_up(), 10, what="the pair")
+    huge = [f"{i}" + "x" * (1 << 20) for i in range(9)]
+    at_the_limits = [f"{i:03d}" + "n" * (MAX_CACHE_NAME - 3) for i in range(MAX_CACHES)]
+    fakes = []
+    try:
+        for i in range(82):  # 2 with huge names, 80 with as many and as long names as are taken
+            fake = FakeMember(a.address, SECRET, 0xC0DE00 + i, dead_address(i))
+            fakes.append(fake)
+            claim = huge if i < 2 else at_the_limits
+            with contextlib.suppress(OSError):  # refused at its first bytes
+                fake.send(unchecked_frame(Gossip([[0xC0DE00 + i, dead_address(i), "up", claim, 0]])))
+        wait_until(lambda: a.cmd("tables")["up"] >= 81, 10, what="the fakes to be up")
+        b.kill()
+        again = cluster.start(seeds=[a.address], **FAST)
+        wait_until(lambda: again.address in a.peers_up() and a.address in again.peers_up(), 10, what="the rejoin")
+        stay_up_together(a, again, 2.0)
+        a.cmd("set", key="after", value="reaches the member that restarted")
+        wait_until(lambda: again.cmd("get", key="after") == "reaches the member that restarted", 10)
+    finally:
+        for fake in fakes:
+            fake.close()
+    text = logs(again)
+    assert "over the" not in text, text[-2000:]  # none of our gossip was over the Gossip frame limit
