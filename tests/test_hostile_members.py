@@ -18,17 +18,32 @@ from pathlib import Path
 import msgpack
 import pytest
 
+from shoal.leases import owner_of
 from shoal.membership import MAX_CACHE_NAME, MAX_CACHES, MAX_MEMBERS, MAX_RUMORS_PER_SENDER, MAX_TARGETS
-from shoal.messages import DumpEnd, DumpRequest, Gossip, Message, SizeReply, SizeRequest, to_array
+from shoal.messages import (
+    DumpEnd,
+    DumpRequest,
+    Gossip,
+    LeaseDone,
+    LeaseRequest,
+    LeaseWait,
+    Message,
+    SizeReply,
+    SizeRequest,
+    to_array,
+)
 from shoal.wire import encode
 from tests.support.cluster import Cluster, Member, cluster, free_port, wait_until
 from tests.support.peer import FakeMember, RawPeer
+from tests.test_singleflight_cluster import loader_calls
+from tests.test_singleflight_cluster import start as start_fetch_members
 
 __all__ = ["cluster"]  # the fixture
 
 pytestmark = pytest.mark.slow
 
 SECRET = "shoal-test-secret"  # tests/support/member.py's default
+FETCH_SECRET = "the single-flight tests' cluster secret"  # tests/support/fetch_member.py's
 FAST = {"failure_timeout": 1.0, "heartbeat_interval": 0.1, "boot_wait": 0.3}
 
 
@@ -290,3 +305,54 @@ def test_fake_members_claiming_caches_nobody_could_host_leave_our_gossip_sendabl
             fake.close()
     text = logs(again)
     assert "over the" not in text, text[-2000:]  # none of our gossip was over the Gossip frame limit
+
+
+# -- row 9: lease answers from a peer that does not own the key, or owns it only in our view ------------
+
+
+def test_lease_answers_forged_by_a_peer_owning_the_key_or_not_neither_fail_a_fetch_nor_hold_it_past_one_lease(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """Row 9. Before: a forged LeaseDone made fetch raise LoaderError without the loader ever running; a
+    LeaseWait with a 1 h ttl blocked fetch 18 s.
+
+    The forger connects to a alone and says it hosts the cache, so by a's view it owns a
+    third of the keys (b never meets it). For those, it answers every ask with an hour's
+    wait or with an error; for a key b owns and loads, it sends a both, unasked.
+    """
+    calls = tmp_path / "calls"
+    a, b = start_fetch_members(cluster, calls, size=2, load_ms=2000)
+    forger_id = 0xF0F0
+    members = [int(a.id, 16), int(b.id, 16), forger_id]
+    keys = [f"user:{i}" for i in range(1000)]
+    held_key = next(k for k in keys if owner_of(k, members) == int(b.id, 16) == int(b.cmd("owner", key=k), 16))
+    wait_key, error_key = [k for k in keys if owner_of(k, members) == forger_id][:2]
+
+    def answer(msg: Message) -> list[Message]:
+        if not isinstance(msg, LeaseRequest):
+            return []
+        if msg.keys == [wait_key]:
+            return [LeaseWait("u", msg.keys, 3_600_000, int(b.id, 16))]
+        return [LeaseDone("u", msg.keys, "LoaderError", "forged by the key's owner in a's view")]
+
+    forger = FakeMember(a.address, FETCH_SECRET, forger_id, dead_address(0), answer=answer)
+    try:
+        forger.send(encode(Gossip([[forger_id, dead_address(0), "up", ["u"], 0]])))
+        wait_until(lambda: a.cmd("owner", key=wait_key) == f"{forger_id:016x}", 10, what="the forger to own keys")
+        b.cmd("burst", id="holder", keys=[held_key], callers=1)  # b loads held_key for 2 s: it holds the lease
+        wait_until(lambda: loader_calls(calls)[held_key] == 1, 10, what="b's loader to start")
+        started = time.monotonic()
+        a.cmd("burst", id="waiter", keys=[held_key, wait_key, error_key], callers=3)
+        unasked = encode(LeaseDone("u", [held_key], "LoaderError", "forged by a member that does not own the key"))
+        unasked += encode(LeaseWait("u", [held_key], 3_600_000, forger_id))
+        while time.monotonic() - started < 1.5:  # a waits on b's load meanwhile
+            forger.send(unasked)
+            time.sleep(0.02)
+        results = a.cmd("results", id="waiter", timeout=60)
+        waited = time.monotonic() - started
+    finally:
+        forger.close()
+    assert results == {key: {f"value:value of {key}": 3} for key in (held_key, wait_key, error_key)}
+    # One lease (a's load_timeout, 10 s) waited out, then the next in rank and a 2 s load; not the STUCK bound.
+    assert waited < 16.0, f"a's fetch waited {waited:.1f} s"
+    assert loader_calls(calls) == {held_key: 1, wait_key: 1, error_key: 1}
