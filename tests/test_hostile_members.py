@@ -175,8 +175,8 @@ def test_three_thousand_connections_with_fresh_ids_leave_bounded_tables_an_idle_
     most = {"members": 0, "targets": 0}
     with ThreadPoolExecutor(8) as pool:
         for start in range(0, 3000, 250):
-            batch = [pool.submit(connect_once, a.address, 1 << 40 | i, dead_address(i)) for i in range(start, start + 250)]
-            for future in batch:
+            ids = range(start, start + 250)
+            for future in [pool.submit(connect_once, a.address, 1 << 40 | i, dead_address(i)) for i in ids]:
                 future.result()
             tables = a.cmd("tables")
             tables["targets"] -= tables["up"]  # those of members connected now (the honest one among them)
@@ -256,7 +256,7 @@ def test_gossip_naming_members_that_do_not_exist_holds_no_readiness_and_fills_no
         ready: list[bool] = []
         fresh = 1 << 42
         deadline = time.monotonic() + 15.0  # a rumor holds readiness mesh_wait (5 s) at most
-        while time.monotonic() < deadline and not ready[-10:] == [True] * 10:
+        while time.monotonic() < deadline and ready[-10:] != [True] * 10:
             liar.send(encode(Gossip(fake_entries(range(fresh, fresh + 5), fresh))))  # and 5 new ones, on and on
             fresh += 5
             ready.append(a.cmd("ready", timeout=0.2))
