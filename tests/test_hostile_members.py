@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import socket
 import struct
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -18,6 +20,7 @@ from pathlib import Path
 import msgpack
 import pytest
 
+from shoal.handshake import Handshake
 from shoal.leases import owner_of
 from shoal.membership import MAX_CACHE_NAME, MAX_CACHES, MAX_MEMBERS, MAX_RUMORS_PER_SENDER, MAX_TARGETS
 from shoal.messages import (
@@ -30,9 +33,11 @@ from shoal.messages import (
     Message,
     SizeReply,
     SizeRequest,
+    Welcome,
     to_array,
 )
-from shoal.wire import encode
+from shoal.transport import parse_address
+from shoal.wire import FrameDecoder, encode
 from tests.support.cluster import Cluster, Member, cluster, free_port, wait_until
 from tests.support.peer import FakeMember, RawPeer
 from tests.test_singleflight_cluster import loader_calls
@@ -356,3 +361,36 @@ def test_lease_answers_forged_by_a_peer_owning_the_key_or_not_neither_fail_a_fet
     # One lease (a's load_timeout, 10 s) waited out, then the next in rank and a 2 s load; not the STUCK bound.
     assert waited < 16.0, f"a's fetch waited {waited:.1f} s"
     assert loader_calls(calls) == {held_key: 1, wait_key: 1, error_key: 1}
+
+
+# -- found on the way: a member whose loop ran late refused joiners for clock skew --------------------
+
+
+def next_message(sock: socket.socket, decoder: FrameDecoder) -> Message:
+    while not (msgs := decoder.feed(b"", limit=1)):
+        data = sock.recv(65536)
+        assert data, "the member closed the connection"
+        decoder.feed(data, limit=0)
+    return msgs[0]
+
+
+def test_a_joiner_whose_proof_a_stalled_member_reads_late_is_admitted_not_refused_for_clock_skew(
+    cluster: Cluster,
+) -> None:
+    """Before: during the row 11 flood a member refused a joiner, "peer's wall clock is -1.359 s from ours, more
+    than max_clock_skew (1 s)": the joiner's Proof had waited in the busy member's socket."""
+    a = cluster.start(**FAST)  # max_clock_skew: 1 s
+    handshake = Handshake.initiator(SECRET.encode(), 0x5107, dead_address(0), wall=time.time)
+    decoder = FrameDecoder(1 << 20)
+    with socket.create_connection(parse_address(a.address), timeout=10) as sock:
+        sock.sendall(b"".join(encode(msg) for msg in handshake.start()))
+        [proof] = handshake.receive(next_message(sock, decoder))
+        a.kill(signal.SIGSTOP)
+        try:
+            sock.sendall(encode(proof))
+            time.sleep(2.0)  # the member's loop stands still: the Proof waits in its socket
+        finally:
+            a.kill(signal.SIGCONT)
+        answer = next_message(sock, decoder)
+        assert isinstance(answer, Welcome), answer
+        assert handshake.receive(answer) == [] and handshake.done
