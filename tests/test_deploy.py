@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -23,7 +22,7 @@ from typing import Any
 import pytest
 
 from shoal.node import Node
-from tests.support.cluster import ROOT, _env, wait_until
+from tests.support.cluster import ROOT, _env, free_port, wait_until
 from tests.support.netns import Host, Netns, netns
 from tests.support.pod import PORT, Pod, Pods, pods
 
@@ -64,12 +63,6 @@ def nodes() -> Iterator[Callable[..., Node]]:
     yield start
     for node in reversed(started):
         node.stop()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def up(node: Node) -> dict[str, str]:

@@ -393,6 +393,45 @@ def test_lease_answers_from_a_member_that_is_not_the_keys_owner_are_ignored() ->
     assert loads(m, A) == []
 
 
+def next_in_rank_was_asked(m: Members, actions: list[Any], key: str) -> bool:
+    """A passed the owner C over: it asked B, or (ranking first among A and B) loads itself."""
+    if owner_of(key, [A, B]) == A:
+        return loads(m, A) == [key]
+    return [(s.peer, type(s.msg)) for s in sends(actions)] == [(B, LeaseRequest)]
+
+
+def test_an_owner_that_says_wait_again_once_a_whole_lease_was_waited_out_is_passed_over() -> None:
+    """Row 9: an owner (by our view) answering every ask with an hour's wait held fetch 18 s."""
+    m = Members(ttl=5.0)
+    key = m.key_owned_by(C)
+    m.do(A, m.leases[A].miss("c", key, 0.0))
+    m.inbox.clear()
+    assert m.leases[A].received(C, LeaseWait("c", [key], 3_600_000, B), 0.1) == []
+    asked = sends(m.leases[A].tick(5.7))  # the wait is over: A asks C again
+    assert [(s.peer, type(s.msg)) for s in asked] == [(C, LeaseRequest)]
+    actions = m.leases[A].received(C, LeaseWait("c", [key], 3_600_000, A), 5.8)  # another holder, same story
+    m.do(A, [a for a in actions if not isinstance(a, Send)])
+    assert next_in_rank_was_asked(m, actions, key)
+    assert m.leases[A].fallbacks == 1
+
+
+def test_an_error_an_owner_answers_a_request_with_is_not_taken_and_the_next_in_rank_is_asked() -> None:
+    """Row 9: a forged LeaseDone made fetch raise LoaderError without any loader having run."""
+    m = Members()
+    key = m.key_owned_by(C)
+    m.do(A, m.leases[A].miss("c", key, 0.0))
+    forged = LeaseDone("c", [key], "LoaderError", "forged")
+    actions: list[Any] = []
+    for now in (0.1, 0.5, 1.0, 1.1, 1.5, 2.0, 2.1):
+        assert m.leases[A].received(C, forged, now) == []  # no Fail: nobody was waiting on a load
+        actions = m.leases[A].tick(now)
+        m.do(A, [a for a in actions if not isinstance(a, Send)])
+        if m.leases[A].fallbacks:
+            break
+    assert not any(isinstance(a, Fail) for a in m.local[A])
+    assert next_in_rank_was_asked(m, actions, key)
+
+
 def test_a_wait_the_owner_sends_is_never_longer_than_the_local_load_timeout() -> None:
     m = Members(ttl=5.0)
     key = m.key_owned_by(C)

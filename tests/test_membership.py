@@ -664,6 +664,27 @@ def test_members_given_our_own_advertise_address_are_a_conflict_not_restarts_and
     assert member.conflicts == set()
 
 
+def test_members_that_come_and_go_within_failure_timeout_leave_at_most_max_targets_addresses_to_redial() -> None:
+    """Found with member processes: 3,000 connections with fresh ids left 3,001 dial targets."""
+    from shoal.membership import MAX_TARGETS
+
+    member = connected_member()
+    now = 0.0
+    most = 0
+    for i in range(3000):
+        now += 0.001
+        member.connected(10_000 + i, f"10.7.{i // 250}.{i % 250}:7600", now)
+        member.disconnected(10_000 + i, now + 0.0005)
+        most = max(most, len(member._targets))
+    assert most <= MAX_TARGETS + 1  # and p:7, which is up
+    for i in range(20):  # a member that was up a while keeps its address, whatever passers-by left
+        member.connected(20_000 + i, f"10.6.0.{i}:7600", now)
+    member.received(7, Heartbeat(0), now + FAILURE_TIMEOUT)
+    for i in range(20):
+        member.disconnected(20_000 + i, now + FAILURE_TIMEOUT)
+    assert all(f"10.6.0.{i}:7600" in member._targets for i in range(20))
+
+
 def test_thousands_of_connections_with_fresh_ids_leave_bounded_tables_and_no_addresses_redialed() -> None:
     from shoal.membership import MAX_MEMBERS
 

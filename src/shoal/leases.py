@@ -35,7 +35,9 @@ arbitrates only keys it ranks first or second (the fallback above); for any
 other key, or past a bound (leases per peer, their key bytes, the table's size
 and bytes), it answers "load it yourself" and records nothing. Answers about a
 key count only from the member asked for it, and a wait is never longer than
-the local ``ttl``.
+the local ``ttl``: an owner that says "wait" again once that wait is over is
+passed over like a silent one, and an error counts only for a load we were
+told to wait for.
 
 This module does no I/O and keeps no clock: the driver feeds it misses, peer
 messages, finished loads, member-down news, arrived keys and time, and carries
@@ -141,6 +143,7 @@ class _Want:
     asks: int = 1
     holder: int | None = None  # who loads it, as the owner told us (WAITING)
     silent: tuple[int, ...] = ()  # owners that did not answer: the next one in rank is asked
+    waited_out: bool = False  # we already waited one whole lease out for it
 
 
 class Leases:
@@ -247,8 +250,16 @@ class Leases:
             ttl = min(_checked_ttl(msg.ttl_ms), self.ttl)  # never wait longer than our own callers would
             for key in keys:
                 want = self.wants.get((cache, key))
-                if want is not None and want.owner == peer and want.state in (ASKING, WAITING):
-                    want.state, want.deadline, want.holder = WAITING, now + ttl + GRACE, msg.holder
+                if want is None or want.owner != peer or want.state not in (ASKING, WAITING):
+                    continue
+                if want.waited_out:
+                    # A second whole lease is not waited for: an owner that keeps saying "wait"
+                    # (an hour's wait told again and again held a fetch 18 s) is passed over like
+                    # a silent one. Honest, it costs one more load after a loader overran its ttl.
+                    self.fallbacks += 1
+                    actions += self._ask(cache, key, now, asks=1, silent=(*want.silent, peer))
+                    continue
+                want.state, want.deadline, want.holder = WAITING, now + ttl + GRACE, msg.holder
         else:
             error = _checked_error(msg.error_type, msg.error_text)
             for key in keys:
@@ -314,6 +325,9 @@ class Leases:
                 actions.append(Deliver(cache, key))
             elif want.state == WAITING:  # the lease should have lapsed by now: the owner passes it on
                 actions += self._ask(cache, key, now, asks=want.asks, silent=want.silent)
+                again = self.wants.get((cache, key))
+                if again is not None:  # (our own answer may have settled it)
+                    again.waited_out = True
             elif want.asks < self.max_asks:
                 actions += self._ask(cache, key, now, asks=want.asks + 1, silent=want.silent)
             elif want.owner != self.node_id:
@@ -364,6 +378,11 @@ class Leases:
         if want is None or want.owner != peer or want.state == LOADING:
             return []
         if error is not None:
+            if want.state != WAITING:
+                # An error ends a load we were told to wait for; an owner never answers a request
+                # with one (a forged one made fetch raise with no loader run). Not taken: if the
+                # owner says nothing else, we ask the next in rank.
+                return []
             del self.wants[cache, key]
             return [Fail(cache, key, *error)]
         if self._holds(cache, key):

@@ -44,7 +44,8 @@ member restarted. Addresses that lead to this member itself (its own, or a seed
 or DNS name whose handshake reached it: ``is_self``) are never dialed again.
 
 Bounded by construction (issue 20): the member table (``MAX_MEMBERS``; down members
-go oldest first), dial targets learned from gossip (``MAX_TARGETS``), rumors (members
+go oldest first), dial targets learned from gossip or left by members that went down
+before they were up ``failure_timeout`` (``MAX_TARGETS``), rumors (members
 gossip names that we have not met: ``MAX_RUMORS``, ``MAX_RUMORS_PER_SENDER``), caches
 per member and their names, entries read from one gossip, and our own gossip
 (``GOSSIP_BYTES``: trimmed, never raised). Rumors hold readiness only until their
@@ -83,7 +84,8 @@ MAX_MEMBERS = 1024
 """Members held (up and down); at the limit the member down longest goes, and a newcomer
 finding every entry up is refused."""
 MAX_TARGETS = 1024
-"""Addresses learned by gossip we keep dialing (seeds, DNS and connected ones come on top)."""
+"""Addresses learned by gossip, or left by members that came and went, we keep dialing (seeds,
+DNS, connected members and members that were up a while come on top)."""
 MAX_RUMORS = 256
 """Members gossip names that we have not met yet, held at once."""
 MAX_RUMORS_PER_SENDER = 64
@@ -592,9 +594,17 @@ class Membership:
         self._downs.append((now, member.node_id))
         for address in self._via.pop(member.node_id, ()):
             target = self._targets.get(address)
-            if target is not None and target.peer == member.node_id:
-                target.peer = None
-                self._schedule(address, target, now + self.backoff_base * self.rng.uniform(0.5, 1.5))
+            if target is None or target.peer != member.node_id:
+                continue
+            target.peer = None
+            if not (target.permanent or member.settled):
+                # A passer-by's address is worth what gossip's are and counts against the same
+                # bound: 3,000 connections that came and went left 3,000 addresses redialed.
+                if len(self._learned) >= MAX_TARGETS:
+                    self._forget_target(address)
+                    continue
+                self._learned.add(address)
+            self._schedule(address, target, now + self.backoff_base * self.rng.uniform(0.5, 1.5))
         actions: list[Action] = [Close(member.node_id, reason)] if close else []
         actions.append(MemberDown(member.node_id, member.listen, reason))
         self._forget_old(now)

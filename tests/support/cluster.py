@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -34,6 +35,13 @@ def wait_until(predicate: Callable[[], T], timeout: float = 15.0, interval: floa
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
         time.sleep(interval)
+
+
+def free_port() -> int:
+    """A port nothing listens on now, for a member that must be told its address before it starts."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def _env(root: Path = ROOT) -> dict[str, str]:
@@ -60,8 +68,11 @@ class Member:
         max_entries: int | None = None,
         prefix: list[str] = (),
         root: Path = ROOT,
+        log_to: Path | None = None,
         **node_options: Any,
     ) -> None:  # type: ignore[assignment]
+        """``log_to``: a file for the member's log instead of a pipe (a member that logs more than a
+        pipe holds before the test reads it would block on its next line)."""
         argv = [
             *prefix,
             sys.executable,
@@ -82,15 +93,13 @@ class Member:
             argv += ["--ttl", str(ttl)]
         if max_entries is not None:
             argv += ["--max-entries", str(max_entries)]
+        self.log_to = log_to
+        stderr = subprocess.PIPE if log_to is None else log_to.open("w")
         self.proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=root,
-            env=_env(root),
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, text=True, cwd=root, env=_env(root)
         )
+        if log_to is not None:
+            stderr.close()  # the member holds it
         assert self.proc.stdout is not None
         first = self.proc.stdout.readline()
         if not first:

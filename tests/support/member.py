@@ -9,6 +9,8 @@ For the fault tests and bench/soak.py: values (the values of a numbered key
 range, None where absent), stamp (set a key to this process's time.time()),
 wait_key (wait on this process until a key holds a value, or the given value; its
 time.time() then, and the value), rss (this process's VmRSS in kB).
+For the hostile-peer tests: tables (the sizes of the membership tables a peer can grow,
+and how many dials membership has asked for since the start, in all and to distinct addresses).
 SHOAL_TEST_CLOCK_OFFSET=SECONDS in the environment shifts this member's wall clock.
 Test hooks for warm boot: hold_dumps (the dumps this member serves stop after
 ``after`` chunks in all, until release_dumps), dumps_held (streams waiting now);
@@ -33,6 +35,7 @@ if _CLOCK_OFFSET:  # a member whose wall clock is off (max_clock_skew tests), se
     _real_time = time.time
     time.time = lambda: _real_time() + _CLOCK_OFFSET
 
+from shoal.actions import Dial  # noqa: E402
 from shoal.messages import DumpChunk, DumpEnd  # noqa: E402
 from shoal.node import Node  # noqa: E402
 from shoal.transport import Connection  # noqa: E402
@@ -115,6 +118,38 @@ class ChunkGate:
         self.node._driver.loop.call_soon_threadsafe(deliver)
 
 
+class DialCount:
+    """Counts the dials membership asks for, so a test can tell how far a peer's addresses get dialed."""
+
+    def __init__(self, node: Node) -> None:
+        membership = node._driver.core.membership
+        self.membership = membership
+        self.dials = 0
+        self.addresses: set[str] = set()
+        tick = membership.tick
+
+        def counted(now: float) -> list[Any]:
+            actions = tick(now)
+            for action in actions:
+                if isinstance(action, Dial):
+                    self.dials += 1
+                    self.addresses.add(action.address)
+            return actions
+
+        membership.tick = counted  # type: ignore[method-assign]
+
+    def tables(self) -> dict[str, int]:
+        membership = self.membership
+        return {
+            "members": len(membership.members),
+            "up": sum(1 for m in list(membership.members.values()) if m.state == "up"),
+            "targets": len(membership._targets),
+            "rumors": len(membership._rumors),
+            "dials": self.dials,
+            "addresses_dialed": len(self.addresses),
+        }
+
+
 def _wait_key(cache: Any, key: str, wanted: Any, timeout: float) -> list[Any] | None:
     """[time.time() when ``key`` first held ``wanted`` (any value if None), the value]; None after ``timeout``.
 
@@ -153,6 +188,7 @@ def main() -> int:
     node.start()
     gate = DumpGate(node)
     chunks = ChunkGate(node)
+    dials = DialCount(node)
     print(json.dumps({"address": node.address, "id": f"{node.node_id:016x}"}), flush=True)
     for line in sys.stdin:
         cmd = json.loads(line)
@@ -202,6 +238,8 @@ def main() -> int:
             cache.set(cmd["key"], result)
         elif op == "wait_key":
             result = _wait_key(cache, cmd["key"], cmd.get("value"), cmd.get("timeout", 10.0))
+        elif op == "tables":
+            result = dials.tables()
         elif op == "rss":
             result = _rss_kb()
         elif op == "stop":
