@@ -436,6 +436,10 @@ class Replica:
     def tombstones(self) -> list[tuple[Key, int]]:
         return list(self._store.tombstones.items())
 
+    def digests(self, wall: float, horizon: int) -> list[int] | None:
+        with self._cache._lock:
+            return self._store.digests(wall, horizon)
+
     def watermark(self) -> int:
         return self._store.watermark
 
@@ -537,6 +541,7 @@ def hosted(
     cache._cluster = cluster
     cache._clock = clock
     cache._store.tombstone_ttl = tombstone_ttl
+    cache._store.keep_digests()
     cache._hosted = True
     return cache, Replica(cache)
 

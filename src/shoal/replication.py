@@ -57,7 +57,6 @@ from __future__ import annotations
 
 import logging
 import random
-import zlib
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -65,7 +64,9 @@ from itertools import compress
 from typing import Any
 
 from .actions import Action, Broadcast, Send
-from .clock import COUNTER_BITS, NODE_BITS, NODE_MASK, version_ms
+from .clock import NODE_BITS, NODE_MASK, version_ms
+from .digest import BUCKETS, bucket_of, horizon_of
+from .digest import digests as scan_digests
 from .errors import ProtocolError
 from .limits import LogLimiter, spans
 from .membership import Membership
@@ -77,7 +78,6 @@ from .validation import check_key_types, versions_from_wire
 
 log = logging.getLogger("shoal")
 
-BUCKETS = 1024
 SETTLE = 1.0
 CATCHUP_LOG_BYTES = 64 * 1024 * 1024
 """The write log of each cache (positions.py) is bounded by this many bytes, keys included."""
@@ -150,30 +150,9 @@ def _split(version: int) -> list[int]:
 # -- digests -------------------------------------------------------------------
 
 
-def key_hash(key: Key) -> int:
-    """A stable 32-bit hash of a key (Python's hash() differs between processes).
-
-    CRC-32 runs in C and is ample for spreading keys over buckets; the digest mixes
-    it with the version and expiry into 64 bits.
-    """
-    if type(key) is str:
-        return zlib.crc32(key.encode("utf-8", "surrogatepass"))
-    if type(key) is bytes:
-        return zlib.crc32(key, 0x62)  # a different seed keeps "a" and b"a" apart
-    return zlib.crc32(str(key).encode(), 0x69)
-
-
-def bucket_of(key: Key) -> int:
-    return key_hash(key) % BUCKETS
-
-
 def settled_ms(wall: float) -> int:
     """Wall ms of ``SETTLE`` seconds ago: the line a repair round compares entries below."""
     return int((wall - SETTLE) * 1000)
-
-
-def _horizon(ms: int) -> int:
-    return (ms << COUNTER_BITS) << NODE_BITS
 
 
 def settled_before(wall: float) -> int:
@@ -183,33 +162,13 @@ def settled_before(wall: float) -> int:
     not see every bucket differ and list thousands of keys that live replication
     is delivering anyway; a write really lost is repaired a round later.
     """
-    return _horizon(settled_ms(wall))
+    return horizon_of(settled_ms(wall))
 
 
 def digests(entries: Iterable[Entry], wall: float, horizon: int | None = None) -> list[int]:
-    """Per-bucket digests of the live, settled entries.
-
-    Each entry hashes (key, version, expiry) into 64 bits: both halves of the
-    128-bit version (hlc << 64 | node) go in, then a splitmix64-style finaliser
-    spreads every input bit over the word. Written inline: this loop is hot.
-    """
-    sums = [0] * BUCKETS
-    crc = zlib.crc32
-    mask = _MASK64
-    if horizon is None:
-        horizon = settled_before(wall)
-    for entry in entries:
-        if entry > wall and entry.version < horizon:
-            key = entry.key
-            khash = crc(key.encode("utf-8", "surrogatepass")) if type(key) is str else key_hash(key)
-            exp = 0 if entry == NEVER else int(entry * 1000)
-            version = entry.version
-            h = (
-                khash * 0x9E3779B97F4A7C15 + (version >> 64) * 0xD6E8FEB86659FD93 + version + exp * 0xC2B2AE3D27D4EB4F
-            ) & mask
-            h = ((h ^ (h >> 31)) * 0xBF58476D1CE4E5B9) & mask
-            sums[khash % BUCKETS] += h ^ (h >> 29)
-    return [d & mask for d in sums]
+    """Per-bucket digests of the live, settled entries, by a scan (digest.py has the hash;
+    a hosted cache keeps the same numbers as writes apply, ``ReplicaView.digests``)."""
+    return scan_digests(entries, wall, settled_before(wall) if horizon is None else horizon)
 
 
 def differing(mine: list[int], theirs: list[Any]) -> list[int]:
@@ -488,8 +447,15 @@ class Replicator:
             log.debug("%016x has %d repair scans queued here: dropping another", peer, MAX_SCANS_PER_PEER)
             return []
         if isinstance(msg, Digest):
+            line = _their_line(msg.settled_ms, wall)
+            sums = self._kept_digests(replica, wall, line)
+            if sums is not None:  # kept as writes applied: no scan, straight to the listing (if any)
+                buckets = differing(sums, msg.digests)
+                if buckets:
+                    self._list(replica, peer, msg.round, buckets, line, reply=True, first=False)
+                return self._advance(wall)
             scan = _Scan(msg.cache, peer, msg.round, "answer", replica.entries(), theirs=msg.digests)
-            scan.settled_ms = _their_line(msg.settled_ms, wall)
+            scan.settled_ms = line
             self._scans.append(scan)
             return self._advance(wall)
         if isinstance(msg, Listing):
@@ -512,10 +478,7 @@ class Replicator:
                     self.needs_repair.add(peer)
                     self._next_round = now
             if msg.reply:
-                scan = _Scan(msg.cache, peer, msg.round, "listing", replica.entries(), buckets=msg.buckets)
-                scan.tombs = replica.tombstones()
-                scan.settled_ms = _their_line(msg.settled_ms, wall)
-                self._scans.append(scan)
+                self._list(replica, peer, msg.round, msg.buckets, _their_line(msg.settled_ms, wall), reply=False)
                 actions += self._advance(wall)
             return actions
         if isinstance(msg, Pull):
@@ -806,10 +769,11 @@ class Replicator:
             self._next_round = now + self.interval * self.rng.uniform(0.5, 1.0)
         if now >= self._next_round:
             self._next_round = now + self.interval * self.rng.uniform(0.75, 1.25)
-            self._open_rounds(wall)
+            return self._open_rounds(wall) + self._advance(wall) + self.pump_all(wall)
         return self._advance(wall) + self.pump_all(wall)
 
-    def _open_rounds(self, wall: float) -> None:
+    def _open_rounds(self, wall: float) -> list[Action]:
+        actions: list[Action] = []
         for name, replica in self.replicas.items():
             group = self.membership.group(name)
             if not group or name not in self.settled:
@@ -820,7 +784,42 @@ class Replicator:
             self._round += 1
             self._opened.append(self._round)
             self.figures_of(name)["repair_rounds"] += 1
-            scan = _Scan(name, peer, self._round, "digest", replica.entries(), settled_ms=settled_ms(wall))
+            line = settled_ms(wall)
+            sums = self._kept_digests(replica, wall, line) if self._room(peer) > 0 else None
+            if sums is not None:
+                actions.append(Send(peer, Digest(name, self._round, sums, _split(replica.watermark()), line)))
+                continue
+            scan = _Scan(name, peer, self._round, "digest", replica.entries(), settled_ms=line)
+            self._scans.append(scan)
+        return actions
+
+    def _kept_digests(self, replica: ReplicaView, wall: float, line: int) -> list[int] | None:
+        """The cache's digests below ``line`` as its ledger keeps them (digest.py), or None: scan."""
+        try:
+            return replica.digests(wall, horizon_of(line))
+        except Exception:
+            self._scan_errors.log(
+                logging.ERROR, "digests of %s failed; scanning", replica.name, now=wall, exc_info=True
+            )
+            return None
+
+    def _list(
+        self,
+        replica: ReplicaView,
+        peer: int,
+        round_: int,
+        buckets: list[int],
+        line: int,
+        reply: bool,
+        first: bool = False,
+    ) -> None:
+        """Queue the listing of ``buckets`` for ``peer``: a scan in slices, entries then tombstones."""
+        scan = _Scan(replica.name, peer, round_, "listing", replica.entries(), buckets=buckets, reply=reply)
+        scan.tombs = replica.tombstones()
+        scan.settled_ms = line
+        if first:
+            self._scans.appendleft(scan)
+        else:
             self._scans.append(scan)
 
     def _advance(self, wall: float) -> list[Action]:
@@ -849,7 +848,7 @@ class Replicator:
 
     def _advance_scan(self, scan: _Scan, replica: ReplicaView, wall: float) -> list[Action]:
         part = scan.entries[scan.pos : scan.pos + self.slice_size]
-        horizon = _horizon(scan.settled_ms)
+        horizon = horizon_of(scan.settled_ms)
         out: list[Action] = []
         if scan.then == "listing":
             scan.flat += listing(part, scan.buckets, wall, horizon)
@@ -878,10 +877,7 @@ class Replicator:
             buckets = differing(scan.sums, scan.theirs)
             if not buckets:
                 return []
-            follow = _Scan(scan.cache, scan.peer, scan.round, "listing", scan.entries, buckets=buckets, reply=True)
-            follow.tombs = replica.tombstones()
-            follow.settled_ms = scan.settled_ms
-            self._scans.appendleft(follow)
+            self._list(replica, scan.peer, scan.round, buckets, scan.settled_ms, reply=True, first=True)
             return []
         # The rest of the listing (full parts went as the scan filled them); only this last part
         # asks for the peer's listing in return.

@@ -52,6 +52,7 @@ from itertools import compress, repeat
 from operator import and_, is_, not_
 from typing import Any
 
+from .digest import FOLD_SLICE, Ledger
 from .eviction import S3FIFO, Policy
 
 Key = str | bytes | int
@@ -67,6 +68,10 @@ TOMBSTONE_BYTES = 32 * 1024 * 1024
 """Bytes of tombstones per cache, each counted as its key's length plus ``TOMBSTONE_OVERHEAD``."""
 TOMBSTONE_OVERHEAD = 250  # a dict slot, the version, the queue's record: what a tombstone costs past its key
 FLOOR_SLOTS = 4096  # a power of two
+FOLD_BACKSTOP = 4 * FOLD_SLICE
+"""Removed entries waiting for the digests (digest.py; they are kept alive until then), or added
+ones past the table's size, at which a write folds a slice itself: the node's tick folds as it
+goes, so only a store nobody sweeps, or writes faster than the tick folds, reach this."""
 
 # The kinds of mutation a store applies, as they travel between members.
 WRITE, DELETE, CLEAR = 0, 1, 2
@@ -169,6 +174,7 @@ class Store:
         self._compact_pos = 0  # where in the last of them it goes on
         self.evictions = 0
         self.expirations = 0
+        self._ledger: Ledger | None = None  # digests kept as writes apply (keep_digests)
 
     def __len__(self) -> int:
         return len(self.data)
@@ -197,6 +203,21 @@ class Store:
         """A cheap snapshot (references, no copies) of the current entries."""
         return list(self.data.values())
 
+    def keep_digests(self) -> None:
+        """From now on keep anti-entropy digests as writes apply (digest.py); a hosted cache does."""
+        if self._ledger is None:
+            self._ledger = Ledger(self.data.values())
+
+    def digests(self, wall: float, horizon: int) -> list[int] | None:
+        """``digest.digests`` of the entries without a scan, or None when it must scan (see digest.py)."""
+        if self._ledger is None:
+            return None
+        return self._ledger.read(self.data, self._due, wall, horizon)
+
+    def _due(self, wall: float) -> list[Key]:
+        """Keys in the wheel's buckets due by ``wall``: every entry expired by then and still held is among them."""
+        return [key for second, bucket in self._wheel.items() if second <= wall for key in bucket]
+
     # -- writing ---------------------------------------------------------------
 
     def write(self, key: Key, value: Any, expires: float, version: int, now: float) -> bool:
@@ -219,6 +240,12 @@ class Store:
             entry.freq = old.freq  # the key's eviction history passes to its new entry
             entry.queue = old.queue
             data[key] = entry
+            ledger = self._ledger
+            if ledger is not None:
+                ledger.removed.append(old)
+                ledger.added.append(entry)
+                if len(ledger.removed) > FOLD_BACKSTOP:  # see FOLD_BACKSTOP
+                    ledger.fold(now, FOLD_SLICE, ripe=0.0)
             if expires != NEVER:  # nothing to file if the key's bucket stays the same
                 second = int(expires)
                 if old == NEVER or int(old) != second:
@@ -253,6 +280,11 @@ class Store:
         data[key] = entry
         if expires != NEVER:
             self._wheel[int(expires)].append(key)
+        ledger = self._ledger
+        if ledger is not None:
+            ledger.added.append(entry)
+            if len(ledger.added) > FOLD_BACKSTOP + len(data):  # see FOLD_BACKSTOP
+                ledger.fold(now, FOLD_SLICE, ripe=0.0)
         policy = self.policy
         if policy is not None:
             if self.evicted:
@@ -295,6 +327,8 @@ class Store:
             # one C-level pass that both files the fresh keys and finds the others.
             placed = list(map(data.setdefault, keys, entries))
             if all(map(is_, placed, entries)):
+                if self._ledger is not None:
+                    self._ledger.added.extend(entries)
                 self._file_keys(keys, expires, first, max(expires))
                 if self.policy is not None:
                     self.policy.insert_many(keys, entries)
@@ -303,6 +337,8 @@ class Store:
             new = list(compress(entries, fresh))
             new_keys, new_expires = list(compress(keys, fresh)), [float(e) for e in new]
             if new:
+                if self._ledger is not None:
+                    self._ledger.added.extend(new)
                 self._file_keys(new_keys, new_expires, min(new_expires), max(new_expires))
             if self.policy is not None:
                 self.policy.insert_many(new_keys, new)
@@ -353,6 +389,8 @@ class Store:
                 entry.freq = entry.queue = 0  # the policy starts over: a survivor is a new key to it
                 self.policy.insert(entry)
         self.tombstones = {k: v for k, v in self.tombstones.items() if v > version}
+        if self._ledger is not None:
+            self._ledger.reset(survivors)
         return True
 
     # -- housekeeping ----------------------------------------------------------
@@ -386,6 +424,8 @@ class Store:
             removed += 1
         if removed < limit and self._stale > STALE_BACKSTOP and self._stale > len(self.data):
             removed += self._compact_some(limit - removed)
+        if self._ledger is not None and self._ledger.pending:
+            removed += self._ledger.fold(now)
         return removed
 
     # -- internals -------------------------------------------------------------
@@ -446,6 +486,8 @@ class Store:
     def _forget(self, entry: Entry) -> None:
         """Take an entry out of the table; its wheel reference goes stale (not the policy's queues)."""
         del self.data[entry.key]
+        if self._ledger is not None:
+            self._ledger.removed.append(entry)
         if entry != NEVER:
             self._stale += 1
             if self._stale > STALE_BACKSTOP + 2 * len(self.data):  # no sweeper: a bare Store
