@@ -95,8 +95,6 @@ def test_a_line_older_than_the_window_is_left_to_a_scan_and_a_newer_one_is_answe
 
 
 def test_a_burst_over_the_recent_bound_falls_back_to_a_scan_for_older_lines_only() -> None:
-    ledger = Ledger()
-
     class E(float):
         __slots__ = ("key", "version")
 
@@ -105,14 +103,14 @@ def test_a_burst_over_the_recent_bound_falls_back_to_a_scan_for_older_lines_only
         e = E(math.inf)
         e.key, e.version = f"k{i}", version(int(T0 * 1000) + i // 1000, i % 1000, 1)
         entries.append(e)
-    ledger.added.extend(entries)
+    table = {e.key: e for e in entries}
+    ledger = Ledger(table)
     while ledger.pending:
         ledger.fold(T0, 1 << 20, ripe=0.0)
     assert len(ledger.recent) == RECENT_MAX
-    table = {e.key: e for e in entries}
     newest_dropped = entries[9].version  # the ten oldest went
-    assert ledger.read(table, lambda wall: [], T0, newest_dropped) is None
-    newer = ledger.read(table, lambda wall: [], T0, newest_dropped + 1)
+    assert ledger.read(lambda wall: [], T0, newest_dropped) is None
+    newer = ledger.read(lambda wall: [], T0, newest_dropped + 1)
     assert newer == digests(entries, T0, newest_dropped + 1)
     assert newer is not None and len(newer) == BUCKETS
 

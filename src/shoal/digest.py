@@ -35,6 +35,7 @@ from __future__ import annotations
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
+from itertools import repeat
 from typing import Any
 
 from .clock import COUNTER_BITS, NODE_BITS
@@ -48,11 +49,11 @@ WINDOW = 5.0
 may be a clock skew further; a line older than the window makes ``read`` answer None."""
 RECENT_MAX = 1 << 18
 """Entries ``recent`` holds at most: past it the oldest go, and ``covered`` rises with them."""
-FOLD_SLICE = 8192
-"""Entries hashed per ``fold`` call from the housekeeping tick (about 5 ms)."""
-READ_FOLD_MAX = 32768
-"""Entries a ``read`` hashes at most (removals not folded yet, settled additions not folded yet);
-more (a warm boot just loaded) makes it answer None, so the round scans while the tick folds."""
+FOLD_SLICE = 2048
+"""Additions, and removals, hashed per ``fold`` call from the housekeeping tick (a few ms at most)."""
+READ_MAX = 1 << 17
+"""Additions or removals not folded yet that a ``read`` takes into account (about 5 ms); more
+(a warm boot just loaded) makes it answer None, so the round scans while the tick folds."""
 RIPE = 1.0
 """Seconds an addition waits before it is hashed: a key written again meanwhile cancels out unhashed."""
 
@@ -127,97 +128,133 @@ def _marks(entries: Iterable[Any]) -> list[int]:
 class Ledger:
     """The digests of one table, kept as it changes (theory of operation: the module docstring).
 
+    ``added`` and ``removed`` are queues with a read position (``_pos``, ``_rpos``): the owner
+    appends, ``fold`` consumes from the front. A removal is folded only after the addition of
+    its entry was (``_marks``: what each queue held at each fold call), so an entry removed
+    before its addition was folded is skipped there and cancels out here, unhashed.
     Not locked: its owner calls it under the same lock as its writes.
     """
 
-    def __init__(self, entries: Iterable[Any] = ()) -> None:
+    def __init__(self, table: Mapping[Any, Any]) -> None:
+        """``table``: key -> entry, the owner's (the same mapping for the ledger's life)."""
+        self.table = table
         self.sums = [0] * BUCKETS
-        self.added: list[Any] = list(entries)  # entries new to the table, not folded yet (oldest first)
-        self.removed: list[Any] = []  # entries gone from the table, not folded yet
+        self.added: list[Any] = list(table.values())  # entries new to the table (oldest first)
+        self.removed: list[Any] = []  # entries gone from the table
         self.recent: list[Any] = []  # folded entries newer than WINDOW ago (or than covered)
         self.recent_marks: list[int] = []  # their hashes, as _marks gives them
+        self._known: dict[int, int] = {}  # id -> hash of the entries in recent: a removal needs no rehash
         self.covered = 0
         self.broken = False  # an entry no digest can hash (only by going around validation)
-        self._folded = 0  # entries taken from ``added`` so far (folded or cancelled)
-        self._ages: deque[tuple[float, int]] = deque()  # (wall, entries appended by then), per fold call
+        self._reset_queues()
+
+    def _reset_queues(self) -> None:
+        self._pos = self._rpos = 0  # read positions in added and removed
+        self._in = self._out = 0  # additions and removals folded since the last reset
+        self._ages: deque[tuple[float, int, int]] = deque()  # (wall, appended, removed by then), per fold call
+        self._skipped: set[int] = set()  # ids of entries gone before their addition was folded
 
     @property
     def pending(self) -> int:
-        return len(self.added) + len(self.removed)
+        return len(self.added) - self._pos + len(self.removed) - self._rpos
 
     def reset(self, entries: Iterable[Any]) -> None:
         """The table was rebuilt (a clear): start over from its entries."""
         self.sums = [0] * BUCKETS
-        self._folded += len(self.added)
         self.added = list(entries)
-        self._folded -= len(self.added)  # they count as appended now
-        self.removed.clear()
+        self.removed = []
         self.recent.clear()
         self.recent_marks.clear()
+        self._known.clear()
+        self._reset_queues()
 
     def fold(self, wall: float, limit: int = FOLD_SLICE, ripe: float = RIPE) -> int:
-        """Hash up to about ``limit`` pending entries into the sums; returns how many were handled.
+        """Hash up to ``limit`` additions and ``limit`` removals into the sums; returns how many were handled.
 
-        An entry removed before it was folded cancels out with its addition, unhashed; so
-        additions wait ``ripe`` seconds (a key written again meanwhile costs nothing).
+        An addition waits ``ripe`` seconds, so that a key written again meanwhile costs nothing.
         """
         if self.broken:
-            self.added.clear()
-            self.removed.clear()
+            self.added, self.removed = [], []
+            self._reset_queues()
             return 0
-        appended = self._folded + len(self.added)
+        appended = self._in + len(self.added) - self._pos
+        gone = self._out + len(self.removed) - self._rpos
         ages = self._ages
-        if not ages or ages[-1][1] != appended:
-            ages.append((wall, appended))
+        if not ages or ages[-1][1:] != (appended, gone):
+            ages.append((wall, appended, gone))
+        ready = safe = 0
+        for at, upto, removals in ages:
+            if at <= wall - ripe:
+                ready = upto
+            if upto <= self._in:
+                safe = removals
+        cutoff = horizon_of(int((wall - WINDOW) * 1000))
         done = 0
         try:
-            if self.removed:
-                done += self._fold_out(limit)
-            ready = 0
-            while ages and ages[0][0] <= wall - ripe:
-                ready = ages.popleft()[1] - self._folded
-            if ready > 0 and done < limit:
-                take = min(ready, limit - done)
-                part = self.added[:take]
-                del self.added[:take]
-                self._folded += take
-                self._fold_in(part, horizon_of(int((wall - WINDOW) * 1000)))
+            take = min(ready - self._in, limit)
+            if take > 0:
+                self._fold_in(take, cutoff)
+                done += take
+            take = min(safe - self._out, limit)
+            if take > 0:
+                self._fold_out(take)
                 done += take
         except (OverflowError, ValueError):  # an expiry of inf-like size or NaN: see ``broken``
             self.broken = True
             return done
-        self._prune(horizon_of(int((wall - WINDOW) * 1000)))
+        while ages and ages[0][1] <= self._in and ages[0][2] <= self._out and len(ages) > 1:
+            ages.popleft()
+        self._compact()
+        self._prune(cutoff)
         return done
 
-    def _fold_out(self, limit: int) -> int:
-        """Removals: those of entries still pending cancel out; the others are hashed out of the sums."""
-        part = self.removed[-limit:]
-        del self.removed[-limit:]
-        if self.added:
-            pending = set(map(id, self.added))
-            cancelled = {id(e) for e in part if id(e) in pending}
-            if cancelled:
-                part = [e for e in part if id(e) not in cancelled]
-                kept = [e for e in self.added if id(e) not in cancelled]
-                self._folded += len(self.added) - len(kept)
-                self.added = kept
-        sums = self.sums
-        for mark in _marks(part):
-            sums[mark & (BUCKETS - 1)] -= mark >> _BUCKET_BITS
-        return len(part)
-
-    def _fold_in(self, part: list[Any], cutoff: int) -> None:
-        sums, recent, marks = self.sums, self.recent, self.recent_marks
+    def _fold_in(self, take: int, cutoff: int) -> None:
+        part = self.added[self._pos : self._pos + take]
+        self._pos += take
+        self._in += take
+        # An entry gone already is skipped: its removal, folded later, cancels out unhashed.
+        get = self.table.get
+        live: list[Any] = [e for e in part if get(e.key) is e]
+        if len(live) != len(part):
+            self._skipped.update(id(e) for e in part if get(e.key) is not e)
+        sums, recent, marks, known = self.sums, self.recent, self.recent_marks, self._known
         covered = self.covered
-        for entry, mark in zip(part, _marks(part), strict=True):
+        for entry, mark in zip(live, _marks(live), strict=True):
             sums[mark & (BUCKETS - 1)] += mark >> _BUCKET_BITS
             version = entry.version
             if version > cutoff:
                 recent.append(entry)
                 marks.append(mark)
+                known[id(entry)] = mark
             elif version > covered:
                 covered = version
         self.covered = covered
+
+    def _fold_out(self, take: int) -> None:
+        part = self.removed[self._rpos : self._rpos + take]
+        self._rpos += take
+        self._out += take
+        skipped = self._skipped
+        hashed = [e for e in part if id(e) not in skipped]
+        if len(hashed) != len(part):
+            skipped.difference_update(map(id, part))
+        sums, known = self.sums, self._known
+        if known:  # folded within the window: its hash is at hand
+            found = list(map(known.pop, map(id, hashed), repeat(None)))
+            for mark in found:
+                if mark is not None:
+                    sums[mark & (BUCKETS - 1)] -= mark >> _BUCKET_BITS
+            hashed = [e for e, mark in zip(hashed, found, strict=True) if mark is None]
+        for mark in _marks(hashed):
+            sums[mark & (BUCKETS - 1)] -= mark >> _BUCKET_BITS
+
+    def _compact(self) -> None:
+        if self._pos > 4096 and self._pos * 2 > len(self.added):
+            del self.added[: self._pos]
+            self._pos = 0
+        if self._rpos > 4096 and self._rpos * 2 > len(self.removed):
+            del self.removed[: self._rpos]
+            self._rpos = 0
 
     def _prune(self, cutoff: int) -> None:
         """Drop from ``recent`` its oldest entries that are past the window (or over the bound)."""
@@ -232,39 +269,39 @@ class Ledger:
             n += 1
         if n:
             self.covered = covered
+            pop = self._known.pop
+            for entry in recent[:n]:
+                pop(id(entry), None)
             del recent[:n]
             del self.recent_marks[:n]
 
-    def read(
-        self, data: Mapping[Any, Any], due: Callable[[float], Iterable[Any]], wall: float, horizon: int
-    ) -> list[int] | None:
-        """The digests ``digests(data.values(), wall, horizon)`` would give, or None when this
+    def read(self, due: Callable[[float], Iterable[Any]], wall: float, horizon: int) -> list[int] | None:
+        """The digests ``digests(table.values(), wall, horizon)`` would give, or None when this
         ledger cannot tell (then scan). ``due(wall)`` names the keys that may have expired.
 
-        Entries not folded yet are added here when settled for this line: a write of the last
-        second is not (its version is past the line), so this is mostly a comparison each.
+        What is not folded yet is taken into account here: an addition when it is settled for
+        this line (a write of the last second is not: its version is past the line, so this is
+        mostly a comparison each), a removal when its addition was folded.
         """
-        if self.broken or len(self.removed) > READ_FOLD_MAX:
+        added, removed = self.added[self._pos :], self.removed[self._rpos :]
+        if self.broken or len(added) > READ_MAX or len(removed) > READ_MAX or horizon <= self.covered:
             return None
+        get = self.table.get
+        unfolded = set(map(id, added))
+        skipped = self._skipped
         try:
-            while self.removed:
-                self._fold_out(READ_FOLD_MAX)
-            if horizon <= self.covered:
-                return None
-            get = data.get
-            added = [e for e in self.added if e.version < horizon and e > wall and get(e.key) is e]
-            if len(added) > READ_FOLD_MAX:  # a warm boot just loaded: the tick folds it, scan meanwhile
-                return None
             sums = list(self.sums)
-            for mark in _marks(added):
+            settled = [e for e in added if e.version < horizon and e > wall and get(e.key) is e]
+            for mark in _marks(settled):
                 sums[mark & (BUCKETS - 1)] += mark >> _BUCKET_BITS
+            folded = [e for e in removed if id(e) not in unfolded and id(e) not in skipped]
+            for mark in _marks(folded):
+                sums[mark & (BUCKETS - 1)] -= mark >> _BUCKET_BITS
             for entry, mark in zip(self.recent, self.recent_marks, strict=True):
                 if entry.version >= horizon and entry > wall and get(entry.key) is entry:
                     sums[mark & (BUCKETS - 1)] -= mark >> _BUCKET_BITS
-            pending = set(map(id, self.added))
-            gone = [
-                e for e in map(get, set(due(wall))) if e is not None and e <= wall and id(e) not in pending
-            ]  # expired, still held, and in the sums
+            # Expired, still held and folded (in the sums): out.
+            gone = [e for e in map(get, set(due(wall))) if e is not None and e <= wall and id(e) not in unfolded]
             for mark in _marks(gone):
                 sums[mark & (BUCKETS - 1)] -= mark >> _BUCKET_BITS
         except (OverflowError, ValueError):

@@ -68,7 +68,7 @@ TOMBSTONE_BYTES = 32 * 1024 * 1024
 """Bytes of tombstones per cache, each counted as its key's length plus ``TOMBSTONE_OVERHEAD``."""
 TOMBSTONE_OVERHEAD = 250  # a dict slot, the version, the queue's record: what a tombstone costs past its key
 FLOOR_SLOTS = 4096  # a power of two
-FOLD_BACKSTOP = 4 * FOLD_SLICE
+FOLD_BACKSTOP = 16 * FOLD_SLICE
 """Removed entries waiting for the digests (digest.py; they are kept alive until then), or added
 ones past the table's size, at which a write folds a slice itself: the node's tick folds as it
 goes, so only a store nobody sweeps, or writes faster than the tick folds, reach this."""
@@ -206,13 +206,13 @@ class Store:
     def keep_digests(self) -> None:
         """From now on keep anti-entropy digests as writes apply (digest.py); a hosted cache does."""
         if self._ledger is None:
-            self._ledger = Ledger(self.data.values())
+            self._ledger = Ledger(self.data)
 
     def digests(self, wall: float, horizon: int) -> list[int] | None:
         """``digest.digests`` of the entries without a scan, or None when it must scan (see digest.py)."""
         if self._ledger is None:
             return None
-        return self._ledger.read(self.data, self._due, wall, horizon)
+        return self._ledger.read(self._due, wall, horizon)
 
     def _due(self, wall: float) -> list[Key]:
         """Keys in the wheel's buckets due by ``wall``: every entry expired by then and still held is among them."""
