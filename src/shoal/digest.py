@@ -156,7 +156,13 @@ class Ledger:
 
     @property
     def pending(self) -> int:
-        return len(self.added) - self._pos + len(self.removed) - self._rpos
+        return self.additions_pending() + self.removals_pending()
+
+    def additions_pending(self) -> int:
+        return len(self.added) - self._pos
+
+    def removals_pending(self) -> int:
+        return len(self.removed) - self._rpos
 
     def reset(self, entries: Iterable[Any]) -> None:
         """The table was rebuilt (a clear): start over from its entries."""

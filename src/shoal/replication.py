@@ -104,8 +104,17 @@ _KINDS = frozenset((WRITE, DELETE, CLEAR))
 
 
 def op_to_wire(op: Op) -> list[Any]:
-    kind, key, packed, expires, version = op
-    return [kind, key, packed, None if expires == NEVER else expires, version >> NODE_BITS, version & NODE_MASK]
+    return ops_to_wire([op])[0]
+
+
+def ops_to_wire(ops: list[Op]) -> list[list[Any]]:
+    """Ops in their wire form, ``[kind, key, value, expiry or nil, hlc, node]``: one comprehension,
+    no call per op (a flush converts every write, and the loop shares the writers' GIL)."""
+    never, mask = NEVER, NODE_MASK
+    return [
+        [kind, key, packed, None if exp == never else exp, v >> NODE_BITS, v & mask]
+        for kind, key, packed, exp, v in ops
+    ]
 
 
 def ops_from_wire(raw: list[Any]) -> list[Op]:
@@ -388,7 +397,7 @@ class Replicator:
             return []
         backlog = self.backlog
         figures = self.figures_of(name)
-        wire_ops = [op_to_wire(op) for op in ops]
+        wire_ops = ops_to_wire(ops)
         actions: list[Broadcast] = []
         queued = self._flushing
         for i, j in spans(map(op_size, wire_ops), self.batch_bytes, self.batch):
@@ -704,7 +713,7 @@ class Replicator:
                 feed.complete = False
             feed.cursor = start + len(ops)
             if ops:
-                wire = [op_to_wire(op) for op in ops]
+                wire = ops_to_wire(ops)
                 sent = sum(map(op_size, wire))
                 out.append(Send(peer, Stream(feed.cache, feed.origin, start, wire)))
                 figures["catchup_ops_sent"] += len(ops)
@@ -729,7 +738,7 @@ class Replicator:
         size = 0
         budget = min(room, self.batch_bytes)
         while job.pos < len(job.keys) and size < budget and len(wire) < self.batch:
-            more = [op_to_wire(op) for op in replica.ops_for(job.keys[job.pos : job.pos + _PULL_SLICE], wall)]
+            more = ops_to_wire(replica.ops_for(job.keys[job.pos : job.pos + _PULL_SLICE], wall))
             job.pos += _PULL_SLICE
             size += sum(map(op_size, more))
             wire += more

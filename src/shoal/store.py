@@ -68,7 +68,7 @@ TOMBSTONE_BYTES = 32 * 1024 * 1024
 """Bytes of tombstones per cache, each counted as its key's length plus ``TOMBSTONE_OVERHEAD``."""
 TOMBSTONE_OVERHEAD = 250  # a dict slot, the version, the queue's record: what a tombstone costs past its key
 FLOOR_SLOTS = 4096  # a power of two
-FOLD_BACKSTOP = 16 * FOLD_SLICE
+FOLD_BACKSTOP = 1 << 17
 """Removed entries waiting for the digests (digest.py; they are kept alive until then), or added
 ones past the table's size, at which a write folds a slice itself: the node's tick folds as it
 goes, so only a store nobody sweeps, or writes faster than the tick folds, reach this."""
@@ -244,8 +244,8 @@ class Store:
             if ledger is not None:
                 ledger.removed.append(old)
                 ledger.added.append(entry)
-                if len(ledger.removed) > FOLD_BACKSTOP:  # see FOLD_BACKSTOP
-                    ledger.fold(now, FOLD_SLICE, ripe=0.0)
+                if len(ledger.removed) > FOLD_BACKSTOP and ledger.removals_pending() > FOLD_BACKSTOP:
+                    ledger.fold(now, FOLD_SLICE, ripe=0.0)  # see FOLD_BACKSTOP
             if expires != NEVER:  # nothing to file if the key's bucket stays the same
                 second = int(expires)
                 if old == NEVER or int(old) != second:
@@ -283,8 +283,8 @@ class Store:
         ledger = self._ledger
         if ledger is not None:
             ledger.added.append(entry)
-            if len(ledger.added) > FOLD_BACKSTOP + len(data):  # see FOLD_BACKSTOP
-                ledger.fold(now, FOLD_SLICE, ripe=0.0)
+            if len(ledger.added) > FOLD_BACKSTOP + len(data) and ledger.additions_pending() > FOLD_BACKSTOP + len(data):
+                ledger.fold(now, FOLD_SLICE, ripe=0.0)  # see FOLD_BACKSTOP
         policy = self.policy
         if policy is not None:
             if self.evicted:
