@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shoal.digest import BUCKETS, RECENT_MAX, Ledger, digests, horizon_of
-from shoal.store import Store
+from shoal.store import FOLD_BACKSTOP, Store
 
 NODE_BITS = 64
 T0 = 1_700_000_000.0
@@ -118,11 +118,12 @@ def test_a_burst_over_the_recent_bound_falls_back_to_a_scan_for_older_lines_only
 def test_writes_leave_their_digest_work_to_the_tick_and_a_store_nobody_sweeps_stays_bounded() -> None:
     store = Store(None, tombstone_ttl=0)
     store.keep_digests()
-    for i in range(200_000):
+    for i in range(FOLD_BACKSTOP + 50_000):
         store.write("hot", i, math.inf, version(int(T0 * 1000), i, 1), T0)
     ledger = store._ledger
     assert ledger is not None
-    assert ledger.pending < 2 * 40_000
+    assert ledger.removals_pending() <= FOLD_BACKSTOP  # each a replaced entry kept alive until folded
+    assert ledger.additions_pending() <= FOLD_BACKSTOP + 1
     assert store.digests(T0 + 10, horizon_of(int((T0 + 9) * 1000))) == digests(
         store.entries(), T0 + 10, horizon_of(int((T0 + 9) * 1000))
     )
