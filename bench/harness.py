@@ -44,8 +44,10 @@ STDERR_NOTES: list[str] = []  # one line per child whose stderr held tracebacks 
 
 
 def child_env(src: str | os.PathLike[str] | None = None) -> dict[str, str]:
-    """The environment of a child: shoal from this checkout (or from ``src``), then the tests' support code."""
-    paths = [str(src or ROOT / "src"), str(ROOT), str(HERE), os.environ.get("PYTHONPATH", "")]
+    """The environment of a child: shoal from this checkout (or from ``src``, or ``$SHOAL_SRC``: a
+    whole benchmark run against another revision's sources), then the tests' support code."""
+    src = src or os.environ.get("SHOAL_SRC") or ROOT / "src"
+    paths = [str(src), str(ROOT), str(HERE), os.environ.get("PYTHONPATH", "")]
     return dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in paths if p))
 
 
