@@ -10,22 +10,30 @@ writes came in: a sum does not care, and, unlike XOR, does not cancel out pairs.
 ``digests`` computes them by a scan. A ``Ledger`` keeps them as writes apply, so that
 opening a repair round reads 1,024 numbers instead of hashing millions of entries:
 
-- ``sums`` holds the sum over every entry of the table. Its owner (store.py) only
+- ``sums`` holds the sum over the entries folded so far. Its owner (store.py) only
   appends, per write, the new entry to ``added`` and the entry it replaced or removed
   to ``removed``; ``fold`` hashes them into the sums later, a bounded slice per call
-  (the node's housekeeping tick). A sum folds in any order, so a removal folded before
-  the addition it undoes is harmless.
+  (the node's housekeeping tick; the writer itself only when the tick falls far
+  behind, ``store.FOLD_BACKSTOP``). An addition waits ``RIPE`` seconds first, and a
+  removal waits for the addition of its entry: an entry replaced before it was folded
+  (a hot key written again) is skipped there and cancels out here, never hashed. The
+  hash of an entry folded within the window is kept, so its removal is not hashed again.
 - An entry still unsettled for some round is one whose version is newer than about
   ``WINDOW`` seconds ago. Folded entries that young stay in ``recent`` with their hashes,
-  and ``covered`` is a version such that every entry of the table newer than it is in
-  ``recent`` (an entry folded or dropped from ``recent`` raises it to its version).
-  ``read`` subtracts the live entries of ``recent`` at or past the round's line; a line
-  at or below ``covered`` (a peer's clock far behind, a burst over ``RECENT_MAX``) gets
-  None, and the caller scans as before.
+  and ``covered`` is a version such that every folded entry of the table newer than it
+  is in ``recent`` (an entry folded or dropped from ``recent`` raises it to its version).
+  ``read`` subtracts the live entries of ``recent`` at or past the round's line, adds
+  the settled, live ones not folded yet (rarely any: a write of the last second is not
+  settled), and subtracts the folded removals not folded yet. A line at or below
+  ``covered`` (a peer's clock far behind, a burst over ``RECENT_MAX``) or more pending
+  work than ``READ_MAX`` (a warm boot just loaded) gets None, and the caller scans as before.
 - Expired entries still in the table (not swept yet) are subtracted at read time:
   the owner names the keys due by ``wall`` (its expiry wheel), and each one whose entry
   has expired goes out of the copy of the sums.
 
+The cost moves from the round to the writes: about two hashes (~1 us each) per write of
+an entry that lives longer than ``RIPE``, on the loop's tick, instead of one per entry
+held per round (2M entries: seconds of CPU every round, ``bench/results/repair.txt``).
 So ``read`` costs the writes of the last few seconds plus the unswept expiries, and
 equals the scan exactly (``tests/test_digest.py`` checks it against ``digests``).
 """

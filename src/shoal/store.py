@@ -40,6 +40,11 @@ oldest tombstones kept), and a slot is shared by 1/4096 of the keys, so little
 else is refused; anti-entropy sees the floor as the key's version and does not
 pull what it would refuse.
 
+A hosted cache keeps its anti-entropy digests as it changes (``keep_digests``,
+digest.py): every entry that enters or leaves the table is appended to the ledger's
+queues, and ``sweep`` (the node's tick) folds a bounded slice of them into the sums, so
+``digests`` answers a repair round without a scan.
+
 The store does no locking and no I/O; ``Cache`` serialises writers around it.
 """
 
