@@ -92,6 +92,13 @@ def test_a_line_older_than_the_window_is_left_to_a_scan_and_a_newer_one_is_answe
     assert store.digests(later, behind) is None
     line = horizon_of(int((later - 1.0) * 1000))
     assert store.digests(later, line) == digests(store.entries(), later, line)
+    store.write("fresh", 0, later + 60, version(int(later * 1000), 0, 1), later)
+    store.sweep(later)
+    later += 1.2
+    store.sweep(later)  # folded, and still past the next round's line: it stays out, exactly
+    line = horizon_of(int((later - 1.0) * 1000))
+    kept = store.digests(later, line)
+    assert kept is not None and kept == digests(store.entries(), later, line)
 
 
 def test_a_burst_over_the_recent_bound_falls_back_to_a_scan_for_older_lines_only() -> None:

@@ -17,7 +17,8 @@ opening a repair round reads 1,024 numbers instead of hashing millions of entrie
   behind, ``store.FOLD_BACKSTOP``). An addition waits ``RIPE`` seconds first, and a
   removal waits for the addition of its entry: an entry replaced before it was folded
   (a hot key written again) is skipped there and cancels out here, never hashed. The
-  hash of an entry folded within the window is kept, so its removal is not hashed again.
+  queues hold (key, version) records, never entries: a replaced entry and its value are
+  freed at once (a flood of 4 KiB values once grew a writer by more than it wrote).
 - An entry still unsettled for some round is one whose version is newer than about
   ``WINDOW`` seconds ago. Folded entries that young stay in ``recent`` with their hashes,
   and ``covered`` is a version such that every folded entry of the table newer than it
@@ -43,7 +44,6 @@ from __future__ import annotations
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from itertools import repeat
 from typing import Any
 
 from .clock import COUNTER_BITS, NODE_BITS
@@ -113,18 +113,17 @@ def digests(entries: Iterable[Any], wall: float, horizon: int) -> list[int]:
     return [d & mask for d in sums]
 
 
-def _marks(entries: Iterable[Any]) -> list[int]:
-    """Each entry's hash and bucket as one int, ``hash << 10 | bucket`` (the same hash as ``digests``)."""
+def _marks(rows: Iterable[tuple[Any, int, float]]) -> list[int]:
+    """The hash and bucket of each (key, version, expiry) as one int, ``hash << 10 | bucket``
+    (the same hash as ``digests``)."""
     crc = zlib.crc32
     mask = _MASK64
     never = float("inf")
     out: list[int] = []
     append = out.append
-    for entry in entries:
-        key = entry.key
+    for key, version, expires in rows:
         khash = crc(key.encode("utf-8", "surrogatepass")) if type(key) is str else key_hash(key)
-        exp = 0 if entry == never else int(entry * 1000)
-        version = entry.version
+        exp = 0 if expires == never else int(expires * 1000)
         h = (
             khash * 0x9E3779B97F4A7C15 + (version >> 64) * 0xD6E8FEB86659FD93 + version + exp * 0xC2B2AE3D27D4EB4F
         ) & mask
@@ -133,12 +132,21 @@ def _marks(entries: Iterable[Any]) -> list[int]:
     return out
 
 
+def _rows(entries: Iterable[Any]) -> list[tuple[Any, int, float]]:
+    return [(e.key, e.version, e) for e in entries]
+
+
 class Ledger:
     """The digests of one table, kept as it changes (theory of operation: the module docstring).
 
+    It holds no entry, only (key, version) records: a replaced entry, and its value, is
+    freed at once. A (key, version) names one write (a version is never applied twice to a
+    key: tombstones and the eviction record refuse it), so the table says whether a record's
+    entry is still there: ``table[key].version == version``.
+
     ``added`` and ``removed`` are queues with a read position (``_pos``, ``_rpos``): the owner
     appends, ``fold`` consumes from the front. A removal is folded only after the addition of
-    its entry was (``_marks``: what each queue held at each fold call), so an entry removed
+    its entry was (``_ages``: what each queue held at each fold call), so an entry removed
     before its addition was folded is skipped there and cancels out here, unhashed.
     Not locked: its owner calls it under the same lock as its writes.
     """
@@ -147,11 +155,10 @@ class Ledger:
         """``table``: key -> entry, the owner's (the same mapping for the ledger's life)."""
         self.table = table
         self.sums = [0] * BUCKETS
-        self.added: list[Any] = list(table.values())  # entries new to the table (oldest first)
-        self.removed: list[Any] = []  # entries gone from the table
-        self.recent: list[Any] = []  # folded entries newer than WINDOW ago (or than covered)
+        self.added: list[tuple[Any, int]] = [(e.key, e.version) for e in table.values()]  # oldest first
+        self.removed: list[tuple[Any, int, float]] = []  # (key, version, expiry) of entries gone
+        self.recent: list[tuple[Any, int]] = []  # folded entries newer than WINDOW ago (or than covered)
         self.recent_marks: list[int] = []  # their hashes, as _marks gives them
-        self._known: dict[int, int] = {}  # id -> hash of the entries in recent: a removal needs no rehash
         self.covered = 0
         self.broken = False  # an entry no digest can hash (only by going around validation)
         self._reset_queues()
@@ -160,7 +167,7 @@ class Ledger:
         self._pos = self._rpos = 0  # read positions in added and removed
         self._in = self._out = 0  # additions and removals folded since the last reset
         self._ages: deque[tuple[float, int, int]] = deque()  # (wall, appended, removed by then), per fold call
-        self._skipped: set[int] = set()  # ids of entries gone before their addition was folded
+        self._skipped: dict[tuple[Any, int], int] = {}  # records gone before their addition was folded
 
     @property
     def pending(self) -> int:
@@ -175,11 +182,10 @@ class Ledger:
     def reset(self, entries: Iterable[Any]) -> None:
         """The table was rebuilt (a clear): start over from its entries."""
         self.sums = [0] * BUCKETS
-        self.added = list(entries)
+        self.added = [(e.key, e.version) for e in entries]
         self.removed = []
         self.recent.clear()
         self.recent_marks.clear()
-        self._known.clear()
         self._reset_queues()
 
     def fold(self, wall: float, limit: int = FOLD_SLICE, ripe: float = RIPE) -> int:
@@ -216,7 +222,7 @@ class Ledger:
         except (OverflowError, ValueError):  # an expiry of inf-like size or NaN: see ``broken``
             self.broken = True
             return done
-        while ages and ages[0][1] <= self._in and ages[0][2] <= self._out and len(ages) > 1:
+        while len(ages) > 1 and ages[0][1] <= self._in and ages[0][2] <= self._out:
             ages.popleft()
         self._compact()
         self._prune(cutoff)
@@ -226,20 +232,22 @@ class Ledger:
         part = self.added[self._pos : self._pos + take]
         self._pos += take
         self._in += take
-        # An entry gone already is skipped: its removal, folded later, cancels out unhashed.
         get = self.table.get
-        live: list[Any] = [e for e in part if get(e.key) is e]
-        if len(live) != len(part):
-            self._skipped.update(id(e) for e in part if get(e.key) is not e)
-        sums, recent, marks, known = self.sums, self.recent, self.recent_marks, self._known
+        live: list[tuple[Any, int, float]] = []
+        skipped = self._skipped
+        for key, version in part:
+            entry = get(key)
+            if entry is not None and entry.version == version:
+                live.append((key, version, entry))
+            else:  # gone already: its removal, folded later, cancels out unhashed
+                skipped[(key, version)] = skipped.get((key, version), 0) + 1
+        sums, recent, marks = self.sums, self.recent, self.recent_marks
         covered = self.covered
-        for entry, mark in zip(live, _marks(live), strict=True):
+        for (key, version, _), mark in zip(live, _marks(live), strict=True):
             sums[mark & (BUCKETS - 1)] += mark >> _BUCKET_BITS
-            version = entry.version
             if version > cutoff:
-                recent.append(entry)
+                recent.append((key, version))
                 marks.append(mark)
-                known[id(entry)] = mark
             elif version > covered:
                 covered = version
         self.covered = covered
@@ -249,17 +257,20 @@ class Ledger:
         self._rpos += take
         self._out += take
         skipped = self._skipped
-        hashed = [e for e in part if id(e) not in skipped]
-        if len(hashed) != len(part):
-            skipped.difference_update(map(id, part))
-        sums, known = self.sums, self._known
-        if known:  # folded within the window: its hash is at hand
-            found = list(map(known.pop, map(id, hashed), repeat(None)))
-            for mark in found:
-                if mark is not None:
-                    sums[mark & (BUCKETS - 1)] -= mark >> _BUCKET_BITS
-            hashed = [e for e, mark in zip(hashed, found, strict=True) if mark is None]
-        for mark in _marks(hashed):
+        if skipped:
+            hashed = []
+            for row in part:
+                record = row[:2]
+                left = skipped.get(record)
+                if left is None:
+                    hashed.append(row)
+                elif left > 1:
+                    skipped[record] = left - 1
+                else:
+                    del skipped[record]
+            part = hashed
+        sums = self.sums
+        for mark in _marks(part):
             sums[mark & (BUCKETS - 1)] -= mark >> _BUCKET_BITS
 
     def _compact(self) -> None:
@@ -271,21 +282,18 @@ class Ledger:
             self._rpos = 0
 
     def _prune(self, cutoff: int) -> None:
-        """Drop from ``recent`` its oldest entries that are past the window (or over the bound)."""
+        """Drop from ``recent`` its oldest records that are past the window (or over the bound)."""
         recent = self.recent
         over = len(recent) - RECENT_MAX
         n = 0
         covered = self.covered
-        for entry in recent:
-            if n >= over and entry.version > cutoff:
+        for _, version in recent:
+            if n >= over and version > cutoff:
                 break
-            covered = max(covered, entry.version)
+            covered = max(covered, version)
             n += 1
         if n:
             self.covered = covered
-            pop = self._known.pop
-            for entry in recent[:n]:
-                pop(id(entry), None)
             del recent[:n]
             del self.recent_marks[:n]
 
@@ -301,22 +309,33 @@ class Ledger:
         if self.broken or len(added) > READ_MAX or len(removed) > READ_MAX or horizon <= self.covered:
             return None
         get = self.table.get
-        unfolded = set(map(id, added))
+        unfolded = set(added)
         skipped = self._skipped
         try:
             sums = list(self.sums)
-            settled = [e for e in added if e.version < horizon and e > wall and get(e.key) is e]
+            settled = []
+            for key, version in added:
+                if version < horizon:
+                    entry = get(key)
+                    if entry is not None and entry.version == version and entry > wall:
+                        settled.append((key, version, entry))
             for mark in _marks(settled):
                 sums[mark & (BUCKETS - 1)] += mark >> _BUCKET_BITS
-            folded = [e for e in removed if id(e) not in unfolded and id(e) not in skipped]
+            folded = [row for row in removed if row[:2] not in unfolded and row[:2] not in skipped]
             for mark in _marks(folded):
                 sums[mark & (BUCKETS - 1)] -= mark >> _BUCKET_BITS
-            for entry, mark in zip(self.recent, self.recent_marks, strict=True):
-                if entry.version >= horizon and entry > wall and get(entry.key) is entry:
-                    sums[mark & (BUCKETS - 1)] -= mark >> _BUCKET_BITS
+            for (key, version), mark in zip(self.recent, self.recent_marks, strict=True):
+                if version >= horizon:
+                    entry = get(key)
+                    if entry is not None and entry.version == version and entry > wall:
+                        sums[mark & (BUCKETS - 1)] -= mark >> _BUCKET_BITS
             # Expired, still held and folded (in the sums): out.
-            gone = [e for e in map(get, set(due(wall))) if e is not None and e <= wall and id(e) not in unfolded]
-            for mark in _marks(gone):
+            gone = [
+                e
+                for e in map(get, set(due(wall)))
+                if e is not None and e <= wall and (e.key, e.version) not in unfolded
+            ]
+            for mark in _marks(_rows(gone)):
                 sums[mark & (BUCKETS - 1)] -= mark >> _BUCKET_BITS
         except (OverflowError, ValueError):
             self.broken = True

@@ -18,6 +18,12 @@ keys for which the other holds a newer version. Each side only pulls, never
 pushes: a member that evicted a key on purpose does not pull it back, and an
 expired entry is in no digest or listing.
 
+A hosted cache keeps its digests as writes apply (digest.py, ``ReplicaView.digests``),
+so opening or answering a round reads them instead of scanning every entry; the scan,
+a slice per tick, remains for a line older than the ledger keeps (a peer's clock far
+behind) and while a warm boot's entries are still being folded in. A listing of the
+buckets that differ is still a scan in slices.
+
 Tombstones are in no digest, but they are listed: a key deleted on one side and
 live on the other makes its bucket differ, the deleting side lists the key with
 the delete's version, and the other pulls it like a write; the answer to a pull

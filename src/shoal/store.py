@@ -247,8 +247,8 @@ class Store:
             data[key] = entry
             ledger = self._ledger
             if ledger is not None:
-                ledger.removed.append(old)
-                ledger.added.append(entry)
+                ledger.removed.append((key, old.version, float(old)))
+                ledger.added.append((key, version))
                 if len(ledger.removed) > FOLD_BACKSTOP and ledger.removals_pending() > FOLD_BACKSTOP:
                     ledger.fold(now, FOLD_SLICE, ripe=0.0)  # see FOLD_BACKSTOP
             if expires != NEVER:  # nothing to file if the key's bucket stays the same
@@ -287,7 +287,7 @@ class Store:
             self._wheel[int(expires)].append(key)
         ledger = self._ledger
         if ledger is not None:
-            ledger.added.append(entry)
+            ledger.added.append((key, version))
             if len(ledger.added) > FOLD_BACKSTOP + len(data) and ledger.additions_pending() > FOLD_BACKSTOP + len(data):
                 ledger.fold(now, FOLD_SLICE, ripe=0.0)  # see FOLD_BACKSTOP
         policy = self.policy
@@ -333,7 +333,7 @@ class Store:
             placed = list(map(data.setdefault, keys, entries))
             if all(map(is_, placed, entries)):
                 if self._ledger is not None:
-                    self._ledger.added.extend(entries)
+                    self._ledger.added.extend(zip(keys, versions, strict=True))
                 self._file_keys(keys, expires, first, max(expires))
                 if self.policy is not None:
                     self.policy.insert_many(keys, entries)
@@ -343,7 +343,7 @@ class Store:
             new_keys, new_expires = list(compress(keys, fresh)), [float(e) for e in new]
             if new:
                 if self._ledger is not None:
-                    self._ledger.added.extend(new)
+                    self._ledger.added.extend((e.key, e.version) for e in new)
                 self._file_keys(new_keys, new_expires, min(new_expires), max(new_expires))
             if self.policy is not None:
                 self.policy.insert_many(new_keys, new)
@@ -492,7 +492,7 @@ class Store:
         """Take an entry out of the table; its wheel reference goes stale (not the policy's queues)."""
         del self.data[entry.key]
         if self._ledger is not None:
-            self._ledger.removed.append(entry)
+            self._ledger.removed.append((entry.key, entry.version, float(entry)))
         if entry != NEVER:
             self._stale += 1
             if self._stale > STALE_BACKSTOP + 2 * len(self.data):  # no sweeper: a bare Store
