@@ -309,31 +309,51 @@ class Ledger:
         if self.broken or len(added) > READ_MAX or len(removed) > READ_MAX or horizon <= self.covered:
             return None
         get = self.table.get
-        unfolded = set(added)
-        skipped = self._skipped
+        # What is pending, as a net count per record: +1 per addition, -1 per removal not
+        # cancelled by a skipped addition (a record may come twice: a forgotten eviction).
+        net: dict[tuple[Any, int], int] = {}
+        for record in added:
+            net[record] = net.get(record, 0) + 1
+        expiry: dict[tuple[Any, int], float] = {}
+        skipped = dict(self._skipped)
+        for key, version, expires in removed:
+            record = (key, version)
+            left = skipped.get(record)
+            if left:
+                skipped[record] = left - 1  # its addition was skipped: nothing was summed
+                continue
+            net[record] = net.get(record, 0) - 1
+            expiry[record] = expires
         try:
             sums = list(self.sums)
-            settled = []
-            for key, version in added:
-                if version < horizon:
-                    entry = get(key)
-                    if entry is not None and entry.version == version and entry > wall:
-                        settled.append((key, version, entry))
-            for mark in _marks(settled):
-                sums[mark & (BUCKETS - 1)] += mark >> _BUCKET_BITS
-            folded = [row for row in removed if row[:2] not in unfolded and row[:2] not in skipped]
-            for mark in _marks(folded):
-                sums[mark & (BUCKETS - 1)] -= mark >> _BUCKET_BITS
-            for (key, version), mark in zip(self.recent, self.recent_marks, strict=True):
-                if version >= horizon:
+            rows: list[tuple[Any, int, float]] = []
+            counts: list[int] = []
+            out: set[tuple[Any, int]] = set()  # present entries left out here already
+            for record, count in net.items():
+                key, version = record
+                entry = get(key)
+                if entry is not None and entry.version == version:
+                    if version >= horizon or entry <= wall:  # held, but not in this round's digest
+                        out.add(record)
+                        count -= 1
+                    if count:
+                        rows.append((key, version, entry))
+                        counts.append(count)
+                elif count:
+                    rows.append((key, version, expiry[record]))
+                    counts.append(count)
+            for count, mark in zip(counts, _marks(rows), strict=True):
+                sums[mark & (BUCKETS - 1)] += count * (mark >> _BUCKET_BITS)
+            for record, mark in zip(self.recent, self.recent_marks, strict=True):
+                key, version = record
+                if version >= horizon and record not in out:
                     entry = get(key)
                     if entry is not None and entry.version == version and entry > wall:
                         sums[mark & (BUCKETS - 1)] -= mark >> _BUCKET_BITS
-            # Expired, still held and folded (in the sums): out.
+                        out.add(record)
+            # Expired and still held: out (those pending were left out above).
             gone = [
-                e
-                for e in map(get, set(due(wall)))
-                if e is not None and e <= wall and (e.key, e.version) not in unfolded
+                e for e in map(get, set(due(wall))) if e is not None and e <= wall and (e.key, e.version) not in out
             ]
             for mark in _marks(_rows(gone)):
                 sums[mark & (BUCKETS - 1)] -= mark >> _BUCKET_BITS
