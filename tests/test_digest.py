@@ -134,3 +134,14 @@ def test_writes_leave_their_digest_work_to_the_tick_and_a_store_nobody_sweeps_st
     assert store.digests(T0 + 10, horizon_of(int((T0 + 9) * 1000))) == digests(
         store.entries(), T0 + 10, horizon_of(int((T0 + 9) * 1000))
     )
+
+
+def test_a_store_keeps_its_digests_once_it_holds_enough_entries_and_scans_before() -> None:
+    store = Store(None, tombstone_ttl=5.0)
+    store.keep_digests(5)
+    line = horizon_of(int((T0 + 10 - 1.0) * 1000))
+    for i in range(4):
+        store.write(f"k{i}", i, math.inf, version(int(T0 * 1000), i, 1), T0)
+    assert store.digests(T0 + 10, line) is None  # small: a round scans, as before
+    store.write("k4", 4, math.inf, version(int(T0 * 1000), 4, 1), T0)
+    assert store.digests(T0 + 10, line) == digests(store.entries(), T0 + 10, line)

@@ -28,6 +28,7 @@ from typing import Any, TypeVar, cast
 
 from . import singleflight
 from .clock import HybridClock
+from .digest import KEEP_FROM
 from .errors import InvalidEntry
 from .replica import Op
 from .serializer import MsgpackSerializer, Serializer
@@ -541,7 +542,7 @@ def hosted(
     cache._cluster = cluster
     cache._clock = clock
     cache._store.tombstone_ttl = tombstone_ttl
-    cache._store.keep_digests()
+    cache._store.keep_digests(KEEP_FROM)
     cache._hosted = True
     return cache, Replica(cache)
 

@@ -62,6 +62,10 @@ FOLD_SLICE = 2048
 READ_MAX = 1 << 17
 """Additions or removals not folded yet that a ``read`` takes into account (about 5 ms); more
 (a warm boot just loaded) makes it answer None, so the round scans while the tick folds."""
+KEEP_FROM = 250_000
+"""Entries from which a hosted cache keeps its digests: keeping them costs about two hashes per
+write (``bench/results/setcost.txt``), a scan one per entry per round, so a smaller cache scans
+(in slices, as before) and a large one, whose scan stalled its loop for seconds, keeps them."""
 RIPE = 1.0
 """Seconds an addition waits before it is hashed: a key written again meanwhile cancels out unhashed."""
 

@@ -180,6 +180,7 @@ class Store:
         self.evictions = 0
         self.expirations = 0
         self._ledger: Ledger | None = None  # digests kept as writes apply (keep_digests)
+        self._keep_from: int | None = None  # entries from which to keep them
 
     def __len__(self) -> int:
         return len(self.data)
@@ -208,10 +209,15 @@ class Store:
         """A cheap snapshot (references, no copies) of the current entries."""
         return list(self.data.values())
 
-    def keep_digests(self) -> None:
-        """From now on keep anti-entropy digests as writes apply (digest.py); a hosted cache does."""
-        if self._ledger is None:
-            self._ledger = Ledger(self.data)
+    def keep_digests(self, from_entries: int = 0) -> None:
+        """Keep anti-entropy digests as writes apply (digest.py) once the table holds
+        ``from_entries`` entries; a hosted cache does, from ``digest.KEEP_FROM``."""
+        self._keep_from = from_entries
+        self._start_ledger()
+
+    def _start_ledger(self) -> None:
+        if self._ledger is None and self._keep_from is not None and len(self.data) >= self._keep_from:
+            self._ledger = Ledger(self.data)  # what the table holds now is folded by the tick
 
     def digests(self, wall: float, horizon: int) -> list[int] | None:
         """``digest.digests`` of the entries without a scan, or None when it must scan (see digest.py)."""
@@ -286,7 +292,10 @@ class Store:
         if expires != NEVER:
             self._wheel[int(expires)].append(key)
         ledger = self._ledger
-        if ledger is not None:
+        if ledger is None:
+            if self._keep_from is not None and len(data) >= self._keep_from:
+                self._start_ledger()
+        else:
             ledger.added.append((key, version))
             if len(ledger.added) > FOLD_BACKSTOP + len(data) and ledger.additions_pending() > FOLD_BACKSTOP + len(data):
                 ledger.fold(now, FOLD_SLICE, ripe=0.0)  # see FOLD_BACKSTOP
@@ -311,6 +320,8 @@ class Store:
         n = len(keys)
         if not n:
             return 0
+        if self._ledger is None and self._keep_from is not None:
+            self._start_ledger()
         data = self.data
         if (
             (not self.watermark or min(versions) > self.watermark)
