@@ -31,7 +31,7 @@ from harness import ROOT, Member, environment, format_table, save
 N, OPS, TTL = 100_000, 200_000, 3600
 
 
-def child() -> None:
+def child(n: int) -> None:
     import random
 
     import cachebox
@@ -43,12 +43,12 @@ def child() -> None:
     cache = node.cache("bench", ttl=TTL, max_entries=1_000_000)
     node.start()
     node.wait_ready(30)
-    keys = [f"user:{i}" for i in range(N)]
-    values = [f"acct-{i:08d}" for i in range(N)]
+    keys = [f"user:{i}" for i in range(n)]
+    values = [f"acct-{i:08d}" for i in range(n)]
     for k, v in zip(keys, values, strict=True):
         cache.set(k, v)
     rng = random.Random(7)
-    idx = [rng.randrange(N) for _ in range(OPS)]
+    idx = [rng.randrange(n) for _ in range(OPS)]
     seq_k, seq_v = [f"user:{i}" for i in idx], [values[i] for i in idx]
     set_ = cache.set
 
@@ -92,9 +92,10 @@ def main() -> int:
     parser.add_argument("--before", default="")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--child", action="store_true")
+    parser.add_argument("--keys", type=int, default=N, help="keys held (digests are kept from digest.KEEP_FROM)")
     args = parser.parse_args()
     if args.child:
-        child()
+        child(args.keys)
         return 0
     from repair import source_of
 
@@ -110,7 +111,7 @@ def main() -> int:
                 os.environ.pop("SHOAL_SRC", None)  # the child's peer runs the same revision (harness.child_env)
                 if src is not None:
                     os.environ["SHOAL_SRC"] = str(src)
-                m = Member("bench/setcost.py", "--child", timeout=600, src=src)
+                m = Member("bench/setcost.py", "--child", "--keys", str(args.keys), timeout=600, src=src)
                 got[label].append(m.hello)
                 m.stop()
                 print(f"  {label}: {m.hello}", file=sys.stderr, flush=True)
@@ -124,7 +125,7 @@ def main() -> int:
     table = format_table(
         ["shoal", "set wall ns/op", "x cachebox (wall)", "set CPU ns/op (all threads)", "x cachebox (CPU)"],
         rows,
-        title=f"set on a clustered cache (Node + 1 peer), {OPS:,} random sets over {N:,} keys, ttl + bound; "
+        title=f"set on a clustered cache (Node + 1 peer), {OPS:,} random sets over {args.keys:,} keys, ttl + bound; "
         f"{args.rounds} processes per variant, median [min-max]",
         notes=[
             "x cachebox: the same round's ratio to cachebox.VTTLCache.insert in the same process (bar: <= 10x).",
@@ -133,7 +134,7 @@ def main() -> int:
     )
     text = f"{environment()}\n\n{table}"
     print(text)
-    save("setcost", text)
+    save("setcost", text, append=True)
     return 0
 
 
