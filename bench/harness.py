@@ -43,9 +43,11 @@ MB = 1e6
 STDERR_NOTES: list[str] = []  # one line per child whose stderr held tracebacks or warnings
 
 
-def child_env() -> dict[str, str]:
-    """The environment of a child: shoal from this checkout, then the tests' support code."""
-    paths = [str(ROOT / "src"), str(ROOT), str(HERE), os.environ.get("PYTHONPATH", "")]
+def child_env(src: str | os.PathLike[str] | None = None) -> dict[str, str]:
+    """The environment of a child: shoal from this checkout (or from ``src``, or ``$SHOAL_SRC``: a
+    whole benchmark run against another revision's sources), then the tests' support code."""
+    src = src or os.environ.get("SHOAL_SRC") or ROOT / "src"
+    paths = [str(src), str(ROOT), str(HERE), os.environ.get("PYTHONPATH", "")]
     return dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in paths if p))
 
 
@@ -57,7 +59,14 @@ class Member:
     and ``result`` split the two, so many children work at once.
     """
 
-    def __init__(self, *argv: str, prefix: Sequence[str] = (), hello: bool = True, timeout: float = 120.0) -> None:
+    def __init__(
+        self,
+        *argv: str,
+        prefix: Sequence[str] = (),
+        hello: bool = True,
+        timeout: float = 120.0,
+        src: str | os.PathLike[str] | None = None,
+    ) -> None:
         self.label = " ".join(a for a in argv[:2] if not a.startswith("-"))
         self._err = tempfile.TemporaryFile(mode="w+b")  # noqa: SIM115 - closed in stop()
         self.t_launch = time.time()
@@ -66,7 +75,7 @@ class Member:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self._err,
-            env=child_env(),
+            env=child_env(src),
             cwd=ROOT,
             bufsize=0,
         )

@@ -73,6 +73,11 @@ def cache_options(args: argparse.Namespace) -> dict[str, Any]:
     return {"ttl": args.ttl or None, "max_entries": args.bound or None}
 
 
+def node_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``--anti-entropy S``: repair rounds every S seconds instead of the default."""
+    return {"anti_entropy_interval": args.anti_entropy} if args.anti_entropy else {}
+
+
 # -- shoal donor ----------------------------------------------------------------------
 
 
@@ -174,7 +179,7 @@ def on_loop(loop: asyncio.AbstractEventLoop, fn: Any) -> Any:
 def run_donor(args: argparse.Namespace) -> int:
     from shoal.node import Node
 
-    node = Node(listen="127.0.0.1:0", secret=args.secret)
+    node = Node(listen="127.0.0.1:0", secret=args.secret, **node_options(args))
     cache = node.cache("c", **cache_options(args))
     node.start()
     node.wait_ready(10)
@@ -238,7 +243,12 @@ def run_donor(args: argparse.Namespace) -> int:
             **gcw.as_dict(),
         }
 
-    hello = {"address": node.address, "entries": cache.stats()["entries"], "fill_s": fill_s}
+    hello = {
+        "address": node.address,
+        "entries": cache.stats()["entries"],
+        "fill_s": fill_s,
+        "shoal": sys.modules["shoal"].__file__,
+    }
     serve(hello, {"idle_stall": idle_stall, "stall_reset": stall_reset, "stall": stalled, "stats": node.stats})
     ticker.cancel()
     node.stop()
@@ -255,7 +265,7 @@ def run_receiver(args: argparse.Namespace) -> int:
         gc.disable()
     gcw = GcWatch()
     rss_before = rss()
-    node = Node(listen="127.0.0.1:0", seeds=[args.seed], secret=args.secret)
+    node = Node(listen="127.0.0.1:0", seeds=[args.seed], secret=args.secret, **node_options(args))
     node.cache("c", **cache_options(args))
     prof = None
     if args.profile:
@@ -504,6 +514,7 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=60.0)
     parser.add_argument("--profile", default="")
     parser.add_argument("--gc", choices=["on", "off"], default="on", help="receiver: off disables the cyclic GC")
+    parser.add_argument("--anti-entropy", type=float, default=0.0, help="donor/receiver: repair interval (s)")
     parser.add_argument("--self-addr", default="")
     parser.add_argument("--partners", default="")
     args = parser.parse_args()

@@ -19,6 +19,7 @@ SANS_IO = [
     "actions",
     "clock",
     "config",
+    "digest",
     "dispatch",
     "errors",
     "eviction",

@@ -31,6 +31,7 @@ from shoal.replication import (
     digests,
     op_to_wire,
     ops_from_wire,
+    ops_to_wire,
     to_pull,
 )
 from shoal.store import CLEAR, DELETE, NEVER, WRITE
@@ -44,6 +45,28 @@ def test_an_op_survives_the_wire_unchanged() -> None:
     for op in [(WRITE, "k", b"\x01", 1e9, version), (DELETE, b"k", None, NEVER, version), (CLEAR, 7, None, NEVER, 9)]:
         wire = msgpack.unpackb(msgpack.packb([op_to_wire(op)], use_bin_type=True), raw=False)
         assert ops_from_wire(wire) == [op]
+
+
+_OPS = st.lists(
+    st.tuples(
+        st.sampled_from([WRITE, DELETE, CLEAR]),
+        st.one_of(st.text(max_size=4), st.binary(max_size=4), st.integers(-(2**63), 2**63)),
+        st.one_of(st.none(), st.binary(max_size=4)),
+        st.one_of(st.just(NEVER), st.floats(0, 4e9), st.integers(0, 4 * 10**9)),
+        st.integers(0, 2**127 - 1),
+    ),
+    max_size=20,
+)
+
+
+@given(_OPS)
+def test_a_batch_of_ops_takes_the_wire_form_of_each_op(ops: list[Op]) -> None:
+    """[kind, key, value, expiry or nil, hlc, node]: the expiry nil for none, the version in halves."""
+    one_by_one = [
+        [k, key, v, None if e == NEVER else e, version >> 64, version % 2**64] for k, key, v, e, version in ops
+    ]
+    assert ops_to_wire(ops) == one_by_one
+    assert [op_to_wire(op) for op in ops] == one_by_one
 
 
 @pytest.mark.parametrize(

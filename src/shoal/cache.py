@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from . import singleflight
 from .clock import HybridClock
+from .digest import KEEP_FROM
 from .errors import BackingError, InvalidEntry
 from .replica import Op
 from .serializer import MsgpackSerializer, Serializer
@@ -603,6 +604,10 @@ class Replica:
     def tombstones(self) -> list[tuple[Key, int]]:
         return list(self._store.tombstones.items())
 
+    def digests(self, wall: float, horizon: int) -> list[int] | None:
+        with self._cache._lock:
+            return self._store.digests(wall, horizon)
+
     def watermark(self) -> int:
         return self._store.watermark
 
@@ -704,6 +709,7 @@ def hosted(
     cache._cluster = cluster
     cache._clock = clock
     cache._store.tombstone_ttl = tombstone_ttl
+    cache._store.keep_digests(KEEP_FROM)
     cache._hosted = True
     return cache, Replica(cache)
 

@@ -34,6 +34,10 @@ class ReplicaView(Protocol):
 
     def tombstones(self) -> list[tuple[Key, int]]: ...
 
+    def digests(self, wall: float, horizon: int) -> list[int] | None:
+        """``digest.digests`` of the entries, kept as writes apply; None when only a scan can tell."""
+        ...
+
     def watermark(self) -> int:
         """The version of the last ``clear()`` applied."""
         ...

@@ -18,6 +18,12 @@ keys for which the other holds a newer version. Each side only pulls, never
 pushes: a member that evicted a key on purpose does not pull it back, and an
 expired entry is in no digest or listing.
 
+A hosted cache keeps its digests as writes apply (digest.py, ``ReplicaView.digests``),
+so opening or answering a round reads them instead of scanning every entry; the scan,
+a slice per tick, remains for a line older than the ledger keeps (a peer's clock far
+behind) and while a warm boot's entries are still being folded in. A listing of the
+buckets that differ is still a scan in slices.
+
 Tombstones are in no digest, but they are listed: a key deleted on one side and
 live on the other makes its bucket differ, the deleting side lists the key with
 the delete's version, and the other pulls it like a write; the answer to a pull
@@ -61,7 +67,6 @@ from __future__ import annotations
 
 import logging
 import random
-import zlib
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -69,7 +74,9 @@ from itertools import compress
 from typing import Any
 
 from .actions import Action, Broadcast, Send
-from .clock import COUNTER_BITS, NODE_BITS, NODE_MASK, version_ms
+from .clock import NODE_BITS, NODE_MASK, version_ms
+from .digest import BUCKETS, bucket_of, horizon_of
+from .digest import digests as scan_digests
 from .errors import ProtocolError
 from .limits import LogLimiter, spans
 from .membership import Membership
@@ -81,7 +88,6 @@ from .validation import check_key_types, versions_from_wire
 
 log = logging.getLogger("shoal")
 
-BUCKETS = 1024
 SETTLE = 1.0
 CATCHUP_LOG_BYTES = 64 * 1024 * 1024
 """The write log of each cache (positions.py) is bounded by this many bytes, keys included."""
@@ -108,8 +114,17 @@ _KINDS = frozenset((WRITE, DELETE, CLEAR))
 
 
 def op_to_wire(op: Op) -> list[Any]:
-    kind, key, packed, expires, version = op
-    return [kind, key, packed, None if expires == NEVER else expires, version >> NODE_BITS, version & NODE_MASK]
+    return ops_to_wire([op])[0]
+
+
+def ops_to_wire(ops: list[Op]) -> list[list[Any]]:
+    """Ops in their wire form, ``[kind, key, value, expiry or nil, hlc, node]``: one comprehension,
+    no call per op (a flush converts every write, and the loop shares the writers' GIL)."""
+    never, mask = NEVER, NODE_MASK
+    return [
+        [kind, key, packed, None if exp == never else exp, v >> NODE_BITS, v & mask]
+        for kind, key, packed, exp, v in ops
+    ]
 
 
 def ops_from_wire(raw: list[Any]) -> list[Op]:
@@ -154,30 +169,9 @@ def _split(version: int) -> list[int]:
 # -- digests -------------------------------------------------------------------
 
 
-def key_hash(key: Key) -> int:
-    """A stable 32-bit hash of a key (Python's hash() differs between processes).
-
-    CRC-32 runs in C and is ample for spreading keys over buckets; the digest mixes
-    it with the version and expiry into 64 bits.
-    """
-    if type(key) is str:
-        return zlib.crc32(key.encode("utf-8", "surrogatepass"))
-    if type(key) is bytes:
-        return zlib.crc32(key, 0x62)  # a different seed keeps "a" and b"a" apart
-    return zlib.crc32(str(key).encode(), 0x69)
-
-
-def bucket_of(key: Key) -> int:
-    return key_hash(key) % BUCKETS
-
-
 def settled_ms(wall: float) -> int:
     """Wall ms of ``SETTLE`` seconds ago: the line a repair round compares entries below."""
     return int((wall - SETTLE) * 1000)
-
-
-def _horizon(ms: int) -> int:
-    return (ms << COUNTER_BITS) << NODE_BITS
 
 
 def settled_before(wall: float) -> int:
@@ -187,33 +181,13 @@ def settled_before(wall: float) -> int:
     not see every bucket differ and list thousands of keys that live replication
     is delivering anyway; a write really lost is repaired a round later.
     """
-    return _horizon(settled_ms(wall))
+    return horizon_of(settled_ms(wall))
 
 
 def digests(entries: Iterable[Entry], wall: float, horizon: int | None = None) -> list[int]:
-    """Per-bucket digests of the live, settled entries.
-
-    Each entry hashes (key, version, expiry) into 64 bits: both halves of the
-    128-bit version (hlc << 64 | node) go in, then a splitmix64-style finaliser
-    spreads every input bit over the word. Written inline: this loop is hot.
-    """
-    sums = [0] * BUCKETS
-    crc = zlib.crc32
-    mask = _MASK64
-    if horizon is None:
-        horizon = settled_before(wall)
-    for entry in entries:
-        if entry > wall and entry.version < horizon:
-            key = entry.key
-            khash = crc(key.encode("utf-8", "surrogatepass")) if type(key) is str else key_hash(key)
-            exp = 0 if entry == NEVER else int(entry * 1000)
-            version = entry.version
-            h = (
-                khash * 0x9E3779B97F4A7C15 + (version >> 64) * 0xD6E8FEB86659FD93 + version + exp * 0xC2B2AE3D27D4EB4F
-            ) & mask
-            h = ((h ^ (h >> 31)) * 0xBF58476D1CE4E5B9) & mask
-            sums[khash % BUCKETS] += h ^ (h >> 29)
-    return [d & mask for d in sums]
+    """Per-bucket digests of the live, settled entries, by a scan (digest.py has the hash;
+    a hosted cache keeps the same numbers as writes apply, ``ReplicaView.digests``)."""
+    return scan_digests(entries, wall, settled_before(wall) if horizon is None else horizon)
 
 
 def differing(mine: list[int], theirs: list[Any]) -> list[int]:
@@ -435,7 +409,7 @@ class Replicator:
             return []
         backlog = self.backlog
         figures = self.figures_of(name)
-        wire_ops = [op_to_wire(op) for op in ops]
+        wire_ops = ops_to_wire(ops)
         actions: list[Broadcast] = []
         queued = self._flushing
         for i, j in spans(map(op_size, wire_ops), self.batch_bytes, self.batch):
@@ -497,8 +471,15 @@ class Replicator:
             log.debug("repair round %d of %s from %016x: still catching up, not answered", msg.round, msg.cache, peer)
             return []
         if isinstance(msg, Digest):
+            line = _their_line(msg.settled_ms, wall)
+            sums = self._kept_digests(replica, wall, line)
+            if sums is not None:  # kept as writes applied: no scan, straight to the listing (if any)
+                buckets = differing(sums, msg.digests)
+                if buckets:
+                    self._list(replica, peer, msg.round, buckets, line, reply=True, first=False)
+                return self._advance(wall)
             scan = _Scan(msg.cache, peer, msg.round, "answer", replica.entries(), theirs=msg.digests)
-            scan.settled_ms = _their_line(msg.settled_ms, wall)
+            scan.settled_ms = line
             self._scans.append(scan)
             return self._advance(wall)
         if isinstance(msg, Listing):
@@ -521,10 +502,7 @@ class Replicator:
                     self.needs_repair.add(peer)
                     self._next_round = now
             if msg.reply:
-                scan = _Scan(msg.cache, peer, msg.round, "listing", replica.entries(), buckets=msg.buckets)
-                scan.tombs = replica.tombstones()
-                scan.settled_ms = _their_line(msg.settled_ms, wall)
-                self._scans.append(scan)
+                self._list(replica, peer, msg.round, msg.buckets, _their_line(msg.settled_ms, wall), reply=False)
                 actions += self._advance(wall)
             return actions
         if isinstance(msg, Pull):
@@ -764,7 +742,7 @@ class Replicator:
                 feed.complete = False
             feed.cursor = start + len(ops)
             if ops:
-                wire = [op_to_wire(op) for op in ops]
+                wire = ops_to_wire(ops)
                 sent = sum(map(op_size, wire))
                 out.append(Send(peer, Stream(feed.cache, feed.origin, start, wire)))
                 figures["catchup_ops_sent"] += len(ops)
@@ -789,7 +767,7 @@ class Replicator:
         size = 0
         budget = min(room, self.batch_bytes)
         while job.pos < len(job.keys) and size < budget and len(wire) < self.batch:
-            more = [op_to_wire(op) for op in replica.ops_for(job.keys[job.pos : job.pos + _PULL_SLICE], wall)]
+            more = ops_to_wire(replica.ops_for(job.keys[job.pos : job.pos + _PULL_SLICE], wall))
             job.pos += _PULL_SLICE
             size += sum(map(op_size, more))
             wire += more
@@ -829,10 +807,11 @@ class Replicator:
             self._next_round = now + self.interval * self.rng.uniform(0.5, 1.0)
         if now >= self._next_round:
             self._next_round = now + self.interval * self.rng.uniform(0.75, 1.25)
-            self._open_rounds(now, wall)
+            return self._open_rounds(now, wall) + self._advance(wall) + self.pump_all(wall)
         return self._advance(wall) + self.pump_all(wall)
 
-    def _open_rounds(self, now: float, wall: float) -> None:
+    def _open_rounds(self, now: float, wall: float) -> list[Action]:
+        actions: list[Action] = []
         for name, replica in self.replicas.items():
             group = self.membership.group(name)
             if not group or name not in self.settled or self._catching_up(name, now):
@@ -845,7 +824,42 @@ class Replicator:
             figures = self.figures_of(name)
             figures["repair_rounds"] += 1
             figures["last_repair_at"], figures["last_repair_peer"] = wall, f"{peer:016x}"
-            scan = _Scan(name, peer, self._round, "digest", replica.entries(), settled_ms=settled_ms(wall))
+            line = settled_ms(wall)
+            sums = self._kept_digests(replica, wall, line) if self._room(peer) > 0 else None
+            if sums is not None:
+                actions.append(Send(peer, Digest(name, self._round, sums, _split(replica.watermark()), line)))
+                continue
+            scan = _Scan(name, peer, self._round, "digest", replica.entries(), settled_ms=line)
+            self._scans.append(scan)
+        return actions
+
+    def _kept_digests(self, replica: ReplicaView, wall: float, line: int) -> list[int] | None:
+        """The cache's digests below ``line`` as its ledger keeps them (digest.py), or None: scan."""
+        try:
+            return replica.digests(wall, horizon_of(line))
+        except Exception:
+            self._scan_errors.log(
+                logging.ERROR, "digests of %s failed; scanning", replica.name, now=wall, exc_info=True
+            )
+            return None
+
+    def _list(
+        self,
+        replica: ReplicaView,
+        peer: int,
+        round_: int,
+        buckets: list[int],
+        line: int,
+        reply: bool,
+        first: bool = False,
+    ) -> None:
+        """Queue the listing of ``buckets`` for ``peer``: a scan in slices, entries then tombstones."""
+        scan = _Scan(replica.name, peer, round_, "listing", replica.entries(), buckets=buckets, reply=reply)
+        scan.tombs = replica.tombstones()
+        scan.settled_ms = line
+        if first:
+            self._scans.appendleft(scan)
+        else:
             self._scans.append(scan)
 
     def _advance(self, wall: float) -> list[Action]:
@@ -874,7 +888,7 @@ class Replicator:
 
     def _advance_scan(self, scan: _Scan, replica: ReplicaView, wall: float) -> list[Action]:
         part = scan.entries[scan.pos : scan.pos + self.slice_size]
-        horizon = _horizon(scan.settled_ms)
+        horizon = horizon_of(scan.settled_ms)
         out: list[Action] = []
         if scan.then == "listing":
             scan.flat += listing(part, scan.buckets, wall, horizon)
@@ -903,10 +917,7 @@ class Replicator:
             buckets = differing(scan.sums, scan.theirs)
             if not buckets:
                 return []
-            follow = _Scan(scan.cache, scan.peer, scan.round, "listing", scan.entries, buckets=buckets, reply=True)
-            follow.tombs = replica.tombstones()
-            follow.settled_ms = scan.settled_ms
-            self._scans.appendleft(follow)
+            self._list(replica, scan.peer, scan.round, buckets, scan.settled_ms, reply=True, first=True)
             return []
         # The rest of the listing (full parts went as the scan filled them); only this last part
         # asks for the peer's listing in return.

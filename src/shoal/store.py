@@ -40,6 +40,11 @@ oldest tombstones kept), and a slot is shared by 1/4096 of the keys, so little
 else is refused; anti-entropy sees the floor as the key's version and does not
 pull what it would refuse.
 
+A hosted cache keeps its anti-entropy digests as it changes (``keep_digests``,
+digest.py): every entry that enters or leaves the table is appended to the ledger's
+queues, and ``sweep`` (the node's tick) folds a bounded slice of them into the sums, so
+``digests`` answers a repair round without a scan.
+
 The store does no locking and no I/O; ``Cache`` serialises writers around it.
 """
 
@@ -53,6 +58,7 @@ from operator import and_, is_, not_
 from sys import getsizeof
 from typing import Any
 
+from .digest import FOLD_SLICE, Ledger
 from .eviction import S3FIFO, Policy
 
 Key = str | bytes | int
@@ -68,6 +74,10 @@ TOMBSTONE_BYTES = 32 * 1024 * 1024
 """Bytes of tombstones per cache, each counted as its key's length plus ``TOMBSTONE_OVERHEAD``."""
 TOMBSTONE_OVERHEAD = 250  # a dict slot, the version, the queue's record: what a tombstone costs past its key
 FLOOR_SLOTS = 4096  # a power of two
+FOLD_BACKSTOP = 1 << 17
+"""Removed entries waiting for the digests (digest.py; they are kept alive until then), or added
+ones past the table's size, at which a write folds a slice itself: the node's tick folds as it
+goes, so only a store nobody sweeps, or writes faster than the tick folds, reach this."""
 
 ENTRY_BYTES = 170
 """What an entry costs past its key and value objects: the entry, its version, a table slot and
@@ -176,6 +186,8 @@ class Store:
         self._compact_pos = 0  # where in the last of them it goes on
         self.evictions = 0
         self.expirations = 0
+        self._ledger: Ledger | None = None  # digests kept as writes apply (keep_digests)
+        self._keep_from: int | None = None  # entries from which to keep them
 
     def __len__(self) -> int:
         return len(self.data)
@@ -219,6 +231,26 @@ class Store:
         per_entry = sum(getsizeof(e.key) + _value_bytes(e.value) for e in sample) / len(sample)
         return int(len(self.data) * (ENTRY_BYTES + per_entry))
 
+    def keep_digests(self, from_entries: int = 0) -> None:
+        """Keep anti-entropy digests as writes apply (digest.py) once the table holds
+        ``from_entries`` entries; a hosted cache does, from ``digest.KEEP_FROM``."""
+        self._keep_from = from_entries
+        self._start_ledger()
+
+    def _start_ledger(self) -> None:
+        if self._ledger is None and self._keep_from is not None and len(self.data) >= self._keep_from:
+            self._ledger = Ledger(self.data)  # what the table holds now is folded by the tick
+
+    def digests(self, wall: float, horizon: int) -> list[int] | None:
+        """``digest.digests`` of the entries without a scan, or None when it must scan (see digest.py)."""
+        if self._ledger is None:
+            return None
+        return self._ledger.read(self._due, wall, horizon)
+
+    def _due(self, wall: float) -> list[Key]:
+        """Keys in the wheel's buckets due by ``wall``: every entry expired by then and still held is among them."""
+        return [key for second, bucket in self._wheel.items() if second <= wall for key in bucket]
+
     # -- writing ---------------------------------------------------------------
 
     def write(self, key: Key, value: Any, expires: float, version: int, now: float) -> bool:
@@ -241,6 +273,12 @@ class Store:
             entry.freq = old.freq  # the key's eviction history passes to its new entry
             entry.queue = old.queue
             data[key] = entry
+            ledger = self._ledger
+            if ledger is not None:
+                ledger.removed.append((key, old.version, float(old)))
+                ledger.added.append((key, version))
+                if len(ledger.removed) > FOLD_BACKSTOP and ledger.removals_pending() > FOLD_BACKSTOP:
+                    ledger.fold(now, FOLD_SLICE, ripe=0.0)  # see FOLD_BACKSTOP
             if expires != NEVER:  # nothing to file if the key's bucket stays the same
                 second = int(expires)
                 if old == NEVER or int(old) != second:
@@ -275,6 +313,14 @@ class Store:
         data[key] = entry
         if expires != NEVER:
             self._wheel[int(expires)].append(key)
+        ledger = self._ledger
+        if ledger is None:
+            if self._keep_from is not None and len(data) >= self._keep_from:
+                self._start_ledger()
+        else:
+            ledger.added.append((key, version))
+            if len(ledger.added) > FOLD_BACKSTOP + len(data) and ledger.additions_pending() > FOLD_BACKSTOP + len(data):
+                ledger.fold(now, FOLD_SLICE, ripe=0.0)  # see FOLD_BACKSTOP
         policy = self.policy
         if policy is not None:
             if self.evicted:
@@ -296,6 +342,8 @@ class Store:
         n = len(keys)
         if not n:
             return 0
+        if self._ledger is None and self._keep_from is not None:
+            self._start_ledger()
         data = self.data
         if (
             (not self.watermark or min(versions) > self.watermark)
@@ -317,6 +365,8 @@ class Store:
             # one C-level pass that both files the fresh keys and finds the others.
             placed = list(map(data.setdefault, keys, entries))
             if all(map(is_, placed, entries)):
+                if self._ledger is not None:
+                    self._ledger.added.extend(zip(keys, versions, strict=True))
                 self._file_keys(keys, expires, first, max(expires))
                 if self.policy is not None:
                     self.policy.insert_many(keys, entries)
@@ -325,6 +375,8 @@ class Store:
             new = list(compress(entries, fresh))
             new_keys, new_expires = list(compress(keys, fresh)), [float(e) for e in new]
             if new:
+                if self._ledger is not None:
+                    self._ledger.added.extend((e.key, e.version) for e in new)
                 self._file_keys(new_keys, new_expires, min(new_expires), max(new_expires))
             if self.policy is not None:
                 self.policy.insert_many(new_keys, new)
@@ -375,6 +427,8 @@ class Store:
                 entry.freq = entry.queue = 0  # the policy starts over: a survivor is a new key to it
                 self.policy.insert(entry)
         self.tombstones = {k: v for k, v in self.tombstones.items() if v > version}
+        if self._ledger is not None:
+            self._ledger.reset(survivors)
         return True
 
     # -- housekeeping ----------------------------------------------------------
@@ -408,6 +462,8 @@ class Store:
             removed += 1
         if removed < limit and self._stale > STALE_BACKSTOP and self._stale > len(self.data):
             removed += self._compact_some(limit - removed)
+        if self._ledger is not None and self._ledger.pending:
+            removed += self._ledger.fold(now)
         return removed
 
     # -- internals -------------------------------------------------------------
@@ -468,6 +524,8 @@ class Store:
     def _forget(self, entry: Entry) -> None:
         """Take an entry out of the table; its wheel reference goes stale (not the policy's queues)."""
         del self.data[entry.key]
+        if self._ledger is not None:
+            self._ledger.removed.append((entry.key, entry.version, float(entry)))
         if entry != NEVER:
             self._stale += 1
             if self._stale > STALE_BACKSTOP + 2 * len(self.data):  # no sweeper: a bare Store

@@ -1,0 +1,368 @@
+"""Anti-entropy digests: per-bucket sums of entry hashes, by a scan or kept as writes apply.
+
+Theory of operation. The keyspace is split into ``BUCKETS`` buckets by a stable hash
+of the key; a bucket's digest is the sum modulo 2**64 of a 64-bit hash of (key,
+version, expiry) of each entry in it that is live (expiry after ``wall``) and settled
+(version older than a line, ``horizon``, that the two members of a round agree on).
+Two members holding the same entries compute the same digests, whatever order the
+writes came in: a sum does not care, and, unlike XOR, does not cancel out pairs.
+
+``digests`` computes them by a scan. A ``Ledger`` keeps them as writes apply, so that
+opening a repair round reads 1,024 numbers instead of hashing millions of entries:
+
+- ``sums`` holds the sum over the entries folded so far. Its owner (store.py) only
+  appends, per write, the new entry to ``added`` and the entry it replaced or removed
+  to ``removed``; ``fold`` hashes them into the sums later, a bounded slice per call
+  (the node's housekeeping tick; the writer itself only when the tick falls far
+  behind, ``store.FOLD_BACKSTOP``). An addition waits ``RIPE`` seconds first, and a
+  removal waits for the addition of its entry: an entry replaced before it was folded
+  (a hot key written again) is skipped there and cancels out here, never hashed. The
+  queues hold (key, version) records, never entries: a replaced entry and its value are
+  freed at once (a flood of 4 KiB values once grew a writer by more than it wrote).
+- An entry still unsettled for some round is one whose version is newer than about
+  ``WINDOW`` seconds ago. Folded entries that young stay in ``recent`` with their hashes,
+  and ``covered`` is a version such that every folded entry of the table newer than it
+  is in ``recent`` (an entry folded or dropped from ``recent`` raises it to its version).
+  ``read`` subtracts the live entries of ``recent`` at or past the round's line, adds
+  the settled, live ones not folded yet (rarely any: a write of the last second is not
+  settled), and subtracts the folded removals not folded yet. A line at or below
+  ``covered`` (a peer's clock far behind, a burst over ``RECENT_MAX``) or more pending
+  work than ``READ_MAX`` (a warm boot just loaded) gets None, and the caller scans as before.
+- Expired entries still in the table (not swept yet) are subtracted at read time:
+  the owner names the keys due by ``wall`` (its expiry wheel), and each one whose entry
+  has expired goes out of the copy of the sums.
+
+The cost moves from the round to the writes: about two hashes (~1 us each) per write of
+an entry that lives longer than ``RIPE``, on the loop's tick, instead of one per entry
+held per round (2M entries: seconds of CPU every round, ``bench/results/repair.txt``).
+So ``read`` costs the writes of the last few seconds plus the unswept expiries, and
+equals the scan exactly (``tests/test_digest.py`` checks it against ``digests``).
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from .clock import COUNTER_BITS, NODE_BITS
+
+BUCKETS = 1024
+_BUCKET_BITS = 10  # BUCKETS == 1 << _BUCKET_BITS
+_MASK64 = (1 << 64) - 1
+
+WINDOW = 5.0
+"""Seconds of writes kept in ``recent``: a round's line is ``SETTLE`` (1 s) back, and a peer's
+may be a clock skew further; a line older than the window makes ``read`` answer None."""
+RECENT_MAX = 1 << 18
+"""Entries ``recent`` holds at most: past it the oldest go, and ``covered`` rises with them."""
+FOLD_SLICE = 2048
+"""Additions, and removals, hashed per ``fold`` call from the housekeeping tick (a few ms at most)."""
+READ_MAX = 1 << 17
+"""Additions or removals not folded yet that a ``read`` takes into account (about 5 ms); more
+(a warm boot just loaded) makes it answer None, so the round scans while the tick folds."""
+KEEP_FROM = 250_000
+"""Entries from which a hosted cache keeps its digests: keeping them costs about two hashes per
+write (``bench/results/setcost.txt``), a scan one per entry per round, so a smaller cache scans
+(in slices, as before) and a large one, whose scan stalled its loop for seconds, keeps them."""
+RIPE = 1.0
+"""Seconds an addition waits before it is hashed: a key written again meanwhile cancels out unhashed."""
+
+
+def key_hash(key: Any) -> int:
+    """A stable 32-bit hash of a key (Python's hash() differs between processes).
+
+    CRC-32 runs in C and is ample for spreading keys over buckets; the digest mixes
+    it with the version and expiry into 64 bits.
+    """
+    if type(key) is str:
+        return zlib.crc32(key.encode("utf-8", "surrogatepass"))
+    if type(key) is bytes:
+        return zlib.crc32(key, 0x62)  # a different seed keeps "a" and b"a" apart
+    return zlib.crc32(str(key).encode(), 0x69)
+
+
+def bucket_of(key: Any) -> int:
+    return key_hash(key) % BUCKETS
+
+
+def horizon_of(ms: int) -> int:
+    """The smallest version stamped at wall-clock millisecond ``ms`` (clock.py's layout)."""
+    return (ms << COUNTER_BITS) << NODE_BITS
+
+
+def digests(entries: Iterable[Any], wall: float, horizon: int) -> list[int]:
+    """Per-bucket digests of the live entries older than ``horizon``, by a scan.
+
+    Each entry hashes (key, version, expiry) into 64 bits: both halves of the
+    128-bit version (hlc << 64 | node) go in, then a splitmix64-style finaliser
+    spreads every input bit over the word. Written inline: this loop is hot.
+    """
+    sums = [0] * BUCKETS
+    crc = zlib.crc32
+    mask = _MASK64
+    never = float("inf")
+    for entry in entries:
+        if entry > wall and entry.version < horizon:
+            key = entry.key
+            khash = crc(key.encode("utf-8", "surrogatepass")) if type(key) is str else key_hash(key)
+            exp = 0 if entry == never else int(entry * 1000)
+            version = entry.version
+            h = (
+                khash * 0x9E3779B97F4A7C15 + (version >> 64) * 0xD6E8FEB86659FD93 + version + exp * 0xC2B2AE3D27D4EB4F
+            ) & mask
+            h = ((h ^ (h >> 31)) * 0xBF58476D1CE4E5B9) & mask
+            sums[khash % BUCKETS] += h ^ (h >> 29)
+    return [d & mask for d in sums]
+
+
+def _marks(rows: Iterable[tuple[Any, int, float]]) -> list[int]:
+    """The hash and bucket of each (key, version, expiry) as one int, ``hash << 10 | bucket``
+    (the same hash as ``digests``)."""
+    crc = zlib.crc32
+    mask = _MASK64
+    never = float("inf")
+    out: list[int] = []
+    append = out.append
+    for key, version, expires in rows:
+        khash = crc(key.encode("utf-8", "surrogatepass")) if type(key) is str else key_hash(key)
+        exp = 0 if expires == never else int(expires * 1000)
+        h = (
+            khash * 0x9E3779B97F4A7C15 + (version >> 64) * 0xD6E8FEB86659FD93 + version + exp * 0xC2B2AE3D27D4EB4F
+        ) & mask
+        h = ((h ^ (h >> 31)) * 0xBF58476D1CE4E5B9) & mask
+        append(((h ^ (h >> 29)) << _BUCKET_BITS) | (khash % BUCKETS))
+    return out
+
+
+def _rows(entries: Iterable[Any]) -> list[tuple[Any, int, float]]:
+    return [(e.key, e.version, e) for e in entries]
+
+
+class Ledger:
+    """The digests of one table, kept as it changes (theory of operation: the module docstring).
+
+    It holds no entry, only (key, version) records: a replaced entry, and its value, is
+    freed at once. A (key, version) names one write (a version is never applied twice to a
+    key: tombstones and the eviction record refuse it), so the table says whether a record's
+    entry is still there: ``table[key].version == version``.
+
+    ``added`` and ``removed`` are queues with a read position (``_pos``, ``_rpos``): the owner
+    appends, ``fold`` consumes from the front. A removal is folded only after the addition of
+    its entry was (``_ages``: what each queue held at each fold call), so an entry removed
+    before its addition was folded is skipped there and cancels out here, unhashed.
+    Not locked: its owner calls it under the same lock as its writes.
+    """
+
+    def __init__(self, table: Mapping[Any, Any]) -> None:
+        """``table``: key -> entry, the owner's (the same mapping for the ledger's life)."""
+        self.table = table
+        self.sums = [0] * BUCKETS
+        self.added: list[tuple[Any, int]] = [(e.key, e.version) for e in table.values()]  # oldest first
+        self.removed: list[tuple[Any, int, float]] = []  # (key, version, expiry) of entries gone
+        self.recent: list[tuple[Any, int]] = []  # folded entries newer than WINDOW ago (or than covered)
+        self.recent_marks: list[int] = []  # their hashes, as _marks gives them
+        self.covered = 0
+        self.broken = False  # an entry no digest can hash (only by going around validation)
+        self._reset_queues()
+
+    def _reset_queues(self) -> None:
+        self._pos = self._rpos = 0  # read positions in added and removed
+        self._in = self._out = 0  # additions and removals folded since the last reset
+        self._ages: deque[tuple[float, int, int]] = deque()  # (wall, appended, removed by then), per fold call
+        self._skipped: dict[tuple[Any, int], int] = {}  # records gone before their addition was folded
+
+    @property
+    def pending(self) -> int:
+        return self.additions_pending() + self.removals_pending()
+
+    def additions_pending(self) -> int:
+        return len(self.added) - self._pos
+
+    def removals_pending(self) -> int:
+        return len(self.removed) - self._rpos
+
+    def reset(self, entries: Iterable[Any]) -> None:
+        """The table was rebuilt (a clear): start over from its entries."""
+        self.sums = [0] * BUCKETS
+        self.added = [(e.key, e.version) for e in entries]
+        self.removed = []
+        self.recent.clear()
+        self.recent_marks.clear()
+        self._reset_queues()
+
+    def fold(self, wall: float, limit: int = FOLD_SLICE, ripe: float = RIPE) -> int:
+        """Hash up to ``limit`` additions and ``limit`` removals into the sums; returns how many were handled.
+
+        An addition waits ``ripe`` seconds, so that a key written again meanwhile costs nothing.
+        """
+        if self.broken:
+            self.added, self.removed = [], []
+            self._reset_queues()
+            return 0
+        appended = self._in + len(self.added) - self._pos
+        gone = self._out + len(self.removed) - self._rpos
+        ages = self._ages
+        if not ages or ages[-1][1:] != (appended, gone):
+            ages.append((wall, appended, gone))
+        ready = safe = 0
+        for at, upto, removals in ages:
+            if at <= wall - ripe:
+                ready = upto
+            if upto <= self._in:
+                safe = removals
+        cutoff = horizon_of(int((wall - WINDOW) * 1000))
+        done = 0
+        try:
+            take = min(ready - self._in, limit)
+            if take > 0:
+                self._fold_in(take, cutoff)
+                done += take
+            take = min(safe - self._out, limit)
+            if take > 0:
+                self._fold_out(take)
+                done += take
+        except (OverflowError, ValueError):  # an expiry of inf-like size or NaN: see ``broken``
+            self.broken = True
+            return done
+        while len(ages) > 1 and ages[0][1] <= self._in and ages[0][2] <= self._out:
+            ages.popleft()
+        self._compact()
+        self._prune(cutoff)
+        return done
+
+    def _fold_in(self, take: int, cutoff: int) -> None:
+        part = self.added[self._pos : self._pos + take]
+        self._pos += take
+        self._in += take
+        get = self.table.get
+        live: list[tuple[Any, int, float]] = []
+        skipped = self._skipped
+        for key, version in part:
+            entry = get(key)
+            if entry is not None and entry.version == version:
+                live.append((key, version, entry))
+            else:  # gone already: its removal, folded later, cancels out unhashed
+                skipped[(key, version)] = skipped.get((key, version), 0) + 1
+        sums, recent, marks = self.sums, self.recent, self.recent_marks
+        covered = self.covered
+        for (key, version, _), mark in zip(live, _marks(live), strict=True):
+            sums[mark & (BUCKETS - 1)] += mark >> _BUCKET_BITS
+            if version > cutoff:
+                recent.append((key, version))
+                marks.append(mark)
+            elif version > covered:
+                covered = version
+        self.covered = covered
+
+    def _fold_out(self, take: int) -> None:
+        part = self.removed[self._rpos : self._rpos + take]
+        self._rpos += take
+        self._out += take
+        skipped = self._skipped
+        if skipped:
+            hashed = []
+            for row in part:
+                record = row[:2]
+                left = skipped.get(record)
+                if left is None:
+                    hashed.append(row)
+                elif left > 1:
+                    skipped[record] = left - 1
+                else:
+                    del skipped[record]
+            part = hashed
+        sums = self.sums
+        for mark in _marks(part):
+            sums[mark & (BUCKETS - 1)] -= mark >> _BUCKET_BITS
+
+    def _compact(self) -> None:
+        if self._pos > 4096 and self._pos * 2 > len(self.added):
+            del self.added[: self._pos]
+            self._pos = 0
+        if self._rpos > 4096 and self._rpos * 2 > len(self.removed):
+            del self.removed[: self._rpos]
+            self._rpos = 0
+
+    def _prune(self, cutoff: int) -> None:
+        """Drop from ``recent`` its oldest records that are past the window (or over the bound)."""
+        recent = self.recent
+        over = len(recent) - RECENT_MAX
+        n = 0
+        covered = self.covered
+        for _, version in recent:
+            if n >= over and version > cutoff:
+                break
+            covered = max(covered, version)
+            n += 1
+        if n:
+            self.covered = covered
+            del recent[:n]
+            del self.recent_marks[:n]
+
+    def read(self, due: Callable[[float], Iterable[Any]], wall: float, horizon: int) -> list[int] | None:
+        """The digests ``digests(table.values(), wall, horizon)`` would give, or None when this
+        ledger cannot tell (then scan). ``due(wall)`` names the keys that may have expired.
+
+        What is not folded yet is taken into account here: an addition when it is settled for
+        this line (a write of the last second is not: its version is past the line, so this is
+        mostly a comparison each), a removal when its addition was folded.
+        """
+        added, removed = self.added[self._pos :], self.removed[self._rpos :]
+        if self.broken or len(added) > READ_MAX or len(removed) > READ_MAX or horizon <= self.covered:
+            return None
+        get = self.table.get
+        # What is pending, as a net count per record: +1 per addition, -1 per removal not
+        # cancelled by a skipped addition (a record may come twice: a forgotten eviction).
+        net: dict[tuple[Any, int], int] = {}
+        for record in added:
+            net[record] = net.get(record, 0) + 1
+        expiry: dict[tuple[Any, int], float] = {}
+        skipped = dict(self._skipped)
+        for key, version, expires in removed:
+            record = (key, version)
+            left = skipped.get(record)
+            if left:
+                skipped[record] = left - 1  # its addition was skipped: nothing was summed
+                continue
+            net[record] = net.get(record, 0) - 1
+            expiry[record] = expires
+        try:
+            sums = list(self.sums)
+            rows: list[tuple[Any, int, float]] = []
+            counts: list[int] = []
+            out: set[tuple[Any, int]] = set()  # present entries left out here already
+            for record, count in net.items():
+                key, version = record
+                entry = get(key)
+                if entry is not None and entry.version == version:
+                    if version >= horizon or entry <= wall:  # held, but not in this round's digest
+                        out.add(record)
+                        count -= 1
+                    if count:
+                        rows.append((key, version, entry))
+                        counts.append(count)
+                elif count:
+                    rows.append((key, version, expiry[record]))
+                    counts.append(count)
+            for count, mark in zip(counts, _marks(rows), strict=True):
+                sums[mark & (BUCKETS - 1)] += count * (mark >> _BUCKET_BITS)
+            for record, mark in zip(self.recent, self.recent_marks, strict=True):
+                key, version = record
+                if version >= horizon and record not in out:
+                    entry = get(key)
+                    if entry is not None and entry.version == version and entry > wall:
+                        sums[mark & (BUCKETS - 1)] -= mark >> _BUCKET_BITS
+                        out.add(record)
+            # Expired and still held: out (those pending were left out above).
+            gone = [
+                e for e in map(get, set(due(wall))) if e is not None and e <= wall and (e.key, e.version) not in out
+            ]
+            for mark in _marks(_rows(gone)):
+                sums[mark & (BUCKETS - 1)] -= mark >> _BUCKET_BITS
+        except (OverflowError, ValueError):
+            self.broken = True
+            return None
+        mask = _MASK64
+        return [s & mask for s in sums]
