@@ -558,6 +558,11 @@ class Driver:
         self._set_ready(action.ready)
 
     def _boot_streaming(self, action: BootStreaming) -> None:
+        if not action.active:
+            # Freeze what the dump brought before the collector runs again: else its first
+            # young collection walks every entry loaded while paused, and the freeze at Ready
+            # (a catch-up round trip later) walks them all a second time.
+            self._gc.grown(self._entries())
         self._gc.pause(action.active)
 
     async def _dump(self, action: StreamDump) -> None:
