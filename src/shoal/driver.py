@@ -559,10 +559,7 @@ class Driver:
 
     def _boot_streaming(self, action: BootStreaming) -> None:
         if not action.active:
-            # Freeze what the dump brought before the collector runs again: else its first
-            # young collection walks every entry loaded while paused, and the freeze at Ready
-            # (a catch-up round trip later) walks them all a second time.
-            self._gc.grown(self._entries())
+            self._gc.streamed(self._entries())
         self._gc.pause(action.active)
 
     async def _dump(self, action: StreamDump) -> None:
@@ -574,7 +571,9 @@ class Driver:
                 return
             stats = self.core.boot_stats(action.cache)
             try:
-                for _, frame in warmboot.dump_stream(replica, action.stream, time.time, self.max_frame_size):
+                entries = self._gc.snapshot(replica.size(), replica.entries)
+                dump = warmboot.dump_stream(replica, action.stream, time.time, self.max_frame_size, entries)
+                for _, frame in dump:
                     current = self.peers.get(action.peer)
                     if current is not conn:
                         # The connection was replaced (both sides dialed) or lost: chunks went with
