@@ -54,6 +54,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import harness
 from harness import (
     MB,
     RESULTS,
@@ -145,6 +146,8 @@ def run_shoal(n: int, shape: str, rounds: int, ttl: bool, timeout: float) -> Row
                 {
                     "warm_boot_s": wb["seconds"],
                     "receiver_gc_ms": out["gc_total_ms"],
+                    "receiver_gc_collections": out["gc_collections"],
+                    "receiver_cpu_s": out.get("cpu_s"),
                     "donor_max_chunk_ms": stall["max_chunk_ms"],
                     "donor_gc_max_ms": stall["gc_max_ms"],
                 }
@@ -303,7 +306,10 @@ def main() -> int:
     parser.add_argument("--profile", action="store_true", help="then cProfile a shoal boot of the largest size")
     parser.add_argument("--profile-only", action="store_true", help="only the --profile part")
     parser.add_argument("--json", default=str(RESULTS / "boot.json"))
+    parser.add_argument("--src", help="run shoal from this src directory (another checkout's, for a before/after)")
     args = parser.parse_args()
+    if args.src:
+        harness.SRC = Path(args.src).resolve()
 
     sizes = [int(x) for x in args.sizes.split(",")]
     shapes = args.shapes.split(",")
@@ -348,7 +354,7 @@ def main() -> int:
     print(f"caches: ttl={TTL}, max_entries=N (the no-TTL/bound line: neither); GC on; donor filled with set_many.")
     print("member +MB: RSS at ready minus RSS before the node existed (redis: replica RSS minus its RSS empty).")
     print()
-    print("shoal diagnosis, per receiver: warm_boot seconds (stats), receiver GC ms, longest donor chunk / GC pause:")
+    print("shoal diagnosis, per receiver: warm_boot seconds (stats), receiver CPU s (all threads, start -> ready), GC ms, longest donor chunk / GC pause:")
     for r in rows:
         if not r.system.startswith("shoal") or "runs" not in r.extra:
             continue
@@ -356,6 +362,8 @@ def main() -> int:
         print(
             f"  {r.n:>9,} {r.shape:4} {r.system:20} boot s "
             + ", ".join(f"{x['warm_boot_s']:.3f}" for x in runs)
+            + "; CPU s "
+            + ", ".join(f"{x['receiver_cpu_s']:.3f}" for x in runs)
             + "; GC ms "
             + ", ".join(f"{x['receiver_gc_ms']:.0f}" for x in runs)
             + f"; chunk {max(x['donor_max_chunk_ms'] for x in runs):.1f} ms, donor GC "

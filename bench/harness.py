@@ -43,9 +43,13 @@ MB = 1e6
 STDERR_NOTES: list[str] = []  # one line per child whose stderr held tracebacks or warnings
 
 
+SRC = ROOT / "src"
+"""Where children import shoal from: this checkout, or another's (a bench's ``--src``, for a before/after)."""
+
+
 def child_env() -> dict[str, str]:
-    """The environment of a child: shoal from this checkout, then the tests' support code."""
-    paths = [str(ROOT / "src"), str(ROOT), str(HERE), os.environ.get("PYTHONPATH", "")]
+    """The environment of a child: shoal from ``SRC``, then the tests' support code."""
+    paths = [str(SRC), str(ROOT), str(HERE), os.environ.get("PYTHONPATH", "")]
     return dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in paths if p))
 
 

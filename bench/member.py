@@ -271,10 +271,10 @@ def run_receiver(args: argparse.Namespace) -> int:
             await orig_open()
 
         node._driver.open = profiled_open  # type: ignore[method-assign]
-    t_start = time.time()
+    t_start, cpu_start = time.time(), time.process_time()
     node.start()
     ok = node.wait_ready(args.timeout)
-    t_ready = time.time()
+    t_ready, cpu_ready = time.time(), time.process_time()
     hwm = rss(field="VmHWM")
     rss_after = rss()
     if prof is not None:
@@ -286,6 +286,7 @@ def run_receiver(args: argparse.Namespace) -> int:
             "ready": ok,
             "t_node_start": t_start,
             "t_ready": t_ready,
+            "cpu_s": cpu_ready - cpu_start,
             "warm_boot": stats["warm_boot"],
             "entries": stats["entries"],
             "rss_before": rss_before,
