@@ -354,7 +354,10 @@ def main() -> int:
     print(f"caches: ttl={TTL}, max_entries=N (the no-TTL/bound line: neither); GC on; donor filled with set_many.")
     print("member +MB: RSS at ready minus RSS before the node existed (redis: replica RSS minus its RSS empty).")
     print()
-    print("shoal diagnosis, per receiver: warm_boot seconds (stats), receiver CPU s (all threads, start -> ready), GC ms, longest donor chunk / GC pause:")
+    print(
+        "shoal diagnosis, per receiver: warm_boot seconds (stats), receiver CPU s (all threads,"
+        " start -> ready) and GC ms, longest donor chunk / GC pause:"
+    )
     for r in rows:
         if not r.system.startswith("shoal") or "runs" not in r.extra:
             continue
