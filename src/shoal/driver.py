@@ -50,6 +50,7 @@ from .actions import (
 from .config import Config
 from .dispatch import FLUSH_DELAY, Dispatcher
 from .errors import LoaderError, ProtocolError, ShoalError
+from .handshake import cluster_key
 from .housekeeping import Collector, Resolver, Snapshots, discover
 from .leases import longest_wait
 from .limits import LogLimiter, Supervisor
@@ -245,6 +246,9 @@ class Driver:
         self._ready_event = asyncio.Event()
         if self.ready_flag.is_set():
             self._ready_event.set()
+        # The slow key (scrypt, ~50 ms of CPU) now, before anyone connects: not on the loop when a
+        # first peer does, which may find it streaming a dump to another.
+        cluster_key(self._secret)
         self._server = await loop.create_server(
             lambda: Connection(self, initiator=False),
             self._host,
