@@ -150,6 +150,8 @@ def run_shoal(n: int, shape: str, rounds: int, ttl: bool, timeout: float) -> Row
                     "receiver_cpu_s": out.get("cpu_s"),
                     "donor_max_chunk_ms": stall["max_chunk_ms"],
                     "donor_gc_max_ms": stall["gc_max_ms"],
+                    "donor_step_cpu_ms": stall.get("max_step_cpu_ms"),
+                    "donor_step": stall.get("max_step"),
                 }
             )
         row.extra["runs"] = runs
@@ -373,6 +375,12 @@ def main() -> int:
             f"{max(x['donor_gc_max_ms'] for x in runs):.1f} ms; idle stall {r.extra['donor_idle_stall_ms']:.1f} ms;"
             f" donor fill {r.extra['donor_fill_s']:.1f} s"
         )
+        steps = [x for x in runs if x.get("donor_step_cpu_ms") is not None]
+        if steps:
+            print(
+                "      longest donor loop step, CPU ms: "
+                + ", ".join(f"{x['donor_step_cpu_ms']:.1f} ({x['donor_step']})" for x in steps)
+            )
 
     by = {(r.n, r.shape, r.system): r for r in rows}
     if memory:

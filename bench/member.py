@@ -158,6 +158,35 @@ class ChunkWatch:
         self.chunks = 0
 
 
+class StepWatch:
+    """The longest single step of the loop, in the loop thread's CPU time, and what ran in it.
+
+    What a step would stall the loop for on an idle machine: the wall-clock gap of ``Stall``
+    also counts whatever else the shared cores ran meanwhile.
+    """
+
+    def __init__(self) -> None:
+        self.reset()
+        run = asyncio.events.Handle._run
+
+        def timed(handle: asyncio.Handle) -> None:
+            t = time.thread_time()
+            run(handle)
+            took = time.thread_time() - t
+            if took > self.max:
+                callback = handle._callback  # type: ignore[attr-defined]
+                owner = getattr(callback, "__self__", None)
+                if isinstance(owner, asyncio.Task):  # a coroutine's step: name the coroutine
+                    callback = owner.get_coro()
+                self.max, self.what = took, getattr(callback, "__qualname__", "?")
+
+        asyncio.events.Handle._run = timed  # type: ignore[method-assign]
+
+    def reset(self) -> None:
+        self.max = 0.0
+        self.what = ""
+
+
 def on_loop(loop: asyncio.AbstractEventLoop, fn: Any) -> Any:
     done = threading.Event()
     box: list[Any] = []
@@ -203,7 +232,7 @@ def run_donor(args: argparse.Namespace) -> int:
     loop = node._driver.loop
     stall = Stall()
     ticker = asyncio.run_coroutine_threadsafe(stall.run(), loop)
-    gcw, chunks = GcWatch(), ChunkWatch()
+    gcw, chunks, steps = GcWatch(), ChunkWatch(), StepWatch()
     prof = None
     if args.profile:
         import cProfile
@@ -220,6 +249,7 @@ def run_donor(args: argparse.Namespace) -> int:
         on_loop(loop, stall.reset)
         gcw.reset()
         chunks.reset()
+        on_loop(loop, steps.reset)
         if prof is not None:
             on_loop(loop, prof.enable)
         return True
@@ -234,6 +264,8 @@ def run_donor(args: argparse.Namespace) -> int:
             "ticks": stall.ticks,
             "served": served,
             "max_chunk_ms": chunks.max * 1000,
+            "max_step_cpu_ms": steps.max * 1000,
+            "max_step": steps.what,
             "chunks": chunks.chunks,
             **gcw.as_dict(),
         }
