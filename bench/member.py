@@ -51,7 +51,7 @@ import threading
 import time
 from typing import Any
 
-from harness import reply, rss, serve
+from harness import StepWatch, reply, rss, serve
 
 
 def key(i: int) -> str:
@@ -156,35 +156,6 @@ class ChunkWatch:
     def reset(self) -> None:
         self.max = 0.0
         self.chunks = 0
-
-
-class StepWatch:
-    """The longest single step of the loop, in the loop thread's CPU time, and what ran in it.
-
-    What a step would stall the loop for on an idle machine: the wall-clock gap of ``Stall``
-    also counts whatever else the shared cores ran meanwhile.
-    """
-
-    def __init__(self) -> None:
-        self.reset()
-        run = asyncio.events.Handle._run
-
-        def timed(handle: asyncio.Handle) -> None:
-            t = time.thread_time()
-            run(handle)
-            took = time.thread_time() - t
-            if took > self.max:
-                callback = handle._callback  # type: ignore[attr-defined]
-                owner = getattr(callback, "__self__", None)
-                if isinstance(owner, asyncio.Task):  # a coroutine's step: name the coroutine
-                    callback = owner.get_coro()
-                self.max, self.what = took, getattr(callback, "__qualname__", "?")
-
-        asyncio.events.Handle._run = timed  # type: ignore[method-assign]
-
-    def reset(self) -> None:
-        self.max = 0.0
-        self.what = ""
 
 
 def on_loop(loop: asyncio.AbstractEventLoop, fn: Any) -> Any:
