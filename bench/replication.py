@@ -673,9 +673,14 @@ def bench_pysyncobj(sizes: Sizes) -> tuple[RateRow, LagRow]:
 
 
 class _Group:
-    """Membership stand-in: two peers host every cache."""
+    """Membership stand-in: this member is 0, and two peers, 1 and 2, host every cache."""
+
+    node_id = 0
 
     def group(self, cache: str) -> list[int]:
+        return [1, 2]
+
+    def up_peers(self) -> list[int]:
         return [1, 2]
 
 
@@ -696,13 +701,16 @@ def stages(n: int, collect: bool) -> list[tuple[str, str, float]]:
 
 def _stages(n: int) -> list[tuple[str, str, float]]:
     from shoal.cache import Cache, Replica
-    from shoal.messages import Ops
+    from shoal.messages import Resume, Stream
+    from shoal.positions import LIVE, vector_to_wire
     from shoal.replication import Replicator, ops_from_wire
     from shoal.wire import FrameDecoder, encode
 
     keys = [f"k{i}" for i in range(n)]
     writer = Cache(ttl=TTL, max_entries=BOUND, name=CACHE)
     replicator = Replicator(_Group(), {CACHE: Replica(writer)})  # type: ignore[arg-type]
+    for peer in (1, 2):  # both follow the writer's stream live, as after their Resume
+        replicator.received(peer, Resume(CACHE, vector_to_wire({0: LIVE})), 0.0, time.time())
     outbox: list[Any] = []
     Replica(writer).connect(outbox.append)
 
@@ -722,7 +730,7 @@ def _stages(n: int) -> list[tuple[str, str, float]]:
     t_encode, frames = timed(lambda: [encode(m) for m in msgs])
     stream = b"".join(frames)
     t_decode, decoded = timed(lambda: FrameDecoder().feed(stream))
-    assert all(isinstance(m, Ops) for m in decoded)
+    assert all(isinstance(m, Stream) for m in decoded)
     t_validate, batches = timed(lambda: [ops_from_wire(m.ops) for m in decoded])
     receiver = Replica(Cache(ttl=TTL, max_entries=BOUND, name=CACHE))
     t_apply, _ = timed(lambda: [receiver.apply(ops, time.time()) for ops in batches])
@@ -730,7 +738,7 @@ def _stages(n: int) -> list[tuple[str, str, float]]:
     return [
         ("writer", "Cache.set (dumps, stamp, store.write, enqueue)", t_set),
         ("writer", "Replicator.outgoing (op_to_wire, batching, catch-up log)", t_flush),
-        ("writer", "wire.encode of each Ops frame (msgpack)", t_encode),
+        ("writer", "wire.encode of each Stream frame (msgpack)", t_encode),
         ("receiver", "FrameDecoder.feed (msgpack, message checks)", t_decode),
         ("receiver", "ops_from_wire (validation)", t_validate),
         ("receiver", "Replica.apply (loads, store.write)", t_apply),
