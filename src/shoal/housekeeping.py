@@ -68,8 +68,10 @@ class Collector:
     def snapshot(self, size: int, take: Callable[[], list[T]]) -> list[T]:
         """``take()``, a list of ``size`` references that lives while a dump streams, kept out of the
         collector's sight: every collection would walk all of it (a million references, 15-20 ms
-        each, the donor's loop stalls while it streams). Young garbage is collected first, so
-        only the list (and what the loop made since) is frozen with it; it is freed as usual."""
+        each, the donor's loop stalls while it streams). Young garbage is collected first; the
+        freeze takes the oldest generation too, as ``grown``'s does (a cycle there that dies later
+        is not collected: the price of a freeze, paid here once per dump served). The list is
+        freed as usual when the dump ends."""
         if not self.enabled or size < GC_FREEZE_MIN:
             return take()
         gc.collect(1)
