@@ -54,6 +54,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import harness
 from harness import (
     MB,
     RESULTS,
@@ -145,8 +146,12 @@ def run_shoal(n: int, shape: str, rounds: int, ttl: bool, timeout: float) -> Row
                 {
                     "warm_boot_s": wb["seconds"],
                     "receiver_gc_ms": out["gc_total_ms"],
+                    "receiver_gc_collections": out["gc_collections"],
+                    "receiver_cpu_s": out.get("cpu_s"),
                     "donor_max_chunk_ms": stall["max_chunk_ms"],
                     "donor_gc_max_ms": stall["gc_max_ms"],
+                    "donor_step_cpu_ms": stall.get("max_step_cpu_ms"),
+                    "donor_step": stall.get("max_step"),
                 }
             )
         row.extra["runs"] = runs
@@ -303,7 +308,10 @@ def main() -> int:
     parser.add_argument("--profile", action="store_true", help="then cProfile a shoal boot of the largest size")
     parser.add_argument("--profile-only", action="store_true", help="only the --profile part")
     parser.add_argument("--json", default=str(RESULTS / "boot.json"))
+    parser.add_argument("--src", help="run shoal from this src directory (another checkout's, for a before/after)")
     args = parser.parse_args()
+    if args.src:
+        harness.SRC = Path(args.src).resolve()
 
     sizes = [int(x) for x in args.sizes.split(",")]
     shapes = args.shapes.split(",")
@@ -348,7 +356,10 @@ def main() -> int:
     print(f"caches: ttl={TTL}, max_entries=N (the no-TTL/bound line: neither); GC on; donor filled with set_many.")
     print("member +MB: RSS at ready minus RSS before the node existed (redis: replica RSS minus its RSS empty).")
     print()
-    print("shoal diagnosis, per receiver: warm_boot seconds (stats), receiver GC ms, longest donor chunk / GC pause:")
+    print(
+        "shoal diagnosis, per receiver: warm_boot seconds (stats), receiver CPU s (all threads,"
+        " start -> ready) and GC ms, longest donor chunk / GC pause:"
+    )
     for r in rows:
         if not r.system.startswith("shoal") or "runs" not in r.extra:
             continue
@@ -356,12 +367,20 @@ def main() -> int:
         print(
             f"  {r.n:>9,} {r.shape:4} {r.system:20} boot s "
             + ", ".join(f"{x['warm_boot_s']:.3f}" for x in runs)
+            + "; CPU s "
+            + ", ".join(f"{x['receiver_cpu_s']:.3f}" for x in runs)
             + "; GC ms "
             + ", ".join(f"{x['receiver_gc_ms']:.0f}" for x in runs)
             + f"; chunk {max(x['donor_max_chunk_ms'] for x in runs):.1f} ms, donor GC "
             f"{max(x['donor_gc_max_ms'] for x in runs):.1f} ms; idle stall {r.extra['donor_idle_stall_ms']:.1f} ms;"
             f" donor fill {r.extra['donor_fill_s']:.1f} s"
         )
+        steps = [x for x in runs if x.get("donor_step_cpu_ms") is not None]
+        if steps:
+            print(
+                "      longest donor loop step, CPU ms: "
+                + ", ".join(f"{x['donor_step_cpu_ms']:.1f} ({x['donor_step']})" for x in steps)
+            )
 
     by = {(r.n, r.shape, r.system): r for r in rows}
     if memory:

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -43,10 +44,57 @@ MB = 1e6
 STDERR_NOTES: list[str] = []  # one line per child whose stderr held tracebacks or warnings
 
 
+class StepWatch:
+    """The loop's longest single steps, in the loop thread's CPU time, and what ran in them.
+
+    What a step would stall the loop for on an idle machine: a wall-clock gap also counts
+    whatever else the shared cores ran meanwhile. ``long`` holds, per coroutine or callback,
+    the CPU ms of each step of at least ``LONG_MS``. Installed once per process (it wraps
+    ``asyncio.Handle._run``, which every callback and coroutine step goes through).
+    """
+
+    LONG_MS = 5.0
+
+    def __init__(self) -> None:
+        self.reset()
+        run = asyncio.events.Handle._run
+
+        def timed(handle: asyncio.Handle) -> None:
+            t = time.thread_time()
+            run(handle)
+            took = time.thread_time() - t
+            if took * 1000 >= self.LONG_MS or took > self.max:
+                callback = handle._callback  # type: ignore[attr-defined]
+                owner = getattr(callback, "__self__", None)
+                if isinstance(owner, asyncio.Task):  # a coroutine's step: name the coroutine
+                    callback = owner.get_coro()
+                name = getattr(callback, "__qualname__", "?")
+                if took > self.max:
+                    self.max, self.what = took, name
+                if took * 1000 >= self.LONG_MS:
+                    self.long.setdefault(name, []).append(round(took * 1000, 1))
+
+        asyncio.events.Handle._run = timed  # type: ignore[method-assign]
+
+    def reset(self) -> None:
+        self.max = 0.0
+        self.what = ""
+        self.long: dict[str, list[float]] = {}
+
+    def summary(self) -> str:
+        """``name xN (max M ms)`` for each kind of long step, the most frequent first."""
+        kinds = sorted(self.long.items(), key=lambda kv: -len(kv[1]))
+        return ", ".join(f"{name} x{len(ms)} (max {max(ms):.0f} ms)" for name, ms in kinds) or "none"
+
+
+SRC = ROOT / "src"
+"""Where children import shoal from: this checkout, or another's (a bench's ``--src``, for a before/after)."""
+
+
 def child_env(src: str | os.PathLike[str] | None = None) -> dict[str, str]:
-    """The environment of a child: shoal from this checkout (or from ``src``, or ``$SHOAL_SRC``: a
-    whole benchmark run against another revision's sources), then the tests' support code."""
-    src = src or os.environ.get("SHOAL_SRC") or ROOT / "src"
+    """The environment of a child: shoal from this checkout (or from ``src``, ``$SHOAL_SRC`` or
+    ``SRC``: a whole benchmark run against another revision's sources), then the tests' support code."""
+    src = src or os.environ.get("SHOAL_SRC") or SRC
     paths = [str(src), str(ROOT), str(HERE), os.environ.get("PYTHONPATH", "")]
     return dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in paths if p))
 

@@ -51,7 +51,7 @@ import threading
 import time
 from typing import Any
 
-from harness import reply, rss, serve
+from harness import StepWatch, reply, rss, serve
 
 
 def key(i: int) -> str:
@@ -208,7 +208,7 @@ def run_donor(args: argparse.Namespace) -> int:
     loop = node._driver.loop
     stall = Stall()
     ticker = asyncio.run_coroutine_threadsafe(stall.run(), loop)
-    gcw, chunks = GcWatch(), ChunkWatch()
+    gcw, chunks, steps = GcWatch(), ChunkWatch(), StepWatch()
     prof = None
     if args.profile:
         import cProfile
@@ -225,6 +225,7 @@ def run_donor(args: argparse.Namespace) -> int:
         on_loop(loop, stall.reset)
         gcw.reset()
         chunks.reset()
+        on_loop(loop, steps.reset)
         if prof is not None:
             on_loop(loop, prof.enable)
         return True
@@ -239,6 +240,8 @@ def run_donor(args: argparse.Namespace) -> int:
             "ticks": stall.ticks,
             "served": served,
             "max_chunk_ms": chunks.max * 1000,
+            "max_step_cpu_ms": steps.max * 1000,
+            "max_step": steps.what,
             "chunks": chunks.chunks,
             **gcw.as_dict(),
         }
@@ -281,10 +284,10 @@ def run_receiver(args: argparse.Namespace) -> int:
             await orig_open()
 
         node._driver.open = profiled_open  # type: ignore[method-assign]
-    t_start = time.time()
+    t_start, cpu_start = time.time(), time.process_time()
     node.start()
     ok = node.wait_ready(args.timeout)
-    t_ready = time.time()
+    t_ready, cpu_ready = time.time(), time.process_time()
     hwm = rss(field="VmHWM")
     rss_after = rss()
     if prof is not None:
@@ -296,6 +299,7 @@ def run_receiver(args: argparse.Namespace) -> int:
             "ready": ok,
             "t_node_start": t_start,
             "t_ready": t_ready,
+            "cpu_s": cpu_ready - cpu_start,
             "warm_boot": stats["warm_boot"],
             "entries": stats["entries"],
             "rss_before": rss_before,

@@ -62,6 +62,7 @@ from harness import (
     Cleanup,
     Member,
     RedisServer,
+    StepWatch,
     as_child,
     environment,
     format_table,
@@ -203,6 +204,27 @@ def shoal_member(seeds: list[str], freeze: bool, plain: bool = False) -> None:
 
     node.start()
     loop_profile = cProfile.Profile()
+    steps = StepWatch()
+    gc_ms = [0.0, 0.0, 0.0]  # per generation, while ``steps`` watches
+    gc_at = [0.0]
+
+    def on_any_gc(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            gc_at[0] = time.thread_time()
+        else:
+            gc_ms[info["generation"]] += (time.thread_time() - gc_at[0]) * 1000
+
+    gc.callbacks.append(on_any_gc)
+
+    def watch_steps(on: bool) -> str:
+        """From ``on`` to off: the loop's long steps and the collector's CPU ms by generation."""
+        if on:
+            node._driver.loop.call_soon_threadsafe(steps.reset)
+            gc_ms[:] = [0.0, 0.0, 0.0]
+            return ""
+        return f"long loop steps (CPU, >= {StepWatch.LONG_MS:g} ms): {steps.summary()}; GC CPU ms by generation " + (
+            "/".join(f"{x:.0f}" for x in gc_ms)
+        )
 
     def meshed(peers: int, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -273,6 +295,7 @@ def shoal_member(seeds: list[str], freeze: bool, plain: bool = False) -> None:
         "count": lambda: len(store.data),
         "cpu": time.process_time,  # this process, every thread
         "full_gcs": take_full_gcs,
+        "watch_steps": watch_steps,
     }
     try:
         serve(node.address, handlers)
@@ -380,6 +403,8 @@ def bench_shoal(
         before = [{k: p.call("figures").get(k, 0) for k in watched} for p in procs]
         for r in receivers:
             r.call("record_lags", on=True)
+        for p in procs:
+            p.call("watch_steps", on=True)
         n = int(LAG_RATE * sizes.lag_seconds)
         start, end = writer.call("stamped", n=n, rate=LAG_RATE, wait=sizes.lag_seconds * 10 + 30)
         deadline = time.monotonic() + 60  # every write's lag is counted, however late it arrives
@@ -387,6 +412,7 @@ def bench_shoal(
             time.sleep(0.05)
         lags = [r.call("record_lags", on=False) for r in receivers]
         lag = LagRow(label, n, end - start, [x for part in lags for x in part], "lag seen on both receivers", lags)
+        watched_steps = [p.call("watch_steps", on=False) for p in procs]
         pauses = [x for p in procs for x in p.call("full_gcs")]
         after = [{k: p.call("figures").get(k, 0) for k in watched} for p in procs]
         moved = {k: sum(a[k] - b[k] for a, b in zip(after, before, strict=True)) for k in watched}
@@ -395,6 +421,10 @@ def bench_shoal(
             f"garbage collections meanwhile: {len(pauses)}, longest {max(pauses, default=0):.0f} ms; "
             + ", ".join(f"{k} {v:,}" for k, v in moved.items())
             + " (all members, during the paced run)"
+            + "".join(
+                f"\n  {who} during the paced run: {text}"
+                for who, text in zip(("writer", "receiver 1", "receiver 2"), watched_steps, strict=False)
+            )
         )
 
         profiles: dict[str, str] = {}
@@ -643,9 +673,14 @@ def bench_pysyncobj(sizes: Sizes) -> tuple[RateRow, LagRow]:
 
 
 class _Group:
-    """Membership stand-in: two peers host every cache."""
+    """Membership stand-in: this member is 0, and two peers, 1 and 2, host every cache."""
+
+    node_id = 0
 
     def group(self, cache: str) -> list[int]:
+        return [1, 2]
+
+    def up_peers(self) -> list[int]:
         return [1, 2]
 
 
@@ -666,13 +701,16 @@ def stages(n: int, collect: bool) -> list[tuple[str, str, float]]:
 
 def _stages(n: int) -> list[tuple[str, str, float]]:
     from shoal.cache import Cache, Replica
-    from shoal.messages import Ops
+    from shoal.messages import Resume, Stream
+    from shoal.positions import LIVE, vector_to_wire
     from shoal.replication import Replicator, ops_from_wire
     from shoal.wire import FrameDecoder, encode
 
     keys = [f"k{i}" for i in range(n)]
     writer = Cache(ttl=TTL, max_entries=BOUND, name=CACHE)
     replicator = Replicator(_Group(), {CACHE: Replica(writer)})  # type: ignore[arg-type]
+    for peer in (1, 2):  # both follow the writer's stream live, as after their Resume
+        replicator.received(peer, Resume(CACHE, vector_to_wire({0: LIVE})), 0.0, time.time())
     outbox: list[Any] = []
     Replica(writer).connect(outbox.append)
 
@@ -692,7 +730,7 @@ def _stages(n: int) -> list[tuple[str, str, float]]:
     t_encode, frames = timed(lambda: [encode(m) for m in msgs])
     stream = b"".join(frames)
     t_decode, decoded = timed(lambda: FrameDecoder().feed(stream))
-    assert all(isinstance(m, Ops) for m in decoded)
+    assert all(isinstance(m, Stream) for m in decoded)
     t_validate, batches = timed(lambda: [ops_from_wire(m.ops) for m in decoded])
     receiver = Replica(Cache(ttl=TTL, max_entries=BOUND, name=CACHE))
     t_apply, _ = timed(lambda: [receiver.apply(ops, time.time()) for ops in batches])
@@ -700,7 +738,7 @@ def _stages(n: int) -> list[tuple[str, str, float]]:
     return [
         ("writer", "Cache.set (dumps, stamp, store.write, enqueue)", t_set),
         ("writer", "Replicator.outgoing (op_to_wire, batching, catch-up log)", t_flush),
-        ("writer", "wire.encode of each Ops frame (msgpack)", t_encode),
+        ("writer", "wire.encode of each Stream frame (msgpack)", t_encode),
         ("receiver", "FrameDecoder.feed (msgpack, message checks)", t_decode),
         ("receiver", "ops_from_wire (validation)", t_validate),
         ("receiver", "Replica.apply (loads, store.write)", t_apply),

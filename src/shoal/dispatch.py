@@ -169,6 +169,7 @@ class Dispatcher:
         self._booted_caches: set[str] = set()
         self._streaming_in = False
         self._dumps_out: dict[int, int] = {}  # per peer: dumps streaming to it now
+        self.replicator.dumping_to = self._dumps_out
         self._dumps_waiting: dict[int, deque[StreamDump]] = {}  # per peer: their turn comes
 
     # -- the member's own life ------------------------------------------------------

@@ -50,6 +50,7 @@ from .actions import (
 from .config import Config
 from .dispatch import FLUSH_DELAY, Dispatcher
 from .errors import LoaderError, ProtocolError, ShoalError
+from .handshake import cluster_key
 from .housekeeping import Collector, Resolver, Snapshots, discover
 from .leases import longest_wait
 from .limits import LogLimiter, Supervisor
@@ -246,6 +247,9 @@ class Driver:
         self._ready_event = asyncio.Event()
         if self.ready_flag.is_set():
             self._ready_event.set()
+        # The slow key (scrypt, ~50 ms of CPU) now, before anyone connects: not on the loop when a
+        # first peer does, which may find it streaming a dump to another.
+        cluster_key(self._secret)
         self._server = await loop.create_server(
             lambda: Connection(self, initiator=False),
             self._host,
@@ -563,6 +567,8 @@ class Driver:
         self._set_ready(action.ready)
 
     def _boot_streaming(self, action: BootStreaming) -> None:
+        if not action.active:
+            self._gc.streamed(self._entries())
         self._gc.pause(action.active)
 
     async def _dump(self, action: StreamDump) -> None:
@@ -574,7 +580,9 @@ class Driver:
                 return
             stats = self.core.boot_stats(action.cache)
             try:
-                for _, frame in warmboot.dump_stream(replica, action.stream, time.time, self.max_frame_size):
+                entries = self._gc.snapshot(replica.size(), replica.entries)
+                dump = warmboot.dump_stream(replica, action.stream, time.time, self.max_frame_size, entries)
+                for _, frame in dump:
                     current = self.peers.get(action.peer)
                     if current is not conn:
                         # The connection was replaced (both sides dialed) or lost: chunks went with

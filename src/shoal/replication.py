@@ -68,7 +68,7 @@ from __future__ import annotations
 import logging
 import random
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass, field
 from itertools import compress
 from typing import Any
@@ -365,6 +365,7 @@ class Replicator:
         self.work: dict[int, deque[_Feed | _PullAnswer]] = {}  # answers pending per peer, oldest first
         self.catching_up: dict[tuple[str, int], tuple[int, float]] = {}  # (cache, origin) -> (asked, when)
         self.needs_repair: set[int] = set()
+        self.dumping_to: Container[int] = ()  # peers a dump of ours streams to (the dispatcher's count)
         # Caches whose warm boot is over: only they catch up and take part in repair rounds
         # (a booting cache is incomplete by design; its dump's positions say where to start).
         self.settled: set[str] = set()
@@ -814,6 +815,8 @@ class Replicator:
         actions: list[Action] = []
         for name, replica in self.replicas.items():
             group = self.membership.group(name)
+            if self.dumping_to:  # mid-boot, it drops digests: no scan of every entry for it, beside the dump
+                group = [p for p in group if p not in self.dumping_to]
             if not group or name not in self.settled or self._catching_up(name, now):
                 continue
             urgent = [p for p in group if p in self.needs_repair]

@@ -108,7 +108,11 @@ def columns_from_wire(msg: DumpChunk) -> tuple[list[Key], list[Any], list[float]
 
 
 def dump_stream(
-    replica: ReplicaView, stream: int, wall: Callable[[], float], max_frame_size: int
+    replica: ReplicaView,
+    stream: int,
+    wall: Callable[[], float],
+    max_frame_size: int,
+    entries: list[Entry] | None = None,
 ) -> Iterator[tuple[Message, bytes]]:
     """The donor's side of a dump: chunks of columns, then the end, each as (message, frame).
 
@@ -121,9 +125,11 @@ def dump_stream(
     quarter and encoded again (one wasted encode, once per dump of large values). An
     entry too large for a frame on its own (only if a peer was configured with a larger
     ``max_value_size`` than our frames allow) is left out and logged.
+    ``entries``: the snapshot, if the caller took it (``replica.entries()`` otherwise).
     """
     dumps = None if replica.inline else replica.dumps
-    entries = replica.entries()
+    if entries is None:
+        entries = replica.entries()
     size, i, sent = CHUNK, 0, 0
     while i < len(entries):
         part = entries[i : i + size]

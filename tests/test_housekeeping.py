@@ -1,0 +1,78 @@
+"""The node's chores: the collector kept off what a member holds for long."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+from collections.abc import Iterator
+
+import pytest
+
+from shoal.actions import BootStreaming
+from shoal.housekeeping import GC_FREEZE_MIN, Collector
+from shoal.node import Node
+
+
+@pytest.fixture
+def thawed() -> Iterator[None]:
+    """Each test starts and ends with nothing frozen and the collector on."""
+    gc.unfreeze()
+    yield
+    gc.unfreeze()
+    gc.enable()
+
+
+class Cycle:
+    me: Cycle
+
+
+def in_sight(obj: object) -> bool:
+    """Whether a collection would walk ``obj``: it is in generation 0, 1 or 2 (not frozen)."""
+    return any(o is obj for o in gc.get_objects())
+
+
+def test_a_snapshot_a_dump_streams_from_is_out_of_the_collectors_sight_and_garbage_made_before_it_is_not_frozen(
+    thawed: None,
+) -> None:
+    cycle = Cycle()
+    cycle.me = cycle  # young cyclic garbage, made before the snapshot
+    dead = weakref.ref(cycle)
+    del cycle
+    taken = Collector(True).snapshot(GC_FREEZE_MIN, lambda: list(range(GC_FREEZE_MIN)))
+    assert taken == list(range(GC_FREEZE_MIN))
+    assert not in_sight(taken)
+    assert dead() is None, "collected, not frozen"
+
+
+def test_a_small_snapshot_or_a_collector_turned_off_freezes_nothing(thawed: None) -> None:
+    small = Collector(True).snapshot(GC_FREEZE_MIN - 1, lambda: [object()])
+    off = Collector(False).snapshot(GC_FREEZE_MIN, lambda: [object()])
+    assert in_sight(small) and in_sight(off)
+    assert gc.get_freeze_count() == 0
+
+
+def test_the_entries_a_dump_brought_are_frozen_when_the_stream_ends_before_the_collector_runs_again(
+    thawed: None,
+) -> None:
+    node = Node()
+    cache = node.cache("c")
+    driver = node._driver
+    driver.run([BootStreaming(True)])
+    assert not gc.isenabled()
+    cache.set_many({f"k{i}": i for i in range(GC_FREEZE_MIN)})  # what the dump loads, collector paused
+    entry = node._driver.core.replicas["c"].entries()[0]
+    collections: list[int] = []
+
+    def seen(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            collections.append(info["generation"])
+
+    gc.callbacks.append(seen)
+    try:
+        driver.run([BootStreaming(False)])
+    finally:
+        gc.callbacks.remove(seen)
+    assert gc.isenabled()
+    # Else the first young collection walks every entry, and the freeze at Ready walks them again.
+    assert not in_sight(entry)
+    assert collections == [], "frozen without a collection walking them"
