@@ -27,7 +27,7 @@ __all__ = [
     "ShoalError",
     "WeakSecret",
 ]
-__version__ = "0.2.0"  # the one place the release is written; pyproject.toml reads it
+__version__ = "0.3.0.dev0"  # the one place the release is written; pyproject.toml reads it
 
 
 def __getattr__(name: str) -> Any:
