@@ -141,3 +141,34 @@ def test_the_page_reloads_itself_without_a_script() -> None:
     page = status.render(stats(), [], wall=WALL, rss=None).decode()
     assert f'<meta http-equiv="refresh" content="{status.REFRESH}">' in page
     assert "<script" not in page
+
+
+def test_a_cache_in_front_of_redis_shows_its_reads_writes_invalidations_and_whether_it_is_tracking() -> None:
+    backed = cache_figures(
+        backing_reads=120,
+        backing_hits=100,
+        backing_writes=7,
+        backing_errors=1,
+        invalidations=3,
+        tracking_resets=2,
+        tracking=False,
+    )
+    page = Tables(status.render(stats({"accounts": backed, "local": cache_figures()}), [], wall=WALL, rss=None))
+    header, *rows = page.tables["shared"]
+    assert len(rows) == 1  # the cache without a backing store has no row here
+    cells = dict(zip(header, rows[0], strict=True))
+    assert cells == {
+        "cache": "accounts",
+        "tracking": "no",
+        "backing reads": "120",
+        "backing hits": "100",
+        "backing writes": "7",
+        "backing errors": "1",
+        "invalidations": "3",
+        "tracking resets": "2",
+    }
+
+
+def test_a_member_without_a_shared_tier_shows_no_such_table() -> None:
+    page = Tables(status.render(stats({"users": cache_figures()}), [], wall=WALL, rss=None))
+    assert "shared" not in page.tables

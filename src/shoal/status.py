@@ -42,7 +42,7 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; }
 td.peer { white-space: normal; max-width: 13em; }
 .state-self, .state-up, .ok { color: #17803d; font-weight: 600; }
 .state-suspect, .warn { color: #b26a00; font-weight: 600; }
-.state-down { color: #c62828; font-weight: 600; }
+.state-down, .bad { color: #c62828; font-weight: 600; }
 p.cut { color: #b26a00; }
 """
 
@@ -125,6 +125,25 @@ def _caches(caches: dict[str, dict[str, Any]], addresses: dict[Any, Any], wall: 
         )
     yield "</table>"
     yield from _cut(len(caches), MAX_CACHES, "caches")
+    yield from _shared(caches)
+
+
+_SHARED = ("backing_reads", "backing_hits", "backing_writes", "backing_errors", "invalidations", "tracking_resets")
+
+
+def _shared(caches: dict[str, dict[str, Any]]) -> Iterable[str]:
+    """The caches in front of Redis (``backing=``): what they read, wrote and were told."""
+    backed = [name for name in sorted(caches)[:MAX_CACHES] if "backing_reads" in caches[name]]
+    if not backed:
+        return
+    yield f"<h2>Shared tier ({len(backed)})</h2>"
+    yield "<table id=shared><tr><th>cache<th>tracking" + "".join(f"<th>{k.replace('_', ' ')}" for k in _SHARED)
+    for name in backed:
+        c = caches[name]
+        tracking = '<td class="ok">yes' if c.get("tracking") else '<td class="bad">no'
+        cells = "".join(f"<td class=num>{_e(_count(c.get(k)))}" for k in _SHARED)
+        yield f"<tr><td><b>{_e(name)}</b>{tracking}{cells}</tr>"
+    yield "</table>"
 
 
 def _cut(total: int, shown: int, what: str) -> Sequence[str]:
