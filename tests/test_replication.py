@@ -74,6 +74,8 @@ def test_a_batch_of_ops_takes_the_wire_form_of_each_op(ops: list[Op]) -> None:
     [
         [[WRITE, "k", b"v", None, 1]],  # five items
         [[9, "k", b"v", None, 1, 2]],  # unknown kind
+        [[[WRITE], "k", b"v", None, 1, 2]],  # a kind that is a list (not even hashable)
+        [[True, "k", b"v", None, 1, 2]],  # a kind that is a bool
         [[WRITE, 1.5, b"v", None, 1, 2]],  # float key
         [[WRITE, "k", "not bytes", None, 1, 2]],  # a write's value must be bytes
         [[WRITE, "k", b"v", "soon", 1, 2]],  # expiry not a number

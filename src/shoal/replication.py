@@ -142,8 +142,10 @@ def ops_from_wire(raw: list[Any]) -> list[Op]:
         kinds, keys, values, expires, hlcs, nodes = zip(*raw, strict=True)  # ValueError: not all 6 long
     except ValueError:
         raise ProtocolError("an op is a 6-item array") from None
+    if set(map(type, kinds)) != {int}:  # first: a kind that is a list is not even hashable
+        raise ProtocolError("unknown op kind")
     kind_set = set(kinds)
-    if not kind_set <= _KINDS or set(map(type, kinds)) != {int}:
+    if not kind_set <= _KINDS:
         raise ProtocolError("unknown op kind")
     written = values if kind_set == {WRITE} else compress(values, map(WRITE.__eq__, kinds))
     if not set(map(type, written)) <= {bytes}:
