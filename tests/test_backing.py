@@ -115,11 +115,13 @@ def cli_value(value: str) -> str:
     return '"' + "".join(f"\\x{b:02x}" for b in msgpack.packb(value)) + '"'
 
 
-def read_back(caches: list[Cache], key: str, value: Any) -> None:
+def read_back(caches: list[Cache], key: str, value: Any, timeout: float = 10) -> None:
     """Every member reads key until it holds value. A copy read within the millisecond of an
     announcement is not kept (it cannot be told from one read before it), so one read may not do."""
     wait_until(
-        lambda: all(c.get(key) == value for c in caches) and all_hold(caches, key, value), 10, what=f"{key} held"
+        lambda: all(c.get(key) == value for c in caches) and all_hold(caches, key, value),
+        timeout,
+        what=f"{key} held",
     )
 
 
@@ -595,7 +597,7 @@ def test_after_a_redis_cluster_failover_the_members_track_the_new_primary_and_it
         wait_until(lambda: all(c.stats()["tracking_resets"] >= 1 for c in caches), 30, what="every member reset")
         assert not any(key in c for c in caches)
         wait_until(lambda: all(c.stats()["tracking"] for c in caches), 30, what="the new primary tracked")
-        read_back(caches, key, "old")  # the replica had it
+        read_back(caches, key, "old", timeout=30)  # the replica had it (the cluster's view may still settle)
         new_primary = _slot_server(alive, f"{PREFIX}{key}")
         new_primary.client().set(f"{PREFIX}{key}", msgpack.packb("new"))
         wait_gone(caches, key, 5)
