@@ -27,9 +27,11 @@ import socket
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from io import BytesIO
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -89,6 +91,25 @@ class StepWatch:
 
 SRC = ROOT / "src"
 """Where children import shoal from: this checkout, or another's (a bench's ``--src``, for a before/after)."""
+
+
+def source_of(rev: str, into: Path) -> Path:
+    """shoal's src/ as of ``rev``, extracted under ``into``."""
+    tar = subprocess.run(["git", "archive", rev, "src"], cwd=ROOT, capture_output=True, check=True).stdout
+    with tarfile.open(fileobj=BytesIO(tar)) as archive:
+        archive.extractall(into, filter="data")
+    return into / "src"
+
+
+def revisions(before: str | None, into: Path) -> list[tuple[str, Path | None]]:
+    """(label, src) to run a benchmark on: ``before``'s sources (extracted under ``into``) if
+    given, then this checkout's (None: the children's default)."""
+    variants: list[tuple[str, Path | None]] = []
+    if before:
+        sha = subprocess.run(["git", "rev-parse", "--short", before], cwd=ROOT, capture_output=True, text=True)
+        variants.append((f"before ({sha.stdout.strip()})", source_of(before, into)))
+    variants.append(("after (this checkout)", None))
+    return variants
 
 
 def child_env(src: str | os.PathLike[str] | None = None) -> dict[str, str]:

@@ -20,27 +20,16 @@ work pending: ``--warmup`` seconds, by default 5 s per 100,000 entries folded at
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
-import tarfile
 import tempfile
 import time
-from io import BytesIO
 from pathlib import Path
 from typing import Any
 
-from harness import ROOT, Cleanup, Member, environment, format_table, save, spread
+from harness import ROOT, Cleanup, Member, environment, format_table, revisions, save, spread
 
 MEMBER = "bench/member.py"
 TTL = 3600
-
-
-def source_of(rev: str, into: Path) -> Path:
-    """shoal's src/ as of ``rev``, extracted under ``into``."""
-    tar = subprocess.run(["git", "archive", rev, "src"], cwd=ROOT, capture_output=True, check=True).stdout
-    with tarfile.open(fileobj=BytesIO(tar)) as archive:
-        archive.extractall(into, filter="data")
-    return into / "src"
 
 
 def measure(n: int, src: Path | None, interval: float, windows: int, warmup: float) -> dict[str, Any]:
@@ -138,11 +127,7 @@ def main() -> int:
     head = environment()
     rows: list[list[object]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        variants: list[tuple[str, Path | None]] = []
-        if args.before:
-            sha = subprocess.run(["git", "rev-parse", "--short", args.before], cwd=ROOT, capture_output=True, text=True)
-            variants.append((f"before ({sha.stdout.strip()})", source_of(args.before, Path(tmp))))
-        variants.append(("after (this checkout)", None))
+        variants = revisions(args.before, Path(tmp))
         for n in sizes:
             warmup = args.warmup if args.warmup >= 0 else 5.0 + 5.0 * n / 100_000
             for label, src in variants:

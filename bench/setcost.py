@@ -19,14 +19,13 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from harness import ROOT, Member, environment, format_table, save
+from harness import Member, environment, format_table, revisions, save
 
 N, OPS, TTL = 100_000, 200_000, 3600
 
@@ -97,14 +96,8 @@ def main() -> int:
     if args.child:
         child(args.keys)
         return 0
-    from repair import source_of
-
     with tempfile.TemporaryDirectory() as tmp:
-        variants: list[tuple[str, Path | None]] = []
-        if args.before:
-            sha = subprocess.run(["git", "rev-parse", "--short", args.before], cwd=ROOT, capture_output=True, text=True)
-            variants.append((f"before ({sha.stdout.strip()})", source_of(args.before, Path(tmp))))
-        variants.append(("after (this checkout)", None))
+        variants = revisions(args.before, Path(tmp))
         got: dict[str, list[dict[str, float]]] = {label: [] for label, _ in variants}
         for _ in range(args.rounds):
             for label, src in variants:
