@@ -538,8 +538,7 @@ class Replicator:
         gone or being replaced (two members that dial each other keep one connection, and a
         Resume on the other one may never be read), and an ask of the same positions twice
         costs nothing (the second takes the first's place)."""
-        for caught in [k for k, (asked, _) in self.catching_up.items() if asked == peer]:
-            del self.catching_up[caught]
+        self._forget_asks(peer)
         actions: list[Action] = [self._ask(name, peer, now) for name in self.replicas if self._asks(name, peer)]
         actions += [Send(peer, Resume(name, [peer, LIVE])) for name in self.replicas if name not in self.settled]
         return actions
@@ -671,8 +670,7 @@ class Replicator:
         for key in [k for k in self.relays if k[0] == peer]:
             del self.relays[key]
         self.work.pop(peer, None)
-        for caught in [k for k, (asked, _) in self.catching_up.items() if asked == peer]:
-            del self.catching_up[caught]
+        self._forget_asks(peer)
         if any(scan.peer == peer for scan in self._scans):
             self._scans = deque(scan for scan in self._scans if scan.peer != peer)
 
@@ -680,6 +678,11 @@ class Replicator:
         """Writes of ``cache`` missed while apart are on their way (asked for less than a round
         interval ago, so a peer that never ends its catch-up delays repair by one round at most)."""
         return any(name == cache and now - asked < self.interval for (name, _), (_, asked) in self.catching_up.items())
+
+    def _forget_asks(self, peer: int) -> None:
+        """Catch-ups asked of ``peer``: over (it is down) or to be asked again (a new connection)."""
+        for caught in [k for k, (asked, _) in self.catching_up.items() if asked == peer]:
+            del self.catching_up[caught]
 
     def waiting_for(self, now: float, patience: float) -> list[tuple[str, int]]:
         """Catch-ups (cache, origin) asked for less than ``patience`` ago and not over yet."""
