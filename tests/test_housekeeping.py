@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from shoal.actions import BootStreaming
-from shoal.housekeeping import GC_FREEZE_MIN, Collector
+from shoal.housekeeping import FREEZE_EVERY, GC_FREEZE_MIN, Collector
 from shoal.node import Node
 
 
@@ -76,3 +76,39 @@ def test_the_entries_a_dump_brought_are_frozen_when_the_stream_ends_before_the_c
     # Else the first young collection walks every entry, and the freeze at Ready walks them again.
     assert not in_sight(entry)
     assert collections == [], "frozen without a collection walking them"
+
+
+def test_the_collector_freezes_after_so_many_writes_and_not_before(thawed: None) -> None:
+    collector = Collector(True)
+    made = [object() for _ in range(3)]
+    collector.written(GC_FREEZE_MIN, FREEZE_EVERY - 1)
+    assert in_sight(made) and gc.get_freeze_count() == 0
+    collector.written(GC_FREEZE_MIN, FREEZE_EVERY)
+    assert not in_sight(made)
+    later = [object()]
+    collector.written(GC_FREEZE_MIN, 2 * FREEZE_EVERY - 1)  # counted from the last freeze
+    assert in_sight(later)
+
+
+def test_a_cache_that_overwrites_its_keys_has_its_new_entries_frozen_though_it_does_not_grow(thawed: None) -> None:
+    """Growth once decided, and a cache of constant size whose keys are rewritten kept every new
+    entry in the collector's sight: each full collection walked more of them."""
+    node = Node()
+    cache = node.cache("c")
+    keys = [f"k{i}" for i in range(GC_FREEZE_MIN)]
+    cache.set_many(dict.fromkeys(keys, 0))
+    node._driver._written()
+    size = len(cache)
+    for round_ in range(1, FREEZE_EVERY // GC_FREEZE_MIN + 2):
+        cache.set_many(dict.fromkeys(keys, round_))
+    assert len(cache) == size
+    entry = node._driver.core.replicas["c"].entries()[0]
+    assert in_sight(entry)
+    node._driver._written()
+    assert not in_sight(entry)
+
+
+def test_a_collector_turned_off_freezes_nothing_however_many_writes(thawed: None) -> None:
+    made = [object()]
+    Collector(False).written(10 * GC_FREEZE_MIN, 10 * FREEZE_EVERY)
+    assert in_sight(made) and gc.get_freeze_count() == 0

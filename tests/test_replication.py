@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from sim.network import Sim
 from sim.nodes import SimMember
 
+from shoal import digest as digest_module
 from shoal.actions import Broadcast
 from shoal.cache import Cache, Replica, hosted
 from shoal.clock import HybridClock
@@ -558,3 +559,30 @@ def test_no_repair_round_opens_with_a_member_a_dump_of_ours_streams_to() -> None
     replicator.dumping_to = {}  # the dump is over
     opened = [a for _ in range(50) for a in replicator.tick(later * 2, wall)]
     assert any(isinstance(a.msg, Digest) for a in opened)
+
+
+def test_a_cache_whose_kept_digests_are_still_folding_a_burst_waits_instead_of_scanning(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Finding: after a burst of a million writes, members holding 2M entries each scanned every
+    entry for a round (seconds of hashing on the loop, lag p99 of 150 ms) while their tick was
+    folding the very same writes into the kept digests."""
+    monkeypatch.setattr(digest_module, "READ_MAX", 16)
+    replicator, cache, _ = _replicator([2])
+    replicator.settled.add("c")
+    cache._store.keep_digests(0)
+    for i in range(40):  # more than READ_MAX additions, not folded yet
+        cache.set(f"k{i}", i)
+    wall = time.time() + 5
+    replicator.tick(0.0, wall)  # the first round is due within one interval
+    later = replicator.interval * 2
+    opened = [a for _ in range(20) for a in replicator.tick(later, wall)]
+    digest = Digest("c", 1, [0] * BUCKETS, [0, 0], int(time.time() * 1000) + 4000)
+    assert not any(isinstance(a.msg, Digest) for a in opened)
+    assert not _answers(replicator, digest, later, wall)
+    assert not replicator.busy, "no scan queued"
+    cache._store.sweep(wall)  # the node's tick folds them
+    cache._store._ledger.fold(wall, 1 << 20, ripe=0.0)  # type: ignore[union-attr]
+    opened = [a for _ in range(20) for a in replicator.tick(later * 2, wall)]
+    assert any(isinstance(a.msg, Digest) for a in opened)
+    assert _answers(replicator, digest, later * 2, wall)

@@ -206,6 +206,8 @@ def test_an_operator_with_a_wrong_secret_is_refused_and_its_connection_closed(pa
 # -- bad input ------------------------------------------------------------------------
 
 TIMESTAMP = msgpack.packb(msgpack.Timestamp(0))
+
+
 def _hello(nonce: bytes) -> Hello:
     """A stranger's Hello in the protocol this release speaks."""
     return Hello(PROTOCOL_MIN, PROTOCOL_VERSION, 7, nonce, "")

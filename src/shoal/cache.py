@@ -590,6 +590,7 @@ class Replica:
         self.name = cache.name
         self.inline = type(cache._serializer) is MsgpackSerializer
         self.dumps = cache._serializer.dumps
+        self._applied = 0  # a peer's writes applied (``writes``); read and written on the node's loop
 
     def connect(self, replicate: Callable[[Op], None]) -> None:
         """Every local write from now on is also handed to ``replicate`` (on the writer's thread)."""
@@ -597,6 +598,9 @@ class Replica:
 
     def size(self) -> int:
         return len(self._store.data)
+
+    def writes(self) -> int:
+        return self._cache._sets + self._applied
 
     def entries(self) -> list[Entry]:
         return self._store.entries()
@@ -654,6 +658,7 @@ class Replica:
                     applied += 1
                 else:
                     ignored += 1
+        self._applied += applied
         return applied, ignored
 
     def load(
@@ -666,7 +671,9 @@ class Replica:
         with cache._lock:
             if versions:
                 cache._clock.observe(max(versions))
-            return self._store.load(keys, values, expires, versions, wall)
+            applied = self._store.load(keys, values, expires, versions, wall)
+        self._applied += applied
+        return applied
 
     def sweep(self, wall: float) -> int:
         with self._cache._lock:

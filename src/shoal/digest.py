@@ -25,9 +25,11 @@ opening a repair round reads 1,024 numbers instead of hashing millions of entrie
   is in ``recent`` (an entry folded or dropped from ``recent`` raises it to its version).
   ``read`` subtracts the live entries of ``recent`` at or past the round's line, adds
   the settled, live ones not folded yet (rarely any: a write of the last second is not
-  settled), and subtracts the folded removals not folded yet. A line at or below
-  ``covered`` (a peer's clock far behind, a burst over ``RECENT_MAX``) or more pending
-  work than ``READ_MAX`` (a warm boot just loaded) gets None, and the caller scans as before.
+  settled), and subtracts the folded removals not folded yet. More pending work than
+  ``READ_MAX`` (a warm boot just loaded, a burst of writes) raises ``Behind``: the caller
+  waits for the tick to fold it (a scan would hash every entry to learn what the fold is
+  about to tell). A line at or below ``covered`` (a peer's clock far behind, a burst over
+  ``RECENT_MAX``) gets None, and the caller scans as before.
 - Expired entries still in the table (not swept yet) are subtracted at read time:
   the owner names the keys due by ``wall`` (its expiry wheel), and each one whose entry
   has expired goes out of the copy of the sums.
@@ -68,6 +70,12 @@ write (``bench/results/setcost.txt``), a scan one per entry per round, so a smal
 (in slices, as before) and a large one, whose scan stalled its loop for seconds, keeps them."""
 RIPE = 1.0
 """Seconds an addition waits before it is hashed: a key written again meanwhile cancels out unhashed."""
+
+
+class Behind(Exception):
+    """A ledger has more writes to fold than a read takes into account (``READ_MAX``): ask again
+    once the tick has folded them, rather than scan. After a burst of a million writes, members
+    holding 2M entries each scanned every entry while their tick folded the same writes."""
 
 
 def key_hash(key: Any) -> int:
@@ -303,15 +311,18 @@ class Ledger:
 
     def read(self, due: Callable[[float], Iterable[Any]], wall: float, horizon: int) -> list[int] | None:
         """The digests ``digests(table.values(), wall, horizon)`` would give, or None when this
-        ledger cannot tell (then scan). ``due(wall)`` names the keys that may have expired.
+        ledger cannot tell (then scan); ``Behind`` while it has too much to fold (then wait).
+        ``due(wall)`` names the keys that may have expired.
 
         What is not folded yet is taken into account here: an addition when it is settled for
         this line (a write of the last second is not: its version is past the line, so this is
         mostly a comparison each), a removal when its addition was folded.
         """
-        added, removed = self.added[self._pos :], self.removed[self._rpos :]
-        if self.broken or len(added) > READ_MAX or len(removed) > READ_MAX or horizon <= self.covered:
+        if self.additions_pending() > READ_MAX or self.removals_pending() > READ_MAX:
+            raise Behind
+        if self.broken or horizon <= self.covered:
             return None
+        added, removed = self.added[self._pos :], self.removed[self._rpos :]
         get = self.table.get
         # What is pending, as a net count per record: +1 per addition, -1 per removal not
         # cancelled by a skipped addition (a record may come twice: a forgotten eviction).

@@ -307,25 +307,25 @@ class Driver:
             log.error("node task failed", exc_info=task.exception())
 
     async def _ticker(self) -> None:
-        next_freeze = 0.0
         supervise = self._ticks.run  # a round that raises is logged; heartbeats and repair go on
         while True:
             now = time.monotonic()
-            if now >= next_freeze:
-                next_freeze = now + 1.0
-                supervise(self._grown)
+            supervise(self._written)
             supervise(functools.partial(self._tick, now))
             # A scan in progress (anti-entropy) goes on a slice at a time, with a short
             # pause between slices: spread out, a round never takes a core away from
             # replication in one burst (a burst showed as lag spikes on a busy machine).
             await asyncio.sleep(SCAN_PAUSE if self.core.busy else self.config.tick_interval)
 
-    def _grown(self) -> None:
-        if not self.core.booting:  # a boot freezes once, at its end (Ready): not every second of it
-            self._gc.grown(self._entries())
+    def _written(self) -> None:
+        if not self.core.booting:  # a boot freezes once, at its end (Ready): not every tick of it
+            self._gc.written(self._entries(), self._writes())
 
     def _entries(self) -> int:
         return sum(r.size() for r in self.core.replicas.values())
+
+    def _writes(self) -> int:
+        return sum(r.writes() for r in self.core.replicas.values())
 
     def _tick(self, now: float) -> None:
         self.run(self.core.tick(now, time.time()))
@@ -563,12 +563,12 @@ class Driver:
 
     def _ready(self, action: Ready) -> None:
         if action.ready:
-            self._gc.grown(self._entries())
+            self._gc.written(self._entries(), self._writes())
         self._set_ready(action.ready)
 
     def _boot_streaming(self, action: BootStreaming) -> None:
         if not action.active:
-            self._gc.streamed(self._entries())
+            self._gc.streamed(self._entries(), self._writes())
         self._gc.pause(action.active)
 
     async def _dump(self, action: StreamDump) -> None:

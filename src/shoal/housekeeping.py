@@ -21,7 +21,9 @@ from .transport import parse_address
 log = logging.getLogger("shoal")
 
 GC_FREEZE_MIN = 50_000
-GROWTH = 1.05
+FREEZE_EVERY = 32_768
+"""Writes (local or replicated) after which the entries they made are frozen: what a full
+collection walks between freezes (~5 ms of walking, checked every tick)."""
 
 Resolver = Callable[[str, int], Awaitable[list[str]]]
 T = TypeVar("T")
@@ -33,36 +35,46 @@ class Collector:
     A full collection walks every object: with a million entries that is ~0.2 s
     with every thread stopped, the main cause of replication lag spikes. Entries
     never form cycles, so ``gc.freeze()`` (after a young collection, so recent
-    garbage is not frozen with them) moves them out of the collector's sight once
-    the caches have grown by ``GROWTH`` (5%: what is not frozen yet, a full
-    collection walks, and on a 2M-entry member a quarter of it was a 100 ms pause).
+    garbage is not frozen with them) moves them out of the collector's sight.
+    It is done every ``FREEZE_EVERY`` writes, counted, not by the caches' growth:
+    an overwrite makes a new entry as an insert does, and the entries not frozen yet
+    are what every full collection walks. After a freeze the oldest generation is
+    nearly empty, so CPython's rule for a full collection (a quarter more than the
+    oldest generation held) fires often: freezing by 5% of growth once let 100,000
+    entries pile up there and be walked every few thousand writes (37% of a
+    receiver's time in the collector at 2M entries, pauses of 100 ms).
     While a dump streams in the collector is paused: each collection would walk the
-    entries loaded so far. Process-wide,
-    so ``Node(gc_freeze=False)`` turns both off.
+    entries loaded so far. Process-wide, so ``Node(gc_freeze=False)`` turns both off.
     """
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
-        self._frozen_at = 0
+        self._writes_at = 0
         self._paused = False
         self._was_enabled = True
 
-    def grown(self, total_entries: int) -> None:
-        if self.enabled and total_entries >= GC_FREEZE_MIN and total_entries > self._frozen_at * GROWTH:
+    def written(self, total_entries: int, total_writes: int) -> None:
+        """The node's tick: the caches hold ``total_entries`` after ``total_writes`` writes ever."""
+        if (
+            self.enabled
+            and not self._paused
+            and total_entries >= GC_FREEZE_MIN
+            and total_writes - self._writes_at >= FREEZE_EVERY
+        ):
             gc.collect(1)
             gc.freeze()
-            self._frozen_at = total_entries
-            log.debug("gc.freeze() at %d entries", total_entries)
+            self._writes_at = total_writes
+            log.debug("gc.freeze() at %d entries, %d writes", total_entries, total_writes)
 
-    def streamed(self, total_entries: int) -> None:
+    def streamed(self, total_entries: int, total_writes: int) -> None:
         """A dump finished streaming in, the collector paused since it began: freeze what it brought
         now, before the collector runs again (its first young collection would walk every entry,
         and the freeze at Ready, a catch-up round trip later, all of them again). No collection
         first: ``pause`` collected young garbage as the stream began, and a boot makes next to none
         (none of 200,000 entries' worth), so walking a million entries to find it is not worth it."""
-        if self.enabled and total_entries >= GC_FREEZE_MIN and total_entries > self._frozen_at * GROWTH:
+        if self.enabled and total_entries >= GC_FREEZE_MIN:
             gc.freeze()
-            self._frozen_at = total_entries
+            self._writes_at = total_writes
             log.debug("gc.freeze() at %d entries (a dump streamed in)", total_entries)
 
     def snapshot(self, size: int, take: Callable[[], list[T]]) -> list[T]:

@@ -82,6 +82,7 @@ def longest_wait(load_timeout: float) -> float:
     lease, every ask unanswered, and STUCK more (a member whose loop hangs must not hang its callers)."""
     return load_timeout + ASK_TIMEOUT * (MAX_ASKS + 1) + STUCK
 
+
 MAX_KEYS_PER_MESSAGE = 1000
 MAX_LEASES = 100_000  # leases one owner tracks; past it, requesters just load (as with no owner)
 MAX_LEASE_BYTES = 32 * 1024 * 1024  # bytes of keys (plus ENTRY_COST each) in the lease table; the same for `recent`

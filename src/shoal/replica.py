@@ -28,6 +28,10 @@ class ReplicaView(Protocol):
         """Entries held (a donor's size for warm boot)."""
         ...
 
+    def writes(self) -> int:
+        """Writes applied since the cache was made, local and a peer's: how many entries were made."""
+        ...
+
     def entries(self) -> list[Entry]:
         """A cheap snapshot: references to the current entries, which never change."""
         ...

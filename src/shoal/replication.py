@@ -75,7 +75,7 @@ from typing import Any
 
 from .actions import Action, Broadcast, Send
 from .clock import NODE_BITS, NODE_MASK, version_ms
-from .digest import BUCKETS, bucket_of, horizon_of
+from .digest import BUCKETS, Behind, bucket_of, horizon_of
 from .digest import digests as scan_digests
 from .errors import ProtocolError
 from .limits import LogLimiter, spans
@@ -475,7 +475,11 @@ class Replicator:
             return []
         if isinstance(msg, Digest):
             line = _their_line(msg.settled_ms, wall)
-            sums = self._kept_digests(replica, wall, line)
+            try:
+                sums = self._kept_digests(replica, wall, line)
+            except Behind:
+                log.debug("repair round %d of %s from %016x: digests still folding", msg.round, msg.cache, peer)
+                return []
             if sums is not None:  # kept as writes applied: no scan, straight to the listing (if any)
                 buckets = differing(sums, msg.digests)
                 if buckets:
@@ -826,14 +830,17 @@ class Replicator:
                 continue
             urgent = [p for p in group if p in self.needs_repair]
             peer = urgent[0] if urgent else self.rng.choice(group)
+            line = settled_ms(wall)
+            try:
+                sums = self._kept_digests(replica, wall, line) if self._room(peer) > 0 else None
+            except Behind:
+                continue  # the next round: by then the tick has folded the writes
             self.needs_repair.discard(peer)
             self._round += 1
             self._opened.append(self._round)
             figures = self.figures_of(name)
             figures["repair_rounds"] += 1
             figures["last_repair_at"], figures["last_repair_peer"] = wall, f"{peer:016x}"
-            line = settled_ms(wall)
-            sums = self._kept_digests(replica, wall, line) if self._room(peer) > 0 else None
             if sums is not None:
                 actions.append(Send(peer, Digest(name, self._round, sums, _split(replica.watermark()), line)))
                 continue
@@ -842,9 +849,12 @@ class Replicator:
         return actions
 
     def _kept_digests(self, replica: ReplicaView, wall: float, line: int) -> list[int] | None:
-        """The cache's digests below ``line`` as its ledger keeps them (digest.py), or None: scan."""
+        """The cache's digests below ``line`` as its ledger keeps them (digest.py), or None: scan.
+        ``Behind``: the ledger is still folding a burst; wait rather than scan."""
         try:
             return replica.digests(wall, horizon_of(line))
+        except Behind:
+            raise
         except Exception:
             self._scan_errors.log(
                 logging.ERROR, "digests of %s failed; scanning", replica.name, now=wall, exc_info=True
