@@ -275,9 +275,12 @@ class Store:
             data[key] = entry
             ledger = self._ledger
             if ledger is not None:
-                ledger.removed.append((key, old.version, float(old)))
-                ledger.added.append((key, version))
-                if len(ledger.removed) > FOLD_BACKSTOP and ledger.removals_pending() > FOLD_BACKSTOP:
+                ledger.removed_keys.append(key)  # ledger.remove and ledger.add, inlined
+                ledger.removed_versions.append(old.version)
+                ledger.removed_expiries.append(old)
+                ledger.added_keys.append(key)
+                ledger.added_versions.append(version)
+                if len(ledger.removed_keys) > FOLD_BACKSTOP and ledger.removals_pending() > FOLD_BACKSTOP:
                     ledger.fold(now, FOLD_SLICE, ripe=0.0)  # see FOLD_BACKSTOP
             if expires != NEVER:  # nothing to file if the key's bucket stays the same
                 second = int(expires)
@@ -318,8 +321,11 @@ class Store:
             if self._keep_from is not None and len(data) >= self._keep_from:
                 self._start_ledger()
         else:
-            ledger.added.append((key, version))
-            if len(ledger.added) > FOLD_BACKSTOP + len(data) and ledger.additions_pending() > FOLD_BACKSTOP + len(data):
+            ledger.added_keys.append(key)
+            ledger.added_versions.append(version)
+            if len(ledger.added_keys) > FOLD_BACKSTOP + len(data) and ledger.additions_pending() > FOLD_BACKSTOP + len(
+                data
+            ):
                 ledger.fold(now, FOLD_SLICE, ripe=0.0)  # see FOLD_BACKSTOP
         policy = self.policy
         if policy is not None:
@@ -366,7 +372,8 @@ class Store:
             placed = list(map(data.setdefault, keys, entries))
             if all(map(is_, placed, entries)):
                 if self._ledger is not None:
-                    self._ledger.added.extend(zip(keys, versions, strict=True))
+                    self._ledger.added_keys.extend(keys)
+                    self._ledger.added_versions.extend(versions)
                 self._file_keys(keys, expires, first, max(expires))
                 if self.policy is not None:
                     self.policy.insert_many(keys, entries)
@@ -376,7 +383,8 @@ class Store:
             new_keys, new_expires = list(compress(keys, fresh)), [float(e) for e in new]
             if new:
                 if self._ledger is not None:
-                    self._ledger.added.extend((e.key, e.version) for e in new)
+                    self._ledger.added_keys.extend(new_keys)
+                    self._ledger.added_versions.extend(e.version for e in new)
                 self._file_keys(new_keys, new_expires, min(new_expires), max(new_expires))
             if self.policy is not None:
                 self.policy.insert_many(new_keys, new)
@@ -525,7 +533,7 @@ class Store:
         """Take an entry out of the table; its wheel reference goes stale (not the policy's queues)."""
         del self.data[entry.key]
         if self._ledger is not None:
-            self._ledger.removed.append((entry.key, entry.version, float(entry)))
+            self._ledger.remove(entry.key, entry.version, entry)
         if entry != NEVER:
             self._stale += 1
             if self._stale > STALE_BACKSTOP + 2 * len(self.data):  # no sweeper: a bare Store
