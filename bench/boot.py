@@ -34,6 +34,8 @@ the sync minus its RSS empty.
 
 A second line per size, ``shoal, no TTL/bound``, is the easy case (no expiry
 index, no eviction policy), kept for comparison and not the headline.
+``--sample`` only samples a receiver's boot with py-spy (own time by line and function,
+without cProfile's per-call overhead): where a boot's CPU goes, for the floor.
 ``--syncobj`` adds pysyncobj (3 members, the third joins and receives a dump).
 ``donor stall``: the longest gap between ticks of a 1 ms asyncio timer on the
 donor's loop while it streams (ideal ~1.1 ms; "idle" is the same timer with no
@@ -258,6 +260,65 @@ def profile_shoal(n: int, shape: str, timeout: float, top: int) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
 
 
+def sample_shoal(n: int, shape: str, timeout: float, top: int, rate: int = 250) -> None:
+    """Sample a receiver's boot with py-spy (no tracing overhead, unlike cProfile's per-call cost,
+    which doubles a million-call function): own time per source line, then per function.
+    Needs py-spy (the bench extra); the process is sampled from its launch to ready."""
+    import collections
+    import signal
+    import subprocess
+
+    spy_bin = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(spy_bin).exists():
+        print("py-spy not installed (pip install py-spy): no sampled profile")
+        return
+    tmp = Path(tempfile.mkdtemp(prefix="shoal-boot-spy-"))
+    raw = tmp / "receiver.txt"
+    with Cleanup() as run:
+        options = ["--shape", shape, *cache_args(True, n)]
+        donor = run.add(Member(MEMBER, "donor", "--n", str(n), *options, timeout=600))
+        seed = ["--seed", donor.hello["address"], "--timeout", str(timeout)]
+        receiver = Member(MEMBER, "receiver", *seed, *cache_args(True, n), hello=False, timeout=timeout + 60)
+        argv = [
+            spy_bin,
+            "record",
+            "--nonblocking",
+            "-r",
+            str(rate),
+            "-f",
+            "raw",
+            "-o",
+            str(raw),
+            "--pid",
+            str(receiver.proc.pid),
+        ]
+        spy = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        hello = receiver.greeted(timeout + 60)
+        spy.send_signal(signal.SIGINT)  # py-spy writes its samples when interrupted
+        spy.wait(timeout=30)
+        receiver.stop()
+    lines: collections.Counter[str] = collections.Counter()
+    funcs: collections.Counter[str] = collections.Counter()
+    total = 0
+    for row in raw.read_text().splitlines() if raw.exists() else []:
+        stack, _, count = row.rpartition(" ")
+        leaf = stack.split(";")[-1]
+        total += int(count)
+        lines[leaf] += int(count)
+        funcs[leaf.split(":")[0] + ")" if ":" in leaf else leaf] += int(count)
+    shutil.rmtree(tmp, ignore_errors=True)
+    if not total:
+        print("py-spy recorded nothing (is ptrace allowed here?)")
+        return
+    boot = hello["warm_boot"]
+    print(f"\npy-spy samples of a receiver booting {n:,} entries ({shape} values; {rate} Hz, {total} samples,")
+    print(f"launch to ready; its warm boot took {boot['seconds']} s): share of all samples, own time")
+    for title, counter in (("by line", lines), ("by function", funcs)):
+        print(f"--- {title}")
+        for where, count in counter.most_common(top):
+            print(f"{count / total * 100:6.1f}%  {where}")
+
+
 # -- output -------------------------------------------------------------------------------
 
 
@@ -307,6 +368,7 @@ def main() -> int:
     parser.add_argument("--syncobj", action="store_true", help="add pysyncobj (str values only)")
     parser.add_argument("--profile", action="store_true", help="then cProfile a shoal boot of the largest size")
     parser.add_argument("--profile-only", action="store_true", help="only the --profile part")
+    parser.add_argument("--sample", action="store_true", help="only py-spy samples of a receiver's boot (largest size)")
     parser.add_argument("--json", default=str(RESULTS / "boot.json"))
     parser.add_argument("--src", help="run shoal from this src directory (another checkout's, for a before/after)")
     args = parser.parse_args()
@@ -318,6 +380,9 @@ def main() -> int:
     timeout = max(60.0, max(sizes) / 1e6 * 40)
     if args.profile_only:
         profile_shoal(sizes[-1], shapes[0], timeout=timeout, top=25)
+        return 0
+    if args.sample:
+        sample_shoal(sizes[-1], shapes[0], timeout=timeout, top=20)
         return 0
     binary = redis_binary(args.no_redis)
     rows: list[Row] = []
