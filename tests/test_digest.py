@@ -7,7 +7,7 @@ import math
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shoal.digest import BUCKETS, RECENT_MAX, Ledger, digests, horizon_of
+from shoal.digest import BUCKETS, FOLD_SLICE, RECENT_MAX, RIPE, Ledger, digests, horizon_of
 from shoal.store import FOLD_BACKSTOP, Store
 
 NODE_BITS = 64
@@ -145,3 +145,27 @@ def test_a_store_keeps_its_digests_once_it_holds_enough_entries_and_scans_before
     assert store.digests(T0 + 10, line) is None  # small: a round scans, as before
     store.write("k4", 4, math.inf, version(int(T0 * 1000), 4, 1), T0)
     assert store.digests(T0 + 10, line) == digests(store.entries(), T0 + 10, line)
+
+
+def test_a_ledger_with_more_ripe_records_than_a_fold_takes_says_it_is_behind_until_they_are_folded() -> None:
+    store = Store(None, tombstone_ttl=5.0)
+    store.keep_digests()
+    n = 3 * FOLD_SLICE + 5  # a warm boot's chunks, many slices' worth
+    ms = int(T0 * 1000)
+    store.load([f"k{i}" for i in range(n)], ["v"] * n, [T0 + 60] * n, [version(ms, i, 1) for i in range(n)], T0)
+    store.sweep(T0)
+    assert not store.digests_behind  # nothing is ripe yet: no reason to tick faster
+    later = T0 + RIPE + 0.5
+    sweeps = 0
+    while True:
+        store.sweep(later)
+        sweeps += 1
+        if not store.digests_behind:
+            break
+        assert sweeps < 10, "never caught up"
+    assert sweeps == 4  # three full slices, then the rest
+    line = horizon_of(int((later - 1.0) * 1000))
+    assert store.digests(later, line) == digests(store.entries(), later, line)
+    store.write("fresh", "v", T0 + 60, version(int(later * 1000), 0, 1), later)
+    store.sweep(later)
+    assert not store.digests_behind  # one unripe write: the tick's own pace is enough

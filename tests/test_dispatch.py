@@ -18,6 +18,7 @@ from sim.nodes import member_of as node
 from shoal.actions import BootStreaming, Broadcast, Ready, Send, StreamDump
 from shoal.cache import hosted
 from shoal.clock import HybridClock
+from shoal.digest import FOLD_SLICE, digests, horizon_of
 from shoal.dispatch import DUMPS_AT_ONCE, DUMPS_QUEUED, Config, Dispatcher
 from shoal.errors import ProtocolError
 from shoal.messages import CatchUp, CaughtUp, DumpEnd, DumpRequest, Ops, Resume, SizeReply, SizeRequest, Stream
@@ -349,3 +350,20 @@ def test_a_member_warm_booted_from_a_dump_is_sent_none_of_the_writes_the_dump_he
     sim.run_for(1.0)
     assert len(node(sim, b).cache) == 3 * CHUNK
     assert node(sim, a).core.replicator.figures_of("c")["catchup_ops_sent"] == 0
+
+
+def test_a_member_whose_kept_digests_have_a_backlog_to_fold_ticks_fast_until_it_is_folded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("shoal.cache.KEEP_FROM", 0)  # keep digests from the first entry, as a large cache does
+    sim = Sim(seed=5)
+    a = member(sim)
+    assert sim.run_until(lambda: became_ready(sim, a), 5)
+    core = node(sim, a).core
+    assert not core.busy
+    fill(sim, a, 4 * FOLD_SLICE)  # more than a tick folds: the driver must tick again soon, not in 100 ms
+    assert sim.run_until(lambda: core.busy, 5)
+    assert sim.run_until(lambda: not core.busy, 5)
+    replica, wall = core.replicas["c"], sim.now
+    horizon = horizon_of(int((wall - 1.0) * 1000))
+    assert replica.digests(wall, horizon) == digests(replica.entries(), wall, horizon)  # folded, and right

@@ -679,6 +679,9 @@ class Replica:
         with self._cache._lock:
             return self._store.sweep(wall)
 
+    def behind(self) -> bool:
+        return self._store.digests_behind
+
 
 def _decode(serializer: Serializer, packed: list[Any]) -> Iterator[Any]:
     loads = serializer.loads

@@ -427,8 +427,8 @@ class Dispatcher:
 
     @property
     def busy(self) -> bool:
-        """Work is in progress (a repair scan): tick again soon."""
-        return self.replicator.busy
+        """Work is in progress (a repair scan, digests to fold): tick again soon."""
+        return self.replicator.busy or any(replica.behind() for replica in self.replicas.values())
 
     @property
     def booting(self) -> bool:

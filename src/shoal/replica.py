@@ -71,5 +71,9 @@ class ReplicaView(Protocol):
         ...
 
     def sweep(self, wall: float) -> int:
-        """Remove a bounded number of expired entries and old tombstones."""
+        """Remove a bounded number of expired entries and old tombstones (and fold kept digests)."""
+        ...
+
+    def behind(self) -> bool:
+        """Sweeping has work left that should not wait a tick (the kept digests after a boot or a burst)."""
         ...

@@ -247,6 +247,11 @@ class Store:
             return None
         return self._ledger.read(self._due, wall, horizon)
 
+    @property
+    def digests_behind(self) -> bool:
+        """The kept digests have ripe records left to fold: sweep again soon (see ``Ledger.behind``)."""
+        return self._ledger is not None and self._ledger.behind
+
     def _due(self, wall: float) -> list[Key]:
         """Keys in the wheel's buckets due by ``wall``: every entry expired by then and still held is among them."""
         return [key for second, bucket in self._wheel.items() if second <= wall for key in bucket]
