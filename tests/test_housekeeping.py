@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import weakref
 from collections.abc import Iterator
 
 import pytest
@@ -22,33 +21,9 @@ def thawed() -> Iterator[None]:
     gc.enable()
 
 
-class Cycle:
-    me: Cycle
-
-
 def in_sight(obj: object) -> bool:
     """Whether a collection would walk ``obj``: it is in generation 0, 1 or 2 (not frozen)."""
     return any(o is obj for o in gc.get_objects())
-
-
-def test_a_snapshot_a_dump_streams_from_is_out_of_the_collectors_sight_and_garbage_made_before_it_is_not_frozen(
-    thawed: None,
-) -> None:
-    cycle = Cycle()
-    cycle.me = cycle  # young cyclic garbage, made before the snapshot
-    dead = weakref.ref(cycle)
-    del cycle
-    taken = Collector(True).snapshot(GC_FREEZE_MIN, lambda: list(range(GC_FREEZE_MIN)))
-    assert taken == list(range(GC_FREEZE_MIN))
-    assert not in_sight(taken)
-    assert dead() is None, "collected, not frozen"
-
-
-def test_a_small_snapshot_or_a_collector_turned_off_freezes_nothing(thawed: None) -> None:
-    small = Collector(True).snapshot(GC_FREEZE_MIN - 1, lambda: [object()])
-    off = Collector(False).snapshot(GC_FREEZE_MIN, lambda: [object()])
-    assert in_sight(small) and in_sight(off)
-    assert gc.get_freeze_count() == 0
 
 
 def test_the_entries_a_dump_brought_are_frozen_when_the_stream_ends_before_the_collector_runs_again(

@@ -12,7 +12,6 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
 
 from . import snapshot
 from .replica import Op, ReplicaView
@@ -26,7 +25,6 @@ FREEZE_EVERY = 32_768
 collection walks between freezes (~5 ms of walking, checked every tick)."""
 
 Resolver = Callable[[str, int], Awaitable[list[str]]]
-T = TypeVar("T")
 
 
 class Collector:
@@ -76,20 +74,6 @@ class Collector:
             gc.freeze()
             self._writes_at = total_writes
             log.debug("gc.freeze() at %d entries (a dump streamed in)", total_entries)
-
-    def snapshot(self, size: int, take: Callable[[], list[T]]) -> list[T]:
-        """``take()``, a list of ``size`` references that lives while a dump streams, kept out of the
-        collector's sight: every collection would walk all of it (a million references, 15-20 ms
-        each, the donor's loop stalls while it streams). Young garbage is collected first; the
-        freeze takes the oldest generation too, as ``grown``'s does (a cycle there that dies later
-        is not collected: the price of a freeze, paid here once per dump served). The list is
-        freed as usual when the dump ends."""
-        if not self.enabled or size < GC_FREEZE_MIN:
-            return take()
-        gc.collect(1)
-        taken = take()
-        gc.freeze()
-        return taken
 
     def pause(self, paused: bool) -> None:
         """Pause (True) or resume (False) the collector; repeated calls are harmless."""
