@@ -12,6 +12,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
+from itertools import chain
 
 from . import snapshot
 from .replica import Op, ReplicaView
@@ -102,12 +103,21 @@ class Snapshots:
         self._read: dict[str, list[Op]] | None = None
 
     async def write(self, replicas: dict[str, ReplicaView], complete: bool) -> int:
-        """Write every cache (on a worker thread: the loop keeps serving)."""
+        """Write every cache (on a worker thread: the loop keeps serving).
+
+        Each cache is read by a walk (``store.Walk``), so the file holds every entry that did
+        not change while it was written; a key written meanwhile may be in it in its old
+        version, its new one, or not at all (a miss after a restart from the file, which is
+        the last resort of a cluster that went down whole), and a key may be in it twice
+        (the reader applies by version).
+        """
         if not complete:
             # A cache still booting holds part of the data at most: keep the last good file.
             log.warning("not writing snapshot %s: a cache has not finished its warm boot", self.path)
             return 0
-        caches = [(name, r.entries(), r.dumps) for name, r in replicas.items()]
+        # Walks, started here and read on the worker thread: a list of every entry taken here
+        # would hold the loop 10-14 ms per million entries.
+        caches = [(name, chain.from_iterable(r.walk()), r.dumps) for name, r in replicas.items()]
         try:
             count = await asyncio.to_thread(snapshot.write, self.path, caches, time.time(), self._key)
         except OSError as exc:
