@@ -383,19 +383,20 @@ def test_live_writes_made_during_a_boot_survive_the_older_dump_data(cluster: Clu
     wait_until(lambda: booter.cmd("chunks_held") == 3, 10, what="the rest of the dump to be sent with old values")
 
     # Keys from the first chunk (applied), and from the two still in flight.
+    late, later, latest, last = (f"k{i}" for i in (5 * CHUNK // 4, 3 * CHUNK // 2, 9 * CHUNK // 4, 11 * CHUNK // 4))
     donor.cmd("set", key="k5", value="new on the donor")
-    donor.cmd("set", key="k4500", value="new on the donor")
-    other.cmd("set", key="k2500", value="new on another member")
-    other.cmd("delete", key="k5500")
-    booter.cmd("set", key="k3000", value="new on the booter")
+    donor.cmd("set", key=latest, value="new on the donor")
+    other.cmd("set", key=late, value="new on another member")
+    other.cmd("delete", key=last)
+    booter.cmd("set", key=later, value="new on the booter")
     booter.cmd("set", key="fresh", value="only live")
     expected = {
         "k5": "new on the donor",
-        "k4500": "new on the donor",
-        "k2500": "new on another member",
-        "k3000": "new on the booter",
+        latest: "new on the donor",
+        late: "new on another member",
+        later: "new on the booter",
         "fresh": "only live",
-        "k5500": None,
+        last: None,
     }
     for m in (donor, other, booter):
         wait_until(lambda m=m: all(m.cmd("get", key=k) == v for k, v in expected.items()), 10, what="live writes")

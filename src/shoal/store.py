@@ -95,8 +95,9 @@ goes, so only a store nobody sweeps, or writes faster than the tick folds, reach
 ENTRY_BYTES = 170
 """What an entry costs past its key and value objects: the entry, its version, a table slot and
 its wheel reference (tracemalloc over 100,000 writes; an eviction queue slot adds about 8)."""
-WALK_SLICE = 5000
-"""Keys of a bucket a ``Walk`` looks up per step: ~0.3 ms of work, however many are stale."""
+WALK_SLICE = 1000
+"""Keys of a bucket a ``Walk`` looks up at a time: 0.2-0.4 ms on a table of a million (a
+lookup, then the entry itself, each a cache miss)."""
 SIZE_SAMPLE = 32  # entries looked at by ``approx_bytes``
 VALUE_WALK = 64  # objects of one value looked at by ``approx_bytes``
 
@@ -631,7 +632,7 @@ class Walk:
     list of every entry (``Store.entries``: 10-14 ms per million, on the loop). It
     takes the list of the wheel's seconds when it starts and walks the buckets from
     the latest expiry back (the earliest last: by then sweep may have taken them),
-    each in slices of ``WALK_SLICE`` keys: ``bucket[i:i + n]`` is one C call, safe
+    each in slices of at most ``WALK_SLICE`` keys: ``bucket[i:i + n]`` is one C call, safe
     while writers append, and no key moves to a position of a list that the walk has
     passed (store.py's theory of operation). Each key is looked up in the table, and
     its entry is taken if it is at home in that bucket; stale references are skipped.
@@ -665,11 +666,16 @@ class Walk:
         return not self._found and not self._seconds and self._pos >= self._end
 
     def take(self, n: int) -> list[Entry]:
-        """Up to ``n`` entries. Looks up one slice of keys at most (and skips at most
-        ``WALK_SLICE`` empty buckets), so a call is bounded however many references are
-        stale: an empty list while not ``done`` is a slice of stale references."""
-        if len(self._found) < n:
-            self._step()
+        """Up to ``n`` entries, looking up at most ``max(n, WALK_SLICE)`` keys, a bucket's
+        slice at a time (and moving past ``WALK_SLICE`` empty buckets at most): a call costs
+        what its ``n`` asks for however many references are stale, and an empty list while
+        not ``done`` means it found only stale ones."""
+        budget = max(n, WALK_SLICE)
+        while len(self._found) < n and budget > 0:
+            looked = self._step(min(budget, WALK_SLICE))
+            if not looked:
+                break  # the end of the walk, or a run of empty buckets
+            budget -= looked
         taken = self._found[:n]
         del self._found[:n]
         return taken
@@ -679,22 +685,25 @@ class Walk:
         while not self.done:
             yield self.take(WALK_SLICE)
 
-    def _step(self) -> None:
+    def _step(self, most: int) -> int:
+        """Look up the next slice of at most ``most`` keys, moving on to the next bucket if this
+        one is done; returns the keys looked up, 0 at the end or after ``WALK_SLICE`` moves."""
         for _ in range(WALK_SLICE):
             if self._pos < self._end:
-                part = self._bucket[self._pos : min(self._pos + WALK_SLICE, self._end)]
+                part = self._bucket[self._pos : min(self._pos + most, self._end)]
                 if part:
                     self._pos += len(part)
                     found = list(map(self._get, part, repeat(_GONE)))
                     self._found += compress(found, _at_home(self._second, found))
-                    return
-                # sweep popped the rest of this (due) bucket: its entries expired
+                    return len(part)
+                # else sweep popped the rest of this bucket (it was due): its entries expired
             if not self._seconds:
                 self._pos = self._end = 0
-                return
+                return 0
             self._second = self._seconds.pop()
             self._bucket = self._wheel.get(self._second) or []
             self._pos, self._end = 0, len(self._bucket)
+        return 0
 
 
 def _value_bytes(value: Any) -> int:
