@@ -14,7 +14,7 @@ from sim.nodes import SimMember
 from shoal import digest as digest_module
 from shoal.actions import Broadcast
 from shoal.cache import Cache, Replica, hosted
-from shoal.clock import HybridClock
+from shoal.clock import COUNTER_BITS, NODE_BITS, HybridClock
 from shoal.errors import ProtocolError
 from shoal.membership import Membership
 from shoal.messages import CatchUp, CaughtUp, Digest, Listing, Pull, Resume, Resumed, Stream
@@ -408,6 +408,24 @@ def test_a_listing_naming_buckets_twice_or_more_than_exist_is_refused_before_any
         with pytest.raises(ProtocolError, match="bucket"):
             replicator.received(2, Listing("c", 1, buckets, [], True, [0, 0], 0), 0.0, time.time())
     assert time.process_time() - started < 1.0
+
+
+def test_a_listing_names_each_key_once_though_the_walk_of_the_entries_finds_it_twice() -> None:
+    """A key moved out of a bucket and back is filed there twice, and a walk yields it twice; the
+    peer pulls the keys of a listing in one Pull, which must name each key once or is refused."""
+    replicator, _, _ = _replicator([2])
+    replicator.settled.add("c")
+    wall = time.time()
+    ms = int(wall * 1000) - 60_000  # settled long ago
+    versions = [((ms + i) << COUNTER_BITS << NODE_BITS) | 3 for i in range(3)]
+    moves = [wall + 100.25, wall + 200.25, wall + 100.5]  # out of int(wall + 100) and back
+    replica = replicator.replicas["c"]
+    replica.apply([(WRITE, "k", b"\xa1v", exp, v) for exp, v in zip(moves, versions, strict=True)], wall)
+    assert [e.key for part in replica.walk() for e in part] == ["k", "k"]
+    actions = replicator.received(2, Listing("c", 1, [bucket_of("k")], [], True, [0, 0], ms + 30_000), 0.0, wall)
+    actions += [a for _ in range(5) for a in replicator.tick(0.0, wall)]
+    (listing,) = [a.msg for a in actions if isinstance(a.msg, Listing)]
+    assert listing.entries == ["k", versions[2] >> NODE_BITS, 3]
 
 
 def test_digests_from_a_peer_that_does_not_read_queue_nothing_for_it() -> None:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import math
 import sys
 from typing import Any
+from unittest import mock
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shoal.store import CLEAR, DELETE, NEVER, STALE_BACKSTOP, WRITE, Store
+from shoal import store as store_module
+from shoal.store import CLEAR, DELETE, LASTING, NEVER, STALE_BACKSTOP, WALK_SLICE, WRITE, Entry, Store, Walk
 
 NOW = 1_700_000_000.0
 
@@ -520,6 +522,217 @@ def test_evicted_entries_are_not_kept_alive_by_the_wheel() -> None:
     assert count_live(store, NOW) == 100
 
 
+# -- entries without expiry are filed too (LASTING) ----------------------------------------
+
+
+def filed_in(store: Store, second: int) -> list[Any]:
+    return sorted(store._wheel.get(second, []))
+
+
+def test_an_entry_without_expiry_is_filed_under_lasting_which_never_comes_due() -> None:
+    store = Store()
+    store.write("k", "v", NEVER, 1, NOW)
+    assert filed_in(store, LASTING) == ["k"]
+    assert LASTING not in store._wheel.due
+    while store.sweep(NOW + 10**9):
+        pass
+    assert store.data["k"].value == "v"
+    assert filed_in(store, LASTING) == ["k"]
+
+
+def test_an_entry_that_gains_or_loses_its_expiry_moves_between_lasting_and_its_second() -> None:
+    store = Store()
+    store.write("k", 1, NEVER, 1, NOW)
+    store.write("k", 2, NOW + 30.5, 2, NOW)
+    store.write("k", 3, NEVER, 3, NOW)
+    assert store._stale == 2  # the first LASTING reference and the one in NOW + 30
+    store._compact_some(1 << 30)
+    assert filed_in(store, LASTING) == ["k"] and filed_in(store, int(NOW + 30.5)) == []
+    assert store._stale == 0
+
+
+def test_compaction_keeps_the_entries_without_expiry_and_drops_their_stale_references() -> None:
+    store = Store()
+    for i in range(100):
+        store.write(i, i, NEVER, i + 1, NOW)
+    for i in range(50):
+        store.delete(i, 1000 + i, NOW)
+    for i in range(50, 60):  # rewritten with an expiry: their LASTING references go stale
+        store.write(i, i, NOW + 30, 2000 + i, NOW)
+    for i in range(60, 70):  # rewritten without one: they stay where they are filed
+        store.write(i, -i, NEVER, 3000 + i, NOW)
+    assert store._stale == 60
+    store._compact_some(1 << 30)
+    assert filed_in(store, LASTING) == list(range(60, 100))
+    assert filed_in(store, int(NOW + 30)) == list(range(50, 60))
+    assert store._stale == 0
+
+
+def test_loaded_and_clear_surviving_entries_without_expiry_are_filed_under_lasting() -> None:
+    store = Store()
+    store.load(["a", "b"], [1, 2], [NEVER, NEVER], [1, 2], NOW)  # a chunk that never expires: one extend
+    store.load(["c", "d"], [3, 4], [NEVER, NOW + 30], [10, 11], NOW)  # a mixed one: key by key
+    assert filed_in(store, LASTING) == ["a", "b", "c"] and filed_in(store, int(NOW + 30)) == ["d"]
+    store.clear(5)
+    assert filed_in(store, LASTING) == ["c"] and filed_in(store, int(NOW + 30)) == ["d"]
+
+
+# -- walking the entries -------------------------------------------------------------------
+
+
+def walk_all(store: Store, n: int = 1000) -> list[Entry]:
+    """What a walk of ``store`` yields, taken ``n`` at a time."""
+    walk, taken = store.walk(), []
+    while not walk.done:
+        taken += walk.take(n)
+    return taken
+
+
+def rest_of(walk: Walk) -> list[Entry]:
+    """What a walk yields from where it is to its end, a slice at a time (its iterator)."""
+    return [entry for part in walk for entry in part]
+
+
+def test_a_walk_yields_every_entry_latest_expiry_first_and_then_is_done() -> None:
+    store = Store()
+    store.write("soon", 1, NOW + 10, 1, NOW)
+    store.write("never", 2, NEVER, 2, NOW)
+    store.write("later", 3, NOW + 20, 3, NOW)
+    assert [e.key for e in walk_all(store)] == ["never", "later", "soon"]
+    assert walk_all(Store()) == []
+
+
+def test_a_walk_skips_stale_references_looking_at_one_slice_per_take() -> None:
+    store = Store()
+    for i in range(3 * WALK_SLICE):  # filed in NOW + 20, then all but the last moved out of it
+        store.write(i, i, NOW + 20, i + 1, NOW)
+    for i in range(3 * WALK_SLICE - 1):
+        store.write(i, i, NOW + 10, 10**6 + i, NOW)
+    walk = store.walk()
+    assert [walk.take(10) for _ in range(2)] == [[], []]  # a slice of stale references each, nothing found
+    assert not walk.done
+    assert [e.key for e in walk.take(10)] == [3 * WALK_SLICE - 1]
+    rest = rest_of(walk)
+    assert sorted(e.key for e in rest) == list(range(3 * WALK_SLICE - 1))
+
+
+def test_a_bucket_compacted_under_a_walk_loses_none_of_its_entries() -> None:
+    """A compaction that shrank the bucket in place moved keys below the walk's position."""
+    store = Store()
+    for i in range(4 * WALK_SLICE):
+        store.write(i, i, NEVER, i + 1, NOW)
+    walk = store.walk()
+    first = walk.take(WALK_SLICE)
+    for i in range(WALK_SLICE):  # the first slice's keys leave: stale references before the walk's position
+        store.delete(i, 10**6 + i, NOW)
+    store._compact_some(1 << 30)
+    assert filed_in(store, LASTING) == list(range(WALK_SLICE, 4 * WALK_SLICE))
+    assert sorted(e.key for e in first + rest_of(walk)) == list(range(4 * WALK_SLICE))
+
+
+def test_a_walk_ends_though_writers_keep_filing_into_the_bucket_it_walks() -> None:
+    store = Store()
+    for i in range(2 * WALK_SLICE):
+        store.write(i, i, NEVER, i + 1, NOW)
+    walk, taken, version = store.walk(), [], 10**6
+    while not walk.done:
+        taken += walk.take(100)
+        for _ in range(200):  # faster than the walk reads
+            version += 1
+            store.write(version, 0, NEVER, version, NOW)
+    assert {e.key for e in taken} >= set(range(2 * WALK_SLICE))
+
+
+WALK_KEYS = st.integers(0, 23)
+WALK_TTLS = st.sampled_from([None, 0.5, 1.5, 30.0])  # None: no expiry
+STEP_KINDS = ["write"] * 4 + ["delete", "load", "read", "sweep", "clear"] + ["compact", "walk"] * 2
+
+
+@st.composite
+def walk_steps(draw: st.DrawFn) -> tuple[str, Any]:
+    kind = draw(st.sampled_from(STEP_KINDS))
+    if kind == "write":
+        return kind, (draw(WALK_KEYS), draw(WALK_TTLS))
+    if kind == "load":
+        return kind, (draw(st.lists(WALK_KEYS, min_size=1, max_size=4, unique=True)), draw(WALK_TTLS))
+    if kind in ("delete", "read"):
+        return kind, draw(WALK_KEYS)
+    if kind == "sweep":
+        return kind, (draw(st.sampled_from([0.0, 0.5, 1.0, 2.0])), draw(st.integers(1, 4)))
+    if kind == "compact":
+        return kind, draw(st.integers(1, 4))
+    if kind == "clear":
+        return kind, draw(st.floats(0.0, 1.0))
+    return kind, draw(st.integers(1, 3))
+
+
+@given(
+    st.lists(walk_steps(), min_size=20, max_size=60),
+    st.lists(walk_steps(), min_size=20, max_size=80),
+    st.sampled_from([None, 4, 8]),
+)
+def test_a_walk_yields_every_entry_left_unchanged_while_it_ran_and_nothing_never_held(
+    before: list[tuple[str, Any]], during: list[tuple[str, Any]], bound: int | None
+) -> None:
+    """Writes that move keys between buckets, deletes, expiry, sweeps that compact (tiny
+    thresholds), evictions and clears, interleaved with the steps of a walk (tiny slices)."""
+    with mock.patch.object(store_module, "WALK_SLICE", 2), mock.patch.object(store_module, "STALE_BACKSTOP", 0):
+        store = Store(bound, tombstone_ttl=5.0)
+        clock = {"now": NOW, "version": 0}
+        ever: dict[int, Entry] = {}  # every entry the table held between two steps, by identity
+
+        def step(kind: str, arg: Any) -> None:
+            now = clock["now"]
+            if kind == "write":
+                key, ttl = arg
+                clock["version"] += 1
+                store.write(key, clock["version"], NEVER if ttl is None else now + ttl, clock["version"], now)
+            elif kind == "load":
+                keys, ttl = arg
+                versions = [clock["version"] + 1 + i for i in range(len(keys))]
+                clock["version"] += len(keys)
+                expires = [NEVER if ttl is None else now + ttl] * len(keys)
+                store.load(keys, versions, expires, versions, now)
+            elif kind == "delete":
+                clock["version"] += 1
+                store.delete(arg, clock["version"], now)
+            elif kind == "read":
+                store.live(arg, now)  # an expired entry goes on the way
+            elif kind == "sweep":
+                clock["now"] += arg[0]
+                store.sweep(clock["now"], arg[1])
+            elif kind == "compact":  # a step of a compaction pass, as sweep runs one
+                store._compact_some(arg)
+            elif kind == "clear":  # entries newer than the clear survive it
+                low = store.watermark + 1
+                if clock["version"] >= low:
+                    store.clear(low + int(arg * (clock["version"] - low)))
+            ever.update((id(e), e) for e in store.data.values())
+
+        for kind, arg in before:
+            if kind != "walk":
+                step(kind, arg)
+        walk = store.walk()
+        start = dict(store.data)
+        unchanged = set(start)
+        taken: list[Entry] = []
+        for kind, arg in during:
+            if kind == "walk":
+                taken += walk.take(arg)
+            else:
+                step(kind, arg)
+            unchanged = {k for k in unchanged if store.data.get(k) is start[k]}
+        for _ in range(10_000):
+            if walk.done:
+                break
+            taken += walk.take(3)
+        assert walk.done, "the walk ended"
+        got = {id(e) for e in taken}
+        missed = [start[k] for k in unchanged if id(start[k]) not in got]
+        assert not missed
+        assert all(ever.get(id(e)) is e for e in taken)
+
+
 # -- what the store keeps alive ----------------------------------------------------------
 
 
@@ -556,7 +769,7 @@ def test_a_bounded_store_keeps_its_queues_and_wheel_consistent_with_its_table(op
     queued = set(policy._small) | set(policy._main)  # type: ignore[attr-defined]
     assert set(store.data) <= queued
     filed = {k for bucket in store._wheel.values() for k in bucket}
-    assert {k for k, e in store.data.items() if e != NEVER} <= filed
+    assert set(store.data) <= filed  # every entry, one without expiry too (under LASTING)
     assert count_live(store, NOW + 31) == sum(1 for e in store.data.values() if e > NOW + 31)
     victims = []
     while (victim := policy.victim()) is not None:  # every live entry comes out exactly once

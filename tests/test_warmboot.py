@@ -10,16 +10,19 @@ from typing import Any
 
 import pytest
 from conftest import FakeClock, hosted_cache
+from sim.network import Sim
+from sim.nodes import SimMember
+from sim.nodes import member_of as node
 
-from shoal.actions import Send
+from shoal.actions import Ready, Send
 from shoal.cache import Cache, Replica, hosted
 from shoal.clock import NODE_BITS, HybridClock
 from shoal.dispatch import Config, Dispatcher
 from shoal.errors import ProtocolError
 from shoal.messages import DumpChunk, DumpEnd, DumpRequest, SizeReply, SizeRequest
 from shoal.serializer import MsgpackSerializer
-from shoal.store import DELETE, NEVER, WRITE, Store
-from shoal.warmboot import CHUNK, choose_donors, columns_from_wire, dump_columns, dump_stream
+from shoal.store import DELETE, NEVER, WALK_SLICE, WRITE, Store, Walk
+from shoal.warmboot import CHUNK, CHUNK_SLICES, choose_donors, columns_from_wire, dump_columns, dump_stream
 from shoal.wire import DEFAULT_MAX_FRAME, FrameDecoder
 from tests.support.cluster import Cluster, Member, cluster, wait_until
 
@@ -180,6 +183,108 @@ def ops_of(replica: Replica) -> list[Any]:
     return ops
 
 
+# -- a dump is a walk of the donor's entries ------------------------------------------------------
+
+
+class CountedWalk:
+    """A replica's walk that counts the takes a dump makes between two of its frames."""
+
+    def __init__(self, walk: Walk) -> None:
+        self.walk = walk
+        self.takes = 0
+
+    @property
+    def done(self) -> bool:
+        return self.walk.done
+
+    def take(self, n: int) -> list[Any]:
+        self.takes += 1
+        return self.walk.take(n)
+
+
+def test_a_dump_through_a_long_run_of_stale_references_ends_and_sends_every_live_entry_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A run of stale references finds nothing for slice after slice: the dump sends a chunk short
+    (empty, even) after ``CHUNK_SLICES`` of them rather than look through the whole run at once."""
+    clock = FakeClock(NOW)
+    cache, replica = hosted_cache(clock)
+    cache.set_many({f"n{i}": i for i in range(6 * WALK_SLICE)}, ttl=None)  # enough that nothing compacts:
+    cache.set_many({f"t{i}": i for i in range(12 * WALK_SLICE)}, ttl=600)  # one bucket...
+    cache.delete_many(f"t{i}" for i in range(10 * WALK_SLICE))  # ...mostly stale references, first in it
+    live = sorted(cache.keys())
+    walks: list[CountedWalk] = []
+
+    def counted() -> Any:
+        walks.append(CountedWalk(Walk(replica._store)))
+        return walks[-1]
+
+    monkeypatch.setattr(replica, "walk", counted)
+    messages, takes = [], []
+    for _, frame in dump_stream(replica, 1, lambda: NOW, DEFAULT_MAX_FRAME):
+        (decoded,) = FrameDecoder().feed(frame)
+        messages.append(decoded)
+        takes.append(walks[0].takes)
+        walks[0].takes = 0
+        assert len(messages) < 100, "the dump ends"
+    *chunks, end = messages
+    sent = sorted(k for m in chunks for k in m.keys)  # type: ignore[attr-defined]
+    assert sent == live
+    assert isinstance(end, DumpEnd) and end.entries == len(live)
+    assert max(takes) <= CHUNK_SLICES
+    assert any(not m.keys for m in chunks)  # type: ignore[attr-defined]
+
+
+def booted(sim: Sim, node_id: int) -> bool:
+    readiness = [a.ready for _, who, a in sim.effects if who == node_id and isinstance(a, Ready)]
+    return bool(readiness) and readiness[-1]
+
+
+def table(member: SimMember) -> dict[Any, tuple[Any, float, int]]:
+    """What a member holds: value, expiry and version of every live entry."""
+    now = member.sim.now
+    return {k: (e.value, float(e), e.version) for k, e in member.cache._store.data.items() if e > now}
+
+
+def test_a_member_booting_while_its_donor_writes_overwrites_and_deletes_ends_with_the_donors_entries() -> None:
+    """Keys move to buckets the donor's walk has passed (or made since it began) while it streams,
+    so the dump misses them: the live stream and the catch-up from the dump's positions bring them.
+    No repair round runs (a huge interval), so nothing else could."""
+    sim = Sim(seed=21)
+    member = SimMember.factory(sim, interval=1e9, failure_timeout=60.0, heartbeat_interval=0.2, boot_wait=1.0)
+    a = sim.add(member)
+    assert sim.run_until(lambda: booted(sim, a), 10)
+    donor = node(sim, a)
+    third = 3 * CHUNK
+    sim.act(a, lambda n, now: n.write(lambda c: c.set_many({f"n{i}": i for i in range(third)}, ttl=None)))
+    sim.act(a, lambda n, now: n.write(lambda c: c.set_many({f"t{i}": i for i in range(third)}, ttl=500)))
+    sim.act(a, lambda n, now: n.write(lambda c: c.set_many({f"u{i}": i for i in range(third)}, ttl=1000)))
+    sim.run_for(0.5)
+    donor.dump_pace = 0.3  # nine chunks and more: about three seconds of streaming
+    b = sim.add(SimMember.factory(sim, seeds=["sim:1"], interval=1e9, failure_timeout=60.0, boot_wait=1.0))
+    assert sim.run_until(lambda: node(sim, b).core.boot_stats("c").entries > 0, 30), "the stream began"
+
+    rounds = 0
+    while node(sim, b).core.boot_stats("c").state == "booting" and rounds < 40:
+        lo, hi = 100 * rounds, 100 * (rounds + 1)
+
+        def writes(cache: Cache, lo: int = lo, hi: int = hi) -> None:
+            cache.set_many({f"n{i}": -i for i in range(lo, hi)}, ttl=300)  # out of LASTING, walked first
+            cache.set_many({f"t{i}": -i for i in range(lo, hi)}, ttl=None)  # into LASTING, walked already
+            cache.set_many({f"u{i}": -i for i in range(lo, hi)}, ttl=1000)  # overwritten in place
+            cache.delete_many(f"u{i}" for i in range(third - hi, third - lo))
+            cache.set_many({f"new{i}": i for i in range(lo, hi)}, ttl=700)
+
+        sim.act(a, lambda n, now, writes=writes: n.write(writes))
+        sim.run_for(0.2)
+        rounds += 1
+    assert rounds >= 5, "the donor wrote while its dump streamed"
+    assert sim.run_until(lambda: booted(sim, b), 30)
+    stats = node(sim, b).core.boot_stats("c")
+    assert stats.state == "warm" and stats.donors_tried == 1
+    assert sim.run_until(lambda: table(node(sim, b)) == table(donor), 10)
+
+
 # -- real members booting (processes on loopback) ----------------------------------------------
 
 
@@ -278,19 +383,20 @@ def test_live_writes_made_during_a_boot_survive_the_older_dump_data(cluster: Clu
     wait_until(lambda: booter.cmd("chunks_held") == 3, 10, what="the rest of the dump to be sent with old values")
 
     # Keys from the first chunk (applied), and from the two still in flight.
+    late, later, latest, last = (f"k{i}" for i in (5 * CHUNK // 4, 3 * CHUNK // 2, 9 * CHUNK // 4, 11 * CHUNK // 4))
     donor.cmd("set", key="k5", value="new on the donor")
-    donor.cmd("set", key="k4500", value="new on the donor")
-    other.cmd("set", key="k2500", value="new on another member")
-    other.cmd("delete", key="k5500")
-    booter.cmd("set", key="k3000", value="new on the booter")
+    donor.cmd("set", key=latest, value="new on the donor")
+    other.cmd("set", key=late, value="new on another member")
+    other.cmd("delete", key=last)
+    booter.cmd("set", key=later, value="new on the booter")
     booter.cmd("set", key="fresh", value="only live")
     expected = {
         "k5": "new on the donor",
-        "k4500": "new on the donor",
-        "k2500": "new on another member",
-        "k3000": "new on the booter",
+        latest: "new on the donor",
+        late: "new on another member",
+        later: "new on the booter",
         "fresh": "only live",
-        "k5500": None,
+        last: None,
     }
     for m in (donor, other, booter):
         wait_until(lambda m=m: all(m.cmd("get", key=k) == v for k, v in expected.items()), 10, what="live writes")

@@ -33,7 +33,7 @@ from .errors import BackingError, InvalidEntry
 from .replica import Op
 from .serializer import MsgpackSerializer, Serializer
 from .singleflight import Cluster, Flights
-from .store import CLEAR, DELETE, NEVER, WRITE, Entry, Key, Store
+from .store import CLEAR, DELETE, NEVER, WRITE, Entry, Key, Store, Walk
 from .validation import (
     DEFAULT_MAX_CLOCK_SKEW,
     DEFAULT_MAX_VALUE_SIZE,
@@ -581,7 +581,7 @@ class Replica:
     """The protocol core's side of a hosted cache (the ``replica.ReplicaView`` interface).
 
     Changes go through the cache's write lock, like the caller's own writes; reads of
-    the table take none (a snapshot of references, entries never change).
+    the table take none (a snapshot of references or a walk; entries never change).
     """
 
     def __init__(self, cache: Cache) -> None:
@@ -604,6 +604,9 @@ class Replica:
 
     def entries(self) -> list[Entry]:
         return self._store.entries()
+
+    def walk(self) -> Walk:
+        return self._store.walk()
 
     def tombstones(self) -> list[tuple[Key, int]]:
         return list(self._store.tombstones.items())

@@ -580,8 +580,7 @@ class Driver:
                 return
             stats = self.core.boot_stats(action.cache)
             try:
-                entries = self._gc.snapshot(replica.size(), replica.entries)
-                dump = warmboot.dump_stream(replica, action.stream, time.time, self.max_frame_size, entries)
+                dump = warmboot.dump_stream(replica, action.stream, time.time, self.max_frame_size)
                 for _, frame in dump:
                     current = self.peers.get(action.peer)
                     if current is not conn:

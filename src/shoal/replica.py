@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from .store import Entry, Key
+from .store import Entry, Key, Walk
 
 # (kind, key, packed value, absolute expiry, version): one mutation as it travels.
 Op = tuple[int, Key, bytes | None, float, int]
@@ -33,7 +33,13 @@ class ReplicaView(Protocol):
         ...
 
     def entries(self) -> list[Entry]:
-        """A cheap snapshot: references to the current entries, which never change."""
+        """A snapshot: references to the current entries, which never change (10-14 ms per
+        million on the caller's loop: a large cache is read with ``walk``)."""
+        ...
+
+    def walk(self) -> Walk:
+        """The entries a slice at a time, without a lock and without a list of them all
+        (``store.Walk``: what it yields and what it may miss)."""
         ...
 
     def tombstones(self) -> list[tuple[Key, int]]: ...

@@ -22,7 +22,9 @@ A hosted cache keeps its digests as writes apply (digest.py, ``ReplicaView.diges
 so opening or answering a round reads them instead of scanning every entry; the scan,
 a slice per tick, remains for a line older than the ledger keeps (a peer's clock far
 behind) and while a warm boot's entries are still being folded in. A listing of the
-buckets that differ is still a scan in slices.
+buckets that differ walks the entries a slice per tick (``store.Walk``, no list of them
+all); a key written during it may be left out (the next round lists it) or come twice (a
+listing message names each key once, so the peer's Pull does).
 
 Tombstones are in no digest, but they are listed: a key deleted on one side and
 live on the other makes its bucket differ, the deleting side lists the key with
@@ -83,7 +85,7 @@ from .membership import Membership
 from .messages import CatchUp, CaughtUp, Digest, Listing, Message, Ops, Pull, Resume, Resumed, Stream
 from .positions import LIVE, MAX_ORIGINS, WriteLog, vector_from_wire, vector_to_wire
 from .replica import Op, ReplicaView
-from .store import CLEAR, DELETE, NEVER, WRITE, Entry, Key
+from .store import CLEAR, DELETE, NEVER, WRITE, Entry, Key, Walk
 from .validation import check_key_types, versions_from_wire
 
 log = logging.getLogger("shoal")
@@ -98,7 +100,7 @@ PULL_MAX = 10_000
 PULLS_PENDING = 8
 """Pulls one peer may have waiting for their answer here; more are refused (the round repeats)."""
 MAX_SCANS_PER_PEER = 2
-"""Scans a peer's digests and listings may have queued here: each holds a list of every
+"""Scans a peer's digests and listings may have queued here: a digest's holds a list of every
 entry, so 300 digests in a row once took a member from 104 to 566 MB. An honest peer
 runs one round at a time with us; what is over the limit is dropped (a later round repairs)."""
 BATCH_BYTES = 4 * 1024 * 1024
@@ -210,6 +212,21 @@ def listing(entries: Iterable[Entry], buckets: Iterable[int], wall: float, horiz
     return flat
 
 
+def _each_key_once(flat: list[Any]) -> list[Any]:
+    """A listing's triples with each key once (its first): a walk may yield a key twice, and the
+    peer pulls the keys of one listing in one Pull, which must name each key once."""
+    keys = flat[0::3]
+    if len(set(keys)) == len(keys):
+        return flat
+    seen: set[Key] = set()
+    once: list[Any] = []
+    for i in range(0, len(flat), 3):
+        if flat[i] not in seen:
+            seen.add(flat[i])
+            once += flat[i : i + 3]
+    return once
+
+
 def _check_listing(msg: Listing) -> None:
     """Bounds of a peer's listing, checked before any work: each bucket once, keys in triples."""
     buckets = msg.buckets
@@ -308,7 +325,8 @@ class _Scan:
     peer: int
     round: int
     then: str  # what to send when the pass is done: "digest", "listing" or "answer"
-    entries: list[Entry]
+    entries: list[Entry]  # a digest's pass: every entry, as the round began
+    walk: Walk | None = None  # a listing's: the entries a slice at a time (its pos counts tombstones)
     buckets: list[int] = field(default_factory=list)
     theirs: list[Any] = field(default_factory=list)
     reply: bool = False
@@ -871,8 +889,10 @@ class Replicator:
         reply: bool,
         first: bool = False,
     ) -> None:
-        """Queue the listing of ``buckets`` for ``peer``: a scan in slices, entries then tombstones."""
-        scan = _Scan(replica.name, peer, round_, "listing", replica.entries(), buckets=buckets, reply=reply)
+        """Queue the listing of ``buckets`` for ``peer``: a scan in slices, entries then tombstones.
+        The entries are walked (``store.Walk``), not listed whole on the loop: a key written during
+        the scan may be left out (the next round lists it) or come twice (each message names it once)."""
+        scan = _Scan(replica.name, peer, round_, "listing", [], replica.walk(), buckets=buckets, reply=reply)
         scan.tombs = replica.tombstones()
         scan.settled_ms = line
         if first:
@@ -905,28 +925,33 @@ class Replicator:
             return []
 
     def _advance_scan(self, scan: _Scan, replica: ReplicaView, wall: float) -> list[Action]:
-        part = scan.entries[scan.pos : scan.pos + self.slice_size]
         horizon = horizon_of(scan.settled_ms)
         out: list[Action] = []
-        if scan.then == "listing":
-            scan.flat += listing(part, scan.buckets, wall, horizon)
-            if not part:  # the entries are done: then the tombstones, a slice at a time too
-                tomb_pos = scan.pos - len(scan.entries)
-                tombs = scan.tombs[tomb_pos : tomb_pos + self.slice_size]
+        walk = scan.walk
+        if walk is not None:  # a listing
+            if not walk.done:
+                scan.flat += listing(walk.take(self.slice_size), scan.buckets, wall, horizon)
+            else:  # the entries are done: then the tombstones, a slice at a time too
+                tombs = scan.tombs[scan.pos : scan.pos + self.slice_size]
                 scan.flat += tombstone_listing(tombs, scan.buckets)
                 scan.pos += len(tombs)
             step = 3 * LISTING_MAX
             while len(scan.flat) >= step:  # a full part goes now: a large listing is spread over the scan
                 part_flat, scan.flat = scan.flat[:step], scan.flat[step:]
                 mark = _split(replica.watermark())
-                msg = Listing(scan.cache, scan.round, scan.buckets, part_flat, False, mark, scan.settled_ms)
+                msg = Listing(
+                    scan.cache, scan.round, scan.buckets, _each_key_once(part_flat), False, mark, scan.settled_ms
+                )
                 out.append(Send(scan.peer, msg))
+            if not walk.done or scan.pos < len(scan.tombs):
+                return out
         else:
+            part = scan.entries[scan.pos : scan.pos + self.slice_size]
             sums = digests(part, wall, horizon)
             scan.sums = [(a + b) & _MASK64 for a, b in zip(scan.sums, sums, strict=True)]
-        scan.pos += len(part)
-        if scan.pos < len(scan.entries) + len(scan.tombs):
-            return out
+            scan.pos += len(part)
+            if scan.pos < len(scan.entries):
+                return out
         self._scans.popleft()
         mark = _split(replica.watermark())
         if scan.then == "digest":
@@ -939,5 +964,7 @@ class Replicator:
             return []
         # The rest of the listing (full parts went as the scan filled them); only this last part
         # asks for the peer's listing in return.
-        last = Listing(scan.cache, scan.round, scan.buckets, scan.flat, scan.reply, mark, scan.settled_ms)
+        last = Listing(
+            scan.cache, scan.round, scan.buckets, _each_key_once(scan.flat), scan.reply, mark, scan.settled_ms
+        )
         return [*out, Send(scan.peer, last)]

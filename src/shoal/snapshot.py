@@ -78,7 +78,7 @@ def snapshot_key(cluster_key: bytes) -> bytes:
 
 def write(
     path: str | os.PathLike[str],
-    caches: Iterable[tuple[str, list[Entry], Callable[[Any], bytes]]],
+    caches: Iterable[tuple[str, Iterable[Entry], Callable[[Any], bytes]]],
     now: float,
     key: bytes | None = None,
 ) -> int:
