@@ -418,7 +418,8 @@ def test_a_listing_names_each_key_once_though_the_walk_of_the_entries_finds_it_t
     wall = time.time()
     ms = int(wall * 1000) - 60_000  # settled long ago
     versions = [((ms + i) << COUNTER_BITS << NODE_BITS) | 3 for i in range(3)]
-    moves = [wall + 100.25, wall + 200.25, wall + 100.5]  # out of int(wall + 100) and back
+    second = int(wall) + 100
+    moves = [second + 0.25, second + 100.25, second + 0.5]  # out of bucket ``second`` and back
     replica = replicator.replicas["c"]
     replica.apply([(WRITE, "k", b"\xa1v", exp, v) for exp, v in zip(moves, versions, strict=True)], wall)
     assert [e.key for part in replica.walk() for e in part] == ["k", "k"]
