@@ -7,6 +7,7 @@ import math
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from shoal import digest as digest_module
 from shoal.digest import BUCKETS, FOLD_SLICE, RECENT_MAX, RIPE, Ledger, digests, horizon_of
 from shoal.store import FOLD_BACKSTOP, Store
 
@@ -37,10 +38,19 @@ op = st.one_of(
     ops=st.lists(op, max_size=60),
     bound=st.sampled_from([None, 3, 8]),
     lines=st.lists(st.one_of(st.sampled_from([1.0, 2.0, 3.0]), st.floats(1.0, 4.0)), min_size=1),
+    segment=st.sampled_from([1, 2, 3, 5, digest_module.SEGMENT]),  # small: every queue crosses segments
 )
 def test_digests_kept_as_writes_apply_equal_the_scan_of_the_same_entries(
-    ops: list[tuple], bound: int | None, lines: list[float]
+    ops: list[tuple], bound: int | None, lines: list[float], segment: int
 ) -> None:
+    saved, digest_module.SEGMENT = digest_module.SEGMENT, segment
+    try:
+        _check_kept_digests_against_the_scan(ops, bound, lines)
+    finally:
+        digest_module.SEGMENT = saved
+
+
+def _check_kept_digests_against_the_scan(ops: list[tuple], bound: int | None, lines: list[float]) -> None:
     store = Store(bound, tombstone_ttl=5.0)
     store.keep_digests()
     wall = T0

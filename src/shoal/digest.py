@@ -48,7 +48,8 @@ from __future__ import annotations
 import zlib
 from array import array
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from itertools import chain
 from typing import Any
 
 from .clock import COUNTER_BITS, NODE_BITS
@@ -66,8 +67,10 @@ FOLD_SLICE = 512
 """Additions, and removals, hashed per ``fold`` call from the housekeeping tick: about 0.7 ms each
 on the loop (2,048 took 2.8 ms, the longest step of a donor streaming a dump). A ledger with more
 than that to fold is ``behind`` and the node ticks every few ms until it is not."""
-COMPACT_MAX = 1 << 15
-"""Folded records dropped from the front of a queue at most at once (about 0.3 ms)."""
+SEGMENT = 1 << 15
+"""Records per sealed segment of a queue: a segment is dropped whole once folded, so no fold
+deletes the front of a long list (which moves the rest: 4 ms a call with 5M records queued, the
+longest step of a donor's loop after a boot)."""
 READ_MAX = 1 << 17
 """Additions or removals not folded yet that a ``read`` takes into account (about 5 ms); more
 (a warm boot just loaded) makes it answer None, so the round scans while the tick folds."""
@@ -155,6 +158,81 @@ def _rows(entries: Iterable[Any]) -> list[tuple[Any, int, float]]:
     return [(e.key, e.version, e) for e in entries]
 
 
+class _Segments:
+    """A queue of records kept as columns, in segments, oldest first.
+
+    The owner appends to ``tail`` (a list, or an array, per column); ``seal`` makes the tail a
+    segment and starts a new one, ``push`` queues a whole segment (a warm boot's chunk, as
+    it came: no copy); ``take`` reads from the oldest segment on and drops each one once it
+    was read through. Nothing is ever moved: the cost of a call is what it reads.
+    """
+
+    def __init__(self, make: Callable[[], tuple[Any, ...]]) -> None:
+        self._make = make
+        self.tail = make()
+        self.sealed: deque[tuple[Any, ...]] = deque()
+        self.sealed_len = 0  # records in the sealed segments, those read included
+        self.pos = 0  # records read from the oldest segment (the tail while none is sealed)
+
+    def __len__(self) -> int:
+        """Records not read yet."""
+        return self.sealed_len + len(self.tail[0]) - self.pos
+
+    def seal(self) -> None:
+        if len(self.tail[0]):
+            self.sealed.append(self.tail)
+            self.sealed_len += len(self.tail[0])
+            self.tail = self._make()
+
+    def push(self, columns: tuple[Any, ...]) -> None:
+        """Queue ``columns`` as a segment, after what the tail holds (kept as they are: the caller
+        must not change them)."""
+        if len(columns[0]):
+            self.seal()
+            self.sealed.append(columns)
+            self.sealed_len += len(columns[0])
+
+    def take(self, n: int) -> Iterator[tuple[Any, ...]]:
+        """The next ``n`` records at most, as rows."""
+        parts: list[Iterator[tuple[Any, ...]]] = []
+        while n > 0:
+            segment = self.sealed[0] if self.sealed else self.tail
+            pos, size = self.pos, len(segment[0])
+            k = min(n, size - pos)
+            if k > 0:
+                parts.append(zip(*(column[pos : pos + k] for column in segment), strict=True))
+                self.pos = pos = pos + k
+                n -= k
+            if pos < size:
+                break
+            if self.sealed:  # read through: dropped whole
+                self.sealed.popleft()
+                self.sealed_len -= size
+                self.pos = 0
+            else:  # the tail, read through: emptied in place (the owner appends to these columns)
+                for column in segment:
+                    del column[:]
+                self.pos = 0
+                break
+        return chain.from_iterable(parts)
+
+    def rest(self) -> Iterator[tuple[Any, ...]]:
+        """Every record not read yet, as rows (nothing is consumed)."""
+        segments = [*self.sealed, self.tail]
+        start = self.pos
+        parts = []
+        for segment in segments:
+            parts.append(zip(*(column[start:] for column in segment), strict=True))
+            start = 0
+        return chain.from_iterable(parts)
+
+    def clear(self) -> None:
+        self.sealed.clear()
+        self.sealed_len = self.pos = 0
+        for column in self.tail:
+            del column[:]
+
+
 class Ledger:
     """The digests of one table, kept as it changes (theory of operation: the module docstring).
 
@@ -163,10 +241,11 @@ class Ledger:
     key: tombstones and the eviction record refuse it), so the table says whether a record's
     entry is still there: ``table[key].version == version``.
 
-    The added columns (``added_keys``, ``added_versions``) and the removed ones
-    (``removed_keys``, ``removed_versions``, ``removed_expiries``) are queues with a read
-    position (``_pos``, ``_rpos``): the owner appends (its writer inline), ``fold``
-    consumes from the front. A removal is folded only after the addition of its entry was
+    Additions and removals are queues of columns in segments (``_Segments``): the owner's
+    writer appends to the tail's columns inline (``added_keys``, ``added_versions``;
+    ``removed_keys``, ``removed_versions``, ``removed_expiries``), ``load`` queues a chunk's
+    columns whole, ``fold`` reads from the oldest segment and seals the tail once it holds
+    ``SEGMENT`` records. A removal is folded only after the addition of its entry was
     (``_ages``: what each queue held at each fold call), so an entry removed before its
     addition was folded is skipped there and cancels out here, unhashed.
     Not locked: its owner calls it under the same lock as its writes.
@@ -179,11 +258,10 @@ class Ledger:
         # The queues, as columns: a record costs a list slot per field (16 bytes an addition, 24 a
         # removal) instead of a tuple (64 and 96 with its float): a warm boot of a million entries
         # queued 64 MB of tuples, and ``load`` files a chunk's keys and versions with two extends.
-        self.added_keys: list[Any] = list(table)  # oldest first
-        self.added_versions: list[int] = [e.version for e in table.values()]
-        self.removed_keys: list[Any] = []  # entries gone: key, version, expiry
-        self.removed_versions: list[int] = []
-        self.removed_expiries = array("d")
+        self._added = _Segments(lambda: ([], []))  # entries added: key, version
+        self._removed = _Segments(lambda: ([], [], array("d")))  # entries gone: key, version, expiry
+        self._tails()
+        self._add_all(table.values())
         self.recent: list[tuple[Any, int]] = []  # folded entries newer than WINDOW ago (or than covered)
         self.recent_marks: list[int] = []  # their hashes, as _marks gives them
         self.covered = 0
@@ -191,8 +269,24 @@ class Ledger:
         self.behind = False  # the last fold left ripe records for the next one (tick again soon)
         self._reset_queues()
 
+    def _tails(self) -> None:
+        """The owner's writer appends to these: the queues' current tails."""
+        self.added_keys, self.added_versions = self._added.tail
+        self.removed_keys, self.removed_versions, self.removed_expiries = self._removed.tail
+
+    def _add_all(self, entries: Iterable[Any]) -> None:
+        rows = list(entries)
+        for i in range(0, len(rows), SEGMENT):
+            part = rows[i : i + SEGMENT]
+            self._added.push(([e.key for e in part], [e.version for e in part]))
+        self._tails()
+
+    def load(self, keys: list[Any], versions: list[int]) -> None:
+        """A chunk of entries entered the table (a warm boot): queued as it is, the lists kept."""
+        self._added.push((keys, versions))
+        self._tails()
+
     def _reset_queues(self) -> None:
-        self._pos = self._rpos = 0  # read positions in the added and removed columns
         self._in = self._out = 0  # additions and removals folded since the last reset
         self._ages: deque[tuple[float, int, int]] = deque()  # (wall, appended, removed by then), per fold call
         self._skipped: dict[tuple[Any, int], int] = {}  # records gone before their addition was folded
@@ -208,24 +302,26 @@ class Ledger:
         return self.additions_pending() + self.removals_pending()
 
     def additions_pending(self) -> int:
-        return len(self.added_keys) - self._pos
+        return len(self._added)
 
     def removals_pending(self) -> int:
-        return len(self.removed_keys) - self._rpos
+        return len(self._removed)
+
+    @property
+    def sealed(self) -> int:
+        """Records in sealed segments (read ones included): with the tails' lengths, what the
+        owner's writer compares with its backstop before asking for the exact count."""
+        return self._added.sealed_len + self._removed.sealed_len
 
     def reset(self, entries: Iterable[Any]) -> None:
         """The table was rebuilt (a clear): start over from its entries."""
         self.sums = [0] * BUCKETS
-        rows = list(entries)
-        self.added_keys = [e.key for e in rows]
-        self.added_versions = [e.version for e in rows]
-        self._clear_removed()
+        self._added.clear()
+        self._removed.clear()
+        self._add_all(entries)
         self.recent.clear()
         self.recent_marks.clear()
         self._reset_queues()
-
-    def _clear_removed(self) -> None:
-        self.removed_keys, self.removed_versions, self.removed_expiries = [], [], array("d")
 
     def fold(self, wall: float, limit: int = FOLD_SLICE, ripe: float = RIPE) -> int:
         """Hash up to ``limit`` additions and ``limit`` removals into the sums; returns how many were handled.
@@ -237,12 +333,16 @@ class Ledger:
         """
         if self.broken:
             self.behind = False
-            self.added_keys, self.added_versions = [], []
-            self._clear_removed()
+            self._added.clear()
+            self._removed.clear()
             self._reset_queues()
             return 0
-        appended = self._in + len(self.added_keys) - self._pos
-        gone = self._out + len(self.removed_keys) - self._rpos
+        for queue in (self._added, self._removed):
+            if len(queue.tail[0]) >= SEGMENT:
+                queue.seal()
+        self._tails()
+        appended = self._in + len(self._added)
+        gone = self._out + len(self._removed)
         ages = self._ages
         if not ages or ages[-1][1:] != (appended, gone):
             ages.append((wall, appended, gone))
@@ -270,14 +370,11 @@ class Ledger:
         self.behind = ready > self._in or safe > self._out
         while len(ages) > 1 and ages[0][1] <= self._in and ages[0][2] <= self._out:
             ages.popleft()
-        self._compact()
         self._prune(cutoff)
         return done
 
     def _fold_in(self, take: int, cutoff: int) -> None:
-        pos = self._pos
-        part = zip(self.added_keys[pos : pos + take], self.added_versions[pos : pos + take], strict=True)
-        self._pos += take
+        part = self._added.take(take)
         self._in += take
         get = self.table.get
         live: list[tuple[Any, int, float]] = []
@@ -300,14 +397,7 @@ class Ledger:
         self.covered = covered
 
     def _fold_out(self, take: int) -> None:
-        pos = self._rpos
-        part: Iterable[tuple[Any, int, float]] = zip(
-            self.removed_keys[pos : pos + take],
-            self.removed_versions[pos : pos + take],
-            self.removed_expiries[pos : pos + take],
-            strict=True,
-        )
-        self._rpos += take
+        part: Iterable[tuple[Any, int, float]] = self._removed.take(take)
         self._out += take
         skipped = self._skipped
         if skipped:
@@ -325,19 +415,6 @@ class Ledger:
         sums = self.sums
         for mark in _marks(part):
             sums[mark & (BUCKETS - 1)] -= mark >> _BUCKET_BITS
-
-    def _compact(self) -> None:
-        """Drop the folded front of the queues: once it is half of them, or ``COMPACT_MAX`` records
-        (dropping half of a warm boot's million at once held the loop 9 ms, a reference released
-        per record)."""
-        pos = self._pos
-        if pos > 4096 and (pos * 2 > len(self.added_keys) or pos >= COMPACT_MAX):
-            del self.added_keys[:pos], self.added_versions[:pos]
-            self._pos = 0
-        pos = self._rpos
-        if pos > 4096 and (pos * 2 > len(self.removed_keys) or pos >= COMPACT_MAX):
-            del self.removed_keys[:pos], self.removed_versions[:pos], self.removed_expiries[:pos]
-            self._rpos = 0
 
     def _prune(self, cutoff: int) -> None:
         """Drop from ``recent`` its oldest records that are past the window (or over the bound)."""
@@ -368,9 +445,7 @@ class Ledger:
             raise Behind
         if self.broken or horizon <= self.covered:
             return None
-        pos, rpos = self._pos, self._rpos
-        added = zip(self.added_keys[pos:], self.added_versions[pos:], strict=True)
-        removed = zip(self.removed_keys[rpos:], self.removed_versions[rpos:], self.removed_expiries[rpos:], strict=True)
+        added, removed = self._added.rest(), self._removed.rest()
         get = self.table.get
         # What is pending, as a net count per record: +1 per addition, -1 per removal not
         # cancelled by a skipped addition (a record may come twice: a forgotten eviction).

@@ -88,8 +88,8 @@ TOMBSTONE_BYTES = 32 * 1024 * 1024
 TOMBSTONE_OVERHEAD = 250  # a dict slot, the version, the queue's record: what a tombstone costs past its key
 FLOOR_SLOTS = 4096  # a power of two
 FOLD_BACKSTOP = 1 << 17
-"""Removed entries waiting for the digests (digest.py; they are kept alive until then), or added
-ones past the table's size, at which a write folds a slice itself: the node's tick folds as it
+"""Records of removed entries waiting for the digests (digest.py), or of added ones past the
+table's size, at which a write folds a slice itself: the node's tick folds as it
 goes, so only a store nobody sweeps, or writes faster than the tick folds, reach this."""
 
 ENTRY_BYTES = 170
@@ -324,7 +324,10 @@ class Store:
                 ledger.removed_expiries.append(old)
                 ledger.added_keys.append(key)
                 ledger.added_versions.append(version)
-                if len(ledger.removed_keys) > FOLD_BACKSTOP and ledger.removals_pending() > FOLD_BACKSTOP:
+                if (
+                    ledger.sealed + len(ledger.removed_keys) > FOLD_BACKSTOP
+                    and ledger.removals_pending() > FOLD_BACKSTOP
+                ):
                     ledger.fold(now, FOLD_SLICE, ripe=0.0)  # see FOLD_BACKSTOP
             second = int(expires) if expires != NEVER else LASTING
             if second != (int(old) if old != NEVER else LASTING):  # else the key is filed there already
@@ -362,9 +365,9 @@ class Store:
         else:
             ledger.added_keys.append(key)
             ledger.added_versions.append(version)
-            if len(ledger.added_keys) > FOLD_BACKSTOP + len(data) and ledger.additions_pending() > FOLD_BACKSTOP + len(
+            if ledger.sealed + len(ledger.added_keys) > FOLD_BACKSTOP + len(
                 data
-            ):
+            ) and ledger.additions_pending() > FOLD_BACKSTOP + len(data):
                 ledger.fold(now, FOLD_SLICE, ripe=0.0)  # see FOLD_BACKSTOP
         policy = self.policy
         if policy is not None:
@@ -382,7 +385,8 @@ class Store:
         A chunk with room under the bound, newer than the watermark and naming no
         tombstone or eviction record is filed in bulk; the few keys the table
         already holds (a second donor, a live write) then go through ``write``.
-        Anything else goes entry by entry.
+        Anything else goes entry by entry. The lists are the store's from then on (the
+        kept digests queue ``keys`` and ``versions`` as they are).
         """
         n = len(keys)
         if not n:
@@ -411,8 +415,7 @@ class Store:
             placed = list(map(data.setdefault, keys, entries))
             if all(map(is_, placed, entries)):
                 if self._ledger is not None:
-                    self._ledger.added_keys.extend(keys)
-                    self._ledger.added_versions.extend(versions)
+                    self._ledger.load(keys, versions)
                 self._file_keys(keys, expires, first, max(expires))
                 if self.policy is not None:
                     self.policy.insert_many(keys, entries)
@@ -422,8 +425,7 @@ class Store:
             new_keys, new_expires = list(compress(keys, fresh)), [float(e) for e in new]
             if new:
                 if self._ledger is not None:
-                    self._ledger.added_keys.extend(new_keys)
-                    self._ledger.added_versions.extend(e.version for e in new)
+                    self._ledger.load(new_keys, [e.version for e in new])
                 self._file_keys(new_keys, new_expires, min(new_expires), max(new_expires))
             if self.policy is not None:
                 self.policy.insert_many(new_keys, new)
