@@ -427,8 +427,12 @@ class Dispatcher:
 
     @property
     def busy(self) -> bool:
-        """Work is in progress (a repair scan, digests to fold): tick again soon."""
-        return self.replicator.busy or any(replica.behind() for replica in self.replicas.values())
+        """Work is in progress (a repair scan, digests to fold): tick again soon. Not for the
+        digests while a boot streams in: folding at that pace took a quarter of the loop from the
+        dump (a boot of 5M took 1.4x the time per entry of 1M); the tick folds them after."""
+        if self.replicator.busy:
+            return True
+        return not self.booter.receiving and any(replica.behind() for replica in self.replicas.values())
 
     @property
     def booting(self) -> bool:
