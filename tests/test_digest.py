@@ -124,7 +124,7 @@ def test_a_burst_over_the_recent_bound_falls_back_to_a_scan_for_older_lines_only
     ledger = Ledger(table)
     while ledger.pending:
         ledger.fold(T0, 1 << 20, ripe=0.0)
-    assert len(ledger.recent) == RECENT_MAX
+    assert len(ledger.recent_versions) == len(ledger.recent_keys) == RECENT_MAX
     newest_dropped = entries[9].version  # the ten oldest went
     assert ledger.read(lambda wall: [], T0, newest_dropped) is None
     newer = ledger.read(lambda wall: [], T0, newest_dropped + 1)

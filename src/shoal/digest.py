@@ -262,7 +262,11 @@ class Ledger:
         self._removed = _Segments(lambda: ([], [], array("d")))  # entries gone: key, version, expiry
         self._tails()
         self._add_all(table.values())
-        self.recent: list[tuple[Any, int]] = []  # folded entries newer than WINDOW ago (or than covered)
+        # Folded entries newer than WINDOW ago (or than covered), as columns: up to RECENT_MAX
+        # (key, version) tuples were GC-tracked objects, and a young collection that met a
+        # quarter million of them held a donor's loop 20 ms; strs and ints are not tracked.
+        self.recent_keys: list[Any] = []
+        self.recent_versions: list[int] = []
         self.recent_marks: list[int] = []  # their hashes, as _marks gives them
         self.covered = 0
         self.broken = False  # an entry no digest can hash (only by going around validation)
@@ -319,7 +323,8 @@ class Ledger:
         self._added.clear()
         self._removed.clear()
         self._add_all(entries)
-        self.recent.clear()
+        self.recent_keys.clear()
+        self.recent_versions.clear()
         self.recent_marks.clear()
         self._reset_queues()
 
@@ -385,12 +390,13 @@ class Ledger:
                 live.append((key, version, entry))
             else:  # gone already: its removal, folded later, cancels out unhashed
                 skipped[(key, version)] = skipped.get((key, version), 0) + 1
-        sums, recent, marks = self.sums, self.recent, self.recent_marks
+        sums, keys, versions, marks = self.sums, self.recent_keys, self.recent_versions, self.recent_marks
         covered = self.covered
         for (key, version, _), mark in zip(live, _marks(live), strict=True):
             sums[mark & (BUCKETS - 1)] += mark >> _BUCKET_BITS
             if version > cutoff:
-                recent.append((key, version))
+                keys.append(key)
+                versions.append(version)
                 marks.append(mark)
             elif version > covered:
                 covered = version
@@ -418,19 +424,18 @@ class Ledger:
 
     def _prune(self, cutoff: int) -> None:
         """Drop from ``recent`` its oldest records that are past the window (or over the bound)."""
-        recent = self.recent
-        over = len(recent) - RECENT_MAX
+        versions = self.recent_versions
+        over = len(versions) - RECENT_MAX
         n = 0
         covered = self.covered
-        for _, version in recent:
+        for version in versions:
             if n >= over and version > cutoff:
                 break
             covered = max(covered, version)
             n += 1
         if n:
             self.covered = covered
-            del recent[:n]
-            del self.recent_marks[:n]
+            del self.recent_keys[:n], versions[:n], self.recent_marks[:n]
 
     def read(self, due: Callable[[float], Iterable[Any]], wall: float, horizon: int) -> list[int] | None:
         """The digests ``digests(table.values(), wall, horizon)`` would give, or None when this
@@ -482,9 +487,11 @@ class Ledger:
                     counts.append(count)
             for count, mark in zip(counts, _marks(rows), strict=True):
                 sums[mark & (BUCKETS - 1)] += count * (mark >> _BUCKET_BITS)
-            for record, mark in zip(self.recent, self.recent_marks, strict=True):
-                key, version = record
-                if version >= horizon and record not in out:
+            for key, version, mark in zip(self.recent_keys, self.recent_versions, self.recent_marks, strict=True):
+                if version < horizon:
+                    continue
+                record = (key, version)
+                if record not in out:
                     entry = get(key)
                     if entry is not None and entry.version == version and entry > wall:
                         sums[mark & (BUCKETS - 1)] -= mark >> _BUCKET_BITS
