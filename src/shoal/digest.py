@@ -274,9 +274,14 @@ class Ledger:
         self._reset_queues()
 
     def _tails(self) -> None:
-        """The owner's writer appends to these: the queues' current tails."""
+        """What the owner's writer reads, after any change to the queues: their current tails, which
+        it appends to, and what their sealed segments hold (read records included), which with a
+        tail's length bounds what is pending, for its backstop before it asks for the exact count
+        (plain attributes: read on every write)."""
         self.added_keys, self.added_versions = self._added.tail
         self.removed_keys, self.removed_versions, self.removed_expiries = self._removed.tail
+        self.added_sealed = self._added.sealed_len
+        self.removed_sealed = self._removed.sealed_len
 
     def _add_all(self, entries: Iterable[Any]) -> None:
         rows = list(entries)
@@ -311,12 +316,6 @@ class Ledger:
     def removals_pending(self) -> int:
         return len(self._removed)
 
-    @property
-    def sealed(self) -> int:
-        """Records in sealed segments (read ones included): with the tails' lengths, what the
-        owner's writer compares with its backstop before asking for the exact count."""
-        return self._added.sealed_len + self._removed.sealed_len
-
     def reset(self, entries: Iterable[Any]) -> None:
         """The table was rebuilt (a clear): start over from its entries."""
         self.sums = [0] * BUCKETS
@@ -340,6 +339,7 @@ class Ledger:
             self.behind = False
             self._added.clear()
             self._removed.clear()
+            self._tails()
             self._reset_queues()
             return 0
         for queue in (self._added, self._removed):
@@ -371,7 +371,9 @@ class Ledger:
         except (OverflowError, ValueError):  # an expiry of inf-like size or NaN: see ``broken``
             self.broken = True
             self.behind = False
+            self._tails()
             return done
+        self._tails()  # the reads dropped segments
         self.behind = ready > self._in or safe > self._out
         while len(ages) > 1 and ages[0][1] <= self._in and ages[0][2] <= self._out:
             ages.popleft()

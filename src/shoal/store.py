@@ -325,7 +325,7 @@ class Store:
                 ledger.added_keys.append(key)
                 ledger.added_versions.append(version)
                 if (
-                    ledger.sealed + len(ledger.removed_keys) > FOLD_BACKSTOP
+                    ledger.removed_sealed + len(ledger.removed_keys) > FOLD_BACKSTOP
                     and ledger.removals_pending() > FOLD_BACKSTOP
                 ):
                     ledger.fold(now, FOLD_SLICE, ripe=0.0)  # see FOLD_BACKSTOP
@@ -365,9 +365,8 @@ class Store:
         else:
             ledger.added_keys.append(key)
             ledger.added_versions.append(version)
-            if ledger.sealed + len(ledger.added_keys) > FOLD_BACKSTOP + len(
-                data
-            ) and ledger.additions_pending() > FOLD_BACKSTOP + len(data):
+            most = FOLD_BACKSTOP + len(data)
+            if ledger.added_sealed + len(ledger.added_keys) > most and ledger.additions_pending() > most:
                 ledger.fold(now, FOLD_SLICE, ripe=0.0)  # see FOLD_BACKSTOP
         policy = self.policy
         if policy is not None:
