@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from shoal import Cache
 from shoal.cache import hosted
-from shoal.clock import NODE_BITS, HybridClock, version_ms
+from shoal.clock import NODE_BITS, NODE_MASK, HybridClock, version_ms
 from shoal.errors import InvalidEntry
 from shoal.messages import Ops
 from shoal.replication import digests, op_to_wire, ops_from_wire
@@ -374,6 +374,51 @@ def test_a_batch_checked_a_column_at_a_time_is_refused_exactly_when_one_entry_al
         expected = None
     try:
         got: list[float] | None = check_peer_entries(keys, expires, versions, now, 1.0)
+    except InvalidEntry:
+        got = None
+    assert got == expected
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-5, 2**40)),
+            st.one_of(st.integers(-5, 2**64), st.just(1.5)),
+            st.one_of(st.integers(-5, 2**65), st.just("node")),
+        ),
+        max_size=6,
+    ),
+    st.floats(0.0, 5.0),
+)
+def test_a_chunk_checked_on_its_hlc_column_is_refused_exactly_when_one_entry_alone_would_be(
+    rows: list[tuple[Any, Any, Any]], skew: float
+) -> None:
+    """The warm boot's path (``joined_versions``, then ``check_peer_entries`` with its bound)
+    against the plain one: each version joined and checked on its own, then the batch."""
+    from shoal.clock import MAX_HLC
+    from shoal.validation import check_expiry, check_peer_entries, check_version, joined_versions, version_limit
+
+    now = 1_700_000_000.0
+    expires, hlcs, nodes = [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
+    keys = [f"k{i}" for i in range(len(rows))]
+
+    def one_by_one() -> list[float]:
+        versions = []
+        for hlc, node in zip(hlcs, nodes, strict=True):
+            if not (type(hlc) is int and type(node) is int and 0 <= hlc <= MAX_HLC and 0 <= node <= NODE_MASK):
+                raise InvalidEntry("a version is two unsigned 64-bit ints")
+            versions.append(hlc << NODE_BITS | node)
+        for version in versions:
+            check_version(version, version_limit(now, skew))
+        return [check_expiry(e, now) for e in expires]
+
+    try:
+        expected: list[float] | None = one_by_one()
+    except InvalidEntry:
+        expected = None
+    try:
+        versions, newest = joined_versions(hlcs, nodes)
+        got: list[float] | None = check_peer_entries(keys, expires, versions, now, skew, newest)
     except InvalidEntry:
         got = None
     assert got == expected

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +23,7 @@ from shoal.errors import ProtocolError
 from shoal.messages import DumpChunk, DumpEnd, DumpRequest, SizeReply, SizeRequest
 from shoal.serializer import MsgpackSerializer
 from shoal.store import DELETE, NEVER, WALK_SLICE, WRITE, Store, Walk
+from shoal.validation import MAX_KEY_SIZE
 from shoal.warmboot import CHUNK, CHUNK_SLICES, choose_donors, columns_from_wire, dump_columns, dump_stream
 from shoal.wire import DEFAULT_MAX_FRAME, FrameDecoder
 from tests.support.cluster import Cluster, Member, cluster, wait_until
@@ -126,9 +128,16 @@ def chunk_of(store: Store, inline: bool = True) -> DumpChunk:
 
 def test_a_chunk_read_from_the_wire_gives_back_the_donors_versions() -> None:
     store = store_with(3)
-    keys, values, expires, versions = columns_from_wire(chunk_of(store))
+    keys, values, expires, versions, newest = columns_from_wire(chunk_of(store))
     assert versions == [store.data[k].version for k in keys]
+    assert max(versions) <= newest and newest >> NODE_BITS == max(versions) >> NODE_BITS
     assert values == ["v0", "v1", "v2"] and expires == [NEVER] * 3
+
+
+def load_chunk(view: Replica, chunk: DumpChunk, now: float) -> int:
+    """What the booter does with a chunk: its columns from the wire, then the load."""
+    keys, values, expires, versions, newest = columns_from_wire(chunk)
+    return view.load(keys, values, expires, versions, not chunk.inline, now, newest)
 
 
 @pytest.mark.parametrize(
@@ -136,16 +145,22 @@ def test_a_chunk_read_from_the_wire_gives_back_the_donors_versions() -> None:
     [
         {"values": ["only one"]},
         {"keys": [("a", "tuple"), "k1", "k2"]},
-        {"expires": ["soon", NEVER, NEVER]},  # a NaN is refused where entries are applied (check_peer_entries)
+        {"keys": ["k0", "k1", "x" * (MAX_KEY_SIZE + 1)]},
+        {"expires": ["soon", NEVER, NEVER]},
+        {"expires": [math.nan, NEVER, NEVER]},
+        {"expires": [-math.inf, math.inf, NEVER]},
         {"hlcs": [-1, 1, 2]},
+        {"hlcs": [1, 2, (2**63 - 1)]},  # a version from the future
         {"nodes": [1 << 64, 1, 2]},
         {"inline": False},  # then values must be serialized bytes
     ],
 )
-def test_a_malformed_chunk_is_a_protocol_error(change: dict[str, Any]) -> None:
+def test_a_malformed_chunk_is_a_protocol_error_and_nothing_of_it_is_applied(change: dict[str, Any]) -> None:
     chunk = dataclasses.replace(chunk_of(store_with(3)), **change)
+    booter, view = member_cache(3)
     with pytest.raises(ProtocolError):
-        columns_from_wire(chunk)
+        load_chunk(view, chunk, time.time())
+    assert len(booter) == 0
 
 
 def test_an_older_dump_entry_never_overwrites_a_live_write_that_arrived_first() -> None:
@@ -162,8 +177,7 @@ def test_an_older_dump_entry_never_overwrites_a_live_write_that_arrived_first() 
     booter_view.apply([op for op in ops_of(writer_view) if op[1] in ("k3", "k5")], now)  # the live writes arrive first
 
     assert isinstance(chunk, DumpChunk)
-    keys, values, expires, versions = columns_from_wire(chunk)
-    applied = booter_view.load(keys, values, expires, versions, False, now)
+    applied = load_chunk(booter_view, chunk, now)
 
     assert applied == 8
     assert booter.get("k3") == "live"

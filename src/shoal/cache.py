@@ -665,16 +665,23 @@ class Replica:
         return applied, ignored
 
     def load(
-        self, keys: list[Key], values: list[Any], expires: list[float], versions: list[int], packed: bool, wall: float
+        self,
+        keys: list[Key],
+        values: list[Any],
+        expires: list[Any],
+        versions: list[int],
+        packed: bool,
+        wall: float,
+        newest: int | None = None,
     ) -> int:
         cache = self._cache
-        expires = check_peer_entries(keys, expires, versions, wall, cache.max_clock_skew)
+        checked = check_peer_entries(keys, expires, versions, wall, cache.max_clock_skew, newest)
         if packed:
             values = list(_decode(cache._serializer, values))
         with cache._lock:
             if versions:
-                cache._clock.observe(max(versions))
-            applied = self._store.load(keys, values, expires, versions, wall)
+                cache._clock.observe(max(versions) if newest is None else newest)  # its hlc is the newest's
+            applied = self._store.load(keys, values, checked, versions, wall)
         self._applied += applied
         return applied
 

@@ -71,9 +71,17 @@ class ReplicaView(Protocol):
         ...
 
     def load(
-        self, keys: list[Key], values: list[Any], expires: list[float], versions: list[int], packed: bool, wall: float
+        self,
+        keys: list[Key],
+        values: list[Any],
+        expires: list[Any],
+        versions: list[int],
+        packed: bool,
+        wall: float,
+        newest: int | None = None,
     ) -> int:
-        """Merge a warm-boot dump chunk by version; returns how many entries were applied."""
+        """Check a warm-boot dump chunk whole (``check_peer_entries``; ``newest`` as it takes it),
+        then merge it by version; returns how many entries were applied."""
         ...
 
     def sweep(self, wall: float) -> int:

@@ -46,7 +46,7 @@ from .messages import DumpChunk, DumpEnd, DumpFrom, DumpRequest, Message, SizeRe
 from .positions import vector_from_wire, vector_to_wire
 from .replica import Op, ReplicaView
 from .store import Entry, Key
-from .validation import check_key_types, versions_from_wire
+from .validation import joined_versions
 from .wire import encode
 
 log = logging.getLogger("shoal")
@@ -110,17 +110,18 @@ def dump_columns(
     return keys, values, expires, hlcs, nodes
 
 
-def columns_from_wire(msg: DumpChunk) -> tuple[list[Key], list[Any], list[float], list[int]]:
-    """Check a chunk a column at a time (C-speed passes), then build versions."""
+def columns_from_wire(msg: DumpChunk) -> tuple[list[Key], list[Any], list[Any], list[int], int]:
+    """A chunk's columns (keys, values, expires, versions, newest): the versions joined and
+    checked (``joined_versions``), the values' type checked. Keys and expiries are only
+    passed on, to the one check that they meet before anything is applied
+    (``ReplicaView.load``: ``check_peer_entries``), not passed over twice."""
     n = len(msg.keys)
     if not len(msg.values) == len(msg.expires) == len(msg.hlcs) == len(msg.nodes) == n:
         raise ProtocolError("dump chunk columns differ in length")
-    check_key_types(msg.keys)
     if not msg.inline and not set(map(type, msg.values)) <= {bytes}:
         raise ProtocolError("serialized dump values must be bytes")
-    if not set(map(type, msg.expires)) <= {float, int}:
-        raise ProtocolError("dump chunk expiries must be numbers")  # which ones: check_peer_entries
-    return msg.keys, msg.values, msg.expires, versions_from_wire(msg.hlcs, msg.nodes)
+    versions, newest = joined_versions(msg.hlcs, msg.nodes)
+    return msg.keys, msg.values, msg.expires, versions, newest
 
 
 def dump_stream(
@@ -300,8 +301,8 @@ class Booter:
                 return []  # a stream we gave up on
             # A chunk we refuse (InvalidEntry) raises: the driver closes the connection, the
             # donor is down for us, and member_down moves the boot on to the next donor.
-            keys, values, expires, versions = columns_from_wire(msg)
-            self.replicas[boot.cache].load(keys, values, expires, versions, not msg.inline, wall)
+            keys, values, expires, versions, newest = columns_from_wire(msg)
+            self.replicas[boot.cache].load(keys, values, expires, versions, not msg.inline, wall, newest)
             before = boot.streamed
             boot.streamed += len(keys)
             boot.stream_due = now + self.warm_timeout  # a stall timeout: a long healthy dump is not cut off

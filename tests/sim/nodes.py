@@ -104,11 +104,17 @@ class SimMember:
             return apply(ops, wall)
 
         def logged_load(
-            keys: list[Any], values: list[Any], expires: list[float], versions: list[int], packed: bool, wall: float
+            keys: list[Any],
+            values: list[Any],
+            expires: list[Any],
+            versions: list[int],
+            packed: bool,
+            wall: float,
+            newest: int | None = None,
         ) -> int:
             for key, value, exp, version in zip(keys, values, expires, versions, strict=True):
                 self.log.append((WRITE, key, value if packed else msgpack.packb(value), exp, version))
-            return load(keys, values, expires, versions, packed, wall)
+            return load(keys, values, expires, versions, packed, wall, newest)
 
         replica.apply = logged_apply  # type: ignore[method-assign]
         replica.load = logged_load  # type: ignore[method-assign]
