@@ -21,6 +21,13 @@ Layouts:
                     index into a per-store table (in the packed small int)
   struct6           msgspec Struct(gc=False): key, value, expires (a float), version, freq, queue
   struct3-packed    msgspec Struct(gc=False): value, expiry ms and hlc packed in one int, meta
+  columns           no object per entry: the dict maps key -> slot number, and the slot
+                    indexes columns beside it: values and keys (lists), expiry (array 'd'),
+                    hlc and node id (array 'Q'), eviction state (array 'B')
+
+Each child then times a hit ``get`` on its own structure (200,000 random keys, equal but
+distinct str objects, the entry's expiry checked and its eviction count bumped as shoal's
+``get`` does; median of 5 passes): what the layout costs the read path, in the same heap.
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ from typing import Any
 
 from harness import Member, environment, format_table, rss, save
 
-LAYOUTS = ["dict", "shoal.Cache", "float5", "float3", "float3-hlc", "struct6", "struct3-packed"]
+LAYOUTS = ["dict", "shoal.Cache", "float5", "float3", "float3-hlc", "struct6", "struct3-packed", "columns"]
 
 
 def build(layout: str, n: int) -> Any:
@@ -99,6 +106,22 @@ def build(layout: str, n: int) -> Any:
         exp_ms = int((now + 3600) * 1000)
         for i, (k, v) in enumerate(zip(keys, values, strict=True)):
             table[k] = S3(v, (exp_ms << 64) | (hlc0 + i), 0)
+    elif layout == "columns":
+        from array import array
+
+        for i, k in enumerate(keys):
+            table[k] = i
+        columns = {
+            "keys": list(keys),
+            "values": list(values),
+            "expires": array("d", [now + 3600]) * n,
+            "hlcs": array("Q", range(hlc0, hlc0 + n)),
+            "nodes": array("Q", [node]) * n,
+            "meta": array("B", bytes(n)),
+        }
+        wheel.extend(keys)
+        queue.extend(keys)
+        return table, wheel, queue, columns
     else:
         raise ValueError(layout)
     wheel.extend(keys)
@@ -106,10 +129,94 @@ def build(layout: str, n: int) -> Any:
     return table, wheel, queue
 
 
+def getter(layout: str, held: Any) -> Any:
+    """A hit ``get`` for the layout: the value if the entry is live, its eviction count bumped."""
+    import time
+
+    wall = time.time
+    if layout == "dict":
+        return held.get
+    if layout == "shoal.Cache":
+        return held.get
+    table = held[0]
+    lookup = table.get
+    if layout == "columns":
+        columns = held[3]
+        expires, values, meta = columns["expires"], columns["values"], columns["meta"]
+
+        def get_columns(key: str, default: Any = None) -> Any:
+            slot = lookup(key)
+            if slot is not None and expires[slot] > wall():
+                if meta[slot] < 3:
+                    meta[slot] += 1
+                return values[slot]
+            return default
+
+        return get_columns
+    if layout == "struct6":
+
+        def get_struct6(key: str, default: Any = None) -> Any:
+            entry = lookup(key)
+            if entry is not None and entry.expires > wall():
+                if entry.freq < 3:
+                    entry.freq += 1
+                return entry.value
+            return default
+
+        return get_struct6
+    if layout == "struct3-packed":
+
+        def get_struct3(key: str, default: Any = None) -> Any:
+            entry = lookup(key)
+            if entry is not None and entry.stamp >> 64 > wall() * 1000.0:
+                if entry.meta < 3:
+                    entry.meta += 1
+                return entry.value
+            return default
+
+        return get_struct3
+    if layout == "float5":
+
+        def get_float5(key: str, default: Any = None) -> Any:
+            entry = lookup(key)
+            if entry is not None and entry > wall():
+                if entry.freq < 3:
+                    entry.freq += 1
+                return entry.value
+            return default
+
+        return get_float5
+
+    def get_float3(key: str, default: Any = None) -> Any:
+        entry = lookup(key)
+        if entry is not None and entry > wall():
+            if entry.meta < 3:
+                entry.meta += 1
+            return entry.value
+        return default
+
+    return get_float3
+
+
 def child(layout: str, n: int) -> None:
+    import json
+    import random
+    import time
+
     before = rss()
     held = build(layout, n)
-    print(f"{(rss() - before) / n:.1f}", flush=True)
+    per_item = (rss() - before) / n
+    get = getter(layout, held)
+    rng = random.Random(7)
+    probes = [f"user:{rng.randrange(n):06d}" for _ in range(200_000)]
+    assert all(get(k) is not None for k in probes[:1000])
+    passes = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        for k in probes:
+            get(k)
+        passes.append((time.perf_counter() - t0) / len(probes) * 1e9)
+    print(json.dumps({"bytes": per_item, "get_ns": statistics.median(passes)}), flush=True)
     del held
 
 
@@ -123,19 +230,29 @@ def main() -> int:
         child(args.child, args.n)
         return 0
     per_item: dict[str, list[float]] = {layout: [] for layout in LAYOUTS}
+    get_ns: dict[str, list[float]] = {layout: [] for layout in LAYOUTS}
     for _ in range(args.rounds):
         for layout in LAYOUTS:
             m = Member("bench/entry_memory.py", "--child", layout, "--n", str(args.n), hello=True, timeout=600)
-            per_item[layout].append(float(m.hello))
+            per_item[layout].append(float(m.hello["bytes"]))
+            get_ns[layout].append(float(m.hello["get_ns"]))
             m.stop()
     base = statistics.median(per_item["dict"])
     rows = []
     for layout in LAYOUTS:
-        xs = per_item[layout]
+        xs, gs = per_item[layout], get_ns[layout]
         mid = statistics.median(xs)
-        rows.append([layout, f"{mid:.0f} [{min(xs):.0f}-{max(xs):.0f}]", f"{mid - base:.0f}", f"{mid / base:.2f}x"])
+        rows.append(
+            [
+                layout,
+                f"{mid:.0f} [{min(xs):.0f}-{max(xs):.0f}]",
+                f"{mid - base:.0f}",
+                f"{mid / base:.2f}x",
+                f"{statistics.median(gs):.0f} [{min(gs):.0f}-{max(gs):.0f}]",
+            ]
+        )
     table = format_table(
-        ["layout", "bytes/item, median [min-max]", "over dict", "x dict"],
+        ["layout", "bytes/item, median [min-max]", "over dict", "x dict", "get ns, median [min-max]"],
         rows,
         title=f"Memory of {args.n:,} short strings per entry layout (RSS growth, keys and values included)",
         notes=[
