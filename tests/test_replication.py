@@ -18,7 +18,7 @@ from shoal.clock import COUNTER_BITS, NODE_BITS, HybridClock
 from shoal.errors import ProtocolError
 from shoal.membership import Membership
 from shoal.messages import CatchUp, CaughtUp, Digest, Listing, Pull, Resume, Resumed, Stream
-from shoal.positions import WriteLog, op_bytes
+from shoal.positions import WriteLog, op_bytes, ops_bytes
 from shoal.replica import Op
 from shoal.replication import (
     BATCH_BYTES,
@@ -30,8 +30,10 @@ from shoal.replication import (
     bucket_of,
     differing,
     digests,
+    op_size,
     op_to_wire,
     ops_from_wire,
+    ops_size,
     ops_to_wire,
     to_pull,
 )
@@ -345,6 +347,42 @@ def test_any_faults_leave_every_live_member_with_the_last_writer_wins_contents(
 
 
 # -- bounded in bytes, bounded per peer ---------------------------------------------------------------
+
+
+OPS = st.lists(
+    st.one_of(
+        st.tuples(
+            st.just(WRITE),
+            st.one_of(st.text(max_size=20), st.binary(max_size=20), st.integers(-(2**63), 2**64 - 1)),
+            st.binary(max_size=300),
+            st.just(NEVER),
+            st.integers(0, 2**127),
+        ),
+        st.tuples(st.just(DELETE), st.text(max_size=20), st.none(), st.just(NEVER), st.integers(0, 2**127)),
+        st.tuples(st.just(CLEAR), st.just(b""), st.none(), st.just(NEVER), st.integers(0, 2**127)),
+    ),
+    max_size=30,
+)
+
+
+@given(OPS)
+def test_a_batch_is_sized_in_column_passes_exactly_as_op_by_op(ops: list[Op]) -> None:
+    """The flush's fast sizes (on the wire, in the log) against the per-op functions they replace."""
+    assert ops_size(ops_to_wire(ops)) == sum(map(op_size, ops_to_wire(ops)))
+    assert ops_bytes(ops) == sum(map(op_bytes, ops))
+
+
+def test_a_flush_of_mixed_ops_over_the_byte_bound_is_cut_into_frames_of_at_most_the_bound() -> None:
+    replicator, cache, queued = _replicator([2])
+    replicator.batch_bytes = 20_000
+    for i in range(100):
+        cache.set(f"k{i}" if i % 3 else i, b"x" * 1000)
+        if i % 10 == 0:
+            cache.delete(f"k{i + 1}")
+    sends = replicator.outgoing("c", queued, time.time())
+    ops = [op for send in sends for op in send.msg.ops]
+    assert len(ops) == len(queued) and [op[1] for op in ops] == [op[1] for op in queued]
+    assert len(sends) > 1 and all(ops_size(send.msg.ops) <= 20_000 for send in sends)
 
 
 def test_writes_of_large_values_flush_in_batches_that_each_fit_a_frame() -> None:

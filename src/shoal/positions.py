@@ -24,7 +24,8 @@ from __future__ import annotations
 import bisect
 import sys
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from operator import itemgetter
 from typing import Any
 
 from .errors import ProtocolError
@@ -46,6 +47,22 @@ def op_bytes(op: Op) -> int:
     """What holding ``op`` in a log costs in memory, keys included (a 4 KiB key is 4 KiB)."""
     packed = op[2]
     return OP_OVERHEAD + sys.getsizeof(op[1]) + (sys.getsizeof(packed) if packed is not None else 0)
+
+
+def ops_bytes(ops: Sequence[Op]) -> int:
+    """``sum(map(op_bytes, ops))`` in C-level passes, no Python call per op: every flush
+    logs its writes."""
+    values = list(map(_VALUE, ops))
+    return (
+        OP_OVERHEAD * len(ops)
+        + sum(map(sys.getsizeof, map(_KEY, ops)))
+        + sum(map(sys.getsizeof, values))
+        - values.count(None) * _NONE_SIZE
+    )
+
+
+_KEY, _VALUE = itemgetter(1), itemgetter(2)
+_NONE_SIZE = sys.getsizeof(None)
 
 
 class _Origin:
@@ -110,7 +127,7 @@ class WriteLog:
         state.end = start + len(ops)
         if self.limit > 0:
             batch = tuple(ops)
-            size = sum(map(op_bytes, batch))
+            size = ops_bytes(batch)
             state.batches.append((start, batch))
             self._order.append((state, size))
             self.size += size

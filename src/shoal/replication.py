@@ -73,6 +73,7 @@ from collections import deque
 from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass, field
 from itertools import compress
+from operator import itemgetter
 from typing import Any
 
 from .actions import Action, Broadcast, Send
@@ -113,6 +114,7 @@ _WIRE_OP_OVERHEAD = 40  # msgpack framing of one op besides its key and value
 _PULL_SLICE = 16  # keys looked up between checks of the byte budget
 _MASK64 = (1 << 64) - 1
 _KINDS = frozenset((WRITE, DELETE, CLEAR))
+_KEY, _VALUE = itemgetter(1), itemgetter(2)
 
 
 def op_to_wire(op: Op) -> list[Any]:
@@ -164,6 +166,19 @@ def op_size(wire_op: list[Any]) -> int:
     """Roughly the bytes of one op on the wire (its value and key dominate)."""
     key, packed = wire_op[1], wire_op[2]
     return _WIRE_OP_OVERHEAD + (len(packed) if packed is not None else 0) + (len(key) if type(key) is not int else 8)
+
+
+def ops_size(wire_ops: list[list[Any]]) -> int:
+    """``sum(map(op_size, wire_ops))``, in C-level passes when every op carries a value and a
+    str or bytes key (a run of writes, what a flush holds): a flush sizes every write."""
+    try:
+        return (
+            _WIRE_OP_OVERHEAD * len(wire_ops)
+            + sum(map(len, map(_VALUE, wire_ops)))  # TypeError: a delete's None
+            + sum(map(len, map(_KEY, wire_ops)))  # TypeError: an int key
+        )
+    except TypeError:
+        return sum(map(op_size, wire_ops))
 
 
 def _split(version: int) -> list[int]:
@@ -433,8 +448,13 @@ class Replicator:
         wire_ops = ops_to_wire(ops)
         actions: list[Broadcast] = []
         queued = self._flushing
-        for i, j in spans(map(op_size, wire_ops), self.batch_bytes, self.batch):
-            size = sum(map(op_size, wire_ops[i:j]))
+        total = ops_size(wire_ops)
+        if total <= self.batch_bytes and len(wire_ops) <= self.batch:
+            cuts: Iterable[tuple[int, int]] = [(0, len(wire_ops))]  # one frame, the common case
+        else:
+            cuts = spans(map(op_size, wire_ops), self.batch_bytes, self.batch)
+        for i, j in cuts:
+            size = total if j - i == len(wire_ops) else ops_size(wire_ops[i:j])
             peers: list[int] = []
             for peer, feed in follows.items():
                 if feed.queued or feed.cursor != first + i:
@@ -771,7 +791,7 @@ class Replicator:
             feed.cursor = start + len(ops)
             if ops:
                 wire = ops_to_wire(ops)
-                sent = sum(map(op_size, wire))
+                sent = ops_size(wire)
                 out.append(Send(peer, Stream(feed.cache, feed.origin, start, wire)))
                 figures["catchup_ops_sent"] += len(ops)
                 figures["ops_sent"] += len(ops)
@@ -797,7 +817,7 @@ class Replicator:
         while job.pos < len(job.keys) and size < budget and len(wire) < self.batch:
             more = ops_to_wire(replica.ops_for(job.keys[job.pos : job.pos + _PULL_SLICE], wall))
             job.pos += _PULL_SLICE
-            size += sum(map(op_size, more))
+            size += ops_size(more)
             wire += more
         if wire:
             out.append(Send(peer, Ops(job.cache, wire)))
