@@ -8,17 +8,18 @@ that breaks a rule is refused whole, before it touches the store or the clock.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
 import pytest
 from conftest import FakeClock
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from shoal import Cache
 from shoal.cache import hosted
-from shoal.clock import NODE_BITS, NODE_MASK, HybridClock, version_ms
+from shoal.clock import MAX_HLC, NODE_BITS, NODE_MASK, HybridClock, version_ms
 from shoal.errors import InvalidEntry
 from shoal.messages import Ops
 from shoal.replication import digests, op_to_wire, ops_from_wire
@@ -343,12 +344,27 @@ def test_every_write_the_api_accepts_crosses_the_wire_and_gives_the_peer_an_equa
         assert (theirs.version, float(theirs)) == (mine.version, float(mine))
 
 
+CHECKED_AT = 1_700_000_000.0
+EXPIRIES = st.one_of(
+    # Good ones (half the draws, so a batch of good entries is common) and each edge of a bad one.
+    st.sampled_from([math.inf, 0.0, 5, CHECKED_AT + 1.0, CHECKED_AT + 3600.0, CHECKED_AT + MAX_TTL]),
+    st.sampled_from([math.nan, -math.inf, -1.0, -1, CHECKED_AT + 2 * MAX_TTL, 1e306, "soon", None]),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.integers(-5, 2**40),
+)
+
+
 @given(
     st.lists(
         st.tuples(
             st.one_of(st.text(max_size=8), st.binary(max_size=4), st.integers(-(2**70), 2**70)),
-            st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-5, 2**40)),
-            st.integers(-5, 2**130),
+            EXPIRIES,
+            st.one_of(
+                st.builds(
+                    lambda h, n: h << NODE_BITS | n, st.integers(0, hlc_at(CHECKED_AT + 3)), st.integers(0, NODE_MASK)
+                ),
+                st.integers(-5, 2**130),
+            ),
         ),
         max_size=6,
     )
@@ -358,7 +374,7 @@ def test_a_batch_checked_a_column_at_a_time_is_refused_exactly_when_one_entry_al
 ) -> None:
     from shoal.validation import check_expiry, check_peer_entries, check_peer_key, check_version, version_limit
 
-    now = 1_700_000_000.0
+    now = CHECKED_AT
     keys, expires, versions = [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
 
     def one_by_one() -> list[float]:
@@ -368,37 +384,44 @@ def test_a_batch_checked_a_column_at_a_time_is_refused_exactly_when_one_entry_al
             check_version(version, version_limit(now, 1.0))
         return [check_expiry(e, now) for e in expires]
 
-    try:
-        expected: list[float] | None = one_by_one()
-    except InvalidEntry:
-        expected = None
-    try:
-        got: list[float] | None = check_peer_entries(keys, expires, versions, now, 1.0)
-    except InvalidEntry:
-        got = None
-    assert got == expected
+    assert refused_or(lambda: check_peer_entries(keys, expires, versions, now, 1.0)) == refused_or(one_by_one)
+
+
+GOOD_EXPIRIES = st.sampled_from([math.inf, 0.0, 5, CHECKED_AT + 1.0, CHECKED_AT + 3600.0, CHECKED_AT + MAX_TTL])
+BAD_EXPIRIES = st.sampled_from([math.nan, -math.inf, -1.0, -1, CHECKED_AT + 2 * MAX_TTL, 1e306, "soon", None])
+AT_LIMIT, BEYOND = "at the limit", "a millisecond beyond it"  # the hlc max_clock_skew allows, and one past
 
 
 @given(
     st.lists(
-        st.tuples(
-            st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-5, 2**40)),
-            st.one_of(st.integers(-5, 2**64), st.just(1.5)),
-            st.one_of(st.integers(-5, 2**65), st.just("node")),
-        ),
+        st.tuples(GOOD_EXPIRIES, st.integers(0, hlc_at(CHECKED_AT)) | st.just(AT_LIMIT), st.integers(0, NODE_MASK)),
         max_size=6,
     ),
+    st.none()
+    | st.tuples(st.just(0), BAD_EXPIRIES)
+    | st.tuples(st.just(1), st.sampled_from([BEYOND, MAX_HLC + 1, -1, 2**64, 1.5, True, "hlc"]))
+    | st.tuples(st.just(2), st.sampled_from([-1, NODE_MASK + 1, 1.5, "node"])),
+    st.integers(0, 5),
     st.floats(0.0, 5.0),
 )
+@example([(5, 0, 1), (5, 0, 1)], (0, math.nan), 1, 1.0)  # a NaN past a finite expiry: min and max miss it
+@settings(max_examples=300)
 def test_a_chunk_checked_on_its_hlc_column_is_refused_exactly_when_one_entry_alone_would_be(
-    rows: list[tuple[Any, Any, Any]], skew: float
+    good: list[tuple[Any, Any, Any]], defect: tuple[int, Any] | None, where: int, skew: float
 ) -> None:
     """The warm boot's path (``joined_versions``, then ``check_peer_entries`` with its bound)
-    against the plain one: each version joined and checked on its own, then the batch."""
-    from shoal.clock import MAX_HLC
+    against the plain one: each version joined and checked on its own, then the batch. Good
+    rows, at most one of them with one bad column, and versions at and past the clock's limit."""
     from shoal.validation import check_expiry, check_peer_entries, check_version, joined_versions, version_limit
 
-    now = 1_700_000_000.0
+    now = CHECKED_AT
+    limit_hlc = version_limit(now, skew) >> NODE_BITS
+    rows = [list(row) for row in good]
+    if defect is not None and rows:
+        column, bad = defect
+        rows[where % len(rows)][column] = bad
+    for row in rows:
+        row[1] = {AT_LIMIT: limit_hlc, BEYOND: limit_hlc + 1}.get(row[1], row[1]) if type(row[1]) is str else row[1]
     expires, hlcs, nodes = [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
     keys = [f"k{i}" for i in range(len(rows))]
 
@@ -412,13 +435,16 @@ def test_a_chunk_checked_on_its_hlc_column_is_refused_exactly_when_one_entry_alo
             check_version(version, version_limit(now, skew))
         return [check_expiry(e, now) for e in expires]
 
-    try:
-        expected: list[float] | None = one_by_one()
-    except InvalidEntry:
-        expected = None
-    try:
+    def on_the_hlc_column() -> list[float]:
         versions, newest = joined_versions(hlcs, nodes)
-        got: list[float] | None = check_peer_entries(keys, expires, versions, now, skew, newest)
+        return check_peer_entries(keys, expires, versions, now, skew, newest)
+
+    assert refused_or(on_the_hlc_column) == refused_or(one_by_one)
+
+
+def refused_or(check: Callable[[], list[float]]) -> list[float] | None:
+    """What a check gives back, or None if it refused (``InvalidEntry``)."""
+    try:
+        return check()
     except InvalidEntry:
-        got = None
-    assert got == expected
+        return None
