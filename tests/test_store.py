@@ -409,10 +409,20 @@ CHUNK_KEYS = st.sampled_from([f"k{i}" for i in range(6)] + [b"k0", 7])
 CHUNK_EXPIRIES = st.sampled_from([NEVER, NOW + 30, NOW + 30.5, NOW + 31, NOW - 1, NOW])
 
 
+HELD_BEFORE = st.tuples(st.just(WRITE), CHUNK_KEYS, st.integers(0, 9), st.sampled_from([NEVER, NOW + 30]))
+"""A live entry for one of the chunk's keys: the case a chunk merged in bulk must not overwrite."""
+CHUNK_OP = st.one_of(
+    HELD_BEFORE,
+    st.tuples(st.just(DELETE), CHUNK_KEYS, st.none(), st.just(NEVER)),
+    st.tuples(st.just(CLEAR), st.just(b""), st.none(), st.just(NEVER)),
+)
+
+
 @st.composite
 def chunks(draw: st.DrawFn) -> tuple[list[Any], list[Any], list[Any]]:
-    """Prior ops on the store, then a dump chunk (keys may repeat, expiries may be past)."""
-    prior = draw(st.lists(OP, max_size=6))
+    """Prior ops on the store (on the chunk's keys too: a live write or a second donor got there
+    first, newer or older), then a dump chunk (keys may repeat, expiries may be past)."""
+    prior = draw(st.lists(st.one_of(HELD_BEFORE, CHUNK_OP, OP), max_size=6))
     rows = draw(st.lists(st.tuples(CHUNK_KEYS, st.integers(0, 9), CHUNK_EXPIRIES), min_size=1, max_size=10))
     versions = draw(
         st.lists(st.integers(1, 10**6), min_size=len(prior) + len(rows), max_size=len(prior) + len(rows), unique=True)
@@ -436,6 +446,31 @@ def test_loading_a_chunk_ends_in_the_state_of_writing_its_unexpired_entries_one_
     assert applied == expected
     assert state(loaded) == state(written)
     assert dict(loaded.evicted) == dict(written.evicted)
+    assert count_live(loaded, NOW + 30.25) == count_live(written, NOW + 30.25)
+
+
+@given(
+    st.lists(HELD_BEFORE, min_size=1, max_size=4),
+    st.lists(st.tuples(CHUNK_KEYS, st.integers(0, 9), st.sampled_from([NEVER, NOW + 30])), min_size=1, max_size=8),
+    st.data(),
+)
+def test_a_chunk_naming_keys_held_already_keeps_whichever_version_is_newer(
+    held: list[Any], rows: list[Any], data: st.DataObject
+) -> None:
+    """The bulk merge's case: a chunk of distinct keys, some held already by a newer or an older write."""
+    rows = list({row[0]: row for row in rows}.values())  # each key once: the chunk the bulk merge takes
+    versions = data.draw(
+        st.lists(st.integers(1, 10**6), min_size=len(held) + len(rows), max_size=len(held) + len(rows), unique=True)
+    )
+    loaded, written = Store(tombstone_ttl=60), Store(tombstone_ttl=60)
+    for op, version in zip(held, versions, strict=False):
+        apply(loaded, (*op, version))
+        apply(written, (*op, version))
+    chunk = [(*row, v) for row, v in zip(rows, versions[len(held) :], strict=True)]
+    keys, values, expires, chunk_versions = (list(col) for col in zip(*chunk, strict=True))
+    applied = loaded.load(keys, values, expires, chunk_versions, NOW)
+    assert applied == sum(written.write(k, v, e, ver, NOW) for k, v, e, ver in chunk)
+    assert state(loaded) == state(written)
     assert count_live(loaded, NOW + 30.25) == count_live(written, NOW + 30.25)
 
 
