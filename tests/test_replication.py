@@ -85,6 +85,9 @@ def test_a_batch_of_ops_takes_the_wire_form_of_each_op(ops: list[Op]) -> None:
         [[WRITE, "k", b"v", None, 1, 2], [DELETE, "k", None, None, 1]],  # one op of five among sixes
         [[WRITE, "k", b"v", None, -1, 2]],  # negative version
         [[WRITE, "k", b"v", None, 1 << 64, 2]],  # version too large
+        [[DELETE, "k", 5, None, 1, 2]],  # a delete carries no value (relaying it from the log failed)
+        [[WRITE, "k", b"v", None, 1, 2], [CLEAR, b"", b"x", None, 1, 2]],  # nor does a clear
+        [[WRITE, "k", b"v", 2**1100, 1, 2]],  # an expiry no float holds (was an OverflowError)
         ["not an op"],
     ],
 )

@@ -457,7 +457,8 @@ def test_loading_a_chunk_ends_in_the_state_of_writing_its_unexpired_entries_one_
 def test_a_chunk_naming_keys_held_already_keeps_whichever_version_is_newer(
     held: list[Any], rows: list[Any], data: st.DataObject
 ) -> None:
-    """The bulk merge's case: a chunk of distinct keys, some held already by a newer or an older write."""
+    """A chunk of distinct keys, some held already by a newer or an older write: the one a bulk
+    merge must not take (it goes key by key), though nothing repeats inside the chunk."""
     rows = list({row[0]: row for row in rows}.values())  # each key once: the chunk the bulk merge takes
     versions = data.draw(
         st.lists(st.integers(1, 10**6), min_size=len(held) + len(rows), max_size=len(held) + len(rows), unique=True)

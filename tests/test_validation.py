@@ -387,7 +387,7 @@ def test_a_batch_checked_a_column_at_a_time_is_refused_exactly_when_one_entry_al
     assert refused_or(lambda: check_peer_entries(keys, expires, versions, now, 1.0)) == refused_or(one_by_one)
 
 
-GOOD_EXPIRIES = st.sampled_from([math.inf, 0.0, 5, CHECKED_AT + 1.0, CHECKED_AT + 3600.0, CHECKED_AT + MAX_TTL])
+GOOD_EXPIRIES = st.sampled_from([math.inf, 0.0, 5.0, CHECKED_AT + 1.0, CHECKED_AT + 3600.0, CHECKED_AT + MAX_TTL])
 BAD_EXPIRIES = st.sampled_from([math.nan, -math.inf, -1.0, -1, CHECKED_AT + 2 * MAX_TTL, 1e306, "soon", None])
 AT_LIMIT, BEYOND = "at the limit", "a millisecond beyond it"  # the hlc max_clock_skew allows, and one past
 
@@ -404,7 +404,8 @@ AT_LIMIT, BEYOND = "at the limit", "a millisecond beyond it"  # the hlc max_cloc
     st.integers(0, 5),
     st.floats(0.0, 5.0),
 )
-@example([(5, 0, 1), (5, 0, 1)], (0, math.nan), 1, 1.0)  # a NaN past a finite expiry: min and max miss it
+@example([(5.0, 0, 1), (5.0, 0, 1)], (0, math.nan), 1, 1.0)  # a NaN past a finite expiry: min and max miss it
+@example([(math.inf, 0, 1), (math.inf, 0, 1)], (0, -math.inf), 1, 1.0)  # both infinities: their sum is NaN
 @settings(max_examples=300)
 def test_a_chunk_checked_on_its_hlc_column_is_refused_exactly_when_one_entry_alone_would_be(
     good: list[tuple[Any, Any, Any]], defect: tuple[int, Any] | None, where: int, skew: float

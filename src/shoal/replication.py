@@ -154,12 +154,20 @@ def ops_from_wire(raw: list[Any]) -> list[Op]:
     written = values if kind_set == {WRITE} else compress(values, map(WRITE.__eq__, kinds))
     if not set(map(type, written)) <= {bytes}:
         raise ProtocolError("a write carries its value as bytes")
+    # A delete or a clear carries none: one that did would be logged, and relaying it (sized by
+    # its value's length) would fail for every peer catching up from the log.
+    if kind_set != {WRITE} and not set(map(type, compress(values, map(WRITE.__ne__, kinds)))) <= {type(None)}:
+        raise ProtocolError("a delete or a clear carries no value")
     if None in expires:
         expires = tuple(NEVER if e is None else e for e in expires)
     if not set(map(type, expires)) <= {float, int}:
         raise ProtocolError("op expiry must be a number or nil")
+    try:
+        floats = list(map(float, expires))
+    except OverflowError:  # an int past any float: out of range like 1e306, refused here by type
+        raise ProtocolError("op expiry must be a number or nil") from None
     check_key_types(keys)
-    return list(zip(kinds, keys, values, map(float, expires), versions_from_wire(hlcs, nodes), strict=True))
+    return list(zip(kinds, keys, values, floats, versions_from_wire(hlcs, nodes), strict=True))
 
 
 def op_size(wire_op: list[Any]) -> int:
