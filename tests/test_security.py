@@ -277,9 +277,14 @@ AUTHENTICATED: dict[str, tuple[str, bytes, str]] = {
         "2147483648-byte frame, over the 16777216-byte limit",
     ),
     "a member sending a malformed op": ("127.0.0.1:1", encode(Ops("c", [[1, 2, 3]])), "an op is a 6-item array"),
+    "a member sending a delete that carries a value": (
+        "127.0.0.1:1",
+        encode(Ops("c", [[1, "k", b"\xc0", None, 1, 1]])),
+        "a delete or a clear carries no value",
+    ),
     "a member sending an op with a float key": (
         "127.0.0.1:1",
-        encode(Ops("c", [[1, 1.5, b"\xc0", None, 1, 1]])),
+        encode(Ops("c", [[0, 1.5, b"\xc0", None, 1, 1]])),  # a write (a delete carrying a value is refused first)
         "a key must be str, bytes or int",
     ),
     "a member sending garbage": ("127.0.0.1:1", frame(b"\x92\x0b\xc1"), "undecodable frame (FormatError)"),
