@@ -65,7 +65,7 @@ def admitted() -> tuple[Connection, SlowSocket]:
 
 
 def ops(i: int) -> Ops:
-    return Ops("c", [[1, f"k{i}", b"v" * 100_000, 0.0, i, 1]])
+    return Ops("c", [[0, f"k{i}", b"v" * 100_000, 0.0, i, 1]])  # a write of a 100 kB value
 
 
 def received(data: bytes) -> list[Message]:
