@@ -430,19 +430,16 @@ class Store:
             chunk = dict(zip(keys, entries, strict=True))
             if len(chunk) == len(keys) and data.keys().isdisjoint(chunk):
                 data.update(chunk)
-                fresh_chunk = True
-            else:
-                # setdefault inserts a key the table lacks and leaves a present one alone:
-                # one C-level pass that both files the fresh keys and finds the others.
-                placed = list(map(data.setdefault, keys, entries))
-                fresh_chunk = all(map(is_, placed, entries))
-            if fresh_chunk:
                 if self._ledger is not None:
                     self._ledger.load(keys, versions)
                 self._file_keys(keys, expires, first, max(expires))
                 if self.policy is not None:
                     self.policy.insert_many(keys, entries)
                 return len(entries)
+            # A key twice in the chunk, or held already. setdefault inserts a key the table lacks
+            # and leaves a present one alone: one C-level pass that both files the fresh keys and
+            # finds the others.
+            placed = list(map(data.setdefault, keys, entries))
             fresh = list(map(is_, placed, entries))
             new = list(compress(entries, fresh))
             new_keys, new_expires = list(compress(keys, fresh)), [float(e) for e in new]

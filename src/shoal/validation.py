@@ -211,9 +211,11 @@ def check_peer_entries(
         for key in keys:
             if type(key) is not str or not key.isascii() or len(key) > MAX_KEY_SIZE:
                 check_peer_key(key)
-    if newest is not None and newest <= limit:
-        pass
-    elif not (set(map(type, versions)) == {int} and min(versions) >= 0 and max(versions) <= limit):
+    # With a ``newest`` within the limit every version is known good; else each column pass, or
+    # each version for the precise refusal.
+    if (newest is None or newest > limit) and not (
+        set(map(type, versions)) == {int} and min(versions) >= 0 and max(versions) <= limit
+    ):
         for version in versions:
             check_version(version, limit)
     # The sum is NaN if any is NaN (or both infinities are there), which min and max would not see.
