@@ -290,6 +290,17 @@ def wait_for(predicate: Callable[[], T], timeout: float, what: str, interval: fl
     return value
 
 
+def outbox_drained(node: Any, cache: str, timeout: float = 60.0, poll: float = 0.001) -> bool:
+    """Wait until ``node``'s outbox holds no op of ``cache`` (its ``queue_depth``, polled every
+    ``poll`` seconds); False if it still holds some after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while node.stats()["caches"][cache].get("queue_depth", 0):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(poll)
+    return True
+
+
 def rss(pid: int | str = "self", field: str = "VmRSS") -> int:
     """A /proc/PID/status memory field (VmRSS, VmHWM: the peak) in bytes."""
     with open(f"/proc/{pid}/status") as f:

@@ -43,7 +43,19 @@ from typing import Any
 
 import cachebox
 import cachetools
-from harness import Cleanup, Member, RedisServer, format_table, median, ns, pct, ratio, redis_binary, redis_version
+from harness import (
+    Cleanup,
+    Member,
+    RedisServer,
+    format_table,
+    median,
+    ns,
+    outbox_drained,
+    pct,
+    ratio,
+    redis_binary,
+    redis_version,
+)
 
 import shoal
 from shoal.eviction import LRU, S3FIFO, Policy
@@ -309,12 +321,8 @@ def micro(sizes: Sizes, binary: str | None, info: dict[str, Any]) -> Results:
         cases.append(Case(row, COLUMNS[1], functools.partial(t_get, cache.get, seq_hot), sizes.ops))
 
     def drained() -> None:
-        """The node's outbox is empty (polled every ms; 60 s at most)."""
-        deadline = time.monotonic() + 60
-        while node_a.stats()["caches"]["bench"].get("queue_depth", 0):
-            if time.monotonic() > deadline:
-                raise AssertionError("the node's outbox did not drain in 60 s")
-            time.sleep(0.001)
+        if not outbox_drained(node_a, "bench"):
+            raise AssertionError("the node's outbox did not drain in 60 s")
 
     for row, cache in in_process[:3]:
         for column, seq_values in ((COLUMNS[2], seq_set_values), (COLUMNS[3], seq_set_records)):

@@ -51,7 +51,7 @@ import threading
 import time
 from typing import Any
 
-from harness import StepWatch, reply, rss, serve
+from harness import StepWatch, outbox_drained, reply, rss, serve
 
 
 def key(i: int) -> str:
@@ -192,9 +192,7 @@ def run_donor(args: argparse.Namespace) -> int:
     # outbox, then let it age past the catch-up margin, or a receiver would replay the
     # whole fill from the recent-writes log on top of the dump (it would, for real,
     # if it joined right after such a burst).
-    deadline = time.monotonic() + 60
-    while node.stats()["caches"]["c"].get("queue_depth", 0) and time.monotonic() < deadline:
-        time.sleep(0.01)
+    outbox_drained(node, "c", poll=0.01)
     try:  # how far back a catch-up reaches: max_clock_skew plus the settle window
         from shoal.replication import SETTLE
         from shoal.validation import DEFAULT_MAX_CLOCK_SKEW

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness import Member, environment, format_table, revisions, save
+from harness import Member, environment, format_table, outbox_drained, revisions, save
 
 N, OPS, TTL = 100_000, 200_000, 3600
 
@@ -52,18 +52,13 @@ def child(n: int) -> None:
     seq_k, seq_v = [f"user:{i}" for i in idx], [values[i] for i in idx]
     set_ = cache.set
 
-    def drained() -> None:
-        deadline = time.monotonic() + 60
-        while node.stats()["caches"]["bench"].get("queue_depth", 0) and time.monotonic() < deadline:
-            time.sleep(0.001)
-
     time.sleep(2.0)
-    drained()
+    outbox_drained(node, "bench")
     c0, t0 = time.process_time(), time.perf_counter()
     for k, v in zip(seq_k, seq_v, strict=True):
         set_(k, v)
     wall = time.perf_counter() - t0
-    drained()
+    outbox_drained(node, "bench")
     cpu, wall_drained = time.process_time() - c0, time.perf_counter() - t0
     box: Any = cachebox.VTTLCache(1_000_000)
     insert = box.insert
