@@ -18,7 +18,7 @@ from shoal.clock import COUNTER_BITS, NODE_BITS, HybridClock
 from shoal.errors import ProtocolError
 from shoal.membership import Membership
 from shoal.messages import CatchUp, CaughtUp, Digest, Listing, Pull, Resume, Resumed, Stream
-from shoal.positions import WriteLog, op_bytes, ops_bytes
+from shoal.positions import LIVE, WriteLog, op_bytes, ops_bytes
 from shoal.replica import Op
 from shoal.replication import (
     BATCH_BYTES,
@@ -511,6 +511,17 @@ def test_a_reconnect_asks_each_peer_from_where_it_left_off_and_is_sent_only_what
     answer = replicator.received(2, Resume("c", [1, 10]), 0.0, 0.0)
     assert [op[1] for a in answer if isinstance(a.msg, Stream) for op in a.msg.ops] == [f"k{i}" for i in range(10, 15)]
     assert answer[-1].msg == Resumed("c", 1, 15, True)
+
+
+def test_a_peer_that_starts_hosting_a_cache_we_host_is_asked_for_its_stream() -> None:
+    """Finding: a member that hosted a cache after us sent its writes to us only by a repair round
+    (16 s between two nodes): our ask, made before it hosted the cache, found no stream there."""
+    replicator, _, _ = _replicator([2])
+    replicator.settle("c", {})
+    live = replicator.received(2, Resume("c", [1, LIVE]), 0.0, 0.0)  # 2 hosts "c" from now
+    assert Resume("c", [2, 0]) in [a.msg for a in live]
+    asked_back = replicator.received(2, Resume("c", [1, 0]), 0.0, 0.0)  # a catch-up ask: not live
+    assert not [a for a in asked_back if isinstance(a.msg, Resume)], "members would ask each other back and forth"
 
 
 def test_the_writes_of_a_member_that_is_down_are_relayed_from_the_position_asked() -> None:

@@ -493,7 +493,7 @@ class Replicator:
             self.apply(msg.cache, ops_from_wire(msg.ops), wall)
             return []
         if isinstance(msg, Resume):
-            return self._resume(peer, msg, wall)
+            return self._resume(peer, msg, now, wall)
         if isinstance(msg, Resumed):
             self._resumed(peer, msg, now)
             return []
@@ -644,7 +644,7 @@ class Replicator:
             self.catching_up[(cache, origin)] = (peer, now)
         return Send(peer, Resume(cache, vector_to_wire(positions)))
 
-    def _resume(self, peer: int, msg: Resume, wall: float) -> list[Action]:
+    def _resume(self, peer: int, msg: Resume, now: float, wall: float) -> list[Action]:
         positions = vector_from_wire(msg.positions)
         if msg.cache not in self.replicas:  # not hosted here: nothing to send, nothing missed
             return [Send(peer, Resumed(msg.cache, o, max(p, 0), True)) for o, p in positions.items()]
@@ -668,7 +668,15 @@ class Replicator:
                 self.relays[key] = feed
                 feed.cursor, feed.report, feed.complete = position, True, True
             self._enqueue(peer, feed)
-        return self.pump(peer, wall)
+        actions = self.pump(peer, wall)
+        # Our stream asked for live: the peer hosts the cache from now on (it started to, or it
+        # boots it). Ask for its stream too, even if asked already: an ask made before it hosted
+        # the cache found no stream there, and its writes would reach us only by a repair round
+        # (an ask of the same positions twice costs nothing). An ask is never live, so two
+        # members do not ask each other back and forth.
+        if positions.get(self.node_id) == LIVE and msg.cache in self.settled:
+            actions.append(self._ask(msg.cache, peer, now))
+        return actions
 
     def _resumed(self, peer: int, msg: Resumed, now: float) -> None:
         key = (msg.cache, msg.origin)
