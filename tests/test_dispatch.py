@@ -397,3 +397,33 @@ def test_a_member_receiving_a_dump_folds_its_digests_at_the_tick_pace_and_fast_o
     replica, wall = core.replicas["c"], sim.now
     horizon = horizon_of(int((wall - 1.0) * 1000))
     assert replica.digests(wall, horizon) == digests(replica.entries(), wall, horizon)
+
+
+def test_a_member_streaming_a_dump_folds_its_digests_at_the_tick_pace_and_fast_only_after(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A donor fresh from a fill of 1M folded its digests every few ms while it streamed: a fifth
+    of its loop, and the booting member waited on it for 13% of its boot."""
+    monkeypatch.setattr("shoal.cache.KEEP_FROM", 0)
+    sim = Sim(seed=7)
+    a = member(sim)
+    assert sim.run_until(lambda: became_ready(sim, a), 5)
+    core = node(sim, a).core
+    node(sim, a).dump_pace = 0.4  # about 2.4 s of streaming: the fill's records ripen meanwhile
+    fill(sim, a, 6 * CHUNK)
+    b = member(sim)
+    behind_while_streaming = 0
+
+    def watch() -> bool:
+        nonlocal behind_while_streaming
+        if core._dumps_out and core.replicas["c"].behind():
+            behind_while_streaming += 1
+            assert not core.busy, "folding at the fast pace while a dump streams out"
+        return became_ready(sim, b)
+
+    assert sim.run_until(watch, 30)
+    assert behind_while_streaming  # the case arose: ripe records left while the dump streamed out
+    assert sim.run_until(lambda: not core.busy, 10)  # and the tick folds them once it is out
+    replica, wall = core.replicas["c"], sim.now
+    horizon = horizon_of(int((wall - 1.0) * 1000))
+    assert replica.digests(wall, horizon) == digests(replica.entries(), wall, horizon)
