@@ -28,7 +28,8 @@ opening a repair round reads 1,024 numbers instead of hashing millions of entrie
   ``read`` subtracts the live entries of ``recent`` at or past the round's line, adds
   the settled, live ones not folded yet (rarely any: a write of the last second is not
   settled), and subtracts the folded removals not folded yet. More pending work than
-  ``READ_MAX`` (a warm boot just loaded, a burst of writes) raises ``Behind``: the caller
+  ``READ_MAX``, or a backlog of ripe records over ``READ_BACKLOG`` (a warm boot just loaded,
+  a burst of writes) raises ``Behind``: the caller
   waits for the tick to fold it (a scan would hash every entry to learn what the fold is
   about to tell). A line at or below ``covered`` (a peer's clock far behind, a burst over
   ``RECENT_MAX``) gets None, and the caller scans as before.
@@ -49,7 +50,8 @@ import zlib
 from array import array
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from itertools import chain
+from itertools import chain, compress, repeat
+from operator import le, not_
 from typing import Any
 
 from .clock import COUNTER_BITS, NODE_BITS
@@ -72,8 +74,13 @@ SEGMENT = 1 << 15
 deletes the front of a long list (which moves the rest: 4 ms a call with 5M records queued, the
 longest step of a donor's loop after a boot)."""
 READ_MAX = 1 << 17
-"""Additions or removals not folded yet that a ``read`` takes into account (about 5 ms); more
-(a warm boot just loaded) makes it answer None, so the round scans while the tick folds."""
+"""Additions or removals not folded yet that a ``read`` takes into account; more (a warm boot
+just loaded, a burst) raises ``Behind``. Most are the last second's writes, newer than the
+round's line, which a read passes over a column at a time (``READ_BACKLOG`` bounds the rest)."""
+READ_BACKLOG = 1 << 12
+"""Records the last ``fold`` left ripe for the next (``Ledger.backlog``) past which a ``read``
+raises ``Behind``: a read hashes each settled one as a fold would (about 2 us each: 131,072
+held a loop 300 ms), where the tick, ticking fast meanwhile, folds them in a few ms."""
 KEEP_FROM = 250_000
 """Entries from which a hosted cache keeps its digests: keeping them costs about two hashes per
 write (``bench/results/setcost.txt``), a scan one per entry per round, so a smaller cache scans
@@ -83,9 +90,10 @@ RIPE = 1.0
 
 
 class Behind(Exception):
-    """A ledger has more writes to fold than a read takes into account (``READ_MAX``): ask again
-    once the tick has folded them, rather than scan. After a burst of a million writes, members
-    holding 2M entries each scanned every entry while their tick folded the same writes."""
+    """A ledger has more writes to fold than a read takes into account (``READ_MAX``,
+    ``READ_BACKLOG``): ask again once the tick has folded them, rather than scan. After a burst
+    of a million writes, members holding 2M entries each scanned every entry while their tick
+    folded the same writes."""
 
 
 def key_hash(key: Any) -> int:
@@ -216,6 +224,17 @@ class _Segments:
                 break
         return chain.from_iterable(parts)
 
+    def rest_columns(self) -> tuple[list[Any], ...]:
+        """Every record not read yet, as one list per column (nothing is consumed)."""
+        first, *others = [*self.sealed, self.tail]
+        columns = []
+        for i, column in enumerate(first):
+            rest = list(column[self.pos :])
+            for segment in others:
+                rest += segment[i]
+            columns.append(rest)
+        return tuple(columns)
+
     def rest(self) -> Iterator[tuple[Any, ...]]:
         """Every record not read yet, as rows (nothing is consumed)."""
         segments = [*self.sealed, self.tail]
@@ -271,6 +290,7 @@ class Ledger:
         self.covered = 0
         self.broken = False  # an entry no digest can hash (only by going around validation)
         self.behind = False  # the last fold left ripe records for the next one (tick again soon)
+        self.backlog = 0  # how many: ripe additions and safe removals the last fold left
         self._reset_queues()
 
     def _tails(self) -> None:
@@ -336,7 +356,7 @@ class Ledger:
         million records of a warm boot took the tick 50 s to fold, every repair round waiting).
         """
         if self.broken:
-            self.behind = False
+            self.behind, self.backlog = False, 0
             self._added.clear()
             self._removed.clear()
             self._tails()
@@ -370,11 +390,12 @@ class Ledger:
                 done += take
         except (OverflowError, ValueError):  # an expiry of inf-like size or NaN: see ``broken``
             self.broken = True
-            self.behind = False
+            self.behind, self.backlog = False, 0
             self._tails()
             return done
         self._tails()  # the reads dropped segments
-        self.behind = ready > self._in or safe > self._out
+        self.backlog = max(0, ready - self._in) + max(0, safe - self._out)
+        self.behind = self.backlog > 0
         while len(ages) > 1 and ages[0][1] <= self._in and ages[0][2] <= self._out:
             ages.popleft()
         self._prune(cutoff)
@@ -448,16 +469,25 @@ class Ledger:
         this line (a write of the last second is not: its version is past the line, so this is
         mostly a comparison each), a removal when its addition was folded.
         """
-        if self.additions_pending() > READ_MAX or self.removals_pending() > READ_MAX:
+        if self.additions_pending() > READ_MAX or self.removals_pending() > READ_MAX or self.backlog > READ_BACKLOG:
             raise Behind
         if self.broken or horizon <= self.covered:
             return None
-        added, removed = self._added.rest(), self._removed.rest()
+        added_keys, added_versions = self._added.rest_columns()
+        removed = self._removed.rest()
         get = self.table.get
+        # An addition at or past the line (most: the last second's writes) is in no sum and in
+        # none of this round's: all it does below is keep its entry out of the corrections for
+        # the recent and the expired, as ``out``. Such records are found a column at a time,
+        # not in the Python pass (1 us each); one queued twice (a forgotten eviction) takes it.
+        young_mask = list(map(le, repeat(horizon), added_versions))
+        young = set(compress(zip(added_keys, added_versions, strict=True), young_mask))
+        if len(young) != sum(young_mask):
+            young, young_mask = set(), [False] * len(added_versions)
         # What is pending, as a net count per record: +1 per addition, -1 per removal not
         # cancelled by a skipped addition (a record may come twice: a forgotten eviction).
         net: dict[tuple[Any, int], int] = {}
-        for record in added:
+        for record in compress(zip(added_keys, added_versions, strict=True), map(not_, young_mask)):
             net[record] = net.get(record, 0) + 1
         expiry: dict[tuple[Any, int], float] = {}
         skipped = dict(self._skipped)
@@ -469,11 +499,14 @@ class Ledger:
                 continue
             net[record] = net.get(record, 0) - 1
             expiry[record] = expires
+        for record in young.intersection(net):  # its entry was replaced or removed since: counted as before
+            net[record] += 1
         try:
             sums = list(self.sums)
             rows: list[tuple[Any, int, float]] = []
             counts: list[int] = []
-            out: set[tuple[Any, int]] = set()  # present entries left out here already
+            young.difference_update(net)  # those left: each one's entry is there
+            out = young  # present entries left out here already
             for record, count in net.items():
                 key, version = record
                 entry = get(key)
