@@ -115,6 +115,65 @@ def digest_costs(n: int, rounds: int = 5) -> str:
     )
 
 
+READ_CASES = (4_096, 32_768, 131_072)
+
+
+def read_child() -> None:
+    """Printed as one JSON line: what a round's read of the kept digests costs the loop (ms, best
+    of 3) with P records pending, P in ``READ_CASES``: a backlog of settled ones (the tick not
+    caught up: after a burst, a boot, a dump) and the last second's writes (newer than the line)."""
+    import json
+
+    from shoal.digest import Behind
+    from shoal.replication import settled_before
+    from shoal.store import Store
+
+    out: dict[str, dict[int, float | str]] = {"settled": {}, "young": {}}
+    for kind, p in [(k, p) for k in out for p in READ_CASES]:
+        wall = 1_800_000_000.0
+        store = Store(None)
+        store.keep_digests(0)
+        stamp = (int(wall * 1000) - 100) << 80  # a version of 100 ms ago: hlc << 64 | node, counter 0
+        for i in range(p):
+            store.write(f"user:{i:06d}", f"acct-{i:08d}", wall + TTL, stamp + (i << 64), wall)
+        ledger = store._ledger
+        assert ledger is not None
+        if kind == "settled":
+            ledger.fold(wall, 0)
+            wall += 2.0  # ripe and settled, none folded: what a fold left behind, as its backlog says
+            ledger.fold(wall, 0)
+        times: list[float] = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            try:
+                store.digests(wall + 0.5, settled_before(wall + 0.5))
+            except Behind:
+                out[kind][p] = "waits"
+                break
+            times.append((time.perf_counter() - t0) * 1000)
+        else:
+            out[kind][p] = min(times)
+    print(json.dumps(out), flush=True)
+
+
+def read_costs(variants: list[tuple[str, Path | None]]) -> str:
+    rows = []
+    for label, src in variants:
+        got = Member("bench/repair.py", "--read-child", timeout=600, src=src).hello
+        for kind, what in (("settled", "ripe, settled, not folded"), ("young", "the last second's writes")):
+            cells = [got[kind][str(p)] for p in READ_CASES]
+            rows.append([label, what, *(c if isinstance(c, str) else f"{c:.1f}" for c in cells)])
+    return format_table(
+        ["shoal", "records pending", *(f"{p:,}: ms" for p in READ_CASES)],
+        rows,
+        title="What a round's read of the kept digests costs the loop, with P records not folded yet (best of 3)",
+        notes=[
+            "'waits': the read raises Behind and the round waits for the tick to fold them (digest.READ_BACKLOG).",
+            "A settled record is hashed as a fold hashes it; one newer than the round's line is not.",
+        ],
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="1000000,2000000")
@@ -122,7 +181,18 @@ def main() -> int:
     parser.add_argument("--interval", type=float, default=2.0)
     parser.add_argument("--windows", type=int, default=5)
     parser.add_argument("--warmup", type=float, default=-1.0, help="seconds after the boot (default: by size)")
+    parser.add_argument("--read-child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--reads-only", action="store_true", help="only the read costs (and --before's)")
     args = parser.parse_args()
+    if args.read_child:
+        read_child()
+        return 0
+    if args.reads_only:
+        with tempfile.TemporaryDirectory() as tmp:
+            text = f"{environment()}\n\n{read_costs(revisions(args.before, Path(tmp)))}"
+        print(text)
+        save("repair", text, append=True)
+        return 0
     sizes = [int(x) for x in args.sizes.split(",")]
     head = environment()
     rows: list[list[object]] = []
@@ -144,6 +214,7 @@ def main() -> int:
                     ]
                 )
             rows.append(None)  # type: ignore[arg-type]
+        reads = read_costs(variants)
     table = format_table(
         ["entries", "shoal", "donor stall ms, median [min-max]", "idle ms", "rounds", "keys repaired"],
         rows[:-1],
@@ -155,7 +226,7 @@ def main() -> int:
             "rounds: repair rounds the donor opened during the windows (it answers the receiver's too).",
         ],
     )
-    text = f"{head}\n\n{table}\n\n{digest_costs(max(sizes))}"
+    text = f"{head}\n\n{table}\n\n{digest_costs(max(sizes))}\n\n{reads}"
     print(text)
     path = save("repair", text)
     print(f"saved to {path.relative_to(ROOT)}", file=sys.stderr)
