@@ -256,6 +256,8 @@ class Stallers:
                     closed = True
                 if closed:
                     sock.close()
+                    if self.stop.is_set():  # closing: the server may be gone before a reopen gets through
+                        return
                     self.socks[self.socks.index(sock)] = self._open()
 
     def close(self) -> None:
