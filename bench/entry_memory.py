@@ -24,6 +24,10 @@ Layouts:
   columns           no object per entry: the dict maps key -> slot number, and the slot
                     indexes columns beside it: values and keys (lists), expiry (array 'd'),
                     hlc and node id (array 'Q'), eviction state (array 'B')
+  split             the values in a dict of their own (key -> value, as the bar's dict) and
+                    the entry in a second dict beside it (key -> a float subclass: version,
+                    freq, queue); its get reads the value alone, trusting one horizon
+                    before which nothing held expires, and queues its eviction count
 
 Each child then times a hit ``get`` on its own structure (200,000 random keys, equal but
 distinct str objects, the entry's expiry checked and its eviction count bumped as shoal's
@@ -40,7 +44,7 @@ from typing import Any
 
 from harness import Member, environment, format_table, rss, save
 
-LAYOUTS = ["dict", "shoal.Cache", "float5", "float3", "float3-hlc", "struct6", "struct3-packed", "columns"]
+LAYOUTS = ["dict", "shoal.Cache", "float5", "float3", "float3-hlc", "struct6", "struct3-packed", "columns", "split"]
 
 
 def build(layout: str, n: int) -> Any:
@@ -122,6 +126,18 @@ def build(layout: str, n: int) -> Any:
         wheel.extend(keys)
         queue.extend(keys)
         return table, wheel, queue, columns
+    elif layout == "split":
+
+        class E3s(float):
+            __slots__ = ("version", "freq", "queue")
+
+        for i, k in enumerate(keys):
+            e = float.__new__(E3s, now + 3600)
+            e.version, e.freq, e.queue = ((hlc0 + i) << 64) | node, 0, 0
+            table[k] = e
+        wheel.extend(keys)
+        queue.extend(keys)
+        return table, wheel, queue, dict(zip(keys, values, strict=True))
     else:
         raise ValueError(layout)
     wheel.extend(keys)
@@ -153,6 +169,22 @@ def getter(layout: str, held: Any) -> Any:
             return default
 
         return get_columns
+    if layout == "split":
+        # The values in a dict of their own and the entry beside them: a get reads the value only,
+        # trusting one horizon (the sweep removes what expires before it, a tick early), and
+        # leaves its eviction count to a lossy buffer the tick drains.
+        read = held[3].get
+        horizon = [wall() + 60.0]
+        record = deque(maxlen=4096).append
+
+        def get_split(key: str, default: Any = None) -> Any:
+            value = read(key)
+            if value is not None and wall() < horizon[0]:
+                record(key)
+                return value
+            return default
+
+        return get_split
     if layout == "struct6":
 
         def get_struct6(key: str, default: Any = None) -> Any:
