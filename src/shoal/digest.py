@@ -371,12 +371,19 @@ class Ledger:
         ages = self._ages
         if not ages or ages[-1][1:] != (appended, gone):
             ages.append((wall, appended, gone))
+        # What is ripe: the additions the last call at least ``ripe`` ago had seen; what is safe: the
+        # removals made by the time the additions folded so far were. Each is read from its own end
+        # of ``ages``, not by a pass over all of it per call (a fifth of a donor's tick time, while it
+        # streamed 5M fresh from its fill): ``upto`` only grows, so the calls folded are a prefix.
         ready = safe = 0
-        for at, upto, removals in ages:
+        for at, upto, _ in reversed(ages):
             if at <= wall - ripe:
                 ready = upto
-            if upto <= self._in:
-                safe = removals
+                break
+        for _, upto, removals in ages:
+            if upto > self._in:
+                break
+            safe = removals
         cutoff = horizon_of(int((wall - WINDOW) * 1000))
         done = 0
         try:
