@@ -150,6 +150,9 @@ def run_shoal(n: int, shape: str, rounds: int, ttl: bool, timeout: float) -> Row
                     "receiver_gc_ms": out["gc_total_ms"],
                     "receiver_gc_collections": out["gc_collections"],
                     "receiver_cpu_s": out.get("cpu_s"),
+                    "receiver_user_s": out.get("user_s"),
+                    "receiver_sys_s": out.get("sys_s"),
+                    "receiver_page_faults": out.get("page_faults"),
                     "donor_max_chunk_ms": stall["max_chunk_ms"],
                     "donor_gc_max_ms": stall["gc_max_ms"],
                     "donor_step_cpu_ms": stall.get("max_step_cpu_ms"),
@@ -440,6 +443,15 @@ def main() -> int:
             f"{max(x['donor_gc_max_ms'] for x in runs):.1f} ms; idle stall {r.extra['donor_idle_stall_ms']:.1f} ms;"
             f" donor fill {r.extra['donor_fill_s']:.1f} s"
         )
+        split = [x for x in runs if x.get("receiver_sys_s") is not None]
+        if split:
+            print(
+                "      receiver CPU as user / system s, and page faults (start -> ready): "
+                + ", ".join(
+                    f"{x['receiver_user_s']:.2f} / {x['receiver_sys_s']:.2f} ({x['receiver_page_faults']:,})"
+                    for x in split
+                )
+            )
         steps = [x for x in runs if x.get("donor_step_cpu_ms") is not None]
         if steps:
             print(

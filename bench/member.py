@@ -46,6 +46,7 @@ import gc
 import logging
 import os
 import re
+import resource
 import sys
 import threading
 import time
@@ -282,10 +283,12 @@ def run_receiver(args: argparse.Namespace) -> int:
             await orig_open()
 
         node._driver.open = profiled_open  # type: ignore[method-assign]
-    t_start, cpu_start = time.time(), time.process_time()
+    t_start, cpu_start, times_start = time.time(), time.process_time(), os.times()
+    faults_start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     node.start()
     ok = node.wait_ready(args.timeout)
-    t_ready, cpu_ready = time.time(), time.process_time()
+    t_ready, cpu_ready, times_ready = time.time(), time.process_time(), os.times()
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_start
     hwm = rss(field="VmHWM")
     rss_after = rss()
     if prof is not None:
@@ -298,6 +301,9 @@ def run_receiver(args: argparse.Namespace) -> int:
             "t_node_start": t_start,
             "t_ready": t_ready,
             "cpu_s": cpu_ready - cpu_start,
+            "user_s": times_ready.user - times_start.user,
+            "sys_s": times_ready.system - times_start.system,
+            "page_faults": faults,
             "warm_boot": stats["warm_boot"],
             "entries": stats["entries"],
             "rss_before": rss_before,
