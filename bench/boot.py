@@ -157,6 +157,8 @@ def run_shoal(n: int, shape: str, rounds: int, ttl: bool, timeout: float) -> Row
                     "donor_gc_max_ms": stall["gc_max_ms"],
                     "donor_step_cpu_ms": stall.get("max_step_cpu_ms"),
                     "donor_step": stall.get("max_step"),
+                    "donor_step_sys_ms": stall.get("max_step_sys_ms"),
+                    "donor_step_faults": stall.get("max_step_faults"),
                 }
             )
         row.extra["runs"] = runs
@@ -455,8 +457,12 @@ def main() -> int:
         steps = [x for x in runs if x.get("donor_step_cpu_ms") is not None]
         if steps:
             print(
-                "      longest donor loop step, CPU ms: "
-                + ", ".join(f"{x['donor_step_cpu_ms']:.1f} ({x['donor_step']})" for x in steps)
+                "      longest donor loop step, CPU ms (of it system ms, page faults): "
+                + ", ".join(
+                    f"{x['donor_step_cpu_ms']:.1f} ({x['donor_step']}; {x.get('donor_step_sys_ms') or 0:.0f}, "
+                    f"{x.get('donor_step_faults') or 0:,})"
+                    for x in steps
+                )
             )
 
     by = {(r.n, r.shape, r.system): r for r in rows}

@@ -21,6 +21,7 @@ import contextlib
 import json
 import os
 import platform
+import resource
 import select
 import shutil
 import socket
@@ -62,6 +63,7 @@ class StepWatch:
         run = asyncio.events.Handle._run
 
         def timed(handle: asyncio.Handle) -> None:
+            before = resource.getrusage(resource.RUSAGE_THREAD)
             t = time.thread_time()
             run(handle)
             took = time.thread_time() - t
@@ -72,7 +74,11 @@ class StepWatch:
                     callback = owner.get_coro()
                 name = getattr(callback, "__qualname__", "?")
                 if took > self.max:
+                    after = resource.getrusage(resource.RUSAGE_THREAD)
                     self.max, self.what = took, name
+                    # The kernel's share of it (coarse: the scheduler's accounting) and its page faults.
+                    self.max_sys = after.ru_stime - before.ru_stime
+                    self.max_faults = after.ru_minflt - before.ru_minflt
                 if took * 1000 >= self.LONG_MS:
                     self.long.setdefault(name, []).append(round(took * 1000, 1))
 
@@ -81,6 +87,8 @@ class StepWatch:
     def reset(self) -> None:
         self.max = 0.0
         self.what = ""
+        self.max_sys = 0.0
+        self.max_faults = 0
         self.long: dict[str, list[float]] = {}
 
     def summary(self) -> str:

@@ -241,6 +241,8 @@ def run_donor(args: argparse.Namespace) -> int:
             "max_chunk_ms": chunks.max * 1000,
             "max_step_cpu_ms": steps.max * 1000,
             "max_step": steps.what,
+            "max_step_sys_ms": steps.max_sys * 1000,
+            "max_step_faults": steps.max_faults,
             "chunks": chunks.chunks,
             **gcw.as_dict(),
         }
