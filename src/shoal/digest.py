@@ -289,9 +289,13 @@ class Ledger:
         self.recent_marks: list[int] = []  # their hashes, as _marks gives them
         self.covered = 0
         self.broken = False  # an entry no digest can hash (only by going around validation)
-        self.behind = False  # the last fold left ripe records for the next one (tick again soon)
-        self.backlog = 0  # how many: ripe additions and safe removals the last fold left
+        self.backlog = 0  # ripe additions and safe removals the last fold left for the next one
         self._reset_queues()
+
+    @property
+    def behind(self) -> bool:
+        """The last fold left ripe records for the next one: tick again soon."""
+        return self.backlog > 0
 
     def _tails(self) -> None:
         """What the owner's writer reads, after any change to the queues: their current tails, which
@@ -356,7 +360,7 @@ class Ledger:
         million records of a warm boot took the tick 50 s to fold, every repair round waiting).
         """
         if self.broken:
-            self.behind, self.backlog = False, 0
+            self.backlog = 0
             self._added.clear()
             self._removed.clear()
             self._tails()
@@ -397,12 +401,11 @@ class Ledger:
                 done += take
         except (OverflowError, ValueError):  # an expiry of inf-like size or NaN: see ``broken``
             self.broken = True
-            self.behind, self.backlog = False, 0
+            self.backlog = 0
             self._tails()
             return done
         self._tails()  # the reads dropped segments
         self.backlog = max(0, ready - self._in) + max(0, safe - self._out)
-        self.behind = self.backlog > 0
         while len(ages) > 1 and ages[0][1] <= self._in and ages[0][2] <= self._out:
             ages.popleft()
         self._prune(cutoff)
