@@ -124,7 +124,8 @@ def read_child() -> None:
     caught up: after a burst, a boot, a dump) and the last second's writes (newer than the line)."""
     import json
 
-    from shoal.digest import Behind
+    from shoal.clock import NODE_BITS
+    from shoal.digest import Behind, horizon_of
     from shoal.replication import settled_before
     from shoal.store import Store
 
@@ -133,9 +134,9 @@ def read_child() -> None:
         wall = 1_800_000_000.0
         store = Store(None)
         store.keep_digests(0)
-        stamp = (int(wall * 1000) - 100) << 80  # a version of 100 ms ago: hlc << 64 | node, counter 0
+        stamp = horizon_of(int(wall * 1000) - 100)  # the first version of 100 ms ago; counter i below
         for i in range(p):
-            store.write(f"user:{i:06d}", f"acct-{i:08d}", wall + TTL, stamp + (i << 64), wall)
+            store.write(f"user:{i:06d}", f"acct-{i:08d}", wall + TTL, stamp + (i << NODE_BITS), wall)
         ledger = store._ledger
         assert ledger is not None
         if kind == "settled":
