@@ -52,6 +52,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -362,6 +363,12 @@ def mark(ok: bool | None) -> str:
     return "n/a" if ok is None else ("MET" if ok else "MISSED")
 
 
+def detail(title: str, runs: list[dict[str, Any]], cell: Callable[[dict[str, Any]], str]) -> None:
+    """One indented line of the diagnosis under a row: ``title``, then a cell per receiver run."""
+    if runs:
+        print(f"      {title}: " + ", ".join(map(cell, runs)))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="10000,100000,1000000", help="comma-separated entry counts")
@@ -445,25 +452,19 @@ def main() -> int:
             f"{max(x['donor_gc_max_ms'] for x in runs):.1f} ms; idle stall {r.extra['donor_idle_stall_ms']:.1f} ms;"
             f" donor fill {r.extra['donor_fill_s']:.1f} s"
         )
-        split = [x for x in runs if x.get("receiver_sys_s") is not None]
-        if split:
-            print(
-                "      receiver CPU as user / system s, and page faults (start -> ready): "
-                + ", ".join(
-                    f"{x['receiver_user_s']:.2f} / {x['receiver_sys_s']:.2f} ({x['receiver_page_faults']:,})"
-                    for x in split
-                )
-            )
-        steps = [x for x in runs if x.get("donor_step_cpu_ms") is not None]
-        if steps:
-            print(
-                "      longest donor loop step, CPU ms (of it system ms, page faults): "
-                + ", ".join(
-                    f"{x['donor_step_cpu_ms']:.1f} ({x['donor_step']}; {x.get('donor_step_sys_ms') or 0:.0f}, "
-                    f"{x.get('donor_step_faults') or 0:,})"
-                    for x in steps
-                )
-            )
+        detail(
+            "receiver CPU as user / system s, and page faults (start -> ready)",
+            [x for x in runs if x.get("receiver_sys_s") is not None],
+            lambda x: f"{x['receiver_user_s']:.2f} / {x['receiver_sys_s']:.2f} ({x['receiver_page_faults']:,})",
+        )
+        detail(
+            "longest donor loop step, CPU ms (of it system ms, page faults)",
+            [x for x in runs if x.get("donor_step_cpu_ms") is not None],
+            lambda x: (
+                f"{x['donor_step_cpu_ms']:.1f} ({x['donor_step']}; {x.get('donor_step_sys_ms') or 0:.0f}, "
+                f"{x.get('donor_step_faults') or 0:,})"
+            ),
+        )
 
     by = {(r.n, r.shape, r.system): r for r in rows}
     if memory:
