@@ -49,6 +49,7 @@ import io
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -123,14 +124,28 @@ def cache_args(ttl: bool, n: int) -> list[str]:
 # -- shoal ------------------------------------------------------------------------------
 
 
+PRETOUCH_MB = 0
+DONOR_FLAGS: list[str] = []  # --sample-steps
+
+
+def pretouch() -> None:
+    """``--pretouch``: first touches of memory the VM's host has not backed cost several times a
+    touch of recently used memory (bench/results/pagefaults.txt); this takes them out of a boot."""
+    if PRETOUCH_MB:
+        touch = [sys.executable, str(harness.HERE / "pagefaults.py"), "--child", "mmap", str(PRETOUCH_MB)]
+        subprocess.run(touch, check=True, capture_output=True)
+
+
 def run_shoal(n: int, shape: str, rounds: int, ttl: bool, timeout: float) -> Row:
     row = Row(n, shape, "shoal" if ttl else "shoal, no TTL/bound")
     with Cleanup() as run:
-        donor = run.add(Member(MEMBER, "donor", "--n", str(n), "--shape", shape, *cache_args(ttl, n), timeout=600))
+        donor_args = ["--n", str(n), "--shape", shape, *cache_args(ttl, n), *DONOR_FLAGS]
+        donor = run.add(Member(MEMBER, "donor", *donor_args, timeout=600))
         row.extra["donor_fill_s"] = donor.hello["fill_s"]
         row.extra["donor_idle_stall_ms"] = donor.call("idle_stall", seconds=1.0)["max_gap_ms"]
         runs = []
         for _ in range(rounds):
+            pretouch()
             donor.call("stall_reset")
             seed = ["--seed", donor.hello["address"], "--timeout", str(timeout)]
             receiver = Member(MEMBER, "receiver", *seed, *cache_args(ttl, n), timeout=timeout + 60)
@@ -160,6 +175,7 @@ def run_shoal(n: int, shape: str, rounds: int, ttl: bool, timeout: float) -> Row
                     "donor_step": stall.get("max_step"),
                     "donor_step_sys_ms": stall.get("max_step_sys_ms"),
                     "donor_step_faults": stall.get("max_step_faults"),
+                    "donor_step_stacks": stall.get("max_step_stacks"),
                 }
             )
         row.extra["runs"] = runs
@@ -187,6 +203,7 @@ def run_redis(binary: str, n: int, shape: str, rounds: int, timeout: float) -> R
                 pipe.execute()
         pipe.execute()
         for _ in range(rounds):
+            pretouch()
             with Cleanup() as one:
                 replica = one.add(RedisServer(binary, *REDIS_FLAGS))
                 client = replica.client()
@@ -381,9 +398,24 @@ def main() -> int:
     parser.add_argument("--profile", action="store_true", help="then cProfile a shoal boot of the largest size")
     parser.add_argument("--profile-only", action="store_true", help="only the --profile part")
     parser.add_argument("--sample", action="store_true", help="only py-spy samples of a receiver's boot (largest size)")
+    parser.add_argument(
+        "--pretouch",
+        type=int,
+        default=0,
+        metavar="MB",
+        help="a diagnosis: before each receiver starts, touch MB of fresh memory in a throwaway process "
+        "(bench/pagefaults.py), so its heap lands on pages this VM's host has backed recently",
+    )
+    parser.add_argument(
+        "--sample-steps", action="store_true", help="a diagnosis: sample the stacks of the donor's long loop steps"
+    )
     parser.add_argument("--json", default=str(RESULTS / "boot.json"))
     parser.add_argument("--src", help="run shoal from this src directory (another checkout's, for a before/after)")
     args = parser.parse_args()
+    global PRETOUCH_MB
+    PRETOUCH_MB = args.pretouch
+    if args.sample_steps:
+        DONOR_FLAGS.append("--sample-steps")
     if args.src:
         harness.SRC = Path(args.src).resolve()
 
@@ -465,6 +497,9 @@ def main() -> int:
                 f"{x.get('donor_step_faults') or 0:,})"
             ),
         )
+        for x in runs:  # where the longest steps past StepWatch.SAMPLE_AFTER_MS ran, innermost frame first
+            for where, count in x.get("donor_step_stacks") or []:
+                print(f"        sampled {count}x in a {x['donor_step_cpu_ms']:.0f} ms step: {where}")
 
     by = {(r.n, r.shape, r.system): r for r in rows}
     if memory:

@@ -30,7 +30,9 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from io import BytesIO
 from pathlib import Path
@@ -57,15 +59,29 @@ class StepWatch:
     """
 
     LONG_MS = 5.0
+    max_stacks: list[tuple[str, int]]  # the longest step's sampled stacks and their counts
+    SAMPLE_AFTER_MS = 20.0  # a step running this long has its stack sampled every SAMPLE_EVERY_MS
+    SAMPLE_EVERY_MS = 2.0
 
-    def __init__(self) -> None:
+    def __init__(self, sample: bool = False) -> None:
+        """``sample``: also sample the stacks of long steps (a thread that wakes every
+        ``SAMPLE_EVERY_MS`` and so takes the GIL from the loop that often: off for the figures)."""
         self.reset()
         run = asyncio.events.Handle._run
+        self._step_from = 0.0  # perf_counter at the start of the running step, 0 between steps
+        self._step_thread = 0
+        self._step_samples: dict[str, int] = {}
+        if sample:
+            threading.Thread(target=self._sampler, name="stepwatch-sampler", daemon=True).start()
 
         def timed(handle: asyncio.Handle) -> None:
             before = resource.getrusage(resource.RUSAGE_THREAD)
             t = time.thread_time()
+            self._step_samples = {}
+            self._step_thread = threading.get_ident()
+            self._step_from = time.perf_counter()
             run(handle)
+            self._step_from = 0.0
             took = time.thread_time() - t
             if took * 1000 >= self.LONG_MS or took > self.max:
                 callback = handle._callback  # type: ignore[attr-defined]
@@ -79,13 +95,31 @@ class StepWatch:
                     # The kernel's share of it (coarse: the scheduler's accounting) and its page faults.
                     self.max_sys = after.ru_stime - before.ru_stime
                     self.max_faults = after.ru_minflt - before.ru_minflt
+                    self.max_stacks = sorted(self._step_samples.items(), key=lambda kv: -kv[1])[:3]
                 if took * 1000 >= self.LONG_MS:
                     self.long.setdefault(name, []).append(round(took * 1000, 1))
 
         asyncio.events.Handle._run = timed  # type: ignore[method-assign]
 
+    def _sampler(self) -> None:
+        """Where a long step spends its time: the loop thread's innermost frames, sampled while
+        a step has run past ``SAMPLE_AFTER_MS`` (the GIL's switch interval lets this thread in)."""
+        while True:
+            time.sleep(self.SAMPLE_EVERY_MS / 1000)
+            since = self._step_from
+            if not since or (time.perf_counter() - since) * 1000 < self.SAMPLE_AFTER_MS:
+                continue
+            frame = sys._current_frames().get(self._step_thread)
+            if frame is None:
+                continue
+            where = " < ".join(
+                f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in traceback.extract_stack(frame)[::-1][:4]
+            )
+            self._step_samples[where] = self._step_samples.get(where, 0) + 1
+
     def reset(self) -> None:
         self.max = 0.0
+        self.max_stacks = []
         self.what = ""
         self.max_sys = 0.0
         self.max_faults = 0

@@ -207,7 +207,7 @@ def run_donor(args: argparse.Namespace) -> int:
     loop = node._driver.loop
     stall = Stall()
     ticker = asyncio.run_coroutine_threadsafe(stall.run(), loop)
-    gcw, chunks, steps = GcWatch(), ChunkWatch(), StepWatch()
+    gcw, chunks, steps = GcWatch(), ChunkWatch(), StepWatch(sample=args.sample_steps)
     prof = None
     if args.profile:
         import cProfile
@@ -243,6 +243,7 @@ def run_donor(args: argparse.Namespace) -> int:
             "max_step": steps.what,
             "max_step_sys_ms": steps.max_sys * 1000,
             "max_step_faults": steps.max_faults,
+            "max_step_stacks": steps.max_stacks,
             "chunks": chunks.chunks,
             **gcw.as_dict(),
         }
@@ -523,6 +524,7 @@ def main() -> int:
     parser.add_argument("--cache", default="c", help="fleet: the cache's name")
     parser.add_argument("--timeout", type=float, default=60.0)
     parser.add_argument("--profile", default="")
+    parser.add_argument("--sample-steps", action="store_true", help="donor: sample the stacks of long loop steps")
     parser.add_argument("--gc", choices=["on", "off"], default="on", help="receiver: off disables the cyclic GC")
     parser.add_argument("--anti-entropy", type=float, default=0.0, help="donor/receiver: repair interval (s)")
     parser.add_argument("--self-addr", default="")
