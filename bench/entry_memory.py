@@ -32,6 +32,9 @@ Layouts:
 Each child then times a hit ``get`` on its own structure (200,000 random keys, equal but
 distinct str objects, the entry's expiry checked and its eviction count bumped as shoal's
 ``get`` does; median of 5 passes): what the layout costs the read path, in the same heap.
+And a get's latency: the layout built again with every value another key (one random
+cycle), each get's key the value the last one returned (``bench/local.py``'s 1c).
+``cachebox`` (a VTTLCache with the same TTL) is the get bar's reference.
 """
 
 from __future__ import annotations
@@ -44,19 +47,38 @@ from typing import Any
 
 from harness import Member, environment, format_table, rss, save
 
-LAYOUTS = ["dict", "shoal.Cache", "float5", "float3", "float3-hlc", "struct6", "struct3-packed", "columns", "split"]
+LAYOUTS = [
+    "dict",
+    "cachebox",
+    "shoal.Cache",
+    "float5",
+    "float3",
+    "float3-hlc",
+    "struct6",
+    "struct3-packed",
+    "columns",
+    "split",
+]
 
 
-def build(layout: str, n: int) -> Any:
+def build(layout: str, n: int, values: list[str] | None = None) -> Any:
     import time
 
     keys = [f"user:{i:06d}" for i in range(n)]
-    values = [f"acct-{i:08d}" for i in range(n)]
+    if values is None:
+        values = [f"acct-{i:08d}" for i in range(n)]
     now = time.time()
     hlc0 = int(now * 1000) << 16
     node = 0x1234_5678_9ABC_DEF0
     if layout == "dict":
         return dict(zip(keys, values, strict=True))
+    if layout == "cachebox":
+        import cachebox
+
+        box: Any = cachebox.VTTLCache(n)
+        for k, v in zip(keys, values, strict=True):
+            box.insert(k, v, 3600.0)
+        return box
     if layout == "shoal.Cache":
         from shoal import Cache
 
@@ -150,9 +172,7 @@ def getter(layout: str, held: Any) -> Any:
     import time
 
     wall = time.time
-    if layout == "dict":
-        return held.get
-    if layout == "shoal.Cache":
+    if layout in ("dict", "cachebox", "shoal.Cache"):
         return held.get
     table = held[0]
     lookup = table.get
@@ -248,7 +268,28 @@ def child(layout: str, n: int) -> None:
         for k in probes:
             get(k)
         passes.append((time.perf_counter() - t0) / len(probes) * 1e9)
-    print(json.dumps({"bytes": per_item, "get_ns": statistics.median(passes)}), flush=True)
+    del held, get
+
+    # The latency: the same layout, built again with each key's value another key (one random
+    # cycle through all), and each get's key the value the last one returned.
+    order = list(range(n))
+    rng.shuffle(order)
+    following = [""] * n
+    for i in range(n):
+        following[order[i]] = f"user:{order[(i + 1) % n]:06d}"
+    held = build(layout, n, following)
+    get = getter(layout, held)
+    chain = []
+    key = f"user:{order[0]:06d}"
+    for _ in range(5):
+        t0 = time.perf_counter()
+        for _ in range(len(probes)):
+            key = get(key)
+        chain.append((time.perf_counter() - t0) / len(probes) * 1e9)
+        if key is None:
+            raise AssertionError(f"{layout}: a get in the chain missed")
+    result = {"bytes": per_item, "get_ns": statistics.median(passes), "chain_ns": statistics.median(chain)}
+    print(json.dumps(result), flush=True)
     del held
 
 
@@ -263,16 +304,19 @@ def main() -> int:
         return 0
     per_item: dict[str, list[float]] = {layout: [] for layout in LAYOUTS}
     get_ns: dict[str, list[float]] = {layout: [] for layout in LAYOUTS}
+    chain_ns: dict[str, list[float]] = {layout: [] for layout in LAYOUTS}
     for _ in range(args.rounds):
         for layout in LAYOUTS:
             m = Member("bench/entry_memory.py", "--child", layout, "--n", str(args.n), hello=True, timeout=600)
             per_item[layout].append(float(m.hello["bytes"]))
             get_ns[layout].append(float(m.hello["get_ns"]))
+            chain_ns[layout].append(float(m.hello["chain_ns"]))
             m.stop()
     base = statistics.median(per_item["dict"])
+    box_chain = statistics.median(chain_ns["cachebox"])
     rows = []
     for layout in LAYOUTS:
-        xs, gs = per_item[layout], get_ns[layout]
+        xs, gs, cs = per_item[layout], get_ns[layout], chain_ns[layout]
         mid = statistics.median(xs)
         rows.append(
             [
@@ -281,15 +325,29 @@ def main() -> int:
                 f"{mid - base:.0f}",
                 f"{mid / base:.2f}x",
                 f"{statistics.median(gs):.0f} [{min(gs):.0f}-{max(gs):.0f}]",
+                f"{statistics.median(cs):.0f} [{min(cs):.0f}-{max(cs):.0f}]",
+                f"{statistics.median(cs) / box_chain:.2f}x",
             ]
         )
     table = format_table(
-        ["layout", "bytes/item, median [min-max]", "over dict", "x dict", "get ns, median [min-max]"],
+        [
+            "layout",
+            "bytes/item, median [min-max]",
+            "over dict",
+            "x dict",
+            "get ns (throughput)",
+            "get ns (latency)",
+            "latency x cachebox",
+        ],
         rows,
         title=f"Memory of {args.n:,} short strings per entry layout (RSS growth, keys and values included)",
         notes=[
-            "Every layout but dict and shoal.Cache also holds one wheel reference and one queue slot per item.",
-            "Bars (issue 22): <= 1.6x a plain dict (goal 1.5x).",
+            "Every layout but dict, cachebox and shoal.Cache also holds one wheel reference and one queue slot",
+            "per item.",
+            "get ns (throughput): 200,000 random keys in a loop, so the CPU overlaps one get's misses with the next.",
+            "get ns (latency): the layout built again with each value another key, in one random cycle; each get's",
+            "key the value the last one returned, one dependent chain at a time (bench/local.py's section 1c).",
+            "Bars (issue 22): memory <= 1.6x a plain dict (goal 1.5x); get <= 2x cachebox.",
         ],
     )
     text = f"{environment()}\n\n{table}"
