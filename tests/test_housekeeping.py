@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -69,6 +70,27 @@ def test_the_collector_freezes_after_so_many_writes_and_not_before(thawed: None)
     later = [object()]
     collector.written(GC_FREEZE_MIN, 2 * FREEZE_EVERY - 1)  # counted from the last freeze
     assert in_sight(later)
+
+
+class Cycle:
+    """An application's object in a reference cycle: only the cyclic collector can free it."""
+
+    def __init__(self) -> None:
+        self.me = self
+
+
+def test_a_freeze_does_not_keep_the_garbage_cycles_that_waited_in_the_oldest_generation(thawed: None) -> None:
+    """gc.freeze() is process-wide: frozen garbage is never collected. A cycle dropped after it
+    reached the oldest generation waits there for a full collection; a freeze after a young
+    one kept it (and every such cycle of the application) for the process's life."""
+    collector = Collector(True)
+    cycle = Cycle()
+    gone = weakref.ref(cycle)
+    gc.collect()  # it survives a full collection: now in the oldest generation
+    del cycle  # garbage, which only a full collection finds
+    collector.written(GC_FREEZE_MIN, FREEZE_EVERY)
+    assert gc.get_freeze_count() > 0
+    assert gone() is None, "a dead cycle was frozen"
 
 
 def test_a_cache_that_overwrites_its_keys_has_its_new_entries_frozen_though_it_does_not_grow(thawed: None) -> None:
