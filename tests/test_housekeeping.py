@@ -93,6 +93,19 @@ def test_a_freeze_does_not_keep_the_garbage_cycles_that_waited_in_the_oldest_gen
     assert gone() is None, "a dead cycle was frozen"
 
 
+def test_a_dump_s_freeze_does_not_keep_the_garbage_cycles_of_before_it_began(thawed: None) -> None:
+    collector = Collector(True)
+    cycle = Cycle()
+    gone = weakref.ref(cycle)
+    gc.collect()
+    del cycle  # garbage in the oldest generation as the dump begins
+    collector.pause(True)
+    collector.streamed(GC_FREEZE_MIN, 0)
+    collector.pause(False)
+    assert gc.get_freeze_count() > 0
+    assert gone() is None, "a dead cycle was frozen"
+
+
 def test_a_cache_that_overwrites_its_keys_has_its_new_entries_frozen_though_it_does_not_grow(thawed: None) -> None:
     """Growth once decided, and a cache of constant size whose keys are rewritten kept every new
     entry in the collector's sight: each full collection walked more of them."""

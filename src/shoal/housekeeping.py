@@ -55,7 +55,8 @@ class Collector:
     full collection) were frozen with the rest, 107,000 of them in 8 s of a test writing
     a million times beside an application dropping one cycle a write. The full
     collection walks what the last freeze left in sight, as the one it replaces would
-    have. What stays is what was alive at a freeze and becomes cyclic garbage after it.
+    have; the collection as a dump begins (``pause``) is a full one for the same reason.
+    What stays is what was alive at a freeze and becomes cyclic garbage after it.
     """
 
     def __init__(self, enabled: bool) -> None:
@@ -95,7 +96,7 @@ class Collector:
         self._paused = paused
         if paused:
             self._was_enabled = gc.isenabled()
-            gc.collect(1)  # what ``streamed`` freezes is then what the stream brought
+            gc.collect()  # what ``streamed`` freezes is then what the stream brought, and no dead cycle
             gc.disable()
         elif self._was_enabled:
             gc.enable()
