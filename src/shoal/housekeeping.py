@@ -28,17 +28,6 @@ writes that took up to 12 ms (replication lag at 10k writes/s with 1M held, p99 
 15 ms, against 5.1 and 7.8 after a young collection), every 16,384 at most 5 ms (p99 5.3 ms, worst
 9 ms; bench/results/replication.txt). More often freezes more of what the application holds."""
 
-RECLAIM_SHARE = 0.25
-RECLAIM_MIN = 100_000
-"""A freeze also takes what the application holds at that moment, and what of it later becomes
-cyclic garbage stays frozen. When the frozen objects have grown past what the entries' growth
-explains by ``RECLAIM_SHARE`` of what was frozen (and by ``RECLAIM_MIN`` objects), the collector
-unfreezes, collects and freezes again: one full walk (~0.2 s per million entries) per quarter
-grown, the rule CPython's own full collections follow for the objects they see."""
-OBJECTS_PER_ENTRY = 2
-"""Objects the collector tracks per entry, as a reclaim counts them: the entry, and its value when
-that is a container it tracks (a list; a dict of plain values is not tracked)."""
-
 Resolver = Callable[[str, int], Awaitable[list[str]]]
 
 
@@ -47,8 +36,8 @@ class Collector:
 
     A full collection walks every object: with a million entries that is ~0.2 s
     with every thread stopped, the main cause of replication lag spikes. Entries
-    never form cycles, so ``gc.freeze()`` (after a full collection, so garbage is not
-    frozen with them) moves them out of the collector's sight.
+    never form cycles, so ``gc.freeze()`` (after a young collection, so recent
+    garbage is not frozen with them) moves them out of the collector's sight.
     It is done every ``FREEZE_EVERY`` writes, counted, not by the caches' growth:
     an overwrite makes a new entry as an insert does, and the entries not frozen yet
     are what every full collection walks. After a freeze the oldest generation is
@@ -67,19 +56,14 @@ class Collector:
     a million times beside an application dropping one cycle a write. The full
     collection walks what the last freeze left in sight, as the one it replaces would
     have; the collection as a dump begins (``pause``) is a full one for the same reason.
-    What stays is what was alive at a freeze and becomes cyclic garbage after it: an
-    application whose requests make cycles leaked 1,200 of them in 20 s at 10k writes/s
-    with 100 requests in flight. ``RECLAIM_SHARE`` bounds it.
+    What stays is what was alive at a freeze and becomes cyclic garbage after it.
     """
 
-    def __init__(self, enabled: bool, reclaim_min: int = RECLAIM_MIN) -> None:
+    def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
-        self.reclaim_min = reclaim_min
-        self.reclaims = 0
         self._writes_at = 0
         self._paused = False
         self._was_enabled = True
-        self._base: tuple[int, int] | None = None  # (objects frozen, entries) to count growth from
 
     def written(self, total_entries: int, total_writes: int) -> None:
         """The node's tick: the caches hold ``total_entries`` after ``total_writes`` writes ever."""
@@ -93,32 +77,6 @@ class Collector:
             gc.freeze()
             self._writes_at = total_writes
             log.debug("gc.freeze() at %d entries, %d writes", total_entries, total_writes)
-            self._reclaim(total_entries)
-
-    def _reclaim(self, total_entries: int) -> None:
-        """After a freeze: unfreeze, collect and freeze again once the frozen objects have grown
-        past what the entries explain by ``RECLAIM_SHARE`` (see there)."""
-        frozen = gc.get_freeze_count()
-        if self._base is None or frozen < self._base[0]:  # the first freeze, or fewer held since
-            self._base = (frozen, total_entries)
-            return
-        base_frozen, base_entries = self._base
-        unexplained = frozen - base_frozen - OBJECTS_PER_ENTRY * max(0, total_entries - base_entries)
-        if unexplained <= max(self.reclaim_min, RECLAIM_SHARE * base_frozen):
-            return
-        gc.unfreeze()
-        gc.collect()
-        gc.freeze()
-        self.reclaims += 1
-        after = gc.get_freeze_count()
-        self._base = (after, total_entries)
-        log.info(
-            "gc: %d objects were frozen, %d more than the entries explain; unfrozen, collected (%d freed)"
-            " and frozen again",
-            frozen,
-            unexplained,
-            frozen - after,
-        )
 
     def streamed(self, total_entries: int, total_writes: int) -> None:
         """A dump finished streaming in, the collector paused since it began: freeze what it brought
