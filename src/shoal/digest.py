@@ -237,13 +237,7 @@ class _Segments:
 
     def rest(self) -> Iterator[tuple[Any, ...]]:
         """Every record not read yet, as rows (nothing is consumed)."""
-        segments = [*self.sealed, self.tail]
-        start = self.pos
-        parts = []
-        for segment in segments:
-            parts.append(zip(*(column[start:] for column in segment), strict=True))
-            start = 0
-        return chain.from_iterable(parts)
+        return zip(*self.rest_columns(), strict=True)
 
     def clear(self) -> None:
         self.sealed.clear()
@@ -490,14 +484,15 @@ class Ledger:
         # none of this round's: all it does below is keep its entry out of the corrections for
         # the recent and the expired, as ``out``. Such records are found a column at a time,
         # not in the Python pass (1 us each); one queued twice (a forgotten eviction) takes it.
+        added = list(zip(added_keys, added_versions, strict=True))
         young_mask = list(map(le, repeat(horizon), added_versions))
-        young = set(compress(zip(added_keys, added_versions, strict=True), young_mask))
+        young = set(compress(added, young_mask))
         if len(young) != sum(young_mask):
-            young, young_mask = set(), [False] * len(added_versions)
+            young, young_mask = set(), [False] * len(added)
         # What is pending, as a net count per record: +1 per addition, -1 per removal not
         # cancelled by a skipped addition (a record may come twice: a forgotten eviction).
         net: dict[tuple[Any, int], int] = {}
-        for record in compress(zip(added_keys, added_versions, strict=True), map(not_, young_mask)):
+        for record in compress(added, map(not_, young_mask)):
             net[record] = net.get(record, 0) + 1
         expiry: dict[tuple[Any, int], float] = {}
         skipped = dict(self._skipped)
