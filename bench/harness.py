@@ -70,16 +70,16 @@ class StepWatch:
         run = asyncio.events.Handle._run
         self._step_from = 0.0  # perf_counter at the start of the running step, 0 between steps
         self._step_thread = 0
-        self._step_samples: dict[str, int] = {}
+        self._step_samples: dict[str, int] = {}  # the running step's, filled by the sampler only
         if sample:
             threading.Thread(target=self._sampler, name="stepwatch-sampler", daemon=True).start()
 
         def timed(handle: asyncio.Handle) -> None:
             before = resource.getrusage(resource.RUSAGE_THREAD)
             t = time.thread_time()
-            self._step_samples = {}
-            self._step_thread = threading.get_ident()
-            self._step_from = time.perf_counter()
+            if sample:
+                self._step_thread = threading.get_ident()
+                self._step_from = time.perf_counter()
             run(handle)
             self._step_from = 0.0
             took = time.thread_time() - t
@@ -98,6 +98,8 @@ class StepWatch:
                     self.max_stacks = sorted(self._step_samples.items(), key=lambda kv: -kv[1])[:3]
                 if took * 1000 >= self.LONG_MS:
                     self.long.setdefault(name, []).append(round(took * 1000, 1))
+            if self._step_samples:
+                self._step_samples = {}
 
         asyncio.events.Handle._run = timed  # type: ignore[method-assign]
 
