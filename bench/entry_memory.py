@@ -45,7 +45,7 @@ import sys
 from collections import deque
 from typing import Any
 
-from harness import Member, environment, format_table, rss, save
+from harness import Member, environment, format_table, rss, save, successors, t_chain
 
 LAYOUTS = [
     "dict",
@@ -272,20 +272,13 @@ def child(layout: str, n: int) -> None:
 
     # The latency: the same layout, built again with each key's value another key (one random
     # cycle through all), and each get's key the value the last one returned.
-    order = list(range(n))
-    rng.shuffle(order)
-    following = [""] * n
-    for i in range(n):
-        following[order[i]] = f"user:{order[(i + 1) % n]:06d}"
-    held = build(layout, n, following)
+    held = build(layout, n, [f"user:{j:06d}" for j in successors(n, rng)])
     get = getter(layout, held)
     chain = []
-    key = f"user:{order[0]:06d}"
+    key = "user:000000"
     for _ in range(5):
-        t0 = time.perf_counter()
-        for _ in range(len(probes)):
-            key = get(key)
-        chain.append((time.perf_counter() - t0) / len(probes) * 1e9)
+        took, key = t_chain(get, key, len(probes))
+        chain.append(took / len(probes))
         if key is None:
             raise AssertionError(f"{layout}: a get in the chain missed")
     result = {"bytes": per_item, "get_ns": statistics.median(passes), "chain_ns": statistics.median(chain)}

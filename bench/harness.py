@@ -21,6 +21,7 @@ import contextlib
 import json
 import os
 import platform
+import random
 import resource
 import select
 import shutil
@@ -322,6 +323,30 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+# -- a get's latency ------------------------------------------------------------------------
+
+
+def successors(n: int, rng: random.Random) -> list[int]:
+    """One random cycle through ``range(n)``: ``nxt[i]`` follows ``i``. A cache that maps key ``i``
+    to key ``nxt[i]`` times a get's latency: each get's key is the value the last one returned."""
+    order = list(range(n))
+    rng.shuffle(order)
+    nxt = [0] * n
+    for i in range(n):
+        nxt[order[i]] = order[(i + 1) % n]
+    return nxt
+
+
+def t_chain(get: Callable[[Any], Any], first: Any, ops: int) -> tuple[int, Any]:
+    """``ops`` gets, each of the key the one before returned (no two overlap): the ns they took,
+    and the last key, None if a get missed."""
+    key = first
+    t0 = time.perf_counter_ns()
+    for _ in range(ops):
+        key = get(key)
+    return time.perf_counter_ns() - t0, key
 
 
 def wait_for(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:

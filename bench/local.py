@@ -57,6 +57,8 @@ from harness import (
     ratio,
     redis_binary,
     redis_version,
+    successors,
+    t_chain,
 )
 
 import shoal
@@ -459,15 +461,6 @@ def print_get_path(samples: dict[str, list[float]], n_keys: int) -> None:
     )
 
 
-def t_chain(get: Callable[[str], Any], first: str, ops: int) -> int:
-    """``ops`` gets, each of the key the one before returned: no two overlap."""
-    key = first
-    t0 = perf_counter_ns()
-    for _ in range(ops):
-        key = get(key)
-    return perf_counter_ns() - t0
-
-
 ROW_CALL = "a Python function call (returns its argument)"
 
 
@@ -481,11 +474,9 @@ def get_chain(n_keys: int, ops: int, rounds: int) -> dict[str, list[float]]:
     key (an equal, distinct str, as a request builds it), in one random cycle through all
     of them, and each get looks up the value the one before returned.
     """
-    rng = random.Random(99)
-    order = list(range(n_keys))
-    rng.shuffle(order)
+    nxt = successors(n_keys, random.Random(99))
     keys = [key_of(i) for i in range(n_keys)]
-    following = {keys[order[i]]: key_of(order[(i + 1) % n_keys]) for i in range(n_keys)}
+    following = {keys[i]: key_of(nxt[i]) for i in range(n_keys)}
     sc = shoal.Cache(ttl=TTL, max_entries=MAX_ENTRIES)
     d: dict[str, str] = {}
     tc: cachetools.TTLCache[str, str] = cachetools.TTLCache(maxsize=MAX_ENTRIES, ttl=TTL)
@@ -503,7 +494,7 @@ def get_chain(n_keys: int, ops: int, rounds: int) -> dict[str, list[float]]:
         ROW_CACHETOOLS: tc.get,
         ROW_CACHEBOX: vc.get,
     }
-    start = keys[order[0]]
+    start = keys[0]
     for row, get in gets.items():  # every get a hit: the cycle comes back to its start
         if row != ROW_CALL and functools.reduce(lambda key, _: get(key), range(n_keys), start) != start:
             raise AssertionError(f"{row}: the chain of gets broke (a miss)")
@@ -511,7 +502,8 @@ def get_chain(n_keys: int, ops: int, rounds: int) -> dict[str, list[float]]:
     samples: dict[str, list[float]] = {row: [] for row in gets}
     for _ in range(rounds):
         for row, get in gets.items():
-            samples[row].append(t_chain(get, start, ops) / ops)
+            took, _ = t_chain(get, start, ops)
+            samples[row].append(took / ops)
     return samples
 
 
