@@ -79,15 +79,22 @@ class Cycle:
         self.me = self
 
 
+def dead_cycle_in_the_oldest_generation() -> weakref.ref[Cycle]:
+    """A cycle that survived a full collection and was then dropped: garbage only the next full
+    collection finds. The reference says whether it is gone."""
+    cycle = Cycle()
+    gone = weakref.ref(cycle)
+    gc.collect()
+    del cycle
+    return gone
+
+
 def test_a_freeze_does_not_keep_the_garbage_cycles_that_waited_in_the_oldest_generation(thawed: None) -> None:
     """gc.freeze() is process-wide: frozen garbage is never collected. A cycle dropped after it
     reached the oldest generation waits there for a full collection; a freeze after a young
     one kept it (and every such cycle of the application) for the process's life."""
     collector = Collector(True)
-    cycle = Cycle()
-    gone = weakref.ref(cycle)
-    gc.collect()  # it survives a full collection: now in the oldest generation
-    del cycle  # garbage, which only a full collection finds
+    gone = dead_cycle_in_the_oldest_generation()
     collector.written(GC_FREEZE_MIN, FREEZE_EVERY)
     assert gc.get_freeze_count() > 0
     assert gone() is None, "a dead cycle was frozen"
@@ -95,10 +102,7 @@ def test_a_freeze_does_not_keep_the_garbage_cycles_that_waited_in_the_oldest_gen
 
 def test_a_dump_s_freeze_does_not_keep_the_garbage_cycles_of_before_it_began(thawed: None) -> None:
     collector = Collector(True)
-    cycle = Cycle()
-    gone = weakref.ref(cycle)
-    gc.collect()
-    del cycle  # garbage in the oldest generation as the dump begins
+    gone = dead_cycle_in_the_oldest_generation()  # as the dump begins
     collector.pause(True)
     collector.streamed(GC_FREEZE_MIN, 0)
     collector.pause(False)
