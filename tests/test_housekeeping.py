@@ -15,7 +15,17 @@ from shoal import snapshot
 from shoal.actions import BootStreaming
 from shoal.cache import hosted
 from shoal.clock import HybridClock
-from shoal.housekeeping import FREEZE_EVERY, GC_FREEZE_MIN, Collector, Snapshots
+from shoal.housekeeping import (
+    FREEZE_EVERY,
+    GC_FREEZE_MIN,
+    RECLAIM_FIRST,
+    RECLAIM_GARBAGE,
+    RECLAIM_GROWTH,
+    RECLAIM_MAX,
+    RECLAIM_SHARE,
+    Collector,
+    Snapshots,
+)
 from shoal.node import Node
 
 
@@ -108,6 +118,158 @@ def test_a_dump_s_freeze_does_not_keep_the_garbage_cycles_of_before_it_began(tha
     collector.pause(False)
     assert gc.get_freeze_count() > 0
     assert gone() is None, "a dead cycle was frozen"
+
+
+class Process:
+    """What a collector reads of its process: a monotonic clock that moves ``step`` seconds at
+    each reading (so a collection takes time), and its resident memory."""
+
+    def __init__(self, step: float = 0.0) -> None:
+        self.now, self.step, self.rss = 1000.0, step, 100 * MB
+
+    def clock(self) -> float:
+        self.now += self.step
+        return self.now
+
+    def collector(self) -> Collector:
+        return Collector(True, self.clock, lambda: self.rss)
+
+    def grow(self) -> None:
+        """By what makes a collection of everything frozen worth its cost."""
+        self.rss += max(RECLAIM_GROWTH, self.rss // 4)
+
+
+MB = 1 << 20
+
+
+def frozen_then_dropped(collector: Collector, writes: int, cycles: int = 1) -> list[weakref.ref[Cycle]]:
+    """Cycles alive at a freeze (requests in flight) and garbage right after it: only a collection
+    of what is frozen can free them."""
+    made = [Cycle() for _ in range(cycles)]
+    gone = [weakref.ref(cycle) for cycle in made]
+    collector.written(GC_FREEZE_MIN, writes)
+    del made
+    gc.collect()
+    assert all(ref() is not None for ref in gone), "frozen garbage, which no collection sees"
+    return gone
+
+
+def test_frozen_garbage_is_collected_once_the_process_grew_and_not_before_a_while_after_the_first_freeze(
+    thawed: None,
+) -> None:
+    process = Process()
+    collector = process.collector()
+    (gone,) = frozen_then_dropped(collector, FREEZE_EVERY)
+    process.now += RECLAIM_FIRST
+    collector.written(GC_FREEZE_MIN, 2 * FREEZE_EVERY)
+    assert gone() is not None and collector.reclaims == 0, "the process did not grow: nothing to gain"
+    process.rss += RECLAIM_GROWTH - 1
+    collector.written(GC_FREEZE_MIN, 3 * FREEZE_EVERY)
+    assert gone() is not None and collector.reclaims == 0
+    process.rss += 1
+    collector.written(GC_FREEZE_MIN, 4 * FREEZE_EVERY)
+    assert gone() is None and collector.reclaims == 1 and collector.reclaimed >= 1
+    assert gc.get_freeze_count() > 0, "and what is alive is frozen again"
+
+
+def test_a_process_that_grew_waits_until_a_while_after_the_first_freeze(thawed: None) -> None:
+    process = Process()
+    collector = process.collector()
+    (gone,) = frozen_then_dropped(collector, FREEZE_EVERY)
+    process.grow()
+    process.now += RECLAIM_FIRST - 1
+    collector.written(GC_FREEZE_MIN, 2 * FREEZE_EVERY)
+    assert gone() is not None and collector.reclaims == 0
+    process.now += 1
+    collector.written(GC_FREEZE_MIN, 3 * FREEZE_EVERY)
+    assert gone() is None and collector.reclaims == 1
+
+
+def test_a_large_process_must_grow_by_a_quarter(thawed: None) -> None:
+    process = Process()
+    process.rss = 1000 * MB
+    collector = process.collector()
+    frozen_then_dropped(collector, FREEZE_EVERY)
+    process.now += RECLAIM_FIRST
+    process.rss += 250 * MB - 1
+    collector.written(GC_FREEZE_MIN, 2 * FREEZE_EVERY)
+    assert collector.reclaims == 0
+    process.rss += 1
+    collector.written(GC_FREEZE_MIN, 3 * FREEZE_EVERY)
+    assert collector.reclaims == 1
+
+
+def test_after_one_that_found_little_the_next_needs_the_process_to_grow_again(thawed: None) -> None:
+    process = Process()
+    collector = process.collector()
+    frozen_then_dropped(collector, FREEZE_EVERY)
+    process.now += RECLAIM_FIRST
+    process.grow()
+    collector.written(GC_FREEZE_MIN, 2 * FREEZE_EVERY)
+    assert collector.reclaims == 1
+    (gone,) = frozen_then_dropped(collector, 3 * FREEZE_EVERY)
+    process.now += RECLAIM_MAX
+    collector.written(GC_FREEZE_MIN, 4 * FREEZE_EVERY)
+    assert collector.reclaims == 1 and gone() is not None
+    process.grow()
+    collector.written(GC_FREEZE_MIN, 5 * FREEZE_EVERY)
+    assert collector.reclaims == 2 and gone() is None
+
+
+def test_while_they_find_garbage_collections_of_everything_frozen_come_as_often_as_their_share_allows(
+    thawed: None,
+) -> None:
+    """The process need not grow meanwhile: the garbage collected left room it refills first."""
+    process = Process(step=0.01)
+    collector = process.collector()
+    frozen_then_dropped(collector, FREEZE_EVERY, int(RECLAIM_GARBAGE * GC_FREEZE_MIN) + 1)
+    process.now += RECLAIM_FIRST
+    process.grow()
+    collector.written(GC_FREEZE_MIN, 2 * FREEZE_EVERY)
+    assert collector.reclaims == 1 and collector.reclaimed > RECLAIM_GARBAGE * GC_FREEZE_MIN
+    took = collector.longest_reclaim
+    assert took > 0
+    began = process.now
+    (gone,) = frozen_then_dropped(collector, 3 * FREEZE_EVERY)  # a freeze too soon after: no collection
+    assert collector.reclaims == 1
+    process.now = began + took / RECLAIM_SHARE
+    collector.written(GC_FREEZE_MIN, 4 * FREEZE_EVERY)
+    assert collector.reclaims == 2 and gone() is None
+
+
+def test_after_one_that_found_little_the_next_waits_twice_as_long_up_to_an_hour(
+    thawed: None,
+) -> None:
+    process = Process()
+    collector = process.collector()
+    collector.written(GC_FREEZE_MIN, FREEZE_EVERY)
+    expected: list[float] = []
+    wait = RECLAIM_FIRST
+    while len(expected) < 2 or expected[-2] < RECLAIM_MAX:
+        expected.append(wait)
+        wait = min(2 * wait, RECLAIM_MAX)
+    waits: list[float] = []
+    writes = FREEZE_EVERY
+    for wait in expected:
+        last = process.now
+        process.now = last + wait - 1
+        process.grow()
+        writes += FREEZE_EVERY
+        collector.written(GC_FREEZE_MIN, writes)
+        assert collector.reclaims == len(waits), "too soon"
+        process.now = last + wait
+        writes += FREEZE_EVERY
+        collector.written(GC_FREEZE_MIN, writes)
+        assert collector.reclaims == len(waits) + 1
+        waits.append(process.now - last)
+    assert waits == expected  # 300, 600, 1200, 2400, 3600, 3600 s
+
+
+def test_without_a_reading_of_its_memory_a_collector_only_freezes(thawed: None) -> None:
+    collector = Collector(True, Process().clock, lambda: None)
+    (gone,) = frozen_then_dropped(collector, FREEZE_EVERY)
+    collector.written(GC_FREEZE_MIN, 2 * FREEZE_EVERY)
+    assert gone() is not None and collector.reclaims == 0
 
 
 def test_a_cache_that_overwrites_its_keys_has_its_new_entries_frozen_though_it_does_not_grow(thawed: None) -> None:

@@ -69,7 +69,9 @@ class Config:
     snapshot_interval: float = 60.0
     gc_freeze: bool = True
     """Freeze the cached entries out of the cyclic GC's sight (housekeeping.Collector). Process-wide:
-    the application's objects alive at a freeze are frozen with them, never to be collected."""
+    the application's objects alive at a freeze are frozen with them, and its garbage among them
+    waits for the node's next collection of everything frozen (once the process grew, or the last
+    one found garbage)."""
 
     def __post_init__(self) -> None:
         check_protocol_max(self.protocol_max)

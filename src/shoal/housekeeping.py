@@ -16,6 +16,7 @@ from itertools import chain
 
 from . import snapshot
 from .replica import Op, ReplicaView
+from .status import rss_bytes
 from .transport import parse_address
 
 log = logging.getLogger("shoal")
@@ -27,6 +28,19 @@ Each freeze follows a full collection, which walks what the last one left in sig
 writes that took up to 12 ms (replication lag at 10k writes/s with 1M held, p99 6.7 ms and worst
 15 ms, against 5.1 and 7.8 after a young collection), every 16,384 at most 5 ms (p99 5.3 ms, worst
 9 ms; bench/results/replication.txt). More often freezes more of what the application holds."""
+RECLAIM_FIRST = 300.0
+"""Seconds after its first freeze that a node may first collect everything frozen (``Collector``)."""
+RECLAIM_GROWTH = 64 * 1024 * 1024
+"""Growth of the process's resident memory (at least these bytes, and a quarter) since the last
+collection of everything frozen that makes the next worth its cost, unless the last found garbage."""
+RECLAIM_MAX = 3600.0
+"""The longest a node goes between two collections of everything frozen."""
+RECLAIM_SHARE = 0.01
+"""The share of the time that collections of everything frozen may take: one that took 0.3 s (a
+hosted cache of 1M entries) is followed by another 30 s later at the soonest."""
+RECLAIM_GARBAGE = 0.01
+"""Frozen garbage, in objects per entry held, that a collection of everything frozen must find for
+the next to come as soon as ``RECLAIM_SHARE`` allows; finding less, it doubles the wait."""
 
 Resolver = Callable[[str, int], Awaitable[list[str]]]
 
@@ -36,8 +50,8 @@ class Collector:
 
     A full collection walks every object: with a million entries that is ~0.2 s
     with every thread stopped, the main cause of replication lag spikes. Entries
-    never form cycles, so ``gc.freeze()`` (after a young collection, so recent
-    garbage is not frozen with them) moves them out of the collector's sight.
+    never form cycles, so ``gc.freeze()`` (after a full collection, so garbage is
+    not frozen with them) moves them out of the collector's sight.
     It is done every ``FREEZE_EVERY`` writes, counted, not by the caches' growth:
     an overwrite makes a new entry as an insert does, and the entries not frozen yet
     are what every full collection walks. After a freeze the oldest generation is
@@ -56,14 +70,45 @@ class Collector:
     a million times beside an application dropping one cycle a write. The full
     collection walks what the last freeze left in sight, as the one it replaces would
     have; the collection as a dump begins (``pause``) is a full one for the same reason.
-    What stays is what was alive at a freeze and becomes cyclic garbage after it.
+
+    What stays is what was alive at a freeze and becomes cyclic garbage after it: an
+    application's requests in flight at a freeze, dropped later with a cycle among them (a
+    traceback, a future's callbacks), 1,200 in 20 s at 10k writes/s with 100 such requests
+    in flight. Nothing counts frozen garbage cheaply (``gc.get_freeze_count()`` walks every
+    frozen object), so now and then a freeze first unfreezes and collects everything, and
+    counts the garbage it found: the one exact count there is. That collection walks every
+    entry with every thread stopped: 0.3 s for a hosted cache of 1M just filled, up to
+    1.6 s once it has been rewritten a while (``bench/results/freeze_leak.txt``). So it
+    comes only when it is likely to pay: when the last one found garbage objects of
+    ``RECLAIM_GARBAGE`` per entry held or more (an application leaking into freezes), or
+    when the process's resident memory grew by ``RECLAIM_GROWTH`` and a quarter since the
+    last one (one starting to); and no sooner than ``RECLAIM_SHARE`` of the time allows, nor
+    ``RECLAIM_FIRST`` after the first freeze; after one that found less, not before twice
+    the last wait (up to ``RECLAIM_MAX``). An application that leaks nothing, and does not
+    grow, never pays it; frozen garbage is at most what the application leaks into freezes
+    in the shortest wait, or what grows the process by a quarter if it leaks slowly.
     """
 
-    def __init__(self, enabled: bool) -> None:
+    def __init__(
+        self,
+        enabled: bool,
+        clock: Callable[[], float] = time.monotonic,
+        rss: Callable[[], int | None] = rss_bytes,
+    ) -> None:
         self.enabled = enabled
+        self._clock = clock
+        self._rss = rss
+        self._rss_mark: int | None = None  # resident memory at the first freeze or the last reclaim
+        self._leaking = False  # the last collection of everything frozen found garbage worth it
         self._writes_at = 0
         self._paused = False
         self._was_enabled = True
+        self._reclaim_at: float | None = None  # when the next freeze first collects everything frozen
+        self._wait = RECLAIM_FIRST  # between the last such collection and the next
+        self.reclaims = 0  # collections of everything frozen, the seconds they took, the longest
+        self.reclaim_seconds = 0.0
+        self.longest_reclaim = 0.0
+        self.reclaimed = 0  # frozen garbage objects they found
 
     def written(self, total_entries: int, total_writes: int) -> None:
         """The node's tick: the caches hold ``total_entries`` after ``total_writes`` writes ever."""
@@ -74,9 +119,46 @@ class Collector:
             and total_writes - self._writes_at >= FREEZE_EVERY
         ):
             gc.collect()  # a full one: dead cycles must not be frozen (see the class docstring)
+            now = self._clock()
+            if self._reclaim_at is None:
+                self._start(now)
+            elif now >= self._reclaim_at and (self._leaking or self._grown()):
+                self._reclaim(now, total_entries)
             gc.freeze()
             self._writes_at = total_writes
             log.debug("gc.freeze() at %d entries, %d writes", total_entries, total_writes)
+
+    def _reclaim(self, began: float, entries: int) -> None:
+        """Collect what is frozen and garbage now; when to do it again (class docstring)."""
+        gc.unfreeze()
+        found = gc.collect()
+        took = self._clock() - began
+        soonest = took / RECLAIM_SHARE
+        self._leaking = found >= RECLAIM_GARBAGE * entries
+        self._wait = soonest if self._leaking else min(max(2 * self._wait, soonest), RECLAIM_MAX)
+        self._reclaim_at = began + max(self._wait, soonest)
+        self._rss_mark = self._rss()
+        self.reclaims += 1
+        self.reclaim_seconds += took
+        self.longest_reclaim = max(self.longest_reclaim, took)
+        self.reclaimed += found
+        log.info(
+            "collected everything frozen: %d garbage objects in %.0f ms; the next in %.0f s",
+            found,
+            took * 1000,
+            self._reclaim_at - began,
+        )
+
+    def _start(self, now: float) -> None:
+        """The first freeze: when and from what memory a collection of everything frozen may come."""
+        self._reclaim_at = now + self._wait
+        self._rss_mark = self._rss()
+
+    def _grown(self) -> bool:
+        mark, rss = self._rss_mark, self._rss()
+        if mark is None or rss is None:
+            return False
+        return rss - mark >= max(RECLAIM_GROWTH, mark // 4)
 
     def streamed(self, total_entries: int, total_writes: int) -> None:
         """A dump finished streaming in, the collector paused since it began: freeze what it brought
@@ -87,6 +169,8 @@ class Collector:
         if self.enabled and total_entries >= GC_FREEZE_MIN:
             gc.freeze()
             self._writes_at = total_writes
+            if self._reclaim_at is None:
+                self._start(self._clock())
             log.debug("gc.freeze() at %d entries (a dump streamed in)", total_entries)
 
     def pause(self, paused: bool) -> None:
