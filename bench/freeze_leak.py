@@ -12,10 +12,10 @@ never collected: the leak the bound is for (housekeeping.Collector). Each varian
 a fresh process:
 
   bounded      the node as it is: now and then a freeze first collects everything frozen,
-               when the process grew or the last such collection found garbage, as often as
-               ``RECLAIM_SHARE`` allows; the first may come ``--first`` seconds after the
-               first freeze (``RECLAIM_FIRST``, 300 s in a node, is shortened so that a run
-               shows the steady state)
+               when the process grew beside its caches or the last such collection found
+               garbage, as often as ``RECLAIM_SHARE`` allows; the first may come ``--first``
+               seconds after the first freeze (``RECLAIM_FIRST``, 300 s in a node, is
+               shortened so that a run shows the steady state)
   unbounded    the same without those collections: the code before them
   acyclic      bounded, beside requests that make no cycle: what an application that leaks
                nothing pays for the bound

@@ -602,6 +602,9 @@ class Replica:
     def writes(self) -> int:
         return self._cache._sets + self._applied
 
+    def approx_bytes(self) -> int:
+        return self._store.approx_bytes()
+
     def entries(self) -> list[Entry]:
         return self._store.entries()
 

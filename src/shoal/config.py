@@ -70,8 +70,8 @@ class Config:
     gc_freeze: bool = True
     """Freeze the cached entries out of the cyclic GC's sight (housekeeping.Collector). Process-wide:
     the application's objects alive at a freeze are frozen with them, and its garbage among them
-    waits for the node's next collection of everything frozen (once the process grew, or the last
-    one found garbage)."""
+    waits for the node's next collection of everything frozen (once the process grew beside its
+    caches, or the last one found garbage)."""
 
     def __post_init__(self) -> None:
         check_protocol_max(self.protocol_max)

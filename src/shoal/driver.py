@@ -121,7 +121,7 @@ class Driver:
         self.door = LogLimiter(log, clock=time.monotonic)  # refusals of strangers: they choose how many there are
         self._ticks = Supervisor("the node's timer", log, time.monotonic)
         self._chores = LogLimiter(log, burst=5, interval=60.0, clock=time.monotonic)
-        self._gc = Collector(config.gc_freeze)
+        self._gc = Collector(config.gc_freeze, self._held)
         self.fetches = ClusterFetches(self)
         self.on_member_up: list[Callable[[int, str], None]] = []
         self.on_member_down: list[Callable[[int, str, str], None]] = []
@@ -326,6 +326,9 @@ class Driver:
 
     def _writes(self) -> int:
         return sum(r.writes() for r in self.core.replicas.values())
+
+    def _held(self) -> int:
+        return sum(r.approx_bytes() for r in self.core.replicas.values())
 
     def _tick(self, now: float) -> None:
         self.run(self.core.tick(now, time.time()))

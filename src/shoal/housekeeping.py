@@ -31,8 +31,9 @@ writes that took up to 12 ms (replication lag at 10k writes/s with 1M held, p99 
 RECLAIM_FIRST = 300.0
 """Seconds after its first freeze that a node may first collect everything frozen (``Collector``)."""
 RECLAIM_GROWTH = 64 * 1024 * 1024
-"""Growth of the process's resident memory (at least these bytes, and a quarter) since the last
-collection of everything frozen that makes the next worth its cost, unless the last found garbage."""
+"""Growth of the process's resident memory past what its caches hold (at least these bytes, and a
+quarter of it) since the last collection of everything frozen that makes the next worth its cost,
+unless the last found garbage."""
 RECLAIM_MAX = 3600.0
 """The longest a node goes between two collections of everything frozen."""
 RECLAIM_SHARE = 0.01
@@ -81,24 +82,29 @@ class Collector:
     1.6 s once it has been rewritten a while (``bench/results/freeze_leak.txt``). So it
     comes only when it is likely to pay: when the last one found garbage objects of
     ``RECLAIM_GARBAGE`` per entry held or more (an application leaking into freezes), or
-    when the process's resident memory grew by ``RECLAIM_GROWTH`` and a quarter since the
-    last one (one starting to); and no sooner than ``RECLAIM_SHARE`` of the time allows, nor
-    ``RECLAIM_FIRST`` after the first freeze; after one that found less, not before twice
-    the last wait (up to ``RECLAIM_MAX``). An application that leaks nothing, and does not
-    grow, never pays it; frozen garbage is at most what the application leaks into freezes
-    in the shortest wait, or what grows the process by a quarter if it leaks slowly.
+    when the process's resident memory past what its caches hold (``held``, their estimate)
+    grew by ``RECLAIM_GROWTH`` and a quarter of it since the last one (one starting to);
+    and no sooner than ``RECLAIM_SHARE`` of the time allows, nor ``RECLAIM_FIRST`` after the
+    first freeze; after one that found less, not before twice the last wait (up to
+    ``RECLAIM_MAX``). An application that leaks nothing and does not grow beside its caches
+    never pays it; frozen garbage is at most what the application leaks into freezes in the
+    shortest wait, or what grows the process by a quarter if it leaks slowly.
     """
 
     def __init__(
         self,
         enabled: bool,
+        held: Callable[[], int] = lambda: 0,
+        *,
         clock: Callable[[], float] = time.monotonic,
         rss: Callable[[], int | None] = rss_bytes,
     ) -> None:
+        """``held``: bytes the caches hold (their estimate); ``rss``: the process's resident memory."""
         self.enabled = enabled
+        self._held = held
         self._clock = clock
         self._rss = rss
-        self._rss_mark: int | None = None  # resident memory at the first freeze or the last reclaim
+        self._mark: int | None = None  # resident memory past what the caches hold, at the first freeze or last reclaim
         self._leaking = False  # the last collection of everything frozen found garbage worth it
         self._writes_at = 0
         self._paused = False
@@ -137,7 +143,7 @@ class Collector:
         self._leaking = found >= RECLAIM_GARBAGE * entries
         self._wait = soonest if self._leaking else min(max(2 * self._wait, soonest), RECLAIM_MAX)
         self._reclaim_at = began + max(self._wait, soonest)
-        self._rss_mark = self._rss()
+        self._mark = self._excess()
         self.reclaims += 1
         self.reclaim_seconds += took
         self.longest_reclaim = max(self.longest_reclaim, took)
@@ -152,13 +158,19 @@ class Collector:
     def _start(self, now: float) -> None:
         """The first freeze: when and from what memory a collection of everything frozen may come."""
         self._reclaim_at = now + self._wait
-        self._rss_mark = self._rss()
+        self._mark = self._excess()
 
     def _grown(self) -> bool:
-        mark, rss = self._rss_mark, self._rss()
-        if mark is None or rss is None:
+        """The process grew past what its caches hold by the slack since the mark (the caches' own
+        growth is no reason: a cache filling up would pay for a collection that finds nothing)."""
+        rss = self._rss()
+        if self._mark is None or rss is None:
             return False
-        return rss - mark >= max(RECLAIM_GROWTH, mark // 4)
+        return rss - self._held() - self._mark >= max(RECLAIM_GROWTH, rss // 4)
+
+    def _excess(self) -> int | None:
+        rss = self._rss()
+        return None if rss is None else rss - self._held()
 
     def streamed(self, total_entries: int, total_writes: int) -> None:
         """A dump finished streaming in, the collector paused since it began: freeze what it brought

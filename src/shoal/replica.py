@@ -32,6 +32,10 @@ class ReplicaView(Protocol):
         """Writes applied since the cache was made, local and a peer's: how many entries were made."""
         ...
 
+    def approx_bytes(self) -> int:
+        """Memory the entries hold, estimated from a sample (``store.Store.approx_bytes``)."""
+        ...
+
     def entries(self) -> list[Entry]:
         """A snapshot: references to the current entries, which never change (10-14 ms per
         million on the caller's loop: a large cache is read with ``walk``)."""
