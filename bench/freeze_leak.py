@@ -2,6 +2,7 @@
 """What a node's gc.freeze() keeps of an application's garbage, with and without its bound.
 
     python3 run.py bench freeze_leak [--keys 1000000] [--seconds 300] [--payload 20000] [--first 30]
+    python3 run.py bench freeze_leak --cost 1000000,5000000
 
 A node holding ``--keys`` entries is written 10,000 times a second (10 overwrites a
 millisecond) beside an application whose requests, 100 in flight at any time, each
@@ -13,12 +14,18 @@ a fresh process:
 
   bounded      the node as it is: now and then a freeze first collects everything frozen,
                when the process grew beside its caches or the last such collection found
-               garbage, as often as ``RECLAIM_SHARE`` allows; the first may come ``--first``
+               garbage, at most ``RECLAIM_SHARE`` of the time; the first may come ``--first``
                seconds after the first freeze (``RECLAIM_FIRST``, 300 s in a node, is
                shortened so that a run shows the steady state)
   unbounded    the same without those collections: the code before them
   acyclic      bounded, beside requests that make no cycle: what an application that leaks
                nothing pays for the bound
+
+``--cost SIZES`` measures instead what one collection of everything frozen costs (what
+``housekeeping.RECLAIM_COST`` stands for): a hosted cache of each size is filled through
+``set_many`` in a fresh process and frozen, then ``gc.unfreeze(); gc.collect(); gc.freeze()``
+is timed there, after as many random overwrites as half the entries, and after as many
+again (each overwrite makes a new entry where an old one was freed).
 
 Printed per variant: resident memory when the writes began, at its highest and at the
 end; the collections of everything frozen and the longest of them (every thread stopped
@@ -106,16 +113,72 @@ def child(variant: str, keys: int, seconds: float, payload: int, first: float) -
     print(json.dumps(out), flush=True)
 
 
+def cost_child(keys: int) -> None:
+    import shoal
+
+    node = shoal.Node()
+    cache = node.cache("bench", ttl=3600, max_entries=keys)
+    node.start()
+    node.wait_ready(30)
+    for start in range(0, keys, 100_000):
+        cache.set_many({f"user:{i:07d}": f"acct-{i:08d}" for i in range(start, min(keys, start + 100_000))})
+    gc.collect()
+    gc.freeze()
+
+    def collect_all() -> float:
+        began = time.perf_counter()
+        gc.unfreeze()
+        gc.collect()
+        gc.freeze()
+        return time.perf_counter() - began
+
+    took = [collect_all()]
+    rng = random.Random(7)
+    for _ in range(2):
+        for _ in range(keys // 2):
+            i = rng.randrange(keys)
+            cache.set(f"user:{i:07d}", f"acct-{i:08d}")
+        took.append(collect_all())
+    node.stop()
+    print(json.dumps({"took": took}), flush=True)
+
+
+def cost(sizes: list[int]) -> str:
+    rows: list[list[object] | None] = []
+    for keys in sizes:
+        m = Member("bench/freeze_leak.py", "--cost-child", str(keys), timeout=1800)
+        took = m.hello["took"]
+        m.stop()
+        print(f"  {keys:,}: {took}", file=sys.stderr, flush=True)
+        rows.append([f"{keys:,}", *(f"{t:.2f}" for t in took), *(f"{t / keys * 1e6:.2f}" for t in (took[0], took[-1]))])
+    return format_table(
+        ["entries", "just filled s", "after N/2 overwrites", "after N", "us/entry filled", "us/entry overwritten"],
+        rows,
+        title="One collection of everything frozen (gc.unfreeze(); gc.collect(); gc.freeze()), a hosted cache",
+        notes=["Every thread of the process stopped for that long. One process per size."],
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--keys", type=int, default=1_000_000)
     parser.add_argument("--seconds", type=float, default=300.0)
     parser.add_argument("--payload", type=int, default=20_000, help="bytes each request holds")
     parser.add_argument("--first", type=float, default=30.0, help="RECLAIM_FIRST in the bounded variant")
+    parser.add_argument("--cost", default="", help="entries, comma-separated: time one collection instead")
     parser.add_argument("--child", default="")
+    parser.add_argument("--cost-child", type=int, default=0)
     args = parser.parse_args()
     if args.child:
         child(args.child, args.keys, args.seconds, args.payload, args.first)
+        return 0
+    if args.cost_child:
+        cost_child(args.cost_child)
+        return 0
+    if args.cost:
+        text = f"{environment()}\n\n{cost([int(n) for n in args.cost.split(',')])}"
+        print(text)
+        save("freeze_leak", text, append=True)
         return 0
     rows: list[list[object] | None] = []
     for variant in VARIANTS:

@@ -121,7 +121,8 @@ class Driver:
         self.door = LogLimiter(log, clock=time.monotonic)  # refusals of strangers: they choose how many there are
         self._ticks = Supervisor("the node's timer", log, time.monotonic)
         self._chores = LogLimiter(log, burst=5, interval=60.0, clock=time.monotonic)
-        self._gc = Collector(config.gc_freeze, self._held)
+        # Collecting everything frozen (housekeeping.Collector) stops the loop: not so long that peers take us for dead.
+        self._gc = Collector(config.gc_freeze, self._held, max_stall=config.failure_timeout / 2)
         self.fetches = ClusterFetches(self)
         self.on_member_up: list[Callable[[int, str], None]] = []
         self.on_member_down: list[Callable[[int, str, str], None]] = []

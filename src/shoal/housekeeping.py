@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import math
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -29,19 +30,19 @@ writes that took up to 12 ms (replication lag at 10k writes/s with 1M held, p99 
 15 ms, against 5.1 and 7.8 after a young collection), every 16,384 at most 5 ms (p99 5.3 ms, worst
 9 ms; bench/results/replication.txt). More often freezes more of what the application holds."""
 RECLAIM_FIRST = 300.0
-"""Seconds after its first freeze that a node may first collect everything frozen (``Collector``)."""
+"""Seconds after its first freeze before a node may first collect everything frozen (``Collector``)."""
 RECLAIM_GROWTH = 64 * 1024 * 1024
-"""Growth of the process's resident memory past what its caches hold (at least these bytes, and a
-quarter of it) since the last collection of everything frozen that makes the next worth its cost,
-unless the last found garbage."""
-RECLAIM_MAX = 3600.0
-"""The longest a node goes between two collections of everything frozen."""
-RECLAIM_SHARE = 0.01
-"""The share of the time that collections of everything frozen may take: one that took 0.3 s (a
-hosted cache of 1M entries) is followed by another 30 s later at the soonest."""
+"""Growth of the process's resident memory past what its caches hold (these bytes at least, and a
+quarter of it) since the last collection of everything frozen, that makes the next worth its cost."""
 RECLAIM_GARBAGE = 0.01
 """Frozen garbage, in objects per entry held, that a collection of everything frozen must find for
-the next to come as soon as ``RECLAIM_SHARE`` allows; finding less, it doubles the wait."""
+the next to be worth its cost without that growth."""
+RECLAIM_SHARE = 0.01
+"""The share of the time that collections of everything frozen may take: one that took 1 s is
+followed by another 100 s later at the soonest."""
+RECLAIM_COST = 1.5e-6
+"""Seconds a collection of everything frozen takes per entry held, at least: 1.3 s at 5M entries
+just filled, 7.4 s once they were overwritten (hosted, on a 2-core VM); the last one's, if more."""
 
 Resolver = Callable[[str, int], Awaitable[list[str]]]
 
@@ -78,17 +79,19 @@ class Collector:
     in flight. Nothing counts frozen garbage cheaply (``gc.get_freeze_count()`` walks every
     frozen object), so now and then a freeze first unfreezes and collects everything, and
     counts the garbage it found: the one exact count there is. That collection walks every
-    entry with every thread stopped: 0.3 s for a hosted cache of 1M just filled, up to
-    1.6 s once it has been rewritten a while (``bench/results/freeze_leak.txt``). So it
-    comes only when it is likely to pay: when the last one found garbage objects of
-    ``RECLAIM_GARBAGE`` per entry held or more (an application leaking into freezes), or
-    when the process's resident memory past what its caches hold (``held``, their estimate)
-    grew by ``RECLAIM_GROWTH`` and a quarter of it since the last one (one starting to);
-    and no sooner than ``RECLAIM_SHARE`` of the time allows, nor ``RECLAIM_FIRST`` after the
-    first freeze; after one that found less, not before twice the last wait (up to
-    ``RECLAIM_MAX``). An application that leaks nothing and does not grow beside its caches
-    never pays it; frozen garbage is at most what the application leaks into freezes in the
-    shortest wait, or what grows the process by a quarter if it leaks slowly.
+    entry with every thread stopped, 0.3-1.5 s at 1M entries and 1.3-7.4 s at 5M (more
+    the longer they were overwritten; ``bench/results/freeze_leak.txt``). So it comes only
+    when it is likely to pay: when the process's resident memory past what its caches hold
+    (``held``, their estimate) grew by ``RECLAIM_GROWTH`` and a quarter of it since the last
+    one, or that one found garbage objects of ``RECLAIM_GARBAGE`` per entry held or more (an
+    application leaking into freezes); not in the first ``RECLAIM_FIRST`` after the first
+    freeze, nor more than ``RECLAIM_SHARE`` of the time; and never when it would stop the
+    node longer than ``max_stall`` (``RECLAIM_COST`` per entry): half the failure timeout,
+    past which peers take the node for dead. An application that leaks nothing and does not
+    grow beside its caches never pays it. Frozen garbage is at most what the application
+    leaks into freezes between two such collections, or what grows the process by a quarter
+    if it leaks slowly; and it is not bounded on a node too large to collect within
+    ``max_stall`` (above 1.6M entries with the default 5 s failure timeout).
     """
 
     def __init__(
@@ -96,21 +99,24 @@ class Collector:
         enabled: bool,
         held: Callable[[], int] = lambda: 0,
         *,
+        max_stall: float = math.inf,
         clock: Callable[[], float] = time.monotonic,
         rss: Callable[[], int | None] = rss_bytes,
     ) -> None:
-        """``held``: bytes the caches hold (their estimate); ``rss``: the process's resident memory."""
+        """``held``: bytes the caches hold (their estimate); ``max_stall``: seconds a collection of
+        everything frozen may stop the process; ``rss``: the process's resident memory."""
         self.enabled = enabled
         self._held = held
+        self.max_stall = max_stall
         self._clock = clock
         self._rss = rss
-        self._mark: int | None = None  # resident memory past what the caches hold, at the first freeze or last reclaim
-        self._leaking = False  # the last collection of everything frozen found garbage worth it
         self._writes_at = 0
         self._paused = False
         self._was_enabled = True
-        self._reclaim_at: float | None = None  # when the next freeze first collects everything frozen
-        self._wait = RECLAIM_FIRST  # between the last such collection and the next
+        self._reclaim_at: float | None = None  # no collection of everything frozen before then
+        self._mark: int | None = None  # resident memory past what the caches hold, after the last one
+        self._leaking = False  # the last one found garbage worth it
+        self._cost = RECLAIM_COST  # its seconds per entry
         self.reclaims = 0  # collections of everything frozen, the seconds they took, the longest
         self.reclaim_seconds = 0.0
         self.longest_reclaim = 0.0
@@ -128,41 +134,24 @@ class Collector:
             now = self._clock()
             if self._reclaim_at is None:
                 self._start(now)
-            elif now >= self._reclaim_at and (self._leaking or self._grown()):
+            elif (
+                now >= self._reclaim_at
+                and self._cost * total_entries <= self.max_stall
+                and (self._leaking or self._grown())
+            ):
                 self._reclaim(now, total_entries)
             gc.freeze()
             self._writes_at = total_writes
             log.debug("gc.freeze() at %d entries, %d writes", total_entries, total_writes)
 
-    def _reclaim(self, began: float, entries: int) -> None:
-        """Collect what is frozen and garbage now; when to do it again (class docstring)."""
-        gc.unfreeze()
-        found = gc.collect()
-        took = self._clock() - began
-        soonest = took / RECLAIM_SHARE
-        self._leaking = found >= RECLAIM_GARBAGE * entries
-        self._wait = soonest if self._leaking else min(max(2 * self._wait, soonest), RECLAIM_MAX)
-        self._reclaim_at = began + max(self._wait, soonest)
-        self._mark = self._excess()
-        self.reclaims += 1
-        self.reclaim_seconds += took
-        self.longest_reclaim = max(self.longest_reclaim, took)
-        self.reclaimed += found
-        log.info(
-            "collected everything frozen: %d garbage objects in %.0f ms; the next in %.0f s",
-            found,
-            took * 1000,
-            self._reclaim_at - began,
-        )
-
     def _start(self, now: float) -> None:
-        """The first freeze: when and from what memory a collection of everything frozen may come."""
-        self._reclaim_at = now + self._wait
+        """The first freeze: a collection of everything frozen may come from a while after it."""
+        self._reclaim_at = now + RECLAIM_FIRST
         self._mark = self._excess()
 
     def _grown(self) -> bool:
-        """The process grew past what its caches hold by the slack since the mark (the caches' own
-        growth is no reason: a cache filling up would pay for a collection that finds nothing)."""
+        """The process grew past what its caches hold since the last collection of everything frozen
+        (the caches' own growth is no reason: a cache filling up would pay for one finding nothing)."""
         rss = self._rss()
         if self._mark is None or rss is None:
             return False
@@ -171,6 +160,21 @@ class Collector:
     def _excess(self) -> int | None:
         rss = self._rss()
         return None if rss is None else rss - self._held()
+
+    def _reclaim(self, began: float, entries: int) -> None:
+        """Collect what is frozen and garbage now (class docstring)."""
+        gc.unfreeze()
+        found = gc.collect()
+        took = self._clock() - began
+        self._reclaim_at = began + took / RECLAIM_SHARE
+        self._mark = self._excess()
+        self._leaking = found >= RECLAIM_GARBAGE * entries
+        self._cost = max(RECLAIM_COST, took / entries)
+        self.reclaims += 1
+        self.reclaim_seconds += took
+        self.longest_reclaim = max(self.longest_reclaim, took)
+        self.reclaimed += found
+        log.info("collected everything frozen: %d garbage objects in %.0f ms", found, took * 1000)
 
     def streamed(self, total_entries: int, total_writes: int) -> None:
         """A dump finished streaming in, the collector paused since it began: freeze what it brought
