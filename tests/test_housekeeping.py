@@ -268,6 +268,10 @@ def test_no_collection_of_everything_frozen_stops_a_node_longer_than_its_max_sta
         assert (collector.reclaims == 1) is collects and (gone() is None) is collects
 
 
+def test_a_node_s_collections_of_everything_frozen_stop_it_half_its_failure_timeout_at_most() -> None:
+    assert Node(failure_timeout=3.0)._driver._gc.max_stall == 1.5
+
+
 def test_a_collection_that_took_longer_than_the_max_stall_is_not_repeated_at_that_size(thawed: None) -> None:
     process = Process(step=1.0)  # every reading of the clock a second later: a collection takes one
     collector = process.collector(max_stall=0.5)

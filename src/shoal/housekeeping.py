@@ -42,7 +42,7 @@ RECLAIM_SHARE = 0.01
 followed by another 100 s later at the soonest."""
 RECLAIM_COST = 1.5e-6
 """Seconds a collection of everything frozen takes per entry held, at least: 1.3 s at 5M entries
-just filled, 7.4 s once they were overwritten (hosted, on a 2-core VM); the last one's, if more."""
+just filled, 7.3 s once they were overwritten (hosted, on a 2-core VM); the last one's, if more."""
 
 Resolver = Callable[[str, int], Awaitable[list[str]]]
 
@@ -79,7 +79,7 @@ class Collector:
     in flight. Nothing counts frozen garbage cheaply (``gc.get_freeze_count()`` walks every
     frozen object), so now and then a freeze first unfreezes and collects everything, and
     counts the garbage it found: the one exact count there is. That collection walks every
-    entry with every thread stopped, 0.3-1.5 s at 1M entries and 1.3-7.4 s at 5M (more
+    entry with every thread stopped, 0.3-1.5 s at 1M entries and 1.3-7.3 s at 5M (more
     the longer they were overwritten; ``bench/results/freeze_leak.txt``). So it comes only
     when it is likely to pay: when the process's resident memory past what its caches hold
     (``held``, their estimate) grew by ``RECLAIM_GROWTH`` and a quarter of it since the last
