@@ -272,6 +272,22 @@ def test_a_node_s_collections_of_everything_frozen_stop_it_half_its_failure_time
     assert Node(failure_timeout=3.0)._driver._gc.max_stall == 1.5
 
 
+def test_a_node_s_stats_say_what_its_collections_of_everything_frozen_found_and_took(thawed: None) -> None:
+    """What tells an operator the application leaks cycles into the freezes."""
+    node = Node()
+    collector = node._driver._gc
+    assert node.stats()["frozen_collections"] == {"count": 0, "garbage_found": 0, "seconds": 0, "longest_seconds": 0}
+    process = Process(step=0.25)
+    collector._clock, collector._rss = process.clock, lambda: process.rss
+    frozen_then_dropped(collector, FREEZE_EVERY, 3)
+    process.now += RECLAIM_FIRST
+    process.grow()
+    collector.written(GC_FREEZE_MIN, 2 * FREEZE_EVERY)
+    figures = node.stats()["frozen_collections"]
+    assert figures["count"] == 1 and figures["garbage_found"] >= 3
+    assert figures["seconds"] == figures["longest_seconds"] >= 0.25
+
+
 def test_a_collection_that_took_longer_than_the_max_stall_is_not_repeated_at_that_size(thawed: None) -> None:
     process = Process(step=1.0)  # every reading of the clock a second later: a collection takes one
     collector = process.collector(max_stall=0.5)

@@ -328,6 +328,17 @@ class Driver:
     def _writes(self) -> int:
         return sum(r.writes() for r in self.core.replicas.values())
 
+    def frozen_collections(self) -> dict[str, float]:
+        """The collector's collections of everything frozen (housekeeping.Collector): how many, the
+        garbage objects they found, their seconds in all and the longest; a leaking application shows here."""
+        gc_ = self._gc
+        return {
+            "count": gc_.reclaims,
+            "garbage_found": gc_.reclaimed,
+            "seconds": gc_.reclaim_seconds,
+            "longest_seconds": gc_.longest_reclaim,
+        }
+
     def _held(self) -> int:
         return sum(r.approx_bytes() for r in self.core.replicas.values())
 

@@ -234,6 +234,7 @@ class Node:
             "address": self.address,
             "ready": self._driver.ready_flag.is_set(),
             "peer_backlog_bytes": self._driver.backlogs(),
+            "frozen_collections": self._driver.frozen_collections(),
             "caches": caches,
             **core.member_figures(),
         }
