@@ -246,12 +246,16 @@ def test_while_they_find_garbage_collections_of_everything_frozen_come_as_often_
     collector.written(GC_FREEZE_MIN, 2 * FREEZE_EVERY)
     assert collector.reclaims == 1 and collector.reclaimed > RECLAIM_GARBAGE * GC_FREEZE_MIN
     took = collector.longest_reclaim
-    assert took > 0
-    began = process.now
-    (gone,) = frozen_then_dropped(collector, 3 * FREEZE_EVERY)  # a freeze too soon after: no collection
+    assert took == pytest.approx(process.step)  # the clock read once after it began
+    began = process.now - process.step
+    due = began + took / RECLAIM_SHARE
+    (gone,) = frozen_then_dropped(collector, 3 * FREEZE_EVERY)  # right after: no collection
     assert collector.reclaims == 1
-    process.now = began + took / RECLAIM_SHARE
+    process.now = due - process.step - 1e-6  # the freeze reads the clock a step later
     collector.written(GC_FREEZE_MIN, 4 * FREEZE_EVERY)
+    assert collector.reclaims == 1 and gone() is not None
+    process.now = due - process.step + 1e-6
+    collector.written(GC_FREEZE_MIN, 5 * FREEZE_EVERY)
     assert collector.reclaims == 2 and gone() is None
 
 
@@ -304,10 +308,58 @@ def test_a_collection_that_took_longer_than_the_max_stall_is_not_repeated_at_tha
 
 
 def test_without_a_reading_of_its_memory_a_collector_only_freezes(thawed: None) -> None:
-    collector = Collector(True, clock=Process().clock, rss=lambda: None)
+    process = Process()
+    collector = Collector(True, clock=process.clock, rss=lambda: None)
     (gone,) = frozen_then_dropped(collector, FREEZE_EVERY)
+    process.now += RECLAIM_FIRST
     collector.written(GC_FREEZE_MIN, 2 * FREEZE_EVERY)
     assert gone() is not None and collector.reclaims == 0
+
+
+def test_a_first_freeze_without_a_reading_of_memory_leaves_the_next_reading_as_the_mark(thawed: None) -> None:
+    process = Process()
+    readings: list[int | None] = [None]
+    collector = Collector(True, clock=process.clock, rss=lambda: readings[-1])
+    (gone,) = frozen_then_dropped(collector, FREEZE_EVERY)
+    process.now += RECLAIM_FIRST
+    readings.append(100 * MB)
+    collector.written(GC_FREEZE_MIN, 2 * FREEZE_EVERY)
+    assert collector.reclaims == 0
+    readings.append(100 * MB + RECLAIM_GROWTH)
+    collector.written(GC_FREEZE_MIN, 3 * FREEZE_EVERY)
+    assert collector.reclaims == 1 and gone() is None
+
+
+def test_memory_the_caches_gave_back_is_no_growth(thawed: None) -> None:
+    """Entries that expired or were cleared leave the process as large as it was."""
+    process = Process()
+    process.rss = process.held = 1000 * MB
+    collector = process.collector()
+    frozen_then_dropped(collector, FREEZE_EVERY)
+    process.now += RECLAIM_FIRST
+    process.held = 0
+    collector.written(GC_FREEZE_MIN, 2 * FREEZE_EVERY)
+    assert collector.reclaims == 0
+
+
+def test_a_dump_s_freeze_starts_the_wait_before_a_first_collection_of_everything_frozen(thawed: None) -> None:
+    process = Process()
+    collector = process.collector()
+    cycle = Cycle()  # alive as the dump ends, garbage right after
+    gone = weakref.ref(cycle)
+    collector.pause(True)
+    collector.streamed(GC_FREEZE_MIN, 0)
+    collector.pause(False)
+    del cycle
+    gc.collect()
+    assert gone() is not None, "frozen by the dump's freeze"
+    process.grow()
+    process.now += RECLAIM_FIRST - 1
+    collector.written(GC_FREEZE_MIN, FREEZE_EVERY)
+    assert collector.reclaims == 0
+    process.now += 1
+    collector.written(GC_FREEZE_MIN, 2 * FREEZE_EVERY)
+    assert collector.reclaims == 1 and gone() is None
 
 
 def test_a_cache_that_overwrites_its_keys_has_its_new_entries_frozen_though_it_does_not_grow(thawed: None) -> None:

@@ -71,7 +71,8 @@ class Config:
     """Freeze the cached entries out of the cyclic GC's sight (housekeeping.Collector). Process-wide:
     the application's objects alive at a freeze are frozen with them, and its garbage among them
     waits for the node's next collection of everything frozen (once the process grew beside its
-    caches, or the last one found garbage)."""
+    caches, or the last one found garbage); on a node too large to collect within half
+    ``failure_timeout`` it stays."""
 
     def __post_init__(self) -> None:
         check_protocol_max(self.protocol_max)

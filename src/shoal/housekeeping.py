@@ -85,13 +85,16 @@ class Collector:
     (``held``, their estimate) grew by ``RECLAIM_GROWTH`` and a quarter of it since the last
     one, or that one found garbage objects of ``RECLAIM_GARBAGE`` per entry held or more (an
     application leaking into freezes); not in the first ``RECLAIM_FIRST`` after the first
-    freeze, nor more than ``RECLAIM_SHARE`` of the time; and never when it would stop the
-    node longer than ``max_stall`` (``RECLAIM_COST`` per entry): half the failure timeout,
-    past which peers take the node for dead. An application that leaks nothing and does not
-    grow beside its caches never pays it. Frozen garbage is at most what the application
-    leaks into freezes between two such collections, or what grows the process by a quarter
-    if it leaks slowly; and it is not bounded on a node too large to collect within
-    ``max_stall`` (above 1.6M entries with the default 5 s failure timeout).
+    freeze, nor more than ``RECLAIM_SHARE`` of the time; and never when it is estimated to
+    stop the node longer than ``max_stall`` (``RECLAIM_COST`` per entry, or what the last one
+    took per entry if more, the application's objects walked with them): half the failure
+    timeout, past which peers take the node for dead. An application that leaks nothing and
+    does not grow beside its caches never pays it, unless the caches' estimate of what they
+    hold (a sample of 32 entries) is off by a quarter of the process. Frozen garbage is at
+    most what the application leaks into freezes between two such collections, or what
+    grows the process by a quarter if it leaks slowly; and it is not bounded on a node too
+    large to collect within ``max_stall`` (above 1.6M entries with the default 5 s failure
+    timeout).
     """
 
     def __init__(
@@ -115,6 +118,7 @@ class Collector:
         self._was_enabled = True
         self._reclaim_at: float | None = None  # no collection of everything frozen before then
         self._mark: int | None = None  # resident memory past what the caches hold, after the last one
+        self._held_most = 0  # the most the caches were read to hold since
         self._leaking = False  # the last one found garbage worth it
         self._cost = RECLAIM_COST  # its seconds per entry
         self.reclaims = 0  # collections of everything frozen, the seconds they took, the longest
@@ -151,15 +155,22 @@ class Collector:
 
     def _grown(self) -> bool:
         """The process grew past what its caches hold since the last collection of everything frozen
-        (the caches' own growth is no reason: a cache filling up would pay for one finding nothing)."""
+        (the caches' own growth is no reason: a cache filling up would pay for one finding nothing).
+        What they held at most since counts: memory they gave back stays with the process."""
         rss = self._rss()
-        if self._mark is None or rss is None:
+        if rss is None:
             return False
-        return rss - self._held() - self._mark >= max(RECLAIM_GROWTH, rss // 4)
+        self._held_most = max(self._held_most, self._held())
+        if self._mark is None:  # no reading at the last mark: this one is the mark
+            self._mark = rss - self._held_most
+            return False
+        return rss - self._held_most - self._mark >= max(RECLAIM_GROWTH, rss // 4)
 
     def _excess(self) -> int | None:
+        """Resident memory past what the caches hold, now: the mark growth is measured from."""
         rss = self._rss()
-        return None if rss is None else rss - self._held()
+        self._held_most = self._held()
+        return None if rss is None else rss - self._held_most
 
     def _reclaim(self, began: float, entries: int) -> None:
         """Collect what is frozen and garbage now (class docstring)."""
