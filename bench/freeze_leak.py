@@ -71,7 +71,6 @@ def child(variant: str, keys: int, seconds: float, payload: int, first: float) -
     node.wait_ready(30)
     names = [f"user:{i:07d}" for i in range(keys)]
     cache.set_many({k: f"acct-{i:08d}" for i, k in enumerate(names)})
-    collector = node._driver._gc
     rng = random.Random(7)
     in_flight: deque[Request] = deque(maxlen=IN_FLIGHT)  # the oldest finishes as a new one begins
     start_rss = peak = rss()
@@ -92,8 +91,7 @@ def child(variant: str, keys: int, seconds: float, payload: int, first: float) -
             time.sleep(pause)
     elapsed = time.monotonic() - began
     end_rss = rss()
-    reclaims, reclaim_s, longest = collector.reclaims, collector.reclaim_seconds, collector.longest_reclaim
-    found = collector.reclaimed
+    figures = node.stats()["frozen_collections"]  # what an operator reads of them
     node.stop()
     in_flight.clear()
     gc.unfreeze()
@@ -102,13 +100,13 @@ def child(variant: str, keys: int, seconds: float, payload: int, first: float) -
         "start_rss": start_rss,
         "peak_rss": max(peak, end_rss),
         "end_rss": end_rss,
-        "reclaims": reclaims,
-        "reclaim_s": reclaim_s,
-        "longest_s": longest,
+        "reclaims": figures["count"],
+        "reclaim_s": figures["seconds"],
+        "longest_s": figures["longest_seconds"],
         "writes": writes,
         "elapsed": elapsed,
         "left": left,
-        "found": found,
+        "found": figures["garbage_found"],
     }
     print(json.dumps(out), flush=True)
 
