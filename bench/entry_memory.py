@@ -24,6 +24,11 @@ Layouts:
   columns           no object per entry: the dict maps key -> slot number, and the slot
                     indexes columns beside it: values and keys (lists), expiry (array 'd'),
                     hlc and node id (array 'Q'), eviction state (array 'B')
+  complex2          a complex subclass: the expiry its real part, its slot in columns beside the
+                    table its imaginary part; two slots (value, freq), the key only in the dict;
+                    the columns hold the hlc (array 'Q'), the writer's index in a per-store table
+                    of node ids (array 'H') and the eviction queue (array 'B')
+  complex3          complex2 with the key kept in the entry (a third slot)
   split             the values in a dict of their own (key -> value, as the bar's dict) and
                     the entry in a second dict beside it (key -> a float subclass: version,
                     freq, queue); its get reads the value alone, trusting one horizon
@@ -58,6 +63,8 @@ LAYOUTS = [
     "struct3-packed",
     "columns",
     "split",
+    "complex2",
+    "complex3",
 ]
 
 
@@ -148,6 +155,34 @@ def build(layout: str, n: int, values: list[str] | None = None) -> Any:
         wheel.extend(keys)
         queue.extend(keys)
         return table, wheel, queue, columns
+    elif layout in ("complex2", "complex3"):
+        from array import array
+
+        class C2(complex):
+            __slots__ = ("value", "freq")
+
+        class C3(complex):
+            __slots__ = ("key", "value", "freq")
+
+        expires = now + 3600
+        if layout == "complex2":
+            for i, (k, v) in enumerate(zip(keys, values, strict=True)):
+                e = complex.__new__(C2, expires, i)
+                e.value, e.freq = v, 0
+                table[k] = e
+        else:
+            for i, (k, v) in enumerate(zip(keys, values, strict=True)):
+                e = complex.__new__(C3, expires, i)
+                e.key, e.value, e.freq = k, v, 0
+                table[k] = e
+        columns = {
+            "hlcs": array("Q", range(hlc0, hlc0 + n)),
+            "nodes": array("H", bytes(2 * n)),
+            "queues": array("B", bytes(n)),
+        }
+        wheel.extend(keys)
+        queue.extend(keys)
+        return table, wheel, queue, columns
     elif layout == "split":
 
         class E3s(float):
@@ -227,6 +262,17 @@ def getter(layout: str, held: Any) -> Any:
             return default
 
         return get_struct3
+    if layout in ("complex2", "complex3"):
+
+        def get_complex(key: str, default: Any = None) -> Any:
+            entry = lookup(key)
+            if entry is not None and entry.real > wall():
+                if entry.freq < 3:
+                    entry.freq += 1
+                return entry.value
+            return default
+
+        return get_complex
     if layout == "float5":
 
         def get_float5(key: str, default: Any = None) -> Any:
@@ -291,15 +337,20 @@ def main() -> int:
     parser.add_argument("--n", type=int, default=1_000_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--child", default="")
+    parser.add_argument("--layouts", default=",".join(LAYOUTS), help="a comma-separated subset (dict and cachebox always run)")
     args = parser.parse_args()
     if args.child:
         child(args.child, args.n)
         return 0
-    per_item: dict[str, list[float]] = {layout: [] for layout in LAYOUTS}
-    get_ns: dict[str, list[float]] = {layout: [] for layout in LAYOUTS}
-    chain_ns: dict[str, list[float]] = {layout: [] for layout in LAYOUTS}
+    layouts = ["dict", "cachebox"] + [x for x in args.layouts.split(",") if x not in ("dict", "cachebox")]
+    unknown = set(layouts) - set(LAYOUTS)
+    if unknown:
+        parser.error(f"unknown layouts: {', '.join(sorted(unknown))}")
+    per_item: dict[str, list[float]] = {layout: [] for layout in layouts}
+    get_ns: dict[str, list[float]] = {layout: [] for layout in layouts}
+    chain_ns: dict[str, list[float]] = {layout: [] for layout in layouts}
     for _ in range(args.rounds):
-        for layout in LAYOUTS:
+        for layout in layouts:
             m = Member("bench/entry_memory.py", "--child", layout, "--n", str(args.n), hello=True, timeout=600)
             per_item[layout].append(float(m.hello["bytes"]))
             get_ns[layout].append(float(m.hello["get_ns"]))
@@ -308,7 +359,7 @@ def main() -> int:
     base = statistics.median(per_item["dict"])
     box_chain = statistics.median(chain_ns["cachebox"])
     rows = []
-    for layout in LAYOUTS:
+    for layout in layouts:
         xs, gs, cs = per_item[layout], get_ns[layout], chain_ns[layout]
         mid = statistics.median(xs)
         rows.append(
