@@ -337,7 +337,7 @@ def main() -> int:
     parser.add_argument("--n", type=int, default=1_000_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--child", default="")
-    parser.add_argument("--layouts", default=",".join(LAYOUTS), help="a comma-separated subset (dict and cachebox always run)")
+    parser.add_argument("--layouts", default=",".join(LAYOUTS), help="a subset, comma-separated")
     args = parser.parse_args()
     if args.child:
         child(args.child, args.n)
