@@ -137,6 +137,16 @@ def test_the_page_lists_at_most_its_bound_of_members_and_caches_and_says_how_man
     assert f"showing the first {status.MAX_CACHES} of {status.MAX_CACHES + 7} caches" in text
 
 
+def test_collections_of_everything_frozen_show_once_there_was_one() -> None:
+    """What they found is how an operator sees an application leaking cycles into the freezes."""
+    none = {"count": 0, "garbage_found": 0, "seconds": 0.0, "longest_seconds": 0.0}
+    quiet = status.render({**stats(), "frozen_collections": none}, [], wall=WALL, rss=None).decode()
+    assert "everything frozen" not in quiet
+    two = {"count": 2, "garbage_found": 28_524, "seconds": 1.9, "longest_seconds": 1.42}
+    page = status.render({**stats(), "frozen_collections": two}, [], wall=WALL, rss=None).decode()
+    assert "collections of everything frozen 2: found 28,524 garbage objects in 1.90 s (longest 1.42 s)" in page
+
+
 def test_the_page_reloads_itself_without_a_script() -> None:
     page = status.render(stats(), [], wall=WALL, rss=None).decode()
     assert f'<meta http-equiv="refresh" content="{status.REFRESH}">' in page

@@ -77,11 +77,24 @@ def render(stats: dict[str, Any], members: list[dict[str, Any]], *, wall: float,
         f"peers up {_e(stats.get('members_up', '?'))} · ",
         f"memory (RSS) {_e(_bytes(rss))} · ",
         f"{_e(time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(wall)))}, refreshed every {REFRESH} s</p>",
+        *_frozen(stats.get("frozen_collections") or {}),
         *_members(members),
         *_caches(stats.get("caches") or {}, addresses, wall),
         "</body></html>\n",
     ]
     return "".join(parts).encode("utf-8")
+
+
+def _frozen(figures: dict[str, Any]) -> Iterable[str]:
+    """The collections of everything frozen (housekeeping.Collector), once there was one: garbage
+    they keep finding is an application leaking reference cycles into the periodic freezes."""
+    if not figures.get("count"):
+        return
+    yield (
+        '<p class="meta">collections of everything frozen '
+        f"{_e(_count(figures.get('count')))}: found {_e(_count(figures.get('garbage_found')))} garbage objects"
+        f" in {_e(_seconds(figures.get('seconds')))} s (longest {_e(_seconds(figures.get('longest_seconds')))} s)</p>"
+    )
 
 
 def _members(members: list[dict[str, Any]]) -> Iterable[str]:

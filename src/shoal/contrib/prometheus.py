@@ -17,7 +17,11 @@ Counters (``_total``): ``shoal_cache_{hits,misses,sets,deletes,evictions,expirat
 ``shoal_ready`` (1 once the cache's warm boot is over). Member-wide,
 cluster single flight: ``shoal_{leases_granted,lease_waits,leases_handed_over,lease_owner_fallbacks}_total``
 and the gauge ``shoal_leases_held``. A cache with a backing store (backing.py) adds the counters
-``shoal_backing_{reads,writes,errors,invalidations,tracking_resets}_total``.
+``shoal_backing_{reads,writes,errors,invalidations,tracking_resets}_total``. Member-wide, the
+collections of everything the periodic ``gc.freeze()`` froze (housekeeping.py): the counters
+``shoal_gc_frozen_{collections,garbage}_total``, ``shoal_gc_frozen_collection_seconds_total`` and the
+gauge ``shoal_gc_frozen_collection_longest_seconds``; garbage found again and again is an application
+leaking reference cycles.
 """
 
 from __future__ import annotations
@@ -84,6 +88,7 @@ class ShoalCollector(Collector):
         yield from _cache_families(caches)
         yield from _node_families(caches, source.members())
         yield from _lease_families(stats.get("leases") or {})
+        yield from _frozen_families(stats.get("frozen_collections") or {})
 
 
 def _cache_families(caches: dict[str, dict[str, Any]]) -> Iterator[Metric]:
@@ -146,6 +151,25 @@ def _lease_families(leases: dict[str, int]) -> Iterator[Metric]:
     if "leases_held" in leases:
         held = float(leases["leases_held"])
         yield GaugeMetricFamily("shoal_leases_held", "Leases out now on keys this member owns.", value=held)
+
+
+_FROZEN_COUNTERS = [
+    ("shoal_gc_frozen_collections", "count", "Collections of everything the periodic gc.freeze() froze."),
+    ("shoal_gc_frozen_garbage", "garbage_found", "Garbage objects those collections found (cycles frozen dead)."),
+    ("shoal_gc_frozen_collection_seconds", "seconds", "Seconds those collections took, every thread stopped."),
+]
+
+
+def _frozen_families(figures: dict[str, float]) -> Iterator[Metric]:
+    """The collector's collections of everything frozen (housekeeping.Collector): member-wide."""
+    for name, key, doc in _FROZEN_COUNTERS:
+        if key in figures:
+            yield CounterMetricFamily(name, doc, value=float(figures[key]))
+    if "longest_seconds" in figures:
+        longest = float(figures["longest_seconds"])
+        yield GaugeMetricFamily(
+            "shoal_gc_frozen_collection_longest_seconds", "The longest of those collections.", value=longest
+        )
 
 
 def _family(
