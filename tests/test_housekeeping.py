@@ -111,6 +111,22 @@ def test_a_freeze_does_not_keep_the_garbage_cycles_that_waited_in_the_oldest_gen
     assert gone() is None, "a dead cycle was frozen"
 
 
+def test_what_another_thread_drops_between_the_collection_and_the_freeze_is_not_frozen(thawed: None) -> None:
+    """Threads may switch between two calls, and a thread waiting through a long full collection
+    asks for its turn: what it drops then is young garbage. The collector reads its clock in that
+    gap; this clock drops a cycle there, as such a thread would."""
+    dropped: list[weakref.ref[Cycle]] = []
+
+    def clock() -> float:
+        dropped.append(weakref.ref(Cycle()))
+        return 1000.0
+
+    collector = Collector(True, clock=clock)
+    collector.written(GC_FREEZE_MIN, FREEZE_EVERY)
+    assert gc.get_freeze_count() > 0 and dropped
+    assert all(ref() is None for ref in dropped), "young garbage was frozen"
+
+
 def test_a_dump_s_freeze_does_not_keep_the_garbage_cycles_of_before_it_began(thawed: None) -> None:
     collector = Collector(True)
     gone = dead_cycle_in_the_oldest_generation()  # as the dump begins
@@ -456,7 +472,8 @@ def test_a_node_beside_an_application_leaking_cycles_into_its_freezes_gives_them
     and then dropped. The node before the bound kept every one; this one finds them and frees
     them, and its stats say so (the unit tests above drive the collector with a fake clock)."""
     unbounded, bounded = _leak("unbounded"), _leak("bounded")
-    assert unbounded["count"] == 0 and unbounded["left"] >= 1000, unbounded  # ~100 a freeze, 24 freezes
-    assert bounded["count"] >= 1 and bounded["longest_seconds"] > 0, bounded
-    assert bounded["garbage_found"] >= 100, bounded  # a freeze's worth of requests in flight, at least
-    assert bounded["left"] < unbounded["left"] / 2, (bounded, unbounded)
+    assert unbounded["count"] == 0 and unbounded["left"] >= 1000, unbounded  # 100 in flight, ~28 freezes
+    assert bounded["count"] >= 2 and bounded["longest_seconds"] > 0, bounded
+    assert bounded["garbage_found"] >= 3000, bounded  # 3 objects a request: thousands found and freed
+    # What stays frozen at the end depends on when the last collection came (they come on growth by
+    # a quarter, or while the last one found garbage of 1% of the entries): not asserted.
