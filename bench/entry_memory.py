@@ -20,6 +20,8 @@ Layouts:
   float3-hlc        float3 with the version's hlc only (a 64-bit int) and the node as an
                     index into a per-store table (in the packed small int)
   struct6           msgspec Struct(gc=False): key, value, expires (a float), version, freq, queue
+  struct6-ms        struct6 with expiries to the millisecond, one float object per millisecond
+                    (shared by the entries written in it: 10 here, as at 10k writes/s)
   struct3-packed    msgspec Struct(gc=False): value, expiry ms and hlc packed in one int, meta
   columns           no object per entry: the dict maps key -> slot number, and the slot
                     indexes columns beside it: values and keys (lists), expiry (array 'd'),
@@ -60,6 +62,7 @@ LAYOUTS = [
     "float3",
     "float3-hlc",
     "struct6",
+    "struct6-ms",
     "struct3-packed",
     "columns",
     "split",
@@ -115,7 +118,7 @@ def build(layout: str, n: int, values: list[str] | None = None) -> Any:
             e.value, e.meta = v, 0
             e.version = (hlc0 + i) if layout == "float3-hlc" else ((hlc0 + i) << 64) | node
             table[k] = e
-    elif layout == "struct6":
+    elif layout in ("struct6", "struct6-ms"):
         import msgspec
 
         class S6(msgspec.Struct, gc=False):
@@ -126,8 +129,12 @@ def build(layout: str, n: int, values: list[str] | None = None) -> Any:
             freq: int
             queue: int
 
+        shared: dict[float, float] = {}
         for i, (k, v) in enumerate(zip(keys, values, strict=True)):
-            table[k] = S6(k, v, now + 3600 + i * 1e-6, ((hlc0 + i) << 64) | node, 0, 0)
+            exp = now + 3600 + i * 1e-6
+            if layout == "struct6-ms":
+                exp = shared.setdefault(round(now + 3600 + i * 1e-4, 3), round(now + 3600 + i * 1e-4, 3))
+            table[k] = S6(k, v, exp, ((hlc0 + i) << 64) | node, 0, 0)
     elif layout == "struct3-packed":
         import msgspec
 
@@ -240,7 +247,7 @@ def getter(layout: str, held: Any) -> Any:
             return default
 
         return get_split
-    if layout == "struct6":
+    if layout in ("struct6", "struct6-ms"):
 
         def get_struct6(key: str, default: Any = None) -> Any:
             entry = lookup(key)
@@ -296,13 +303,64 @@ def getter(layout: str, held: Any) -> Any:
     return get_float3
 
 
+def writer(layout: str, held: Any) -> Any:
+    """A write as ``Store.write`` makes one: a new entry in place of the key's old one, which is freed
+    (its eviction state passed on); ``shoal.Cache.set`` itself for shoal. None for the other layouts."""
+    import time
+
+    if layout == "shoal.Cache":
+        return lambda key, i: held.set(key, "acct-new")
+    if layout not in ("float5", "struct6", "struct6-ms"):
+        return None
+    table = held[0]
+    cls = type(next(iter(table.values())))
+    hlc0, node, wall = (int(time.time() * 1000) + 10_000) << 16, 0x1234_5678_9ABC_DEF0, time.time
+    if layout == "float5":
+
+        def write_float(key: str, i: int) -> None:
+            old = table[key]
+            entry = float.__new__(cls, wall() + 3600)
+            entry.key, entry.value, entry.version = key, "acct-new", ((hlc0 + i) << 64) | node
+            entry.freq, entry.queue = old.freq, old.queue
+            table[key] = entry
+
+        return write_float
+    last = [0.0]  # the millisecond's expiry object, shared by the writes made in it
+
+    def write_struct(key: str, i: int) -> None:
+        old = table[key]
+        expires = wall() + 3600
+        if layout == "struct6-ms":
+            expires = round(expires, 3)
+            if expires == last[0]:
+                expires = last[0]
+            else:
+                last[0] = expires
+        table[key] = cls(key, "acct-new", expires, ((hlc0 + i) << 64) | node, old.freq, old.queue)
+
+    return write_struct
+
+
 def child(layout: str, n: int) -> None:
+    import gc
     import json
     import random
     import time
 
+    spent = [0, 0]  # the cyclic collector's ns while filling, and when its pass began
+
+    def timed(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            spent[1] = time.perf_counter_ns()
+        else:
+            spent[0] += time.perf_counter_ns() - spent[1]
+
+    gc.callbacks.append(timed)
     before = rss()
+    t0 = time.perf_counter_ns()
     held = build(layout, n)
+    fill_ns = (time.perf_counter_ns() - t0) / n
+    gc.callbacks.remove(timed)
     per_item = (rss() - before) / n
     get = getter(layout, held)
     rng = random.Random(7)
@@ -314,7 +372,15 @@ def child(layout: str, n: int) -> None:
         for k in probes:
             get(k)
         passes.append((time.perf_counter() - t0) / len(probes) * 1e9)
-    del held, get
+    write = writer(layout, held)
+    writes = []
+    if write is not None:
+        for r in range(3):
+            t0 = time.perf_counter_ns()
+            for i, k in enumerate(probes):
+                write(k, r * len(probes) + i)
+            writes.append((time.perf_counter_ns() - t0) / len(probes))
+    del held, get, write
 
     # The latency: the same layout, built again with each key's value another key (one random
     # cycle through all), and each get's key the value the last one returned.
@@ -327,9 +393,20 @@ def child(layout: str, n: int) -> None:
         chain.append(took / len(probes))
         if key is None:
             raise AssertionError(f"{layout}: a get in the chain missed")
-    result = {"bytes": per_item, "get_ns": statistics.median(passes), "chain_ns": statistics.median(chain)}
+    result = {
+        "bytes": per_item,
+        "get_ns": statistics.median(passes),
+        "chain_ns": statistics.median(chain),
+        "write_ns": statistics.median(writes) if writes else None,
+        "fill_ns": fill_ns,
+        "fill_gc_ns": spent[0] / n,
+    }
     print(json.dumps(result), flush=True)
     del held
+
+
+def _spread(xs: list[float]) -> str:
+    return f"{statistics.median(xs):.0f} [{min(xs):.0f}-{max(xs):.0f}]" if xs else "-"
 
 
 def main() -> int:
@@ -349,12 +426,19 @@ def main() -> int:
     per_item: dict[str, list[float]] = {layout: [] for layout in layouts}
     get_ns: dict[str, list[float]] = {layout: [] for layout in layouts}
     chain_ns: dict[str, list[float]] = {layout: [] for layout in layouts}
+    write_ns: dict[str, list[float]] = {layout: [] for layout in layouts}
+    fill_ns: dict[str, list[float]] = {layout: [] for layout in layouts}
+    fill_gc_ns: dict[str, list[float]] = {layout: [] for layout in layouts}
     for _ in range(args.rounds):
         for layout in layouts:
             m = Member("bench/entry_memory.py", "--child", layout, "--n", str(args.n), hello=True, timeout=600)
             per_item[layout].append(float(m.hello["bytes"]))
             get_ns[layout].append(float(m.hello["get_ns"]))
             chain_ns[layout].append(float(m.hello["chain_ns"]))
+            if m.hello.get("write_ns") is not None:
+                write_ns[layout].append(float(m.hello["write_ns"]))
+            fill_ns[layout].append(float(m.hello["fill_ns"]))
+            fill_gc_ns[layout].append(float(m.hello["fill_gc_ns"]))
             m.stop()
     base = statistics.median(per_item["dict"])
     box_chain = statistics.median(chain_ns["cachebox"])
@@ -371,6 +455,9 @@ def main() -> int:
                 f"{statistics.median(gs):.0f} [{min(gs):.0f}-{max(gs):.0f}]",
                 f"{statistics.median(cs):.0f} [{min(cs):.0f}-{max(cs):.0f}]",
                 f"{statistics.median(cs) / box_chain:.2f}x",
+                _spread(fill_ns[layout]),
+                _spread(fill_gc_ns[layout]),
+                _spread(write_ns[layout]),
             ]
         )
     table = format_table(
@@ -382,6 +469,9 @@ def main() -> int:
             "get ns (throughput)",
             "get ns (latency)",
             "latency x cachebox",
+            "fill ns",
+            "of it GC ns",
+            "overwrite ns",
         ],
         rows,
         title=f"Memory of {args.n:,} short strings per entry layout (RSS growth, keys and values included)",
@@ -391,6 +481,10 @@ def main() -> int:
             "get ns (throughput): 200,000 random keys in a loop, so the CPU overlaps one get's misses with the next.",
             "get ns (latency): the layout built again with each value another key, in one random cycle; each get's",
             "key the value the last one returned, one dependent chain at a time (bench/local.py's section 1c).",
+            "fill ns: building the layout, per item (keys and values made first); of it GC ns: the cyclic",
+            "collector's time meanwhile (an untracked entry is never walked). overwrite ns: 200,000 overwrites",
+            "of random keys, each a new entry in place of the old, freed, as Store.write makes them (shoal.Cache:",
+            "its set); median of 3 passes, only for the layouts with a writer here.",
             "Bars (issue 22): memory <= 1.6x a plain dict (goal 1.5x); get <= 2x cachebox.",
         ],
     )
