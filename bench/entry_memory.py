@@ -41,7 +41,9 @@ distinct str objects, the entry's expiry checked and its eviction count bumped a
 ``get`` does; median of 5 passes): what the layout costs the read path, in the same heap.
 And a get's latency: the layout built again with every value another key (one random
 cycle), each get's key the value the last one returned (``bench/local.py``'s 1c).
-``cachebox`` (a VTTLCache with the same TTL) is the get bar's reference.
+``cachebox`` (a VTTLCache with the same TTL) is the get bar's reference. And what it costs
+to fill (per item, with the cyclic collector's share: an untracked entry is never walked)
+and to overwrite 200,000 random keys as ``Store.write`` does, a new entry for the old.
 """
 
 from __future__ import annotations
