@@ -87,8 +87,8 @@ class ShoalCollector(Collector):
         caches = stats["caches"]
         yield from _cache_families(caches)
         yield from _node_families(caches, source.members())
-        yield from _lease_families(stats.get("leases") or {})
-        yield from _frozen_families(stats.get("frozen_collections") or {})
+        yield from _member_families(stats.get("leases") or {}, _LEASE_COUNTERS, _LEASE_GAUGES)
+        yield from _member_families(stats.get("frozen_collections") or {}, _FROZEN_COUNTERS, _FROZEN_GAUGES)
 
 
 def _cache_families(caches: dict[str, dict[str, Any]]) -> Iterator[Metric]:
@@ -141,35 +141,26 @@ _LEASE_COUNTERS = [
     ("shoal_leases_handed_over", "leases_handed_over", "Leases passed on (holder down, over time or gave it back)."),
     ("shoal_lease_owner_fallbacks", "owner_fallbacks", "Keys asked of the next owner: the first did not answer."),
 ]
-
-
-def _lease_families(leases: dict[str, int]) -> Iterator[Metric]:
-    """Cluster single flight (leases.py): member-wide, not per cache."""
-    for name, key, doc in _LEASE_COUNTERS:
-        if key in leases:
-            yield CounterMetricFamily(name, doc, value=float(leases[key]))
-    if "leases_held" in leases:
-        held = float(leases["leases_held"])
-        yield GaugeMetricFamily("shoal_leases_held", "Leases out now on keys this member owns.", value=held)
-
-
+_LEASE_GAUGES = [("shoal_leases_held", "leases_held", "Leases out now on keys this member owns.")]
 _FROZEN_COUNTERS = [
     ("shoal_gc_frozen_collections", "count", "Collections of everything the periodic gc.freeze() froze."),
     ("shoal_gc_frozen_garbage", "garbage_found", "Garbage objects those collections found (cycles frozen dead)."),
     ("shoal_gc_frozen_collection_seconds", "seconds", "Seconds those collections took, every thread stopped."),
 ]
+_FROZEN_GAUGES = [
+    ("shoal_gc_frozen_collection_longest_seconds", "longest_seconds", "The longest of those collections."),
+]
 
 
-def _frozen_families(figures: dict[str, float]) -> Iterator[Metric]:
-    """The collector's collections of everything frozen (housekeeping.Collector): member-wide."""
-    for name, key, doc in _FROZEN_COUNTERS:
-        if key in figures:
-            yield CounterMetricFamily(name, doc, value=float(figures[key]))
-    if "longest_seconds" in figures:
-        longest = float(figures["longest_seconds"])
-        yield GaugeMetricFamily(
-            "shoal_gc_frozen_collection_longest_seconds", "The longest of those collections.", value=longest
-        )
+def _member_families(
+    figures: dict[str, Any], counters: list[tuple[str, str, str]], gauges: list[tuple[str, str, str]]
+) -> Iterator[Metric]:
+    """Member-wide figures, no ``cache`` label: cluster single flight (leases.py), the collector's
+    collections of everything frozen (housekeeping.Collector). Only those ``figures`` has."""
+    for kind, table in ((CounterMetricFamily, counters), (GaugeMetricFamily, gauges)):
+        for name, key, doc in table:
+            if key in figures:
+                yield kind(name, doc, value=float(figures[key]))
 
 
 def _family(
