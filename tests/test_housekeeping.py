@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import math
+import subprocess
+import sys
 import time
 import weakref
 from collections.abc import Iterator
@@ -454,10 +457,6 @@ print(json.dumps({**figures, "left": len(finished)}))
 
 
 def _leak(variant: str) -> dict[str, float]:
-    import json
-    import subprocess
-    import sys
-
     done = subprocess.run(
         [sys.executable, "-c", _LEAKING_APP, "400000", variant], capture_output=True, text=True, timeout=300
     )

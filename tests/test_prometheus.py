@@ -80,6 +80,21 @@ def pair() -> Iterator[tuple[shoal.Node, shoal.Node]]:
         a.stop()
 
 
+@pytest.fixture
+def solo() -> Iterator[tuple[shoal.Node, CollectorRegistry]]:
+    """One started member hosting "solo", alone, and a registry collecting it."""
+    node = shoal.Node(secret="prometheus-test-secret")
+    node.cache("solo")
+    node.start()
+    try:
+        assert node.wait_ready(10)
+        registry = CollectorRegistry()
+        register(node, registry)
+        yield node, registry
+    finally:
+        node.stop()
+
+
 def test_a_bare_cache_exports_its_cache_figures_only() -> None:
     cache = shoal.Cache(ttl=60, max_entries=2, name="local")
     registry = CollectorRegistry()
@@ -151,20 +166,14 @@ def test_the_warm_boot_shows_the_entries_it_loaded(pair: tuple[shoal.Node, shoal
         late.stop()
 
 
-def test_a_lone_node_reports_no_lag_before_it_has_received_anything() -> None:
-    node = shoal.Node(secret="prometheus-test-secret")
-    node.cache("solo")
-    node.start()
-    try:
-        assert node.wait_ready(10)
-        registry = CollectorRegistry()
-        register(node, registry)
-        samples = scrape(registry)
-        assert ("shoal_replication_lag_ms", "solo") not in samples
-        assert samples[("shoal_members_up", "solo")] == 0
-        assert samples[("shoal_ready", "solo")] == 1
-    finally:
-        node.stop()
+def test_a_lone_node_reports_no_lag_before_it_has_received_anything(
+    solo: tuple[shoal.Node, CollectorRegistry],
+) -> None:
+    _, registry = solo
+    samples = scrape(registry)
+    assert ("shoal_replication_lag_ms", "solo") not in samples
+    assert samples[("shoal_members_up", "solo")] == 0
+    assert samples[("shoal_ready", "solo")] == 1
 
 
 def test_register_refuses_anything_but_a_node_or_a_cache() -> None:
@@ -172,27 +181,21 @@ def test_register_refuses_anything_but_a_node_or_a_cache() -> None:
         register({"hits": 1}, CollectorRegistry())  # type: ignore[arg-type]
 
 
-def test_a_node_exports_what_its_collections_of_everything_frozen_found() -> None:
+def test_a_node_exports_what_its_collections_of_everything_frozen_found(
+    solo: tuple[shoal.Node, CollectorRegistry],
+) -> None:
     """Garbage found collection after collection is an application leaking cycles into the freezes
     (housekeeping.Collector): an operator graphs it. Nothing here runs five minutes to collect, so the
     collector's tallies are set as a collection would leave them."""
-    node = shoal.Node(secret="prometheus-test-secret")
-    node.cache("solo")
-    node.start()
-    try:
-        assert node.wait_ready(10)
-        registry = CollectorRegistry()
-        register(node, registry)
-        before = scrape(registry)
-        assert before[("shoal_gc_frozen_collections_total", "")] == 0
-        assert before[("shoal_gc_frozen_garbage_total", "")] == 0
-        collector = node._driver._gc
-        collector.reclaims, collector.reclaimed = 2, 28_524
-        collector.reclaim_seconds, collector.longest_reclaim = 1.9, 1.42
-        after = scrape(registry)
-        assert after[("shoal_gc_frozen_collections_total", "")] == 2
-        assert after[("shoal_gc_frozen_garbage_total", "")] == 28_524
-        assert after[("shoal_gc_frozen_collection_seconds_total", "")] == 1.9
-        assert after[("shoal_gc_frozen_collection_longest_seconds", "")] == 1.42
-    finally:
-        node.stop()
+    node, registry = solo
+    before = scrape(registry)
+    assert before[("shoal_gc_frozen_collections_total", "")] == 0
+    assert before[("shoal_gc_frozen_garbage_total", "")] == 0
+    collector = node._driver._gc
+    collector.reclaims, collector.reclaimed = 2, 28_524
+    collector.reclaim_seconds, collector.longest_reclaim = 1.9, 1.42
+    after = scrape(registry)
+    assert after[("shoal_gc_frozen_collections_total", "")] == 2
+    assert after[("shoal_gc_frozen_garbage_total", "")] == 28_524
+    assert after[("shoal_gc_frozen_collection_seconds_total", "")] == 1.9
+    assert after[("shoal_gc_frozen_collection_longest_seconds", "")] == 1.42
