@@ -8,6 +8,8 @@
   or in a network namespace; ``redis_binary`` says whether one is installed.
 - ``Cleanup``: everything a run started, stopped in reverse order however it ends.
 - ``wait_for``: poll a condition, with a deadline.
+- ``GcWatch``: the cyclic collector's time, by generation; ``StepWatch``: the
+  event loop's longest steps.
 - Statistics (``median``, ``spread``, ``quantile``), ``rss`` from /proc, and tables
   (``format_table`` with ``ns``/``ratio``/``pct``).
 - ``environment`` (one line: Python, CPUs, load) and ``save`` (a result file under
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import platform
@@ -44,6 +47,39 @@ ROOT = HERE.parent
 RESULTS = HERE / "results"
 T = TypeVar("T")
 MB = 1e6
+
+
+class GcWatch:
+    """Time spent in the cyclic garbage collector (all threads; a collection holds the GIL, so
+    they never overlap), in total and by generation, from the last ``reset``."""
+
+    def __init__(self) -> None:
+        self.reset()
+        self._start = 0.0
+        gc.callbacks.append(self._cb)
+
+    def reset(self) -> None:
+        self.total = 0.0
+        self.max = 0.0
+        self.count = [0, 0, 0]
+        self.seconds = [0.0, 0.0, 0.0]
+
+    def close(self) -> None:
+        gc.callbacks.remove(self._cb)
+
+    def _cb(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._start = time.perf_counter()
+        else:
+            took = time.perf_counter() - self._start
+            self.total += took
+            self.max = max(self.max, took)
+            self.count[info["generation"]] += 1
+            self.seconds[info["generation"]] += took
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"gc_total_ms": self.total * 1000, "gc_max_ms": self.max * 1000, "gc_collections": self.count}
+
 
 # -- processes ----------------------------------------------------------------------------
 

@@ -47,6 +47,7 @@ import cachebox
 import cachetools
 from harness import (
     Cleanup,
+    GcWatch,
     Member,
     RedisServer,
     format_table,
@@ -250,6 +251,7 @@ class Case:
     run: Callable[[], int]
     ops: int
     samples: list[float] = field(default_factory=list)
+    gc_samples: list[float] = field(default_factory=list)  # of each round's ns/op, the cyclic collector's
 
     @property
     def slow(self) -> bool:
@@ -260,7 +262,7 @@ class Case:
 Results = dict[str, dict[str, list[float]]]
 
 
-def micro(sizes: Sizes, binary: str | None, info: dict[str, Any]) -> Results:
+def micro(sizes: Sizes, binary: str | None, info: dict[str, Any], settle: bool = True) -> tuple[Results, Results]:
     rng = random.Random(1234)
     n = sizes.keys
     stored_keys = [key_of(i) for i in range(n)]
@@ -378,11 +380,17 @@ def micro(sizes: Sizes, binary: str | None, info: dict[str, Any]) -> Results:
                 Case(ROW_REDIS, COLUMNS[4], lambda: t_get_or_load_redis(rc, seq_fetch[:r_ops]), r_ops),
             ]
 
-        gc.collect()  # start from a clean heap; the collector stays on while timing
+        collector = GcWatch()
         for round_no in range(max(sizes.rounds, sizes.get_rounds)):
             for case in cases:
                 if round_no < (sizes.rounds if case.slow else sizes.get_rounds):
+                    if settle:
+                        gc.collect()  # untimed: what the cases before left is not this case's to walk
+                        gc.freeze()
+                    collector.reset()
                     case.samples.append(case.run() / case.ops)
+                    case.gc_samples.append(collector.total * 1e9 / case.ops)
+        collector.close()
 
     info["get_path"] = get_path(sc, d, vc, seq_random, sizes.get_rounds)
     stats = sc.stats()
@@ -391,9 +399,11 @@ def micro(sizes: Sizes, binary: str | None, info: dict[str, Any]) -> Results:
     info["shoal_hits_counted"] = stats["hits"] - hits_before
 
     results: Results = {}
+    collected: Results = {}
     for case in cases:
         results.setdefault(case.row, {})[case.column] = case.samples
-    return results
+        collected.setdefault(case.row, {})[case.column] = case.gc_samples
+    return results, collected
 
 
 def get_path(sc: shoal.Cache, d: dict[str, Any], vc: Any, keys: list[str], rounds: int) -> dict[str, list[float]]:
@@ -531,6 +541,38 @@ def cell(samples: list[float] | None) -> str:
     return f"{ns(median(samples))} ({ns(min(samples))}-{ns(max(samples))})"
 
 
+def print_collector(results: Results, collected: Results, settle: bool) -> None:
+    """Table 1d: of each set in table 1, the cyclic collector's time (in either thread)."""
+    rows: list[Sequence[object] | None] = []
+    for name in (ROW_SHOAL, ROW_SHOAL_REPL, ROW_SHOAL_PLAIN, ROW_DICT, ROW_CACHETOOLS, ROW_CACHEBOX):
+        cells: list[object] = [name]
+        for col in COLUMNS[2:4]:
+            spent, took = collected.get(name, {}).get(col), median(results.get(name, {}).get(col))
+            share = median([g / t for g, t in zip(spent or [], results[name][col], strict=True)]) if spent else None
+            cells += [ns(took), cell(spent), pct(share)]
+        rows.append(cells)
+    if settle:
+        notes = [
+            "Before each case, untimed: gc.collect() and gc.freeze(), so a case's collections walk the objects it",
+            "made, not those the cases before left (--no-settle to time without).",
+        ]
+    else:
+        notes = [
+            "--no-settle: each case in the heap the cases before left. An overwrite frees what it allocates, so",
+            "a local set makes no collection; the objects it made wait in the young generations for the next",
+            "case that does (the clustered set: its queued ops), which walks them.",
+        ]
+    print(
+        format_table(
+            ["implementation"] + ["ns/op", "of it GC ns/op (min-max)", "GC share"] * 2,
+            rows,
+            title="1d. The cyclic collector's part of a set (table 1's rounds; medians)",
+            groups=[("", 1), ("set, str value", 3), ("set, dict value", 3)],
+            notes=notes,
+        )
+    )
+
+
 def print_micro(results: Results, sizes: Sizes, redis_note: str) -> None:
     shoal_ns = results[ROW_SHOAL]
     rows: list[Sequence[object] | None] = []
@@ -589,7 +631,8 @@ def print_micro(results: Results, sizes: Sizes, redis_note: str) -> None:
         "  is timed until the node's outbox is empty, so its flush does not run on into the next case.",
         "fetch-hit: shoal c.fetch(k, loader); others inline 'v = c.get(k); if v is None: v = loader(k); store'.",
         redis_note,
-        "GC on while timing; rounds run round-robin across implementations; the machine is shared and noisy.",
+        "GC on while timing (table 1d: its part of a set); rounds run round-robin across implementations;",
+        "  the machine is shared and noisy.",
     ]
     print(format_table(headers, rows, title=title, notes=notes, groups=groups))
 
@@ -862,6 +905,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     parser.add_argument("--json", metavar="PATH", type=Path, help="also save the results as JSON")
     parser.add_argument("--no-redis", action="store_true", help="skip redis even if redis-server is installed")
+    parser.add_argument(
+        "--no-settle",
+        action="store_true",
+        help="time each case in the heap the cases before left (no untimed collect and freeze before it)",
+    )
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
     started = time.perf_counter()
@@ -885,11 +933,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     print()
 
-    micro_results = micro(sizes, binary, info)
+    micro_results, collected = micro(sizes, binary, info, settle=not args.no_settle)
     micro_s = time.perf_counter() - started
     if "redis_server" in info:
         redis_note = redis_note[:-1] + f" (redis-server {info['redis_server']})."
     print_micro(micro_results, sizes, redis_note)
+    print()
+    print_collector(micro_results, collected, not args.no_settle)
     get_path_samples = info.pop("get_path")
     print()
     print_get_path(get_path_samples, sizes.keys)

@@ -52,7 +52,7 @@ import threading
 import time
 from typing import Any
 
-from harness import StepWatch, outbox_drained, reply, rss, serve
+from harness import GcWatch, StepWatch, outbox_drained, reply, rss, serve
 
 
 def key(i: int) -> str:
@@ -105,32 +105,6 @@ class Stall:
         self.max_gap = 0.0
         self.ticks = 0
         self.reset_at = time.perf_counter()
-
-
-class GcWatch:
-    """Time spent in the cyclic garbage collector (all threads), for the diagnosis."""
-
-    def __init__(self) -> None:
-        self.reset()
-        self._start = 0.0
-        gc.callbacks.append(self._cb)
-
-    def reset(self) -> None:
-        self.total = 0.0
-        self.max = 0.0
-        self.count = [0, 0, 0]
-
-    def _cb(self, phase: str, info: dict[str, Any]) -> None:
-        if phase == "start":
-            self._start = time.perf_counter()
-        else:
-            took = time.perf_counter() - self._start
-            self.total += took
-            self.max = max(self.max, took)
-            self.count[info["generation"]] += 1
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"gc_total_ms": self.total * 1000, "gc_max_ms": self.max * 1000, "gc_collections": self.count}
 
 
 class ChunkWatch:
