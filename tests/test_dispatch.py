@@ -19,6 +19,7 @@ from shoal.actions import BootStreaming, Broadcast, Ready, Send, StreamDump
 from shoal.cache import hosted
 from shoal.clock import HybridClock
 from shoal.digest import FOLD_SLICE, digests, horizon_of
+from shoal import dispatch
 from shoal.dispatch import DUMPS_AT_ONCE, DUMPS_QUEUED, Config, Dispatcher
 from shoal.errors import ProtocolError
 from shoal.messages import CatchUp, CaughtUp, DumpEnd, DumpRequest, Ops, Resume, SizeReply, SizeRequest, Stream
@@ -99,7 +100,7 @@ def join(core: Dispatcher, peer: int, at: int = 0) -> list[Any]:
 def test_writes_made_before_the_member_runs_are_sent_once_it_does() -> None:
     core, cache, wakes = core_with_peers([])
     cache.set("early", 1)
-    assert wakes == [] and len(core.outbox) == 1  # nobody to wake yet
+    assert wakes == [] and len(core.outbox["c"]) == 1  # nobody to wake yet
     core.start(0.0, 0.0)
     assert wakes == [1]
     join(core, 2)
@@ -117,6 +118,27 @@ def test_many_writes_wake_the_driver_once_per_flush() -> None:
     core.flush(lambda peer: 0, 0.0)
     cache.set("after", 1)
     assert wakes == [1, 1]
+
+
+def test_a_cache_whose_writes_fill_every_flush_does_not_hold_back_another_caches(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(dispatch, "FLUSH_MAX_OPS", 10)
+    core, busy, _ = core_with_peers([])
+    quiet, replica = hosted("q", None, None, serializer=None, clock=HybridClock(1, time.time), tombstone_ttl=60)
+    core.host("q", replica, 0.0)
+    core.start(0.0, 0.0)
+    join(core, 2)
+    core.membership.members[2].caches = frozenset({"c", "q"})
+    core.message(2, Resume("q", [1, 0]), 0.0, 0.0)
+    for i in range(100):
+        busy.set(i, i)
+    quiet.set("the quiet one", 1)
+    flushes = [core.flush(lambda peer: 0, 0.0) for _ in range(2)]
+    sent = [[(a.msg.cache, op[1]) for a in actions for op in a.msg.ops] for actions in flushes]
+    assert all(len(ops) <= 10 for ops in sent)
+    assert ("q", "the quiet one") in sent[0] + sent[1]
+    assert core.figures("c")["queue_depth"] == 100 - sum(cache == "c" for ops in sent for cache, _ in ops)
 
 
 def streamed(actions: list[Any], peer: int) -> list[Any]:

@@ -18,9 +18,10 @@ simulated network. Both call exactly this code, so what the simulator shows
 (back-pressure drops, early writes, warm boot, readiness) is what a node does.
 
 Local writes reach the dispatcher from application threads: ``Cache`` appends
-each op to ``outbox`` (a deque: appends are atomic) and the first op after a
-flush calls ``wake``, the driver's hook to call ``flush`` soon (driver.py: after
-``FLUSH_DELAY`` on its loop). Everything else runs on the driver's one thread.
+each op to its queue in ``outbox`` (a deque per cache: appends are atomic) and the
+first op after a flush calls ``wake``, the driver's hook to call ``flush`` soon
+(driver.py: after ``FLUSH_DELAY`` on its loop). Everything else runs on the
+driver's one thread.
 
 Flow control: ``backlog(peer)`` is the driver's count of bytes queued to a peer and
 not yet written (set by the driver, like ``wake``). Answers to a peer (catch-ups,
@@ -34,10 +35,10 @@ wall-clock seconds (expiry and versions, which travel between members).
 
 from __future__ import annotations
 
-import functools
 import random
 from collections import deque
 from collections.abc import Callable
+from itertools import islice, repeat, starmap
 
 from .actions import Action, BootStreaming, MemberDown, MemberUp, Ready, Send, StreamDump
 from .config import Config
@@ -159,7 +160,11 @@ class Dispatcher:
         self.leases = Leases(node_id, self.membership.group, self._holds, ttl=config.load_timeout)
         """Cluster single flight: ``miss``, ``loaded``, ``load_failed`` and ``abandoned`` feed it."""
         self._wall = 0.0  # the last wall-clock time given: what ``leases`` checks values against
-        self.outbox: deque[tuple[str, Op]] = deque()
+        self.outbox: dict[str, deque[Op]] = {}
+        """Per hosted cache, its local writes not yet flushed (a queue per cache: a write is queued
+        as the op it is, with no pair naming its cache, and a flush takes a cache's ops in bulk)."""
+        self._writers: dict[str, Callable[[Op], None]] = {}  # per hosted cache: what queues its writes
+        self._flush_from = 0  # the cache whose queue the next flush starts with, round-robin
         self.wake: Callable[[], object] = lambda: None
         self.backlog: Callable[[int], int] = lambda peer: 0
         """The driver's count of bytes queued to ``peer`` and not yet written (flow control)."""
@@ -180,11 +185,13 @@ class Dispatcher:
         if name in self.replicas:
             raise ValueError(f"cache {name!r} is already hosted")
         self.replicas[name] = replica
+        self.outbox[name] = deque()
+        self._writers[name] = self._writer(self.outbox[name])
         if single_flight:
             self.leases.caches.add(name)
         connect: Callable[[Callable[[Op], None]], None] | None = getattr(replica, "connect", None)
         if connect is not None:
-            connect(functools.partial(self.local_write, name))  # C-level: one Python frame less per write
+            connect(self._writers[name])
         if not self.running:
             return []
         actions = self.membership.host(name) + self.replicator.hosting(name) + self.booter.start(name, now)
@@ -197,7 +204,7 @@ class Dispatcher:
         for name in self.replicas:
             actions += self.membership.host(name)
             actions += self.booter.start(name, now)
-        if self.outbox:
+        if any(self.outbox.values()):
             self._flush_pending = True
             self.wake()
         return self._after(actions, now)
@@ -211,11 +218,21 @@ class Dispatcher:
     # -- writes ---------------------------------------------------------------------
 
     def local_write(self, name: str, op: Op) -> None:
-        """Called on application threads: queue the op, wake the driver once per flush."""
-        self.outbox.append((name, op))
-        if not self._flush_pending and self.running:
-            self._flush_pending = True
-            self.wake()
+        """Called on application threads: queue a write of hosted cache ``name``, wake the driver
+        once per flush. (A cache's ``connect`` gets the same, bound to its queue: ``_writer``.)"""
+        self._writers[name](op)
+
+    def _writer(self, queue: deque[Op]) -> Callable[[Op], None]:
+        append = queue.append
+
+        def local_write(op: Op) -> None:
+            append(op)
+            if not self._flush_pending and self.running:
+                self._flush_pending = True
+                self.wake()
+
+        local_write.__doc__ = Dispatcher.local_write.__doc__
+        return local_write
 
     def flush(self, backlog: Callable[[int], int] | None, wall: float, everything: bool = False) -> list[Action]:
         """Queued writes as Stream broadcasts to the peers whose streams are live; a peer over
@@ -226,17 +243,20 @@ class Dispatcher:
         self._flush_pending = False
         if backlog is not None:
             self.backlog = backlog
-        outbox = self.outbox
-        budget = len(outbox) if everything else min(len(outbox), FLUSH_MAX_OPS)
-        batches: dict[str, list[Op]] = {}
-        for _ in range(budget):
-            name, op = outbox.popleft()
-            batches.setdefault(name, []).append(op)
+        names = list(self.outbox)
+        first = self._flush_from % len(names) if names else 0
+        self._flush_from = first + 1  # a cache that fills a flush's budget does not starve the others
+        budget = FLUSH_MAX_OPS
         actions: list[Action] = []
-        for name, ops in batches.items():
-            actions += self.replicator.outgoing(name, ops, wall)
+        for name in islice(names + names, first, first + len(names)):
+            queue = self.outbox[name]
+            n = len(queue) if everything else min(len(queue), budget)
+            if n:
+                ops = list(starmap(queue.popleft, repeat((), n)))  # in C: no Python step per op
+                actions += self.replicator.outgoing(name, ops, wall)
+                budget -= n
         self.replicator.flushed()
-        if outbox and not self._flush_pending and self.running:
+        if any(self.outbox.values()) and not self._flush_pending and self.running:
             self._flush_pending = True
             self.wake()
         return actions
@@ -418,7 +438,8 @@ class Dispatcher:
     def figures(self, cache: str) -> dict[str, object]:
         """A cache's replication and warm-boot figures, for ``Node.stats``."""
         figures: dict[str, object] = dict(self.replicator.figures_of(cache))
-        figures["queue_depth"] = sum(1 for name, _ in list(self.outbox) if name == cache)
+        queue = self.outbox.get(cache)
+        figures["queue_depth"] = 0 if queue is None else len(queue)
         figures["warm_boot"] = self.boot_stats(cache).as_dict()
         return figures
 

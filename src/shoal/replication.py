@@ -70,7 +70,7 @@ from __future__ import annotations
 import logging
 import random
 from collections import deque
-from collections.abc import Callable, Container, Iterable, Mapping
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import compress
 from operator import itemgetter
@@ -117,16 +117,18 @@ _KINDS = frozenset((WRITE, DELETE, CLEAR))
 _KEY, _VALUE = itemgetter(1), itemgetter(2)
 
 
-def op_to_wire(op: Op) -> list[Any]:
+def op_to_wire(op: Op) -> tuple[Any, ...]:
     return ops_to_wire([op])[0]
 
 
-def ops_to_wire(ops: list[Op]) -> list[list[Any]]:
+def ops_to_wire(ops: list[Op]) -> list[tuple[Any, ...]]:
     """Ops in their wire form, ``[kind, key, value, expiry or nil, hlc, node]``: one comprehension,
-    no call per op (a flush converts every write, and the loop shares the writers' GIL)."""
+    no call per op (a flush converts every write, and the loop shares the writers' GIL). Tuples,
+    packed as arrays as lists are: the cyclic collector stops tracking a tuple of atoms the first
+    time it sees one, where it would walk a list again in every collection until the frame is sent."""
     never, mask = NEVER, NODE_MASK
     return [
-        [kind, key, packed, None if exp == never else exp, v >> NODE_BITS, v & mask]
+        (kind, key, packed, None if exp == never else exp, v >> NODE_BITS, v & mask)
         for kind, key, packed, exp, v in ops
     ]
 
@@ -170,13 +172,13 @@ def ops_from_wire(raw: list[Any]) -> list[Op]:
     return list(zip(kinds, keys, values, floats, versions_from_wire(hlcs, nodes), strict=True))
 
 
-def op_size(wire_op: list[Any]) -> int:
+def op_size(wire_op: Sequence[Any]) -> int:
     """Roughly the bytes of one op on the wire (its value and key dominate)."""
     key, packed = wire_op[1], wire_op[2]
     return _WIRE_OP_OVERHEAD + (len(packed) if packed is not None else 0) + (len(key) if type(key) is not int else 8)
 
 
-def ops_size(wire_ops: list[list[Any]]) -> int:
+def ops_size(wire_ops: Sequence[Sequence[Any]]) -> int:
     """``sum(map(op_size, wire_ops))``, in C-level passes when every op carries a value and a
     str or bytes key (a run of writes, what a flush holds): a flush sizes every write."""
     try:
