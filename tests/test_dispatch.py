@@ -15,11 +15,11 @@ from sim.network import Sim
 from sim.nodes import SimMember, fill
 from sim.nodes import member_of as node
 
+from shoal import dispatch
 from shoal.actions import BootStreaming, Broadcast, Ready, Send, StreamDump
 from shoal.cache import hosted
 from shoal.clock import HybridClock
 from shoal.digest import FOLD_SLICE, digests, horizon_of
-from shoal import dispatch
 from shoal.dispatch import DUMPS_AT_ONCE, DUMPS_QUEUED, Config, Dispatcher
 from shoal.errors import ProtocolError
 from shoal.messages import CatchUp, CaughtUp, DumpEnd, DumpRequest, Ops, Resume, SizeReply, SizeRequest, Stream
