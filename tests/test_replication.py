@@ -17,6 +17,7 @@ from shoal.actions import Broadcast
 from shoal.cache import Cache, Replica, hosted
 from shoal.clock import COUNTER_BITS, NODE_BITS, HybridClock
 from shoal.errors import ProtocolError
+from shoal.limits import spans
 from shoal.membership import Membership
 from shoal.messages import CatchUp, CaughtUp, Digest, Listing, Pull, Resume, Resumed, Stream
 from shoal.positions import LIVE, WriteLog, op_bytes, ops_bytes
@@ -31,6 +32,7 @@ from shoal.replication import (
     bucket_of,
     differing,
     digests,
+    frame_cuts,
     op_size,
     op_to_wire,
     ops_from_wire,
@@ -71,6 +73,13 @@ def test_a_batch_of_ops_takes_the_wire_form_of_each_op(ops: list[Op]) -> None:
     ]
     assert ops_to_wire(ops) == one_by_one
     assert [op_to_wire(op) for op in ops] == one_by_one
+
+
+@given(_OPS, st.integers(1, 400), st.integers(1, 30))
+def test_a_flush_is_cut_into_frames_as_the_sizes_of_its_ops_say(ops: list[Op], max_bytes: int, max_ops: int) -> None:
+    """The cut by count (every op small enough) and the cut op by op agree."""
+    wire = ops_to_wire(ops * 10)
+    assert list(frame_cuts(wire, max_bytes, max_ops)) == list(spans(map(op_size, wire), max_bytes, max_ops))
 
 
 def test_the_wire_rows_of_a_flush_leave_the_cyclic_collectors_sight_at_its_first_look() -> None:

@@ -191,6 +191,21 @@ def ops_size(wire_ops: Sequence[Sequence[Any]]) -> int:
         return sum(map(op_size, wire_ops))
 
 
+def frame_cuts(wire_ops: Sequence[Sequence[Any]], max_bytes: int, max_ops: int) -> Iterable[tuple[int, int]]:
+    """``spans(map(op_size, wire_ops), max_bytes, max_ops)``: the ops cut into frames. When no op
+    can take a frame's bytes past ``max_bytes`` before its count reaches ``max_ops`` (the largest
+    key and the largest value together, the usual case), the cuts are by count alone, with no
+    Python step per op: a busy writer's flush holds up to ``FLUSH_MAX_OPS``."""
+    n = len(wire_ops)
+    try:
+        largest = _WIRE_OP_OVERHEAD + max(map(len, map(_KEY, wire_ops))) + max(map(len, map(_VALUE, wire_ops)))
+    except (TypeError, ValueError):  # a delete's None, an int key; no ops
+        largest = max_bytes + 1
+    if largest * max_ops <= max_bytes:
+        return [(i, min(i + max_ops, n)) for i in range(0, n, max_ops)]
+    return spans(map(op_size, wire_ops), max_bytes, max_ops)
+
+
 def _split(version: int) -> list[int]:
     return [version >> NODE_BITS, version & NODE_MASK]
 
@@ -462,7 +477,7 @@ class Replicator:
         if total <= self.batch_bytes and len(wire_ops) <= self.batch:
             cuts: Iterable[tuple[int, int]] = [(0, len(wire_ops))]  # one frame, the common case
         else:
-            cuts = spans(map(op_size, wire_ops), self.batch_bytes, self.batch)
+            cuts = frame_cuts(wire_ops, self.batch_bytes, self.batch)
         for i, j in cuts:
             size = total if j - i == len(wire_ops) else ops_size(wire_ops[i:j])
             peers: list[int] = []
