@@ -73,6 +73,8 @@ def test_a_batch_of_ops_takes_the_wire_form_of_each_op(ops: list[Op]) -> None:
     ]
     assert ops_to_wire(ops) == one_by_one
     assert [op_to_wire(op) for op in ops] == one_by_one
+    as_lists = [list(row) for row in one_by_one]  # what a receiver decodes, and what 0.2.0 sent
+    assert msgpack.packb(ops_to_wire(ops), use_bin_type=True) == msgpack.packb(as_lists, use_bin_type=True)
 
 
 @given(_OPS, st.integers(1, 400), st.integers(1, 30))
