@@ -55,6 +55,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 from harness import (
@@ -75,6 +76,8 @@ from harness import (
 )
 from harness import child as _child
 from harness import quantile as _quantile
+
+from shoal.wire import PROTOCOL_VERSION
 
 CACHE = "bench"
 LAG_RATE = 10_000  # writes/s for the lag measurement
@@ -673,9 +676,13 @@ def bench_pysyncobj(sizes: Sizes) -> tuple[RateRow, LagRow]:
 
 
 class _Group:
-    """Membership stand-in: this member is 0, and two peers, 1 and 2, host every cache."""
+    """Membership stand-in: this member is 0, and two peers, 1 and 2, host every cache and
+    speak ``protocol`` (5: writes as columns, ``Writes``; 4: as rows, ``Stream``)."""
 
     node_id = 0
+
+    def __init__(self, protocol: int) -> None:
+        self.members = {peer: SimpleNamespace(protocol=protocol) for peer in (1, 2)}
 
     def group(self, cache: str) -> list[int]:
         return [1, 2]
@@ -684,7 +691,7 @@ class _Group:
         return [1, 2]
 
 
-def stages(n: int, collect: bool) -> list[tuple[str, str, float]]:
+def stages(n: int, collect: bool, protocol: int) -> list[tuple[str, str, float]]:
     """Microseconds per op of each step a write takes, measured in one process without sockets.
 
     With ``collect`` false the cyclic garbage collector is off (as timeit does);
@@ -694,21 +701,21 @@ def stages(n: int, collect: bool) -> list[tuple[str, str, float]]:
     if not collect:
         gc.disable()
     try:
-        return _stages(n)
+        return _stages(n, protocol)
     finally:
         gc.enable()
 
 
-def _stages(n: int) -> list[tuple[str, str, float]]:
+def _stages(n: int, protocol: int) -> list[tuple[str, str, float]]:
     from shoal.cache import Cache, Replica
-    from shoal.messages import Resume, Stream
+    from shoal.messages import Resume, Stream, Writes
     from shoal.positions import LIVE, vector_to_wire
-    from shoal.replication import Replicator, ops_from_wire
+    from shoal.replication import Replicator, ops_of
     from shoal.wire import FrameDecoder, encode
 
     keys = [f"k{i}" for i in range(n)]
     writer = Cache(ttl=TTL, max_entries=BOUND, name=CACHE)
-    replicator = Replicator(_Group(), {CACHE: Replica(writer)})  # type: ignore[arg-type]
+    replicator = Replicator(_Group(protocol), {CACHE: Replica(writer)})  # type: ignore[arg-type]
     for peer in (1, 2):  # both follow the writer's stream live, as after their Resume
         replicator.received(peer, Resume(CACHE, vector_to_wire({0: LIVE})), 0.0, time.time())
     outbox: list[Any] = []
@@ -730,17 +737,17 @@ def _stages(n: int) -> list[tuple[str, str, float]]:
     t_encode, frames = timed(lambda: [encode(m) for m in msgs])
     stream = b"".join(frames)
     t_decode, decoded = timed(lambda: FrameDecoder().feed(stream))
-    assert all(isinstance(m, Stream) for m in decoded)
-    t_validate, batches = timed(lambda: [ops_from_wire(m.ops) for m in decoded])
+    assert all(isinstance(m, Writes if protocol >= 5 else Stream) for m in decoded)
+    t_validate, batches = timed(lambda: [ops_of(m) for m in decoded])
     receiver = Replica(Cache(ttl=TTL, max_entries=BOUND, name=CACHE))
     t_apply, _ = timed(lambda: [receiver.apply(ops, time.time()) for ops in batches])
     assert receiver.size() == n
     return [
         ("writer", "Cache.set (dumps, stamp, store.write, enqueue)", t_set),
-        ("writer", "Replicator.outgoing (op_to_wire, batching, catch-up log)", t_flush),
-        ("writer", "wire.encode of each Stream frame (msgpack)", t_encode),
+        ("writer", "Replicator.outgoing (wire form, batching, catch-up log)", t_flush),
+        ("writer", "wire.encode of each frame (msgpack)", t_encode),
         ("receiver", "FrameDecoder.feed (msgpack, message checks)", t_decode),
-        ("receiver", "ops_from_wire (validation)", t_validate),
+        ("receiver", "ops_of (validation)", t_validate),
         ("receiver", "Replica.apply (loads, store.write)", t_apply),
     ]
 
@@ -829,8 +836,10 @@ def main(argv: list[str] | None = None) -> int:
             )
 
     print("shoal, stage by stage ...", flush=True)
-    breakdown = stages(sizes.micro, collect=True)
-    breakdown_no_gc = stages(sizes.micro, collect=False)
+    by_protocol = {
+        protocol: (stages(sizes.micro, collect=True, protocol=protocol), stages(sizes.micro, False, protocol))
+        for protocol in (PROTOCOL_VERSION, 4)
+    }
     print()
 
     print(
@@ -887,30 +896,27 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
     print()
+    runs = list(by_protocol.values())
     rows: list[list[object] | None] = [
-        [f"{side}: {stage}", f"{t:.2f}", f"{t0:.2f}"]
-        for (side, stage, t), (_, _, t0) in zip(breakdown, breakdown_no_gc, strict=True)
+        [f"{side}: {stage}"] + [f"{t[i][2]:.2f}" for run in runs for t in run]
+        for i, (side, stage, _) in enumerate(runs[0][0])
     ]
     rows.append(None)
     for side in ("writer", "receiver"):
-        total = sum(t for s, _, t in breakdown if s == side)
-        total_no_gc = sum(t for s, _, t in breakdown_no_gc if s == side)
-        rows.append(
-            [
-                f"{side}: total (writes/s one core could do)",
-                f"{total:.2f} ({1e6 / total:,.0f})",
-                f"{total_no_gc:.2f} ({1e6 / total_no_gc:,.0f})",
-            ]
-        )
+        totals = [sum(t for s, _, t in breakdown if s == side) for run in runs for breakdown in run]
+        rows.append([f"{side}: total (writes/s one core could do)"] + [f"{t:.2f} ({1e6 / t:,.0f})" for t in totals])
     print(
         format_table(
-            ["stage", "us/op", "us/op, gc off"],
+            ["stage"] + ["us/op", "us/op, gc off"] * len(runs),
             rows,
             title=f"3. where a shoal write's time goes ({sizes.micro:,} ops, one process, no sockets)",
+            groups=[("", 1)]
+            + [(f"peers on protocol {p} ({'Writes' if p >= 5 else 'Stream'})", 2) for p in by_protocol],
             notes=[
                 "Per write, three members spend the writer's total plus two receivers' totals of CPU, "
                 "before sockets and the event loop; the machine has "
-                f"{os.cpu_count()} cores for them."
+                f"{os.cpu_count()} cores for them. Protocol 5 sends a batch of writes as six columns, "
+                "4 (0.2.0) as an array per op."
             ],
         )
     )

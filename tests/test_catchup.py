@@ -12,11 +12,11 @@ import time
 from typing import Any
 
 from sim.network import Sim
-from sim.nodes import SimMember
+from sim.nodes import SimMember, batch_len
 from sim.nodes import member_of as node
 
 from shoal.actions import Broadcast, Send
-from shoal.messages import Message, Stream
+from shoal.messages import Message, Stream, Writes
 
 FAST: dict[str, Any] = {"failure_timeout": 1.0, "heartbeat_interval": 0.2, "boot_wait": 0.5}
 
@@ -46,17 +46,17 @@ class Ledger:
             def counted(actions: list[Any], drive: Any = drive) -> list[Any]:
                 for action in actions:
                     if isinstance(action, Broadcast):
-                        self.live_ops += len(action.msg.ops) * len(action.peers)
+                        self.live_ops += batch_len(action.msg) * len(action.peers)
                         self._live.add(id(action.msg))
-                    elif isinstance(action, Send) and isinstance(action.msg, Stream):
-                        self.catchup_ops += len(action.msg.ops)
+                    elif isinstance(action, Send) and isinstance(action.msg, (Stream, Writes)):
+                        self.catchup_ops += batch_len(action.msg)
                 return drive(actions)  # type: ignore[no-any-return]
 
             member.drive = counted  # type: ignore[method-assign]
 
     def lost(self, msg: Message) -> None:
-        if id(msg) in self._live and isinstance(msg, Stream):
-            self.live_lost += len(msg.ops)
+        if id(msg) in self._live and isinstance(msg, (Stream, Writes)):
+            self.live_lost += batch_len(msg)
 
 
 def test_after_blips_each_member_gets_the_writes_it_missed_once_not_a_window_of_everyone_s() -> None:
@@ -127,7 +127,7 @@ def test_a_reconnect_is_answered_a_slice_at_a_time_however_long_the_log() -> Non
     started = time.process_time()
     first = core.drained(b, sim.now, sim.now)
     cpu = time.process_time() - started
-    sent = sum(len(action.msg.ops) for action in first if isinstance(action.msg, Stream))
+    sent = sum(batch_len(action.msg) for action in first if isinstance(action.msg, (Stream, Writes)))
     print(f"\nfirst slice: {sent} of 200,000 ops in {cpu * 1000:.0f} ms CPU")
     assert 0 < sent < 100_000
     sim.act(a, lambda n, now: n.drive(first))

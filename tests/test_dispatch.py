@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from sim.network import Sim
-from sim.nodes import SimMember, fill
+from sim.nodes import SimMember, batch_keys, fill
 from sim.nodes import member_of as node
 
 from shoal import dispatch
@@ -22,7 +22,7 @@ from shoal.clock import HybridClock
 from shoal.digest import FOLD_SLICE, digests, horizon_of
 from shoal.dispatch import DUMPS_AT_ONCE, DUMPS_QUEUED, Config, Dispatcher
 from shoal.errors import ProtocolError
-from shoal.messages import CatchUp, CaughtUp, DumpEnd, DumpRequest, Ops, Resume, SizeReply, SizeRequest, Stream
+from shoal.messages import CatchUp, CaughtUp, DumpEnd, DumpRequest, Ops, Resume, SizeReply, SizeRequest, Stream, Writes
 from shoal.warmboot import CHUNK
 
 IN_FLIGHT = 0.05  # the simulated network's worst delay (0.02 s) and the flush delay, with room
@@ -105,8 +105,8 @@ def test_writes_made_before_the_member_runs_are_sent_once_it_does() -> None:
     assert wakes == [1]
     join(core, 2)
     (sent,) = core.flush(lambda peer: 0, 0.0)
-    assert isinstance(sent, Broadcast) and sent.peers == (2,) and isinstance(sent.msg, Stream)
-    assert [op[1] for op in sent.msg.ops] == ["early"] and sent.msg.start == 0
+    assert isinstance(sent, Broadcast) and sent.peers == (2,) and isinstance(sent.msg, Writes)
+    assert batch_keys(sent.msg) == ["early"] and sent.msg.start == 0
 
 
 def test_many_writes_wake_the_driver_once_per_flush() -> None:
@@ -135,19 +135,19 @@ def test_a_cache_whose_writes_fill_every_flush_does_not_hold_back_another_caches
         busy.set(i, i)
     quiet.set("the quiet one", 1)
     flushes = [core.flush(lambda peer: 0, 0.0) for _ in range(2)]
-    sent = [[(a.msg.cache, op[1]) for a in actions for op in a.msg.ops] for actions in flushes]
+    sent = [[(a.msg.cache, key) for a in actions for key in batch_keys(a.msg)] for actions in flushes]
     assert all(len(ops) <= 10 for ops in sent)
     assert ("q", "the quiet one") in sent[0] + sent[1]
     assert core.figures("c")["queue_depth"] == 100 - sum(cache == "c" for ops in sent for cache, _ in ops)
 
 
 def streamed(actions: list[Any], peer: int) -> list[Any]:
-    """Keys sent to ``peer`` in Stream messages (broadcast or sent)."""
+    """Keys sent to ``peer`` in batches of writes (broadcast or sent)."""
     keys: list[Any] = []
     for action in actions:
         to = action.peers if isinstance(action, Broadcast) else (getattr(action, "peer", None),)
-        if peer in to and isinstance(action.msg, Stream):
-            keys += [op[1] for op in action.msg.ops]
+        if peer in to and isinstance(action.msg, (Stream, Writes)):
+            keys += batch_keys(action.msg)
     return keys
 
 

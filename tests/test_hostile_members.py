@@ -19,6 +19,7 @@ from pathlib import Path
 
 import msgpack
 import pytest
+from sim.nodes import batch_keys
 
 from shoal.handshake import Handshake
 from shoal.leases import owner_of
@@ -62,8 +63,8 @@ def logs(member: Member) -> str:
 
 
 def written_keys(received: list[Message]) -> list[object]:
-    """The keys of the writes (Stream or Ops) among the messages a fake member received."""
-    return [op[1] for msg in received for op in getattr(msg, "ops", ())]
+    """The keys of the writes (Stream, Writes or Ops) among the messages a fake member received."""
+    return [key for msg in received for key in batch_keys(msg)]
 
 
 def stay_up_together(a: Member, b: Member, seconds: float) -> None:

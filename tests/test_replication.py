@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import gc
 import time
+from typing import Any
 
 import msgpack
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from sim.network import Sim
-from sim.nodes import SimMember
+from sim.nodes import SimMember, batch_keys, batch_len
 
 from shoal import digest as digest_module
 from shoal.actions import Broadcast
@@ -19,7 +20,7 @@ from shoal.clock import COUNTER_BITS, NODE_BITS, HybridClock
 from shoal.errors import ProtocolError
 from shoal.limits import spans
 from shoal.membership import Membership
-from shoal.messages import CatchUp, CaughtUp, Digest, Listing, Pull, Resume, Resumed, Stream
+from shoal.messages import CatchUp, CaughtUp, Digest, Listing, Pull, Resume, Resumed, Stream, Writes
 from shoal.positions import LIVE, WriteLog, op_bytes, ops_bytes
 from shoal.replica import Op
 from shoal.replication import (
@@ -30,18 +31,21 @@ from shoal.replication import (
     SETTLE,
     Replicator,
     bucket_of,
+    columns_size,
     differing,
     digests,
     frame_cuts,
     op_size,
     op_to_wire,
     ops_from_wire,
+    ops_of,
     ops_size,
+    ops_to_columns,
     ops_to_wire,
     to_pull,
 )
 from shoal.store import CLEAR, DELETE, NEVER, WRITE
-from shoal.wire import DEFAULT_MAX_FRAME, encode
+from shoal.wire import DEFAULT_MAX_FRAME, PROTOCOL_VERSION, FrameDecoder, encode
 
 # -- the op format -----------------------------------------------------------------
 
@@ -81,7 +85,50 @@ def test_a_batch_of_ops_takes_the_wire_form_of_each_op(ops: list[Op]) -> None:
 def test_a_flush_is_cut_into_frames_as_the_sizes_of_its_ops_say(ops: list[Op], max_bytes: int, max_ops: int) -> None:
     """The cut by count (every op small enough) and the cut op by op agree."""
     wire = ops_to_wire(ops * 10)
-    assert list(frame_cuts(wire, max_bytes, max_ops)) == list(spans(map(op_size, wire), max_bytes, max_ops))
+    keys, values = [op[1] for op in wire], [op[2] for op in wire]
+    assert list(frame_cuts(keys, values, max_bytes, max_ops)) == list(spans(map(op_size, wire), max_bytes, max_ops))
+    assert columns_size(keys, values) == ops_size(wire)
+
+
+@given(_OPS)
+def test_writes_as_columns_arrive_as_the_ops_the_same_writes_as_rows_do(ops: list[Op]) -> None:
+    """Protocol 5's Writes against protocol 3's and 4's Stream: one outcome, ops or the same refusal."""
+
+    def arrived(msg: Stream | Writes) -> list[Op] | str:
+        try:
+            decoded = FrameDecoder().feed(encode(msg))[0]
+            assert isinstance(decoded, (Stream, Writes))
+            return ops_of(decoded)
+        except ProtocolError as exc:
+            return str(exc)
+
+    assert arrived(Writes("c", 1, 0, ops_to_columns(ops))) == arrived(Stream("c", 1, 0, ops_to_wire(ops)))
+
+
+@pytest.mark.parametrize(
+    "columns",
+    [
+        [[0], ["k"], [b"v"], [None], [1]],  # five
+        [[0], ["k"], [b"v"], [None], [1], [2], [3]],  # seven
+        [[0, 0], ["k"], [b"v"], [None], [1], [2]],  # of two lengths
+        [(0,), ["k"], [b"v"], [None], [1], [2]],  # not an array (a tuple as a local caller might)
+        [[0], "k", [b"v"], [None], [1], [2]],
+        "six",
+    ],
+)
+def test_writes_that_are_not_six_arrays_of_one_length_are_refused(columns: Any) -> None:
+    with pytest.raises(ProtocolError, match="six arrays of one length"):
+        ops_of(Writes("c", 1, 0, columns))
+
+
+def test_a_writes_frame_stuffed_with_arrays_is_refused_while_it_is_decoded() -> None:
+    """Six arrays make a batch of any size: one holding arrays is a peer's way to make us build
+    an object per few bytes it sends."""
+    stuffed = Writes(
+        "c", 1, 0, [[0] * 40_000, [[]] * 40_000, [b""] * 40_000, [None] * 40_000, [1] * 40_000, [1] * 40_000]
+    )
+    with pytest.raises(ProtocolError, match="more arrays and maps"):
+        FrameDecoder().feed(encode(stuffed))
 
 
 def test_the_wire_rows_of_a_flush_leave_the_cyclic_collectors_sight_at_its_first_look() -> None:
@@ -189,6 +236,7 @@ def _replicator(peers: list[int]) -> tuple[Replicator, Cache, list[Op]]:
     for i, peer in enumerate(peers):
         membership.connected(peer, f"sim:{i + 2}", 0.0)
         membership.members[peer].caches = frozenset({"c"})
+        membership.members[peer].protocol = PROTOCOL_VERSION  # as the dispatcher sets it on connecting
     cache, replica = _hosted()
     replicator = Replicator(membership, {"c": replica})
     for peer in peers:  # each asks for our stream from its start
@@ -204,8 +252,24 @@ def test_outgoing_writes_are_one_message_per_batch_broadcast_to_every_peer_that_
         cache.set(f"k{i}", i)
     actions = replicator.outgoing("c", queued, 0.0)
     assert len(actions) == 1 and isinstance(actions[0], Broadcast)
-    assert actions[0].peers == (2, 3) and isinstance(actions[0].msg, Stream) and len(actions[0].msg.ops) == 5
+    assert actions[0].peers == (2, 3) and isinstance(actions[0].msg, Writes) and batch_len(actions[0].msg) == 5
     assert replicator.outgoing("c", [], 0.0) == []
+
+
+def test_a_peer_on_a_protocol_before_columns_gets_the_same_writes_as_rows() -> None:
+    """A rolling upgrade: 0.2.x (protocol 3) and 0.3.0 before Writes (4) take a Stream."""
+    replicator, cache, queued = _replicator([2, 3, 4])
+    replicator.membership.members[3].protocol = 4
+    replicator.membership.members[4].protocol = 3
+    for i in range(5):
+        cache.set(f"k{i}", i)
+    columns, rows = replicator.outgoing("c", queued, 0.0)
+    assert columns.peers == (2,) and isinstance(columns.msg, Writes)
+    assert rows.peers == (3, 4) and isinstance(rows.msg, Stream)
+    arrived = [FrameDecoder().feed(encode(action.msg))[0] for action in (columns, rows)]
+    assert [type(msg) for msg in arrived] == [Writes, Stream]
+    assert ops_of(arrived[0]) == ops_of(arrived[1]) == queued
+    assert replicator.figures_of("c")["ops_sent"] == 15
 
 
 def test_a_batch_is_split_at_the_batch_size() -> None:
@@ -213,7 +277,7 @@ def test_a_batch_is_split_at_the_batch_size() -> None:
     replicator.batch = 2
     for i in range(5):
         cache.set(f"k{i}", i)
-    assert [len(a.msg.ops) for a in replicator.outgoing("c", queued, 0.0)] == [2, 2, 1]
+    assert [batch_len(a.msg) for a in replicator.outgoing("c", queued, 0.0)] == [2, 2, 1]
 
 
 def test_writes_a_slow_peer_could_not_take_are_sent_from_the_log_once_it_drains() -> None:
@@ -226,7 +290,7 @@ def test_writes_a_slow_peer_could_not_take_are_sent_from_the_log_once_it_drains(
     assert replicator.figures_of("c")["ops_deferred"] == 1 and replicator.pump(2, 0.0) == []
     del backlog[2]
     (later,) = replicator.pump(2, 0.0)
-    assert isinstance(later.msg, Stream) and later.msg.start == 0 and [op[1] for op in later.msg.ops] == ["k"]
+    assert isinstance(later.msg, Writes) and later.msg.start == 0 and batch_keys(later.msg) == ["k"]
 
 
 # -- convergence in the simulated network --------------------------------------------------
@@ -403,9 +467,10 @@ def test_a_flush_of_mixed_ops_over_the_byte_bound_is_cut_into_frames_of_at_most_
         if i % 10 == 0:
             cache.delete(f"k{i + 1}")
     sends = replicator.outgoing("c", queued, time.time())
-    ops = [op for send in sends for op in send.msg.ops]
+    batches = [ops_of(send.msg) for send in sends]
+    ops = [op for batch in batches for op in batch]
     assert len(ops) == len(queued) and [op[1] for op in ops] == [op[1] for op in queued]
-    assert len(sends) > 1 and all(ops_size(send.msg.ops) <= 20_000 for send in sends)
+    assert len(sends) > 1 and all(ops_size(ops_to_wire(batch)) <= 20_000 for batch in batches)
 
 
 def test_writes_of_large_values_flush_in_batches_that_each_fit_a_frame() -> None:
@@ -414,7 +479,7 @@ def test_writes_of_large_values_flush_in_batches_that_each_fit_a_frame() -> None
     for i in range(2000):
         cache.set(f"k{i}", b"x" * 8192)
     sends = replicator.outgoing("c", queued, time.time())
-    assert sum(len(a.msg.ops) for a in sends) == 2000
+    assert sum(batch_len(a.msg) for a in sends) == 2000
     for send in sends:
         assert len(encode(send.msg)) <= BATCH_BYTES + 64 * 1024 < DEFAULT_MAX_FRAME
 
@@ -529,7 +594,8 @@ def test_a_reconnect_asks_each_peer_from_where_it_left_off_and_is_sent_only_what
         cache.set(f"k{i}", i)
     replicator.outgoing("c", queued, 0.0)
     answer = replicator.received(2, Resume("c", [1, 10]), 0.0, 0.0)
-    assert [op[1] for a in answer if isinstance(a.msg, Stream) for op in a.msg.ops] == [f"k{i}" for i in range(10, 15)]
+    sent = [key for a in answer if isinstance(a.msg, Writes) for key in batch_keys(a.msg)]
+    assert sent == [f"k{i}" for i in range(10, 15)]
     assert answer[-1].msg == Resumed("c", 1, 15, True)
 
 
@@ -549,7 +615,7 @@ def test_the_writes_of_a_member_that_is_down_are_relayed_from_the_position_asked
     by_7 = [[WRITE, f"a{i}", b"\xa1v", None, 1 << 16, 7] for i in range(5)]
     replicator.received(3, Stream("c", 7, 0, by_7), 0.0, 100.0)  # member 7's stream, as 3 relayed it
     answer = replicator.received(2, Resume("c", [1, 0, 7, 3]), 0.0, 101.0)
-    assert [op[1] for a in answer if isinstance(a.msg, Stream) for op in a.msg.ops] == ["a3", "a4"]
+    assert [key for a in answer if isinstance(a.msg, Writes) for key in batch_keys(a.msg)] == ["a3", "a4"]
     assert Resumed("c", 7, 5, True) in [a.msg for a in answer]
 
 

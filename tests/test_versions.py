@@ -21,7 +21,7 @@ from shoal.clock import HybridClock
 from shoal.config import Config
 from shoal.dispatch import Dispatcher
 from shoal.errors import FrameTooLarge, ProtocolError
-from shoal.messages import Heartbeat, Unknown, Version
+from shoal.messages import Heartbeat, Stream, Unknown, Version, Writes
 from shoal.node import Node
 from shoal.versions import FEATURES, UNKNOWN_RELEASE, speaks
 from shoal.wire import PROTOCOL_MIN, PROTOCOL_VERSION, SMALL_MAX_FRAME, FrameDecoder, FrameSealer, encode
@@ -140,32 +140,34 @@ def test_before_the_handshake_a_frame_of_an_unknown_kind_is_refused() -> None:
 # -- the simulator: one member speaks the previous protocol ------------------------------------
 
 
-def test_a_member_on_protocol_3_is_never_sent_a_version_and_replicates_and_boots_with_protocol_4_members() -> None:
+def test_members_on_protocols_3_and_4_are_never_sent_what_they_lack_and_replicate_and_boot_with_this_release() -> None:
     sim = Sim(seed=5, reorder=False)
     fast: dict[str, Any] = {"failure_timeout": 2.0, "heartbeat_interval": 0.2, "boot_wait": 1.0, "interval": 1.0}
     seeds = ("sim:1",)
     old = sim.add(SimMember.factory(sim, seeds=seeds, protocol_max=3, **fast))
     sim.run_for(1.5)
     fill(sim, old, 300)
-    received: list[Any] = []
-    spied = member_of(sim, old)
-    on_message = spied.on_message
+    mid = sim.add(SimMember.factory(sim, seeds=seeds, protocol_max=4, **fast))
+    received: dict[int, list[Any]] = {old: [], mid: []}
+    for member, seen in received.items():
+        spied = member_of(sim, member)
 
-    def spy(peer: int, msg: Any, now: float) -> list[Any]:
-        received.append(msg)
-        return on_message(peer, msg, now)
+        def spy(peer: int, msg: Any, now: float, seen: list[Any] = seen, on_message: Any = spied.on_message) -> Any:
+            seen.append(msg)
+            return on_message(peer, msg, now)
 
-    spied.on_message = spy  # type: ignore[method-assign]
+        spied.on_message = spy  # type: ignore[method-assign]
     new = [sim.add(SimMember.factory(sim, seeds=seeds, **fast)) for _ in range(2)]
-    assert sim.run_until(lambda: all(member_of(sim, i).core.ready for i in [old, *new]), 30)
-    for i in new:  # warm from the old donor, or from the other new member
+    assert sim.run_until(lambda: all(member_of(sim, i).core.ready for i in [old, mid, *new]), 30)
+    for i in [mid, *new]:  # warm from the old donor, or from another member
         assert len(member_of(sim, i).cache) == 300
     fill_new = member_of(sim, new[0])
     sim.act(new[0], lambda n, now: fill_new.write(lambda c: c.set("from-new", 1)))
-    assert sim.run_until(lambda: all("from-new" in member_of(sim, i).cache for i in (old, new[1])), 5)
-    assert received and not any(isinstance(m, Version) for m in received)
-    listed = {m["id"]: (m["protocol"], m["version"]) for m in member_of(sim, new[0]).core.members(sim.now)}
-    assert listed == {f"{old:016x}": (3, UNKNOWN_RELEASE), f"{new[1]:016x}": (4, UNKNOWN_RELEASE)}
+    assert sim.run_until(lambda: all("from-new" in member_of(sim, i).cache for i in (old, mid, new[1])), 5)
+    assert received[old] and not any(isinstance(m, (Version, Writes)) for m in received[old])
+    assert any(isinstance(m, Stream) for m in received[mid]) and not any(isinstance(m, Writes) for m in received[mid])
+    listed = {m["id"]: m["protocol"] for m in member_of(sim, new[0]).core.members(sim.now)}
+    assert listed == {f"{old:016x}": 3, f"{mid:016x}": 4, f"{new[1]:016x}": PROTOCOL_VERSION}
     # (sim members were built without a release string: what they said is the default)
 
 
@@ -218,7 +220,7 @@ def test_members_of_this_release_list_each_others_release_and_protocol_and_one_a
         def seen(by: Node) -> dict[str, tuple[object, object]]:
             return {m["address"]: (m["protocol"], m["version"]) for m in by.members() if m["state"] == "up"}
 
-        want_a = {b.address: (4, __version__), c.address: (3, UNKNOWN_RELEASE)}
+        want_a = {b.address: (PROTOCOL_VERSION, __version__), c.address: (3, UNKNOWN_RELEASE)}
         wait_until(lambda: seen(a) == want_a, 10, what=f"a's view {want_a}")
         wait_until(lambda: seen(c) == {a.address: (3, UNKNOWN_RELEASE), b.address: (3, UNKNOWN_RELEASE)}, 10)
         assert next(m for m in c.members() if m["state"] == "self")["protocol"] == 3

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .messages import Message, Ops, Stream
+from .messages import Message, Ops, Stream, Writes
 from .store import Key
 
 
@@ -25,7 +25,7 @@ class Broadcast:
     """Local writes to many peers: a driver encodes them once."""
 
     peers: tuple[int, ...]
-    msg: Stream | Ops
+    msg: Stream | Writes | Ops
 
 
 @dataclass(frozen=True, slots=True)

@@ -67,6 +67,7 @@ from .messages import (
     Stream,
     Unknown,
     Version,
+    Writes,
 )
 from .replica import Op, ReplicaView
 from .replication import Replicator
@@ -89,7 +90,7 @@ cache it boots; more at once is a peer making us hold entry lists (100 unread du
 MAX_RELEASE = 64
 """The longest release string a peer may tell (a version like 0.2.0.dev0+g1a2b3c4 fits)."""
 
-_REPLICATION = (Stream, Resume, Resumed, Ops, Digest, Listing, Pull, CatchUp, CaughtUp)
+_REPLICATION = (Stream, Writes, Resume, Resumed, Ops, Digest, Listing, Pull, CatchUp, CaughtUp)
 _WARMBOOT = (SizeRequest, SizeReply, DumpRequest, DumpFrom, DumpChunk, DumpEnd)
 _MEMBERSHIP = (Gossip, Heartbeat, Leave)
 
@@ -349,8 +350,9 @@ class Dispatcher:
             return _unhosted(peer, msg)
         if isinstance(msg, _REPLICATION):
             actions = self._after(self.replicator.received(peer, msg, now, wall), now)
-            if isinstance(msg, (Stream, Ops)) and self.leases.wants:  # callers here may be waiting for these keys
-                actions += self.leases.arrived(msg.cache, [op[1] for op in msg.ops], now)
+            if isinstance(msg, (Stream, Ops, Writes)) and self.leases.wants:  # callers here may wait for these keys
+                keys = msg.ops[1] if isinstance(msg, Writes) else [op[1] for op in msg.ops]
+                actions += self.leases.arrived(msg.cache, keys, now)
             return actions
         if isinstance(msg, _WARMBOOT):
             return self._after(self.booter.received(peer, msg, now, wall), now)

@@ -327,6 +327,19 @@ class Stream(Message):
     ops: list[Any]
 
 
+@message(29)
+class Writes(Message):
+    """``Stream``'s writes as columns (protocol 5): ``ops`` is six arrays of one length,
+    ``[kinds, keys, values, expires, hlcs, nodes]``. A receiver decodes six arrays, not one
+    per op: each of those was an object the cyclic collector had to walk, and enough of them
+    in every frame to set it going (half a receiver's time, ``bench/replication.py``)."""
+
+    cache: str
+    origin: int
+    start: int
+    ops: list[Any]
+
+
 @message(27)
 class Resume(Message):
     """Send me the writes of this cache from these positions on: ``positions`` is

@@ -73,7 +73,7 @@ from collections import deque
 from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import compress
-from operator import itemgetter
+from operator import itemgetter, not_
 from typing import Any
 
 from .actions import Action, Broadcast, Send
@@ -83,11 +83,12 @@ from .digest import digests as scan_digests
 from .errors import ProtocolError
 from .limits import LogLimiter, spans
 from .membership import Membership
-from .messages import CatchUp, CaughtUp, Digest, Listing, Message, Ops, Pull, Resume, Resumed, Stream
+from .messages import CatchUp, CaughtUp, Digest, Listing, Message, Ops, Pull, Resume, Resumed, Stream, Writes
 from .positions import LIVE, MAX_ORIGINS, WriteLog, vector_from_wire, vector_to_wire
 from .replica import Op, ReplicaView
 from .store import CLEAR, DELETE, NEVER, WRITE, Entry, Key, Walk
 from .validation import check_key_types, versions_from_wire
+from .versions import speaks
 
 log = logging.getLogger("shoal")
 
@@ -133,6 +134,34 @@ def ops_to_wire(ops: list[Op]) -> list[tuple[Any, ...]]:
     ]
 
 
+def ops_to_columns(ops: Sequence[Op]) -> list[list[Any]]:
+    """Ops as ``Writes`` carries them: ``[kinds, keys, values, expires or nil, hlcs, nodes]``."""
+    if not ops:
+        return [[], [], [], [], [], []]
+    kinds, keys, values, expires, versions = map(list, zip(*ops, strict=True))
+    never, mask = NEVER, NODE_MASK
+    return [
+        kinds,
+        keys,
+        values,
+        [None if exp == never else exp for exp in expires],
+        [v >> NODE_BITS for v in versions],
+        [v & mask for v in versions],
+    ]
+
+
+def ops_from_columns_wire(raw: list[Any]) -> list[Op]:
+    """Read a peer's ``Writes``: six arrays of one length, checked as ``ops_from_wire`` checks rows."""
+    if type(raw) is not list or len(raw) != 6 or set(map(type, raw)) != {list} or len(set(map(len, raw))) != 1:
+        raise ProtocolError("writes are six arrays of one length")
+    return ops_from_columns(*raw) if raw[0] else []
+
+
+def ops_of(msg: Stream | Writes) -> list[Op]:
+    """The ops of a peer's batch of writes, whichever form it came in; ProtocolError if malformed."""
+    return ops_from_columns_wire(msg.ops) if isinstance(msg, Writes) else ops_from_wire(msg.ops)
+
+
 def ops_from_wire(raw: list[Any]) -> list[Op]:
     """Read a peer's ops from their wire form; anything malformed fails the whole frame.
 
@@ -148,6 +177,18 @@ def ops_from_wire(raw: list[Any]) -> list[Op]:
         kinds, keys, values, expires, hlcs, nodes = zip(*raw, strict=True)  # ValueError: not all 6 long
     except ValueError:
         raise ProtocolError("an op is a 6-item array") from None
+    return ops_from_columns(kinds, keys, values, expires, hlcs, nodes)
+
+
+def ops_from_columns(
+    kinds: Sequence[Any],
+    keys: Sequence[Any],
+    values: Sequence[Any],
+    expires: Sequence[Any],
+    hlcs: Sequence[Any],
+    nodes: Sequence[Any],
+) -> list[Op]:
+    """``ops_from_wire`` of ops that came as columns, as long as one another (the caller's check)."""
     if set(map(type, kinds)) != {int}:  # first: a kind that is a list is not even hashable
         raise ProtocolError("unknown op kind")
     kind_set = set(kinds)
@@ -174,7 +215,10 @@ def ops_from_wire(raw: list[Any]) -> list[Op]:
 
 def op_size(wire_op: Sequence[Any]) -> int:
     """Roughly the bytes of one op on the wire (its value and key dominate)."""
-    key, packed = wire_op[1], wire_op[2]
+    return _op_size(wire_op[1], wire_op[2])
+
+
+def _op_size(key: Any, packed: Any) -> int:
     return _WIRE_OP_OVERHEAD + (len(packed) if packed is not None else 0) + (len(key) if type(key) is not int else 8)
 
 
@@ -191,19 +235,27 @@ def ops_size(wire_ops: Sequence[Sequence[Any]]) -> int:
         return sum(map(op_size, wire_ops))
 
 
-def frame_cuts(wire_ops: Sequence[Sequence[Any]], max_bytes: int, max_ops: int) -> Iterable[tuple[int, int]]:
-    """``spans(map(op_size, wire_ops), max_bytes, max_ops)``: the ops cut into frames. When no op
-    can take a frame's bytes past ``max_bytes`` before its count reaches ``max_ops`` (the largest
-    key and the largest value together, the usual case), the cuts are by count alone, with no
-    Python step per op: a busy writer's flush holds up to ``FLUSH_MAX_OPS``."""
-    n = len(wire_ops)
+def frame_cuts(keys: Sequence[Any], values: Sequence[Any], max_bytes: int, max_ops: int) -> Iterable[tuple[int, int]]:
+    """``spans`` of the ops' sizes (``op_size``; ``keys`` and ``values`` their columns): the ops cut
+    into frames. When no op can take a frame's bytes past ``max_bytes`` before its count reaches
+    ``max_ops`` (the largest key and the largest value together, the usual case), the cuts are
+    by count alone, with no Python step per op: a busy writer's flush holds up to ``FLUSH_MAX_OPS``."""
+    n = len(keys)
     try:
-        largest = _WIRE_OP_OVERHEAD + max(map(len, map(_KEY, wire_ops))) + max(map(len, map(_VALUE, wire_ops)))
+        largest = _WIRE_OP_OVERHEAD + max(map(len, keys)) + max(map(len, values))
     except (TypeError, ValueError):  # a delete's None, an int key; no ops
         largest = max_bytes + 1
     if largest * max_ops <= max_bytes:
         return [(i, min(i + max_ops, n)) for i in range(0, n, max_ops)]
-    return spans(map(op_size, wire_ops), max_bytes, max_ops)
+    return spans(map(_op_size, keys, values), max_bytes, max_ops)
+
+
+def columns_size(keys: Sequence[Any], values: Sequence[Any]) -> int:
+    """``ops_size`` of ops given as their key and value columns."""
+    try:
+        return _WIRE_OP_OVERHEAD * len(keys) + sum(map(len, values)) + sum(map(len, keys))
+    except TypeError:  # a delete's None, an int key
+        return sum(map(_op_size, keys, values))
 
 
 def _split(version: int) -> list[int]:
@@ -470,16 +522,18 @@ class Replicator:
             return []
         backlog = self.backlog
         figures = self.figures_of(name)
-        wire_ops = ops_to_wire(ops)
+        columns = ops_to_columns(ops)
+        keys, values, n = columns[1], columns[2], len(ops)
+        rows: list[tuple[Any, ...]] | None = None  # for a peer on a protocol before columns, if one follows
         actions: list[Broadcast] = []
         queued = self._flushing
-        total = ops_size(wire_ops)
-        if total <= self.batch_bytes and len(wire_ops) <= self.batch:
-            cuts: Iterable[tuple[int, int]] = [(0, len(wire_ops))]  # one frame, the common case
+        total = columns_size(keys, values)
+        if total <= self.batch_bytes and n <= self.batch:
+            cuts: Iterable[tuple[int, int]] = [(0, n)]  # one frame, the common case
         else:
-            cuts = frame_cuts(wire_ops, self.batch_bytes, self.batch)
+            cuts = frame_cuts(keys, values, self.batch_bytes, self.batch)
         for i, j in cuts:
-            size = total if j - i == len(wire_ops) else ops_size(wire_ops[i:j])
+            size = total if j - i == n else columns_size(keys[i:j], values[i:j])
             peers: list[int] = []
             for peer, feed in follows.items():
                 if feed.queued or feed.cursor != first + i:
@@ -492,9 +546,22 @@ class Replicator:
                 queued[peer] = queued.get(peer, 0) + size
                 peers.append(peer)
             if peers:
-                actions.append(Broadcast(tuple(peers), Stream(name, self.node_id, first + i, wire_ops[i:j])))
+                by_columns = [self._columns(peer) for peer in peers]
+                if any(by_columns):
+                    batch = columns if j - i == n else [column[i:j] for column in columns]
+                    to = tuple(compress(peers, by_columns))
+                    actions.append(Broadcast(to, Writes(name, self.node_id, first + i, batch)))
+                if not all(by_columns):
+                    rows = ops_to_wire(ops) if rows is None else rows
+                    to = tuple(compress(peers, map(not_, by_columns)))
+                    actions.append(Broadcast(to, Stream(name, self.node_id, first + i, rows[i:j])))
                 figures["ops_sent"] += (j - i) * len(peers)
         return actions
+
+    def _columns(self, peer: int) -> bool:
+        """Does ``peer`` take a stream's writes as columns (``Writes``, protocol 5)?"""
+        member = self.membership.members.get(peer)
+        return member is not None and speaks(member.protocol, "columns")
 
     def flushed(self) -> None:
         """A flush is over: the driver has queued its broadcasts (``backlog`` counts them now)."""
@@ -503,7 +570,7 @@ class Replicator:
     # -- incoming --------------------------------------------------------------
 
     def received(self, peer: int, msg: Message, now: float, wall: float) -> list[Action]:
-        if isinstance(msg, Stream):
+        if isinstance(msg, (Stream, Writes)):
             self._stream(peer, msg, now, wall)
             return []
         if isinstance(msg, Ops):  # the answer to a Pull
@@ -712,10 +779,10 @@ class Replicator:
             self.needs_repair.add(peer)
             self._next_round = now  # now, not in a full interval
 
-    def _stream(self, peer: int, msg: Stream, now: float, wall: float) -> None:
+    def _stream(self, peer: int, msg: Stream | Writes, now: float, wall: float) -> None:
         if type(msg.origin) is not int or not 0 <= msg.origin <= _MASK64 or msg.start < 0:
             raise ProtocolError("a stream names its origin by id and starts at a position")
-        ops = ops_from_wire(msg.ops)
+        ops = ops_of(msg)
         if msg.cache not in self.replicas:
             return
         log_ = self._log(msg.cache)
@@ -823,9 +890,14 @@ class Replicator:
                 feed.complete = False
             feed.cursor = start + len(ops)
             if ops:
-                wire = ops_to_wire(ops)
-                sent = ops_size(wire)
-                out.append(Send(peer, Stream(feed.cache, feed.origin, start, wire)))
+                msg: Stream | Writes
+                if self._columns(peer):
+                    columns = ops_to_columns(ops)
+                    sent, msg = columns_size(columns[1], columns[2]), Writes(feed.cache, feed.origin, start, columns)
+                else:
+                    wire = ops_to_wire(ops)
+                    sent, msg = ops_size(wire), Stream(feed.cache, feed.origin, start, wire)
+                out.append(Send(peer, msg))
                 figures["catchup_ops_sent"] += len(ops)
                 figures["ops_sent"] += len(ops)
         if feed.cursor < end:

@@ -26,6 +26,7 @@ log = logging.getLogger("shoal")
 
 FEATURES: dict[str, int] = {
     "release": 4,  # Version: the sender's release string, right after the handshake
+    "columns": 5,  # Writes: a stream's writes as six columns instead of an array per op
 }
 """Each feature a peer may lack and the first protocol that has it. Once PROTOCOL_MIN reaches a
 feature's protocol every admitted peer speaks it: its entry and its checks go (wire.py's

@@ -73,12 +73,13 @@ from .errors import FrameTooLarge, ProtocolError
 from .messages import MESSAGE_TYPES, Message, Unknown, from_array, to_array
 from .validation import MAX_KEY_SIZE, MAX_NAME_SIZE
 
-PROTOCOL_VERSION = 4
+PROTOCOL_VERSION = 5
 """The newest protocol this release speaks (2: the initiator proves first, clocks are
 compared at the handshake, every later frame is authenticated; 3: writes travel with their
 positions in the writer's stream, Stream/Resume/Resumed/DumpFrom, and catch-up is by position;
 4: members say their release (Version), and an authenticated frame of an unknown kind is
-dropped and logged instead of closing the connection). versions.py lists what each added."""
+dropped and logged instead of closing the connection; 5: a stream's writes travel as columns,
+Writes). versions.py lists what each added."""
 PROTOCOL_MIN = 3
 """The oldest protocol this release still speaks: the previous release's (0.1.x speaks only 3)."""
 
@@ -144,6 +145,8 @@ def _bounds() -> dict[int, Bounds]:
         # An op (one array) is at least 15 bytes; values are bin, str keys bounded.
         m.Ops: Bounds(None, text=MAX_KEY_SIZE, binary=None, items=None, pairs=0, per_container=12),
         m.Stream: Bounds(None, text=MAX_KEY_SIZE, binary=None, items=None, pairs=0, per_container=12),
+        # Six arrays of scalars, whatever the count of ops: a nested array is a peer's malice.
+        m.Writes: Bounds(None, text=MAX_KEY_SIZE, binary=None, items=None, pairs=0, per_container=1 << 16),
         # [origin, position, ...] for at most positions.MAX_ORIGINS origins
         m.Resume: positions,
         m.Resumed: control,
