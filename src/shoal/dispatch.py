@@ -236,9 +236,10 @@ class Dispatcher:
         return local_write
 
     def flush(self, backlog: Callable[[int], int] | None, wall: float, everything: bool = False) -> list[Action]:
-        """Queued writes as Stream broadcasts to the peers whose streams are live; a peer over
-        ``max_peer_backlog`` falls behind and gets them from the log as it drains. ``backlog``,
-        if given, becomes ``self.backlog`` (a driver that passes it here need not set it)."""
+        """Queued writes as broadcasts (Writes; Stream to a peer on protocol 3 or 4) to the peers
+        whose streams are live; a peer over ``max_peer_backlog`` falls behind and gets them from
+        the log as it drains. ``backlog``, if given, becomes ``self.backlog`` (a driver that
+        passes it here need not set it)."""
         # Clear the flag before draining: an op queued after this point wakes the
         # driver again instead of being stranded.
         self._flush_pending = False

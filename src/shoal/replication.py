@@ -1,9 +1,10 @@
 """Writes between members: the op format, its validation, and anti-entropy digests.
 
 Theory of operation. A local write is applied at once and queued; the
-dispatcher drains the queue shortly after (``outgoing``) into one ``Ops``
-message per cache and batch, broadcast to every member of the cache's group
-(the driver encodes it once). A receiver applies each
+dispatcher drains the queue shortly after (``outgoing``) into one ``Writes``
+message per cache and batch (the ops as six columns; a ``Stream``, an array per
+op, to a peer on protocol 3 or 4), broadcast to every member of the cache's
+group that follows its stream (the driver encodes it once). A receiver applies each
 op only if it is newer than what it holds (store.py), so duplicates, reordering
 and replays are harmless.
 
