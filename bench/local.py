@@ -391,6 +391,7 @@ def micro(sizes: Sizes, binary: str | None, info: dict[str, Any], settle: bool =
                     case.samples.append(case.run() / case.ops)
                     case.gc_samples.append(collector.total * 1e9 / case.ops)
         collector.close()
+        gc.unfreeze()  # what the settling froze goes back in the collector's sight
 
     info["get_path"] = get_path(sc, d, vc, seq_random, sizes.get_rounds)
     stats = sc.stats()

@@ -29,7 +29,7 @@ cluster whose caches have neither TTL nor bound is a second line, not the headli
    notification from the replica to a subscriber process; pysyncobj: inside the
    replicated method on a follower). All processes share one machine clock.
 3. Where a shoal write's time goes: the same pipeline in one process, stage by
-   stage (set, batching into Ops, frame encode; decode, validate, apply), in
+   stage (set, batching into Writes, frame encode; decode, validate, apply), in
    microseconds per op. ``--profile`` adds cProfile of the live members (the
    writer's application thread and loop thread, a receiver's loop thread).
 
@@ -76,8 +76,6 @@ from harness import (
 )
 from harness import child as _child
 from harness import quantile as _quantile
-
-from shoal.wire import PROTOCOL_VERSION
 
 CACHE = "bench"
 LAG_RATE = 10_000  # writes/s for the lag measurement
@@ -838,7 +836,7 @@ def main(argv: list[str] | None = None) -> int:
     print("shoal, stage by stage ...", flush=True)
     by_protocol = {
         protocol: (stages(sizes.micro, collect=True, protocol=protocol), stages(sizes.micro, False, protocol))
-        for protocol in (PROTOCOL_VERSION, 4)
+        for protocol in (5, 4)
     }
     print()
 

@@ -139,6 +139,10 @@ def test_a_cache_whose_writes_fill_every_flush_does_not_hold_back_another_caches
     assert all(len(ops) <= 10 for ops in sent)
     assert ("q", "the quiet one") in sent[0] + sent[1]
     assert core.figures("c")["queue_depth"] == 100 - sum(cache == "c" for ops in sent for cache, _ in ops)
+    flushes.append(core.flush(lambda peer: 0, 0.0, everything=True))
+    batches = [(a.msg.start, batch_keys(a.msg)) for actions in flushes for a in actions if a.msg.cache == "c"]
+    assert [key for _, keys in batches for key in keys] == list(range(100))  # in order, each once
+    assert all(start == sum(len(keys) for _, keys in batches[:i]) for i, (start, _) in enumerate(batches))
 
 
 def streamed(actions: list[Any], peer: int) -> list[Any]:

@@ -131,6 +131,23 @@ def test_a_writes_frame_stuffed_with_arrays_is_refused_while_it_is_decoded() -> 
         FrameDecoder().feed(encode(stuffed))
 
 
+def test_a_flush_of_small_ops_is_cut_by_count_alone_as_spans_would_cut_it() -> None:
+    wire = ops_to_wire([(WRITE, f"k{i}", b"v", NEVER, 1 << 80) for i in range(95)])
+    keys, values = [op[1] for op in wire], [op[2] for op in wire]
+    cuts = frame_cuts(keys, values, 10_000, 10)
+    assert isinstance(cuts, list)  # the count's path, no pass over the sizes
+    assert cuts == list(spans(map(op_size, wire), 10_000, 10)) and cuts[-1] == (90, 95)
+
+
+def test_a_writes_frame_past_the_size_decoded_without_counting_its_arrays_arrives_whole() -> None:
+    """Past 64 KiB the decoder counts arrays against the frame's size: a batch's eight pass."""
+    ops = [(WRITE, f"key-{i}", b"v" * 200, 1e9, (1 << 80) + i) for i in range(1000)]
+    frame = encode(Writes("c", 1, 0, ops_to_columns(ops)))
+    assert len(frame) > 64 * 1024
+    (arrived,) = FrameDecoder().feed(frame)
+    assert isinstance(arrived, Writes) and ops_of(arrived) == ops
+
+
 def test_the_wire_rows_of_a_flush_leave_the_cyclic_collectors_sight_at_its_first_look() -> None:
     """A flush's rows wait for their frame while the writers go on; a row the collector tracked
     would be walked again by every collection until then (tuples of atoms it stops tracking)."""
@@ -257,7 +274,7 @@ def test_outgoing_writes_are_one_message_per_batch_broadcast_to_every_peer_that_
 
 
 def test_a_peer_on_a_protocol_before_columns_gets_the_same_writes_as_rows() -> None:
-    """A rolling upgrade: 0.2.x (protocol 3) and 0.3.0 before Writes (4) take a Stream."""
+    """A rolling upgrade: 0.2.0 (protocol 4) and the 0.1 trees (3) take a Stream."""
     replicator, cache, queued = _replicator([2, 3, 4])
     replicator.membership.members[3].protocol = 4
     replicator.membership.members[4].protocol = 3
@@ -278,6 +295,19 @@ def test_a_batch_is_split_at_the_batch_size() -> None:
     for i in range(5):
         cache.set(f"k{i}", i)
     assert [batch_len(a.msg) for a in replicator.outgoing("c", queued, 0.0)] == [2, 2, 1]
+
+
+def test_a_peer_on_protocol_4_catching_up_gets_the_writes_it_missed_as_rows() -> None:
+    replicator, cache, queued = _replicator([2])
+    replicator.membership.members[2].protocol = 4
+    replicator.member_down(2)
+    for i in range(3):
+        cache.set(f"k{i}", i)
+    replicator.outgoing("c", queued, 0.0)
+    answer = replicator.received(2, Resume("c", [1, 0]), 0.0, 0.0)
+    assert [a.msg.ops[0][1] for a in answer if isinstance(a.msg, Stream)] == ["k0"]
+    assert [key for a in answer if isinstance(a.msg, Stream) for key in batch_keys(a.msg)] == ["k0", "k1", "k2"]
+    assert not any(isinstance(a.msg, Writes) for a in answer)
 
 
 def test_writes_a_slow_peer_could_not_take_are_sent_from_the_log_once_it_drains() -> None:

@@ -59,8 +59,8 @@ class Config:
     handshake_timeout: float = 5.0
     protocol_max: int = PROTOCOL_VERSION
     """The newest protocol this member offers in its handshakes: a rollout and test knob. Lowered
-    to the previous release's (3), the member talks like one, with this release's newest protocol
-    features switched off (versions.py); the compatibility test runs it that way."""
+    to an older release's (4: 0.2.0; 3: the 0.1 trees), the member talks like one, with the newer
+    protocol features switched off (versions.py); the compatibility tests run it that way."""
     max_frame_size: int = DEFAULT_MAX_FRAME
     max_pending: int = 128
     """Connections still in their handshake; past it the oldest is closed."""

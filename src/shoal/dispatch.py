@@ -70,9 +70,9 @@ from .messages import (
     Writes,
 )
 from .replica import Op, ReplicaView
-from .replication import Replicator
+from .replication import Replicator, keys_of
 from .store import Key
-from .versions import UNKNOWN_RELEASE, Refusals, speaks
+from .versions import UNKNOWN_RELEASE, Refusals
 from .warmboot import Booter, BootStats
 from .wire import PROTOCOL_VERSION
 
@@ -227,12 +227,12 @@ class Dispatcher:
         append = queue.append
 
         def local_write(op: Op) -> None:
+            """Called on application threads: queue a write of this cache, wake the driver once per flush."""
             append(op)
             if not self._flush_pending and self.running:
                 self._flush_pending = True
                 self.wake()
 
-        local_write.__doc__ = Dispatcher.local_write.__doc__
         return local_write
 
     def flush(self, backlog: Callable[[int], int] | None, wall: float, everything: bool = False) -> list[Action]:
@@ -285,8 +285,7 @@ class Dispatcher:
     def speaks(self, peer: int, feature: str) -> bool:
         """Does the connection to ``peer`` have ``feature`` (versions.FEATURES)? Ask before sending
         a message kind an older protocol does not know: such a peer would close the connection."""
-        member = self.membership.members.get(peer)
-        return member is not None and speaks(member.protocol, feature)
+        return self.membership.speaks(peer, feature)
 
     def disconnected(self, peer: int, now: float) -> list[Action]:
         return self._after(self.membership.disconnected(peer, now), now)
@@ -352,8 +351,7 @@ class Dispatcher:
         if isinstance(msg, _REPLICATION):
             actions = self._after(self.replicator.received(peer, msg, now, wall), now)
             if isinstance(msg, (Stream, Ops, Writes)) and self.leases.wants:  # callers here may wait for these keys
-                keys = msg.ops[1] if isinstance(msg, Writes) else [op[1] for op in msg.ops]
-                actions += self.leases.arrived(msg.cache, keys, now)
+                actions += self.leases.arrived(msg.cache, keys_of(msg), now)
             return actions
         if isinstance(msg, _WARMBOOT):
             return self._after(self.booter.received(peer, msg, now, wall), now)

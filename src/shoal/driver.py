@@ -4,8 +4,8 @@ Everything the cluster decides happens in ``dispatch.Dispatcher``, which takes
 events and returns actions. The driver feeds it: connections (transport.py)
 report handshakes, frames, bytes and losses; a ticker reports time; the outbox
 wakes a flush; a cache's cluster fetch reports misses and loads. It carries out
-what comes back, one handler per kind of action (``_ACTIONS``): sends (an Ops
-broadcast encoded once), dials, closes, dump streams (paced by the peer's
+what comes back, one handler per kind of action (``_ACTIONS``): sends (a batch
+of writes broadcast encoded once), dials, closes, dump streams (paced by the peer's
 back-pressure), snapshot reads, readiness, the GC pause, and the answers a
 waiting fetch gets. Chores that are no protocol (the GC, snapshot files, DNS)
 are housekeeping.py's.

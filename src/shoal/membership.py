@@ -74,6 +74,7 @@ from typing import Any
 from .actions import Action, Close, Dial, MemberDown, MemberUp, Send
 from .messages import Gossip, Heartbeat, Leave, Message
 from .validation import MAX_NAME_SIZE
+from .versions import speaks
 
 log = logging.getLogger("shoal")
 
@@ -325,6 +326,12 @@ class Membership:
         if now - member.since < self.failure_timeout or now - member.last_heard > self.failure_timeout:
             return None
         return "node id already held by a live connection"
+
+    def speaks(self, peer: int, feature: str) -> bool:
+        """Does the connection to ``peer`` have ``feature`` (versions.FEATURES)? Ask before sending
+        a message kind an older protocol does not know: such a peer would close the connection."""
+        member = self.members.get(peer)
+        return member is not None and speaks(member.protocol, feature)
 
     def connected(self, peer: int, listen: str, now: float, dialed: str | None = None) -> list[Action]:
         """A handshake with ``peer`` finished; it is up.

@@ -89,7 +89,6 @@ from .positions import LIVE, MAX_ORIGINS, WriteLog, vector_from_wire, vector_to_
 from .replica import Op, ReplicaView
 from .store import CLEAR, DELETE, NEVER, WRITE, Entry, Key, Walk
 from .validation import check_key_types, versions_from_wire
-from .versions import speaks
 
 log = logging.getLogger("shoal")
 
@@ -158,6 +157,11 @@ def ops_from_columns_wire(raw: list[Any]) -> list[Op]:
     return ops_from_columns(*raw) if raw[0] else []
 
 
+def keys_of(msg: Stream | Writes | Ops) -> list[Any]:
+    """The keys a batch of writes names, as they came (check the batch with ``ops_of`` first)."""
+    return list(msg.ops[1]) if isinstance(msg, Writes) else [op[1] for op in msg.ops]
+
+
 def ops_of(msg: Stream | Writes) -> list[Op]:
     """The ops of a peer's batch of writes, whichever form it came in; ProtocolError if malformed."""
     return ops_from_columns_wire(msg.ops) if isinstance(msg, Writes) else ops_from_wire(msg.ops)
@@ -224,16 +228,8 @@ def _op_size(key: Any, packed: Any) -> int:
 
 
 def ops_size(wire_ops: Sequence[Sequence[Any]]) -> int:
-    """``sum(map(op_size, wire_ops))``, in C-level passes when every op carries a value and a
-    str or bytes key (a run of writes, what a flush holds): a flush sizes every write."""
-    try:
-        return (
-            _WIRE_OP_OVERHEAD * len(wire_ops)
-            + sum(map(len, map(_VALUE, wire_ops)))  # TypeError: a delete's None
-            + sum(map(len, map(_KEY, wire_ops)))  # TypeError: an int key
-        )
-    except TypeError:
-        return sum(map(op_size, wire_ops))
+    """``sum(map(op_size, wire_ops))``: ``columns_size`` of their keys and values."""
+    return columns_size(list(map(_KEY, wire_ops)), list(map(_VALUE, wire_ops)))
 
 
 def frame_cuts(keys: Sequence[Any], values: Sequence[Any], max_bytes: int, max_ops: int) -> Iterable[tuple[int, int]]:
@@ -252,7 +248,9 @@ def frame_cuts(keys: Sequence[Any], values: Sequence[Any], max_bytes: int, max_o
 
 
 def columns_size(keys: Sequence[Any], values: Sequence[Any]) -> int:
-    """``ops_size`` of ops given as their key and value columns."""
+    """The bytes of ops on the wire (``op_size`` each), given their key and value columns: in
+    C-level passes when every op carries a value and a str or bytes key (a run of writes, what
+    a flush holds): a flush sizes every write."""
     try:
         return _WIRE_OP_OVERHEAD * len(keys) + sum(map(len, values)) + sum(map(len, keys))
     except TypeError:  # a delete's None, an int key
@@ -561,8 +559,7 @@ class Replicator:
 
     def _columns(self, peer: int) -> bool:
         """Does ``peer`` take a stream's writes as columns (``Writes``, protocol 5)?"""
-        member = self.membership.members.get(peer)
-        return member is not None and speaks(member.protocol, "columns")
+        return self.membership.speaks(peer, "columns")
 
     def flushed(self) -> None:
         """A flush is over: the driver has queued its broadcasts (``backlog`` counts them now)."""

@@ -81,7 +81,8 @@ positions in the writer's stream, Stream/Resume/Resumed/DumpFrom, and catch-up i
 dropped and logged instead of closing the connection; 5: a stream's writes travel as columns,
 Writes). versions.py lists what each added."""
 PROTOCOL_MIN = 3
-"""The oldest protocol this release still speaks: the previous release's (0.1.x speaks only 3)."""
+"""The oldest protocol this release still speaks: the 0.1 development trees' (they speak only 3;
+0.2.0, the previous release, speaks 4 and 3)."""
 
 DEFAULT_MAX_FRAME = 16 * 1024 * 1024
 HANDSHAKE_MAX_FRAME = 4 * 1024
@@ -145,8 +146,10 @@ def _bounds() -> dict[int, Bounds]:
         # An op (one array) is at least 15 bytes; values are bin, str keys bounded.
         m.Ops: Bounds(None, text=MAX_KEY_SIZE, binary=None, items=None, pairs=0, per_container=12),
         m.Stream: Bounds(None, text=MAX_KEY_SIZE, binary=None, items=None, pairs=0, per_container=12),
-        # Six arrays of scalars, whatever the count of ops: a nested array is a peer's malice.
-        m.Writes: Bounds(None, text=MAX_KEY_SIZE, binary=None, items=None, pairs=0, per_container=1 << 16),
+        # Six arrays of scalars, whatever the count of ops: a nested array is a peer's malice. A column
+        # packs to a byte or two an op, so the count of ops is bounded as such (a sender's batch is
+        # 1,000); the message itself and its six columns are 8 arrays, the count's slack (``+ 8``).
+        m.Writes: Bounds(None, text=MAX_KEY_SIZE, binary=None, items=1 << 16, pairs=0, per_container=1 << 16),
         # [origin, position, ...] for at most positions.MAX_ORIGINS origins
         m.Resume: positions,
         m.Resumed: control,

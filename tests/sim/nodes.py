@@ -26,6 +26,7 @@ from shoal.errors import ProtocolError
 from shoal.membership import Membership
 from shoal.messages import Message, Ops, Stream, Writes
 from shoal.replica import Op
+from shoal.replication import keys_of
 from shoal.store import WRITE
 from shoal.warmboot import dump_stream
 from shoal.wire import DEFAULT_MAX_FRAME, PROTOCOL_VERSION
@@ -265,5 +266,4 @@ def batch_len(msg: Message) -> int:
 
 def batch_keys(msg: Message) -> list[Any]:
     """The keys of a batch of writes, whichever form it takes (none for another message)."""
-    ops: list[Any] = getattr(msg, "ops", [])
-    return list(ops[1]) if isinstance(msg, Writes) else [op[1] for op in ops]
+    return keys_of(msg) if isinstance(msg, (Stream, Writes, Ops)) else []
