@@ -139,6 +139,14 @@ def test_a_flush_of_small_ops_is_cut_by_count_alone_as_spans_would_cut_it() -> N
     assert cuts == list(spans(map(op_size, wire), 10_000, 10)) and cuts[-1] == (90, 95)
 
 
+def test_a_writes_frame_with_a_column_past_its_bound_is_refused_while_it_is_decoded() -> None:
+    """A column packs to a byte an op: its count is bounded (65,536), not only the frame's bytes."""
+    n = (1 << 16) + 1
+    long = Writes("c", 1, 0, [[0] * n, ["k"] * n, [b""] * n, [None] * n, [1] * n, [1] * n])
+    with pytest.raises(ProtocolError, match="undecodable frame"):
+        FrameDecoder().feed(encode(long))
+
+
 def test_a_writes_frame_past_the_size_decoded_without_counting_its_arrays_arrives_whole() -> None:
     """Past 64 KiB the decoder counts arrays against the frame's size: a batch's eight pass."""
     ops = [(WRITE, f"key-{i}", b"v" * 200, 1e9, (1 << 80) + i) for i in range(1000)]

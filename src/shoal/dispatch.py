@@ -38,7 +38,7 @@ from __future__ import annotations
 import random
 from collections import deque
 from collections.abc import Callable
-from itertools import islice, repeat, starmap
+from itertools import repeat, starmap
 
 from .actions import Action, BootStreaming, MemberDown, MemberUp, Ready, Send, StreamDump
 from .config import Config
@@ -250,7 +250,7 @@ class Dispatcher:
         self._flush_from = first + 1  # a cache that fills a flush's budget does not starve the others
         budget = FLUSH_MAX_OPS
         actions: list[Action] = []
-        for name in islice(names + names, first, first + len(names)):
+        for name in names[first:] + names[:first]:
             queue = self.outbox[name]
             n = len(queue) if everything else min(len(queue), budget)
             if n:

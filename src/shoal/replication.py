@@ -122,16 +122,18 @@ def op_to_wire(op: Op) -> tuple[Any, ...]:
     return ops_to_wire([op])[0]
 
 
-def ops_to_wire(ops: list[Op]) -> list[tuple[Any, ...]]:
-    """Ops in their wire form, ``[kind, key, value, expiry or nil, hlc, node]``: one comprehension,
-    no call per op (a flush converts every write, and the loop shares the writers' GIL). Tuples,
-    packed as arrays as lists are: the cyclic collector stops tracking a tuple of atoms the first
-    time it sees one, where it would walk a list again in every collection until the frame is sent."""
-    never, mask = NEVER, NODE_MASK
-    return [
-        (kind, key, packed, None if exp == never else exp, v >> NODE_BITS, v & mask)
-        for kind, key, packed, exp, v in ops
-    ]
+def ops_to_wire(ops: Sequence[Op]) -> list[tuple[Any, ...]]:
+    """Ops in their wire form as rows (``Stream``, ``Ops``), ``[kind, key, value, expiry or nil, hlc,
+    node]`` each: ``ops_to_columns`` turned, with no call per op (a flush converts every write, and
+    the loop shares the writers' GIL). Tuples, packed as arrays as lists are: the cyclic collector
+    stops tracking a tuple of atoms the first time it sees one, where it would walk a list again in
+    every collection until the frame is sent."""
+    return rows_of(ops_to_columns(ops))
+
+
+def rows_of(columns: list[list[Any]]) -> list[tuple[Any, ...]]:
+    """Ops given as ``Writes``'s columns, as the rows of a ``Stream`` (for a peer on protocol 3 or 4)."""
+    return list(zip(*columns, strict=True))
 
 
 def ops_to_columns(ops: Sequence[Op]) -> list[list[Any]]:
@@ -551,7 +553,7 @@ class Replicator:
                     to = tuple(compress(peers, by_columns))
                     actions.append(Broadcast(to, Writes(name, self.node_id, first + i, batch)))
                 if not all(by_columns):
-                    rows = ops_to_wire(ops) if rows is None else rows
+                    rows = rows_of(columns) if rows is None else rows
                     to = tuple(compress(peers, map(not_, by_columns)))
                     actions.append(Broadcast(to, Stream(name, self.node_id, first + i, rows[i:j])))
                 figures["ops_sent"] += (j - i) * len(peers)
@@ -888,14 +890,12 @@ class Replicator:
                 feed.complete = False
             feed.cursor = start + len(ops)
             if ops:
-                msg: Stream | Writes
+                columns = ops_to_columns(ops)
+                sent = columns_size(columns[1], columns[2])
                 if self._columns(peer):
-                    columns = ops_to_columns(ops)
-                    sent, msg = columns_size(columns[1], columns[2]), Writes(feed.cache, feed.origin, start, columns)
+                    out.append(Send(peer, Writes(feed.cache, feed.origin, start, columns)))
                 else:
-                    wire = ops_to_wire(ops)
-                    sent, msg = ops_size(wire), Stream(feed.cache, feed.origin, start, wire)
-                out.append(Send(peer, msg))
+                    out.append(Send(peer, Stream(feed.cache, feed.origin, start, rows_of(columns))))
                 figures["catchup_ops_sent"] += len(ops)
                 figures["ops_sent"] += len(ops)
         if feed.cursor < end:
