@@ -54,7 +54,7 @@ import sys
 from collections import deque
 from typing import Any
 
-from harness import Member, environment, format_table, rss, save, successors, t_chain
+from harness import GcWatch, Member, environment, format_table, rss, save, successors, t_chain
 
 LAYOUTS = [
     "dict",
@@ -344,25 +344,16 @@ def writer(layout: str, held: Any) -> Any:
 
 
 def child(layout: str, n: int) -> None:
-    import gc
     import json
     import random
     import time
 
-    spent = [0, 0]  # the cyclic collector's ns while filling, and when its pass began
-
-    def timed(phase: str, info: dict[str, Any]) -> None:
-        if phase == "start":
-            spent[1] = time.perf_counter_ns()
-        else:
-            spent[0] += time.perf_counter_ns() - spent[1]
-
-    gc.callbacks.append(timed)
+    collector = GcWatch()  # the cyclic collector's time while filling
     before = rss()
     t0 = time.perf_counter_ns()
     held = build(layout, n)
     fill_ns = (time.perf_counter_ns() - t0) / n
-    gc.callbacks.remove(timed)
+    collector.close()
     per_item = (rss() - before) / n
     get = getter(layout, held)
     rng = random.Random(7)
@@ -401,7 +392,7 @@ def child(layout: str, n: int) -> None:
         "chain_ns": statistics.median(chain),
         "write_ns": statistics.median(writes) if writes else None,
         "fill_ns": fill_ns,
-        "fill_gc_ns": spent[0] / n,
+        "fill_gc_ns": collector.total * 1e9 / n,
     }
     print(json.dumps(result), flush=True)
     del held

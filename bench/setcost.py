@@ -17,7 +17,6 @@ is the ratio's denominator. Variants alternate round by round; median [min-max].
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import math
 import os
@@ -29,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness import Member, environment, format_table, outbox_drained, revisions, save
+from harness import GcWatch, Member, environment, format_table, outbox_drained, revisions, save
 
 N, OPS, TTL = 100_000, 200_000, 3600
 
@@ -41,18 +40,10 @@ class Figures:
 
     def __init__(self, loop_thread: threading.Thread) -> None:
         self._loop_clock = time.pthread_getcpuclockid(loop_thread.ident or 0)
-        self._gc_ns = 0
-        self._gc_from = 0
-        gc.callbacks.append(self._on_gc)
-
-    def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
-        if phase == "start":
-            self._gc_from = time.perf_counter_ns()
-        else:
-            self._gc_ns += time.perf_counter_ns() - self._gc_from
+        self._collector = GcWatch()  # never reset: marks are read as differences
 
     def mark(self) -> tuple[float, float, float, float]:
-        return time.thread_time(), time.clock_gettime(self._loop_clock), self._gc_ns / 1e9, time.process_time()
+        return time.thread_time(), time.clock_gettime(self._loop_clock), self._collector.total, time.process_time()
 
 
 def child(n: int, rounds: int) -> None:
